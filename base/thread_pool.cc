@@ -1,0 +1,84 @@
+#include "base/thread_pool.h"
+
+#include <algorithm>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define DCOMP_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define DCOMP_CPU_RELAX() asm volatile("yield")
+#else
+#define DCOMP_CPU_RELAX() ((void)0)
+#endif
+
+namespace dcomp {
+namespace {
+// About 50-100 us of spinning before a worker sleeps.
+constexpr int kSpinIterations = 20000;
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads) {
+  int workers = std::max(1, num_threads) - 1;
+  workers_.reserve(static_cast<size_t>(workers));
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  stop_.store(true, std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  generation_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::RunChunks() {
+  for (;;) {
+    int64_t begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
+    if (begin >= n_) break;
+    (*fn_)(begin, std::min(n_, begin + chunk_));
+  }
+}
+
+void ThreadPool::WorkerLoop() {
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t gen = generation_.load(std::memory_order_acquire);
+    for (int i = 0; gen == seen && i < kSpinIterations; ++i) {
+      DCOMP_CPU_RELAX();
+      gen = generation_.load(std::memory_order_acquire);
+    }
+    while (gen == seen) {
+      generation_.wait(seen, std::memory_order_acquire);
+      gen = generation_.load(std::memory_order_acquire);
+    }
+    seen = gen;
+    if (stop_.load(std::memory_order_acquire)) return;
+    RunChunks();
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
+                             int64_t grain) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  const int64_t threads = num_threads();
+  if (threads == 1 || n <= grain) {
+    fn(0, n);
+    return;
+  }
+  // Contiguous chunks, about two per thread, so that a late thread can still help.
+  int64_t chunk = std::max(grain, (n + 2 * threads - 1) / (2 * threads));
+  chunk = (chunk + grain - 1) / grain * grain;
+  fn_ = &fn;
+  n_ = n;
+  chunk_ = chunk;
+  next_.store(0, std::memory_order_relaxed);
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  generation_.notify_all();
+  RunChunks();
+  while (pending_.load(std::memory_order_acquire) != 0) DCOMP_CPU_RELAX();
+  fn_ = nullptr;
+}
+
+}  // namespace dcomp

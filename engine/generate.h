@@ -1,0 +1,58 @@
+// Generation and evaluation loops over a Transformer and a Tokenizer, shared by `dcomp` and the
+// daemon: prompt -> prefill -> sample/decode until EOS, the token limit, the context end or the
+// callback asks to stop; and perplexity with the reference protocol of the project.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+#include "engine/transformer.h"
+
+namespace dcomp {
+
+struct GenerateRequest {
+  std::string prompt;
+  int32_t max_tokens = 64;
+  SamplingParams sampling;
+  bool stop_at_eos = true;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> prompt_ids;
+  std::vector<int32_t> generated_ids;
+  std::string text;        // decoded prompt + completion
+  std::string completion;  // decoded completion only
+  std::string stop_reason;  // "eos", "length", "context", "callback"
+  double prefill_seconds = 0.0;  // prompt forward pass (time to first token)
+  double decode_seconds = 0.0;   // all decode steps after the first token
+};
+
+// Called for each generated token with the text it completes (possibly empty: partial UTF-8 is
+// held back). Return false to stop.
+using TokenCallback = std::function<bool(int32_t id, const std::string& text)>;
+
+// Validates the request (non-empty prompt, max_tokens >= 1, sampling parameters, prompt fits the
+// context) and generates. The transformer is Reset() first.
+Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
+                                const GenerateRequest& req, const TokenCallback& on_token = {});
+
+struct PerplexityResult {
+  int64_t stories = 0;
+  int64_t tokens = 0;  // tokens scored
+  double mean_nll = 0.0;
+  double ppl = 0.0;
+};
+
+// The reference protocol: split `text` on "<|endoftext|>", drop the first piece (it starts
+// mid-story), strip each piece and drop empty ones; encode each with BOS and the dummy prefix,
+// truncate to the transformer's context length, and score every next token.
+Result<PerplexityResult> EvalPerplexity(Transformer& model, const Tokenizer& tok,
+                                        std::string_view text);
+
+}  // namespace dcomp

@@ -1,0 +1,197 @@
+// ModelFile over a GGUF file (architectures llama and qwen2).
+#include <cmath>
+
+#include "engine/internal/model_formats.h"
+
+namespace dcomp::internal {
+namespace {
+
+class GgufModel : public ModelFile {
+ public:
+  static Result<std::unique_ptr<ModelFile>> Open(const std::string& path);
+  const ModelConfig& config() const override { return config_; }
+  const TokenizerSpec& tokenizer() const override { return tokenizer_; }
+  const std::vector<TensorDesc>& tensors() const override { return descs_; }
+  Result<std::vector<float>> ReadF32(const std::string& name) const override;
+  std::string format() const override { return format_; }
+  const std::string& path() const override { return gguf_->path(); }
+
+ private:
+  std::unique_ptr<GgufFile> gguf_;
+  ModelConfig config_;
+  TokenizerSpec tokenizer_;
+  std::vector<TensorDesc> descs_;
+  std::string format_;
+};
+
+Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
+  auto m = std::make_unique<GgufModel>();
+  ASSIGN_OR_RETURN(m->gguf_, GgufFile::Open(path));
+  const GgufFile& g = *m->gguf_;
+  ModelConfig& c = m->config_;
+  ASSIGN_OR_RETURN(c.arch, g.GetString("general.architecture"));
+  if (c.arch != "llama" && c.arch != "qwen2") {
+    return UnimplementedError("GGUF " + path + ": architecture '" + c.arch +
+                              "' is not supported (supported: llama, qwen2)");
+  }
+  if (g.tensors().empty()) {
+    return InvalidArgumentError("GGUF " + path +
+                                ": the file has no tensors (a vocabulary-only GGUF?)");
+  }
+  auto name = g.GetString("general.name");
+  c.name = name.ok() ? *name : c.arch;
+  const std::string a = c.arch + ".";
+  auto get_int = [&](const std::string& key, int32_t* out) -> Status {
+    ASSIGN_OR_RETURN(int64_t v, g.GetInt(a + key));
+    if (v <= 0 || v > INT32_MAX) {
+      return InvalidArgumentError("GGUF " + path + ": " + a + key + " = " + std::to_string(v) +
+                                  " is out of range");
+    }
+    *out = static_cast<int32_t>(v);
+    return Status::Ok();
+  };
+  RETURN_IF_ERROR(get_int("embedding_length", &c.dim));
+  RETURN_IF_ERROR(get_int("feed_forward_length", &c.hidden_dim));
+  RETURN_IF_ERROR(get_int("block_count", &c.n_layers));
+  RETURN_IF_ERROR(get_int("attention.head_count", &c.n_heads));
+  RETURN_IF_ERROR(get_int("context_length", &c.context_length));
+  c.n_kv_heads = c.n_heads;
+  if (g.Find(a + "attention.head_count_kv")) RETURN_IF_ERROR(get_int("attention.head_count_kv", &c.n_kv_heads));
+  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+  if (g.Find(a + "rope.dimension_count")) {
+    int32_t rope_dims = 0;
+    RETURN_IF_ERROR(get_int("rope.dimension_count", &rope_dims));
+    if (rope_dims != c.head_dim) {
+      return UnimplementedError("GGUF " + path + ": partial rotary embedding (" + a +
+                                "rope.dimension_count = " + std::to_string(rope_dims) +
+                                ", head_dim = " + std::to_string(c.head_dim) + ")");
+    }
+  }
+  if (g.Find(a + "rope.freq_base")) {
+    ASSIGN_OR_RETURN(double theta, g.GetFloat(a + "rope.freq_base"));
+    c.rope_theta = static_cast<float>(theta);
+  }
+  if (g.Find(a + "attention.layer_norm_rms_epsilon")) {
+    ASSIGN_OR_RETURN(double eps, g.GetFloat(a + "attention.layer_norm_rms_epsilon"));
+    c.rms_eps = static_cast<float>(eps);
+  }
+  if (auto s = g.GetString(a + "rope.scaling.type"); s.ok() && *s != "none") {
+    return UnimplementedError("GGUF " + path + ": rope scaling '" + *s + "' is not supported");
+  }
+  if (g.FindTensor("rope_freqs.weight") != nullptr) {
+    return UnimplementedError("GGUF " + path +
+                              ": per-frequency rope factors (rope_freqs.weight) are not supported");
+  }
+  c.rope_style = c.arch == "qwen2" ? RopeStyle::kNeox : RopeStyle::kInterleaved;
+  c.qkv_bias = c.arch == "qwen2";
+  c.tied_output = g.FindTensor("output.weight") == nullptr;
+  if (auto syn = g.GetBool("dcomp.synthetic"); syn.ok()) c.synthetic = *syn;
+
+  ASSIGN_OR_RETURN(m->tokenizer_, GgufTokenizerSpec(g));
+  c.vocab_size = static_cast<int32_t>(m->tokenizer_.tokens.size());
+  if (const GgufTensorInfo* emb = g.FindTensor("token_embd.weight");
+      emb != nullptr && emb->ne.size() == 2 && emb->ne[1] != c.vocab_size) {
+    return InvalidArgumentError("GGUF " + path + ": token_embd.weight has " +
+                                std::to_string(emb->ne[1]) + " rows but the vocabulary has " +
+                                std::to_string(c.vocab_size) + " tokens");
+  }
+  RETURN_IF_ERROR(c.Validate().WithContext("GGUF " + path));
+
+  std::map<std::string, int> type_counts;
+  for (const GgufTensorInfo& t : g.tensors()) {
+    if (t.ne.size() > 2) {
+      return UnimplementedError("GGUF " + path + ": tensor '" + t.name + "' has " +
+                                std::to_string(t.ne.size()) + " dimensions");
+    }
+    TensorDesc d;
+    d.name = t.name;
+    d.cols = t.ne[0];
+    d.rows = t.ne.size() == 2 ? t.ne[1] : 1;
+    d.dtype = GgmlTypeName(t.type);
+    m->descs_.push_back(d);
+    type_counts[d.dtype]++;
+  }
+  m->format_ = "GGUF v" + std::to_string(g.version()) + " (";
+  bool first = true;
+  for (const auto& [t, n] : type_counts) {
+    m->format_ += (first ? "" : ", ") + std::to_string(n) + " " + t;
+    first = false;
+  }
+  m->format_ += ")";
+  return std::unique_ptr<ModelFile>(std::move(m));
+}
+
+Result<std::vector<float>> GgufModel::ReadF32(const std::string& name) const {
+  const GgufTensorInfo* t = gguf_->FindTensor(name);
+  if (t == nullptr) return NotFoundError("GGUF " + path() + ": no tensor '" + name + "'");
+  int64_t n = 1;
+  for (int64_t d : t->ne) n *= d;
+  std::vector<float> out(static_cast<size_t>(n));
+  RETURN_IF_ERROR(GgmlToF32(t->type, t->data, n, out.data())
+                      .WithContext("GGUF " + path() + ": tensor '" + name + "'"));
+  for (float v : out) {
+    if (!std::isfinite(v)) {
+      return DataLossError("GGUF " + path() + ": tensor '" + name +
+                           "' contains a non-finite value");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<TokenizerSpec> GgufTokenizerSpec(const GgufFile& g) {
+  const std::string where = "GGUF " + g.path() + ": ";
+  TokenizerSpec s;
+  ASSIGN_OR_RETURN(s.model, g.GetString("tokenizer.ggml.model"));
+  ASSIGN_OR_RETURN(const std::vector<GgufValue>* tokens,
+                   g.GetArray("tokenizer.ggml.tokens", GgufType::kString));
+  s.tokens.reserve(tokens->size());
+  for (const auto& v : *tokens) s.tokens.push_back(v.str);
+  if (g.Find("tokenizer.ggml.scores")) {
+    ASSIGN_OR_RETURN(const std::vector<GgufValue>* scores,
+                     g.GetArray("tokenizer.ggml.scores", GgufType::kFloat32));
+    for (const auto& v : *scores) s.scores.push_back(static_cast<float>(v.f));
+  }
+  if (g.Find("tokenizer.ggml.token_type")) {
+    ASSIGN_OR_RETURN(const std::vector<GgufValue>* types,
+                     g.GetArray("tokenizer.ggml.token_type", GgufType::kInt32));
+    for (const auto& v : *types) {
+      if (v.i < 0 || v.i > 6) {
+        return InvalidArgumentError(where + "tokenizer.ggml.token_type has invalid value " +
+                                    std::to_string(v.i));
+      }
+      s.token_types.push_back(static_cast<TokenType>(v.i));
+    }
+  }
+  if (g.Find("tokenizer.ggml.merges")) {
+    ASSIGN_OR_RETURN(const std::vector<GgufValue>* merges,
+                     g.GetArray("tokenizer.ggml.merges", GgufType::kString));
+    for (const auto& v : *merges) s.merges.push_back(v.str);
+  }
+  auto get_id = [&](const std::string& key, int32_t* out) -> Status {
+    if (!g.Find(key)) return Status::Ok();
+    ASSIGN_OR_RETURN(int64_t v, g.GetInt(key));
+    // llama.cpp writes -1 as 0xFFFFFFFF for "none".
+    *out = (v < 0 || v >= static_cast<int64_t>(s.tokens.size())) ? -1 : static_cast<int32_t>(v);
+    return Status::Ok();
+  };
+  RETURN_IF_ERROR(get_id("tokenizer.ggml.bos_token_id", &s.bos_id));
+  RETURN_IF_ERROR(get_id("tokenizer.ggml.eos_token_id", &s.eos_id));
+  RETURN_IF_ERROR(get_id("tokenizer.ggml.unknown_token_id", &s.unk_id));
+  s.add_bos = s.model == "llama";
+  if (g.Find("tokenizer.ggml.add_bos_token")) {
+    ASSIGN_OR_RETURN(s.add_bos, g.GetBool("tokenizer.ggml.add_bos_token"));
+  }
+  s.add_space_prefix = s.model == "llama";
+  if (g.Find("tokenizer.ggml.add_space_prefix")) {
+    ASSIGN_OR_RETURN(s.add_space_prefix, g.GetBool("tokenizer.ggml.add_space_prefix"));
+  }
+  return s;
+}
+
+Result<std::unique_ptr<ModelFile>> OpenGgufModel(const std::string& path) {
+  return GgufModel::Open(path);
+}
+
+}  // namespace dcomp::internal

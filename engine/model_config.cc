@@ -1,0 +1,40 @@
+#include "engine/model_config.h"
+
+namespace dcomp {
+
+Status ModelConfig::Validate() const {
+  auto bad = [](const std::string& field, int64_t v, const std::string& want) {
+    return InvalidArgumentError("model config: " + field + " = " + std::to_string(v) +
+                                ", expected " + want);
+  };
+  constexpr int32_t kMaxDim = 1 << 16;
+  if (dim <= 0 || dim > kMaxDim) return bad("dim", dim, "1..65536");
+  if (hidden_dim <= 0 || hidden_dim > 4 * kMaxDim) return bad("hidden_dim", hidden_dim, "1..262144");
+  if (n_layers <= 0 || n_layers > 1024) return bad("n_layers", n_layers, "1..1024");
+  if (n_heads <= 0 || n_heads > dim) return bad("n_heads", n_heads, "1..dim");
+  if (n_kv_heads <= 0 || n_kv_heads > n_heads || n_heads % n_kv_heads != 0) {
+    return bad("n_kv_heads", n_kv_heads, "a divisor of n_heads=" + std::to_string(n_heads));
+  }
+  if (head_dim <= 0 || head_dim % 2 != 0 || head_dim * n_heads != dim) {
+    return bad("head_dim", head_dim,
+               "an even number with n_heads * head_dim == dim (" + std::to_string(dim) + ")");
+  }
+  if (vocab_size <= 0 || vocab_size > (1 << 22)) return bad("vocab_size", vocab_size, "1..4194304");
+  if (context_length <= 0 || context_length > (1 << 20)) {
+    return bad("context_length", context_length, "1..1048576");
+  }
+  if (!(rope_theta > 0.0f)) return InvalidArgumentError("model config: rope_theta must be > 0");
+  if (!(rms_eps > 0.0f) || rms_eps > 1.0f) {
+    return InvalidArgumentError("model config: rms_eps must be in (0, 1]");
+  }
+  return Status::Ok();
+}
+
+std::string ModelConfig::Summary() const {
+  return arch + " dim=" + std::to_string(dim) + " hidden=" + std::to_string(hidden_dim) +
+         " layers=" + std::to_string(n_layers) + " heads=" + std::to_string(n_heads) + "/" +
+         std::to_string(n_kv_heads) + " vocab=" + std::to_string(vocab_size) +
+         " ctx=" + std::to_string(context_length) + (synthetic ? " [SYNTHETIC weights]" : "");
+}
+
+}  // namespace dcomp

@@ -1,0 +1,43 @@
+// ModelConfig: the hyper-parameters of a decoder-only transformer (Llama / Qwen2 family) as read
+// from a model file. Plain value type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "base/status.h"
+
+namespace dcomp {
+
+enum class RopeStyle : int32_t {
+  kInterleaved = 0,  // rotate pairs (2i, 2i+1): llama2.c and GGUF "llama"
+  kNeox = 1,         // rotate pairs (i, i + head_dim/2): GGUF "qwen2"
+};
+
+struct ModelConfig {
+  std::string arch;  // "llama" or "qwen2"
+  std::string name;
+  int32_t dim = 0;
+  int32_t hidden_dim = 0;
+  int32_t n_layers = 0;
+  int32_t n_heads = 0;
+  int32_t n_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t vocab_size = 0;
+  int32_t context_length = 0;
+  float rope_theta = 10000.0f;
+  float rms_eps = 1e-5f;
+  RopeStyle rope_style = RopeStyle::kInterleaved;
+  bool tied_output = true;  // the output matrix is the token embedding
+  bool qkv_bias = false;    // q/k/v projections have biases (qwen2)
+  bool synthetic = false;   // weights are synthetic (speed/memory benchmarks only)
+
+  int32_t kv_dim() const { return n_kv_heads * head_dim; }
+  // Checks positivity, divisibility (dim = n_heads * head_dim, n_heads % n_kv_heads == 0, even
+  // head_dim) and sane upper bounds; the message names the field.
+  Status Validate() const;
+  // "llama dim=192 hidden=512 layers=6 heads=6/2 vocab=4096 ctx=512".
+  std::string Summary() const;
+};
+
+}  // namespace dcomp

@@ -1,0 +1,131 @@
+#include "engine/model_file.h"
+
+#include <cstring>
+#include <filesystem>
+
+#include <unistd.h>
+
+#include "base/file.h"
+#include "engine/gguf.h"
+#include "engine/internal/model_formats.h"
+
+namespace dcomp {
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t mant = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3FF;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float BFloat16ToFloat(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+const TensorDesc* ModelFile::Find(const std::string& name) const {
+  for (const auto& t : tensors()) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+std::string LayerTensorName(int layer, const char* what) {
+  return "blk." + std::to_string(layer) + "." + what;
+}
+
+Status CheckModelTensors(const ModelFile& file) {
+  const ModelConfig& c = file.config();
+  auto expect = [&](const std::string& name, int64_t rows, int64_t cols) -> Status {
+    const TensorDesc* t = file.Find(name);
+    if (t == nullptr) {
+      return InvalidArgumentError(file.path() + ": missing tensor '" + name + "'");
+    }
+    if (t->rows != rows || t->cols != cols) {
+      return InvalidArgumentError(file.path() + ": tensor '" + name + "' has shape [" +
+                                  std::to_string(t->rows) + " x " + std::to_string(t->cols) +
+                                  "], expected [" + std::to_string(rows) + " x " +
+                                  std::to_string(cols) + "] for " + c.Summary());
+    }
+    return Status::Ok();
+  };
+  const int64_t dim = c.dim, kv = c.kv_dim(), hid = c.hidden_dim, vocab = c.vocab_size;
+  RETURN_IF_ERROR(expect("token_embd.weight", vocab, dim));
+  RETURN_IF_ERROR(expect("output_norm.weight", 1, dim));
+  if (!c.tied_output) RETURN_IF_ERROR(expect("output.weight", vocab, dim));
+  for (int l = 0; l < c.n_layers; ++l) {
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_norm.weight"), 1, dim));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_q.weight"), dim, dim));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_k.weight"), kv, dim));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_v.weight"), kv, dim));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_output.weight"), dim, dim));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_norm.weight"), 1, dim));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_gate.weight"), hid, dim));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_down.weight"), dim, hid));
+    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_up.weight"), hid, dim));
+    if (c.qkv_bias) {
+      RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_q.bias"), 1, dim));
+      RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_k.bias"), 1, kv));
+      RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_v.bias"), 1, kv));
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<ModelFile>> OpenModelFile(const std::string& path,
+                                                 const std::string& tokenizer_path) {
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenReadOnly(path));
+  uint32_t magic = 0;
+  ssize_t n = ::pread(fd.get(), &magic, 4, 0);
+  if (n < 0) return ErrnoToStatus(errno, "read " + path);
+  if (n < 4) {
+    return InvalidArgumentError(path + ": file is " + std::to_string(n) +
+                                " bytes, too short to be a model");
+  }
+  std::unique_ptr<ModelFile> model;
+  if (magic == 0x46554747) {  // "GGUF"
+    ASSIGN_OR_RETURN(model, internal::OpenGgufModel(path));
+  } else {
+    ASSIGN_OR_RETURN(model, internal::OpenLlama2cModel(path, tokenizer_path));
+  }
+  RETURN_IF_ERROR(CheckModelTensors(*model));
+  return model;
+}
+
+}  // namespace dcomp
+
+namespace dcomp {
+Result<TokenizerSpec> LoadTokenizerSpec(const std::string& path,
+                                        const std::string& tokenizer_path) {
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenReadOnly(path));
+  uint32_t magic = 0;
+  if (::pread(fd.get(), &magic, 4, 0) == 4 && magic == 0x46554747) {
+    ASSIGN_OR_RETURN(auto g, GgufFile::Open(path));
+    return internal::GgufTokenizerSpec(*g);
+  }
+  ASSIGN_OR_RETURN(auto model, OpenModelFile(path, tokenizer_path));
+  return model->tokenizer();
+}
+}  // namespace dcomp

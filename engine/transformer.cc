@@ -1,0 +1,236 @@
+#include "engine/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/ops.h"
+
+namespace dcomp {
+
+Result<std::unique_ptr<Transformer>> Transformer::Create(WeightSource* weights, ThreadPool* pool,
+                                                         int32_t context_length,
+                                                         const kernels::KernelTable* kt) {
+  const ModelConfig& c = weights->config();
+  RETURN_IF_ERROR(c.Validate());
+  if (context_length < 0) {
+    return InvalidArgumentError("context length must be >= 0 (0 = the model's)");
+  }
+  const int32_t ctx = context_length == 0 ? c.context_length : context_length;
+  return std::unique_ptr<Transformer>(
+      new Transformer(weights, pool, ctx, kt != nullptr ? kt : &kernels::Kernels()));
+}
+
+Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
+                         const kernels::KernelTable* kt)
+    : weights_(w), pool_(pool), kt_(kt), cfg_(w->config()), ctx_(ctx) {
+  const size_t hd = static_cast<size_t>(cfg_.head_dim);
+  rope_.resize(static_cast<size_t>(ctx_) * hd);
+  for (int32_t p = 0; p < ctx_; ++p) {
+    for (size_t i = 0; i < hd / 2; ++i) {
+      const double freq =
+          std::pow(static_cast<double>(cfg_.rope_theta), -2.0 * static_cast<double>(i) / hd);
+      const double angle = p * freq;
+      rope_[static_cast<size_t>(p) * hd + 2 * i] = static_cast<float>(std::cos(angle));
+      rope_[static_cast<size_t>(p) * hd + 2 * i + 1] = static_cast<float>(std::sin(angle));
+    }
+  }
+  const size_t kv = static_cast<size_t>(cfg_.n_layers) * ctx_ * cfg_.kv_dim();
+  k_cache_.assign(kv, 0.0f);
+  v_cache_.assign(kv, 0.0f);
+  const size_t b = static_cast<size_t>(std::min(kMaxBatch, ctx_));
+  const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
+  x_.resize(b * dim);
+  xn_.resize(b * dim);
+  q_.resize(b * dim);
+  att_.resize(b * dim);
+  hb_.resize(b * hid);
+  hb2_.resize(b * hid);
+  xq_.resize(b * kernels::PaddedCols(std::max(dim, hid)));
+  xq_scale_.resize(b);
+}
+
+size_t Transformer::scratch_bytes() const {
+  return (x_.size() + xn_.size() + q_.size() + att_.size() + hb_.size() + hb2_.size() +
+          xq_scale_.size() + rope_.size()) *
+             sizeof(float) +
+         xq_.size();
+}
+
+Status Transformer::Forward(std::span<const int32_t> tokens, bool all_logits,
+                            std::vector<float>* logits) {
+  if (tokens.empty()) return InvalidArgumentError("Forward: no tokens");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size) {
+      return InvalidArgumentError("token id " + std::to_string(tokens[i]) + " at index " +
+                                  std::to_string(i) + " is outside the vocabulary [0, " +
+                                  std::to_string(cfg_.vocab_size) + ")");
+    }
+  }
+  if (static_cast<int64_t>(pos_) + static_cast<int64_t>(tokens.size()) > ctx_) {
+    return OutOfRangeError("context full: position " + std::to_string(pos_) + " + " +
+                           std::to_string(tokens.size()) + " tokens exceeds the context length " +
+                           std::to_string(ctx_));
+  }
+  const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
+  logits->resize(all_logits ? tokens.size() * vocab : vocab);
+  const int32_t start = pos_;
+  const size_t batch = x_.size() / static_cast<size_t>(cfg_.dim);
+  for (size_t off = 0; off < tokens.size(); off += batch) {
+    const size_t n = std::min(batch, tokens.size() - off);
+    const bool last = off + n == tokens.size();
+    float* out = all_logits ? logits->data() + off * vocab : (last ? logits->data() : nullptr);
+    Status s = ForwardChunk(tokens.subspan(off, n), all_logits, out);
+    if (!s.ok()) {
+      pos_ = start;
+      return s;
+    }
+  }
+  return Status::Ok();
+}
+
+void Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride,
+                             size_t n) {
+  const size_t cols = jobs[0].w->cols();
+  const bool quantized = jobs[0].w->quantized;
+  if (quantized) {
+    const size_t padded = kernels::PaddedCols(cols);
+    for (size_t t = 0; t < n; ++t) {
+      kt_->quantize_row_q8(x + t * x_stride, cols, padded, xq_.data() + t * padded, &xq_scale_[t]);
+    }
+  }
+  size_t total = 0;
+  for (const LinearJob& j : jobs) total += j.w->rows();
+  const kernels::KernelTable* kt = kt_;
+  const int8_t* xq = xq_.data();
+  const float* xs = xq_scale_.data();
+  pool_->ParallelFor(
+      static_cast<int64_t>(total),
+      [&](int64_t begin, int64_t end) {
+        size_t base = 0;
+        for (const LinearJob& j : jobs) {
+          const size_t rows = j.w->rows();
+          const size_t r0 = std::max<size_t>(static_cast<size_t>(begin), base) - base;
+          const size_t r1 = std::min<size_t>(static_cast<size_t>(end), base + rows);
+          if (r1 > base && r0 < rows) {
+            const size_t e = r1 - base;
+            if (quantized) {
+              const size_t padded = kernels::PaddedCols(cols);
+              if (n == 1) {
+                kt->gemv_q8_q8(j.w->q8, xq, xs[0], j.y, r0, e);
+              } else {
+                kt->gemm_q8_q8(j.w->q8, xq, padded, xs, n, j.y, j.y_stride, r0, e);
+              }
+            } else {
+              kt->gemm_f32(j.w->f32, x, x_stride, n, j.y, j.y_stride, r0, e);
+            }
+          }
+          base += rows;
+        }
+      },
+      16);
+  for (const LinearJob& j : jobs) {
+    if (j.w->bias == nullptr) continue;
+    for (size_t t = 0; t < n; ++t) {
+      for (size_t r = 0; r < j.w->rows(); ++r) j.y[t * j.y_stride + r] += j.w->bias[r];
+    }
+  }
+}
+
+void Transformer::Attention(int layer, size_t n) {
+  const size_t dim = static_cast<size_t>(cfg_.dim), hd = static_cast<size_t>(cfg_.head_dim);
+  const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim());
+  const size_t heads = static_cast<size_t>(cfg_.n_heads);
+  const size_t group = heads / static_cast<size_t>(cfg_.n_kv_heads);
+  const float* kc = k_cache_.data() + static_cast<size_t>(layer) * ctx_ * kv_dim;
+  const float* vc = v_cache_.data() + static_cast<size_t>(layer) * ctx_ * kv_dim;
+  const float inv_sqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const size_t pos0 = static_cast<size_t>(pos_);
+  pool_->ParallelFor(static_cast<int64_t>(n * heads), [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;
+    for (int64_t i = begin; i < end; ++i) {
+      const size_t t = static_cast<size_t>(i) / heads, h = static_cast<size_t>(i) % heads;
+      const size_t p = pos0 + t;
+      const size_t kvh = h / group;
+      const float* qv = q_.data() + t * dim + h * hd;
+      scores.resize(p + 1);
+      for (size_t j = 0; j <= p; ++j) {
+        scores[j] = kernels::DotF32(qv, kc + j * kv_dim + kvh * hd, hd) * inv_sqrt;
+      }
+      kernels::Softmax(scores.data(), p + 1);
+      float* out = att_.data() + t * dim + h * hd;
+      std::fill(out, out + hd, 0.0f);
+      for (size_t j = 0; j <= p; ++j) kernels::AxpyF32(scores[j], vc + j * kv_dim + kvh * hd, out, hd);
+    }
+  });
+}
+
+Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logits, float* logits) {
+  const size_t n = tokens.size();
+  const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
+  const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim()), hd = static_cast<size_t>(cfg_.head_dim);
+  const GlobalWeights& g = weights_->globals();
+
+  // Token embeddings.
+  for (size_t t = 0; t < n; ++t) {
+    const size_t id = static_cast<size_t>(tokens[t]);
+    float* x = x_.data() + t * dim;
+    if (g.embedding.quantized) {
+      const int8_t* q = g.embedding.q8.q + id * g.embedding.q8.stride;
+      const float s = g.embedding.q8.scale[id];
+      for (size_t c = 0; c < dim; ++c) x[c] = q[c] * s;
+    } else {
+      std::memcpy(x, g.embedding.f32.w + id * g.embedding.f32.stride, dim * sizeof(float));
+    }
+  }
+
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    ASSIGN_OR_RETURN(const LayerWeights* w, weights_->AcquireLayer(l));
+    float* kc = k_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
+    float* vc = v_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
+
+    for (size_t t = 0; t < n; ++t) {
+      kernels::RmsNorm(x_.data() + t * dim, w->attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
+    }
+    const LinearJob qkv[] = {{&w->wq, q_.data(), dim}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
+    RunLinears(qkv, xn_.data(), dim, n);
+
+    for (size_t t = 0; t < n; ++t) {
+      const float* cs = rope_.data() + (static_cast<size_t>(pos_) + t) * hd;
+      auto rope = cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox
+                                                      : kernels::RopeInterleaved;
+      for (int h = 0; h < cfg_.n_heads; ++h) rope(q_.data() + t * dim + h * hd, hd, cs);
+      for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(kc + t * kv_dim + h * hd, hd, cs);
+    }
+    Attention(l, n);
+
+    const LinearJob o[] = {{&w->wo, xn_.data(), dim}};
+    RunLinears(o, att_.data(), dim, n);
+    for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+
+    for (size_t t = 0; t < n; ++t) {
+      kernels::RmsNorm(x_.data() + t * dim, w->ffn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
+    }
+    const LinearJob up[] = {{&w->w_gate, hb_.data(), hid}, {&w->w_up, hb2_.data(), hid}};
+    RunLinears(up, xn_.data(), dim, n);
+    for (size_t t = 0; t < n; ++t) kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid);
+    const LinearJob down[] = {{&w->w_down, xn_.data(), dim}};
+    RunLinears(down, hb_.data(), hid, n);
+    for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+
+    weights_->ReleaseLayer(l);
+  }
+  pos_ += static_cast<int32_t>(n);
+
+  if (logits == nullptr) return Status::Ok();
+  const size_t first = all_logits ? 0 : n - 1;
+  const size_t rows = n - first;
+  for (size_t t = first; t < n; ++t) {
+    kernels::RmsNorm(x_.data() + t * dim, g.final_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
+  }
+  const LinearJob out[] = {{&g.output, logits, static_cast<size_t>(cfg_.vocab_size)}};
+  RunLinears(out, xn_.data() + first * dim, dim, rows);
+  return Status::Ok();
+}
+
+}  // namespace dcomp

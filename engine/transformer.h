@@ -1,0 +1,75 @@
+// Transformer: the decoder forward pass (RMSNorm, RoPE, grouped-query attention, SwiGLU) with a KV
+// cache, over a WeightSource that hands out one layer at a time.
+//
+// Forward() appends tokens at the current position: a whole prompt at once (prefill, processed in
+// chunks of up to kMaxBatch tokens with matrix-matrix kernels) or one token (decode, matrix-vector
+// kernels). A Transformer is one generation stream: not thread-safe; it uses the ThreadPool it is
+// given (owned by the caller) for row-parallel products and attention heads. Results do not depend
+// on the number of threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "base/status.h"
+#include "base/thread_pool.h"
+#include "engine/weights.h"
+#include "kernels/kernels.h"
+
+namespace dcomp {
+
+class Transformer {
+ public:
+  static constexpr int32_t kMaxBatch = 64;
+
+  // `context_length` 0 means the model's. `kernel_table` null means kernels::Kernels().
+  static Result<std::unique_ptr<Transformer>> Create(WeightSource* weights, ThreadPool* pool,
+                                                     int32_t context_length = 0,
+                                                     const kernels::KernelTable* kernel_table =
+                                                         nullptr);
+
+  // Runs `tokens` at positions [position(), position() + size). On success `logits` holds
+  // vocab_size floats per token when `all_logits`, else those of the last token only.
+  // InvalidArgument for a token id outside the vocabulary, OutOfRange when the context would
+  // overflow; on error the position is unchanged.
+  Status Forward(std::span<const int32_t> tokens, bool all_logits, std::vector<float>* logits);
+
+  void Reset() { pos_ = 0; }
+  int32_t position() const { return pos_; }
+  int32_t context_length() const { return ctx_; }
+  const ModelConfig& config() const { return cfg_; }
+  // Bytes held by the KV cache and by the activation scratch (for memory accounting).
+  size_t kv_cache_bytes() const { return (k_cache_.size() + v_cache_.size()) * sizeof(float); }
+  size_t scratch_bytes() const;
+
+ private:
+  Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx, const kernels::KernelTable* kt);
+  Status ForwardChunk(std::span<const int32_t> tokens, bool all_logits, float* logits);
+
+  struct LinearJob {
+    const LinearWeights* w;
+    float* y;
+    size_t y_stride;
+  };
+  // y_j = W_j x for every job, all sharing the input x [n][cols]; one parallel region.
+  void RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride, size_t n);
+  void Attention(int layer, size_t n);
+
+  WeightSource* weights_;
+  ThreadPool* pool_;
+  const kernels::KernelTable* kt_;
+  ModelConfig cfg_;
+  int32_t ctx_;
+  int32_t pos_ = 0;
+
+  std::vector<float> rope_;  // [ctx][head_dim/2][cos, sin]
+  std::vector<float> k_cache_, v_cache_;  // [layer][ctx][kv_dim]
+  // Activations for up to kMaxBatch tokens.
+  std::vector<float> x_, xn_, q_, att_, hb_, hb2_;
+  std::vector<int8_t> xq_;
+  std::vector<float> xq_scale_;
+};
+
+}  // namespace dcomp

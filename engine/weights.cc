@@ -1,0 +1,108 @@
+#include "engine/weights.h"
+
+namespace dcomp {
+
+Result<WeightFormat> ParseWeightFormat(const std::string& s) {
+  if (s == "f32") return WeightFormat::kF32;
+  if (s == "w8a8") return WeightFormat::kW8A8;
+  return InvalidArgumentError("--weights '" + s + "': expected 'f32' or 'w8a8'");
+}
+
+const char* WeightFormatName(WeightFormat f) { return f == WeightFormat::kF32 ? "f32" : "w8a8"; }
+
+LinearWeights LinearStorage::View() const {
+  LinearWeights v;
+  v.quantized = quantized;
+  if (quantized) {
+    v.q8 = {q.data(), scale.data(), row_sum.data(), rows, cols, kernels::PaddedCols(cols)};
+  } else {
+    v.f32 = {f32.data(), rows, cols, cols};
+  }
+  v.bias = bias.empty() ? nullptr : bias.data();
+  return v;
+}
+
+size_t LinearStorage::bytes() const {
+  return f32.size() * 4 + q.size() + scale.size() * 4 + row_sum.size() * 4 + bias.size() * 4;
+}
+
+LinearStorage MakeLinear(std::vector<float> w, size_t rows, size_t cols, WeightFormat format) {
+  LinearStorage s;
+  s.rows = rows;
+  s.cols = cols;
+  if (format == WeightFormat::kF32) {
+    s.f32 = std::move(w);
+    return s;
+  }
+  s.quantized = true;
+  s.q.resize(rows * kernels::PaddedCols(cols));
+  s.scale.resize(rows);
+  s.row_sum.resize(rows);
+  kernels::QuantizeMatrixQ8(w.data(), rows, cols, s.q.data(), s.scale.data(), s.row_sum.data());
+  return s;
+}
+
+Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& file,
+                                                               WeightFormat format) {
+  auto m = std::unique_ptr<InMemoryWeights>(new InMemoryWeights());
+  m->config_ = file.config();
+  m->format_ = format;
+  const ModelConfig& c = m->config_;
+  const size_t dim = static_cast<size_t>(c.dim), kv = static_cast<size_t>(c.kv_dim()),
+               hid = static_cast<size_t>(c.hidden_dim), vocab = static_cast<size_t>(c.vocab_size);
+  auto linear = [&](const std::string& name, size_t rows, size_t cols) -> Result<LinearStorage> {
+    ASSIGN_OR_RETURN(std::vector<float> w, file.ReadF32(name));
+    return MakeLinear(std::move(w), rows, cols, format);
+  };
+  ASSIGN_OR_RETURN(m->embedding_, linear("token_embd.weight", vocab, dim));
+  ASSIGN_OR_RETURN(m->final_norm_, file.ReadF32("output_norm.weight"));
+  if (!c.tied_output) {
+    ASSIGN_OR_RETURN(m->output_, linear("output.weight", vocab, dim));
+  }
+  m->layers_.resize(static_cast<size_t>(c.n_layers));
+  for (int l = 0; l < c.n_layers; ++l) {
+    Layer& L = m->layers_[static_cast<size_t>(l)];
+    auto name = [l](const char* what) { return LayerTensorName(l, what); };
+    ASSIGN_OR_RETURN(L.attn_norm, file.ReadF32(name("attn_norm.weight")));
+    ASSIGN_OR_RETURN(L.ffn_norm, file.ReadF32(name("ffn_norm.weight")));
+    ASSIGN_OR_RETURN(L.wq, linear(name("attn_q.weight"), dim, dim));
+    ASSIGN_OR_RETURN(L.wk, linear(name("attn_k.weight"), kv, dim));
+    ASSIGN_OR_RETURN(L.wv, linear(name("attn_v.weight"), kv, dim));
+    ASSIGN_OR_RETURN(L.wo, linear(name("attn_output.weight"), dim, dim));
+    ASSIGN_OR_RETURN(L.w_gate, linear(name("ffn_gate.weight"), hid, dim));
+    ASSIGN_OR_RETURN(L.w_down, linear(name("ffn_down.weight"), dim, hid));
+    ASSIGN_OR_RETURN(L.w_up, linear(name("ffn_up.weight"), hid, dim));
+    if (c.qkv_bias) {
+      ASSIGN_OR_RETURN(L.wq.bias, file.ReadF32(name("attn_q.bias")));
+      ASSIGN_OR_RETURN(L.wk.bias, file.ReadF32(name("attn_k.bias")));
+      ASSIGN_OR_RETURN(L.wv.bias, file.ReadF32(name("attn_v.bias")));
+    }
+    L.view = {L.attn_norm.data(), L.ffn_norm.data(), L.wq.View(),     L.wk.View(),
+              L.wv.View(),        L.wo.View(),       L.w_gate.View(), L.w_down.View(),
+              L.w_up.View()};
+  }
+  m->globals_.embedding = m->embedding_.View();
+  m->globals_.final_norm = m->final_norm_.data();
+  m->globals_.output = c.tied_output ? m->embedding_.View() : m->output_.View();
+  return m;
+}
+
+Result<const LayerWeights*> InMemoryWeights::AcquireLayer(int layer) {
+  if (layer < 0 || layer >= config_.n_layers) {
+    return OutOfRangeError("layer " + std::to_string(layer) + " out of range");
+  }
+  return &layers_[static_cast<size_t>(layer)].view;
+}
+
+size_t InMemoryWeights::bytes() const {
+  size_t b = embedding_.bytes() + output_.bytes() + final_norm_.size() * 4;
+  for (const Layer& L : layers_) {
+    b += (L.attn_norm.size() + L.ffn_norm.size()) * 4;
+    for (const LinearStorage* s : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_down, &L.w_up}) {
+      b += s->bytes();
+    }
+  }
+  return b;
+}
+
+}  // namespace dcomp

@@ -1,0 +1,102 @@
+// Weights as the transformer sees them: non-owning views of one layer at a time, handed out by a
+// WeightSource. The in-memory source below owns every tensor; the streaming runtime (daemon/) is
+// another WeightSource that decodes compressed layers on demand. The transformer holds at most one
+// layer at a time: AcquireLayer(l), compute, ReleaseLayer(l).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/model_config.h"
+#include "engine/model_file.h"
+#include "kernels/kernels.h"
+
+namespace dcomp {
+
+enum class WeightFormat {
+  kF32,   // f32 weights, f32 activations (the accuracy reference)
+  kW8A8,  // int8 per-row weights, int8 per-token activations
+};
+Result<WeightFormat> ParseWeightFormat(const std::string& s);  // "f32" | "w8a8"
+const char* WeightFormatName(WeightFormat f);
+
+// One linear map y = W x (+ b). Exactly one of q8/f32 is set, per `quantized`.
+struct LinearWeights {
+  bool quantized = false;
+  kernels::Q8MatrixView q8;
+  kernels::F32MatrixView f32;
+  const float* bias = nullptr;
+  size_t rows() const { return quantized ? q8.rows : f32.rows; }
+  size_t cols() const { return quantized ? q8.cols : f32.cols; }
+};
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;
+  const float* ffn_norm = nullptr;
+  LinearWeights wq, wk, wv, wo;
+  LinearWeights w_gate, w_down, w_up;
+};
+
+struct GlobalWeights {
+  LinearWeights embedding;  // [vocab][dim]; rows are looked up (dequantized when int8)
+  const float* final_norm = nullptr;
+  LinearWeights output;     // [vocab][dim]; may view the embedding (tied)
+};
+
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const GlobalWeights& globals() const = 0;
+  // Layer `layer`'s weights, valid until ReleaseLayer(layer). May block while the layer is
+  // fetched and decoded; fails with the error of the fetch (e.g. DATA_LOSS naming a block).
+  virtual Result<const LayerWeights*> AcquireLayer(int layer) = 0;
+  virtual void ReleaseLayer(int layer) = 0;
+};
+
+// Owning storage of one linear map.
+struct LinearStorage {
+  std::vector<float> f32;
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> row_sum;
+  std::vector<float> bias;
+  size_t rows = 0, cols = 0;
+  bool quantized = false;
+  LinearWeights View() const;
+  size_t bytes() const;
+};
+
+// Builds storage from f32 data: kept as f32, or quantized per row with the reference rounding.
+LinearStorage MakeLinear(std::vector<float> w, size_t rows, size_t cols, WeightFormat format);
+
+// Every tensor resident in memory.
+class InMemoryWeights : public WeightSource {
+ public:
+  static Result<std::unique_ptr<InMemoryWeights>> Load(const ModelFile& file, WeightFormat format);
+
+  const ModelConfig& config() const override { return config_; }
+  const GlobalWeights& globals() const override { return globals_; }
+  Result<const LayerWeights*> AcquireLayer(int layer) override;
+  void ReleaseLayer(int) override {}
+  WeightFormat format() const { return format_; }
+  size_t bytes() const;  // resident weight bytes
+
+ private:
+  struct Layer {
+    std::vector<float> attn_norm, ffn_norm;
+    LinearStorage wq, wk, wv, wo, w_gate, w_down, w_up;
+    LayerWeights view;
+  };
+  ModelConfig config_;
+  WeightFormat format_ = WeightFormat::kF32;
+  LinearStorage embedding_, output_;
+  std::vector<float> final_norm_;
+  std::vector<Layer> layers_;
+  GlobalWeights globals_;
+};
+
+}  // namespace dcomp

@@ -1,0 +1,88 @@
+// NEON kernels for aarch64. Built twice: baseline Armv8-A (vmull_s8 + pairwise accumulate) as
+// "neon", and with the dot-product extension (sdot) as "neon_dotprod" when DCOMP_NEON_DOTPROD is set.
+#include <arm_neon.h>
+
+#include "kernels/internal.h"
+
+namespace dcomp::kernels {
+namespace {
+
+inline int32x4_t Dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#if defined(DCOMP_NEON_DOTPROD)
+  return vdotq_s32(acc, a, b);
+#else
+  const int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+  const int16x8_t hi = vmull_high_s8(a, b);
+  return vpadalq_s16(vpadalq_s16(acc, lo), hi);
+#endif
+}
+
+void GemvQ8Neon(const Q8MatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                size_t r1) {
+  const size_t stride = w.stride;
+  size_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const int8_t* w0 = w.q + r * stride;
+    int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t k = 0; k < stride; k += 16) {
+      const int8x16_t xv = vld1q_s8(x + k);
+      a0 = Dot16(a0, xv, vld1q_s8(w0 + k));
+      a1 = Dot16(a1, xv, vld1q_s8(w0 + stride + k));
+      a2 = Dot16(a2, xv, vld1q_s8(w0 + 2 * stride + k));
+      a3 = Dot16(a3, xv, vld1q_s8(w0 + 3 * stride + k));
+    }
+    y[r] = static_cast<float>(vaddvq_s32(a0)) * (x_scale * w.scale[r]);
+    y[r + 1] = static_cast<float>(vaddvq_s32(a1)) * (x_scale * w.scale[r + 1]);
+    y[r + 2] = static_cast<float>(vaddvq_s32(a2)) * (x_scale * w.scale[r + 2]);
+    y[r + 3] = static_cast<float>(vaddvq_s32(a3)) * (x_scale * w.scale[r + 3]);
+  }
+  for (; r < r1; ++r) {
+    const int8_t* wr = w.q + r * stride;
+    int32x4_t acc = vdupq_n_s32(0);
+    for (size_t k = 0; k < stride; k += 16) acc = Dot16(acc, vld1q_s8(x + k), vld1q_s8(wr + k));
+    y[r] = static_cast<float>(vaddvq_s32(acc)) * (x_scale * w.scale[r]);
+  }
+}
+
+void GemmQ8Neon(const Q8MatrixView& w, const int8_t* x, size_t x_stride, const float* x_scale,
+                size_t n_tok, float* y, size_t y_stride, size_t r0, size_t r1) {
+  constexpr size_t kRowBlock = 16;
+  for (size_t rb = r0; rb < r1; rb += kRowBlock) {
+    const size_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (size_t t = 0; t < n_tok; ++t) {
+      GemvQ8Neon(w, x + t * x_stride, x_scale[t], y + t * y_stride, rb, re);
+    }
+  }
+}
+
+void GemmF32Neon(const F32MatrixView& w, const float* x, size_t x_stride, size_t n_tok, float* y,
+                 size_t y_stride, size_t r0, size_t r1) {
+  const size_t cols = w.cols;
+  for (size_t r = r0; r < r1; ++r) {
+    const float* wr = w.w + r * w.stride;
+    for (size_t t = 0; t < n_tok; ++t) {
+      const float* xt = x + t * x_stride;
+      float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+      size_t c = 0;
+      for (; c + 8 <= cols; c += 8) {
+        acc0 = vfmaq_f32(acc0, vld1q_f32(wr + c), vld1q_f32(xt + c));
+        acc1 = vfmaq_f32(acc1, vld1q_f32(wr + c + 4), vld1q_f32(xt + c + 4));
+      }
+      float s = vaddvq_f32(vaddq_f32(acc0, acc1));
+      for (; c < cols; ++c) s += wr[c] * xt[c];
+      y[t * y_stride + r] = s;
+    }
+  }
+}
+
+}  // namespace
+
+namespace internal {
+#if defined(DCOMP_NEON_DOTPROD)
+const KernelTable kNeonDotprodTable = {"neon_dotprod", QuantizeRowQ8Ref, GemvQ8Neon, GemmQ8Neon,
+                                       GemmF32Neon};
+#else
+const KernelTable kNeonTable = {"neon", QuantizeRowQ8Ref, GemvQ8Neon, GemmQ8Neon, GemmF32Neon};
+#endif
+}  // namespace internal
+}  // namespace dcomp::kernels

@@ -1,0 +1,31 @@
+// Element-wise and small f32 operations of the transformer forward pass (RMSNorm, RoPE, softmax,
+// SwiGLU). They are memory-light next to the matrix products, so one portable implementation,
+// compiled with optimisation and auto-vectorised, serves every CPU. All functions are pure: they
+// touch only their arguments and are safe to call from any thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dcomp::kernels {
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * weight[i]. `out` may alias `x`.
+void RmsNorm(const float* x, const float* weight, size_t n, float eps, float* out);
+
+// Rotary embedding of one head vector of `head_dim` at position `pos`. `cos_sin` holds, for this
+// position, head_dim/2 pairs (cos, sin) of frequency i. Interleaved: pairs (2i, 2i+1) (llama2.c,
+// GGUF llama). NeoX: pairs (i, i + head_dim/2) (qwen2).
+void RopeInterleaved(float* v, size_t head_dim, const float* cos_sin);
+void RopeNeox(float* v, size_t head_dim, const float* cos_sin);
+
+// In-place softmax over x[0..n). Uses the max for stability.
+void Softmax(float* x, size_t n);
+
+// gate[i] = silu(gate[i]) * up[i].
+void SiluMul(float* gate, const float* up, size_t n);
+
+float DotF32(const float* a, const float* b, size_t n);
+// y += a * x.
+void AxpyF32(float a, const float* x, float* y, size_t n);
+
+}  // namespace dcomp::kernels

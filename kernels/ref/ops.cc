@@ -1,0 +1,64 @@
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/ops.h"
+
+namespace dcomp::kernels {
+
+void RmsNorm(const float* x, const float* weight, size_t n, float eps, float* out) {
+  // Sum of squares in double: RMSNorm feeds every layer, and the reference is float64.
+  double ss = 0.0;
+  for (size_t i = 0; i < n; ++i) ss += double{x[i]} * double{x[i]};
+  const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+  for (size_t i = 0; i < n; ++i) out[i] = x[i] * inv * weight[i];
+}
+
+void RopeInterleaved(float* v, size_t head_dim, const float* cos_sin) {
+  for (size_t i = 0; i < head_dim / 2; ++i) {
+    const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+    const float a = v[2 * i], b = v[2 * i + 1];
+    v[2 * i] = a * c - b * s;
+    v[2 * i + 1] = a * s + b * c;
+  }
+}
+
+void RopeNeox(float* v, size_t head_dim, const float* cos_sin) {
+  const size_t half = head_dim / 2;
+  for (size_t i = 0; i < half; ++i) {
+    const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+    const float a = v[i], b = v[i + half];
+    v[i] = a * c - b * s;
+    v[i + half] = a * s + b * c;
+  }
+}
+
+void Softmax(float* x, size_t n) {
+  if (n == 0) return;
+  float mx = *std::max_element(x, x + n);
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (size_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void SiluMul(float* gate, const float* up, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+float DotF32(const float* a, const float* b, size_t n) {
+  float acc = 0.0f;
+  for (size_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void AxpyF32(float a, const float* x, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace dcomp::kernels

@@ -1,0 +1,104 @@
+// AVX2 + FMA kernels. int8 products use the sign trick: |x| (unsigned) times sign(x)*w (signed) with
+// vpmaddubsw, which cannot saturate because codes lie in [-127, 127] (2*127*127 < 32767).
+#include <immintrin.h>
+
+#include "kernels/internal.h"
+
+namespace dcomp::kernels {
+namespace {
+
+inline int32_t HsumI32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float HsumF32(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256i DotStep(__m256i acc, __m256i abs_x, __m256i x, __m256i w, __m256i ones) {
+  const __m256i p16 = _mm256_maddubs_epi16(abs_x, _mm256_sign_epi8(w, x));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones));
+}
+
+void GemvQ8Avx2(const Q8MatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                size_t r1) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const size_t stride = w.stride;
+  size_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const int8_t* w0 = w.q + r * stride;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t k = 0; k < stride; k += 32) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
+      const __m256i ax = _mm256_sign_epi8(xv, xv);
+      a0 = DotStep(a0, ax, xv, _mm256_loadu_si256((const __m256i*)(w0 + k)), ones);
+      a1 = DotStep(a1, ax, xv, _mm256_loadu_si256((const __m256i*)(w0 + stride + k)), ones);
+      a2 = DotStep(a2, ax, xv, _mm256_loadu_si256((const __m256i*)(w0 + 2 * stride + k)), ones);
+      a3 = DotStep(a3, ax, xv, _mm256_loadu_si256((const __m256i*)(w0 + 3 * stride + k)), ones);
+    }
+    y[r] = static_cast<float>(HsumI32(a0)) * (x_scale * w.scale[r]);
+    y[r + 1] = static_cast<float>(HsumI32(a1)) * (x_scale * w.scale[r + 1]);
+    y[r + 2] = static_cast<float>(HsumI32(a2)) * (x_scale * w.scale[r + 2]);
+    y[r + 3] = static_cast<float>(HsumI32(a3)) * (x_scale * w.scale[r + 3]);
+  }
+  for (; r < r1; ++r) {
+    const int8_t* wr = w.q + r * stride;
+    __m256i acc = _mm256_setzero_si256();
+    for (size_t k = 0; k < stride; k += 32) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
+      acc = DotStep(acc, _mm256_sign_epi8(xv, xv), xv,
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k)), ones);
+    }
+    y[r] = static_cast<float>(HsumI32(acc)) * (x_scale * w.scale[r]);
+  }
+}
+
+void GemmQ8Avx2(const Q8MatrixView& w, const int8_t* x, size_t x_stride, const float* x_scale,
+                size_t n_tok, float* y, size_t y_stride, size_t r0, size_t r1) {
+  // Row blocks outside, tokens inside: a block of weight rows stays in L1 across the tokens.
+  constexpr size_t kRowBlock = 16;
+  for (size_t rb = r0; rb < r1; rb += kRowBlock) {
+    const size_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (size_t t = 0; t < n_tok; ++t) {
+      GemvQ8Avx2(w, x + t * x_stride, x_scale[t], y + t * y_stride, rb, re);
+    }
+  }
+}
+
+void GemmF32Avx2(const F32MatrixView& w, const float* x, size_t x_stride, size_t n_tok, float* y,
+                 size_t y_stride, size_t r0, size_t r1) {
+  const size_t cols = w.cols;
+  const size_t vec_end = cols / 8 * 8;
+  for (size_t r = r0; r < r1; ++r) {
+    const float* wr = w.w + r * w.stride;
+    for (size_t t = 0; t < n_tok; ++t) {
+      const float* xt = x + t * x_stride;
+      __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+      size_t c = 0;
+      for (; c + 16 <= vec_end; c += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(xt + c), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c + 8), _mm256_loadu_ps(xt + c + 8), acc1);
+      }
+      for (; c < vec_end; c += 8) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(xt + c), acc0);
+      }
+      float s = HsumF32(_mm256_add_ps(acc0, acc1));
+      for (; c < cols; ++c) s += wr[c] * xt[c];
+      y[t * y_stride + r] = s;
+    }
+  }
+}
+
+}  // namespace
+
+namespace internal {
+const KernelTable kAvx2Table = {"avx2", QuantizeRowQ8Ref, GemvQ8Avx2, GemmQ8Avx2,
+                                GemmF32Avx2};
+}  // namespace internal
+}  // namespace dcomp::kernels

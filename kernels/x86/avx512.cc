@@ -1,0 +1,124 @@
+// AVX-512 VNNI kernels. vpdpbusd multiplies unsigned by signed bytes, so activations are biased to
+// unsigned (x ^ 0x80 == x + 128) and the bias is removed with the weight row sums:
+// sum (x + 128) * w = sum x * w + 128 * row_sum.
+#include <immintrin.h>
+
+#include "kernels/internal.h"
+
+namespace dcomp::kernels {
+namespace {
+
+inline __m512i LoadBiased(const int8_t* p, __m512i bias) {
+  return _mm512_xor_si512(_mm512_loadu_si512(p), bias);
+}
+
+void GemvQ8Avx512Vnni(const Q8MatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                      size_t r1) {
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const size_t stride = w.stride;
+  size_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const int8_t* w0 = w.q + r * stride;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t k = 0; k < stride; k += 64) {
+      const __m512i xv = LoadBiased(x + k, bias);
+      a0 = _mm512_dpbusd_epi32(a0, xv, _mm512_loadu_si512(w0 + k));
+      a1 = _mm512_dpbusd_epi32(a1, xv, _mm512_loadu_si512(w0 + stride + k));
+      a2 = _mm512_dpbusd_epi32(a2, xv, _mm512_loadu_si512(w0 + 2 * stride + k));
+      a3 = _mm512_dpbusd_epi32(a3, xv, _mm512_loadu_si512(w0 + 3 * stride + k));
+    }
+    const int32_t s0 = _mm512_reduce_add_epi32(a0) - 128 * w.row_sum[r];
+    const int32_t s1 = _mm512_reduce_add_epi32(a1) - 128 * w.row_sum[r + 1];
+    const int32_t s2 = _mm512_reduce_add_epi32(a2) - 128 * w.row_sum[r + 2];
+    const int32_t s3 = _mm512_reduce_add_epi32(a3) - 128 * w.row_sum[r + 3];
+    y[r] = static_cast<float>(s0) * (x_scale * w.scale[r]);
+    y[r + 1] = static_cast<float>(s1) * (x_scale * w.scale[r + 1]);
+    y[r + 2] = static_cast<float>(s2) * (x_scale * w.scale[r + 2]);
+    y[r + 3] = static_cast<float>(s3) * (x_scale * w.scale[r + 3]);
+  }
+  for (; r < r1; ++r) {
+    const int8_t* wr = w.q + r * stride;
+    __m512i acc = _mm512_setzero_si512();
+    for (size_t k = 0; k < stride; k += 64) {
+      acc = _mm512_dpbusd_epi32(acc, LoadBiased(x + k, bias), _mm512_loadu_si512(wr + k));
+    }
+    const int32_t s = _mm512_reduce_add_epi32(acc) - 128 * w.row_sum[r];
+    y[r] = static_cast<float>(s) * (x_scale * w.scale[r]);
+  }
+}
+
+// 4 rows x 4 tokens register tile: 16 accumulators, each weight and activation load reused 4x.
+void GemmQ8Avx512Vnni(const Q8MatrixView& w, const int8_t* x, size_t x_stride, const float* x_scale,
+                      size_t n_tok, float* y, size_t y_stride, size_t r0, size_t r1) {
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const size_t stride = w.stride;
+  size_t t = 0;
+  for (; t + 4 <= n_tok; t += 4) {
+    const int8_t* x0 = x + t * x_stride;
+    size_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+      const int8_t* w0 = w.q + r * stride;
+      __m512i acc[4][4];
+      for (auto& row : acc)
+        for (auto& a : row) a = _mm512_setzero_si512();
+      for (size_t k = 0; k < stride; k += 64) {
+        __m512i xv[4];
+        for (int j = 0; j < 4; ++j) xv[j] = LoadBiased(x0 + j * x_stride + k, bias);
+        for (int i = 0; i < 4; ++i) {
+          const __m512i wv = _mm512_loadu_si512(w0 + i * stride + k);
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[j], wv);
+        }
+      }
+      for (int i = 0; i < 4; ++i) {
+        const int32_t corr = 128 * w.row_sum[r + i];
+        for (int j = 0; j < 4; ++j) {
+          const int32_t s = _mm512_reduce_add_epi32(acc[i][j]) - corr;
+          y[(t + j) * y_stride + r + i] = static_cast<float>(s) * (x_scale[t + j] * w.scale[r + i]);
+        }
+      }
+    }
+    if (r < r1) {
+      for (size_t j = 0; j < 4; ++j) {
+        GemvQ8Avx512Vnni(w, x0 + j * x_stride, x_scale[t + j], y + (t + j) * y_stride, r, r1);
+      }
+    }
+  }
+  for (; t < n_tok; ++t) {
+    GemvQ8Avx512Vnni(w, x + t * x_stride, x_scale[t], y + t * y_stride, r0, r1);
+  }
+}
+
+void GemmF32Avx512(const F32MatrixView& w, const float* x, size_t x_stride, size_t n_tok, float* y,
+                   size_t y_stride, size_t r0, size_t r1) {
+  const size_t cols = w.cols;
+  const size_t tail = cols % 16;
+  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1u);
+  for (size_t r = r0; r < r1; ++r) {
+    const float* wr = w.w + r * w.stride;
+    for (size_t t = 0; t < n_tok; ++t) {
+      const float* xt = x + t * x_stride;
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+      size_t c = 0;
+      for (; c + 32 <= cols; c += 32) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c), _mm512_loadu_ps(xt + c), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c + 16), _mm512_loadu_ps(xt + c + 16), acc1);
+      }
+      for (; c + 16 <= cols; c += 16) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + c), _mm512_loadu_ps(xt + c), acc0);
+      }
+      if (tail != 0) {
+        acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask, wr + c),
+                               _mm512_maskz_loadu_ps(tail_mask, xt + c), acc1);
+      }
+      y[t * y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    }
+  }
+}
+
+}  // namespace
+
+namespace internal {
+const KernelTable kAvx512VnniTable = {"avx512_vnni", QuantizeRowQ8Ref, GemvQ8Avx512Vnni,
+                                      GemmQ8Avx512Vnni, GemmF32Avx512};
+}  // namespace internal
+}  // namespace dcomp::kernels

@@ -1,0 +1,233 @@
+// dcomp: the offline tool. Subcommands: generate, eval, tokenize (in-process, no daemon).
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "base/file.h"
+#include "base/flags.h"
+#include "base/json.h"
+#include "base/thread_pool.h"
+#include "engine/generate.h"
+#include "engine/model_file.h"
+#include "engine/transformer.h"
+#include "engine/weights.h"
+#include "kernels/kernels.h"
+
+namespace dcomp {
+namespace {
+
+constexpr const char* kUsage = R"(usage: dcomp COMMAND [options]
+
+commands:
+  generate MODEL --prompt TEXT [-n N] [--temperature T] [--seed S] [--weights f32|w8a8] [--json]
+  eval MODEL --text FILE [--weights f32|w8a8] [--json]
+  tokenize MODEL --text TEXT [--json]
+
+MODEL is a .gguf file or a llama2.c .bin checkpoint (with --tokenizer FILE, or tok<vocab>.bin /
+tokenizer.bin beside it). Common options: --threads N, --ctx N (context length; default: the
+model's), --tokenizer FILE. DCOMP_KERNELS=ref forces the scalar kernels.
+)";
+
+void AddModelFlags(Flags& f) {
+  f.Value("tokenizer", "llama2.c tokenizer.bin (for .bin checkpoints)")
+      .Value("threads", "threads (default: all cores)")
+      .Value("ctx", "context length (default: the model's)")
+      .Value("weights", "f32 | w8a8 (default w8a8)")
+      .Switch("json", "print one JSON object")
+      .Switch("verbose", "log the model and kernel choice to stderr");
+}
+
+struct Loaded {
+  std::unique_ptr<ModelFile> file;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<InMemoryWeights> weights;
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<Transformer> model;
+};
+
+Result<Loaded> LoadModel(const Flags& f, const std::string& path) {
+  Loaded l;
+  ASSIGN_OR_RETURN(WeightFormat format, ParseWeightFormat(f.GetOr("weights", "w8a8")));
+  ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
+  if (threads < 1 || threads > 256) return InvalidArgumentError("--threads must be in 1..256");
+  ASSIGN_OR_RETURN(int64_t ctx, f.GetInt("ctx", 0));
+  if (ctx < 0 || ctx > (1 << 20)) return InvalidArgumentError("--ctx must be in 0..1048576");
+  ASSIGN_OR_RETURN(l.file, OpenModelFile(path, f.GetOr("tokenizer", "")));
+  ASSIGN_OR_RETURN(l.tokenizer, Tokenizer::Create(l.file->tokenizer()));
+  if (l.tokenizer->vocab_size() != l.file->config().vocab_size) {
+    return InvalidArgumentError(path + ": the tokenizer has " +
+                                std::to_string(l.tokenizer->vocab_size()) +
+                                " tokens, the model " +
+                                std::to_string(l.file->config().vocab_size));
+  }
+  ASSIGN_OR_RETURN(l.weights, InMemoryWeights::Load(*l.file, format));
+  l.pool = std::make_unique<ThreadPool>(static_cast<int>(threads));
+  ASSIGN_OR_RETURN(l.model, Transformer::Create(l.weights.get(), l.pool.get(),
+                                                static_cast<int32_t>(ctx)));
+  if (f.IsSet("verbose")) {
+    std::fprintf(stderr, "model: %s [%s], %s weights %.1f MiB, kernels %s, %d threads\n",
+                 l.file->config().Summary().c_str(), l.file->format().c_str(),
+                 WeightFormatName(format), l.weights->bytes() / 1048576.0,
+                 kernels::KernelSelectionNote().c_str(), l.pool->num_threads());
+  }
+  return l;
+}
+
+Status CmdGenerate(const std::vector<std::string>& args) {
+  Flags f;
+  AddModelFlags(f);
+  f.Value("prompt", "prompt text").Value("n", "tokens to generate (default 64)");
+  f.Value("temperature", "0 = greedy (default)").Value("seed", "sampling seed (default 0)");
+  f.Value("top-k", "top-k (0 = off)").Value("top-p", "top-p (1 = off)");
+  f.Value("min-p", "min-p (0 = off)").Value("repetition-penalty", "1 = off");
+  // "-n" is accepted as a synonym of "--n".
+  std::vector<std::string> a;
+  for (const auto& s : args) a.push_back(s == "-n" ? "--n" : s);
+  RETURN_IF_ERROR(f.Parse(a));
+  if (f.positional().size() != 1) return InvalidArgumentError("generate: expected one MODEL path");
+  if (!f.Has("prompt")) return InvalidArgumentError("generate: --prompt TEXT is required");
+  GenerateRequest req;
+  req.prompt = *f.Get("prompt");
+  ASSIGN_OR_RETURN(int64_t n, f.GetInt("n", 64));
+  if (n < 1 || n > (1 << 20)) return InvalidArgumentError("-n must be in 1..1048576");
+  req.max_tokens = static_cast<int32_t>(n);
+  ASSIGN_OR_RETURN(double temp, f.GetDouble("temperature", 0.0));
+  ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed", 0));
+  ASSIGN_OR_RETURN(int64_t top_k, f.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(double top_p, f.GetDouble("top-p", 1.0));
+  ASSIGN_OR_RETURN(double min_p, f.GetDouble("min-p", 0.0));
+  ASSIGN_OR_RETURN(double rep, f.GetDouble("repetition-penalty", 1.0));
+  req.sampling.temperature = static_cast<float>(temp);
+  req.sampling.seed = static_cast<uint64_t>(seed);
+  req.sampling.top_k = static_cast<int32_t>(top_k);
+  req.sampling.top_p = static_cast<float>(top_p);
+  req.sampling.min_p = static_cast<float>(min_p);
+  req.sampling.repetition_penalty = static_cast<float>(rep);
+  RETURN_IF_ERROR(req.sampling.Validate());
+  ASSIGN_OR_RETURN(Loaded l, LoadModel(f, f.positional()[0]));
+  const bool json = f.IsSet("json");
+  if (!json) {
+    std::fputs(l.tokenizer->Decode(l.tokenizer->Encode(req.prompt, false)).c_str(), stdout);
+    std::fflush(stdout);
+  }
+  ASSIGN_OR_RETURN(GenerateResult r,
+                   Generate(*l.model, *l.tokenizer, req, [&](int32_t, const std::string& text) {
+                     if (!json) {
+                       std::fputs(text.c_str(), stdout);
+                       std::fflush(stdout);
+                     }
+                     return true;
+                   }));
+  const double decode_tps = r.generated_ids.size() > 1 && r.decode_seconds > 0
+                                ? (r.generated_ids.size() - 1) / r.decode_seconds
+                                : 0.0;
+  if (json) {
+    std::vector<int32_t> ids = r.prompt_ids;
+    ids.insert(ids.end(), r.generated_ids.begin(), r.generated_ids.end());
+    JsonWriter w;
+    w.BeginObject()
+        .IntArray("ids", ids)
+        .String("text", r.text)
+        .String("completion", r.completion)
+        .Int("prompt_tokens", static_cast<int64_t>(r.prompt_ids.size()))
+        .Int("generated_tokens", static_cast<int64_t>(r.generated_ids.size()))
+        .String("stop_reason", r.stop_reason)
+        .Double("prefill_seconds", r.prefill_seconds)
+        .Double("decode_tokens_per_second", decode_tps)
+        .EndObject();
+    std::printf("%s\n", w.str().c_str());
+  } else {
+    std::printf("\n");
+    std::fprintf(stderr,
+                 "[%zu prompt tokens in %.2f ms, %zu generated at %.1f tokens/s, stop: %s]\n",
+                 r.prompt_ids.size(), r.prefill_seconds * 1e3, r.generated_ids.size(), decode_tps,
+                 r.stop_reason.c_str());
+  }
+  return Status::Ok();
+}
+
+Status CmdEval(const std::vector<std::string>& args) {
+  Flags f;
+  AddModelFlags(f);
+  f.Value("text", "evaluation text file (stories separated by <|endoftext|>)");
+  RETURN_IF_ERROR(f.Parse(args));
+  if (f.positional().size() != 1) return InvalidArgumentError("eval: expected one MODEL path");
+  if (!f.Has("text")) return InvalidArgumentError("eval: --text FILE is required");
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(*f.Get("text")));
+  ASSIGN_OR_RETURN(Loaded l, LoadModel(f, f.positional()[0]));
+  auto t0 = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(PerplexityResult r, EvalPerplexity(*l.model, *l.tokenizer, text));
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (f.IsSet("json")) {
+    JsonWriter w;
+    w.BeginObject()
+        .Int("tokens", r.tokens)
+        .Double("mean_nll", r.mean_nll)
+        .Double("ppl", r.ppl)
+        .Int("stories", r.stories)
+        .Int("context", l.model->context_length())
+        .String("weights", f.GetOr("weights", "w8a8"))
+        .Double("seconds", secs)
+        .EndObject();
+    std::printf("%s\n", w.str().c_str());
+  } else {
+    std::printf("stories %lld, tokens %lld, mean NLL %.6f nats/token, perplexity %.4f (%.1f s)\n",
+                static_cast<long long>(r.stories), static_cast<long long>(r.tokens), r.mean_nll,
+                r.ppl, secs);
+  }
+  return Status::Ok();
+}
+
+Status CmdTokenize(const std::vector<std::string>& args) {
+  Flags f;
+  f.Value("tokenizer", "llama2.c tokenizer.bin (for .bin checkpoints)")
+      .Value("text", "text to encode")
+      .Switch("no-bos", "do not prepend BOS")
+      .Switch("json", "print one JSON object");
+  RETURN_IF_ERROR(f.Parse(args));
+  if (f.positional().size() != 1) return InvalidArgumentError("tokenize: expected one MODEL path");
+  if (!f.Has("text")) return InvalidArgumentError("tokenize: --text TEXT is required");
+  ASSIGN_OR_RETURN(TokenizerSpec spec, LoadTokenizerSpec(f.positional()[0], f.GetOr("tokenizer", "")));
+  ASSIGN_OR_RETURN(auto tok, Tokenizer::Create(std::move(spec)));
+  std::vector<int32_t> ids = tok->Encode(*f.Get("text"), tok->add_bos() && !f.IsSet("no-bos"));
+  if (f.IsSet("json")) {
+    JsonWriter w;
+    w.BeginObject().IntArray("ids", ids).EndObject();
+    std::printf("%s\n", w.str().c_str());
+  } else {
+    for (int32_t id : ids) {
+      std::printf("%6d %s\n", id, JsonEscape(tok->TokenBytes(id)).c_str());
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+}  // namespace dcomp
+
+int main(int argc, char** argv) {
+  using namespace dcomp;
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  Status s;
+  if (cmd == "generate") {
+    s = CmdGenerate(args);
+  } else if (cmd == "eval") {
+    s = CmdEval(args);
+  } else if (cmd == "tokenize") {
+    s = CmdTokenize(args);
+  } else {
+    std::fprintf(stderr, "dcomp: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "dcomp %s: %s\n", cmd.c_str(), s.ToString().c_str());
+    return s.code() == StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return 0;
+}
