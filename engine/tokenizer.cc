@@ -153,7 +153,8 @@ void Tokenizer::EncodeSpm(std::string_view raw, std::vector<int32_t>* out) const
   };
   std::vector<Symbol> sym;
   for (size_t i = 0; i < text.size();) {
-    size_t len = std::min(unicode::Utf8SeqLen(static_cast<uint8_t>(text[i])), text.size() - i);
+    size_t len;  // an invalid byte is a symbol of its own (it never swallows the next character)
+    unicode::DecodeUtf8(text, i, &len);
     sym.push_back({static_cast<int>(sym.size()) - 1, static_cast<int>(sym.size()) + 1, i, len});
     i += len;
   }

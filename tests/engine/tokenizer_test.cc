@@ -1,0 +1,165 @@
+#include "engine/tokenizer.h"
+
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "base/file.h"
+#include "engine/model_file.h"
+#include "tests/util/test_paths.h"
+
+namespace dcomp {
+namespace {
+
+struct Case {
+  std::string text;
+  std::vector<int32_t> ids;
+};
+
+// llama.cpp's test-tokenizer-0 files: inputs separated by "\n__ggml_vocab_test__\n", one line of
+// expected ids (no BOS) per input.
+std::vector<Case> LoadCases(const std::string& inp, const std::string& out) {
+  std::string in = *ReadFileToString(inp), ex = *ReadFileToString(out);
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  std::vector<std::string> texts;
+  size_t start = 0;
+  for (size_t at; (at = in.find(sep, start)) != std::string::npos; start = at + sep.size()) {
+    texts.push_back(in.substr(start, at - start));
+  }
+  std::vector<Case> cases;
+  std::istringstream lines(ex);
+  std::string line;
+  for (const std::string& t : texts) {
+    std::getline(lines, line);
+    Case c{t, {}};
+    std::istringstream ids(line);
+    for (int32_t id; ids >> id;) c.ids.push_back(id);
+    cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+void RunVocabCases(const std::string& gguf) {
+  auto spec = LoadTokenizerSpec(gguf);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  auto tok = Tokenizer::Create(*spec);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  std::vector<Case> cases = LoadCases(gguf + ".inp", gguf + ".out");
+  ASSERT_EQ(cases.size(), 46u);
+  int failures = 0;
+  for (const Case& c : cases) {
+    std::vector<int32_t> got = (*tok)->Encode(c.text, /*add_bos=*/false);
+    EXPECT_EQ(got, c.ids) << "input: '" << c.text << "'";
+    failures += got != c.ids;
+    // Decoding gives the text back (llama: minus the dummy-prefix space it added).
+    std::string back;
+    for (int32_t id : got) back += (*tok)->TokenBytes(id);
+    if ((*tok)->strips_leading_space() && !back.empty() && back[0] == ' ') back.erase(0, 1);
+    EXPECT_EQ(back, c.text);
+  }
+  EXPECT_EQ(failures, 0);
+}
+
+TEST(TokenizerTest, LlamaSpmVocabCases) {
+  DCOMP_REQUIRE_SHARED(gguf, "models/gguf/ggml-vocab-llama-spm.gguf");
+  RunVocabCases(gguf);
+}
+
+TEST(TokenizerTest, Gpt2VocabCases) {
+  DCOMP_REQUIRE_SHARED(gguf, "models/gguf/ggml-vocab-gpt-2.gguf");
+  RunVocabCases(gguf);
+}
+
+std::unique_ptr<Tokenizer> EmbeddedTokenizer() {
+  auto spec = LoadLlama2cTokenizer(testing::SourceDir() + "/models/tok512.bin", 512);
+  EXPECT_TRUE(spec.ok()) << spec.status().ToString();
+  auto tok = Tokenizer::Create(*spec);
+  EXPECT_TRUE(tok.ok());
+  return std::move(*tok);
+}
+
+TEST(TokenizerTest, Llama2cTokenizerEncodesReferencePrompt) {
+  auto tok = EmbeddedTokenizer();
+  EXPECT_EQ(tok->Encode("Once upon a time", true), (std::vector<int32_t>{1, 403, 407, 261, 378}));
+  EXPECT_EQ(tok->Encode("", true), (std::vector<int32_t>{1}));
+  EXPECT_EQ(tok->Decode({1, 403, 407, 261, 378}), "Once upon a time");
+}
+
+TEST(TokenizerTest, ByteFallbackRoundTripsAnyBytes) {
+  auto tok = EmbeddedTokenizer();
+  // Non-ASCII (not in the 512-token vocabulary) and invalid UTF-8 go through <0xNN> pieces.
+  for (std::string s : {std::string("caf\xC3\xA9 \xE2\x82\xAC"), std::string("bad \xFF\xC3 bytes"),
+                        std::string("\x00\x01", 2)}) {
+    std::vector<int32_t> ids = tok->Encode(s, false);
+    std::string back;
+    for (int32_t id : ids) back += tok->TokenBytes(id);
+    EXPECT_EQ(back, " " + s);
+  }
+}
+
+TEST(TokenizerTest, StreamerNeverSplitsUtf8) {
+  auto tok = EmbeddedTokenizer();
+  // "é€" is 5 bytes, encoded as 5 byte-fallback tokens: nothing may be emitted mid-character.
+  std::vector<int32_t> ids = tok->Encode("\xC3\xA9\xE2\x82\xAC", false);
+  TextStreamer st(tok.get());
+  std::vector<std::string> outs;
+  for (int32_t id : ids) outs.push_back(st.Push(id));
+  outs.push_back(st.Flush());
+  std::string all;
+  for (const std::string& o : outs) {
+    all += o;
+    // Every emitted piece is valid UTF-8 on its own.
+    size_t i = 0;
+    while (i < o.size()) {
+      unsigned char c = static_cast<unsigned char>(o[i]);
+      size_t n = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+      ASSERT_LE(i + n, o.size()) << "a piece ends inside a character";
+      i += n;
+    }
+  }
+  EXPECT_EQ(all, "\xC3\xA9\xE2\x82\xAC");
+  // A dangling lead byte at the end becomes U+FFFD, never raw bytes.
+  TextStreamer st2(tok.get());
+  std::string out = st2.Push(tok->Encode("\xE2", false).back());
+  out += st2.Flush();
+  EXPECT_EQ(out, "\xEF\xBF\xBD");
+}
+
+TEST(TokenizerTest, SpecValidationNamesTheProblem) {
+  TokenizerSpec s;
+  s.model = "wordpiece";
+  s.tokens = {"a"};
+  auto r = Tokenizer::Create(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("wordpiece"), std::string::npos);
+  s.model = "llama";
+  s.scores = {};
+  r = Tokenizer::Create(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("scores"), std::string::npos);
+  s.scores = {0.0f};
+  s.bos_id = 7;
+  r = Tokenizer::Create(s);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("bos"), std::string::npos);
+}
+
+TEST(TokenizerTest, WrongLlama2cTokenizerFileIsAClearError) {
+  DCOMP_REQUIRE_SHARED(tok4096, "models/llama2c/tok4096.bin");
+  // The 4096-token tokenizer given to a 512-token model: bytes left over.
+  auto r = LoadLlama2cTokenizer(tok4096, 512);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("tok4096.bin"), std::string::npos);
+  EXPECT_NE(r.status().message().find("bytes left"), std::string::npos);
+  // The 512-token tokenizer for a 4096-token model: truncated.
+  auto r2 = LoadLlama2cTokenizer(testing::SourceDir() + "/models/tok512.bin", 4096);
+  ASSERT_FALSE(r2.ok());
+  EXPECT_NE(r2.status().message().find("truncated at token 512"), std::string::npos);
+  // A model file is not a tokenizer.
+  auto r3 = LoadLlama2cTokenizer(testing::SourceDir() + "/models/stories260K.bin", 512);
+  ASSERT_FALSE(r3.ok());
+  EXPECT_EQ(r3.status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dcomp

@@ -1,0 +1,189 @@
+// Every kernel variant compiled in and supported by this CPU, against the scalar reference.
+// Tolerances: int8 products are exact (integer accumulation, same final multiply) -> bit-identical;
+// f32 products differ only in summation order -> relative 1e-5 of the sum of |terms|.
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/kernels.h"
+
+namespace dcomp::kernels {
+namespace {
+
+constexpr double kF32RelTol = 1e-5;
+
+struct Q8Matrix {
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> row_sum;
+  Q8MatrixView view;
+};
+
+std::vector<float> RandomF32(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+Q8Matrix MakeQ8(size_t rows, size_t cols, uint32_t seed) {
+  Q8Matrix m;
+  std::vector<float> w = RandomF32(rows * cols, seed);
+  const size_t stride = PaddedCols(cols);
+  m.q.resize(rows * stride);
+  m.scale.resize(rows);
+  m.row_sum.resize(rows);
+  QuantizeMatrixQ8(w.data(), rows, cols, m.q.data(), m.scale.data(), m.row_sum.data());
+  // Extreme codes must work too: force some rows to +-127.
+  if (rows > 1) {
+    for (size_t c = 0; c < cols; ++c) {
+      m.q[c] = 127;
+      m.q[stride + c] = static_cast<int8_t>(c % 2 ? -127 : 127);
+    }
+    ComputeRowSums(m.q.data(), rows, stride, m.row_sum.data());
+  }
+  m.view = {m.q.data(), m.scale.data(), m.row_sum.data(), rows, cols, stride};
+  return m;
+}
+
+class KernelVariantTest : public ::testing::TestWithParam<const KernelTable*> {};
+
+TEST_P(KernelVariantTest, QuantizeRowMatchesReference) {
+  const KernelTable& k = *GetParam();
+  for (size_t n : {1u, 63u, 64u, 172u, 2048u}) {
+    std::vector<float> x = RandomF32(n, 7 + static_cast<uint32_t>(n), 3.0f);
+    const size_t p = PaddedCols(n);
+    std::vector<int8_t> qa(p, 99), qb(p, 99);
+    float sa, sb;
+    k.quantize_row_q8(x.data(), n, p, qa.data(), &sa);
+    RefKernels().quantize_row_q8(x.data(), n, p, qb.data(), &sb);
+    EXPECT_EQ(qa, qb);
+    EXPECT_EQ(sa, sb);
+    for (size_t i = n; i < p; ++i) EXPECT_EQ(qa[i], 0);
+    for (int8_t v : qa) EXPECT_GE(v, -127);
+  }
+  std::vector<float> zeros(64, 0.0f);
+  std::vector<int8_t> q(64);
+  float s = -1;
+  k.quantize_row_q8(zeros.data(), 64, 64, q.data(), &s);
+  EXPECT_EQ(s, 0.0f);
+}
+
+TEST_P(KernelVariantTest, GemvQ8IsBitExact) {
+  const KernelTable& k = *GetParam();
+  const std::pair<size_t, size_t> shapes[] = {{1, 64}, {3, 64},   {4, 172},  {7, 192},
+                                              {64, 512}, {13, 2048}, {192, 4096}, {33, 5632}};
+  for (auto [rows, cols] : shapes) {
+    Q8Matrix m = MakeQ8(rows, cols, static_cast<uint32_t>(rows * 31 + cols));
+    std::vector<float> x = RandomF32(cols, 5);
+    std::vector<int8_t> xq(PaddedCols(cols));
+    float xs;
+    RefKernels().quantize_row_q8(x.data(), cols, xq.size(), xq.data(), &xs);
+    std::vector<float> ya(rows, -1.0f), yb(rows, -2.0f);
+    k.gemv_q8_q8(m.view, xq.data(), xs, ya.data(), 0, rows);
+    RefKernels().gemv_q8_q8(m.view, xq.data(), xs, yb.data(), 0, rows);
+    for (size_t r = 0; r < rows; ++r) {
+      ASSERT_EQ(ya[r], yb[r]) << k.name << " rows=" << rows << " cols=" << cols << " r=" << r;
+    }
+    // A sub-range writes only its rows.
+    if (rows >= 3) {
+      std::vector<float> yc(rows, 42.0f);
+      k.gemv_q8_q8(m.view, xq.data(), xs, yc.data(), 1, rows - 1);
+      EXPECT_EQ(yc[0], 42.0f);
+      EXPECT_EQ(yc[rows - 1], 42.0f);
+      for (size_t r = 1; r + 1 < rows; ++r) EXPECT_EQ(yc[r], yb[r]);
+    }
+  }
+}
+
+TEST_P(KernelVariantTest, GemmQ8IsBitExact) {
+  const KernelTable& k = *GetParam();
+  for (size_t n_tok : {1u, 2u, 4u, 5u, 9u}) {
+    for (auto [rows, cols] : {std::pair<size_t, size_t>{6, 64}, {17, 172}, {32, 512}}) {
+      Q8Matrix m = MakeQ8(rows, cols, static_cast<uint32_t>(rows + cols + n_tok));
+      const size_t p = PaddedCols(cols);
+      std::vector<int8_t> xq(n_tok * p);
+      std::vector<float> xs(n_tok);
+      for (size_t t = 0; t < n_tok; ++t) {
+        std::vector<float> x = RandomF32(cols, static_cast<uint32_t>(100 + t), 2.0f);
+        RefKernels().quantize_row_q8(x.data(), cols, p, xq.data() + t * p, &xs[t]);
+      }
+      const size_t ys = rows + 3;  // output stride larger than rows
+      std::vector<float> ya(n_tok * ys, -1.0f), yb(n_tok * ys, -1.0f);
+      k.gemm_q8_q8(m.view, xq.data(), p, xs.data(), n_tok, ya.data(), ys, 0, rows);
+      RefKernels().gemm_q8_q8(m.view, xq.data(), p, xs.data(), n_tok, yb.data(), ys, 0, rows);
+      ASSERT_EQ(ya, yb) << k.name << " n_tok=" << n_tok << " rows=" << rows;
+    }
+  }
+}
+
+TEST_P(KernelVariantTest, GemmF32WithinTolerance) {
+  const KernelTable& k = *GetParam();
+  for (size_t n_tok : {1u, 3u}) {
+    for (auto [rows, cols] : {std::pair<size_t, size_t>{5, 7}, {8, 64}, {9, 172}, {4, 1000}}) {
+      std::vector<float> w = RandomF32(rows * cols, 11);
+      std::vector<float> x = RandomF32(n_tok * cols, 12);
+      F32MatrixView v{w.data(), rows, cols, cols};
+      std::vector<float> ya(n_tok * rows), yb(n_tok * rows);
+      k.gemm_f32(v, x.data(), cols, n_tok, ya.data(), rows, 0, rows);
+      RefKernels().gemm_f32(v, x.data(), cols, n_tok, yb.data(), rows, 0, rows);
+      for (size_t t = 0; t < n_tok; ++t) {
+        for (size_t r = 0; r < rows; ++r) {
+          double mag = 0.0;
+          for (size_t c = 0; c < cols; ++c) mag += std::fabs(w[r * cols + c] * x[t * cols + c]);
+          ASSERT_NEAR(ya[t * rows + r], yb[t * rows + r], kF32RelTol * mag + 1e-30)
+              << k.name << " rows=" << rows << " cols=" << cols;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(KernelVariantTest, Q8ProductApproximatesF32) {
+  // Sanity of the whole W8A8 scheme, not just agreement with ref: relative error of a 512-wide
+  // dot product of Gaussian data stays small.
+  const KernelTable& k = *GetParam();
+  const size_t rows = 16, cols = 512;
+  std::vector<float> w = RandomF32(rows * cols, 21), x = RandomF32(cols, 22);
+  Q8Matrix m;
+  m.q.resize(rows * cols);
+  m.scale.resize(rows);
+  m.row_sum.resize(rows);
+  QuantizeMatrixQ8(w.data(), rows, cols, m.q.data(), m.scale.data(), m.row_sum.data());
+  m.view = {m.q.data(), m.scale.data(), m.row_sum.data(), rows, cols, cols};
+  std::vector<int8_t> xq(cols);
+  float xs;
+  k.quantize_row_q8(x.data(), cols, cols, xq.data(), &xs);
+  std::vector<float> y(rows);
+  k.gemv_q8_q8(m.view, xq.data(), xs, y.data(), 0, rows);
+  double err = 0.0, norm = 0.0;
+  for (size_t r = 0; r < rows; ++r) {
+    double exact = 0.0;
+    for (size_t c = 0; c < cols; ++c) exact += static_cast<double>(w[r * cols + c]) * x[c];
+    err += (y[r] - exact) * (y[r] - exact);
+    norm += exact * exact;
+  }
+  EXPECT_LT(std::sqrt(err / norm), 0.03);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllVariants, KernelVariantTest,
+                         ::testing::ValuesIn(AvailableKernelTables()),
+                         [](const ::testing::TestParamInfo<const KernelTable*>& p) {
+                           return std::string(p.param->name);
+                         });
+
+TEST(KernelDispatchTest, SelectsASupportedVariant) {
+  const KernelTable& k = Kernels();
+  bool found = false;
+  for (const KernelTable* t : AvailableKernelTables()) found |= t == &k;
+  EXPECT_TRUE(found);
+  EXPECT_FALSE(KernelSelectionNote().empty());
+  EXPECT_STREQ(AvailableKernelTables().front()->name, "ref");
+}
+
+}  // namespace
+}  // namespace dcomp::kernels
