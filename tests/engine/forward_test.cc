@@ -1,0 +1,220 @@
+// The transformer against a naive float64 forward pass written here from the definitions, on small
+// random llama (interleaved RoPE) and qwen2 (NeoX RoPE, q/k/v biases) models with GQA; plus
+// determinism across thread counts and between batched prefill and token-by-token decoding.
+#include <cmath>
+
+#include <gtest/gtest.h>
+
+#include "base/thread_pool.h"
+#include "engine/transformer.h"
+#include "tests/util/test_paths.h"
+#include "tests/util/tiny_model.h"
+
+namespace dcomp {
+namespace {
+
+using Vec = std::vector<double>;
+
+// Naive reference: returns the logits of every position for `tokens`.
+std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& tokens) {
+  const ModelConfig& c = f.config();
+  auto T = [&](const std::string& n) {
+    std::vector<float> v = *f.ReadF32(n);
+    return Vec(v.begin(), v.end());
+  };
+  const int dim = c.dim, hd = c.head_dim, kvd = c.kv_dim(), hid = c.hidden_dim;
+  auto matvec = [](const Vec& w, const Vec& x, int rows, int cols) {
+    Vec y(static_cast<size_t>(rows), 0.0);
+    for (int r = 0; r < rows; ++r)
+      for (int k = 0; k < cols; ++k) y[r] += w[static_cast<size_t>(r) * cols + k] * x[k];
+    return y;
+  };
+  auto rms = [&](const Vec& x, const Vec& w) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double inv = 1.0 / std::sqrt(ss / x.size() + c.rms_eps);
+    Vec y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
+    return y;
+  };
+  auto rope = [&](double* v, int pos) {
+    for (int i = 0; i < hd / 2; ++i) {
+      const double ang = pos * std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
+      const int a = c.rope_style == RopeStyle::kNeox ? i : 2 * i;
+      const int b = c.rope_style == RopeStyle::kNeox ? i + hd / 2 : 2 * i + 1;
+      const double x0 = v[a], x1 = v[b];
+      v[a] = x0 * std::cos(ang) - x1 * std::sin(ang);
+      v[b] = x0 * std::sin(ang) + x1 * std::cos(ang);
+    }
+  };
+  const Vec emb = T("token_embd.weight");
+  const Vec out_w = c.tied_output ? emb : T("output.weight");
+  std::vector<std::vector<Vec>> kc(static_cast<size_t>(c.n_layers)), vc(static_cast<size_t>(c.n_layers));
+  std::vector<Vec> logits;
+  for (size_t p = 0; p < tokens.size(); ++p) {
+    Vec x(emb.begin() + tokens[p] * dim, emb.begin() + (tokens[p] + 1) * dim);
+    for (int l = 0; l < c.n_layers; ++l) {
+      auto n = [l](const char* w) { return LayerTensorName(l, w); };
+      Vec xn = rms(x, T(n("attn_norm.weight")));
+      Vec q = matvec(T(n("attn_q.weight")), xn, dim, dim);
+      Vec k = matvec(T(n("attn_k.weight")), xn, kvd, dim);
+      Vec v = matvec(T(n("attn_v.weight")), xn, kvd, dim);
+      if (c.qkv_bias) {
+        Vec bq = T(n("attn_q.bias")), bk = T(n("attn_k.bias")), bv = T(n("attn_v.bias"));
+        for (int i = 0; i < dim; ++i) q[i] += bq[i];
+        for (int i = 0; i < kvd; ++i) k[i] += bk[i], v[i] += bv[i];
+      }
+      for (int h = 0; h < c.n_heads; ++h) rope(&q[h * hd], static_cast<int>(p));
+      for (int h = 0; h < c.n_kv_heads; ++h) rope(&k[h * hd], static_cast<int>(p));
+      kc[l].push_back(k);
+      vc[l].push_back(v);
+      Vec att(static_cast<size_t>(dim), 0.0);
+      for (int h = 0; h < c.n_heads; ++h) {
+        const int kvh = h / (c.n_heads / c.n_kv_heads);
+        Vec s(p + 1);
+        double mx = -1e300;
+        for (size_t j = 0; j <= p; ++j) {
+          double d = 0;
+          for (int i = 0; i < hd; ++i) d += q[h * hd + i] * kc[l][j][kvh * hd + i];
+          s[j] = d / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0;
+        for (double& e : s) sum += (e = std::exp(e - mx));
+        for (size_t j = 0; j <= p; ++j)
+          for (int i = 0; i < hd; ++i) att[h * hd + i] += s[j] / sum * vc[l][j][kvh * hd + i];
+      }
+      Vec o = matvec(T(n("attn_output.weight")), att, dim, dim);
+      for (int i = 0; i < dim; ++i) x[i] += o[i];
+      xn = rms(x, T(n("ffn_norm.weight")));
+      Vec g = matvec(T(n("ffn_gate.weight")), xn, hid, dim);
+      Vec u = matvec(T(n("ffn_up.weight")), xn, hid, dim);
+      for (int i = 0; i < hid; ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      Vec d = matvec(T(n("ffn_down.weight")), g, dim, hid);
+      for (int i = 0; i < dim; ++i) x[i] += d[i];
+    }
+    logits.push_back(matvec(out_w, rms(x, T("output_norm.weight")), c.vocab_size, dim));
+  }
+  return logits;
+}
+
+struct Built {
+  std::unique_ptr<ModelFile> file;
+  std::unique_ptr<InMemoryWeights> weights;
+};
+
+Built Build(const testing::TinyModelOptions& o, WeightFormat fmt) {
+  const std::string path = ::testing::TempDir() + "/tiny_" + o.arch + std::to_string(o.seed) +
+                           std::to_string(static_cast<int>(o.matrix_type)) + ".gguf";
+  Status s = testing::WriteTinyModel(path, o);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  Built b;
+  auto f = OpenModelFile(path);
+  EXPECT_TRUE(f.ok()) << f.status().ToString();
+  b.file = std::move(*f);
+  b.weights = std::move(*InMemoryWeights::Load(*b.file, fmt));
+  return b;
+}
+
+const std::vector<int32_t> kTokens = {1, 5, 17, 3, 39, 22, 8, 8, 30, 11};
+
+class ForwardTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ForwardTest, F32MatchesNaiveFloat64) {
+  testing::TinyModelOptions o;
+  o.arch = GetParam();
+  o.tied = GetParam() == "llama";
+  Built b = Build(o, WeightFormat::kF32);
+  ThreadPool pool(2);
+  auto t = Transformer::Create(b.weights.get(), &pool);
+  ASSERT_TRUE(t.ok());
+  std::vector<float> logits;
+  ASSERT_TRUE((*t)->Forward(kTokens, true, &logits).ok());
+  std::vector<Vec> ref = NaiveForward(*b.file, kTokens);
+  const size_t V = static_cast<size_t>(o.vocab);
+  for (size_t p = 0; p < kTokens.size(); ++p) {
+    for (size_t k = 0; k < V; ++k) {
+      ASSERT_NEAR(logits[p * V + k], ref[p][k], 1e-4 * (1.0 + std::fabs(ref[p][k])))
+          << "pos " << p << " token " << k;
+    }
+  }
+}
+
+TEST_P(ForwardTest, W8A8StaysCloseToNaive) {
+  testing::TinyModelOptions o;
+  o.arch = GetParam();
+  o.dim = 64;
+  o.hidden = 128;
+  o.heads = 4;
+  Built b = Build(o, WeightFormat::kW8A8);
+  ThreadPool pool(2);
+  auto t = Transformer::Create(b.weights.get(), &pool);
+  std::vector<float> logits;
+  ASSERT_TRUE((*t)->Forward(kTokens, true, &logits).ok());
+  std::vector<Vec> ref = NaiveForward(*b.file, kTokens);
+  const size_t V = static_cast<size_t>(o.vocab);
+  double err = 0, norm = 0;
+  for (size_t p = 0; p < kTokens.size(); ++p)
+    for (size_t k = 0; k < V; ++k) {
+      err += (logits[p * V + k] - ref[p][k]) * (logits[p * V + k] - ref[p][k]);
+      norm += ref[p][k] * ref[p][k];
+    }
+  EXPECT_LT(std::sqrt(err / norm), 0.05);
+}
+
+TEST_P(ForwardTest, DeterministicAcrossThreadsAndBatching) {
+  for (WeightFormat fmt : {WeightFormat::kF32, WeightFormat::kW8A8}) {
+    testing::TinyModelOptions o;
+    o.arch = GetParam();
+    o.matrix_type = GgmlType::kQ8_0;
+    o.ctx = 200;
+    Built b = Build(o, fmt);
+    // 150 tokens: more than one prefill chunk (kMaxBatch = 64).
+    std::vector<int32_t> toks;
+    for (int i = 0; i < 150; ++i) toks.push_back(3 + (i * 7) % 37);
+    std::vector<float> base;
+    for (int threads : {1, 2, 3}) {
+      ThreadPool pool(threads);
+      auto t = Transformer::Create(b.weights.get(), &pool);
+      std::vector<float> batched, stepped;
+      ASSERT_TRUE((*t)->Forward(toks, false, &batched).ok());
+      (*t)->Reset();
+      for (int32_t id : toks) {
+        ASSERT_TRUE((*t)->Forward(std::span<const int32_t>(&id, 1), false, &stepped).ok());
+      }
+      EXPECT_EQ(batched, stepped) << "threads " << threads << " fmt " << WeightFormatName(fmt);
+      if (base.empty()) base = batched;
+      EXPECT_EQ(batched, base) << "threads " << threads << " fmt " << WeightFormatName(fmt);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, ForwardTest, ::testing::Values("llama", "qwen2"));
+
+TEST(TransformerTest, RejectsBadTokensAndContextOverflowWithoutSideEffects) {
+  testing::TinyModelOptions o;
+  Built b = Build(o, WeightFormat::kW8A8);
+  ThreadPool pool(1);
+  auto t = Transformer::Create(b.weights.get(), &pool);
+  std::vector<float> logits;
+  std::vector<int32_t> bad = {1, 40};
+  Status s = (*t)->Forward(bad, false, &logits);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("token id 40"), std::string::npos);
+  std::vector<int32_t> neg = {-1};
+  EXPECT_EQ((*t)->Forward(neg, false, &logits).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*t)->position(), 0);
+  std::vector<int32_t> many(17, 3);  // ctx 16
+  s = (*t)->Forward(many, false, &logits);
+  EXPECT_EQ(s.code(), StatusCode::kOutOfRange);
+  EXPECT_EQ((*t)->position(), 0);
+  std::vector<int32_t> ok(16, 3);
+  EXPECT_TRUE((*t)->Forward(ok, false, &logits).ok());
+  EXPECT_EQ((*t)->position(), 16);
+  EXPECT_EQ((*t)->Forward(std::span<const int32_t>(ok.data(), 1), false, &logits).code(),
+            StatusCode::kOutOfRange);
+  EXPECT_EQ((*t)->Forward({}, false, &logits).code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dcomp

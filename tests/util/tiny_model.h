@@ -1,0 +1,90 @@
+// Builds small random models as GGUF files (via GgufWriter) for engine tests: any shape, llama or
+// qwen2, with optional faults (wrong shapes, missing tensors, unsupported types).
+#pragma once
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/gguf.h"
+#include "engine/model_file.h"
+
+namespace dcomp::testing {
+
+struct TinyModelOptions {
+  std::string arch = "llama";
+  int dim = 32, hidden = 48, layers = 2, heads = 4, kv_heads = 2, vocab = 40, ctx = 16;
+  bool tied = true;
+  GgmlType matrix_type = GgmlType::kF32;
+  uint32_t seed = 1;
+  // Faults.
+  int wrong_ffn_rows = 0;          // if > 0: ffn_gate of layer 0 gets this many rows
+  bool drop_attn_v = false;        // omit blk.1.attn_v.weight
+  bool no_tensors = false;         // vocabulary only
+};
+
+inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o) {
+  GgufWriter w;
+  const std::string a = o.arch + ".";
+  w.SetString("general.architecture", o.arch);
+  w.SetString("general.name", "tiny-" + o.arch);
+  w.SetU32(a + "embedding_length", static_cast<uint32_t>(o.dim));
+  w.SetU32(a + "feed_forward_length", static_cast<uint32_t>(o.hidden));
+  w.SetU32(a + "block_count", static_cast<uint32_t>(o.layers));
+  w.SetU32(a + "attention.head_count", static_cast<uint32_t>(o.heads));
+  w.SetU32(a + "attention.head_count_kv", static_cast<uint32_t>(o.kv_heads));
+  w.SetU32(a + "context_length", static_cast<uint32_t>(o.ctx));
+  w.SetF32(a + "rope.freq_base", o.arch == "qwen2" ? 1000000.0f : 10000.0f);
+  w.SetF32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  for (int i = 3; i < o.vocab; ++i) tokens.push_back("\xE2\x96\x81t" + std::to_string(i));
+  w.SetString("tokenizer.ggml.model", "llama");
+  w.SetStringArray("tokenizer.ggml.tokens", tokens);
+  w.SetF32Array("tokenizer.ggml.scores", std::vector<float>(tokens.size(), 0.0f));
+  w.SetU32("tokenizer.ggml.bos_token_id", 1);
+  w.SetU32("tokenizer.ggml.eos_token_id", 2);
+  w.SetU32("tokenizer.ggml.unknown_token_id", 0);
+  if (o.no_tensors) return w.Write(path);
+
+  std::mt19937 rng(o.seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto rnd = [&](int64_t n, float scale) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = nd(rng) * scale;
+    return v;
+  };
+  auto norm = [&](int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = 1.0f + 0.1f * nd(rng);
+    return v;
+  };
+  const int hd = o.dim / o.heads, kv = o.kv_heads * hd;
+  auto mat = [&](const std::string& name, int rows, int cols) -> Status {
+    GgmlType t = (cols % 32 == 0) ? o.matrix_type : GgmlType::kF32;
+    return w.AddTensor(name, rows, cols, t, rnd(int64_t{rows} * cols, 1.0f / std::sqrt(float(cols))));
+  };
+  RETURN_IF_ERROR(w.AddTensor("token_embd.weight", o.vocab, o.dim, GgmlType::kF32,
+                              rnd(int64_t{o.vocab} * o.dim, 1.0f)));
+  RETURN_IF_ERROR(w.AddTensor("output_norm.weight", 1, o.dim, GgmlType::kF32, norm(o.dim)));
+  if (!o.tied) RETURN_IF_ERROR(mat("output.weight", o.vocab, o.dim));
+  for (int l = 0; l < o.layers; ++l) {
+    auto n = [l](const char* what) { return LayerTensorName(l, what); };
+    RETURN_IF_ERROR(w.AddTensor(n("attn_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
+    RETURN_IF_ERROR(mat(n("attn_q.weight"), o.dim, o.dim));
+    RETURN_IF_ERROR(mat(n("attn_k.weight"), kv, o.dim));
+    if (!(o.drop_attn_v && l == 1)) RETURN_IF_ERROR(mat(n("attn_v.weight"), kv, o.dim));
+    RETURN_IF_ERROR(mat(n("attn_output.weight"), o.dim, o.dim));
+    RETURN_IF_ERROR(w.AddTensor(n("ffn_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
+    RETURN_IF_ERROR(mat(n("ffn_gate.weight"), l == 0 && o.wrong_ffn_rows ? o.wrong_ffn_rows : o.hidden, o.dim));
+    RETURN_IF_ERROR(mat(n("ffn_down.weight"), o.dim, o.hidden));
+    RETURN_IF_ERROR(mat(n("ffn_up.weight"), o.hidden, o.dim));
+    if (o.arch == "qwen2") {
+      RETURN_IF_ERROR(w.AddTensor(n("attn_q.bias"), 1, o.dim, GgmlType::kF32, rnd(o.dim, 0.5f)));
+      RETURN_IF_ERROR(w.AddTensor(n("attn_k.bias"), 1, kv, GgmlType::kF32, rnd(kv, 0.5f)));
+      RETURN_IF_ERROR(w.AddTensor(n("attn_v.bias"), 1, kv, GgmlType::kF32, rnd(kv, 0.5f)));
+    }
+  }
+  return w.Write(path);
+}
+
+}  // namespace dcomp::testing
