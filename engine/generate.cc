@@ -37,7 +37,7 @@ Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
   Sampler sampler(req.sampling);
   std::vector<int32_t> all = res.prompt_ids;
   std::vector<float> logits;
-  TextStreamer streamer(&tok);
+  TextStreamer streamer(&tok, /*at_text_start=*/false);  // continues the prompt
 
   auto t0 = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(model.Forward(res.prompt_ids, false, &logits));

@@ -363,7 +363,7 @@ std::string Tokenizer::TokenBytes(int32_t id) const {
 }
 
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
-  TextStreamer s(this);
+  TextStreamer s(this, /*at_text_start=*/true);
   std::string out;
   for (int32_t id : ids) out += s.Push(id);
   out += s.Flush();

@@ -81,10 +81,12 @@ class Tokenizer {
 
 // Turns a token stream into text incrementally without ever emitting a partial UTF-8 sequence:
 // bytes of an incomplete character are held until the character completes. Invalid sequences are
-// emitted as U+FFFD. Strips the dummy-prefix space of the first piece for llama tokenizers.
+// emitted as U+FFFD. With `at_text_start` (the stream begins the text, right after BOS), the
+// dummy-prefix space of the first piece is dropped for llama tokenizers; a continuation of a prompt
+// keeps it.
 class TextStreamer {
  public:
-  explicit TextStreamer(const Tokenizer* tok) : tok_(tok) {}
+  TextStreamer(const Tokenizer* tok, bool at_text_start) : tok_(tok), at_start_(at_text_start) {}
   // Returns the text completed by this token (possibly empty).
   std::string Push(int32_t id);
   // Returns whatever is pending (an incomplete trailing sequence becomes U+FFFD).
@@ -93,7 +95,7 @@ class TextStreamer {
  private:
   const Tokenizer* tok_;
   std::string pending_;
-  bool at_start_ = true;
+  bool at_start_;
 };
 
 // Loads a llama2.c tokenizer.bin for a model of `vocab_size` tokens. Errors name the file and what

@@ -139,6 +139,7 @@ Status CmdGenerate(const std::vector<std::string>& args) {
     std::printf("%s\n", w.str().c_str());
   } else {
     std::printf("\n");
+    std::fflush(stdout);
     std::fprintf(stderr,
                  "[%zu prompt tokens in %.2f ms, %zu generated at %.1f tokens/s, stop: %s]\n",
                  r.prompt_ids.size(), r.prefill_seconds * 1e3, r.generated_ids.size(), decode_tps,

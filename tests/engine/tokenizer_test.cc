@@ -101,7 +101,7 @@ TEST(TokenizerTest, StreamerNeverSplitsUtf8) {
   auto tok = EmbeddedTokenizer();
   // "é€" is 5 bytes, encoded as 5 byte-fallback tokens: nothing may be emitted mid-character.
   std::vector<int32_t> ids = tok->Encode("\xC3\xA9\xE2\x82\xAC", false);
-  TextStreamer st(tok.get());
+  TextStreamer st(tok.get(), true);
   std::vector<std::string> outs;
   for (int32_t id : ids) outs.push_back(st.Push(id));
   outs.push_back(st.Flush());
@@ -119,10 +119,15 @@ TEST(TokenizerTest, StreamerNeverSplitsUtf8) {
   }
   EXPECT_EQ(all, "\xC3\xA9\xE2\x82\xAC");
   // A dangling lead byte at the end becomes U+FFFD, never raw bytes.
-  TextStreamer st2(tok.get());
+  TextStreamer st2(tok.get(), true);
   std::string out = st2.Push(tok->Encode("\xE2", false).back());
   out += st2.Flush();
   EXPECT_EQ(out, "\xEF\xBF\xBD");
+  // Only the start of a text drops the dummy-prefix space; a continuation keeps it.
+  std::vector<int32_t> ids2 = tok->Encode("Once upon", false);
+  TextStreamer head(tok.get(), true), cont(tok.get(), false);
+  EXPECT_EQ(head.Push(ids2[0]), "Once");
+  EXPECT_EQ(cont.Push(ids2[1]), " upon");
 }
 
 TEST(TokenizerTest, SpecValidationNamesTheProblem) {
