@@ -7,6 +7,20 @@
 #include "kernels/ops.h"
 
 namespace dcomp {
+namespace {
+// A parallel region costs a few microseconds of wake-up and join; below this many multiply-adds the
+// work runs on the calling thread (about 2-4 us of int8 GEMV on one core).
+constexpr size_t kMinParallelMacs = size_t{1} << 18;
+}  // namespace
+
+void Transformer::Parallel(size_t work, int64_t n, const std::function<void(int64_t, int64_t)>& fn,
+                           int64_t grain) {
+  if (work < kMinParallelMacs || pool_->num_threads() == 1) {
+    fn(0, n);
+  } else {
+    pool_->ParallelFor(n, fn, grain);
+  }
+}
 
 Result<std::unique_ptr<Transformer>> Transformer::Create(WeightSource* weights, ThreadPool* pool,
                                                          int32_t context_length,
@@ -95,17 +109,20 @@ void Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, si
   const bool quantized = jobs[0].w->quantized;
   if (quantized) {
     const size_t padded = kernels::PaddedCols(cols);
-    for (size_t t = 0; t < n; ++t) {
-      kt_->quantize_row_q8(x + t * x_stride, cols, padded, xq_.data() + t * padded, &xq_scale_[t]);
-    }
+    Parallel(n * cols * 8, static_cast<int64_t>(n), [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        kt_->quantize_row_q8(x + t * x_stride, cols, padded, xq_.data() + t * padded,
+                             &xq_scale_[static_cast<size_t>(t)]);
+      }
+    });
   }
   size_t total = 0;
   for (const LinearJob& j : jobs) total += j.w->rows();
   const kernels::KernelTable* kt = kt_;
   const int8_t* xq = xq_.data();
   const float* xs = xq_scale_.data();
-  pool_->ParallelFor(
-      static_cast<int64_t>(total),
+  Parallel(
+      total * cols * n, static_cast<int64_t>(total),
       [&](int64_t begin, int64_t end) {
         size_t base = 0;
         for (const LinearJob& j : jobs) {
@@ -137,6 +154,12 @@ void Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, si
   }
 }
 
+void Transformer::PerToken(size_t n, size_t cost_per_token, const std::function<void(size_t)>& fn) {
+  Parallel(n * cost_per_token, static_cast<int64_t>(n), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) fn(static_cast<size_t>(t));
+  });
+}
+
 void Transformer::Attention(int layer, size_t n) {
   const size_t dim = static_cast<size_t>(cfg_.dim), hd = static_cast<size_t>(cfg_.head_dim);
   const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim());
@@ -146,21 +169,16 @@ void Transformer::Attention(int layer, size_t n) {
   const float* vc = v_cache_.data() + static_cast<size_t>(layer) * ctx_ * kv_dim;
   const float inv_sqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const size_t pos0 = static_cast<size_t>(pos_);
-  pool_->ParallelFor(static_cast<int64_t>(n * heads), [&](int64_t begin, int64_t end) {
+  const size_t work = n * heads * (pos0 + n) * hd * 2;
+  Parallel(work, static_cast<int64_t>(n * heads), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     for (int64_t i = begin; i < end; ++i) {
       const size_t t = static_cast<size_t>(i) / heads, h = static_cast<size_t>(i) % heads;
       const size_t p = pos0 + t;
       const size_t kvh = h / group;
-      const float* qv = q_.data() + t * dim + h * hd;
       scores.resize(p + 1);
-      for (size_t j = 0; j <= p; ++j) {
-        scores[j] = kernels::DotF32(qv, kc + j * kv_dim + kvh * hd, hd) * inv_sqrt;
-      }
-      kernels::Softmax(scores.data(), p + 1);
-      float* out = att_.data() + t * dim + h * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (size_t j = 0; j <= p; ++j) kernels::AxpyF32(scores[j], vc + j * kv_dim + kvh * hd, out, hd);
+      kernels::AttentionHead(q_.data() + t * dim + h * hd, kc + kvh * hd, vc + kvh * hd, kv_dim,
+                             p + 1, hd, inv_sqrt, scores.data(), att_.data() + t * dim + h * hd);
     }
   });
 }
@@ -189,9 +207,9 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     float* kc = k_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
     float* vc = v_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
 
-    for (size_t t = 0; t < n; ++t) {
+    PerToken(n, dim * 8, [&](size_t t) {
       kernels::RmsNorm(x_.data() + t * dim, w->attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
-    }
+    });
     const LinearJob qkv[] = {{&w->wq, q_.data(), dim}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
     RunLinears(qkv, xn_.data(), dim, n);
 
@@ -208,12 +226,14 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     RunLinears(o, att_.data(), dim, n);
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
-    for (size_t t = 0; t < n; ++t) {
+    PerToken(n, dim * 8, [&](size_t t) {
       kernels::RmsNorm(x_.data() + t * dim, w->ffn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
-    }
+    });
     const LinearJob up[] = {{&w->w_gate, hb_.data(), hid}, {&w->w_up, hb2_.data(), hid}};
     RunLinears(up, xn_.data(), dim, n);
-    for (size_t t = 0; t < n; ++t) kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid);
+    PerToken(n, hid * 16, [&](size_t t) {
+      kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid);
+    });
     const LinearJob down[] = {{&w->w_down, xn_.data(), dim}};
     RunLinears(down, hb_.data(), hid, n);
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];

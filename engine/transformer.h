@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -56,6 +57,11 @@ class Transformer {
   // y_j = W_j x for every job, all sharing the input x [n][cols]; one parallel region.
   void RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride, size_t n);
   void Attention(int layer, size_t n);
+  // Runs fn over [0, n) on the pool, or inline when `work` (multiply-adds or equivalent) is too
+  // small to pay for a parallel region. Results never depend on which.
+  void Parallel(size_t work, int64_t n, const std::function<void(int64_t, int64_t)>& fn,
+                int64_t grain = 1);
+  void PerToken(size_t n, size_t cost_per_token, const std::function<void(size_t)>& fn);
 
   WeightSource* weights_;
   ThreadPool* pool_;

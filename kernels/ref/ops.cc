@@ -53,12 +53,35 @@ void SiluMul(float* gate, const float* up, size_t n) {
 
 float DotF32(const float* a, const float* b, size_t n) {
   float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
   for (size_t i = 0; i < n; ++i) acc += a[i] * b[i];
   return acc;
 }
 
 void AxpyF32(float a, const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace dcomp::kernels
+
+namespace dcomp::kernels {
+
+void AttentionHead(const float* q, const float* k, const float* v, size_t kv_stride,
+                   size_t n_keys, size_t head_dim, float scale, float* scores, float* out) {
+  for (size_t j = 0; j < n_keys; ++j) {
+    const float* kj = k + j * kv_stride;
+    float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+    for (size_t i = 0; i < head_dim; ++i) d += q[i] * kj[i];
+    scores[j] = d * scale;
+  }
+  Softmax(scores, n_keys);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  for (size_t j = 0; j < n_keys; ++j) {
+    const float p = scores[j];
+    const float* vj = v + j * kv_stride;
+    for (size_t i = 0; i < head_dim; ++i) out[i] += p * vj[i];
+  }
 }
 
 }  // namespace dcomp::kernels

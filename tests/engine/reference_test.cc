@@ -137,3 +137,10 @@ INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest, ::testing::ValuesIn(kCases),
 
 }  // namespace
 }  // namespace dcomp
+
+namespace dcomp {
+namespace {
+// Readable parameter names in test listings.
+[[maybe_unused]] void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
+}  // namespace
+}  // namespace dcomp

@@ -1,0 +1,94 @@
+// End-to-end engine throughput, llama-bench style: pp128 (a 128-token prompt in one forward pass)
+// and tg128 (128 single-token decode steps from an empty context), at 1 and 2 threads, W8A8
+// weights. Model: $DCOMP_BENCH_MODEL, else ../shared/models/llama2c/stories3M-q80.bin, else the
+// embedded stories260K.
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "base/thread_pool.h"
+#include "engine/model_file.h"
+#include "engine/transformer.h"
+
+namespace dcomp {
+namespace {
+
+std::string ModelPath() {
+  if (const char* e = std::getenv("DCOMP_BENCH_MODEL")) return e;
+  const std::string shared = std::string(DCOMP_SOURCE_DIR) + "/../shared/models/llama2c/stories3M-q80.bin";
+  if (std::filesystem::exists(shared)) return shared;
+  return std::string(DCOMP_SOURCE_DIR) + "/models/stories260K.bin";
+}
+
+struct Loaded {
+  std::unique_ptr<ModelFile> file;
+  std::unique_ptr<InMemoryWeights> weights;
+};
+
+Loaded& Model() {
+  static Loaded m = [] {
+    Loaded l;
+    auto f = OpenModelFile(ModelPath());
+    if (!f.ok()) {
+      std::fprintf(stderr, "%s\n", f.status().ToString().c_str());
+      std::exit(1);
+    }
+    l.file = std::move(*f);
+    l.weights = std::move(*InMemoryWeights::Load(*l.file, WeightFormat::kW8A8));
+    return l;
+  }();
+  return m;
+}
+
+std::vector<int32_t> Tokens(size_t n, int32_t vocab) {
+  std::vector<int32_t> t(n);
+  for (size_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((i * 37 + 1) % static_cast<size_t>(vocab));
+  return t;
+}
+
+void BM_Prefill(benchmark::State& state) {
+  Loaded& m = Model();
+  ThreadPool pool(static_cast<int>(state.range(0)));
+  const size_t n = static_cast<size_t>(state.range(1));
+  auto t = Transformer::Create(m.weights.get(), &pool, static_cast<int32_t>(n));
+  std::vector<int32_t> toks = Tokens(n, m.file->config().vocab_size);
+  std::vector<float> logits;
+  for (auto _ : state) {
+    (*t)->Reset();
+    if (!(*t)->Forward(toks, false, &logits).ok()) state.SkipWithError("forward failed");
+  }
+  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(state.iterations() * n),
+                                               benchmark::Counter::kIsRate);
+  state.SetLabel(m.file->config().name + " pp" + std::to_string(n));
+}
+
+void BM_Decode(benchmark::State& state) {
+  Loaded& m = Model();
+  ThreadPool pool(static_cast<int>(state.range(0)));
+  const size_t n = static_cast<size_t>(state.range(1));
+  auto t = Transformer::Create(m.weights.get(), &pool, static_cast<int32_t>(n));
+  std::vector<int32_t> toks = Tokens(n, m.file->config().vocab_size);
+  std::vector<float> logits;
+  for (auto _ : state) {
+    (*t)->Reset();
+    for (size_t i = 0; i < n; ++i) {
+      if (!(*t)->Forward(std::span<const int32_t>(&toks[i], 1), false, &logits).ok()) {
+        state.SkipWithError("forward failed");
+      }
+    }
+  }
+  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(state.iterations() * n),
+                                               benchmark::Counter::kIsRate);
+  state.SetLabel(m.file->config().name + " tg" + std::to_string(n));
+}
+
+BENCHMARK(BM_Prefill)->ArgNames({"threads", "tokens"})->Args({1, 128})->Args({2, 128})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Decode)->ArgNames({"threads", "tokens"})->Args({1, 128})->Args({2, 128})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace dcomp
+
+BENCHMARK_MAIN();

@@ -1,0 +1,130 @@
+// Kernel micro-benchmarks: GB/s of int8 weights streamed by gemv_q8_q8 for each variant, next to
+// the machine's measured single-thread read bandwidth (BM_MemoryReadBandwidth). Shapes are those of
+// stories3M (in cache) and TinyLlama-1.1B (out of cache: 4-46 MB per matrix).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace dcomp::kernels {
+namespace {
+
+void BM_MemoryReadBandwidth(benchmark::State& state) {
+  const size_t bytes = static_cast<size_t>(state.range(0)) << 20;
+  std::vector<uint64_t> buf(bytes / 8);
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = i;
+  for (auto _ : state) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i < buf.size(); i += 4) {
+      s0 += buf[i];
+      s1 += buf[i + 1];
+      s2 += buf[i + 2];
+      s3 += buf[i + 3];
+    }
+    benchmark::DoNotOptimize(s0 + s1 + s2 + s3);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
+}
+BENCHMARK(BM_MemoryReadBandwidth)->Arg(1024)->Unit(benchmark::kMillisecond);
+
+struct Operand {
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> row_sum;
+  std::vector<int8_t> x;
+  Q8MatrixView view;
+};
+
+Operand MakeOperand(size_t rows, size_t cols, size_t n_tok) {
+  Operand o;
+  const size_t stride = PaddedCols(cols);
+  std::mt19937 rng(1);
+  o.q.resize(rows * stride);
+  for (auto& v : o.q) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  o.scale.assign(rows, 0.01f);
+  o.row_sum.resize(rows);
+  ComputeRowSums(o.q.data(), rows, stride, o.row_sum.data());
+  o.x.resize(n_tok * stride);
+  for (auto& v : o.x) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  o.view = {o.q.data(), o.scale.data(), o.row_sum.data(), rows, cols, stride};
+  return o;
+}
+
+void BM_GemvQ8(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols) {
+  Operand o = MakeOperand(rows, cols, 1);
+  std::vector<float> y(rows);
+  for (auto _ : state) {
+    k->gemv_q8_q8(o.view, o.x.data(), 0.01f, y.data(), 0, rows);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * rows * o.view.stride));
+}
+
+// Out of cache: cycles through copies of the matrix totalling at least 512 MiB, so every call
+// streams its weights from DRAM, as a decode step of a model larger than the caches does.
+void BM_GemvQ8Dram(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols) {
+  const size_t stride = PaddedCols(cols);
+  const size_t copies = std::max<size_t>(2, (size_t{512} << 20) / (rows * stride) + 1);
+  std::vector<Operand> ops;
+  for (size_t i = 0; i < copies; ++i) ops.push_back(MakeOperand(rows, cols, 1));
+  std::vector<float> y(rows);
+  size_t i = 0;
+  for (auto _ : state) {
+    const Operand& o = ops[i++ % copies];
+    k->gemv_q8_q8(o.view, o.x.data(), 0.01f, y.data(), 0, rows);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * rows * stride));
+}
+
+void BM_GemmQ8(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols,
+               size_t n_tok) {
+  Operand o = MakeOperand(rows, cols, n_tok);
+  std::vector<float> xs(n_tok, 0.01f), y(rows * n_tok);
+  for (auto _ : state) {
+    k->gemm_q8_q8(o.view, o.x.data(), o.view.stride, xs.data(), n_tok, y.data(), rows, 0, rows);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GMAC/s"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * static_cast<double>(rows * cols * n_tok) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
+void Register() {
+  const std::pair<const char*, std::pair<size_t, size_t>> shapes[] = {
+      {"stories3M_w1_512x192", {512, 192}},       {"stories3M_wcls_4096x192", {4096, 192}},
+      {"tinyllama_wq_2048x2048", {2048, 2048}},   {"tinyllama_w1_5632x2048", {5632, 2048}},
+      {"tinyllama_w2_2048x5632", {2048, 5632}},
+  };
+  for (const KernelTable* k : AvailableKernelTables()) {
+    for (const auto& [name, shape] : shapes) {
+      benchmark::RegisterBenchmark((std::string("BM_GemvQ8/") + k->name + "/" + name).c_str(),
+                                   BM_GemvQ8, k, shape.first, shape.second)
+          ->Unit(benchmark::kMicrosecond);
+    }
+    benchmark::RegisterBenchmark((std::string("BM_GemvQ8Dram/") + k->name + "/tinyllama_w1_5632x2048").c_str(),
+                                 BM_GemvQ8Dram, k, 5632, 2048)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((std::string("BM_GemmQ8/") + k->name + "/tinyllama_wq_x64tok").c_str(),
+                                 BM_GemmQ8, k, 2048, 2048, 64)
+        ->Unit(benchmark::kMillisecond);
+  }
+}
+
+}  // namespace
+}  // namespace dcomp::kernels
+
+int main(int argc, char** argv) {
+  dcomp::kernels::Register();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
