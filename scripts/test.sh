@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: install dependencies, build (release, and the aarch64 kernels for
-# qemu-user), run every test with CTest. Tests that need ../shared skip with a message when absent.
+# The whole test suite: install dependencies; build and test the release build (with the aarch64
+# kernels cross-built and run under qemu-user), then build and test again under AddressSanitizer +
+# UndefinedBehaviorSanitizer. Tests that need ../shared skip with a message when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -10,3 +11,7 @@ cmake --build build/release -j "$jobs"
 cmake --preset aarch64 >/dev/null
 cmake --build build/aarch64 -j "$jobs"
 ctest --test-dir build/release --output-on-failure -j "$jobs" --timeout 900
+echo "== the same suite under ASan + UBSan"
+cmake --preset asan >/dev/null
+cmake --build build/asan -j "$jobs"
+ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800

@@ -1,4 +1,5 @@
 // Hostile and malformed input: every case ends in a clear error naming the problem, never a crash.
+#include <cmath>
 #include <fstream>
 #include <random>
 
@@ -251,6 +252,31 @@ TEST(GenerateTest, RequestValidation) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->stop_reason, "context");
   EXPECT_EQ(r->prompt_ids.size() + r->generated_ids.size(), 9u);
+}
+
+}  // namespace
+}  // namespace dcomp
+
+namespace dcomp {
+namespace {
+
+TEST(GgufTest, HalfAndBFloat16Conversion) {
+  EXPECT_EQ(HalfToFloat(0x3C00), 1.0f);
+  EXPECT_EQ(HalfToFloat(0xC000), -2.0f);
+  EXPECT_EQ(HalfToFloat(0x7BFF), 65504.0f);
+  EXPECT_EQ(HalfToFloat(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_TRUE(std::isinf(HalfToFloat(0x7C00)));
+  EXPECT_TRUE(std::isnan(HalfToFloat(0x7E00)));
+  EXPECT_EQ(BFloat16ToFloat(0x3F80), 1.0f);
+  EXPECT_EQ(BFloat16ToFloat(0xC0A0), -5.0f);
+  // A BF16 tensor through the generic dequantizer.
+  const uint16_t raw[3] = {0x3F80, 0x4000, 0xBF00};
+  float out[3];
+  ASSERT_TRUE(GgmlToF32(static_cast<uint32_t>(GgmlType::kBF16),
+                        reinterpret_cast<const uint8_t*>(raw), 3, out).ok());
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_EQ(out[1], 2.0f);
+  EXPECT_EQ(out[2], -0.5f);
 }
 
 }  // namespace
