@@ -33,7 +33,8 @@ Status Flags::Parse(const std::vector<std::string>& args) {
       if (it == decls_.end()) return InvalidArgumentError("unknown option --" + name);
       if (it->second.takes_value) {
         if (!inline_value) {
-          if (i + 1 >= args.size()) return InvalidArgumentError("option --" + name + " needs a value");
+          if (i + 1 >= args.size())
+            return InvalidArgumentError("option --" + name + " needs a value");
           value = args[++i];
         }
       } else if (inline_value) {

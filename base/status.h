@@ -87,8 +87,8 @@ class [[nodiscard]] Result {
  public:
   static_assert(!std::is_same_v<std::decay_t<T>, Status>, "Result<Status> is not allowed");
 
-  Result(const T& value) : v_(value) {}  // NOLINT(google-explicit-constructor)
-  Result(T&& value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(const T& value) : v_(value) {}            // NOLINT(google-explicit-constructor)
+  Result(T&& value) : v_(std::move(value)) {}      // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!std::get<Status>(v_).ok() && "Result constructed from an OK Status");
     if (std::get<Status>(v_).ok()) v_ = Status(StatusCode::kInternal, "Result from OK status");
@@ -129,10 +129,10 @@ Status AsStatus(const Result<T>& r) {
 #define DCOMP_CONCAT(a, b) DCOMP_CONCAT_INNER(a, b)
 
 // Returns from the current function if `expr` (a Status or Result) is not OK.
-#define RETURN_IF_ERROR(expr)                                             \
-  do {                                                                    \
+#define RETURN_IF_ERROR(expr)                                            \
+  do {                                                                   \
     ::dcomp::Status dcomp_status_ = ::dcomp::internal::AsStatus((expr)); \
-    if (!dcomp_status_.ok()) return dcomp_status_;                        \
+    if (!dcomp_status_.ok()) return dcomp_status_;                       \
   } while (0)
 
 // ASSIGN_OR_RETURN(auto x, ResultExpr()): declares/assigns the value or returns the error.

@@ -1,9 +1,10 @@
 // ThreadPool: a persistent pool for data-parallel loops (row-parallel kernels, attention heads).
 //
 // The calling thread takes part in every loop, so ThreadPool(1) runs everything inline with no
-// synchronisation. Workers spin briefly after a loop (decode steps come microseconds apart) and then
-// sleep on a futex, so an idle pool costs no CPU. ParallelFor is not reentrant and must be called
-// from one thread at a time (the owner of the pool); the callback runs concurrently on all threads.
+// synchronisation. Workers spin briefly after a loop (decode steps come microseconds apart) and
+// then sleep on a futex, so an idle pool costs no CPU. ParallelFor is not reentrant and must be
+// called from one thread at a time (the owner of the pool); the callback runs concurrently on all
+// threads.
 #pragma once
 
 #include <atomic>

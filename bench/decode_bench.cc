@@ -16,7 +16,8 @@ namespace {
 
 std::string ModelPath() {
   if (const char* e = std::getenv("DCOMP_BENCH_MODEL")) return e;
-  const std::string shared = std::string(DCOMP_SOURCE_DIR) + "/../shared/models/llama2c/stories3M-q80.bin";
+  const std::string shared =
+      std::string(DCOMP_SOURCE_DIR) + "/../shared/models/llama2c/stories3M-q80.bin";
   if (std::filesystem::exists(shared)) return shared;
   return std::string(DCOMP_SOURCE_DIR) + "/models/stories260K.bin";
 }
@@ -43,7 +44,8 @@ Loaded& Model() {
 
 std::vector<int32_t> Tokens(size_t n, int32_t vocab) {
   std::vector<int32_t> t(n);
-  for (size_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((i * 37 + 1) % static_cast<size_t>(vocab));
+  for (size_t i = 0; i < n; ++i)
+    t[i] = static_cast<int32_t>((i * 37 + 1) % static_cast<size_t>(vocab));
   return t;
 }
 
@@ -58,8 +60,8 @@ void BM_Prefill(benchmark::State& state) {
     (*t)->Reset();
     if (!(*t)->Forward(toks, false, &logits).ok()) state.SkipWithError("forward failed");
   }
-  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(state.iterations() * n),
-                                               benchmark::Counter::kIsRate);
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * n), benchmark::Counter::kIsRate);
   state.SetLabel(m.file->config().name + " pp" + std::to_string(n));
 }
 
@@ -78,15 +80,23 @@ void BM_Decode(benchmark::State& state) {
       }
     }
   }
-  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(state.iterations() * n),
-                                               benchmark::Counter::kIsRate);
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * n), benchmark::Counter::kIsRate);
   state.SetLabel(m.file->config().name + " tg" + std::to_string(n));
 }
 
-BENCHMARK(BM_Prefill)->ArgNames({"threads", "tokens"})->Args({1, 128})->Args({2, 128})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Decode)->ArgNames({"threads", "tokens"})->Args({1, 128})->Args({2, 128})
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Prefill)
+    ->ArgNames({"threads", "tokens"})
+    ->Args({1, 128})
+    ->Args({2, 128})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_Decode)
+    ->ArgNames({"threads", "tokens"})
+    ->Args({1, 128})
+    ->Args({2, 128})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace dcomp

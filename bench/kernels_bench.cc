@@ -99,8 +99,8 @@ void BM_GemmQ8(benchmark::State& state, const KernelTable* k, size_t rows, size_
 
 void Register() {
   const std::pair<const char*, std::pair<size_t, size_t>> shapes[] = {
-      {"stories3M_w1_512x192", {512, 192}},       {"stories3M_wcls_4096x192", {4096, 192}},
-      {"tinyllama_wq_2048x2048", {2048, 2048}},   {"tinyllama_w1_5632x2048", {5632, 2048}},
+      {"stories3M_w1_512x192", {512, 192}},     {"stories3M_wcls_4096x192", {4096, 192}},
+      {"tinyllama_wq_2048x2048", {2048, 2048}}, {"tinyllama_w1_5632x2048", {5632, 2048}},
       {"tinyllama_w2_2048x5632", {2048, 5632}},
   };
   for (const KernelTable* k : AvailableKernelTables()) {
@@ -109,11 +109,13 @@ void Register() {
                                    BM_GemvQ8, k, shape.first, shape.second)
           ->Unit(benchmark::kMicrosecond);
     }
-    benchmark::RegisterBenchmark((std::string("BM_GemvQ8Dram/") + k->name + "/tinyllama_w1_5632x2048").c_str(),
-                                 BM_GemvQ8Dram, k, 5632, 2048)
+    benchmark::RegisterBenchmark(
+        (std::string("BM_GemvQ8Dram/") + k->name + "/tinyllama_w1_5632x2048").c_str(),
+        BM_GemvQ8Dram, k, 5632, 2048)
         ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark((std::string("BM_GemmQ8/") + k->name + "/tinyllama_wq_x64tok").c_str(),
-                                 BM_GemmQ8, k, 2048, 2048, 64)
+    benchmark::RegisterBenchmark(
+        (std::string("BM_GemmQ8/") + k->name + "/tinyllama_wq_x64tok").c_str(), BM_GemmQ8, k, 2048,
+        2048, 64)
         ->Unit(benchmark::kMillisecond);
   }
 }

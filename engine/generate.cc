@@ -78,8 +78,8 @@ Result<PerplexityResult> EvalPerplexity(Transformer& model, const Tokenizer& tok
   size_t start = 0;
   for (;;) {
     size_t at = text.find(kSep, start);
-    pieces.push_back(text.substr(start, at == std::string_view::npos ? text.size() - start
-                                                                      : at - start));
+    pieces.push_back(
+        text.substr(start, at == std::string_view::npos ? text.size() - start : at - start));
     if (at == std::string_view::npos) break;
     start = at + kSep.size();
   }

@@ -26,9 +26,9 @@ struct GenerateRequest {
 struct GenerateResult {
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> generated_ids;
-  std::string text;        // decoded prompt + completion
-  std::string completion;  // decoded completion only
-  std::string stop_reason;  // "eos", "length", "context", "callback"
+  std::string text;              // decoded prompt + completion
+  std::string completion;        // decoded completion only
+  std::string stop_reason;       // "eos", "length", "context", "callback"
   double prefill_seconds = 0.0;  // prompt forward pass (time to first token)
   double decode_seconds = 0.0;   // all decode steps after the first token
 };

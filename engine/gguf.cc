@@ -17,17 +17,22 @@ size_t ScalarSize(GgufType t) {
   switch (t) {
     case GgufType::kUint8:
     case GgufType::kInt8:
-    case GgufType::kBool: return 1;
+    case GgufType::kBool:
+      return 1;
     case GgufType::kUint16:
-    case GgufType::kInt16: return 2;
+    case GgufType::kInt16:
+      return 2;
     case GgufType::kUint32:
     case GgufType::kInt32:
-    case GgufType::kFloat32: return 4;
+    case GgufType::kFloat32:
+      return 4;
     case GgufType::kUint64:
     case GgufType::kInt64:
-    case GgufType::kFloat64: return 8;
+    case GgufType::kFloat64:
+      return 8;
     case GgufType::kString:
-    case GgufType::kArray: return 0;
+    case GgufType::kArray:
+      return 0;
   }
   return 0;
 }
@@ -70,16 +75,66 @@ Status ReadValue(Cursor* c, GgufType type, int depth, GgufValue* v, const std::s
     return DataLossError(where + ": truncated value at byte " + std::to_string(c->offset()));
   };
   switch (type) {
-    case GgufType::kUint8: { uint8_t x; if (!c->Get(&x)) return trunc(); v->u = x; break; }
-    case GgufType::kInt8: { int8_t x; if (!c->Get(&x)) return trunc(); v->i = x; break; }
-    case GgufType::kUint16: { uint16_t x; if (!c->Get(&x)) return trunc(); v->u = x; break; }
-    case GgufType::kInt16: { int16_t x; if (!c->Get(&x)) return trunc(); v->i = x; break; }
-    case GgufType::kUint32: { uint32_t x; if (!c->Get(&x)) return trunc(); v->u = x; break; }
-    case GgufType::kInt32: { int32_t x; if (!c->Get(&x)) return trunc(); v->i = x; break; }
-    case GgufType::kUint64: { uint64_t x; if (!c->Get(&x)) return trunc(); v->u = x; break; }
-    case GgufType::kInt64: { int64_t x; if (!c->Get(&x)) return trunc(); v->i = x; break; }
-    case GgufType::kFloat32: { float x; if (!c->Get(&x)) return trunc(); v->f = x; break; }
-    case GgufType::kFloat64: { double x; if (!c->Get(&x)) return trunc(); v->f = x; break; }
+    case GgufType::kUint8: {
+      uint8_t x;
+      if (!c->Get(&x)) return trunc();
+      v->u = x;
+      break;
+    }
+    case GgufType::kInt8: {
+      int8_t x;
+      if (!c->Get(&x)) return trunc();
+      v->i = x;
+      break;
+    }
+    case GgufType::kUint16: {
+      uint16_t x;
+      if (!c->Get(&x)) return trunc();
+      v->u = x;
+      break;
+    }
+    case GgufType::kInt16: {
+      int16_t x;
+      if (!c->Get(&x)) return trunc();
+      v->i = x;
+      break;
+    }
+    case GgufType::kUint32: {
+      uint32_t x;
+      if (!c->Get(&x)) return trunc();
+      v->u = x;
+      break;
+    }
+    case GgufType::kInt32: {
+      int32_t x;
+      if (!c->Get(&x)) return trunc();
+      v->i = x;
+      break;
+    }
+    case GgufType::kUint64: {
+      uint64_t x;
+      if (!c->Get(&x)) return trunc();
+      v->u = x;
+      break;
+    }
+    case GgufType::kInt64: {
+      int64_t x;
+      if (!c->Get(&x)) return trunc();
+      v->i = x;
+      break;
+    }
+    case GgufType::kFloat32: {
+      float x;
+      if (!c->Get(&x)) return trunc();
+      v->f = x;
+      break;
+    }
+    case GgufType::kFloat64: {
+      double x;
+      if (!c->Get(&x)) return trunc();
+      v->f = x;
+      break;
+    }
     case GgufType::kBool: {
       uint8_t x;
       if (!c->Get(&x)) return trunc();
@@ -124,15 +179,33 @@ struct TypeTraits {
 
 bool Traits(uint32_t type, TypeTraits* t) {
   switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: *t = {1, 4}; return true;
-    case GgmlType::kF16: *t = {1, 2}; return true;
-    case GgmlType::kBF16: *t = {1, 2}; return true;
-    case GgmlType::kQ8_0: *t = {32, 34}; return true;
-    case GgmlType::kQ4_0: *t = {32, 18}; return true;
-    case GgmlType::kQ4_1: *t = {32, 20}; return true;
-    case GgmlType::kQ5_0: *t = {32, 22}; return true;
-    case GgmlType::kQ5_1: *t = {32, 24}; return true;
-    case GgmlType::kQ8_1: *t = {32, 36}; return true;
+    case GgmlType::kF32:
+      *t = {1, 4};
+      return true;
+    case GgmlType::kF16:
+      *t = {1, 2};
+      return true;
+    case GgmlType::kBF16:
+      *t = {1, 2};
+      return true;
+    case GgmlType::kQ8_0:
+      *t = {32, 34};
+      return true;
+    case GgmlType::kQ4_0:
+      *t = {32, 18};
+      return true;
+    case GgmlType::kQ4_1:
+      *t = {32, 20};
+      return true;
+    case GgmlType::kQ5_0:
+      *t = {32, 22};
+      return true;
+    case GgmlType::kQ5_1:
+      *t = {32, 24};
+      return true;
+    case GgmlType::kQ8_1:
+      *t = {32, 36};
+      return true;
   }
   return false;
 }
@@ -164,15 +237,24 @@ uint16_t FloatToHalf(float f) {
 
 std::string GgmlTypeName(uint32_t type) {
   switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: return "F32";
-    case GgmlType::kF16: return "F16";
-    case GgmlType::kQ4_0: return "Q4_0";
-    case GgmlType::kQ4_1: return "Q4_1";
-    case GgmlType::kQ5_0: return "Q5_0";
-    case GgmlType::kQ5_1: return "Q5_1";
-    case GgmlType::kQ8_0: return "Q8_0";
-    case GgmlType::kQ8_1: return "Q8_1";
-    case GgmlType::kBF16: return "BF16";
+    case GgmlType::kF32:
+      return "F32";
+    case GgmlType::kF16:
+      return "F16";
+    case GgmlType::kQ4_0:
+      return "Q4_0";
+    case GgmlType::kQ4_1:
+      return "Q4_1";
+    case GgmlType::kQ5_0:
+      return "Q5_0";
+    case GgmlType::kQ5_1:
+      return "Q5_1";
+    case GgmlType::kQ8_0:
+      return "Q8_0";
+    case GgmlType::kQ8_1:
+      return "Q8_1";
+    case GgmlType::kBF16:
+      return "BF16";
   }
   return "ggml type " + std::to_string(type);
 }
@@ -186,8 +268,10 @@ bool GgufValue::is_integer() const {
     case GgufType::kUint32:
     case GgufType::kInt32:
     case GgufType::kUint64:
-    case GgufType::kInt64: return true;
-    default: return false;
+    case GgufType::kInt64:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -195,15 +279,18 @@ Result<uint64_t> GgmlRowBytes(uint32_t type, int64_t ne0) {
   TypeTraits t;
   if (!Traits(type, &t)) return UnimplementedError("tensor type " + GgmlTypeName(type));
   if (ne0 < 0 || ne0 % t.block != 0) {
-    return InvalidArgumentError("row of " + std::to_string(ne0) + " elements is not a multiple of " +
-                                GgmlTypeName(type) + "'s block of " + std::to_string(t.block));
+    return InvalidArgumentError("row of " + std::to_string(ne0) +
+                                " elements is not a multiple of " + GgmlTypeName(type) +
+                                "'s block of " + std::to_string(t.block));
   }
   return static_cast<uint64_t>(ne0) / t.block * t.bytes;
 }
 
 Status GgmlToF32(uint32_t type, const uint8_t* src, int64_t n, float* dst) {
   switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return Status::Ok();
+    case GgmlType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return Status::Ok();
     case GgmlType::kF16:
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
@@ -249,14 +336,13 @@ Status GgufFile::Parse() {
   if (magic != kGgufMagic) return InvalidArgumentError("bad magic (not a GGUF file)");
   if (!c.Get(&version_)) return DataLossError("truncated header (version)");
   if (version_ != 2 && version_ != 3) {
-    return UnimplementedError("GGUF version " + std::to_string(version_) +
-                              " (supported: 2 and 3)");
+    return UnimplementedError("GGUF version " + std::to_string(version_) + " (supported: 2 and 3)");
   }
   uint64_t n_tensors = 0, n_kv = 0;
   if (!c.Get(&n_tensors) || !c.Get(&n_kv)) return DataLossError("truncated header (counts)");
   if (n_tensors > kMaxCount || n_kv > kMaxCount) {
-    return InvalidArgumentError("implausible counts: " + std::to_string(n_tensors) +
-                                " tensors, " + std::to_string(n_kv) + " metadata keys");
+    return InvalidArgumentError("implausible counts: " + std::to_string(n_tensors) + " tensors, " +
+                                std::to_string(n_kv) + " metadata keys");
   }
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key;
@@ -327,8 +413,9 @@ Status GgufFile::Parse() {
     }
     if (data_start > file_->size() || t.offset > file_->size() - data_start ||
         t.nbytes > file_->size() - data_start - t.offset) {
-      return DataLossError("tensor '" + t.name + "' data [" + std::to_string(data_start + t.offset) +
-                           ", +" + std::to_string(t.nbytes) + ") extends past the end of the file (" +
+      return DataLossError("tensor '" + t.name + "' data [" +
+                           std::to_string(data_start + t.offset) + ", +" +
+                           std::to_string(t.nbytes) + ") extends past the end of the file (" +
                            std::to_string(file_->size()) + " bytes): truncated file?");
     }
     t.data = file_->data() + data_start + t.offset;
@@ -368,8 +455,10 @@ Result<int64_t> GgufFile::GetInt(const std::string& key) const {
     case GgufType::kInt8:
     case GgufType::kInt16:
     case GgufType::kInt32:
-    case GgufType::kInt64: return v->i;
-    default: break;
+    case GgufType::kInt64:
+      return v->i;
+    default:
+      break;
   }
   return InvalidArgumentError("GGUF " + path() + ": metadata '" + key +
                               "' is not an integer in range");
@@ -485,8 +574,8 @@ Status GgufWriter::AddTensor(const std::string& name, int64_t rows, int64_t cols
   if (static_cast<int64_t>(data.size()) != rows * cols) {
     return InvalidArgumentError("tensor '" + name + "': data size does not match shape");
   }
-  Tensor t{name, rows == 1 ? std::vector<int64_t>{cols} : std::vector<int64_t>{cols, rows}, type,
-           {}};
+  Tensor t{
+      name, rows == 1 ? std::vector<int64_t>{cols} : std::vector<int64_t>{cols, rows}, type, {}};
   const size_t n = data.size();
   switch (type) {
     case GgmlType::kF32:
@@ -514,12 +603,15 @@ Status GgufWriter::AddTensor(const std::string& name, int64_t rows, int64_t cols
         uint8_t* blk = &t.bytes[b * 34];
         std::memcpy(blk, &h, 2);
         for (int k = 0; k < 32; ++k) {
-          blk[2 + k] = static_cast<uint8_t>(static_cast<int8_t>(std::nearbyint(data[b * 32 + k] * id)));
+          blk[2 + k] =
+              static_cast<uint8_t>(static_cast<int8_t>(std::nearbyint(data[b * 32 + k] * id)));
         }
       }
       break;
     }
-    default: return UnimplementedError("GgufWriter: tensor type " + GgmlTypeName(static_cast<uint32_t>(type)));
+    default:
+      return UnimplementedError("GgufWriter: tensor type " +
+                                GgmlTypeName(static_cast<uint32_t>(type)));
   }
   tensors_.push_back(std::move(t));
   return Status::Ok();
@@ -529,17 +621,57 @@ namespace {
 void PutValue(std::string* out, const GgufValue& v) {
   auto put = [out](const void* p, size_t n) { out->append(static_cast<const char*>(p), n); };
   switch (v.type) {
-    case GgufType::kUint8: case GgufType::kBool: { uint8_t x = static_cast<uint8_t>(v.u); put(&x, 1); break; }
-    case GgufType::kInt8: { int8_t x = static_cast<int8_t>(v.i); put(&x, 1); break; }
-    case GgufType::kUint16: { uint16_t x = static_cast<uint16_t>(v.u); put(&x, 2); break; }
-    case GgufType::kInt16: { int16_t x = static_cast<int16_t>(v.i); put(&x, 2); break; }
-    case GgufType::kUint32: { uint32_t x = static_cast<uint32_t>(v.u); put(&x, 4); break; }
-    case GgufType::kInt32: { int32_t x = static_cast<int32_t>(v.i); put(&x, 4); break; }
-    case GgufType::kUint64: put(&v.u, 8); break;
-    case GgufType::kInt64: put(&v.i, 8); break;
-    case GgufType::kFloat32: { float x = static_cast<float>(v.f); put(&x, 4); break; }
-    case GgufType::kFloat64: put(&v.f, 8); break;
-    case GgufType::kString: { uint64_t n = v.str.size(); put(&n, 8); put(v.str.data(), n); break; }
+    case GgufType::kUint8:
+    case GgufType::kBool: {
+      uint8_t x = static_cast<uint8_t>(v.u);
+      put(&x, 1);
+      break;
+    }
+    case GgufType::kInt8: {
+      int8_t x = static_cast<int8_t>(v.i);
+      put(&x, 1);
+      break;
+    }
+    case GgufType::kUint16: {
+      uint16_t x = static_cast<uint16_t>(v.u);
+      put(&x, 2);
+      break;
+    }
+    case GgufType::kInt16: {
+      int16_t x = static_cast<int16_t>(v.i);
+      put(&x, 2);
+      break;
+    }
+    case GgufType::kUint32: {
+      uint32_t x = static_cast<uint32_t>(v.u);
+      put(&x, 4);
+      break;
+    }
+    case GgufType::kInt32: {
+      int32_t x = static_cast<int32_t>(v.i);
+      put(&x, 4);
+      break;
+    }
+    case GgufType::kUint64:
+      put(&v.u, 8);
+      break;
+    case GgufType::kInt64:
+      put(&v.i, 8);
+      break;
+    case GgufType::kFloat32: {
+      float x = static_cast<float>(v.f);
+      put(&x, 4);
+      break;
+    }
+    case GgufType::kFloat64:
+      put(&v.f, 8);
+      break;
+    case GgufType::kString: {
+      uint64_t n = v.str.size();
+      put(&n, 8);
+      put(v.str.data(), n);
+      break;
+    }
     case GgufType::kArray: {
       uint32_t et = static_cast<uint32_t>(v.elem_type);
       uint64_t n = v.arr.size();

@@ -1,8 +1,9 @@
 // GGUF (versions 2 and 3) reader and writer. The reader memory-maps the file, validates the header,
 // every metadata value (all scalar types, strings, nested arrays), the tensor infos, the alignment
-// and that every tensor's data lies inside the file, and gives typed access to metadata. Errors name
-// the file and the key or tensor at fault. A GgufFile is immutable after Open(); thread-safe to read.
-// The writer (used by `dcomp synth` and tests) produces GGUF v3 with F32 / F16 / Q8_0 tensors.
+// and that every tensor's data lies inside the file, and gives typed access to metadata. Errors
+// name the file and the key or tensor at fault. A GgufFile is immutable after Open(); thread-safe
+// to read. The writer (used by `dcomp synth` and tests) produces GGUF v3 with F32 / F16 / Q8_0
+// tensors.
 #pragma once
 
 #include <cstdint>
@@ -64,7 +65,7 @@ struct GgufTensorInfo {
   std::string name;
   std::vector<int64_t> ne;  // ne[0] is the fastest-varying (columns)
   uint32_t type = 0;
-  uint64_t offset = 0;      // relative to the data section
+  uint64_t offset = 0;  // relative to the data section
   const uint8_t* data = nullptr;
   uint64_t nbytes = 0;
 };
@@ -82,7 +83,7 @@ class GgufFile {
 
   // Typed getters: NotFound if absent, InvalidArgument naming the key if of the wrong type.
   Result<std::string> GetString(const std::string& key) const;
-  Result<int64_t> GetInt(const std::string& key) const;  // any integer type
+  Result<int64_t> GetInt(const std::string& key) const;   // any integer type
   Result<double> GetFloat(const std::string& key) const;  // any float or integer type
   Result<bool> GetBool(const std::string& key) const;
   Result<const std::vector<GgufValue>*> GetArray(const std::string& key, GgufType elem) const;

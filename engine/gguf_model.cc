@@ -56,7 +56,8 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
   RETURN_IF_ERROR(get_int("attention.head_count", &c.n_heads));
   RETURN_IF_ERROR(get_int("context_length", &c.context_length));
   c.n_kv_heads = c.n_heads;
-  if (g.Find(a + "attention.head_count_kv")) RETURN_IF_ERROR(get_int("attention.head_count_kv", &c.n_kv_heads));
+  if (g.Find(a + "attention.head_count_kv"))
+    RETURN_IF_ERROR(get_int("attention.head_count_kv", &c.n_kv_heads));
   c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
   if (g.Find(a + "rope.dimension_count")) {
     int32_t rope_dims = 0;

@@ -44,13 +44,16 @@ Result<std::string> FindTokenizer(const std::string& model_path, const std::stri
   if (!given.empty()) return given;
   namespace fs = std::filesystem;
   const fs::path dir = fs::path(model_path).parent_path();
-  for (const std::string& cand : {"tok" + std::to_string(vocab) + ".bin", std::string("tokenizer.bin")}) {
+  for (const std::string& cand :
+       {"tok" + std::to_string(vocab) + ".bin", std::string("tokenizer.bin")}) {
     std::error_code ec;
     if (fs::exists(dir / cand, ec)) return (dir / cand).string();
   }
-  return InvalidArgumentError(model_path +
-                              ": a llama2.c checkpoint carries no vocabulary; pass --tokenizer FILE "
-                              "(no tok" + std::to_string(vocab) + ".bin or tokenizer.bin beside it)");
+  return InvalidArgumentError(
+      model_path +
+      ": a llama2.c checkpoint carries no vocabulary; pass --tokenizer FILE "
+      "(no tok" +
+      std::to_string(vocab) + ".bin or tokenizer.bin beside it)");
 }
 
 Result<std::unique_ptr<ModelFile>> Llama2cModel::Open(const std::string& path,
@@ -81,7 +84,8 @@ Result<std::unique_ptr<ModelFile>> Llama2cModel::Open(const std::string& path,
     if (version == 2) {
       int32_t gs;
       std::memcpy(&gs, base + 37, 4);
-      if (gs <= 0 || gs > 4096) return fail("group_size " + std::to_string(gs) + " is out of range");
+      if (gs <= 0 || gs > 4096)
+        return fail("group_size " + std::to_string(gs) + " is out of range");
       m->group_size_ = gs;
     }
     off = 256;
@@ -138,7 +142,8 @@ Result<std::unique_ptr<ModelFile>> Llama2cModel::Open(const std::string& path,
     RETURN_IF_ERROR(layers("ffn_down.weight", dim, hid, false));
     RETURN_IF_ERROR(layers("ffn_up.weight", hid, dim, false));
     RETURN_IF_ERROR(add("output_norm.weight", 1, dim, false));
-    off += static_cast<uint64_t>(c.context_length) * (c.head_dim / 2) * 4 * 2;  // freq_cis_real/imag
+    off +=
+        static_cast<uint64_t>(c.context_length) * (c.head_dim / 2) * 4 * 2;  // freq_cis_real/imag
   } else {
     RETURN_IF_ERROR(layers("attn_norm.weight", 1, dim, false));
     RETURN_IF_ERROR(layers("ffn_norm.weight", 1, dim, false));
@@ -158,7 +163,7 @@ Result<std::unique_ptr<ModelFile>> Llama2cModel::Open(const std::string& path,
                 c.Summary() + ", expected " + std::to_string(off) +
                 " bytes): truncated, or not a llama2.c checkpoint");
   }
-  m->format_ = version == 0 ? "llama2.c v0 (fp32)"
+  m->format_ = version == 0   ? "llama2.c v0 (fp32)"
                : version == 1 ? "llama2.c v1 (fp32)"
                               : "llama2.c v2 (Q8_0, group " + std::to_string(gs) + ")";
   ASSIGN_OR_RETURN(std::string tok_path, FindTokenizer(path, tokenizer_path, c.vocab_size));

@@ -9,7 +9,8 @@ Status ModelConfig::Validate() const {
   };
   constexpr int32_t kMaxDim = 1 << 16;
   if (dim <= 0 || dim > kMaxDim) return bad("dim", dim, "1..65536");
-  if (hidden_dim <= 0 || hidden_dim > 4 * kMaxDim) return bad("hidden_dim", hidden_dim, "1..262144");
+  if (hidden_dim <= 0 || hidden_dim > 4 * kMaxDim)
+    return bad("hidden_dim", hidden_dim, "1..262144");
   if (n_layers <= 0 || n_layers > 1024) return bad("n_layers", n_layers, "1..1024");
   if (n_heads <= 0 || n_heads > dim) return bad("n_heads", n_heads, "1..dim");
   if (n_kv_heads <= 0 || n_kv_heads > n_heads || n_heads % n_kv_heads != 0) {

@@ -1,9 +1,9 @@
 #include "engine/model_file.h"
 
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
-
-#include <unistd.h>
 
 #include "base/file.h"
 #include "engine/gguf.h"

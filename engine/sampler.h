@@ -13,12 +13,12 @@
 namespace dcomp {
 
 struct SamplingParams {
-  float temperature = 0.0f;        // 0: greedy
-  int32_t top_k = 0;               // 0: off
-  float top_p = 1.0f;              // 1: off
-  float min_p = 0.0f;              // 0: off
+  float temperature = 0.0f;         // 0: greedy
+  int32_t top_k = 0;                // 0: off
+  float top_p = 1.0f;               // 1: off
+  float min_p = 0.0f;               // 0: off
   float repetition_penalty = 1.0f;  // 1: off
-  int32_t repeat_last_n = 64;      // window of previous tokens the penalty looks at
+  int32_t repeat_last_n = 64;       // window of previous tokens the penalty looks at
   uint64_t seed = 0;
 
   // InvalidArgument naming the field (temperature < 0 or not finite, top_p outside (0, 1], ...).

@@ -33,7 +33,7 @@ int ParseBytePiece(std::string_view p) {
   int v = 0;
   for (int i = 3; i < 5; ++i) {
     char c = p[static_cast<size_t>(i)];
-    int d = (c >= '0' && c <= '9') ? c - '0'
+    int d = (c >= '0' && c <= '9')   ? c - '0'
             : (c >= 'A' && c <= 'F') ? c - 'A' + 10
             : (c >= 'a' && c <= 'f') ? c - 'a' + 10
                                      : -1;
@@ -61,19 +61,19 @@ Status Tokenizer::Init() {
   if (n == 0) return InvalidArgumentError("tokenizer has no tokens");
   if (s.model == "llama" && s.scores.size() != s.tokens.size()) {
     return InvalidArgumentError("tokenizer scores: expected " + std::to_string(n) +
-                                " values (one per token), got " +
-                                std::to_string(s.scores.size()));
+                                " values (one per token), got " + std::to_string(s.scores.size()));
   }
   if (!s.token_types.empty() && s.token_types.size() != s.tokens.size()) {
     return InvalidArgumentError("tokenizer token_type: expected " + std::to_string(n) +
                                 " values, got " + std::to_string(s.token_types.size()));
   }
-  for (auto [name, id] : {std::pair<const char*, int32_t>{"bos", s.bos_id}, {"eos", s.eos_id},
+  for (auto [name, id] : {std::pair<const char*, int32_t>{"bos", s.bos_id},
+                          {"eos", s.eos_id},
                           {"unknown", s.unk_id}}) {
     if (id < -1 || id >= n) {
       return InvalidArgumentError(std::string("tokenizer ") + name + " token id " +
-                                  std::to_string(id) + " is out of range [0, " +
-                                  std::to_string(n) + ")");
+                                  std::to_string(id) + " is out of range [0, " + std::to_string(n) +
+                                  ")");
     }
   }
   if (s.token_types.empty()) {
@@ -419,8 +419,7 @@ Result<TokenizerSpec> LoadLlama2cTokenizer(const std::string& path, int32_t voca
     float score;
     int32_t len;
     if (!read(&score, 4) || !read(&len, 4)) {
-      return fail("truncated at token " + std::to_string(i) + " of " +
-                  std::to_string(vocab_size) +
+      return fail("truncated at token " + std::to_string(i) + " of " + std::to_string(vocab_size) +
                   " (is this the tokenizer of this model? its vocabulary may be smaller)");
     }
     if (len < 0 || len > max_len) {

@@ -32,9 +32,9 @@ enum class TokenType : int32_t {
 struct TokenizerSpec {
   std::string model;  // "llama" or "gpt2"
   std::vector<std::string> tokens;
-  std::vector<float> scores;          // llama: one per token (empty allowed for gpt2)
+  std::vector<float> scores;           // llama: one per token (empty allowed for gpt2)
   std::vector<TokenType> token_types;  // optional: inferred when empty
-  std::vector<std::string> merges;    // gpt2: "left right", in rank order
+  std::vector<std::string> merges;     // gpt2: "left right", in rank order
   int32_t bos_id = -1;
   int32_t eos_id = -1;
   int32_t unk_id = -1;

@@ -215,8 +215,8 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
 
     for (size_t t = 0; t < n; ++t) {
       const float* cs = rope_.data() + (static_cast<size_t>(pos_) + t) * hd;
-      auto rope = cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox
-                                                      : kernels::RopeInterleaved;
+      auto rope =
+          cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox : kernels::RopeInterleaved;
       for (int h = 0; h < cfg_.n_heads; ++h) rope(q_.data() + t * dim + h * hd, hd, cs);
       for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(kc + t * kv_dim + h * hd, hd, cs);
     }
@@ -231,9 +231,8 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     });
     const LinearJob up[] = {{&w->w_gate, hb_.data(), hid}, {&w->w_up, hb2_.data(), hid}};
     RunLinears(up, xn_.data(), dim, n);
-    PerToken(n, hid * 16, [&](size_t t) {
-      kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid);
-    });
+    PerToken(n, hid * 16,
+             [&](size_t t) { kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
     const LinearJob down[] = {{&w->w_down, xn_.data(), dim}};
     RunLinears(down, hb_.data(), hid, n);
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];

@@ -26,10 +26,9 @@ class Transformer {
   static constexpr int32_t kMaxBatch = 64;
 
   // `context_length` 0 means the model's. `kernel_table` null means kernels::Kernels().
-  static Result<std::unique_ptr<Transformer>> Create(WeightSource* weights, ThreadPool* pool,
-                                                     int32_t context_length = 0,
-                                                     const kernels::KernelTable* kernel_table =
-                                                         nullptr);
+  static Result<std::unique_ptr<Transformer>> Create(
+      WeightSource* weights, ThreadPool* pool, int32_t context_length = 0,
+      const kernels::KernelTable* kernel_table = nullptr);
 
   // Runs `tokens` at positions [position(), position() + size). On success `logits` holds
   // vocab_size floats per token when `all_logits`, else those of the last token only.
@@ -70,7 +69,7 @@ class Transformer {
   int32_t ctx_;
   int32_t pos_ = 0;
 
-  std::vector<float> rope_;  // [ctx][head_dim/2][cos, sin]
+  std::vector<float> rope_;               // [ctx][head_dim/2][cos, sin]
   std::vector<float> k_cache_, v_cache_;  // [layer][ctx][kv_dim]
   // Activations for up to kMaxBatch tokens.
   std::vector<float> x_, xn_, q_, att_, hb_, hb2_;

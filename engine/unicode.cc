@@ -1,6 +1,6 @@
-#include <algorithm>
-
 #include "engine/internal/unicode.h"
+
+#include <algorithm>
 
 namespace dcomp::unicode {
 namespace {

@@ -77,9 +77,8 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
       ASSIGN_OR_RETURN(L.wk.bias, file.ReadF32(name("attn_k.bias")));
       ASSIGN_OR_RETURN(L.wv.bias, file.ReadF32(name("attn_v.bias")));
     }
-    L.view = {L.attn_norm.data(), L.ffn_norm.data(), L.wq.View(),     L.wk.View(),
-              L.wv.View(),        L.wo.View(),       L.w_gate.View(), L.w_down.View(),
-              L.w_up.View()};
+    L.view = {L.attn_norm.data(), L.ffn_norm.data(), L.wq.View(),     L.wk.View(),  L.wv.View(),
+              L.wo.View(),        L.w_gate.View(),   L.w_down.View(), L.w_up.View()};
   }
   m->globals_.embedding = m->embedding_.View();
   m->globals_.final_norm = m->final_norm_.data();

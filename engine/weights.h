@@ -43,7 +43,7 @@ struct LayerWeights {
 struct GlobalWeights {
   LinearWeights embedding;  // [vocab][dim]; rows are looked up (dequantized when int8)
   const float* final_norm = nullptr;
-  LinearWeights output;     // [vocab][dim]; may view the embedding (tied)
+  LinearWeights output;  // [vocab][dim]; may view the embedding (tied)
 };
 
 class WeightSource {

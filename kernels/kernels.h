@@ -4,12 +4,12 @@
 // from CPU features (ref, avx2, avx512_vnni, neon, neon_dotprod).
 //
 // Layout contract for every int8 operand: rows are `stride` bytes apart, stride is a multiple of
-// kQ8RowAlign, and the bytes past `cols` in each row are zero (weights and activations alike), so no
-// kernel needs a tail loop. Weight codes and activation codes lie in [-127, 127] (never -128).
-// Every kernel writes only outputs [r0, r1) and reads only its inputs: disjoint row ranges may run on
-// different threads. The int8 kernels are exact (integer accumulation, then one float multiply by
-// x_scale * w.scale[r]), so every variant returns bit-identical results to kernels/ref.
-// This module depends on nothing else in dcomp (base/ excepted for the thread pool's users).
+// kQ8RowAlign, and the bytes past `cols` in each row are zero (weights and activations alike), so
+// no kernel needs a tail loop. Weight codes and activation codes lie in [-127, 127] (never -128).
+// Every kernel writes only outputs [r0, r1) and reads only its inputs: disjoint row ranges may run
+// on different threads. The int8 kernels are exact (integer accumulation, then one float multiply
+// by x_scale * w.scale[r]), so every variant returns bit-identical results to kernels/ref. This
+// module depends on nothing else in dcomp (base/ excepted for the thread pool's users).
 #pragma once
 
 #include <cstddef>

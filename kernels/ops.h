@@ -28,8 +28,8 @@ float DotF32(const float* a, const float* b, size_t n);
 
 // One attention head for one query: scores[j] = scale * q.k_j for j < n_keys (keys `kv_stride`
 // floats apart), softmax, out = sum_j p_j v_j. `scores` has room for n_keys floats.
-void AttentionHead(const float* q, const float* k, const float* v, size_t kv_stride,
-                   size_t n_keys, size_t head_dim, float scale, float* scores, float* out);
+void AttentionHead(const float* q, const float* k, const float* v, size_t kv_stride, size_t n_keys,
+                   size_t head_dim, float scale, float* scores, float* out);
 // y += a * x.
 void AxpyF32(float a, const float* x, float* y, size_t n);
 

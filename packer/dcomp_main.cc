@@ -9,6 +9,7 @@
 #include "base/json.h"
 #include "base/thread_pool.h"
 #include "engine/generate.h"
+#include "engine/local_model.h"
 #include "engine/model_file.h"
 #include "engine/transformer.h"
 #include "engine/weights.h"
@@ -38,37 +39,21 @@ void AddModelFlags(Flags& f) {
       .Switch("verbose", "log the model and kernel choice to stderr");
 }
 
-struct Loaded {
-  std::unique_ptr<ModelFile> file;
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<InMemoryWeights> weights;
-  std::unique_ptr<ThreadPool> pool;
-  std::unique_ptr<Transformer> model;
-};
-
-Result<Loaded> LoadModel(const Flags& f, const std::string& path) {
-  Loaded l;
-  ASSIGN_OR_RETURN(WeightFormat format, ParseWeightFormat(f.GetOr("weights", "w8a8")));
+Result<LocalModel> LoadModel(const Flags& f, const std::string& path) {
+  LocalModelOptions o;
+  ASSIGN_OR_RETURN(o.format, ParseWeightFormat(f.GetOr("weights", "w8a8")));
   ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
   if (threads < 1 || threads > 256) return InvalidArgumentError("--threads must be in 1..256");
   ASSIGN_OR_RETURN(int64_t ctx, f.GetInt("ctx", 0));
   if (ctx < 0 || ctx > (1 << 20)) return InvalidArgumentError("--ctx must be in 0..1048576");
-  ASSIGN_OR_RETURN(l.file, OpenModelFile(path, f.GetOr("tokenizer", "")));
-  ASSIGN_OR_RETURN(l.tokenizer, Tokenizer::Create(l.file->tokenizer()));
-  if (l.tokenizer->vocab_size() != l.file->config().vocab_size) {
-    return InvalidArgumentError(path + ": the tokenizer has " +
-                                std::to_string(l.tokenizer->vocab_size()) +
-                                " tokens, the model " +
-                                std::to_string(l.file->config().vocab_size));
-  }
-  ASSIGN_OR_RETURN(l.weights, InMemoryWeights::Load(*l.file, format));
-  l.pool = std::make_unique<ThreadPool>(static_cast<int>(threads));
-  ASSIGN_OR_RETURN(l.model, Transformer::Create(l.weights.get(), l.pool.get(),
-                                                static_cast<int32_t>(ctx)));
+  o.threads = static_cast<int>(threads);
+  o.context_length = static_cast<int32_t>(ctx);
+  o.tokenizer_path = f.GetOr("tokenizer", "");
+  ASSIGN_OR_RETURN(LocalModel l, OpenLocalModel(path, o));
   if (f.IsSet("verbose")) {
     std::fprintf(stderr, "model: %s [%s], %s weights %.1f MiB, kernels %s, %d threads\n",
                  l.file->config().Summary().c_str(), l.file->format().c_str(),
-                 WeightFormatName(format), l.weights->bytes() / 1048576.0,
+                 WeightFormatName(o.format), l.weights->bytes() / 1048576.0,
                  kernels::KernelSelectionNote().c_str(), l.pool->num_threads());
   }
   return l;
@@ -105,7 +90,7 @@ Status CmdGenerate(const std::vector<std::string>& args) {
   req.sampling.min_p = static_cast<float>(min_p);
   req.sampling.repetition_penalty = static_cast<float>(rep);
   RETURN_IF_ERROR(req.sampling.Validate());
-  ASSIGN_OR_RETURN(Loaded l, LoadModel(f, f.positional()[0]));
+  ASSIGN_OR_RETURN(LocalModel l, LoadModel(f, f.positional()[0]));
   const bool json = f.IsSet("json");
   if (!json) {
     std::fputs(l.tokenizer->Decode(l.tokenizer->Encode(req.prompt, false)).c_str(), stdout);
@@ -156,7 +141,7 @@ Status CmdEval(const std::vector<std::string>& args) {
   if (f.positional().size() != 1) return InvalidArgumentError("eval: expected one MODEL path");
   if (!f.Has("text")) return InvalidArgumentError("eval: --text FILE is required");
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(*f.Get("text")));
-  ASSIGN_OR_RETURN(Loaded l, LoadModel(f, f.positional()[0]));
+  ASSIGN_OR_RETURN(LocalModel l, LoadModel(f, f.positional()[0]));
   auto t0 = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(PerplexityResult r, EvalPerplexity(*l.model, *l.tokenizer, text));
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -189,7 +174,8 @@ Status CmdTokenize(const std::vector<std::string>& args) {
   RETURN_IF_ERROR(f.Parse(args));
   if (f.positional().size() != 1) return InvalidArgumentError("tokenize: expected one MODEL path");
   if (!f.Has("text")) return InvalidArgumentError("tokenize: --text TEXT is required");
-  ASSIGN_OR_RETURN(TokenizerSpec spec, LoadTokenizerSpec(f.positional()[0], f.GetOr("tokenizer", "")));
+  ASSIGN_OR_RETURN(TokenizerSpec spec,
+                   LoadTokenizerSpec(f.positional()[0], f.GetOr("tokenizer", "")));
   ASSIGN_OR_RETURN(auto tok, Tokenizer::Create(std::move(spec)));
   std::vector<int32_t> ids = tok->Encode(*f.Get("text"), tok->add_bos() && !f.IsSet("no-bos"));
   if (f.IsSet("json")) {

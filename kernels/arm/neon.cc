@@ -1,5 +1,6 @@
 // NEON kernels for aarch64. Built twice: baseline Armv8-A (vmull_s8 + pairwise accumulate) as
-// "neon", and with the dot-product extension (sdot) as "neon_dotprod" when DCOMP_NEON_DOTPROD is set.
+// "neon", and with the dot-product extension (sdot) as "neon_dotprod" when DCOMP_NEON_DOTPROD is
+// set.
 #include <arm_neon.h>
 
 #include "kernels/internal.h"

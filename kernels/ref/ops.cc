@@ -1,7 +1,7 @@
+#include "kernels/ops.h"
+
 #include <algorithm>
 #include <cmath>
-
-#include "kernels/ops.h"
 
 namespace dcomp::kernels {
 
@@ -66,8 +66,8 @@ void AxpyF32(float a, const float* x, float* y, size_t n) {
 
 namespace dcomp::kernels {
 
-void AttentionHead(const float* q, const float* k, const float* v, size_t kv_stride,
-                   size_t n_keys, size_t head_dim, float scale, float* scores, float* out) {
+void AttentionHead(const float* q, const float* k, const float* v, size_t kv_stride, size_t n_keys,
+                   size_t head_dim, float scale, float* scores, float* out) {
   for (size_t j = 0; j < n_keys; ++j) {
     const float* kj = k + j * kv_stride;
     float d = 0.0f;

@@ -5,12 +5,10 @@
 #include "kernels/internal.h"
 
 namespace dcomp::kernels {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 void internal::QuantizeRowQ8Ref(const float* x, size_t n, size_t n_padded, int8_t* q,
-                                 float* scale) {
+                                float* scale) {
   float amax = 0.0f;  // max is exact in any order
 #pragma omp simd reduction(max : amax)
   for (size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));

@@ -1,5 +1,5 @@
-// AVX2 + FMA kernels. int8 products use the sign trick: |x| (unsigned) times sign(x)*w (signed) with
-// vpmaddubsw, which cannot saturate because codes lie in [-127, 127] (2*127*127 < 32767).
+// AVX2 + FMA kernels. int8 products use the sign trick: |x| (unsigned) times sign(x)*w (signed)
+// with vpmaddubsw, which cannot saturate because codes lie in [-127, 127] (2*127*127 < 32767).
 #include <immintrin.h>
 
 #include "kernels/internal.h"
@@ -98,7 +98,6 @@ void GemmF32Avx2(const F32MatrixView& w, const float* x, size_t x_stride, size_t
 }  // namespace
 
 namespace internal {
-const KernelTable kAvx2Table = {"avx2", QuantizeRowQ8Ref, GemvQ8Avx2, GemmQ8Avx2,
-                                GemmF32Avx2};
+const KernelTable kAvx2Table = {"avx2", QuantizeRowQ8Ref, GemvQ8Avx2, GemmQ8Avx2, GemmF32Avx2};
 }  // namespace internal
 }  // namespace dcomp::kernels

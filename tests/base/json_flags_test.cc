@@ -9,8 +9,8 @@ namespace {
 TEST(JsonTest, EscapesControlQuotesAndInvalidUtf8) {
   EXPECT_EQ(JsonEscape("a\"b\\c\n\t"), "\"a\\\"b\\\\c\\n\\t\"");
   EXPECT_EQ(JsonEscape(std::string("\x01", 1)), "\"\\u0001\"");
-  EXPECT_EQ(JsonEscape("\xC3\xA9"), "\"\xC3\xA9\"");   // é kept
-  EXPECT_EQ(JsonEscape("\xC3"), "\"\\ufffd\"");        // truncated sequence
+  EXPECT_EQ(JsonEscape("\xC3\xA9"), "\"\xC3\xA9\"");                   // é kept
+  EXPECT_EQ(JsonEscape("\xC3"), "\"\\ufffd\"");                        // truncated sequence
   EXPECT_EQ(JsonEscape("\xED\xA0\x80"), "\"\\ufffd\\ufffd\\ufffd\"");  // surrogate
 }
 

@@ -1,9 +1,10 @@
-#include <cerrno>
+#include "base/status.h"
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
+
 #include "base/file.h"
-#include "base/status.h"
 
 namespace dcomp {
 namespace {
@@ -66,10 +67,10 @@ TEST(FileTest, MissingFileAndDirectoryAreClearErrors) {
 TEST(FileTest, WriteAtomicallyThenMap) {
   const std::string path = ::testing::TempDir() + "/dcomp_file_test.bin";
   const std::string data = "hello dcomp";
-  ASSERT_TRUE(WriteFileAtomically(path, std::span<const uint8_t>(
-                                            reinterpret_cast<const uint8_t*>(data.data()),
-                                            data.size()))
-                  .ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(path, std::span<const uint8_t>(
+                                    reinterpret_cast<const uint8_t*>(data.data()), data.size()))
+          .ok());
   auto m = MappedFile::Open(path);
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(std::string(reinterpret_cast<const char*>((*m)->data()), (*m)->size()), data);

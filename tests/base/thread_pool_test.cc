@@ -1,9 +1,9 @@
 #include "base/thread_pool.h"
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace dcomp {
 namespace {
@@ -14,10 +14,13 @@ TEST(ThreadPoolTest, CoversEveryIndexExactlyOnce) {
     for (int64_t n : {1, 3, 16, 17, 1000, 4099}) {
       for (int64_t grain : {1, 4, 16}) {
         std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
-        pool.ParallelFor(n, [&](int64_t b, int64_t e) {
-          ASSERT_LE(b, e);
-          for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
-        }, grain);
+        pool.ParallelFor(
+            n,
+            [&](int64_t b, int64_t e) {
+              ASSERT_LE(b, e);
+              for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+            },
+            grain);
         for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << i;
       }
     }
@@ -39,10 +42,13 @@ TEST(ThreadPoolTest, ManySmallLoopsAndIdleSleep) {
 
 TEST(ThreadPoolTest, ChunksRespectGrain) {
   ThreadPool pool(2);
-  pool.ParallelFor(64, [&](int64_t b, int64_t e) {
-    EXPECT_EQ(b % 16, 0);
-    EXPECT_TRUE(e == 64 || (e - b) % 16 == 0);
-  }, 16);
+  pool.ParallelFor(
+      64,
+      [&](int64_t b, int64_t e) {
+        EXPECT_EQ(b % 16, 0);
+        EXPECT_TRUE(e == 64 || (e - b) % 16 == 0);
+      },
+      16);
 }
 
 }  // namespace

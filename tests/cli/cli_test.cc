@@ -1,12 +1,11 @@
 // The `dcomp` command-line contract, run as a separate process: JSON output of generate / eval /
 // tokenize, and clear errors with a non-zero exit status for bad input.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <array>
 #include <cmath>
 #include <cstdio>
-
-#include <gtest/gtest.h>
 
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
@@ -42,7 +41,8 @@ TEST(CliTest, GenerateJsonOnEmbeddedModel) {
   testing::Json j = testing::ParseJson(r.out);
   std::vector<int> ids = j["ids"].ints();
   ASSERT_EQ(ids.size(), 17u);
-  EXPECT_EQ(std::vector<int>(ids.begin(), ids.begin() + 5), (std::vector<int>{1, 403, 407, 261, 378}));
+  EXPECT_EQ(std::vector<int>(ids.begin(), ids.begin() + 5),
+            (std::vector<int>{1, 403, 407, 261, 378}));
   EXPECT_EQ(j["text"].str.rfind("Once upon a time", 0), 0u);
   // f32 greedy equals the reference continuation.
   r = Dcomp("generate " + kModel + " --prompt 'Once upon a time' -n 5 --weights f32 --json");
@@ -50,7 +50,8 @@ TEST(CliTest, GenerateJsonOnEmbeddedModel) {
   EXPECT_EQ(testing::ParseJson(r.out)["ids"].ints(),
             (std::vector<int>{1, 403, 407, 261, 378, 432, 383, 286, 261, 376}));
   // Sampling is deterministic per seed.
-  const std::string s = "generate " + kModel + " --prompt 'A cat' -n 20 --temperature 0.9 --seed 7 --json";
+  const std::string s =
+      "generate " + kModel + " --prompt 'A cat' -n 20 --temperature 0.9 --seed 7 --json";
   testing::Json a = testing::ParseJson(Dcomp(s).out), b = testing::ParseJson(Dcomp(s).out);
   EXPECT_EQ(a["ids"].ints(), b["ids"].ints());
   EXPECT_EQ(a["text"].str, "A cat" + a["completion"].str);

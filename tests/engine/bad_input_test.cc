@@ -1,9 +1,9 @@
 // Hostile and malformed input: every case ends in a clear error naming the problem, never a crash.
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <fstream>
 #include <random>
-
-#include <gtest/gtest.h>
 
 #include "base/file.h"
 #include "engine/generate.h"
@@ -18,7 +18,8 @@ namespace {
 std::string Tmp(const std::string& name) { return ::testing::TempDir() + "/" + name; }
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string TinyGguf(const testing::TinyModelOptions& o, const std::string& name) {
@@ -204,7 +205,8 @@ TEST(Llama2cTest, TruncatedAndGarbageCheckpoints) {
   ExpectError(OpenModelFile(p), StatusCode::kInvalidArgument, "does not match the header");
   WriteBytes(p, std::string(4096, '\x7f'));
   ExpectError(OpenModelFile(p), StatusCode::kInvalidArgument, "model config");
-  ExpectError(OpenModelFile("/nonexistent/model.bin"), StatusCode::kNotFound, "/nonexistent/model.bin");
+  ExpectError(OpenModelFile("/nonexistent/model.bin"), StatusCode::kNotFound,
+              "/nonexistent/model.bin");
 }
 
 TEST(Llama2cTest, MissingTokenizerIsExplained) {
@@ -273,7 +275,8 @@ TEST(GgufTest, HalfAndBFloat16Conversion) {
   const uint16_t raw[3] = {0x3F80, 0x4000, 0xBF00};
   float out[3];
   ASSERT_TRUE(GgmlToF32(static_cast<uint32_t>(GgmlType::kBF16),
-                        reinterpret_cast<const uint8_t*>(raw), 3, out).ok());
+                        reinterpret_cast<const uint8_t*>(raw), 3, out)
+                  .ok());
   EXPECT_EQ(out[0], 1.0f);
   EXPECT_EQ(out[1], 2.0f);
   EXPECT_EQ(out[2], -0.5f);

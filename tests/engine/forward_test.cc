@@ -1,9 +1,9 @@
 // The transformer against a naive float64 forward pass written here from the definitions, on small
 // random llama (interleaved RoPE) and qwen2 (NeoX RoPE, q/k/v biases) models with GQA; plus
 // determinism across thread counts and between batched prefill and token-by-token decoding.
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "base/thread_pool.h"
 #include "engine/transformer.h"
@@ -49,7 +49,8 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
   };
   const Vec emb = T("token_embd.weight");
   const Vec out_w = c.tied_output ? emb : T("output.weight");
-  std::vector<std::vector<Vec>> kc(static_cast<size_t>(c.n_layers)), vc(static_cast<size_t>(c.n_layers));
+  std::vector<std::vector<Vec>> kc(static_cast<size_t>(c.n_layers)),
+      vc(static_cast<size_t>(c.n_layers));
   std::vector<Vec> logits;
   for (size_t p = 0; p < tokens.size(); ++p) {
     Vec x(emb.begin() + tokens[p] * dim, emb.begin() + (tokens[p] + 1) * dim);

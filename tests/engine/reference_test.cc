@@ -2,15 +2,15 @@
 // implementation): prompt ids, top-5 logits within 1e-3, 48 greedy tokens, mean NLL within 1e-4
 // (f32 path), and W8A8 perplexity within 1% of f32. Each model is checked from its llama2.c file
 // and its GGUF conversion.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
-
-#include <gtest/gtest.h>
 
 #include "base/file.h"
 #include "base/thread_pool.h"
 #include "engine/generate.h"
-#include "engine/model_file.h"
+#include "engine/local_model.h"
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
 
@@ -20,8 +20,8 @@ namespace {
 using testing::Json;
 
 struct ModelCase {
-  const char* name;  // test name
-  const char* file;  // under shared/models/ (or the repo's models/ when embedded)
+  const char* name;     // test name
+  const char* file;     // under shared/models/ (or the repo's models/ when embedded)
   const char* ref_key;  // key in the reference JSON
   bool embedded;
 };
@@ -38,25 +38,10 @@ const ModelCase kCases[] = {
 // conversions declare a context of 128, so the context is set explicitly.
 constexpr int32_t kReferenceContext = 512;
 
-struct Session {
-  std::unique_ptr<ModelFile> file;
-  std::unique_ptr<Tokenizer> tok;
-  std::unique_ptr<InMemoryWeights> weights;
-  std::unique_ptr<ThreadPool> pool;
-  std::unique_ptr<Transformer> model;
-};
-
-Session Open(const std::string& path, WeightFormat format) {
-  Session s;
-  auto f = OpenModelFile(path);
-  EXPECT_TRUE(f.ok()) << f.status().ToString();
-  if (!f.ok()) return s;
-  s.file = std::move(*f);
-  s.tok = std::move(*Tokenizer::Create(s.file->tokenizer()));
-  s.weights = std::move(*InMemoryWeights::Load(*s.file, format));
-  s.pool = std::make_unique<ThreadPool>(2);
-  s.model = std::move(*Transformer::Create(s.weights.get(), s.pool.get(), kReferenceContext));
-  return s;
+LocalModel Open(const std::string& path, WeightFormat format) {
+  auto m = OpenLocalModel(path, {"", format, 2, kReferenceContext});
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  return m.ok() ? std::move(*m) : LocalModel{};
 }
 
 class ReferenceTest : public ::testing::TestWithParam<ModelCase> {
@@ -79,10 +64,10 @@ class ReferenceTest : public ::testing::TestWithParam<ModelCase> {
 };
 
 TEST_P(ReferenceTest, F32PromptLogitsAndGreedyTokens) {
-  Session s = Open(model_path_, WeightFormat::kF32);
+  LocalModel s = Open(model_path_, WeightFormat::kF32);
   ASSERT_NE(s.model, nullptr);
   const std::string prompt = ref_["prompt"].str;
-  std::vector<int32_t> ids = s.tok->Encode(prompt, true);
+  std::vector<int32_t> ids = s.tokenizer->Encode(prompt, true);
   EXPECT_EQ(std::vector<int>(ids.begin(), ids.end()), ref_["prompt_ids"].ints());
 
   std::vector<float> logits;
@@ -96,12 +81,13 @@ TEST_P(ReferenceTest, F32PromptLogitsAndGreedyTokens) {
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::partial_sort(order.begin(), order.begin() + 5, order.end(),
                     [&](size_t a, size_t b) { return logits[a] > logits[b]; });
-  for (size_t k = 0; k < 5; ++k) EXPECT_EQ(static_cast<int>(order[k]), static_cast<int>(top5[k][0].num));
+  for (size_t k = 0; k < 5; ++k)
+    EXPECT_EQ(static_cast<int>(order[k]), static_cast<int>(top5[k][0].num));
 
   GenerateRequest req;
   req.prompt = prompt;
   req.max_tokens = 48;
-  auto r = Generate(*s.model, *s.tok, req);
+  auto r = Generate(*s.model, *s.tokenizer, req);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   std::vector<int> all(r->prompt_ids.begin(), r->prompt_ids.end());
   all.insert(all.end(), r->generated_ids.begin(), r->generated_ids.end());
@@ -111,16 +97,16 @@ TEST_P(ReferenceTest, F32PromptLogitsAndGreedyTokens) {
 
 TEST_P(ReferenceTest, PerplexityF32MatchesAndW8A8Within1Percent) {
   const std::string text = *ReadFileToString(text_path_);
-  Session f32 = Open(model_path_, WeightFormat::kF32);
+  LocalModel f32 = Open(model_path_, WeightFormat::kF32);
   ASSERT_NE(f32.model, nullptr);
-  auto a = EvalPerplexity(*f32.model, *f32.tok, text);
+  auto a = EvalPerplexity(*f32.model, *f32.tokenizer, text);
   ASSERT_TRUE(a.ok()) << a.status().ToString();
   EXPECT_EQ(a->stories, static_cast<int64_t>(ppl_ref_["stories"].num));
   EXPECT_EQ(a->tokens, static_cast<int64_t>(ppl_ref_["tokens"].num));
   EXPECT_NEAR(a->mean_nll, ppl_ref_["mean_nll"].num, 1e-4);
 
-  Session q = Open(model_path_, WeightFormat::kW8A8);
-  auto b = EvalPerplexity(*q.model, *q.tok, text);
+  LocalModel q = Open(model_path_, WeightFormat::kW8A8);
+  auto b = EvalPerplexity(*q.model, *q.tokenizer, text);
   ASSERT_TRUE(b.ok()) << b.status().ToString();
   EXPECT_EQ(b->tokens, a->tokens);
   const double increase = b->ppl / a->ppl - 1.0;

@@ -1,9 +1,9 @@
 #include "engine/sampler.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
-
-#include <gtest/gtest.h>
 
 namespace dcomp {
 namespace {

@@ -1,8 +1,8 @@
 #include "engine/tokenizer.h"
 
-#include <sstream>
-
 #include <gtest/gtest.h>
+
+#include <sstream>
 
 #include "base/file.h"
 #include "engine/model_file.h"

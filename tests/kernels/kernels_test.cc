@@ -1,14 +1,14 @@
 // Every kernel variant compiled in and supported by this CPU, against the scalar reference.
 // Tolerances: int8 products are exact (integer accumulation, same final multiply) -> bit-identical;
 // f32 products differ only in summation order -> relative 1e-5 of the sum of |terms|.
+#include "kernels/kernels.h"
+
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-
-#include "kernels/kernels.h"
 
 namespace dcomp::kernels {
 namespace {
@@ -75,7 +75,7 @@ TEST_P(KernelVariantTest, QuantizeRowMatchesReference) {
 
 TEST_P(KernelVariantTest, GemvQ8IsBitExact) {
   const KernelTable& k = *GetParam();
-  const std::pair<size_t, size_t> shapes[] = {{1, 64}, {3, 64},   {4, 172},  {7, 192},
+  const std::pair<size_t, size_t> shapes[] = {{1, 64},   {3, 64},    {4, 172},    {7, 192},
                                               {64, 512}, {13, 2048}, {192, 4096}, {33, 5632}};
   for (auto [rows, cols] : shapes) {
     Q8Matrix m = MakeQ8(rows, cols, static_cast<uint32_t>(rows * 31 + cols));

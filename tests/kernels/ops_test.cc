@@ -1,9 +1,9 @@
-#include <cmath>
-#include <vector>
+#include "kernels/ops.h"
 
 #include <gtest/gtest.h>
 
-#include "kernels/ops.h"
+#include <cmath>
+#include <vector>
 
 namespace dcomp::kernels {
 namespace {

@@ -24,9 +24,9 @@ inline std::string SharedFile(const std::string& rel) {
 
 }  // namespace dcomp::testing
 
-#define DCOMP_REQUIRE_SHARED(var, rel)                                                   \
-  const std::string var = ::dcomp::testing::SharedFile(rel);                             \
-  if (var.empty()) {                                                                     \
+#define DCOMP_REQUIRE_SHARED(var, rel)                                                    \
+  const std::string var = ::dcomp::testing::SharedFile(rel);                              \
+  if (var.empty()) {                                                                      \
     GTEST_SKIP() << "shared data absent: " << ::dcomp::testing::SharedDir() << "/" << rel \
-                 << " (set DCOMP_SHARED_DIR)";                                           \
+                 << " (set DCOMP_SHARED_DIR)";                                            \
   }

@@ -18,9 +18,9 @@ struct TinyModelOptions {
   GgmlType matrix_type = GgmlType::kF32;
   uint32_t seed = 1;
   // Faults.
-  int wrong_ffn_rows = 0;          // if > 0: ffn_gate of layer 0 gets this many rows
-  bool drop_attn_v = false;        // omit blk.1.attn_v.weight
-  bool no_tensors = false;         // vocabulary only
+  int wrong_ffn_rows = 0;    // if > 0: ffn_gate of layer 0 gets this many rows
+  bool drop_attn_v = false;  // omit blk.1.attn_v.weight
+  bool no_tensors = false;   // vocabulary only
 };
 
 inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o) {
@@ -61,7 +61,8 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   const int hd = o.dim / o.heads, kv = o.kv_heads * hd;
   auto mat = [&](const std::string& name, int rows, int cols) -> Status {
     GgmlType t = (cols % 32 == 0) ? o.matrix_type : GgmlType::kF32;
-    return w.AddTensor(name, rows, cols, t, rnd(int64_t{rows} * cols, 1.0f / std::sqrt(float(cols))));
+    return w.AddTensor(name, rows, cols, t,
+                       rnd(int64_t{rows} * cols, 1.0f / std::sqrt(float(cols))));
   };
   RETURN_IF_ERROR(w.AddTensor("token_embd.weight", o.vocab, o.dim, GgmlType::kF32,
                               rnd(int64_t{o.vocab} * o.dim, 1.0f)));
@@ -75,7 +76,8 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
     if (!(o.drop_attn_v && l == 1)) RETURN_IF_ERROR(mat(n("attn_v.weight"), kv, o.dim));
     RETURN_IF_ERROR(mat(n("attn_output.weight"), o.dim, o.dim));
     RETURN_IF_ERROR(w.AddTensor(n("ffn_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
-    RETURN_IF_ERROR(mat(n("ffn_gate.weight"), l == 0 && o.wrong_ffn_rows ? o.wrong_ffn_rows : o.hidden, o.dim));
+    RETURN_IF_ERROR(
+        mat(n("ffn_gate.weight"), l == 0 && o.wrong_ffn_rows ? o.wrong_ffn_rows : o.hidden, o.dim));
     RETURN_IF_ERROR(mat(n("ffn_down.weight"), o.dim, o.hidden));
     RETURN_IF_ERROR(mat(n("ffn_up.weight"), o.hidden, o.dim));
     if (o.arch == "qwen2") {
