@@ -15,6 +15,16 @@ namespace dcomp {
 namespace {
 // About 50-100 us of spinning before a worker sleeps.
 constexpr int kSpinIterations = 20000;
+
+// A pause, and every 64th time a yield: on a machine busy with other work, a spinning thread gives
+// its core to whoever is runnable instead of burning its time slice.
+inline void Relax(int i) {
+  if ((i & 63) == 63) {
+    std::this_thread::yield();
+  } else {
+    DCOMP_CPU_RELAX();
+  }
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
@@ -43,7 +53,7 @@ void ThreadPool::WorkerLoop() {
   for (;;) {
     uint64_t gen = generation_.load(std::memory_order_acquire);
     for (int i = 0; gen == seen && i < kSpinIterations; ++i) {
-      DCOMP_CPU_RELAX();
+      Relax(i);
       gen = generation_.load(std::memory_order_acquire);
     }
     while (gen == seen) {
@@ -53,7 +63,7 @@ void ThreadPool::WorkerLoop() {
     seen = gen;
     if (stop_.load(std::memory_order_acquire)) return;
     RunChunks();
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
 
@@ -77,7 +87,17 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   RunChunks();
-  while (pending_.load(std::memory_order_acquire) != 0) DCOMP_CPU_RELAX();
+  // Join: spin briefly (workers usually finish within microseconds), then sleep, so that a worker
+  // descheduled on a busy machine gets the CPU instead of being starved by our spinning.
+  int p = pending_.load(std::memory_order_acquire);
+  for (int i = 0; p != 0 && i < kSpinIterations; ++i) {
+    Relax(i);
+    p = pending_.load(std::memory_order_acquire);
+  }
+  while (p != 0) {
+    pending_.wait(p, std::memory_order_acquire);
+    p = pending_.load(std::memory_order_acquire);
+  }
   fn_ = nullptr;
 }
 

@@ -49,7 +49,9 @@ std::vector<int32_t> Tokens(size_t n, int32_t vocab) {
   return t;
 }
 
-void BM_Prefill(benchmark::State& state) {
+// Runs `step` (one pp or tg run of `n` tokens) per iteration and reports tokens/s.
+template <typename Step>
+void RunTokens(benchmark::State& state, const char* kind, Step step) {
   Loaded& m = Model();
   ThreadPool pool(static_cast<int>(state.range(0)));
   const size_t n = static_cast<size_t>(state.range(1));
@@ -58,31 +60,28 @@ void BM_Prefill(benchmark::State& state) {
   std::vector<float> logits;
   for (auto _ : state) {
     (*t)->Reset();
-    if (!(*t)->Forward(toks, false, &logits).ok()) state.SkipWithError("forward failed");
+    if (!step(**t, toks, &logits)) state.SkipWithError("forward failed");
   }
   state.counters["tok/s"] =
       benchmark::Counter(static_cast<double>(state.iterations() * n), benchmark::Counter::kIsRate);
-  state.SetLabel(m.file->config().name + " pp" + std::to_string(n));
+  state.SetLabel(m.file->config().name + " " + kind + std::to_string(n));
+}
+
+void BM_Prefill(benchmark::State& state) {
+  RunTokens(state, "pp",
+            [](Transformer& t, const std::vector<int32_t>& toks, std::vector<float>* l) {
+              return t.Forward(toks, false, l).ok();
+            });
 }
 
 void BM_Decode(benchmark::State& state) {
-  Loaded& m = Model();
-  ThreadPool pool(static_cast<int>(state.range(0)));
-  const size_t n = static_cast<size_t>(state.range(1));
-  auto t = Transformer::Create(m.weights.get(), &pool, static_cast<int32_t>(n));
-  std::vector<int32_t> toks = Tokens(n, m.file->config().vocab_size);
-  std::vector<float> logits;
-  for (auto _ : state) {
-    (*t)->Reset();
-    for (size_t i = 0; i < n; ++i) {
-      if (!(*t)->Forward(std::span<const int32_t>(&toks[i], 1), false, &logits).ok()) {
-        state.SkipWithError("forward failed");
-      }
-    }
-  }
-  state.counters["tok/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * n), benchmark::Counter::kIsRate);
-  state.SetLabel(m.file->config().name + " tg" + std::to_string(n));
+  RunTokens(state, "tg",
+            [](Transformer& t, const std::vector<int32_t>& toks, std::vector<float>* l) {
+              for (const int32_t& id : toks) {
+                if (!t.Forward(std::span<const int32_t>(&id, 1), false, l).ok()) return false;
+              }
+              return true;
+            });
 }
 
 BENCHMARK(BM_Prefill)
