@@ -7,40 +7,23 @@ namespace dcomp {
 
 std::string_view StatusCodeName(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk:
-      return "OK";
-    case StatusCode::kCancelled:
-      return "CANCELLED";
-    case StatusCode::kUnknown:
-      return "UNKNOWN";
-    case StatusCode::kInvalidArgument:
-      return "INVALID_ARGUMENT";
-    case StatusCode::kDeadlineExceeded:
-      return "DEADLINE_EXCEEDED";
-    case StatusCode::kNotFound:
-      return "NOT_FOUND";
-    case StatusCode::kAlreadyExists:
-      return "ALREADY_EXISTS";
-    case StatusCode::kPermissionDenied:
-      return "PERMISSION_DENIED";
-    case StatusCode::kResourceExhausted:
-      return "RESOURCE_EXHAUSTED";
-    case StatusCode::kFailedPrecondition:
-      return "FAILED_PRECONDITION";
-    case StatusCode::kAborted:
-      return "ABORTED";
-    case StatusCode::kOutOfRange:
-      return "OUT_OF_RANGE";
-    case StatusCode::kUnimplemented:
-      return "UNIMPLEMENTED";
-    case StatusCode::kInternal:
-      return "INTERNAL";
-    case StatusCode::kUnavailable:
-      return "UNAVAILABLE";
-    case StatusCode::kDataLoss:
-      return "DATA_LOSS";
-    case StatusCode::kUnauthenticated:
-      return "UNAUTHENTICATED";
+    case StatusCode::kOk: return "OK";
+    case StatusCode::kCancelled: return "CANCELLED";
+    case StatusCode::kUnknown: return "UNKNOWN";
+    case StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
+    case StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
+    case StatusCode::kNotFound: return "NOT_FOUND";
+    case StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
+    case StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
+    case StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
+    case StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
+    case StatusCode::kAborted: return "ABORTED";
+    case StatusCode::kOutOfRange: return "OUT_OF_RANGE";
+    case StatusCode::kUnimplemented: return "UNIMPLEMENTED";
+    case StatusCode::kInternal: return "INTERNAL";
+    case StatusCode::kUnavailable: return "UNAVAILABLE";
+    case StatusCode::kDataLoss: return "DATA_LOSS";
+    case StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
   }
   return "UNKNOWN";
 }
@@ -80,47 +63,27 @@ Status ErrnoToStatus(int err, std::string_view context) {
   StatusCode code;
   switch (err) {
     case ENOENT:
-    case ENOTDIR:
-      code = StatusCode::kNotFound;
-      break;
+    case ENOTDIR: code = StatusCode::kNotFound; break;
     case EACCES:
     case EPERM:
-    case EROFS:
-      code = StatusCode::kPermissionDenied;
-      break;
-    case EEXIST:
-      code = StatusCode::kAlreadyExists;
-      break;
+    case EROFS: code = StatusCode::kPermissionDenied; break;
+    case EEXIST: code = StatusCode::kAlreadyExists; break;
     case EINVAL:
     case EISDIR:
-    case ENAMETOOLONG:
-      code = StatusCode::kInvalidArgument;
-      break;
+    case ENAMETOOLONG: code = StatusCode::kInvalidArgument; break;
     case ENOMEM:
     case ENOSPC:
     case EMFILE:
-    case ENFILE:
-      code = StatusCode::kResourceExhausted;
-      break;
-    case EIO:
-      code = StatusCode::kDataLoss;
-      break;
+    case ENFILE: code = StatusCode::kResourceExhausted; break;
+    case EIO: code = StatusCode::kDataLoss; break;
     case EAGAIN:
     case EBUSY:
     case ENODEV:
-    case ENXIO:
-      code = StatusCode::kUnavailable;
-      break;
-    case EINTR:
-      code = StatusCode::kAborted;
-      break;
+    case ENXIO: code = StatusCode::kUnavailable; break;
+    case EINTR: code = StatusCode::kAborted; break;
     case ENOSYS:
-    case EOPNOTSUPP:
-      code = StatusCode::kUnimplemented;
-      break;
-    default:
-      code = StatusCode::kUnknown;
-      break;
+    case EOPNOTSUPP: code = StatusCode::kUnimplemented; break;
+    default: code = StatusCode::kUnknown; break;
   }
   std::string msg(context);
   msg += ": ";

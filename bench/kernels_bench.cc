@@ -43,13 +43,18 @@ Operand MakeOperand(size_t rows, size_t cols, size_t n_tok) {
   Operand o;
   const size_t stride = PaddedCols(cols);
   std::mt19937 rng(1);
-  o.q.resize(rows * stride);
-  for (auto& v : o.q) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  // Random codes in [-127, 127]; the padding past `cols` stays zero (the kernels' contract).
+  auto random_rows = [&](std::vector<int8_t>* m, size_t n) {
+    m->assign(n * stride, 0);
+    for (size_t r = 0; r < n; ++r)
+      for (size_t c = 0; c < cols; ++c)
+        (*m)[r * stride + c] = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  };
+  random_rows(&o.q, rows);
   o.scale.assign(rows, 0.01f);
   o.row_sum.resize(rows);
   ComputeRowSums(o.q.data(), rows, stride, o.row_sum.data());
-  o.x.resize(n_tok * stride);
-  for (auto& v : o.x) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  random_rows(&o.x, n_tok);
   o.view = {o.q.data(), o.scale.data(), o.row_sum.data(), rows, cols, stride};
   return o;
 }

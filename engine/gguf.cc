@@ -17,22 +17,17 @@ size_t ScalarSize(GgufType t) {
   switch (t) {
     case GgufType::kUint8:
     case GgufType::kInt8:
-    case GgufType::kBool:
-      return 1;
+    case GgufType::kBool: return 1;
     case GgufType::kUint16:
-    case GgufType::kInt16:
-      return 2;
+    case GgufType::kInt16: return 2;
     case GgufType::kUint32:
     case GgufType::kInt32:
-    case GgufType::kFloat32:
-      return 4;
+    case GgufType::kFloat32: return 4;
     case GgufType::kUint64:
     case GgufType::kInt64:
-    case GgufType::kFloat64:
-      return 8;
+    case GgufType::kFloat64: return 8;
     case GgufType::kString:
-    case GgufType::kArray:
-      return 0;
+    case GgufType::kArray: return 0;
   }
   return 0;
 }
@@ -69,72 +64,32 @@ class Cursor {
   size_t off_ = 0;
 };
 
+// Reads one little-endian T into a wider field of GgufValue (u, i or f).
+template <typename T, typename Field>
+bool Scalar(Cursor* c, Field* field) {
+  T x;
+  if (!c->Get(&x)) return false;
+  *field = static_cast<Field>(x);
+  return true;
+}
+
 Status ReadValue(Cursor* c, GgufType type, int depth, GgufValue* v, const std::string& where) {
   v->type = type;
+  const Status ok = Status::Ok();
   auto trunc = [&]() {
     return DataLossError(where + ": truncated value at byte " + std::to_string(c->offset()));
   };
   switch (type) {
-    case GgufType::kUint8: {
-      uint8_t x;
-      if (!c->Get(&x)) return trunc();
-      v->u = x;
-      break;
-    }
-    case GgufType::kInt8: {
-      int8_t x;
-      if (!c->Get(&x)) return trunc();
-      v->i = x;
-      break;
-    }
-    case GgufType::kUint16: {
-      uint16_t x;
-      if (!c->Get(&x)) return trunc();
-      v->u = x;
-      break;
-    }
-    case GgufType::kInt16: {
-      int16_t x;
-      if (!c->Get(&x)) return trunc();
-      v->i = x;
-      break;
-    }
-    case GgufType::kUint32: {
-      uint32_t x;
-      if (!c->Get(&x)) return trunc();
-      v->u = x;
-      break;
-    }
-    case GgufType::kInt32: {
-      int32_t x;
-      if (!c->Get(&x)) return trunc();
-      v->i = x;
-      break;
-    }
-    case GgufType::kUint64: {
-      uint64_t x;
-      if (!c->Get(&x)) return trunc();
-      v->u = x;
-      break;
-    }
-    case GgufType::kInt64: {
-      int64_t x;
-      if (!c->Get(&x)) return trunc();
-      v->i = x;
-      break;
-    }
-    case GgufType::kFloat32: {
-      float x;
-      if (!c->Get(&x)) return trunc();
-      v->f = x;
-      break;
-    }
-    case GgufType::kFloat64: {
-      double x;
-      if (!c->Get(&x)) return trunc();
-      v->f = x;
-      break;
-    }
+    case GgufType::kUint8: return Scalar<uint8_t>(c, &v->u) ? ok : trunc();
+    case GgufType::kInt8: return Scalar<int8_t>(c, &v->i) ? ok : trunc();
+    case GgufType::kUint16: return Scalar<uint16_t>(c, &v->u) ? ok : trunc();
+    case GgufType::kInt16: return Scalar<int16_t>(c, &v->i) ? ok : trunc();
+    case GgufType::kUint32: return Scalar<uint32_t>(c, &v->u) ? ok : trunc();
+    case GgufType::kInt32: return Scalar<int32_t>(c, &v->i) ? ok : trunc();
+    case GgufType::kUint64: return Scalar<uint64_t>(c, &v->u) ? ok : trunc();
+    case GgufType::kInt64: return Scalar<int64_t>(c, &v->i) ? ok : trunc();
+    case GgufType::kFloat32: return Scalar<float>(c, &v->f) ? ok : trunc();
+    case GgufType::kFloat64: return Scalar<double>(c, &v->f) ? ok : trunc();
     case GgufType::kBool: {
       uint8_t x;
       if (!c->Get(&x)) return trunc();
@@ -179,33 +134,15 @@ struct TypeTraits {
 
 bool Traits(uint32_t type, TypeTraits* t) {
   switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32:
-      *t = {1, 4};
-      return true;
-    case GgmlType::kF16:
-      *t = {1, 2};
-      return true;
-    case GgmlType::kBF16:
-      *t = {1, 2};
-      return true;
-    case GgmlType::kQ8_0:
-      *t = {32, 34};
-      return true;
-    case GgmlType::kQ4_0:
-      *t = {32, 18};
-      return true;
-    case GgmlType::kQ4_1:
-      *t = {32, 20};
-      return true;
-    case GgmlType::kQ5_0:
-      *t = {32, 22};
-      return true;
-    case GgmlType::kQ5_1:
-      *t = {32, 24};
-      return true;
-    case GgmlType::kQ8_1:
-      *t = {32, 36};
-      return true;
+    case GgmlType::kF32: *t = {1, 4}; return true;
+    case GgmlType::kF16: *t = {1, 2}; return true;
+    case GgmlType::kBF16: *t = {1, 2}; return true;
+    case GgmlType::kQ8_0: *t = {32, 34}; return true;
+    case GgmlType::kQ4_0: *t = {32, 18}; return true;
+    case GgmlType::kQ4_1: *t = {32, 20}; return true;
+    case GgmlType::kQ5_0: *t = {32, 22}; return true;
+    case GgmlType::kQ5_1: *t = {32, 24}; return true;
+    case GgmlType::kQ8_1: *t = {32, 36}; return true;
   }
   return false;
 }
@@ -237,24 +174,15 @@ uint16_t FloatToHalf(float f) {
 
 std::string GgmlTypeName(uint32_t type) {
   switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32:
-      return "F32";
-    case GgmlType::kF16:
-      return "F16";
-    case GgmlType::kQ4_0:
-      return "Q4_0";
-    case GgmlType::kQ4_1:
-      return "Q4_1";
-    case GgmlType::kQ5_0:
-      return "Q5_0";
-    case GgmlType::kQ5_1:
-      return "Q5_1";
-    case GgmlType::kQ8_0:
-      return "Q8_0";
-    case GgmlType::kQ8_1:
-      return "Q8_1";
-    case GgmlType::kBF16:
-      return "BF16";
+    case GgmlType::kF32: return "F32";
+    case GgmlType::kF16: return "F16";
+    case GgmlType::kQ4_0: return "Q4_0";
+    case GgmlType::kQ4_1: return "Q4_1";
+    case GgmlType::kQ5_0: return "Q5_0";
+    case GgmlType::kQ5_1: return "Q5_1";
+    case GgmlType::kQ8_0: return "Q8_0";
+    case GgmlType::kQ8_1: return "Q8_1";
+    case GgmlType::kBF16: return "BF16";
   }
   return "ggml type " + std::to_string(type);
 }
@@ -268,10 +196,8 @@ bool GgufValue::is_integer() const {
     case GgufType::kUint32:
     case GgufType::kInt32:
     case GgufType::kUint64:
-    case GgufType::kInt64:
-      return true;
-    default:
-      return false;
+    case GgufType::kInt64: return true;
+    default: return false;
   }
 }
 
@@ -288,9 +214,7 @@ Result<uint64_t> GgmlRowBytes(uint32_t type, int64_t ne0) {
 
 Status GgmlToF32(uint32_t type, const uint8_t* src, int64_t n, float* dst) {
   switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-      return Status::Ok();
+    case GgmlType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return Status::Ok();
     case GgmlType::kF16:
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
@@ -455,10 +379,8 @@ Result<int64_t> GgufFile::GetInt(const std::string& key) const {
     case GgufType::kInt8:
     case GgufType::kInt16:
     case GgufType::kInt32:
-    case GgufType::kInt64:
-      return v->i;
-    default:
-      break;
+    case GgufType::kInt64: return v->i;
+    default: break;
   }
   return InvalidArgumentError("GGUF " + path() + ": metadata '" + key +
                               "' is not an integer in range");
@@ -620,52 +542,19 @@ Status GgufWriter::AddTensor(const std::string& name, int64_t rows, int64_t cols
 namespace {
 void PutValue(std::string* out, const GgufValue& v) {
   auto put = [out](const void* p, size_t n) { out->append(static_cast<const char*>(p), n); };
+  auto put_as = [&put](auto x) { put(&x, sizeof(x)); };
   switch (v.type) {
     case GgufType::kUint8:
-    case GgufType::kBool: {
-      uint8_t x = static_cast<uint8_t>(v.u);
-      put(&x, 1);
-      break;
-    }
-    case GgufType::kInt8: {
-      int8_t x = static_cast<int8_t>(v.i);
-      put(&x, 1);
-      break;
-    }
-    case GgufType::kUint16: {
-      uint16_t x = static_cast<uint16_t>(v.u);
-      put(&x, 2);
-      break;
-    }
-    case GgufType::kInt16: {
-      int16_t x = static_cast<int16_t>(v.i);
-      put(&x, 2);
-      break;
-    }
-    case GgufType::kUint32: {
-      uint32_t x = static_cast<uint32_t>(v.u);
-      put(&x, 4);
-      break;
-    }
-    case GgufType::kInt32: {
-      int32_t x = static_cast<int32_t>(v.i);
-      put(&x, 4);
-      break;
-    }
-    case GgufType::kUint64:
-      put(&v.u, 8);
-      break;
-    case GgufType::kInt64:
-      put(&v.i, 8);
-      break;
-    case GgufType::kFloat32: {
-      float x = static_cast<float>(v.f);
-      put(&x, 4);
-      break;
-    }
-    case GgufType::kFloat64:
-      put(&v.f, 8);
-      break;
+    case GgufType::kBool: put_as(static_cast<uint8_t>(v.u)); break;
+    case GgufType::kInt8: put_as(static_cast<int8_t>(v.i)); break;
+    case GgufType::kUint16: put_as(static_cast<uint16_t>(v.u)); break;
+    case GgufType::kInt16: put_as(static_cast<int16_t>(v.i)); break;
+    case GgufType::kUint32: put_as(static_cast<uint32_t>(v.u)); break;
+    case GgufType::kInt32: put_as(static_cast<int32_t>(v.i)); break;
+    case GgufType::kUint64: put_as(v.u); break;
+    case GgufType::kInt64: put_as(v.i); break;
+    case GgufType::kFloat32: put_as(static_cast<float>(v.f)); break;
+    case GgufType::kFloat64: put_as(v.f); break;
     case GgufType::kString: {
       uint64_t n = v.str.size();
       put(&n, 8);

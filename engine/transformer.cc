@@ -15,7 +15,7 @@ constexpr size_t kMinParallelMacs = size_t{1} << 18;
 
 void Transformer::Parallel(size_t work, int64_t n, const std::function<void(int64_t, int64_t)>& fn,
                            int64_t grain) {
-  if (work < kMinParallelMacs || pool_->num_threads() == 1) {
+  if (work < kMinParallelMacs) {
     fn(0, n);
   } else {
     pool_->ParallelFor(n, fn, grain);

@@ -5,8 +5,6 @@
 #include "kernels/internal.h"
 
 namespace dcomp::kernels {
-namespace {}  // namespace
-
 void internal::QuantizeRowQ8Ref(const float* x, size_t n, size_t n_padded, int8_t* q,
                                 float* scale) {
   float amax = 0.0f;  // max is exact in any order

@@ -65,21 +65,11 @@ class JsonParser {
       if (c == '\\') {
         char e = s_.at(i_++);
         switch (e) {
-          case 'n':
-            out += '\n';
-            break;
-          case 't':
-            out += '\t';
-            break;
-          case 'r':
-            out += '\r';
-            break;
-          case 'b':
-            out += '\b';
-            break;
-          case 'f':
-            out += '\f';
-            break;
+          case 'n': out += '\n'; break;
+          case 't': out += '\t'; break;
+          case 'r': out += '\r'; break;
+          case 'b': out += '\b'; break;
+          case 'f': out += '\f'; break;
           case 'u': {
             unsigned cp = static_cast<unsigned>(std::stoul(s_.substr(i_, 4), nullptr, 16));
             i_ += 4;
@@ -105,8 +95,7 @@ class JsonParser {
             }
             break;
           }
-          default:
-            out += e;
+          default: out += e;
         }
       } else {
         out += c;
