@@ -1,0 +1,399 @@
+#include "storage/container.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "storage/crc32c.h"
+
+namespace dcomp::storage {
+namespace {
+
+template <typename T>
+void Put(uint8_t* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+template <typename T>
+T Get(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+constexpr size_t kCrcOffset = 60;
+
+Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "write " + path);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void DcmHeader::Serialize(uint8_t out[kDcmHeaderSize]) const {
+  std::memset(out, 0, kDcmHeaderSize);
+  std::memcpy(out, kDcmMagic, 8);
+  Put<uint16_t>(out + 8, version_major);
+  Put<uint16_t>(out + 10, version_minor);
+  Put<uint32_t>(out + 12, static_cast<uint32_t>(kDcmHeaderSize));
+  Put<uint64_t>(out + 16, manifest_offset);
+  Put<uint64_t>(out + 24, manifest_size);
+  Put<uint32_t>(out + 32, manifest_crc);
+  Put<uint32_t>(out + 36, data_alignment);
+  Put<uint64_t>(out + 40, data_offset);
+  Put<uint64_t>(out + 48, file_size);
+  Put<uint32_t>(out + 56, 0);  // flags: none defined in 1.x
+  Put<uint32_t>(out + kCrcOffset, Crc32c(out, kCrcOffset));
+}
+
+bool HasDcmMagic(std::span<const uint8_t> bytes) {
+  return bytes.size() >= 8 && std::memcmp(bytes.data(), kDcmMagic, 8) == 0;
+}
+
+Result<DcmHeader> DcmHeader::Parse(std::span<const uint8_t> b) {
+  if (b.size() < kDcmHeaderSize) {
+    return DataLossError("file is " + std::to_string(b.size()) +
+                         " bytes, shorter than the 64-byte .dcm header");
+  }
+  if (!HasDcmMagic(b)) return InvalidArgumentError("not a .dcm file (bad magic)");
+  DcmHeader h;
+  h.version_major = Get<uint16_t>(b.data() + 8);
+  h.version_minor = Get<uint16_t>(b.data() + 10);
+  // The version is checked before the CRC so that a newer file gets the right message even if a
+  // later major version changes the header layout.
+  if (h.version_major > kDcmVersionMajor) {
+    return FailedPreconditionError(
+        "format version " + std::to_string(h.version_major) + "." +
+        std::to_string(h.version_minor) + " is newer than this reader (it reads " +
+        std::to_string(kDcmVersionMajor) + ".x); upgrade dcomp");
+  }
+  if (h.version_major < 1) {
+    return InvalidArgumentError("format version " + std::to_string(h.version_major) +
+                                " is not a released .dcm version");
+  }
+  const uint32_t stored_crc = Get<uint32_t>(b.data() + kCrcOffset);
+  const uint32_t crc = Crc32c(b.data(), kCrcOffset);
+  if (stored_crc != crc) return DataLossError("header CRC mismatch (the header is corrupt)");
+  const uint32_t header_size = Get<uint32_t>(b.data() + 12);
+  if (header_size != kDcmHeaderSize) {
+    return DataLossError("header_size is " + std::to_string(header_size) + ", expected 64");
+  }
+  h.manifest_offset = Get<uint64_t>(b.data() + 16);
+  h.manifest_size = Get<uint64_t>(b.data() + 24);
+  h.manifest_crc = Get<uint32_t>(b.data() + 32);
+  h.data_alignment = Get<uint32_t>(b.data() + 36);
+  h.data_offset = Get<uint64_t>(b.data() + 40);
+  h.file_size = Get<uint64_t>(b.data() + 48);
+  const uint32_t flags = Get<uint32_t>(b.data() + 56);
+  if (flags != 0) {
+    return FailedPreconditionError("header flags 0x" + std::to_string(flags) +
+                                   " are not understood by this reader");
+  }
+  if (h.data_alignment < 512 || h.data_alignment > (1u << 24) ||
+      (h.data_alignment & (h.data_alignment - 1)) != 0) {
+    return DataLossError("data_alignment " + std::to_string(h.data_alignment) +
+                         " is not a power of two in [512, 16 MiB]");
+  }
+  if (h.manifest_offset != kDcmHeaderSize) {
+    return DataLossError("manifest_offset is " + std::to_string(h.manifest_offset) +
+                         ", expected 64");
+  }
+  if (h.manifest_size == 0 || h.manifest_size > kMaxManifestBytes) {
+    return DataLossError("manifest_size " + std::to_string(h.manifest_size) + " out of range");
+  }
+  if (h.data_offset % h.data_alignment != 0 ||
+      h.data_offset < h.manifest_offset + h.manifest_size) {
+    return DataLossError("data_offset " + std::to_string(h.data_offset) +
+                         " is unaligned or overlaps the manifest");
+  }
+  if (h.file_size < h.data_offset) {
+    return DataLossError("file_size " + std::to_string(h.file_size) + " is below data_offset");
+  }
+  return h;
+}
+
+Result<std::unique_ptr<ContainerReader>> ContainerReader::Open(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
+  auto r = std::unique_ptr<ContainerReader>(new ContainerReader());
+  r->name_ = path;
+  r->bytes_ = file->bytes();
+  r->file_ = std::move(file);
+  RETURN_IF_ERROR(r->Validate(r->bytes_));
+  return r;
+}
+
+Result<std::unique_ptr<ContainerReader>> ContainerReader::FromBytes(std::span<const uint8_t> bytes,
+                                                                    std::string name) {
+  auto r = std::unique_ptr<ContainerReader>(new ContainerReader());
+  r->name_ = std::move(name);
+  r->bytes_ = bytes;
+  RETURN_IF_ERROR(r->Validate(bytes));
+  return r;
+}
+
+Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
+  auto fail = [this](const Status& s) { return Status(s.code(), name_ + ": " + s.message()); };
+  auto loss = [&](const std::string& m) { return fail(DataLossError(m)); };
+  Result<DcmHeader> h = DcmHeader::Parse(bytes);
+  if (!h.ok()) return fail(h.status());
+  header_ = *h;
+  if (header_.file_size != bytes.size()) {
+    return loss("file is " + std::to_string(bytes.size()) + " bytes but its header says " +
+                std::to_string(header_.file_size) +
+                (bytes.size() < header_.file_size ? " (truncated)" : " (trailing bytes)"));
+  }
+  std::span<const uint8_t> m = bytes.subspan(header_.manifest_offset, header_.manifest_size);
+  if (Crc32c(m) != header_.manifest_crc) return loss("manifest CRC mismatch (corrupt manifest)");
+  if (!manifest_.ParseFromArray(m.data(), static_cast<int>(m.size()))) {
+    return loss("manifest does not parse as a dcomp.container.v1.Manifest");
+  }
+  if (manifest_.data_alignment() != header_.data_alignment) {
+    return loss("manifest data_alignment " + std::to_string(manifest_.data_alignment()) +
+                " differs from the header's " + std::to_string(header_.data_alignment));
+  }
+  // Blocks: aligned, in bounds, ascending without overlap, known codec, sane sizes.
+  uint64_t next = header_.data_offset;
+  for (int i = 0; i < manifest_.blocks_size(); ++i) {
+    const pb::Block& b = manifest_.blocks(i);
+    const std::string id = "block " + std::to_string(i);
+    if (!IsKnownCodec(b.codec())) {
+      return loss(id + ": codec " + std::to_string(b.codec()) + " is unknown to this reader");
+    }
+    if (b.offset() % header_.data_alignment != 0) {
+      return loss(id + ": offset " + std::to_string(b.offset()) + " is not aligned");
+    }
+    if (b.offset() < next) return loss(id + ": offset overlaps the previous block or manifest");
+    if (b.stored_size() > bytes.size() || b.offset() > bytes.size() - b.stored_size()) {
+      return loss(id + ": bytes [" + std::to_string(b.offset()) + ", +" +
+                  std::to_string(b.stored_size()) + ") run past the end of the file");
+    }
+    if (b.raw_size() > kMaxBlockRawBytes) {
+      return loss(id + ": raw_size " + std::to_string(b.raw_size()) + " above 1 GiB");
+    }
+    if (b.codec() == pb::CODEC_RAW && b.stored_size() != b.raw_size()) {
+      return loss(id + ": raw block with stored_size != raw_size");
+    }
+    next = b.offset() + b.stored_size();
+  }
+  // Tensors: blocks contiguous and in order, covering every block once; sizes match the shape.
+  block_tensor_.assign(num_blocks(), -1);
+  uint32_t expect_block = 0;
+  for (int t = 0; t < manifest_.tensors_size(); ++t) {
+    const pb::Tensor& T = manifest_.tensors(t);
+    const std::string id = "tensor " + std::to_string(t) + " (" + T.name() + ")";
+    if (T.name().empty()) return loss("tensor " + std::to_string(t) + " has no name");
+    if (T.type() != pb::TENSOR_F32 && T.type() != pb::TENSOR_Q8_ROW) {
+      return loss(id + ": type " + std::to_string(T.type()) + " is unknown to this reader");
+    }
+    if (T.rows() <= 0 || T.cols() <= 0 || T.rows() > (1 << 24) || T.cols() > (1 << 24)) {
+      return loss(id + ": shape " + std::to_string(T.rows()) + "x" + std::to_string(T.cols()) +
+                  " out of range");
+    }
+    if (T.rows_per_block() <= 0 || T.rows_per_block() > T.rows()) {
+      return loss(id + ": rows_per_block " + std::to_string(T.rows_per_block()) +
+                  " out of range");
+    }
+    if (T.first_block() != expect_block) {
+      return loss(id + ": first_block " + std::to_string(T.first_block()) + ", expected " +
+                  std::to_string(expect_block) + " (tensors must be contiguous and in order)");
+    }
+    const uint64_t rows = static_cast<uint64_t>(T.rows()), cols = static_cast<uint64_t>(T.cols());
+    const uint64_t rpb = static_cast<uint64_t>(T.rows_per_block());
+    const uint64_t data_blocks = (rows + rpb - 1) / rpb;
+    const bool q8 = T.type() == pb::TENSOR_Q8_ROW;
+    const uint64_t want_blocks = data_blocks + (q8 ? 1 : 0);
+    if (T.num_blocks() != want_blocks) {
+      return loss(id + ": " + std::to_string(T.num_blocks()) + " blocks, expected " +
+                  std::to_string(want_blocks) + " for " + std::to_string(rows) + " rows of " +
+                  std::to_string(rpb));
+    }
+    if (static_cast<uint64_t>(T.first_block()) + T.num_blocks() > num_blocks()) {
+      return loss(id + ": blocks run past the block table");
+    }
+    const uint64_t elem = q8 ? 1 : 4;
+    for (uint32_t k = 0; k < T.num_blocks(); ++k) {
+      const uint32_t bi = T.first_block() + k;
+      uint64_t want;
+      if (q8 && k == 0) {
+        want = rows * 4;
+      } else {
+        const uint64_t r0 = (k - (q8 ? 1 : 0)) * rpb;
+        want = std::min(rpb, rows - r0) * cols * elem;
+      }
+      if (manifest_.blocks(static_cast<int>(bi)).raw_size() != want) {
+        return loss(id + ": block " + std::to_string(bi) + " raw_size " +
+                    std::to_string(manifest_.blocks(static_cast<int>(bi)).raw_size()) +
+                    ", expected " + std::to_string(want));
+      }
+      block_tensor_[bi] = t;
+    }
+    expect_block += T.num_blocks();
+  }
+  if (expect_block != num_blocks()) {
+    return loss(std::to_string(num_blocks() - expect_block) + " blocks belong to no tensor");
+  }
+  return Status::Ok();
+}
+
+int ContainerReader::FindTensor(const std::string& name) const {
+  for (int t = 0; t < manifest_.tensors_size(); ++t) {
+    if (manifest_.tensors(t).name() == name) return t;
+  }
+  return -1;
+}
+
+std::string ContainerReader::DescribeBlock(size_t i) const {
+  if (i >= num_blocks()) return "block " + std::to_string(i) + " (out of range)";
+  const pb::Tensor& T = tensor_of_block(i);
+  const uint64_t k = i - T.first_block();
+  std::string what;
+  if (T.type() == pb::TENSOR_Q8_ROW && k == 0) {
+    what = "row scales";
+  } else {
+    const uint64_t d = k - (T.type() == pb::TENSOR_Q8_ROW ? 1 : 0);
+    const uint64_t r0 = d * static_cast<uint64_t>(T.rows_per_block());
+    const uint64_t r1 = std::min<uint64_t>(r0 + T.rows_per_block(), T.rows()) - 1;
+    what = (T.type() == pb::TENSOR_Q8_ROW ? "codes rows " : "rows ") + std::to_string(r0) + ".." +
+           std::to_string(r1);
+  }
+  return "block " + std::to_string(i) + " (" + T.name() + ", " + what + ")";
+}
+
+std::span<const uint8_t> ContainerReader::StoredBytes(size_t i) const {
+  const pb::Block& b = block(i);
+  return bytes_.subspan(b.offset(), b.stored_size());
+}
+
+Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
+                                    std::span<uint8_t> out, BlockDecoder* decoder) const {
+  if (i >= num_blocks()) return OutOfRangeError(name_ + ": block " + std::to_string(i));
+  const pb::Block& b = block(i);
+  if (out.size() != b.raw_size() || stored.size() != b.stored_size()) {
+    return InternalError(name_ + ": " + DescribeBlock(i) + ": buffer sizes do not match");
+  }
+  const uint32_t crc = Crc32c(stored);
+  if (crc != b.crc32c()) {
+    return DataLossError(name_ + ": " + DescribeBlock(i) + ": CRC32C mismatch (stored " +
+                         std::to_string(b.crc32c()) + ", computed " + std::to_string(crc) + ")");
+  }
+  Status s = decoder->Decode(static_cast<Codec>(b.codec()), stored, out);
+  if (!s.ok()) {
+    return DataLossError(name_ + ": " + DescribeBlock(i) + ": " + CodecName(Codec(b.codec())) +
+                         ": " + s.message());
+  }
+  return Status::Ok();
+}
+
+std::pair<uint64_t, uint64_t> ContainerReader::TensorRange(int t) const {
+  const pb::Tensor& T = manifest_.tensors(t);
+  if (T.num_blocks() == 0) return {0, 0};
+  const pb::Block& a = block(T.first_block());
+  const pb::Block& z = block(T.first_block() + T.num_blocks() - 1);
+  return {a.offset(), z.offset() + z.stored_size()};
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Result<std::unique_ptr<ContainerWriter>> ContainerWriter::Create(const std::string& path) {
+  auto w = std::unique_ptr<ContainerWriter>(new ContainerWriter());
+  w->path_ = path;
+  w->data_path_ = path + ".blocks.tmp";
+  int fd = ::open(w->data_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, "create " + w->data_path_);
+  w->data_fd_.reset(fd);
+  return w;
+}
+
+ContainerWriter::~ContainerWriter() {
+  if (data_fd_.valid()) ::unlink(data_path_.c_str());
+}
+
+void ContainerWriter::BeginTensor(const pb::Tensor& tensor) {
+  tensors_.push_back(tensor);
+  tensors_.back().set_first_block(static_cast<uint32_t>(blocks_.size()));
+  tensors_.back().set_num_blocks(0);
+}
+
+Status ContainerWriter::AddBlock(Codec codec, uint64_t raw_size, std::span<const uint8_t> stored) {
+  if (tensors_.empty()) return InternalError("ContainerWriter::AddBlock before BeginTensor");
+  pb::Block b;
+  b.set_offset(data_size_);
+  b.set_stored_size(stored.size());
+  b.set_raw_size(raw_size);
+  b.set_codec(static_cast<pb::Codec>(codec));
+  b.set_crc32c(Crc32c(stored));
+  RETURN_IF_ERROR(WriteAll(data_fd_.get(), stored.data(), stored.size(), data_path_));
+  const uint64_t end = AlignUp(data_size_ + stored.size(), kDcmAlignment);
+  const size_t pad = static_cast<size_t>(end - data_size_ - stored.size());
+  static const uint8_t kZeros[kDcmAlignment] = {};
+  RETURN_IF_ERROR(WriteAll(data_fd_.get(), kZeros, pad, data_path_));
+  data_size_ = end;
+  blocks_.push_back(b);
+  tensors_.back().set_num_blocks(tensors_.back().num_blocks() + 1);
+  return Status::Ok();
+}
+
+Status ContainerWriter::Finish(pb::Manifest manifest) {
+  manifest.clear_tensors();
+  manifest.clear_blocks();
+  for (const pb::Tensor& t : tensors_) *manifest.add_tensors() = t;
+  for (const pb::Block& b : blocks_) *manifest.add_blocks() = b;
+  manifest.set_data_alignment(kDcmAlignment);
+  // Offsets are fixed64, so the manifest size does not depend on their values.
+  const uint64_t manifest_size = manifest.ByteSizeLong();
+  const uint64_t data_offset = AlignUp(kDcmHeaderSize + manifest_size, kDcmAlignment);
+  for (pb::Block& b : *manifest.mutable_blocks()) b.set_offset(b.offset() + data_offset);
+  std::string mbytes;
+  if (!manifest.SerializeToString(&mbytes) || mbytes.size() != manifest_size) {
+    return InternalError("manifest serialisation failed");
+  }
+  DcmHeader h;
+  h.manifest_offset = kDcmHeaderSize;
+  h.manifest_size = manifest_size;
+  h.manifest_crc = Crc32c(mbytes.data(), mbytes.size());
+  h.data_offset = data_offset;
+  h.file_size = data_offset + data_size_;
+  std::vector<uint8_t> head(data_offset, 0);
+  h.Serialize(head.data());
+  std::memcpy(head.data() + kDcmHeaderSize, mbytes.data(), mbytes.size());
+
+  const std::string tmp = path_ + ".tmp";
+  UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!out.valid()) return ErrnoToStatus(errno, "create " + tmp);
+  Status s = WriteAll(out.get(), head.data(), head.size(), tmp);
+  // Append the block file.
+  off_t off = 0;
+  uint64_t left = data_size_;
+  while (s.ok() && left > 0) {
+    ssize_t n = ::copy_file_range(data_fd_.get(), &off, out.get(), nullptr, left, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      s = ErrnoToStatus(n < 0 ? errno : EIO, "copy blocks into " + tmp);
+      break;
+    }
+    left -= static_cast<uint64_t>(n);
+  }
+  if (s.ok() && ::fsync(out.get()) != 0) s = ErrnoToStatus(errno, "fsync " + tmp);
+  if (s.ok() && ::rename(tmp.c_str(), path_.c_str()) != 0) {
+    s = ErrnoToStatus(errno, "rename " + tmp + " to " + path_);
+  }
+  if (!s.ok()) ::unlink(tmp.c_str());
+  ::unlink(data_path_.c_str());
+  data_fd_.reset();
+  return s;
+}
+
+}  // namespace dcomp::storage

@@ -1,0 +1,127 @@
+// The .dcm container (docs/format.md): a 64-byte header, the protobuf manifest, then data blocks
+// aligned to 4 KiB in execution order (embedding, layer 0 .. layer L-1, output). Each block records
+// its codec, raw size, stored size and the CRC32C of its stored bytes.
+//
+// ContainerReader::Open validates the whole structure before returning: header CRC, version, file
+// size, manifest CRC and parse, and every block and tensor (offsets, alignment, overlap, sizes
+// consistent with the tensor shapes, codecs). Block payloads are checked when decoded (CRC first,
+// then the codec's own checks). Every error names the file and, where there is one, the block and
+// tensor; nothing in a hostile file can make the reader read out of bounds.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/file.h"
+#include "base/status.h"
+#include "proto/manifest.pb.h"
+#include "storage/codec.h"
+
+namespace dcomp::storage {
+
+namespace pb = ::dcomp::container::v1;
+
+inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
+inline constexpr uint16_t kDcmVersionMajor = 1;
+inline constexpr uint16_t kDcmVersionMinor = 0;
+inline constexpr size_t kDcmHeaderSize = 64;
+inline constexpr uint32_t kDcmAlignment = 4096;
+// Upper bounds a reader enforces (a hostile file cannot make it allocate more).
+inline constexpr uint64_t kMaxManifestBytes = 1ull << 30;
+inline constexpr uint64_t kMaxBlockRawBytes = 1ull << 30;
+
+struct DcmHeader {
+  uint16_t version_major = kDcmVersionMajor;
+  uint16_t version_minor = kDcmVersionMinor;
+  uint64_t manifest_offset = 0;
+  uint64_t manifest_size = 0;
+  uint32_t manifest_crc = 0;
+  uint32_t data_alignment = kDcmAlignment;
+  uint64_t data_offset = 0;
+  uint64_t file_size = 0;
+
+  void Serialize(uint8_t out[kDcmHeaderSize]) const;
+  // Parses and checks magic, CRC, version and the internal consistency of the offsets.
+  static Result<DcmHeader> Parse(std::span<const uint8_t> bytes);
+};
+
+// True when `bytes` starts with the .dcm magic.
+bool HasDcmMagic(std::span<const uint8_t> bytes);
+
+class ContainerReader {
+ public:
+  // Maps `path` read-only and validates it.
+  static Result<std::unique_ptr<ContainerReader>> Open(const std::string& path);
+  // Validates an in-memory image (fuzzing, tests). `bytes` must outlive the reader.
+  static Result<std::unique_ptr<ContainerReader>> FromBytes(std::span<const uint8_t> bytes,
+                                                            std::string name = "<memory>");
+
+  const std::string& path() const { return name_; }
+  const DcmHeader& header() const { return header_; }
+  const pb::Manifest& manifest() const { return manifest_; }
+  size_t num_blocks() const { return static_cast<size_t>(manifest_.blocks_size()); }
+  const pb::Block& block(size_t i) const { return manifest_.blocks(static_cast<int>(i)); }
+  // The tensor a block belongs to.
+  const pb::Tensor& tensor_of_block(size_t i) const {
+    return manifest_.tensors(block_tensor_[i]);
+  }
+  // Index into manifest().tensors(), or -1.
+  int FindTensor(const std::string& name) const;
+  // "block 17 (blk.2.attn_q.weight, codes rows 0..191)".
+  std::string DescribeBlock(size_t i) const;
+
+  // The stored bytes of block i in the mapping.
+  std::span<const uint8_t> StoredBytes(size_t i) const;
+  // Checks the CRC of `stored` (the bytes of block i, from anywhere: mapping, io_uring buffer) and
+  // decodes them into `out` (exactly raw_size bytes). DATA_LOSS names the block and the tensor.
+  Status DecodeBlock(size_t i, std::span<const uint8_t> stored, std::span<uint8_t> out,
+                     BlockDecoder* decoder) const;
+  // DecodeBlock from the mapping.
+  Status ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder* decoder) const {
+    return DecodeBlock(i, StoredBytes(i), out, decoder);
+  }
+  // The file range [begin, end) of a tensor's blocks (for streaming and page-cache advice).
+  std::pair<uint64_t, uint64_t> TensorRange(int tensor) const;
+
+ private:
+  ContainerReader() = default;
+  Status Validate(std::span<const uint8_t> bytes);
+
+  std::string name_;
+  std::unique_ptr<MappedFile> file_;
+  std::span<const uint8_t> bytes_;
+  DcmHeader header_;
+  pb::Manifest manifest_;
+  std::vector<int> block_tensor_;
+};
+
+// Writes a container: tensors are added in execution order, each followed by its blocks (already
+// encoded by the caller). Blocks are streamed to a side file while packing; Finish() writes the
+// header and manifest, appends the blocks and renames the result into place atomically.
+class ContainerWriter {
+ public:
+  static Result<std::unique_ptr<ContainerWriter>> Create(const std::string& path);
+  ~ContainerWriter();
+
+  // Starts a tensor; its first_block/num_blocks are filled in by the writer.
+  void BeginTensor(const pb::Tensor& tensor);
+  // Appends one block of the current tensor.
+  Status AddBlock(Codec codec, uint64_t raw_size, std::span<const uint8_t> stored);
+  // Writes the file; `manifest` provides config, tokenizer and pack info (tensors and blocks are
+  // the writer's).
+  Status Finish(pb::Manifest manifest);
+  uint64_t data_bytes() const { return data_size_; }
+
+ private:
+  ContainerWriter() = default;
+  std::string path_, data_path_;
+  UniqueFd data_fd_;
+  uint64_t data_size_ = 0;  // bytes written to the side file (aligned)
+  std::vector<pb::Tensor> tensors_;
+  std::vector<pb::Block> blocks_;  // offsets relative to the data start
+};
+
+}  // namespace dcomp::storage

@@ -1,0 +1,147 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "storage/codec.h"
+#include "storage/crc32c.h"
+#include "storage/rans.h"
+
+namespace dcomp::storage {
+namespace {
+
+// Bytes distributed like int8 weight codes: a rounded Gaussian of standard deviation `sigma`.
+std::vector<uint8_t> GaussianCodes(size_t n, double sigma, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> d(0, sigma);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) {
+    double x = std::clamp(std::round(d(rng)), -127.0, 127.0);
+    b = static_cast<uint8_t>(static_cast<int8_t>(x));
+  }
+  return v;
+}
+
+TEST(Crc32cTest, KnownVectors) {
+  const std::string s = "123456789";
+  EXPECT_EQ(Crc32c(s.data(), s.size()), 0xE3069283u);
+  EXPECT_EQ(Crc32cPortable(s.data(), s.size()), 0xE3069283u);
+  EXPECT_EQ(Crc32c(nullptr, 0), 0u);
+  std::vector<uint8_t> zeros(32, 0);
+  EXPECT_EQ(Crc32c(zeros.data(), zeros.size()), 0x8A9136AAu);  // RFC 3720 B.4
+}
+
+TEST(Crc32cTest, HardwareMatchesPortableAndExtends) {
+  auto v = GaussianCodes(10007, 30, 1);
+  for (size_t n : {0, 1, 7, 8, 9, 63, 64, 65, 1000, 10007}) {
+    EXPECT_EQ(Crc32c(v.data(), n), Crc32cPortable(v.data(), n)) << n;
+  }
+  EXPECT_EQ(Crc32c(v.data() + 100, 900, Crc32c(v.data(), 100)), Crc32c(v.data(), 1000));
+}
+
+void ExpectRoundTrip(const std::vector<uint8_t>& in) {
+  std::vector<uint8_t> enc;
+  RansEncode(in, &enc);
+  std::vector<uint8_t> out(in.size(), 0xAA), out2(in.size(), 0x55);
+  ASSERT_TRUE(RansDecode(enc, out).ok()) << in.size();
+  ASSERT_TRUE(RansDecodePortable(enc, out2).ok()) << in.size();
+  EXPECT_EQ(out, in) << in.size();
+  EXPECT_EQ(out2, in) << in.size();
+}
+
+TEST(RansTest, RoundTripsEverySizeAroundTheLaneCount) {
+  for (size_t n = 0; n <= 200; ++n) ExpectRoundTrip(GaussianCodes(n, 20, n));
+  for (size_t n : {1023, 1024, 1025, 4095, 65536, 65537, 262144 + 17}) {
+    ExpectRoundTrip(GaussianCodes(n, 25, n));
+  }
+}
+
+TEST(RansTest, RoundTripsExtremeDistributions) {
+  ExpectRoundTrip(std::vector<uint8_t>(100000, 7));  // single symbol
+  std::vector<uint8_t> two(100000, 0);
+  two[5000] = 255;  // one very rare symbol
+  ExpectRoundTrip(two);
+  std::vector<uint8_t> all(256 * 300);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint8_t>(i * 131 + i / 256);
+  ExpectRoundTrip(all);  // uniform: every symbol present
+  std::mt19937 rng(3);
+  std::vector<uint8_t> random(123457);
+  for (auto& b : random) b = static_cast<uint8_t>(rng());
+  ExpectRoundTrip(random);
+  ExpectRoundTrip(GaussianCodes(300000, 0.3, 9));  // very skewed
+}
+
+TEST(RansTest, SizeIsCloseToTheEntropy) {
+  auto v = GaussianCodes(1 << 18, 20, 5);
+  std::vector<uint8_t> enc;
+  RansEncode(v, &enc);
+  const double ideal = Order0EntropyBits(v) * v.size() / 8;
+  // Table, states and 12-bit frequency rounding cost well under 1%.
+  EXPECT_LT(static_cast<double>(enc.size()), ideal * 1.01 + 600);
+  EXPECT_GT(static_cast<double>(enc.size()), ideal);
+}
+
+TEST(RansTest, CorruptStreamsFailCleanly) {
+  auto v = GaussianCodes(50000, 20, 11);
+  std::vector<uint8_t> enc;
+  RansEncode(v, &enc);
+  std::vector<uint8_t> out(v.size());
+  // Truncation anywhere is always detected.
+  for (size_t cut = 0; cut < enc.size(); cut += 997) {
+    std::span<const uint8_t> t(enc.data(), cut);
+    EXPECT_FALSE(RansDecode(t, out).ok()) << cut;
+    EXPECT_FALSE(RansDecodePortable(t, out).ok()) << cut;
+  }
+  // Wrong output size.
+  std::vector<uint8_t> small(v.size() - 1), big(v.size() + 1);
+  EXPECT_FALSE(RansDecode(enc, small).ok());
+  EXPECT_FALSE(RansDecode(enc, big).ok());
+  // Bit flips never crash; both decoders agree on the verdict and the bytes.
+  std::mt19937 rng(4);
+  for (int k = 0; k < 300; ++k) {
+    auto bad = enc;
+    bad[rng() % bad.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+    std::vector<uint8_t> a(v.size()), b(v.size());
+    Status sa = RansDecode(bad, a), sb = RansDecodePortable(bad, b);
+    EXPECT_EQ(sa.ok(), sb.ok());
+    if (sa.ok()) {
+      EXPECT_EQ(a, b);
+    } else {
+      EXPECT_EQ(sa.code(), StatusCode::kDataLoss) << sa.message();
+    }
+  }
+  // Bad header tag, bad table.
+  auto bad = enc;
+  bad[0] = 9;
+  EXPECT_NE(RansDecode(bad, out).message().find("layout 9"), std::string::npos);
+  std::vector<uint8_t> zeros(64, 0);
+  zeros[0] = 1;
+  EXPECT_FALSE(RansDecode(zeros, out).ok());
+}
+
+TEST(CodecTest, AllCodecsRoundTripAndNameTheirErrors) {
+  auto v = GaussianCodes(100000, 15, 2);
+  BlockDecoder dec;
+  for (Codec c : {Codec::kRaw, Codec::kZstd, Codec::kRans}) {
+    std::vector<uint8_t> enc;
+    ASSERT_TRUE(EncodeBlock(c, v, 3, &enc).ok());
+    std::vector<uint8_t> out(v.size());
+    ASSERT_TRUE(dec.Decode(c, enc, out).ok()) << CodecName(c);
+    EXPECT_EQ(out, v) << CodecName(c);
+    std::vector<uint8_t> wrong(v.size() + 3);
+    Status s = dec.Decode(c, enc, wrong);
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << CodecName(c);
+    if (c != Codec::kRaw) {
+      std::span<const uint8_t> cut(enc.data(), enc.size() / 2);
+      EXPECT_EQ(dec.Decode(c, cut, out).code(), StatusCode::kDataLoss) << CodecName(c);
+    }
+  }
+  EXPECT_FALSE(ParseCodecName("lz4").ok());
+  EXPECT_EQ(*ParseCodecName("rans"), Codec::kRans);
+  std::vector<uint8_t> enc;
+  EXPECT_EQ(EncodeBlock(Codec::kZstd, v, 99, &enc).code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dcomp::storage
