@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "base/file.h"
+#include "engine/dcm_model.h"
 #include "engine/gguf.h"
 #include "engine/internal/model_formats.h"
 
@@ -105,7 +106,12 @@ Result<std::unique_ptr<ModelFile>> OpenModelFile(const std::string& path,
                                 " bytes, too short to be a model");
   }
   std::unique_ptr<ModelFile> model;
-  if (magic == 0x46554747) {  // "GGUF"
+  char head[8] = {};
+  const bool dcm = ::pread(fd.get(), head, 8, 0) == 8 &&
+                   storage::HasDcmMagic({reinterpret_cast<const uint8_t*>(head), 8});
+  if (dcm) {
+    ASSIGN_OR_RETURN(model, DcmModelFile::Open(path));
+  } else if (magic == 0x46554747) {  // "GGUF"
     ASSIGN_OR_RETURN(model, internal::OpenGgufModel(path));
   } else {
     ASSIGN_OR_RETURN(model, internal::OpenLlama2cModel(path, tokenizer_path));

@@ -26,6 +26,14 @@ struct TensorDesc {
   int64_t numel() const { return rows * cols; }
 };
 
+// An INT8 per-row tensor as stored (a .dcm file): codes padded to kernels::PaddedCols(cols) per row
+// with zeros, w[r][c] = q[r][c] * scale[r].
+struct Q8Tensor {
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  int64_t rows = 0, cols = 0;
+};
+
 class ModelFile {
  public:
   virtual ~ModelFile() = default;
@@ -34,6 +42,12 @@ class ModelFile {
   virtual const std::vector<TensorDesc>& tensors() const = 0;
   // The tensor dequantized to f32, row-major. NotFound names the tensor.
   virtual Result<std::vector<float>> ReadF32(const std::string& name) const = 0;
+  // Files that store matrices as INT8 codes (.dcm) hand them out exactly, so that W8A8 inference
+  // uses the packed codes rather than re-quantizing their dequantized values.
+  virtual bool stores_q8(const std::string& /*name*/) const { return false; }
+  virtual Result<Q8Tensor> ReadQ8(const std::string& name) const {
+    return UnimplementedError(path() + ": '" + name + "' is not stored as INT8");
+  }
   // e.g. "GGUF v3 (Q8_0)" or "llama2.c v0 fp32".
   virtual std::string format() const = 0;
   virtual const std::string& path() const = 0;

@@ -211,6 +211,7 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
       kernels::RmsNorm(x_.data() + t * dim, w->attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
     });
     const LinearJob qkv[] = {{&w->wq, q_.data(), dim}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
+    Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
     RunLinears(qkv, xn_.data(), dim, n);
 
     for (size_t t = 0; t < n; ++t) {
@@ -223,6 +224,7 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     Attention(l, n);
 
     const LinearJob o[] = {{&w->wo, xn_.data(), dim}};
+    Observe(l, LinearInput::kAttnOut, att_.data(), n, dim);
     RunLinears(o, att_.data(), dim, n);
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
@@ -230,10 +232,12 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
       kernels::RmsNorm(x_.data() + t * dim, w->ffn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
     });
     const LinearJob up[] = {{&w->w_gate, hb_.data(), hid}, {&w->w_up, hb2_.data(), hid}};
+    Observe(l, LinearInput::kFfnIn, xn_.data(), n, dim);
     RunLinears(up, xn_.data(), dim, n);
     PerToken(n, hid * 16,
              [&](size_t t) { kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
     const LinearJob down[] = {{&w->w_down, xn_.data(), dim}};
+    Observe(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
     RunLinears(down, hb_.data(), hid, n);
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
@@ -248,6 +252,7 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     kernels::RmsNorm(x_.data() + t * dim, g.final_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
   }
   const LinearJob out[] = {{&g.output, logits, static_cast<size_t>(cfg_.vocab_size)}};
+  Observe(cfg_.n_layers, LinearInput::kHeadIn, xn_.data() + first * dim, rows, dim);
   RunLinears(out, xn_.data() + first * dim, dim, rows);
   return Status::Ok();
 }

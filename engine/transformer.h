@@ -21,6 +21,22 @@
 
 namespace dcomp {
 
+// The inputs of the linear maps, as the packer's calibration sees them.
+enum class LinearInput {
+  kAttnIn,     // attention-norm output: input of wq, wk, wv
+  kAttnOut,    // attention output: input of wo
+  kFfnIn,      // ffn-norm output: input of w_gate, w_up
+  kFfnHidden,  // silu(gate) * up: input of w_down
+  kHeadIn,     // final-norm output: input of the output matrix
+};
+
+// Receives every linear input of a forward pass (f32, [n][cols]), in execution order.
+class ActivationObserver {
+ public:
+  virtual ~ActivationObserver() = default;
+  virtual void Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) = 0;
+};
+
 class Transformer {
  public:
   static constexpr int32_t kMaxBatch = 64;
@@ -37,6 +53,8 @@ class Transformer {
   Status Forward(std::span<const int32_t> tokens, bool all_logits, std::vector<float>* logits);
 
   void Reset() { pos_ = 0; }
+  // Calibration hook (null to remove); not owned.
+  void set_observer(ActivationObserver* o) { observer_ = o; }
   int32_t position() const { return pos_; }
   int32_t context_length() const { return ctx_; }
   const ModelConfig& config() const { return cfg_; }
@@ -60,6 +78,9 @@ class Transformer {
   // small to pay for a parallel region. Results never depend on which.
   void Parallel(size_t work, int64_t n, const std::function<void(int64_t, int64_t)>& fn,
                 int64_t grain = 1);
+  void Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) {
+    if (observer_ != nullptr) observer_->Observe(layer, which, x, n, cols);
+  }
   void PerToken(size_t n, size_t cost_per_token, const std::function<void(size_t)>& fn);
 
   WeightSource* weights_;
@@ -68,6 +89,7 @@ class Transformer {
   ModelConfig cfg_;
   int32_t ctx_;
   int32_t pos_ = 0;
+  ActivationObserver* observer_ = nullptr;
 
   std::vector<float> rope_;               // [ctx][head_dim/2][cos, sin]
   std::vector<float> k_cache_, v_cache_;  // [layer][ctx][kv_dim]

@@ -51,6 +51,18 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
   const size_t dim = static_cast<size_t>(c.dim), kv = static_cast<size_t>(c.kv_dim()),
                hid = static_cast<size_t>(c.hidden_dim), vocab = static_cast<size_t>(c.vocab_size);
   auto linear = [&](const std::string& name, size_t rows, size_t cols) -> Result<LinearStorage> {
+    if (format == WeightFormat::kW8A8 && file.stores_q8(name)) {
+      ASSIGN_OR_RETURN(Q8Tensor t, file.ReadQ8(name));
+      LinearStorage s;
+      s.rows = rows;
+      s.cols = cols;
+      s.quantized = true;
+      s.q = std::move(t.q);
+      s.scale = std::move(t.scale);
+      s.row_sum.resize(rows);
+      kernels::ComputeRowSums(s.q.data(), rows, kernels::PaddedCols(cols), s.row_sum.data());
+      return s;
+    }
     ASSIGN_OR_RETURN(std::vector<float> w, file.ReadF32(name));
     return MakeLinear(std::move(w), rows, cols, format);
   };

@@ -1,4 +1,7 @@
-// dcomp: the offline tool. Subcommands: generate, eval, tokenize (in-process, no daemon).
+// dcomp: the offline tool. Subcommands: pack, inspect, synth, generate, eval, tokenize (in-process,
+// no daemon).
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -14,6 +17,9 @@
 #include "engine/transformer.h"
 #include "engine/weights.h"
 #include "kernels/kernels.h"
+#include "packer/inspect.h"
+#include "packer/pack.h"
+#include "packer/synth.h"
 
 namespace dcomp {
 namespace {
@@ -21,11 +27,16 @@ namespace {
 constexpr const char* kUsage = R"(usage: dcomp COMMAND [options]
 
 commands:
+  pack IN OUT.dcm [--calib FILE] [--block-size B] [--codec auto|rans|zstd|raw] [--zstd-level L]
+       [--min-decode-speed MBPS] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
+       [--no-scaling] [--no-rate-alloc] [--calib-tokens N]
+  inspect FILE.dcm [--verify] [--json]
+  synth --shape tinyllama-1.1b|llama-3.2-1b OUT.gguf [--entropy BITS] [--seed S]
   generate MODEL --prompt TEXT [-n N] [--temperature T] [--seed S] [--weights f32|w8a8] [--json]
   eval MODEL --text FILE [--weights f32|w8a8] [--json]
   tokenize MODEL --text TEXT [--json]
 
-MODEL is a .gguf file or a llama2.c .bin checkpoint (with --tokenizer FILE, or tok<vocab>.bin /
+MODEL is a .dcm container, a .gguf file or a llama2.c .bin checkpoint (with --tokenizer FILE, or tok<vocab>.bin /
 tokenizer.bin beside it). Common options: --threads N, --ctx N (context length; default: the
 model's), --tokenizer FILE. DCOMP_KERNELS=ref forces the scalar kernels.
 )";
@@ -165,6 +176,121 @@ Status CmdEval(const std::vector<std::string>& args) {
   return Status::Ok();
 }
 
+Status CmdPack(const std::vector<std::string>& args) {
+  Flags f;
+  f.Value("tokenizer", "llama2.c tokenizer.bin (for .bin checkpoints)")
+      .Value("threads", "threads (default: all cores)")
+      .Value("calib", "calibration text (default: text sampled from the model itself)")
+      .Value("calib-tokens", "calibration tokens (default 4096)")
+      .Value("block-size", "raw bytes per block, whole rows (default 131072)")
+      .Value("codec", "auto | rans | zstd | raw (default auto: the smallest fast enough)")
+      .Value("zstd-level", "zstd level (default 19)")
+      .Value("min-decode-speed", "auto: MB/s a codec must decode a block at (default 500)")
+      .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
+      .Value("prune", "fraction of each row pruned (default 0)")
+      .Value("max-ppl-increase", "perplexity budget over f32 in percent (default 1)")
+      .Switch("no-scaling", "no compression-aware scaling")
+      .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
+      .Switch("quiet", "no progress or report");
+  RETURN_IF_ERROR(f.Parse(args));
+  if (f.positional().size() != 2) return InvalidArgumentError("pack: expected IN and OUT.dcm");
+  packer::PackOptions o;
+  o.input = f.positional()[0];
+  o.output = f.positional()[1];
+  o.tokenizer_path = f.GetOr("tokenizer", "");
+  o.calib_path = f.GetOr("calib", "");
+  ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
+  if (threads < 1 || threads > 256) return InvalidArgumentError("--threads must be in 1..256");
+  o.threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(int64_t ct, f.GetInt("calib-tokens", 4096));
+  if (ct < 16 || ct > (1 << 22)) return InvalidArgumentError("--calib-tokens must be in 16..4M");
+  o.calib_tokens = static_cast<int>(ct);
+  ASSIGN_OR_RETURN(int64_t bs, f.GetInt("block-size", 128 << 10));
+  if (bs < 1024 || bs > (64 << 20)) {
+    return InvalidArgumentError("--block-size " + std::to_string(bs) + ": expected 1024..64 MiB");
+  }
+  o.block_bytes = static_cast<size_t>(bs);
+  o.codec = f.GetOr("codec", "auto");
+  ASSIGN_OR_RETURN(int64_t zl, f.GetInt("zstd-level", 19));
+  o.zstd_level = static_cast<int>(zl);
+  ASSIGN_OR_RETURN(o.min_decode_mbps, f.GetDouble("min-decode-speed", 500));
+  o.alpha = f.GetOr("alpha", "auto");
+  ASSIGN_OR_RETURN(o.prune, f.GetDouble("prune", 0));
+  ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", 1.0));
+  o.scaling = !f.IsSet("no-scaling");
+  o.rate_alloc = !f.IsSet("no-rate-alloc");
+  for (const auto& a : args) o.command_line += (o.command_line.empty() ? "" : " ") + a;
+  const bool quiet = f.IsSet("quiet");
+  const bool tty = isatty(2) == 1;
+  std::string last_stage;
+  auto t0 = std::chrono::steady_clock::now();
+  o.on_log = [&](const std::string& line) {
+    if (quiet) return;
+    if (tty) std::fputs("\r\033[K", stderr);
+    std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  o.on_progress = [&](const std::string& stage, double frac) {
+    if (quiet) return;
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (tty) {  // a progress bar redrawn in place
+      const int w = 30, fill = static_cast<int>(frac * w + 0.5);
+      std::fprintf(stderr, "\r\033[K%-16s [%s%s] %3.0f%% %6.1fs", stage.c_str(),
+                   std::string(static_cast<size_t>(fill), '#').c_str(),
+                   std::string(static_cast<size_t>(w - fill), '.').c_str(), frac * 100, secs);
+      if (frac >= 1.0) std::fputs("\n", stderr);
+    } else if (stage != last_stage || frac >= 1.0) {  // plain lines: stage start and end
+      if (stage != last_stage || frac >= 1.0) {
+        std::fprintf(stderr, "[%7.1fs] %s %s\n", secs, stage.c_str(),
+                     frac >= 1.0 ? "done" : "...");
+      }
+    }
+    last_stage = stage;
+  };
+  ASSIGN_OR_RETURN(packer::PackReport r, packer::Pack(o));
+  if (!quiet) {
+    std::printf("%s", packer::FormatPackReport(r).c_str());
+    std::printf("wrote %s in %.1f s\n", o.output.c_str(), r.seconds);
+  }
+  return Status::Ok();
+}
+
+Status CmdInspect(const std::vector<std::string>& args) {
+  Flags f;
+  f.Switch("verify", "check every CRC and decode every block").Switch("json", "one JSON object");
+  RETURN_IF_ERROR(f.Parse(args));
+  if (f.positional().size() != 1) return InvalidArgumentError("inspect: expected one .dcm path");
+  ASSIGN_OR_RETURN(std::string out,
+                   packer::Inspect(f.positional()[0], f.IsSet("verify"), f.IsSet("json")));
+  std::fputs(out.c_str(), stdout);
+  return Status::Ok();
+}
+
+Status CmdSynth(const std::vector<std::string>& args) {
+  Flags f;
+  f.Value("shape", "model shape").Value("entropy", "bits per weight of the INT8 codes (default 6)");
+  f.Value("seed", "random seed (default 1)").Value("threads", "threads (default: all cores)");
+  RETURN_IF_ERROR(f.Parse(args));
+  if (f.positional().size() != 1) return InvalidArgumentError("synth: expected OUT.gguf");
+  if (!f.Has("shape")) {
+    std::string names;
+    for (const auto& s : packer::SynthShapes()) names += (names.empty() ? "" : ", ") + s;
+    return InvalidArgumentError("synth: --shape is required (" + names + ")");
+  }
+  packer::SynthOptions o;
+  o.shape = *f.Get("shape");
+  o.output = f.positional()[0];
+  ASSIGN_OR_RETURN(o.entropy_bits, f.GetDouble("entropy", 6.0));
+  ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed", 1));
+  o.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
+  o.threads = static_cast<int>(std::clamp<int64_t>(threads, 1, 256));
+  RETURN_IF_ERROR(packer::Synthesize(o));
+  std::fprintf(stderr, "wrote %s: SYNTHETIC %s (codes ~%.2f bits/weight; benchmarks only)\n",
+               o.output.c_str(), o.shape.c_str(), o.entropy_bits);
+  return Status::Ok();
+}
+
 Status CmdTokenize(const std::vector<std::string>& args) {
   Flags f;
   f.Value("tokenizer", "llama2.c tokenizer.bin (for .bin checkpoints)")
@@ -202,7 +328,13 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
   Status s;
-  if (cmd == "generate") {
+  if (cmd == "pack") {
+    s = CmdPack(args);
+  } else if (cmd == "inspect") {
+    s = CmdInspect(args);
+  } else if (cmd == "synth") {
+    s = CmdSynth(args);
+  } else if (cmd == "generate") {
     s = CmdGenerate(args);
   } else if (cmd == "eval") {
     s = CmdEval(args);

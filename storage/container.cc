@@ -172,8 +172,8 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
     if (!IsKnownCodec(b.codec())) {
       return loss(id + ": codec " + std::to_string(b.codec()) + " is unknown to this reader");
     }
-    if (b.offset() % header_.data_alignment != 0) {
-      return loss(id + ": offset " + std::to_string(b.offset()) + " is not aligned");
+    if (b.offset() % kDcmBlockAlignment != 0) {
+      return loss(id + ": offset " + std::to_string(b.offset()) + " is not 64-byte aligned");
     }
     if (b.offset() < next) return loss(id + ": offset overlaps the previous block or manifest");
     if (b.stored_size() > bytes.size() || b.offset() > bytes.size() - b.stored_size()) {
@@ -222,6 +222,17 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
     }
     if (static_cast<uint64_t>(T.first_block()) + T.num_blocks() > num_blocks()) {
       return loss(id + ": blocks run past the block table");
+    }
+    const bool new_range = t == 0 || manifest_.tensors(t - 1).layer() != T.layer();
+    if (new_range && T.num_blocks() > 0 &&
+        manifest_.blocks(static_cast<int>(T.first_block())).offset() % header_.data_alignment) {
+      return loss(id + ": starts layer " + std::to_string(T.layer()) +
+                  " but its first block is not aligned to " +
+                  std::to_string(header_.data_alignment));
+    }
+    if (!new_range && T.layer() < manifest_.tensors(t - 1).layer()) {
+      return loss(id + ": layer " + std::to_string(T.layer()) + " after layer " +
+                  std::to_string(manifest_.tensors(t - 1).layer()) + " (not in execution order)");
     }
     const uint64_t elem = q8 ? 1 : 4;
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
@@ -322,6 +333,7 @@ ContainerWriter::~ContainerWriter() {
 }
 
 void ContainerWriter::BeginTensor(const pb::Tensor& tensor) {
+  new_range_ = tensors_.empty() || tensors_.back().layer() != tensor.layer();
   tensors_.push_back(tensor);
   tensors_.back().set_first_block(static_cast<uint32_t>(blocks_.size()));
   tensors_.back().set_num_blocks(0);
@@ -329,6 +341,11 @@ void ContainerWriter::BeginTensor(const pb::Tensor& tensor) {
 
 Status ContainerWriter::AddBlock(Codec codec, uint64_t raw_size, std::span<const uint8_t> stored) {
   if (tensors_.empty()) return InternalError("ContainerWriter::AddBlock before BeginTensor");
+  static const uint8_t kZeros[kDcmAlignment] = {};
+  const uint64_t start = AlignUp(data_size_, new_range_ ? kDcmAlignment : kDcmBlockAlignment);
+  RETURN_IF_ERROR(WriteAll(data_fd_.get(), kZeros, start - data_size_, data_path_));
+  data_size_ = start;
+  new_range_ = false;
   pb::Block b;
   b.set_offset(data_size_);
   b.set_stored_size(stored.size());
@@ -336,26 +353,32 @@ Status ContainerWriter::AddBlock(Codec codec, uint64_t raw_size, std::span<const
   b.set_codec(static_cast<pb::Codec>(codec));
   b.set_crc32c(Crc32c(stored));
   RETURN_IF_ERROR(WriteAll(data_fd_.get(), stored.data(), stored.size(), data_path_));
-  const uint64_t end = AlignUp(data_size_ + stored.size(), kDcmAlignment);
-  const size_t pad = static_cast<size_t>(end - data_size_ - stored.size());
-  static const uint8_t kZeros[kDcmAlignment] = {};
-  RETURN_IF_ERROR(WriteAll(data_fd_.get(), kZeros, pad, data_path_));
-  data_size_ = end;
+  data_size_ += stored.size();
   blocks_.push_back(b);
   tensors_.back().set_num_blocks(tensors_.back().num_blocks() + 1);
   return Status::Ok();
 }
 
 Status ContainerWriter::Finish(pb::Manifest manifest) {
+  {  // The file ends on a page boundary, so that O_DIRECT reads of the last range stay inside it.
+    static const uint8_t kZeros[kDcmAlignment] = {};
+    const uint64_t end = AlignUp(data_size_, kDcmAlignment);
+    RETURN_IF_ERROR(WriteAll(data_fd_.get(), kZeros, end - data_size_, data_path_));
+    data_size_ = end;
+  }
   manifest.clear_tensors();
   manifest.clear_blocks();
   for (const pb::Tensor& t : tensors_) *manifest.add_tensors() = t;
   for (const pb::Block& b : blocks_) *manifest.add_blocks() = b;
   manifest.set_data_alignment(kDcmAlignment);
-  // Offsets are fixed64, so the manifest size does not depend on their values.
+  // Offsets are fixed64, so the manifest size does not depend on their values, as long as none is
+  // zero (proto3 omits zero fields): size it with every offset already shifted by one page.
+  for (pb::Block& b : *manifest.mutable_blocks()) b.set_offset(b.offset() + kDcmAlignment);
   const uint64_t manifest_size = manifest.ByteSizeLong();
   const uint64_t data_offset = AlignUp(kDcmHeaderSize + manifest_size, kDcmAlignment);
-  for (pb::Block& b : *manifest.mutable_blocks()) b.set_offset(b.offset() + data_offset);
+  for (pb::Block& b : *manifest.mutable_blocks()) {
+    b.set_offset(b.offset() - kDcmAlignment + data_offset);
+  }
   std::string mbytes;
   if (!manifest.SerializeToString(&mbytes) || mbytes.size() != manifest_size) {
     return InternalError("manifest serialisation failed");

@@ -1,6 +1,8 @@
-// The .dcm container (docs/format.md): a 64-byte header, the protobuf manifest, then data blocks
-// aligned to 4 KiB in execution order (embedding, layer 0 .. layer L-1, output). Each block records
-// its codec, raw size, stored size and the CRC32C of its stored bytes.
+// The .dcm container (docs/format.md): a 64-byte header, the protobuf manifest, then data blocks in
+// execution order (embedding, layer 0 .. layer L-1, output). Each layer's blocks form one
+// contiguous range that starts on a 4 KiB boundary (the unit of streaming and O_DIRECT reads);
+// blocks inside it are 64-byte aligned, so small tensors (norms, row scales) cost no page padding.
+// Each block records its codec, raw size, stored size and the CRC32C of its stored bytes.
 //
 // ContainerReader::Open validates the whole structure before returning: header CRC, version, file
 // size, manifest CRC and parse, and every block and tensor (offsets, alignment, overlap, sizes
@@ -28,7 +30,8 @@ inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 inline constexpr uint16_t kDcmVersionMajor = 1;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
-inline constexpr uint32_t kDcmAlignment = 4096;
+inline constexpr uint32_t kDcmAlignment = 4096;      // start of each layer's range
+inline constexpr uint32_t kDcmBlockAlignment = 64;   // every block
 // Upper bounds a reader enforces (a hostile file cannot make it allocate more).
 inline constexpr uint64_t kMaxManifestBytes = 1ull << 30;
 inline constexpr uint64_t kMaxBlockRawBytes = 1ull << 30;
@@ -106,7 +109,8 @@ class ContainerWriter {
   static Result<std::unique_ptr<ContainerWriter>> Create(const std::string& path);
   ~ContainerWriter();
 
-  // Starts a tensor; its first_block/num_blocks are filled in by the writer.
+  // Starts a tensor; its first_block/num_blocks are filled in by the writer. A tensor whose layer
+  // differs from the previous tensor's starts a new 4 KiB-aligned layer range.
   void BeginTensor(const pb::Tensor& tensor);
   // Appends one block of the current tensor.
   Status AddBlock(Codec codec, uint64_t raw_size, std::span<const uint8_t> stored);
@@ -119,7 +123,8 @@ class ContainerWriter {
   ContainerWriter() = default;
   std::string path_, data_path_;
   UniqueFd data_fd_;
-  uint64_t data_size_ = 0;  // bytes written to the side file (aligned)
+  uint64_t data_size_ = 0;  // bytes written to the side file
+  bool new_range_ = false;  // the next block starts a layer range
   std::vector<pb::Tensor> tensors_;
   std::vector<pb::Block> blocks_;  // offsets relative to the data start
 };

@@ -1,0 +1,188 @@
+#include "engine/dcm_model.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace dcomp {
+
+namespace pb = storage::pb;
+
+pb::ModelConfig ModelConfigToProto(const ModelConfig& c) {
+  pb::ModelConfig p;
+  p.set_arch(c.arch);
+  p.set_name(c.name);
+  p.set_dim(c.dim);
+  p.set_hidden_dim(c.hidden_dim);
+  p.set_n_layers(c.n_layers);
+  p.set_n_heads(c.n_heads);
+  p.set_n_kv_heads(c.n_kv_heads);
+  p.set_head_dim(c.head_dim);
+  p.set_vocab_size(c.vocab_size);
+  p.set_context_length(c.context_length);
+  p.set_rope_theta(c.rope_theta);
+  p.set_rms_eps(c.rms_eps);
+  p.set_rope_style(static_cast<int32_t>(c.rope_style));
+  p.set_tied_output(c.tied_output);
+  p.set_qkv_bias(c.qkv_bias);
+  p.set_synthetic(c.synthetic);
+  return p;
+}
+
+ModelConfig ModelConfigFromProto(const pb::ModelConfig& p) {
+  ModelConfig c;
+  c.arch = p.arch();
+  c.name = p.name();
+  c.dim = p.dim();
+  c.hidden_dim = p.hidden_dim();
+  c.n_layers = p.n_layers();
+  c.n_heads = p.n_heads();
+  c.n_kv_heads = p.n_kv_heads();
+  c.head_dim = p.head_dim();
+  c.vocab_size = p.vocab_size();
+  c.context_length = p.context_length();
+  c.rope_theta = p.rope_theta();
+  c.rms_eps = p.rms_eps();
+  c.rope_style = p.rope_style() == 1 ? RopeStyle::kNeox : RopeStyle::kInterleaved;
+  c.tied_output = p.tied_output();
+  c.qkv_bias = p.qkv_bias();
+  c.synthetic = p.synthetic();
+  return c;
+}
+
+pb::Tokenizer TokenizerToProto(const TokenizerSpec& t) {
+  pb::Tokenizer p;
+  p.set_model(t.model);
+  for (const auto& s : t.tokens) p.add_tokens(s);
+  for (float s : t.scores) p.add_scores(s);
+  for (TokenType tt : t.token_types) p.add_token_types(static_cast<int32_t>(tt));
+  for (const auto& m : t.merges) p.add_merges(m);
+  p.set_bos_id(t.bos_id);
+  p.set_eos_id(t.eos_id);
+  p.set_unk_id(t.unk_id);
+  p.set_add_bos(t.add_bos);
+  p.set_add_space_prefix(t.add_space_prefix);
+  return p;
+}
+
+TokenizerSpec TokenizerFromProto(const pb::Tokenizer& p) {
+  TokenizerSpec t;
+  t.model = p.model();
+  t.tokens.assign(p.tokens().begin(), p.tokens().end());
+  t.scores.assign(p.scores().begin(), p.scores().end());
+  for (int32_t v : p.token_types()) t.token_types.push_back(static_cast<TokenType>(v));
+  t.merges.assign(p.merges().begin(), p.merges().end());
+  t.bos_id = p.bos_id();
+  t.eos_id = p.eos_id();
+  t.unk_id = p.unk_id();
+  t.add_bos = p.add_bos();
+  t.add_space_prefix = p.add_space_prefix();
+  return t;
+}
+
+Result<std::unique_ptr<DcmModelFile>> DcmModelFile::Open(const std::string& path) {
+  auto m = std::unique_ptr<DcmModelFile>(new DcmModelFile());
+  ASSIGN_OR_RETURN(m->reader_, storage::ContainerReader::Open(path));
+  const pb::Manifest& man = m->reader_->manifest();
+  m->config_ = ModelConfigFromProto(man.config());
+  if (Status s = m->config_.Validate(); !s.ok()) {
+    return InvalidArgumentError(path + ": manifest config: " + s.message());
+  }
+  m->tokenizer_ = TokenizerFromProto(man.tokenizer());
+  for (const pb::Tensor& t : man.tensors()) {
+    m->tensors_.push_back(
+        {t.name(), t.rows(), t.cols(), t.type() == pb::TENSOR_Q8_ROW ? "Q8_ROW" : "F32"});
+  }
+  return m;
+}
+
+std::string DcmModelFile::format() const {
+  const auto& h = reader_->header();
+  return ".dcm " + std::to_string(h.version_major) + "." + std::to_string(h.version_minor);
+}
+
+bool DcmModelFile::stores_q8(const std::string& name) const {
+  int t = reader_->FindTensor(name);
+  return t >= 0 && reader_->manifest().tensors(t).type() == pb::TENSOR_Q8_ROW;
+}
+
+Result<std::vector<uint8_t>> DcmModelFile::DecodeTensorData(int t) const {
+  const pb::Tensor& T = reader_->manifest().tensors(t);
+  const uint32_t first = T.first_block() + (T.type() == pb::TENSOR_Q8_ROW ? 1 : 0);
+  const uint32_t end = T.first_block() + T.num_blocks();
+  size_t total = 0;
+  for (uint32_t b = first; b < end; ++b) total += reader_->block(b).raw_size();
+  std::vector<uint8_t> out(total);
+  storage::BlockDecoder dec;
+  size_t off = 0;
+  for (uint32_t b = first; b < end; ++b) {
+    const size_t n = reader_->block(b).raw_size();
+    RETURN_IF_ERROR(reader_->ReadBlock(b, std::span<uint8_t>(out.data() + off, n), &dec));
+    off += n;
+  }
+  return out;
+}
+
+Result<std::vector<float>> DcmModelFile::DecodeScales(int t) const {
+  const pb::Tensor& T = reader_->manifest().tensors(t);
+  std::vector<float> s(static_cast<size_t>(T.rows()));
+  storage::BlockDecoder dec;
+  RETURN_IF_ERROR(reader_->ReadBlock(
+      T.first_block(), std::span<uint8_t>(reinterpret_cast<uint8_t*>(s.data()), s.size() * 4),
+      &dec));
+  for (size_t r = 0; r < s.size(); ++r) {
+    if (!std::isfinite(s[r]) || s[r] < 0) {
+      return DataLossError(path() + ": tensor '" + T.name() + "': row " + std::to_string(r) +
+                           " has an invalid scale");
+    }
+  }
+  return s;
+}
+
+Result<Q8Tensor> DcmModelFile::ReadQ8(const std::string& name) const {
+  const int t = reader_->FindTensor(name);
+  if (t < 0) return NotFoundError(path() + ": no tensor '" + name + "'");
+  const pb::Tensor& T = reader_->manifest().tensors(t);
+  if (T.type() != pb::TENSOR_Q8_ROW) return ModelFile::ReadQ8(name);
+  Q8Tensor q;
+  q.rows = T.rows();
+  q.cols = T.cols();
+  ASSIGN_OR_RETURN(q.scale, DecodeScales(t));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> codes, DecodeTensorData(t));
+  const size_t rows = static_cast<size_t>(q.rows), cols = static_cast<size_t>(q.cols);
+  const size_t pc = kernels::PaddedCols(cols);
+  q.q.assign(rows * pc, 0);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t c = 0; c < cols; ++c) {
+      const int8_t v = static_cast<int8_t>(codes[r * cols + c]);
+      if (v == -128) {
+        return DataLossError(path() + ": tensor '" + name + "': code -128 at row " +
+                             std::to_string(r) + " (codes are in [-127, 127])");
+      }
+      q.q[r * pc + c] = v;
+    }
+  }
+  return q;
+}
+
+Result<std::vector<float>> DcmModelFile::ReadF32(const std::string& name) const {
+  const int t = reader_->FindTensor(name);
+  if (t < 0) return NotFoundError(path() + ": no tensor '" + name + "'");
+  const pb::Tensor& T = reader_->manifest().tensors(t);
+  const size_t rows = static_cast<size_t>(T.rows()), cols = static_cast<size_t>(T.cols());
+  std::vector<float> out(rows * cols);
+  if (T.type() == pb::TENSOR_F32) {
+    ASSIGN_OR_RETURN(std::vector<uint8_t> raw, DecodeTensorData(t));
+    std::memcpy(out.data(), raw.data(), raw.size());
+    return out;
+  }
+  ASSIGN_OR_RETURN(Q8Tensor q, ReadQ8(name));
+  const size_t pc = kernels::PaddedCols(cols);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t c = 0; c < cols; ++c) out[r * cols + c] = q.q[r * pc + c] * q.scale[r];
+  }
+  return out;
+}
+
+}  // namespace dcomp

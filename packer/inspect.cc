@@ -1,0 +1,147 @@
+#include "packer/inspect.h"
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <vector>
+
+#include "base/json.h"
+#include "engine/dcm_model.h"
+#include "storage/container.h"
+#include "storage/rans.h"
+
+namespace dcomp::packer {
+
+namespace pb = storage::pb;
+
+Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
+  ASSIGN_OR_RETURN(auto file, DcmModelFile::Open(path));
+  const storage::ContainerReader& r = file->reader();
+  const pb::Manifest& m = r.manifest();
+  const ModelConfig& c = file->config();
+
+  struct Range {
+    uint64_t raw = 0, stored = 0, params = 0, begin = ~0ull, end = 0;
+    std::map<std::string, uint64_t> codec_bytes;
+  };
+  std::map<int, Range> layers;
+  std::map<std::string, uint64_t> codec_blocks;
+  uint64_t raw_total = 0, stored_total = 0, params = 0;
+  for (int t = 0; t < m.tensors_size(); ++t) {
+    const pb::Tensor& T = m.tensors(t);
+    Range& L = layers[T.layer()];
+    L.params += static_cast<uint64_t>(T.rows() * T.cols());
+    params += static_cast<uint64_t>(T.rows() * T.cols());
+    for (uint32_t b = T.first_block(); b < T.first_block() + T.num_blocks(); ++b) {
+      const pb::Block& B = r.block(b);
+      const std::string codec = storage::CodecName(static_cast<storage::Codec>(B.codec()));
+      L.raw += B.raw_size();
+      L.stored += B.stored_size();
+      L.codec_bytes[codec] += B.stored_size();
+      L.begin = std::min<uint64_t>(L.begin, B.offset());
+      L.end = std::max<uint64_t>(L.end, B.offset() + B.stored_size());
+      ++codec_blocks[codec];
+      raw_total += B.raw_size();
+      stored_total += B.stored_size();
+    }
+  }
+  double verify_seconds = 0;
+  if (verify) {
+    storage::BlockDecoder dec;
+    std::vector<uint8_t> out;
+    auto t0 = std::chrono::steady_clock::now();
+    for (size_t b = 0; b < r.num_blocks(); ++b) {
+      out.resize(r.block(b).raw_size());
+      RETURN_IF_ERROR(r.ReadBlock(b, out, &dec));
+    }
+    verify_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  auto layer_name = [&](int l) {
+    return l < 0 ? std::string("embedding") : l >= c.n_layers ? std::string("output")
+                                                                : "layer " + std::to_string(l);
+  };
+  auto codecs_of = [](const Range& L) {
+    std::string s;
+    for (const auto& [k, v] : L.codec_bytes) s += (s.empty() ? "" : "+") + k;
+    return s;
+  };
+  const auto& h = r.header();
+  if (json) {
+    JsonWriter w;
+    w.BeginObject()
+        .String("path", path)
+        .String("format_version",
+                std::to_string(h.version_major) + "." + std::to_string(h.version_minor))
+        .Int("file_bytes", static_cast<int64_t>(h.file_size))
+        .Int("manifest_bytes", static_cast<int64_t>(h.manifest_size))
+        .String("model", c.Summary())
+        .Bool("synthetic", c.synthetic)
+        .Int("params", static_cast<int64_t>(params))
+        .Int("tensors", m.tensors_size())
+        .Int("blocks", static_cast<int64_t>(r.num_blocks()))
+        .Int("raw_bytes", static_cast<int64_t>(raw_total))
+        .Int("stored_bytes", static_cast<int64_t>(stored_total))
+        .Double("ratio", stored_total ? static_cast<double>(raw_total) / stored_total : 0)
+        .String("source", m.pack_info().source())
+        .String("calibration", m.pack_info().calibration())
+        .String("options", m.pack_info().options());
+    w.BeginArray("layers");
+    for (const auto& [l, L] : layers) {
+      w.BeginObject()
+          .String("name", layer_name(l))
+          .Int("params", static_cast<int64_t>(L.params))
+          .Int("raw_bytes", static_cast<int64_t>(L.raw))
+          .Int("stored_bytes", static_cast<int64_t>(L.stored))
+          .Int("offset", static_cast<int64_t>(L.begin))
+          .String("codecs", codecs_of(L))
+          .EndObject();
+    }
+    w.EndArray();
+    if (verify) {
+      w.Bool("verified", true).Double("verify_seconds", verify_seconds);
+    }
+    w.EndObject();
+    return w.str() + "\n";
+  }
+  std::string s;
+  char line[512];
+  std::snprintf(line, sizeof(line), "%s: .dcm %u.%u, %llu bytes (manifest %llu), %d tensors, %zu blocks\n",
+                path.c_str(), h.version_major, h.version_minor,
+                static_cast<unsigned long long>(h.file_size),
+                static_cast<unsigned long long>(h.manifest_size), m.tensors_size(), r.num_blocks());
+  s += line;
+  s += "model: " + c.Summary() + (c.synthetic ? "  [SYNTHETIC weights: benchmarks only]" : "") + "\n";
+  s += "source: " + m.pack_info().source() + " [" + m.pack_info().source_format() + "]\n";
+  s += "packed by dcomp " + m.pack_info().tool_version() + " with: " + m.pack_info().options() + "\n";
+  s += "calibration: " + m.pack_info().calibration() + "\n";
+  std::string codec_line;
+  for (const auto& [k, v] : codec_blocks) {
+    codec_line += (codec_line.empty() ? "" : ", ") + k + " " + std::to_string(v);
+  }
+  s += "blocks by codec: " + codec_line + " (rANS decoder: " + storage::RansDecoderName() + ")\n";
+  std::snprintf(line, sizeof(line), "%-10s %12s %12s %12s %7s %12s  %s\n", "range", "params",
+                "raw B", "stored B", "ratio", "offset", "codecs");
+  s += line;
+  for (const auto& [l, L] : layers) {
+    std::snprintf(line, sizeof(line), "%-10s %12llu %12llu %12llu %7.3f %12llu  %s\n",
+                  layer_name(l).c_str(), static_cast<unsigned long long>(L.params),
+                  static_cast<unsigned long long>(L.raw), static_cast<unsigned long long>(L.stored),
+                  L.stored ? static_cast<double>(L.raw) / L.stored : 0.0,
+                  static_cast<unsigned long long>(L.begin), codecs_of(L).c_str());
+    s += line;
+  }
+  std::snprintf(line, sizeof(line), "%-10s %12llu %12llu %12llu %7.3f\n", "total",
+                static_cast<unsigned long long>(params), static_cast<unsigned long long>(raw_total),
+                static_cast<unsigned long long>(stored_total),
+                stored_total ? static_cast<double>(raw_total) / stored_total : 0.0);
+  s += line;
+  if (verify) {
+    std::snprintf(line, sizeof(line),
+                  "verify: all %zu block CRCs match and every block decodes (%.1f MB in %.3f s)\n",
+                  r.num_blocks(), raw_total / 1e6, verify_seconds);
+    s += line;
+  }
+  return s;
+}
+
+}  // namespace dcomp::packer

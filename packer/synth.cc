@@ -1,0 +1,182 @@
+#include "packer/synth.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "base/thread_pool.h"
+#include "engine/gguf.h"
+#include "engine/model_file.h"
+
+namespace dcomp::packer {
+namespace {
+
+struct Shape {
+  const char* name;
+  int dim, hidden, layers, heads, kv_heads, vocab, ctx;
+  float rope_theta;
+  bool tied;
+};
+
+constexpr Shape kShapes[] = {
+    // TinyLlama-1.1B (Llama 2 architecture, 32000-token SentencePiece vocabulary).
+    {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0f, false},
+    // Llama 3.2 1B (tied embeddings; 128256-token vocabulary, context capped at 8192 here).
+    {"llama-3.2-1b", 2048, 8192, 16, 32, 8, 128256, 8192, 500000.0f, true},
+    // A small shape for tests.
+    {"tiny", 128, 384, 2, 4, 2, 512, 256, 10000.0f, false},
+};
+
+// Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and
+// clipped to [-127, 127].
+double DiscreteGaussianEntropy(double sigma) {
+  double h = 0;
+  auto cdf = [&](double x) { return 0.5 * std::erfc(-x / (sigma * std::sqrt(2.0))); };
+  for (int k = -127; k <= 127; ++k) {
+    const double lo = k == -127 ? 0.0 : cdf(k - 0.5);
+    const double hi = k == 127 ? 1.0 : cdf(k + 0.5);
+    const double p = hi - lo;
+    if (p > 0) h -= p * std::log2(p);
+  }
+  return h;
+}
+
+// A counter-based generator (SplitMix64) so rows can be drawn in parallel reproducibly.
+uint64_t Mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Fills a matrix: each row Gaussian(0, sigma) clipped at K sigma, one entry at +-K sigma.
+void FillMatrix(std::vector<float>& w, size_t rows, size_t cols, double k, float sigma,
+                uint64_t seed, ThreadPool& pool) {
+  pool.ParallelFor(static_cast<int64_t>(rows), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      uint64_t s = Mix(seed ^ static_cast<uint64_t>(r) * 0x2545F4914F6CDD1Dull);
+      float* row = w.data() + static_cast<size_t>(r) * cols;
+      for (size_t c = 0; c < cols; c += 2) {  // Box-Muller pairs
+        s = Mix(s);
+        const double u1 = (static_cast<double>(s >> 11) + 0.5) * 0x1.0p-53;
+        s = Mix(s);
+        const double u2 = static_cast<double>(s >> 11) * 0x1.0p-53;
+        const double rad = std::sqrt(-2.0 * std::log(u1));
+        const double z0 = std::clamp(rad * std::cos(2 * M_PI * u2), -k, k);
+        const double z1 = std::clamp(rad * std::sin(2 * M_PI * u2), -k, k);
+        row[c] = static_cast<float>(z0) * sigma;
+        if (c + 1 < cols) row[c + 1] = static_cast<float>(z1) * sigma;
+      }
+      s = Mix(s);
+      row[s % cols] = static_cast<float>((s >> 63) ? k : -k) * sigma;
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<std::string> SynthShapes() {
+  std::vector<std::string> v;
+  for (const Shape& s : kShapes) v.push_back(s.name);
+  return v;
+}
+
+double ClipForEntropy(double bits) {
+  // Entropy decreases as K grows (codes narrower); bisect on log K.
+  double lo = std::log(0.5), hi = std::log(200.0);
+  for (int i = 0; i < 80; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    const double h = DiscreteGaussianEntropy(127.0 / std::exp(mid));
+    if (h > bits) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return std::exp(0.5 * (lo + hi));
+}
+
+Status Synthesize(const SynthOptions& o) {
+  const Shape* sh = nullptr;
+  std::string names;
+  for (const Shape& s : kShapes) {
+    if (o.shape == s.name) sh = &s;
+    names += (names.empty() ? "" : ", ") + std::string(s.name);
+  }
+  if (sh == nullptr) {
+    return InvalidArgumentError("--shape '" + o.shape + "': expected one of " + names);
+  }
+  if (!(o.entropy_bits >= 1.0 && o.entropy_bits <= 7.9)) {
+    return InvalidArgumentError("--entropy: expected bits per weight in [1, 7.9]");
+  }
+  const double k = ClipForEntropy(o.entropy_bits);
+  ThreadPool pool(std::max(1, o.threads));
+  GgufWriter w;
+  const std::string a = "llama.";
+  w.SetString("general.architecture", "llama");
+  w.SetString("general.name", std::string("synthetic-") + sh->name);
+  w.SetBool("dcomp.synthetic", true);
+  w.SetF32("dcomp.synthetic.code_entropy_bits", static_cast<float>(o.entropy_bits));
+  w.SetU32(a + "embedding_length", static_cast<uint32_t>(sh->dim));
+  w.SetU32(a + "feed_forward_length", static_cast<uint32_t>(sh->hidden));
+  w.SetU32(a + "block_count", static_cast<uint32_t>(sh->layers));
+  w.SetU32(a + "attention.head_count", static_cast<uint32_t>(sh->heads));
+  w.SetU32(a + "attention.head_count_kv", static_cast<uint32_t>(sh->kv_heads));
+  w.SetU32(a + "context_length", static_cast<uint32_t>(sh->ctx));
+  w.SetF32(a + "rope.freq_base", sh->rope_theta);
+  w.SetF32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  // A SentencePiece-style vocabulary: control tokens, the 256 byte tokens, then filler pieces.
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  std::vector<int32_t> types = {2, 3, 3};
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
+    tokens.push_back(buf);
+    types.push_back(6);
+  }
+  while (static_cast<int>(tokens.size()) < sh->vocab) {
+    tokens.push_back("\xE2\x96\x81syn" + std::to_string(tokens.size()));
+    types.push_back(1);
+  }
+  w.SetString("tokenizer.ggml.model", "llama");
+  w.SetStringArray("tokenizer.ggml.tokens", tokens);
+  w.SetF32Array("tokenizer.ggml.scores", std::vector<float>(tokens.size(), 0.0f));
+  w.SetI32Array("tokenizer.ggml.token_type", types);
+  w.SetU32("tokenizer.ggml.bos_token_id", 1);
+  w.SetU32("tokenizer.ggml.eos_token_id", 2);
+  w.SetU32("tokenizer.ggml.unknown_token_id", 0);
+
+  uint64_t seed = o.seed;
+  const float sigma = 0.02f;
+  auto matrix = [&](const std::string& name, size_t rows, size_t cols) -> Status {
+    std::vector<float> m(rows * cols);
+    FillMatrix(m, rows, cols, k, sigma, Mix(++seed), pool);
+    return w.AddTensor(name, static_cast<int64_t>(rows), static_cast<int64_t>(cols),
+                       GgmlType::kQ8_0, m);
+  };
+  auto norm = [&](const std::string& name) -> Status {
+    std::vector<float> v(static_cast<size_t>(sh->dim), 1.0f);
+    return w.AddTensor(name, 1, sh->dim, GgmlType::kF32, v);
+  };
+  const size_t dim = static_cast<size_t>(sh->dim), hid = static_cast<size_t>(sh->hidden);
+  const size_t kv = static_cast<size_t>(sh->kv_heads) * (dim / static_cast<size_t>(sh->heads));
+  RETURN_IF_ERROR(matrix("token_embd.weight", static_cast<size_t>(sh->vocab), dim));
+  for (int l = 0; l < sh->layers; ++l) {
+    auto n = [l](const char* what) { return LayerTensorName(l, what); };
+    RETURN_IF_ERROR(norm(n("attn_norm.weight")));
+    RETURN_IF_ERROR(matrix(n("attn_q.weight"), dim, dim));
+    RETURN_IF_ERROR(matrix(n("attn_k.weight"), kv, dim));
+    RETURN_IF_ERROR(matrix(n("attn_v.weight"), kv, dim));
+    RETURN_IF_ERROR(matrix(n("attn_output.weight"), dim, dim));
+    RETURN_IF_ERROR(norm(n("ffn_norm.weight")));
+    RETURN_IF_ERROR(matrix(n("ffn_gate.weight"), hid, dim));
+    RETURN_IF_ERROR(matrix(n("ffn_up.weight"), hid, dim));
+    RETURN_IF_ERROR(matrix(n("ffn_down.weight"), dim, hid));
+  }
+  RETURN_IF_ERROR(norm("output_norm.weight"));
+  if (!sh->tied) {
+    RETURN_IF_ERROR(matrix("output.weight", static_cast<size_t>(sh->vocab), dim));
+  }
+  return w.Write(o.output);
+}
+
+}  // namespace dcomp::packer

@@ -1,0 +1,34 @@
+// `dcomp synth`: a GGUF model with the exact shape of a real one (dimensions, heads, vocabulary) and
+// synthetic weights, for speed and memory benchmarks only (never for accuracy). It is marked
+// synthetic in its metadata (dcomp.synthetic = true), which every tool prints.
+//
+// Weights: each row is Gaussian, clipped at K standard deviations, with one entry of exactly K
+// standard deviations, so that per-row INT8 codes (step = max|row| / 127) follow a discretised
+// Gaussian of standard deviation 127 / K. K is solved so that the order-0 entropy of the codes is
+// the requested bits per weight: the entropy the real model's packed codes have, so that the
+// entropy coder's work and the bytes streamed are realistic. Stored as Q8_0, like the llama.cpp
+// baseline of the same shape.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace dcomp::packer {
+
+struct SynthOptions {
+  std::string shape;           // tinyllama-1.1b | llama-3.2-1b | tiny (tests)
+  std::string output;
+  double entropy_bits = 6.0;   // target order-0 entropy of the per-row INT8 codes
+  uint64_t seed = 1;
+  int threads = 2;
+};
+
+std::vector<std::string> SynthShapes();
+Status Synthesize(const SynthOptions& o);
+
+// The clipping K (in standard deviations) whose per-row INT8 codes have `bits` of entropy.
+double ClipForEntropy(double bits);
+
+}  // namespace dcomp::packer
