@@ -188,7 +188,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("min-decode-speed", "auto: MB/s a codec must decode a block at (default 500)")
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
-      .Value("max-ppl-increase", "perplexity budget over f32 in percent (default 1)")
+      .Value("max-ppl-increase", "perplexity budget over f32 on the calibration tokens, percent (default 1.2)")
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
       .Switch("quiet", "no progress or report");
@@ -216,7 +216,7 @@ Status CmdPack(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(o.min_decode_mbps, f.GetDouble("min-decode-speed", 500));
   o.alpha = f.GetOr("alpha", "auto");
   ASSIGN_OR_RETURN(o.prune, f.GetDouble("prune", 0));
-  ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", 1.0));
+  ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", 1.2));
   o.scaling = !f.IsSet("no-scaling");
   o.rate_alloc = !f.IsSet("no-rate-alloc");
   for (const auto& a : args) o.command_line += (o.command_line.empty() ? "" : " ") + a;

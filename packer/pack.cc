@@ -396,6 +396,8 @@ Result<PackReport> Pack(const PackOptions& o) {
   }
 
   ASSIGN_OR_RETURN(std::unique_ptr<ModelFile> file, OpenModelFile(o.input, o.tokenizer_path));
+  // Fail on an unwritable output before the expensive stages.
+  ASSIGN_OR_RETURN(auto writer, storage::ContainerWriter::Create(o.output));
   const ModelConfig cfg = file->config();
   ASSIGN_OR_RETURN(auto tok, Tokenizer::Create(file->tokenizer()));
   log("model: " + cfg.Summary() + " [" + file->format() + "]" +
@@ -736,7 +738,6 @@ Result<PackReport> Pack(const PackOptions& o) {
   }
 
   // ----- entropy coding and the container --------------------------------------------------------
-  ASSIGN_OR_RETURN(auto writer, storage::ContainerWriter::Create(o.output));
   std::map<std::string, TensorReport> reports;
   uint64_t done_bytes = 0, total_bytes = 0;
   for (const Matrix& m : mats) total_bytes += m.rows * m.cols;

@@ -26,7 +26,7 @@ struct PackOptions {
   double min_decode_mbps = 500;  // auto: fastest-decoding floor a codec must meet on its block
   std::string alpha = "auto";    // auto | a number in [0, 1]
   double prune = 0.0;            // fraction of each row zeroed
-  double max_ppl_increase = 1.0;  // percent over the f32 model on the calibration tokens
+  double max_ppl_increase = 1.2;  // percent over the f32 model on the calibration tokens
   bool scaling = true;
   bool rate_alloc = true;
   int calib_tokens = 4096;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: install dependencies; build and test the release build (with the aarch64
 # kernels cross-built and run under qemu-user), then build and test again under AddressSanitizer +
-# UndefinedBehaviorSanitizer. Tests that need ../shared skip with a message when it is absent.
+# UndefinedBehaviorSanitizer, then build the libFuzzer targets (clang) and run each for a bounded
+# time on its seed corpus. Tests that need ../shared skip with a message when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -15,3 +16,7 @@ echo "== the same suite under ASan + UBSan"
 cmake --preset asan >/dev/null
 cmake --build build/asan -j "$jobs"
 ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800
+echo "== fuzzers (bounded time per target)"
+cmake --preset fuzz >/dev/null
+cmake --build build/fuzz -j "$jobs"
+bash scripts/run-fuzzers.sh "${DCOMP_FUZZ_SECONDS:-30}"

@@ -293,7 +293,7 @@ Status DecodeWith(std::span<const uint8_t> in, std::span<uint8_t> out, bool simd
   std::array<uint32_t, kRansLanes> states = s->states;
   size_t words_read = 0;
   if (s->single_symbol) {
-    std::memset(out.data(), s->symbol, out.size());
+    if (!out.empty()) std::memset(out.data(), s->symbol, out.size());
     return internal::CheckRansEnd(*s, 0, states.data());
   }
   size_t done = 0;

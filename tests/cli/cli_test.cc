@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
@@ -95,6 +96,85 @@ TEST(CliTest, BadInputGivesClearErrors) {
     EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
     EXPECT_EQ(r.out.find("terminate called"), std::string::npos) << r.out;
   }
+}
+
+}  // namespace
+}  // namespace dcomp
+
+namespace dcomp {
+namespace {
+
+std::string TempFile(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("dcomp_cli_test_" + name)).string();
+}
+
+TEST(CliTest, PackInspectAndRunADcm) {
+  const std::string out = TempFile("s260.dcm");
+  ProcResult r = Dcomp("pack " + kModel + " " + out + " --calib-tokens 256 --no-rate-alloc");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("total: f32"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[    "), std::string::npos) << "plain progress lines when not a tty";
+  r = Dcomp("inspect " + out + " --verify");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("verify: all"), std::string::npos) << r.out;
+  r = Dcomp("inspect " + out + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  testing::Json j = testing::ParseJson(r.out);
+  EXPECT_EQ(j["format_version"].str, "1.0");
+  EXPECT_GT(j["ratio"].num, 1.0);
+  // generate / eval / tokenize accept the .dcm with the same contract.
+  r = Dcomp("generate " + out + " --prompt 'Once upon a time' -n 8 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(testing::ParseJson(r.out)["ids"].ints().size(), 13u);
+  r = Dcomp("tokenize " + out + " --text 'Once upon a time' --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(testing::ParseJson(r.out)["ids"].ints(), (std::vector<int>{1, 403, 407, 261, 378}));
+}
+
+TEST(CliTest, PackInspectAndSynthBadInput) {
+  const std::string good = TempFile("good.dcm");
+  ASSERT_EQ(Dcomp("pack " + kModel + " " + good + " --no-scaling --no-rate-alloc").exit_code, 0);
+  struct Case {
+    std::string args, want;
+    int code;
+  };
+  // A truncated copy of a valid file.
+  const std::string trunc = TempFile("trunc.dcm");
+  std::filesystem::copy_file(good, trunc, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::resize_file(trunc, std::filesystem::file_size(good) - 100);
+  const std::vector<Case> cases = {
+      {"pack " + kModel, "expected IN and OUT.dcm", 2},
+      {"pack " + kModel + " " + good + " --codec lz4", "unknown codec 'lz4'", 2},
+      {"pack " + kModel + " " + good + " --alpha 1.5", "--alpha '1.5'", 2},
+      {"pack " + kModel + " " + good + " --prune abc", "--prune", 2},
+      {"pack " + kModel + " " + good + " --block-size 5", "--block-size 5", 2},
+      {"pack /nonexistent.bin " + good, "/nonexistent.bin", 1},
+      {"inspect " + kModel, "not a .dcm file", 2},
+      {"inspect " + trunc, "(truncated)", 1},
+      {"generate " + trunc + " --prompt hi", "(truncated)", 1},
+      {"synth " + TempFile("x.gguf"), "--shape is required", 2},
+      {"synth --shape gpt-5 " + TempFile("x.gguf"), "tinyllama-1.1b", 2},
+      {"synth --shape tiny --entropy 9 " + TempFile("x.gguf"), "--entropy", 2},
+  };
+  for (const Case& c : cases) {
+    ProcResult r = Dcomp(c.args);
+    EXPECT_EQ(r.exit_code, c.code) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.want), std::string::npos) << c.args << "\n" << r.out;
+  }
+  EXPECT_TRUE(std::filesystem::exists(good)) << "a failed pack must not remove a good file";
+}
+
+TEST(CliTest, SynthIsMarkedSyntheticEverywhere) {
+  const std::string g = TempFile("tiny.gguf"), d = TempFile("tiny.dcm");
+  ProcResult r = Dcomp("synth --shape tiny " + g + " --entropy 6");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("SYNTHETIC"), std::string::npos);
+  r = Dcomp("pack " + g + " " + d);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("SYNTHETIC"), std::string::npos) << r.out;
+  r = Dcomp("inspect " + d);
+  EXPECT_NE(r.out.find("SYNTHETIC"), std::string::npos) << r.out;
+  EXPECT_TRUE(testing::ParseJson(Dcomp("inspect " + d + " --json").out)["synthetic"].b);
 }
 
 }  // namespace

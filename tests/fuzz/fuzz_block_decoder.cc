@@ -1,0 +1,29 @@
+// libFuzzer: every block decoder. Byte 0 picks the codec (raw, zstd, rans), bytes 1..3 the output
+// size (up to 16 MiB); the rest is the stored block. For rANS the fast and the portable decoder
+// must agree on the verdict and on the bytes (a differential check).
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "storage/codec.h"
+#include "storage/rans.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace dcomp::storage;
+  if (size < 4) return 0;
+  const int codec = data[0] % kNumCodecs;
+  const size_t out_size = (static_cast<size_t>(data[1]) | static_cast<size_t>(data[2]) << 8 |
+                           static_cast<size_t>(data[3]) << 16);
+  std::span<const uint8_t> stored(data + 4, size - 4);
+  std::vector<uint8_t> a(out_size), b(out_size);
+  BlockDecoder dec;
+  dcomp::Status sa = dec.Decode(static_cast<Codec>(codec), stored, a);
+  if (codec == static_cast<int>(Codec::kRans)) {
+    dcomp::Status sb = RansDecodePortable(stored, b);
+    if (sa.ok() != sb.ok()) std::abort();
+    if (sa.ok() && a != b) std::abort();
+  }
+  return 0;
+}

@@ -1,0 +1,158 @@
+// dcomp pack end to end: lossless entropy coding (the packed model's codes and greedy tokens equal
+// those of the same INT8 model stored raw), plain INT8 packs equal the engine's own W8A8, every
+// stage can be switched off, and bad options are refused with the option named.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "base/thread_pool.h"
+#include "engine/dcm_model.h"
+#include "engine/generate.h"
+#include "engine/local_model.h"
+#include "packer/pack.h"
+#include "packer/synth.h"
+#include "tests/util/test_paths.h"
+
+namespace dcomp::packer {
+namespace {
+
+std::string Temp(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("dcomp_pack_test_" + name)).string();
+}
+
+std::vector<int32_t> Greedy(const std::string& path, int n, const std::string& prompt) {
+  LocalModelOptions o;
+  o.threads = 2;
+  auto m = OpenLocalModel(path, o);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  if (!m.ok()) return {};
+  GenerateRequest req;
+  req.prompt = prompt;
+  req.max_tokens = n;
+  auto r = Generate(*m->model, *m->tokenizer, req);
+  EXPECT_TRUE(r.ok());
+  return r->generated_ids;
+}
+
+// Every INT8 tensor of two files holds the same codes and scales.
+void ExpectSameCodes(const std::string& a, const std::string& b) {
+  auto fa = DcmModelFile::Open(a), fb = DcmModelFile::Open(b);
+  ASSERT_TRUE(fa.ok() && fb.ok());
+  for (const TensorDesc& t : (*fa)->tensors()) {
+    if ((*fa)->stores_q8(t.name)) {
+      auto qa = (*fa)->ReadQ8(t.name), qb = (*fb)->ReadQ8(t.name);
+      ASSERT_TRUE(qa.ok() && qb.ok()) << t.name;
+      EXPECT_EQ(qa->q, qb->q) << t.name;
+      EXPECT_EQ(qa->scale, qb->scale) << t.name;
+    } else {
+      EXPECT_EQ(*(*fa)->ReadF32(t.name), *(*fb)->ReadF32(t.name)) << t.name;
+    }
+  }
+}
+
+PackOptions Fast(const std::string& in, const std::string& out) {
+  PackOptions o;
+  o.input = in;
+  o.output = out;
+  o.calib_tokens = 512;
+  o.threads = 2;
+  return o;
+}
+
+TEST(PackTest, PlainInt8EqualsTheEngineAndEntropyCodingIsLossless) {
+  const std::string model = testing::SourceDir() + "/models/stories260K.bin";
+  PackOptions o = Fast(model, Temp("plain.dcm"));
+  o.scaling = false;
+  o.rate_alloc = false;
+  auto r = Pack(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_LT(r->stored_bytes, r->int8_bytes);
+  // Plain INT8 codes are the engine's W8A8 quantization: same greedy tokens as the source model.
+  const auto want = Greedy(model, 40, "Once upon a time");
+  EXPECT_EQ(Greedy(o.output, 40, "Once upon a time"), want);
+  // Same codes stored raw: identical tensors.
+  PackOptions raw = o;
+  raw.output = Temp("plain_raw.dcm");
+  raw.codec = "raw";
+  ASSERT_TRUE(Pack(raw).ok());
+  ExpectSameCodes(o.output, raw.output);
+}
+
+TEST(PackTest, FullPipelineIsLosslessOverItsOwnInt8) {
+  const std::string model = testing::SourceDir() + "/models/stories260K.bin";
+  PackOptions o = Fast(model, Temp("full.dcm"));
+  o.calib_tokens = 256;
+  o.prune = 0.05;
+  auto r = Pack(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  // The budget holds on the calibration tokens.
+  EXPECT_LE(r->packed_nll - r->f32_nll, std::log1p(o.max_ppl_increase / 100) + 0.01);
+  for (const auto& c : {"raw", "rans"}) {
+    PackOptions p = o;
+    p.output = Temp(std::string("full_") + c + ".dcm");
+    p.codec = c;
+    ASSERT_TRUE(Pack(p).ok()) << c;
+    ExpectSameCodes(o.output, p.output);
+    EXPECT_EQ(Greedy(p.output, 32, "Lily"), Greedy(o.output, 32, "Lily")) << c;
+  }
+}
+
+TEST(PackTest, Stories3MPackedEqualsItsInt8) {
+  DCOMP_REQUIRE_SHARED(model, "models/llama2c/stories3M-q80.bin");
+  PackOptions o = Fast(model, Temp("s3m.dcm"));
+  o.scaling = false;
+  o.rate_alloc = false;
+  ASSERT_TRUE(Pack(o).ok());
+  EXPECT_EQ(Greedy(o.output, 32, "Once upon a time"), Greedy(model, 32, "Once upon a time"));
+  PackOptions raw = o;
+  raw.output = Temp("s3m_raw.dcm");
+  raw.codec = "raw";
+  ASSERT_TRUE(Pack(raw).ok());
+  ExpectSameCodes(o.output, raw.output);
+}
+
+TEST(PackTest, SyntheticModelsAreMarkedAndSkipCalibration) {
+  SynthOptions s;
+  s.shape = "tiny";
+  s.output = Temp("tiny.gguf");
+  s.entropy_bits = 5.5;
+  ASSERT_TRUE(Synthesize(s).ok());
+  PackOptions o = Fast(s.output, Temp("tiny.dcm"));
+  auto r = Pack(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->synthetic);
+  EXPECT_NE(FormatPackReport(*r).find("SYNTHETIC"), std::string::npos);
+  auto f = DcmModelFile::Open(o.output);
+  ASSERT_TRUE(f.ok());
+  EXPECT_TRUE((*f)->config().synthetic);
+  // The codes have the requested entropy (within rounding of the Q8_0 source).
+  double bits = 0, n = 0;
+  for (const auto& t : r->tensors) {
+    if (t.quantized) bits += t.entropy_bits * t.params, n += t.params;
+  }
+  EXPECT_NEAR(bits / n, 5.5, 0.15);
+  EXPECT_FALSE(Greedy(o.output, 8, "hello").empty());
+}
+
+TEST(PackTest, BadOptionsNameTheOption) {
+  const std::string model = testing::SourceDir() + "/models/stories260K.bin";
+  auto bad = [&](auto mutate, const std::string& want) {
+    PackOptions o = Fast(model, Temp("bad.dcm"));
+    mutate(o);
+    auto r = Pack(o);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+  };
+  bad([](PackOptions& o) { o.codec = "lz4"; }, "lz4");
+  bad([](PackOptions& o) { o.alpha = "2"; }, "--alpha");
+  bad([](PackOptions& o) { o.prune = 0.99; }, "--prune");
+  bad([](PackOptions& o) { o.max_ppl_increase = -1; }, "--max-ppl-increase");
+  bad([](PackOptions& o) { o.block_bytes = 10; }, "--block-size");
+  bad([](PackOptions& o) { o.input = "/nonexistent/model.bin"; }, "/nonexistent/model.bin");
+  bad([](PackOptions& o) { o.calib_path = "/nonexistent/calib.txt"; }, "/nonexistent/calib.txt");
+  bad([](PackOptions& o) { o.output = "/nonexistent/dir/out.dcm"; }, "/nonexistent/dir");
+}
+
+}  // namespace
+}  // namespace dcomp::packer
