@@ -280,7 +280,10 @@ Result<Encoded> EncodeBest(std::span<const uint8_t> raw, const PackOptions& o,
       return InternalError(std::string(storage::CodecName(c)) + " round trip mismatch");
     }
     const double mbps = static_cast<double>(raw.size()) / 1e6 / std::max(best_s, 1e-9);
-    const bool fast_enough = o.codec != "auto" || mbps >= o.min_decode_mbps || raw.size() < 4096;
+    // Below 32 KiB a decode takes microseconds and its timing is dominated by per-call setup, so
+    // the floor (a throughput) applies to larger blocks only.
+    const bool fast_enough =
+        o.codec != "auto" || mbps >= o.min_decode_mbps || raw.size() < (32u << 10);
     if (fast_enough && enc.size() < best.bytes.size()) {
       best.codec = c;
       best.bytes = enc;
