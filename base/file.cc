@@ -73,21 +73,27 @@ Result<std::string> ReadFileToString(const std::string& path) {
   return out;
 }
 
-Status WriteFileAtomically(const std::string& path, std::span<const uint8_t> data) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
-  UniqueFd owner(fd);
+Status WriteAll(int fd, std::span<const uint8_t> data, const std::string& path) {
   size_t off = 0;
   while (off < data.size()) {
     ssize_t n = ::write(fd, data.data() + off, data.size() - off);
     if (n < 0) {
       if (errno == EINTR) continue;
-      int err = errno;
-      ::unlink(tmp.c_str());
-      return ErrnoToStatus(err, "write " + tmp);
+      return ErrnoToStatus(errno, "write " + path);
     }
     off += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status WriteFileAtomically(const std::string& path, std::span<const uint8_t> data) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
+  UniqueFd owner(fd);
+  if (Status s = WriteAll(fd, data, tmp); !s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
   }
   if (::fsync(fd) != 0) {
     int err = errno;

@@ -64,6 +64,8 @@ class MappedFile {
 
 // Reads a whole file; errors name the path.
 Result<std::string> ReadFileToString(const std::string& path);
+// Writes all of `data` to `fd` (retrying short writes and EINTR); errors name `path`.
+Status WriteAll(int fd, std::span<const uint8_t> data, const std::string& path);
 // Writes `data` to `path` atomically (temp file + fsync + rename).
 Status WriteFileAtomically(const std::string& path, std::span<const uint8_t> data);
 

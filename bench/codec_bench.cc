@@ -5,31 +5,21 @@
 // stories3M, else the embedded stories260K.
 #include <benchmark/benchmark.h>
 
-#include <cstdlib>
-#include <filesystem>
-
+#include "bench/bench_model.h"
 #include "engine/model_file.h"
-#include "kernels/kernels.h"
+#include "packer/quantize.h"
 #include "storage/codec.h"
 #include "storage/rans.h"
 
 namespace dcomp {
 namespace {
 
-std::string ModelPath() {
-  if (const char* e = std::getenv("DCOMP_BENCH_MODEL")) return e;
-  const std::string shared =
-      std::string(DCOMP_SOURCE_DIR) + "/../shared/models/llama2c/stories3M-q80.bin";
-  if (std::filesystem::exists(shared)) return shared;
-  return std::string(DCOMP_SOURCE_DIR) + "/models/stories260K.bin";
-}
-
 constexpr size_t kBlock = 128 << 10;
 
 // The model's INT8 codes (row-major, unpadded), cut into blocks.
 const std::vector<std::vector<uint8_t>>& Blocks() {
   static std::vector<std::vector<uint8_t>> blocks = [] {
-    auto f = OpenModelFile(ModelPath());
+    auto f = OpenModelFile(BenchModelPath());
     if (!f.ok()) {
       std::fprintf(stderr, "%s\n", f.status().ToString().c_str());
       std::exit(1);
@@ -38,16 +28,10 @@ const std::vector<std::vector<uint8_t>>& Blocks() {
     for (const TensorDesc& t : (*f)->tensors()) {
       if (t.rows < 2) continue;
       auto w = (*f)->ReadF32(t.name);
-      const size_t rows = static_cast<size_t>(t.rows), cols = static_cast<size_t>(t.cols);
-      const size_t pc = kernels::PaddedCols(cols);
-      std::vector<int8_t> q(rows * pc);
-      std::vector<float> s(rows);
-      std::vector<int32_t> rs(rows);
-      kernels::QuantizeMatrixQ8(w->data(), rows, cols, q.data(), s.data(), rs.data());
-      for (size_t r = 0; r < rows; ++r) {
-        all.insert(all.end(), reinterpret_cast<uint8_t*>(q.data() + r * pc),
-                   reinterpret_cast<uint8_t*>(q.data() + r * pc + cols));
-      }
+      packer::QuantizedMatrix q =
+          packer::QuantizeMatrix(*w, static_cast<size_t>(t.rows), static_cast<size_t>(t.cols), {});
+      const auto* codes = reinterpret_cast<const uint8_t*>(q.codes.data());
+      all.insert(all.end(), codes, codes + q.codes.size());
     }
     std::vector<std::vector<uint8_t>> b;
     for (size_t o = 0; o < all.size(); o += kBlock) {

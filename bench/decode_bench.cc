@@ -4,23 +4,13 @@
 // embedded stories260K.
 #include <benchmark/benchmark.h>
 
-#include <cstdlib>
-#include <filesystem>
-
 #include "base/thread_pool.h"
+#include "bench/bench_model.h"
 #include "engine/model_file.h"
 #include "engine/transformer.h"
 
 namespace dcomp {
 namespace {
-
-std::string ModelPath() {
-  if (const char* e = std::getenv("DCOMP_BENCH_MODEL")) return e;
-  const std::string shared =
-      std::string(DCOMP_SOURCE_DIR) + "/../shared/models/llama2c/stories3M-q80.bin";
-  if (std::filesystem::exists(shared)) return shared;
-  return std::string(DCOMP_SOURCE_DIR) + "/models/stories260K.bin";
-}
 
 struct Loaded {
   std::unique_ptr<ModelFile> file;
@@ -30,7 +20,7 @@ struct Loaded {
 Loaded& Model() {
   static Loaded m = [] {
     Loaded l;
-    auto f = OpenModelFile(ModelPath());
+    auto f = OpenModelFile(BenchModelPath());
     if (!f.ok()) {
       std::fprintf(stderr, "%s\n", f.status().ToString().c_str());
       std::exit(1);

@@ -3,8 +3,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "kernels/kernels.h"
-
 namespace dcomp {
 
 namespace pb = storage::pb;
@@ -150,17 +148,12 @@ Result<Q8Tensor> DcmModelFile::ReadQ8(const std::string& name) const {
   q.cols = T.cols();
   ASSIGN_OR_RETURN(q.scale, DecodeScales(t));
   ASSIGN_OR_RETURN(std::vector<uint8_t> codes, DecodeTensorData(t));
-  const size_t rows = static_cast<size_t>(q.rows), cols = static_cast<size_t>(q.cols);
-  const size_t pc = kernels::PaddedCols(cols);
-  q.q.assign(rows * pc, 0);
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t c = 0; c < cols; ++c) {
-      const int8_t v = static_cast<int8_t>(codes[r * cols + c]);
-      if (v == -128) {
-        return DataLossError(path() + ": tensor '" + name + "': code -128 at row " +
-                             std::to_string(r) + " (codes are in [-127, 127])");
-      }
-      q.q[r * pc + c] = v;
+  q.q.assign(codes.begin(), codes.end());
+  for (size_t i = 0; i < q.q.size(); ++i) {
+    if (q.q[i] == -128) {
+      return DataLossError(path() + ": tensor '" + name + "': code -128 at row " +
+                           std::to_string(i / static_cast<size_t>(q.cols)) +
+                           " (codes are in [-127, 127])");
     }
   }
   return q;
@@ -178,10 +171,7 @@ Result<std::vector<float>> DcmModelFile::ReadF32(const std::string& name) const 
     return out;
   }
   ASSIGN_OR_RETURN(Q8Tensor q, ReadQ8(name));
-  const size_t pc = kernels::PaddedCols(cols);
-  for (size_t r = 0; r < rows; ++r) {
-    for (size_t c = 0; c < cols; ++c) out[r * cols + c] = q.q[r * pc + c] * q.scale[r];
-  }
+  for (size_t i = 0; i < out.size(); ++i) out[i] = q.q[i] * q.scale[i / cols];
   return out;
 }
 

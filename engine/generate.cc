@@ -71,6 +71,14 @@ Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
   return res;
 }
 
+double LogSumExp(std::span<const float> x) {
+  double mx = x[0];
+  for (float v : x) mx = std::max(mx, static_cast<double>(v));
+  double sum = 0.0;
+  for (float v : x) sum += std::exp(static_cast<double>(v) - mx);
+  return mx + std::log(sum);
+}
+
 Result<PerplexityResult> EvalPerplexity(Transformer& model, const Tokenizer& tok,
                                         std::string_view text) {
   constexpr std::string_view kSep = "<|endoftext|>";
@@ -99,11 +107,7 @@ Result<PerplexityResult> EvalPerplexity(Transformer& model, const Tokenizer& tok
     RETURN_IF_ERROR(model.Forward(ids, true, &logits));
     for (size_t t = 1; t < ids.size(); ++t) {
       const float* l = logits.data() + (t - 1) * vocab;
-      double mx = l[0];
-      for (size_t k = 1; k < vocab; ++k) mx = std::max(mx, static_cast<double>(l[k]));
-      double sum = 0.0;
-      for (size_t k = 0; k < vocab; ++k) sum += std::exp(static_cast<double>(l[k]) - mx);
-      nll += -(static_cast<double>(l[static_cast<size_t>(ids[t])]) - mx - std::log(sum));
+      nll += LogSumExp({l, vocab}) - static_cast<double>(l[static_cast<size_t>(ids[t])]);
     }
     r.tokens += static_cast<int64_t>(ids.size()) - 1;
     r.stories += 1;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,9 @@ struct PerplexityResult {
 // The reference protocol: split `text` on "<|endoftext|>", drop the first piece (it starts
 // mid-story), strip each piece and drop empty ones; encode each with BOS and the dummy prefix,
 // truncate to the transformer's context length, and score every next token.
+// log(sum(exp(x))), in double, stable for any range of logits (x must not be empty).
+double LogSumExp(std::span<const float> x);
+
 Result<PerplexityResult> EvalPerplexity(Transformer& model, const Tokenizer& tok,
                                         std::string_view text);
 

@@ -57,39 +57,45 @@ std::string LayerTensorName(int layer, const char* what) {
   return "blk." + std::to_string(layer) + "." + what;
 }
 
+std::vector<CanonicalTensor> CanonicalTensors(const ModelConfig& c) {
+  const int64_t dim = c.dim, kv = c.kv_dim(), hid = c.hidden_dim, vocab = c.vocab_size;
+  std::vector<CanonicalTensor> t = {{"token_embd.weight", -1, vocab, dim}};
+  for (int l = 0; l < c.n_layers; ++l) {
+    auto add = [&](const char* what, int64_t rows, int64_t cols) {
+      t.push_back({LayerTensorName(l, what), l, rows, cols});
+    };
+    add("attn_norm.weight", 1, dim);
+    add("attn_q.weight", dim, dim);
+    add("attn_k.weight", kv, dim);
+    add("attn_v.weight", kv, dim);
+    if (c.qkv_bias) {
+      add("attn_q.bias", 1, dim);
+      add("attn_k.bias", 1, kv);
+      add("attn_v.bias", 1, kv);
+    }
+    add("attn_output.weight", dim, dim);
+    add("ffn_norm.weight", 1, dim);
+    add("ffn_gate.weight", hid, dim);
+    add("ffn_up.weight", hid, dim);
+    add("ffn_down.weight", dim, hid);
+  }
+  t.push_back({"output_norm.weight", c.n_layers, 1, dim});
+  if (!c.tied_output) t.push_back({"output.weight", c.n_layers, vocab, dim});
+  return t;
+}
+
 Status CheckModelTensors(const ModelFile& file) {
   const ModelConfig& c = file.config();
-  auto expect = [&](const std::string& name, int64_t rows, int64_t cols) -> Status {
-    const TensorDesc* t = file.Find(name);
+  for (const CanonicalTensor& want : CanonicalTensors(c)) {
+    const TensorDesc* t = file.Find(want.name);
     if (t == nullptr) {
-      return InvalidArgumentError(file.path() + ": missing tensor '" + name + "'");
+      return InvalidArgumentError(file.path() + ": missing tensor '" + want.name + "'");
     }
-    if (t->rows != rows || t->cols != cols) {
-      return InvalidArgumentError(file.path() + ": tensor '" + name + "' has shape [" +
+    if (t->rows != want.rows || t->cols != want.cols) {
+      return InvalidArgumentError(file.path() + ": tensor '" + want.name + "' has shape [" +
                                   std::to_string(t->rows) + " x " + std::to_string(t->cols) +
-                                  "], expected [" + std::to_string(rows) + " x " +
-                                  std::to_string(cols) + "] for " + c.Summary());
-    }
-    return Status::Ok();
-  };
-  const int64_t dim = c.dim, kv = c.kv_dim(), hid = c.hidden_dim, vocab = c.vocab_size;
-  RETURN_IF_ERROR(expect("token_embd.weight", vocab, dim));
-  RETURN_IF_ERROR(expect("output_norm.weight", 1, dim));
-  if (!c.tied_output) RETURN_IF_ERROR(expect("output.weight", vocab, dim));
-  for (int l = 0; l < c.n_layers; ++l) {
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_norm.weight"), 1, dim));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_q.weight"), dim, dim));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_k.weight"), kv, dim));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_v.weight"), kv, dim));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_output.weight"), dim, dim));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_norm.weight"), 1, dim));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_gate.weight"), hid, dim));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_down.weight"), dim, hid));
-    RETURN_IF_ERROR(expect(LayerTensorName(l, "ffn_up.weight"), hid, dim));
-    if (c.qkv_bias) {
-      RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_q.bias"), 1, dim));
-      RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_k.bias"), 1, kv));
-      RETURN_IF_ERROR(expect(LayerTensorName(l, "attn_v.bias"), 1, kv));
+                                  "], expected [" + std::to_string(want.rows) + " x " +
+                                  std::to_string(want.cols) + "] for " + c.Summary());
     }
   }
   return Status::Ok();

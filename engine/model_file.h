@@ -26,8 +26,8 @@ struct TensorDesc {
   int64_t numel() const { return rows * cols; }
 };
 
-// An INT8 per-row tensor as stored (a .dcm file): codes padded to kernels::PaddedCols(cols) per row
-// with zeros, w[r][c] = q[r][c] * scale[r].
+// An INT8 per-row tensor as stored (a .dcm file): codes [rows][cols], unpadded, in [-127, 127];
+// w[r][c] = q[r * cols + c] * scale[r].
 struct Q8Tensor {
   std::vector<int8_t> q;
   std::vector<float> scale;
@@ -64,6 +64,16 @@ Result<std::unique_ptr<ModelFile>> OpenModelFile(const std::string& path,
 
 // Canonical names.
 std::string LayerTensorName(int layer, const char* what);  // ("blk.3.attn_q.weight")
+
+// Every tensor a config implies, in execution order: token_embd (layer -1); per layer attn_norm,
+// attn_q, attn_k, attn_v, [attn_{q,k,v}.bias], attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down;
+// output_norm and, when not tied, output (layer n_layers). Vectors have rows = 1.
+struct CanonicalTensor {
+  std::string name;
+  int layer = 0;
+  int64_t rows = 1, cols = 0;
+};
+std::vector<CanonicalTensor> CanonicalTensors(const ModelConfig& c);
 
 // Checks the tensor set of a model against its config (shared by every format).
 Status CheckModelTensors(const ModelFile& file);

@@ -1,5 +1,7 @@
 #include "engine/weights.h"
 
+#include <algorithm>
+
 namespace dcomp {
 
 Result<WeightFormat> ParseWeightFormat(const std::string& s) {
@@ -42,6 +44,23 @@ LinearStorage MakeLinear(std::vector<float> w, size_t rows, size_t cols, WeightF
   return s;
 }
 
+LinearStorage MakeQ8Linear(std::span<const int8_t> codes, std::vector<float> scale, size_t rows,
+                           size_t cols) {
+  LinearStorage s;
+  s.rows = rows;
+  s.cols = cols;
+  s.quantized = true;
+  const size_t pc = kernels::PaddedCols(cols);
+  s.q.assign(rows * pc, 0);
+  for (size_t r = 0; r < rows; ++r) {
+    std::copy_n(codes.data() + r * cols, cols, s.q.data() + r * pc);
+  }
+  s.scale = std::move(scale);
+  s.row_sum.resize(rows);
+  kernels::ComputeRowSums(s.q.data(), rows, pc, s.row_sum.data());
+  return s;
+}
+
 Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& file,
                                                                WeightFormat format) {
   auto m = std::unique_ptr<InMemoryWeights>(new InMemoryWeights());
@@ -53,15 +72,7 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
   auto linear = [&](const std::string& name, size_t rows, size_t cols) -> Result<LinearStorage> {
     if (format == WeightFormat::kW8A8 && file.stores_q8(name)) {
       ASSIGN_OR_RETURN(Q8Tensor t, file.ReadQ8(name));
-      LinearStorage s;
-      s.rows = rows;
-      s.cols = cols;
-      s.quantized = true;
-      s.q = std::move(t.q);
-      s.scale = std::move(t.scale);
-      s.row_sum.resize(rows);
-      kernels::ComputeRowSums(s.q.data(), rows, kernels::PaddedCols(cols), s.row_sum.data());
-      return s;
+      return MakeQ8Linear(t.q, std::move(t.scale), rows, cols);
     }
     ASSIGN_OR_RETURN(std::vector<float> w, file.ReadF32(name));
     return MakeLinear(std::move(w), rows, cols, format);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,10 @@ struct LinearStorage {
 
 // Builds storage from f32 data: kept as f32, or quantized per row with the reference rounding.
 LinearStorage MakeLinear(std::vector<float> w, size_t rows, size_t cols, WeightFormat format);
+// Builds INT8 storage from stored codes [rows][cols] (unpadded) and row scales: pads the rows for
+// the kernels and computes their row sums.
+LinearStorage MakeQ8Linear(std::span<const int8_t> codes, std::vector<float> scale, size_t rows,
+                           size_t cols);
 
 // Every tensor resident in memory.
 class InMemoryWeights : public WeightSource {

@@ -188,7 +188,8 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("min-decode-speed", "auto: MB/s a codec must decode a block at (default 500)")
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
-      .Value("max-ppl-increase", "perplexity budget over f32 on the calibration tokens, percent (default 1.2)")
+      .Value("max-ppl-increase",
+             "perplexity budget over f32 on the calibration tokens, percent (default 1.2)")
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
       .Switch("quiet", "no progress or report");
@@ -240,10 +241,7 @@ Status CmdPack(const std::vector<std::string>& args) {
                    std::string(static_cast<size_t>(w - fill), '.').c_str(), frac * 100, secs);
       if (frac >= 1.0) std::fputs("\n", stderr);
     } else if (stage != last_stage || frac >= 1.0) {  // plain lines: stage start and end
-      if (stage != last_stage || frac >= 1.0) {
-        std::fprintf(stderr, "[%7.1fs] %s %s\n", secs, stage.c_str(),
-                     frac >= 1.0 ? "done" : "...");
-      }
+      std::fprintf(stderr, "[%7.1fs] %s %s\n", secs, stage.c_str(), frac >= 1.0 ? "done" : "...");
     }
     last_stage = stage;
   };

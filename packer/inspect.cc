@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "base/json.h"
@@ -21,8 +22,8 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
   const ModelConfig& c = file->config();
 
   struct Range {
-    uint64_t raw = 0, stored = 0, params = 0, begin = ~0ull, end = 0;
-    std::map<std::string, uint64_t> codec_bytes;
+    uint64_t raw = 0, stored = 0, params = 0, begin = ~0ull;
+    std::set<std::string> codecs;
   };
   std::map<int, Range> layers;
   std::map<std::string, uint64_t> codec_blocks;
@@ -37,9 +38,8 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
       const std::string codec = storage::CodecName(static_cast<storage::Codec>(B.codec()));
       L.raw += B.raw_size();
       L.stored += B.stored_size();
-      L.codec_bytes[codec] += B.stored_size();
+      L.codecs.insert(codec);
       L.begin = std::min<uint64_t>(L.begin, B.offset());
-      L.end = std::max<uint64_t>(L.end, B.offset() + B.stored_size());
       ++codec_blocks[codec];
       raw_total += B.raw_size();
       stored_total += B.stored_size();
@@ -57,12 +57,13 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
     verify_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   auto layer_name = [&](int l) {
-    return l < 0 ? std::string("embedding") : l >= c.n_layers ? std::string("output")
-                                                                : "layer " + std::to_string(l);
+    return l < 0             ? std::string("embedding")
+           : l >= c.n_layers ? std::string("output")
+                             : "layer " + std::to_string(l);
   };
   auto codecs_of = [](const Range& L) {
     std::string s;
-    for (const auto& [k, v] : L.codec_bytes) s += (s.empty() ? "" : "+") + k;
+    for (const std::string& k : L.codecs) s += (s.empty() ? "" : "+") + k;
     return s;
   };
   const auto& h = r.header();
@@ -105,14 +106,16 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
   }
   std::string s;
   char line[512];
-  std::snprintf(line, sizeof(line), "%s: .dcm %u.%u, %llu bytes (manifest %llu), %d tensors, %zu blocks\n",
-                path.c_str(), h.version_major, h.version_minor,
-                static_cast<unsigned long long>(h.file_size),
-                static_cast<unsigned long long>(h.manifest_size), m.tensors_size(), r.num_blocks());
+  std::snprintf(
+      line, sizeof(line), "%s: .dcm %u.%u, %llu bytes (manifest %llu), %d tensors, %zu blocks\n",
+      path.c_str(), h.version_major, h.version_minor, static_cast<unsigned long long>(h.file_size),
+      static_cast<unsigned long long>(h.manifest_size), m.tensors_size(), r.num_blocks());
   s += line;
-  s += "model: " + c.Summary() + (c.synthetic ? "  [SYNTHETIC weights: benchmarks only]" : "") + "\n";
+  s += "model: " + c.Summary() + (c.synthetic ? "  [SYNTHETIC weights: benchmarks only]" : "") +
+       "\n";
   s += "source: " + m.pack_info().source() + " [" + m.pack_info().source_format() + "]\n";
-  s += "packed by dcomp " + m.pack_info().tool_version() + " with: " + m.pack_info().options() + "\n";
+  s += "packed by dcomp " + m.pack_info().tool_version() + " with: " + m.pack_info().options() +
+       "\n";
   s += "calibration: " + m.pack_info().calibration() + "\n";
   std::string codec_line;
   for (const auto& [k, v] : codec_blocks) {

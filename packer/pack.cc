@@ -9,12 +9,12 @@
 
 #include "base/thread_pool.h"
 #include "engine/dcm_model.h"
+#include "engine/generate.h"
 #include "engine/model_file.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "engine/transformer.h"
 #include "engine/weights.h"
-#include "kernels/kernels.h"
 #include "packer/quantize.h"
 #include "storage/codec.h"
 #include "storage/container.h"
@@ -41,15 +41,14 @@ struct Matrix {
   std::string name;
   int layer = 0;
   size_t rows = 0, cols = 0;
-  std::vector<float> w;          // f32, scaling folded in as decided
-  std::vector<float> col_scale;  // s_j (empty = 1)
+  std::vector<float> w;           // f32, scaling folded in as decided
+  std::vector<float> col_scale;   // s_j (empty = 1)
   std::vector<float> importance;  // max|x'_j| (empty = unknown)
   float alpha = 0, step = 1, prune = 0;
   QuantizedMatrix q;
   double err = -1, entropy = 0;
-  // Calibration inputs of this matrix (pointer into the stats), for the output error.
-  const std::vector<float>* sample = nullptr;
-  size_t sample_rows = 0;
+  // Calibration inputs of this matrix, for the output error (null: none).
+  const struct InputStats* stats = nullptr;
 };
 
 struct Vector {
@@ -61,8 +60,9 @@ struct Vector {
 // One linear input's calibration statistics.
 struct InputStats {
   std::vector<float> max_abs;
-  std::vector<float> sample;  // up to kSampleRows rows
-  size_t cols = 0, seen = 0, stride = 1;
+  std::vector<float> sample;  // up to kSampleRows rows, spread over the calibration tokens
+  size_t cols = 0, seen = 0;
+  size_t sample_rows() const { return cols ? sample.size() / cols : 0; }
 };
 
 class StatsObserver : public ActivationObserver {
@@ -73,15 +73,18 @@ class StatsObserver : public ActivationObserver {
     if (s.max_abs.empty()) {
       s.max_abs.assign(cols, 0.0f);
       s.cols = cols;
-      s.stride = stride_;
     }
     for (size_t t = 0; t < n; ++t, ++s.seen) {
       const float* r = x + t * cols;
       for (size_t c = 0; c < cols; ++c) s.max_abs[c] = std::max(s.max_abs[c], std::fabs(r[c]));
-      if (s.seen % s.stride == 0 && s.sample.size() < kSampleRows * cols) {
+      if (s.seen % stride_ == 0 && s.sample.size() < kSampleRows * cols) {
         s.sample.insert(s.sample.end(), r, r + cols);
       }
     }
+  }
+  const InputStats* Find(int layer, LinearInput which) const {
+    auto it = stats.find({layer, which});
+    return it == stats.end() ? nullptr : &it->second;
   }
   std::map<std::pair<int, LinearInput>, InputStats> stats;
 
@@ -103,21 +106,10 @@ class PackWeights : public WeightSource {
 
   void SetMatrix(const Matrix& m, const QuantizedMatrix* q) {
     LinearStorage& s = storage_[m.name];
-    s = LinearStorage();
-    s.rows = m.rows;
-    s.cols = m.cols;
     if (quantized_) {
-      s.quantized = true;
-      const size_t pc = kernels::PaddedCols(m.cols);
-      s.q.assign(m.rows * pc, 0);
-      for (size_t r = 0; r < m.rows; ++r) {
-        std::copy_n(q->codes.data() + r * m.cols, m.cols, s.q.data() + r * pc);
-      }
-      s.scale = q->scale;
-      s.row_sum.resize(m.rows);
-      kernels::ComputeRowSums(s.q.data(), m.rows, pc, s.row_sum.data());
+      s = MakeQ8Linear(q->codes, q->scale, m.rows, m.cols);
     } else {
-      s.f32 = m.w;
+      s = MakeLinear(m.w, m.rows, m.cols, WeightFormat::kF32);
     }
     auto it = bias_.find(m.name);
     if (it != bias_.end()) s.bias = it->second;
@@ -146,11 +138,10 @@ class PackWeights : public WeightSource {
     };
     for (int l = 0; l < cfg_.n_layers; ++l) {
       auto n = [l](const char* w) { return LayerTensorName(l, w); };
-      layers_[l].view = {vec(n("attn_norm.weight")), vec(n("ffn_norm.weight")),
-                         lin(n("attn_q.weight")),    lin(n("attn_k.weight")),
-                         lin(n("attn_v.weight")),    lin(n("attn_output.weight")),
-                         lin(n("ffn_gate.weight")),  lin(n("ffn_down.weight")),
-                         lin(n("ffn_up.weight"))};
+      layers_[l].view = {
+          vec(n("attn_norm.weight")), vec(n("ffn_norm.weight")), lin(n("attn_q.weight")),
+          lin(n("attn_k.weight")),    lin(n("attn_v.weight")),   lin(n("attn_output.weight")),
+          lin(n("ffn_gate.weight")),  lin(n("ffn_down.weight")), lin(n("ffn_up.weight"))};
     }
     globals_.embedding = lin("token_embd.weight");
     globals_.final_norm = vec("output_norm.weight");
@@ -167,10 +158,12 @@ class PackWeights : public WeightSource {
   GlobalWeights globals_;
 };
 
-// Mean NLL of next-token prediction over the sequences.
+// Mean NLL of next-token prediction over the sequences; `observer` (optional) sees the pass.
 Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
-                       const std::vector<std::vector<int32_t>>& seqs, int32_t ctx) {
+                       const std::vector<std::vector<int32_t>>& seqs, int32_t ctx,
+                       ActivationObserver* observer = nullptr) {
   ASSIGN_OR_RETURN(auto tf, Transformer::Create(w, pool, ctx));
+  tf->set_observer(observer);
   double sum = 0;
   int64_t count = 0;
   std::vector<float> logits;
@@ -180,10 +173,7 @@ Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
     RETURN_IF_ERROR(tf->Forward(s, true, &logits));
     for (size_t t = 0; t + 1 < s.size(); ++t) {
       const float* l = logits.data() + t * vocab;
-      float mx = *std::max_element(l, l + vocab);
-      double z = 0;
-      for (size_t v = 0; v < vocab; ++v) z += std::exp(static_cast<double>(l[v] - mx));
-      sum += std::log(z) + mx - l[s[t + 1]];
+      sum += LogSumExp({l, vocab}) - l[s[t + 1]];
       ++count;
     }
   }
@@ -226,7 +216,8 @@ class KlEvaluator {
         LogSoftmax(q, vocab_);
         const float* p = ref_.data() + pos * vocab_;
         double kl = 0;
-        for (size_t v = 0; v < vocab_; ++v) kl += std::exp(static_cast<double>(p[v])) * (p[v] - q[v]);
+        for (size_t v = 0; v < vocab_; ++v)
+          kl += std::exp(static_cast<double>(p[v])) * (p[v] - q[v]);
         sum += kl;
       }
     }
@@ -235,10 +226,7 @@ class KlEvaluator {
 
  private:
   static void LogSoftmax(float* x, size_t n) {
-    const float mx = *std::max_element(x, x + n);
-    double z = 0;
-    for (size_t i = 0; i < n; ++i) z += std::exp(static_cast<double>(x[i] - mx));
-    const float lz = static_cast<float>(std::log(z)) + mx;
+    const float lz = static_cast<float>(LogSumExp({x, n}));
     for (size_t i = 0; i < n; ++i) x[i] -= lz;
   }
   std::vector<std::vector<int32_t>> seqs_;
@@ -255,15 +243,17 @@ struct Encoded {
   std::vector<uint8_t> bytes;
 };
 
-Result<Encoded> EncodeBest(std::span<const uint8_t> raw, const PackOptions& o,
-                           storage::BlockDecoder* dec) {
-  std::vector<storage::Codec> cands;
-  if (o.codec == "auto") {
-    cands = {storage::Codec::kRans, storage::Codec::kZstd};
-  } else {
-    ASSIGN_OR_RETURN(storage::Codec c, storage::ParseCodecName(o.codec));
-    if (c != storage::Codec::kRaw) cands = {c};
-  }
+// The codecs to try besides raw.
+Result<std::vector<storage::Codec>> CodecCandidates(const PackOptions& o) {
+  if (o.codec == "auto")
+    return std::vector<storage::Codec>{storage::Codec::kRans, storage::Codec::kZstd};
+  ASSIGN_OR_RETURN(storage::Codec c, storage::ParseCodecName(o.codec));
+  if (c == storage::Codec::kRaw) return std::vector<storage::Codec>{};
+  return std::vector<storage::Codec>{c};
+}
+
+Result<Encoded> EncodeBest(std::span<const uint8_t> raw, std::span<const storage::Codec> cands,
+                           const PackOptions& o, storage::BlockDecoder* dec) {
   Encoded best;
   best.bytes.assign(raw.begin(), raw.end());
   std::vector<uint8_t> enc, check(raw.size());
@@ -292,13 +282,14 @@ Result<Encoded> EncodeBest(std::span<const uint8_t> raw, const PackOptions& o,
   return best;
 }
 
-// ----- calibration ---------------------------------------------------------------------------------
+// ----- calibration
+// ---------------------------------------------------------------------------------
 
 Result<std::vector<std::vector<int32_t>>> CalibrationTokens(const PackOptions& o,
                                                             const ModelFile& file,
-                                                            const Tokenizer& tok,
-                                                            WeightSource* f32, ThreadPool* pool,
-                                                            int32_t seq_len, std::string* what) {
+                                                            const Tokenizer& tok, WeightSource* f32,
+                                                            ThreadPool* pool, int32_t seq_len,
+                                                            std::string* what) {
   std::vector<std::vector<int32_t>> seqs;
   const size_t want = static_cast<size_t>(std::max(o.calib_tokens, seq_len));
   if (!o.calib_path.empty()) {
@@ -331,7 +322,8 @@ Result<std::vector<std::vector<int32_t>>> CalibrationTokens(const PackOptions& o
       s.push_back(next);
     }
     seqs.push_back(std::move(s));
-    if (o.on_progress) o.on_progress("calibration text", static_cast<double>(seqs.size() * seq_len) / want);
+    if (o.on_progress)
+      o.on_progress("calibration text", static_cast<double>(seqs.size() * seq_len) / want);
   }
   *what = "self-generated (" + std::to_string(seqs.size()) + " x " + std::to_string(seq_len) +
           " tokens sampled at temperature 1 from " + file.path() + ")";
@@ -357,15 +349,35 @@ std::vector<float> Importance(const std::vector<float>& max_abs, const std::vect
   return imp;
 }
 
-void Quantize(Matrix& m) {
+QuantParams ParamsOf(const Matrix& m) {
   QuantParams p;
   p.col_scale = m.col_scale;
   p.importance = m.importance;
   p.step_multiplier = m.step;
   p.prune = m.prune;
-  m.q = QuantizeMatrix(m.w, m.rows, m.cols, p);
+  return p;
+}
+
+void Quantize(Matrix& m) {
+  m.q = QuantizeMatrix(m.w, m.rows, m.cols, ParamsOf(m));
   m.entropy = CodeEntropyBits(m.q);
-  m.err = m.sample ? RelativeOutputError(*m.sample, m.sample_rows, m.w, m.q, m.col_scale) : -1;
+  m.err = m.stats
+              ? RelativeOutputError(m.stats->sample, m.stats->sample_rows(), m.w, m.q, m.col_scale)
+              : -1;
+}
+
+// Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.
+void LoadWeights(PackWeights& w, const std::vector<Matrix>& mats,
+                 const std::map<std::string, Vector>& vecs, bool quantized) {
+  for (const Matrix& m : mats) w.SetMatrix(m, quantized ? &m.q : nullptr);
+  for (const auto& [name, v] : vecs) {
+    const size_t bias = name.rfind(".bias");
+    if (bias != std::string::npos && bias + 5 == name.size()) {
+      w.SetBias(name.substr(0, bias) + ".weight", v.v);
+    } else {
+      w.SetVector(name, v.v);
+    }
+  }
 }
 
 }  // namespace
@@ -383,7 +395,8 @@ Result<PackReport> Pack(const PackOptions& o) {
                                 ": expected 1 KiB .. 64 MiB");
   }
   if (o.prune < 0 || o.prune >= 0.95) {
-    return InvalidArgumentError("--prune " + Fmt("%g", o.prune) + ": expected a ratio in [0, 0.95)");
+    return InvalidArgumentError("--prune " + Fmt("%g", o.prune) +
+                                ": expected a ratio in [0, 0.95)");
   }
   if (!(o.max_ppl_increase >= 0) || o.max_ppl_increase > 100) {
     return InvalidArgumentError("--max-ppl-increase: expected a percentage in [0, 100]");
@@ -394,7 +407,8 @@ Result<PackReport> Pack(const PackOptions& o) {
     char* end = nullptr;
     fixed_alpha = std::strtof(o.alpha.c_str(), &end);
     if (end == o.alpha.c_str() || *end != '\0' || !(fixed_alpha >= 0 && fixed_alpha <= 1)) {
-      return InvalidArgumentError("--alpha '" + o.alpha + "': expected 'auto' or a number in [0, 1]");
+      return InvalidArgumentError("--alpha '" + o.alpha +
+                                  "': expected 'auto' or a number in [0, 1]");
     }
   }
 
@@ -406,56 +420,28 @@ Result<PackReport> Pack(const PackOptions& o) {
   log("model: " + cfg.Summary() + " [" + file->format() + "]" +
       (cfg.synthetic ? " SYNTHETIC weights (speed/memory benchmarks only)" : ""));
 
-  // Import every tensor as f32.
+  // Import every tensor as f32, in execution order (the order they are written in).
+  const std::vector<CanonicalTensor> order = CanonicalTensors(cfg);
   std::vector<Matrix> mats;
+  std::map<std::string, size_t> mat_index;
   std::map<std::string, Vector> vecs;
-  const size_t dim = static_cast<size_t>(cfg.dim), kv = static_cast<size_t>(cfg.kv_dim()),
-               hid = static_cast<size_t>(cfg.hidden_dim), vocab = static_cast<size_t>(cfg.vocab_size);
-  auto add_mat = [&](const std::string& name, int layer, size_t rows, size_t cols) -> Status {
+  for (const CanonicalTensor& t : order) {
+    ASSIGN_OR_RETURN(std::vector<float> data, file->ReadF32(t.name));
+    if (t.rows == 1) {
+      vecs[t.name] = {t.name, t.layer, std::move(data)};
+      continue;
+    }
     Matrix m;
-    m.name = name;
-    m.layer = layer;
-    m.rows = rows;
-    m.cols = cols;
+    m.name = t.name;
+    m.layer = t.layer;
+    m.rows = static_cast<size_t>(t.rows);
+    m.cols = static_cast<size_t>(t.cols);
     m.prune = static_cast<float>(o.prune);
-    ASSIGN_OR_RETURN(m.w, file->ReadF32(name));
+    m.w = std::move(data);
+    mat_index[t.name] = mats.size();
     mats.push_back(std::move(m));
-    return Status::Ok();
-  };
-  auto add_vec = [&](const std::string& name, int layer) -> Status {
-    Vector v;
-    v.name = name;
-    v.layer = layer;
-    ASSIGN_OR_RETURN(v.v, file->ReadF32(name));
-    vecs[name] = std::move(v);
-    return Status::Ok();
-  };
-  RETURN_IF_ERROR(add_mat("token_embd.weight", -1, vocab, dim));
-  for (int l = 0; l < cfg.n_layers; ++l) {
-    auto n = [l](const char* w) { return LayerTensorName(l, w); };
-    RETURN_IF_ERROR(add_vec(n("attn_norm.weight"), l));
-    RETURN_IF_ERROR(add_mat(n("attn_q.weight"), l, dim, dim));
-    RETURN_IF_ERROR(add_mat(n("attn_k.weight"), l, kv, dim));
-    RETURN_IF_ERROR(add_mat(n("attn_v.weight"), l, kv, dim));
-    if (cfg.qkv_bias) {
-      for (const char* b : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) {
-        RETURN_IF_ERROR(add_vec(n(b), l));
-      }
-    }
-    RETURN_IF_ERROR(add_mat(n("attn_output.weight"), l, dim, dim));
-    RETURN_IF_ERROR(add_vec(n("ffn_norm.weight"), l));
-    RETURN_IF_ERROR(add_mat(n("ffn_gate.weight"), l, hid, dim));
-    RETURN_IF_ERROR(add_mat(n("ffn_up.weight"), l, hid, dim));
-    RETURN_IF_ERROR(add_mat(n("ffn_down.weight"), l, dim, hid));
   }
-  RETURN_IF_ERROR(add_vec("output_norm.weight", cfg.n_layers));
-  if (!cfg.tied_output) RETURN_IF_ERROR(add_mat("output.weight", cfg.n_layers, vocab, dim));
-  auto find = [&](const std::string& name) -> Matrix& {
-    for (Matrix& m : mats) {
-      if (m.name == name) return m;
-    }
-    std::abort();  // names above are fixed
-  };
+  auto find = [&](const std::string& name) -> Matrix& { return mats[mat_index.at(name)]; };
   progress("import", 1.0);
 
   PackReport rep;
@@ -464,40 +450,22 @@ Result<PackReport> Pack(const PackOptions& o) {
   const bool need_calib = !cfg.synthetic && (o.scaling || o.rate_alloc || o.prune > 0);
   std::vector<std::vector<int32_t>> calib;
   const int32_t seq_len = std::min<int32_t>(256, cfg.context_length);
-  StatsObserver observer(1);
   PackWeights f32w(cfg, false);
-  for (const Matrix& m : mats) f32w.SetMatrix(m, nullptr);
-  for (const auto& [name, v] : vecs) {
-    if (name.find(".bias") != std::string::npos) {
-      f32w.SetBias(name.substr(0, name.size() - 5) + ".weight", v.v);
-    } else {
-      f32w.SetVector(name, v.v);
-    }
-  }
+  LoadWeights(f32w, mats, vecs, false);
   if (need_calib) {
-    ASSIGN_OR_RETURN(calib, CalibrationTokens(o, *file, *tok, &f32w, &pool, seq_len,
-                                              &rep.calibration));
-    size_t total = 0;
-    for (const auto& s : calib) total += s.size();
-    rep.calib_tokens = static_cast<int64_t>(total);
-    observer = StatsObserver(std::max<size_t>(1, total / kSampleRows));
-    ASSIGN_OR_RETURN(auto tf, Transformer::Create(&f32w, &pool, seq_len));
-    tf->set_observer(&observer);
-    std::vector<float> logits;
-    for (const auto& s : calib) {
-      tf->Reset();
-      RETURN_IF_ERROR(tf->Forward(s, true, &logits));
-    }
-    ASSIGN_OR_RETURN(rep.f32_nll, MeanNll(&f32w, &pool, calib, seq_len));
+    ASSIGN_OR_RETURN(calib,
+                     CalibrationTokens(o, *file, *tok, &f32w, &pool, seq_len, &rep.calibration));
+    for (const auto& s : calib) rep.calib_tokens += static_cast<int64_t>(s.size());
+  }
+  // One f32 pass over the calibration tokens gives both the statistics and the f32 NLL.
+  StatsObserver observer(std::max<size_t>(1, static_cast<size_t>(rep.calib_tokens) / kSampleRows));
+  if (need_calib) {
+    ASSIGN_OR_RETURN(rep.f32_nll, MeanNll(&f32w, &pool, calib, seq_len, &observer));
     log("calibration: " + rep.calibration + "; f32 mean NLL " + Fmt("%.5f", rep.f32_nll));
     progress("calibration", 1.0);
   } else {
     rep.calibration = cfg.synthetic ? "none (synthetic weights)" : "none (all stages off)";
   }
-  auto stats_of = [&](int layer, LinearInput which) -> InputStats* {
-    auto it = observer.stats.find({layer, which});
-    return it == observer.stats.end() ? nullptr : &it->second;
-  };
   // Calibration inputs of every matrix (the tied embedding is the output matrix's input).
   for (Matrix& m : mats) {
     LinearInput which = LinearInput::kAttnIn;
@@ -511,14 +479,14 @@ Result<PackReport> Pack(const PackOptions& o) {
       layer = cfg.n_layers;
       if (m.layer < 0 && !cfg.tied_output) continue;  // a pure lookup table
     }
-    if (InputStats* s = stats_of(layer, which)) {
-      m.sample = &s->sample;
-      m.sample_rows = s->sample.size() / s->cols;
+    if (const InputStats* s = observer.Find(layer, which)) {
+      m.stats = s;
       m.importance = s->max_abs;
     }
   }
 
-  // ----- compression-aware scaling, per group of matrices sharing an input ------------------------
+  // ----- compression-aware scaling, per group of matrices sharing an input
+  // ------------------------
   if (need_calib && o.scaling) {
     struct Group {
       std::vector<std::string> mats;
@@ -528,18 +496,18 @@ Result<PackReport> Pack(const PackOptions& o) {
     std::vector<Group> groups;
     for (int l = 0; l < cfg.n_layers; ++l) {
       auto n = [l](const char* w) { return LayerTensorName(l, w); };
-      groups.push_back({{n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")}, l,
-                        LinearInput::kAttnIn});
+      groups.push_back(
+          {{n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")}, l, LinearInput::kAttnIn});
       groups.push_back({{n("attn_output.weight")}, l, LinearInput::kAttnOut});
       groups.push_back({{n("ffn_gate.weight"), n("ffn_up.weight")}, l, LinearInput::kFfnIn});
       groups.push_back({{n("ffn_down.weight")}, l, LinearInput::kFfnHidden});
     }
     if (!cfg.tied_output) groups.push_back({{"output.weight"}, cfg.n_layers, LinearInput::kHeadIn});
-    const size_t hd = static_cast<size_t>(cfg.head_dim);
+    const size_t dim = static_cast<size_t>(cfg.dim), hd = static_cast<size_t>(cfg.head_dim);
     const size_t group_q = static_cast<size_t>(cfg.n_heads / cfg.n_kv_heads);
     size_t done = 0;
     for (const Group& g : groups) {
-      InputStats* st = stats_of(g.layer, g.input);
+      const InputStats* st = observer.Find(g.layer, g.input);
       if (st == nullptr) continue;
       std::vector<float> max_abs = st->max_abs;
       if (g.input == LinearInput::kAttnOut) {
@@ -564,7 +532,7 @@ Result<PackReport> Pack(const PackOptions& o) {
           p.prune = m.prune;
           QuantizedMatrix q = QuantizeMatrix(m.w, m.rows, m.cols, p);
           b += CodeEntropyBits(q) * static_cast<double>(m.rows * m.cols);
-          e += RelativeOutputError(st->sample, st->sample.size() / st->cols, m.w, q, s);
+          e += RelativeOutputError(st->sample, st->sample_rows(), m.w, q, s);
         }
         *bits = b;
         *err = e / static_cast<double>(g.mats.size());
@@ -625,17 +593,7 @@ Result<PackReport> Pack(const PackOptions& o) {
     progress("quantize", static_cast<double>(i + 1) / static_cast<double>(mats.size()));
   }
   PackWeights qw(cfg, true);
-  auto load_qw = [&]() {
-    for (const Matrix& m : mats) qw.SetMatrix(m, &m.q);
-    for (const auto& [name, v] : vecs) {
-      if (name.find(".bias") != std::string::npos) {
-        qw.SetBias(name.substr(0, name.size() - 5) + ".weight", v.v);
-      } else {
-        qw.SetVector(name, v.v);
-      }
-    }
-  };
-  load_qw();
+  LoadWeights(qw, mats, vecs, true);
 
   // ----- rate allocation -------------------------------------------------------------------------
   // Every matrix alone is tried at wider steps; its cost is the increase of KL(f32 || packed) on
@@ -646,8 +604,7 @@ Result<PackReport> Pack(const PackOptions& o) {
     ASSIGN_OR_RETURN(rep.plain_int8_nll, MeanNll(&qw, &pool, calib, seq_len));
     rep.packed_nll = rep.plain_int8_nll;
     log("INT8 (after scaling/pruning) mean NLL " + Fmt("%.5f", rep.plain_int8_nll) + " (+" +
-        Fmt("%.3f", 100 * (std::exp(rep.plain_int8_nll - rep.f32_nll) - 1)) +
-        "% ppl over f32)");
+        Fmt("%.3f", 100 * (std::exp(rep.plain_int8_nll - rep.f32_nll) - 1)) + "% ppl over f32)");
   }
   if (need_calib && o.rate_alloc) {
     std::vector<std::vector<int32_t>> trial_seqs(
@@ -669,10 +626,7 @@ Result<PackReport> Pack(const PackOptions& o) {
         opts[i].push_back({1.0f, m.entropy * static_cast<double>(m.rows * m.cols), 0.0});
         for (float step : kStepCandidates) {
           if (step == 1.0f) continue;
-          QuantParams p;
-          p.col_scale = m.col_scale;
-          p.importance = m.importance;
-          p.prune = m.prune;
+          QuantParams p = ParamsOf(m);
           p.step_multiplier = step;
           QuantizedMatrix q = QuantizeMatrix(m.w, m.rows, m.cols, p);
           qw.SetMatrix(m, &q);
@@ -741,14 +695,13 @@ Result<PackReport> Pack(const PackOptions& o) {
   }
 
   // ----- entropy coding and the container --------------------------------------------------------
-  std::map<std::string, TensorReport> reports;
+  ASSIGN_OR_RETURN(const std::vector<storage::Codec> cands, CodecCandidates(o));
   uint64_t done_bytes = 0, total_bytes = 0;
   for (const Matrix& m : mats) total_bytes += m.rows * m.cols;
-  storage::BlockDecoder dec;
-  std::string codecs_used;
-  auto write_blocks = [&](TensorReport& tr, std::span<const uint8_t> data, size_t row_bytes,
+  // Encodes `data` (whole rows) in blocks of rows_per_block rows, in parallel, and appends them.
+  auto write_blocks = [&](TensorReport& tr, std::set<std::string>& used,
+                          std::span<const uint8_t> data, size_t row_bytes,
                           size_t rows_per_block) -> Status {
-    std::set<std::string> used;
     const size_t nblocks = (data.size() / row_bytes + rows_per_block - 1) / rows_per_block;
     std::vector<Encoded> enc(nblocks);
     std::vector<Status> st(nblocks);
@@ -757,7 +710,7 @@ Result<PackReport> Pack(const PackOptions& o) {
       for (int64_t b = b0; b < b1; ++b) {
         const size_t off = static_cast<size_t>(b) * rows_per_block * row_bytes;
         const size_t len = std::min(data.size() - off, rows_per_block * row_bytes);
-        Result<Encoded> e = EncodeBest(data.subspan(off, len), o, &d);
+        Result<Encoded> e = EncodeBest(data.subspan(off, len), cands, o, &d);
         if (e.ok()) {
           enc[b] = std::move(*e);
         } else {
@@ -773,12 +726,12 @@ Result<PackReport> Pack(const PackOptions& o) {
       tr.stored_bytes += enc[b].bytes.size();
       used.insert(storage::CodecName(enc[b].codec));
     }
-    for (const std::string& c : used) {
-      if (("+" + tr.codecs + "+").find("+" + c + "+") == std::string::npos) {
-        tr.codecs += (tr.codecs.empty() ? "" : "+") + c;
-      }
-    }
     return Status::Ok();
+  };
+  auto join = [](const std::set<std::string>& used) {
+    std::string s;
+    for (const std::string& c : used) s += (s.empty() ? "" : "+") + c;
+    return s;
   };
   auto write_vector = [&](const Vector& v) -> Status {
     pb::Tensor t;
@@ -794,8 +747,11 @@ Result<PackReport> Pack(const PackOptions& o) {
     tr.layer = v.layer;
     tr.params = static_cast<int64_t>(v.v.size());
     tr.int8_bytes = v.v.size() * 4;
-    RETURN_IF_ERROR(write_blocks(
-        tr, {reinterpret_cast<const uint8_t*>(v.v.data()), v.v.size() * 4}, v.v.size() * 4, 1));
+    std::set<std::string> used;
+    RETURN_IF_ERROR(write_blocks(tr, used,
+                                 {reinterpret_cast<const uint8_t*>(v.v.data()), v.v.size() * 4},
+                                 v.v.size() * 4, 1));
+    tr.codecs = join(used);
     rep.tensors.push_back(tr);
     return Status::Ok();
   };
@@ -827,33 +783,22 @@ Result<PackReport> Pack(const PackOptions& o) {
     tr.prune = m.prune;
     tr.output_rel_error = m.err;
     tr.entropy_bits = m.entropy;
-    RETURN_IF_ERROR(write_blocks(tr,
+    std::set<std::string> used;
+    RETURN_IF_ERROR(write_blocks(tr, used,
                                  {reinterpret_cast<const uint8_t*>(m.q.scale.data()), m.rows * 4},
                                  m.rows * 4, m.rows));
     RETURN_IF_ERROR(write_blocks(
-        tr, {reinterpret_cast<const uint8_t*>(m.q.codes.data()), m.q.codes.size()}, m.cols, rpb));
+        tr, used, {reinterpret_cast<const uint8_t*>(m.q.codes.data()), m.q.codes.size()}, m.cols,
+        rpb));
+    tr.codecs = join(used);
     rep.tensors.push_back(tr);
     done_bytes += m.rows * m.cols;
     progress("entropy coding", static_cast<double>(done_bytes) / static_cast<double>(total_bytes));
     return Status::Ok();
   };
-  for (const Matrix& m : mats) {
-    // Execution order: each layer's norm precedes its matrices.
-    if (m.layer >= 0 && m.layer < cfg.n_layers) {
-      auto n = [&](const char* w) { return LayerTensorName(m.layer, w); };
-      if (m.name == n("attn_q.weight")) RETURN_IF_ERROR(write_vector(vecs[n("attn_norm.weight")]));
-      if (m.name == n("attn_output.weight") && cfg.qkv_bias) {
-        for (const char* b : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) {
-          RETURN_IF_ERROR(write_vector(vecs[n(b)]));
-        }
-      }
-      if (m.name == n("ffn_gate.weight")) RETURN_IF_ERROR(write_vector(vecs[n("ffn_norm.weight")]));
-    }
-    // output_norm opens the output range (before output.weight when untied).
-    if (m.layer == cfg.n_layers) RETURN_IF_ERROR(write_vector(vecs["output_norm.weight"]));
-    RETURN_IF_ERROR(write_matrix(m));
+  for (const CanonicalTensor& t : order) {
+    RETURN_IF_ERROR(t.rows == 1 ? write_vector(vecs.at(t.name)) : write_matrix(find(t.name)));
   }
-  if (cfg.tied_output) RETURN_IF_ERROR(write_vector(vecs["output_norm.weight"]));
 
   pb::Manifest man;
   *man.mutable_config() = ModelConfigToProto(cfg);
@@ -873,8 +818,7 @@ Result<PackReport> Pack(const PackOptions& o) {
     rep.int8_bytes += t.int8_bytes;
     rep.stored_bytes += t.stored_bytes;
   }
-  ASSIGN_OR_RETURN(auto reader, storage::ContainerReader::Open(o.output));
-  rep.file_bytes = reader->header().file_size;
+  rep.file_bytes = writer->file_bytes();
   rep.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
   return rep;
 }
@@ -882,25 +826,23 @@ Result<PackReport> Pack(const PackOptions& o) {
 std::string FormatPackReport(const PackReport& r) {
   std::string s;
   char line[256];
-  std::snprintf(line, sizeof(line), "%-28s %10s %10s %10s %6s %-9s %5s %5s %5s %8s %6s\n",
-                "tensor", "params", "int8 B", "stored B", "ratio", "codec", "alpha", "step",
-                "prune", "out err", "bits/w");
+  std::snprintf(line, sizeof(line), "%-28s %10s %10s %10s %6s %-9s %5s %5s %5s %8s %6s\n", "tensor",
+                "params", "int8 B", "stored B", "ratio", "codec", "alpha", "step", "prune",
+                "out err", "bits/w");
   s += line;
   for (const TensorReport& t : r.tensors) {
     const double ratio = t.stored_bytes ? static_cast<double>(t.int8_bytes) / t.stored_bytes : 0;
     if (t.quantized) {
-      std::snprintf(line, sizeof(line),
-                    "%-28s %10lld %10llu %10llu %6.3f %-9s %5.3f %5.2f %5.2f %8s %6.3f\n",
-                    t.name.c_str(), static_cast<long long>(t.params),
-                    static_cast<unsigned long long>(t.int8_bytes),
-                    static_cast<unsigned long long>(t.stored_bytes), ratio, t.codecs.c_str(),
-                    t.alpha, t.step_multiplier, t.prune,
-                    t.output_rel_error < 0 ? "-" : Fmt("%.5f", t.output_rel_error).c_str(),
-                    t.entropy_bits);
+      std::snprintf(
+          line, sizeof(line), "%-28s %10lld %10llu %10llu %6.3f %-9s %5.3f %5.2f %5.2f %8s %6.3f\n",
+          t.name.c_str(), static_cast<long long>(t.params),
+          static_cast<unsigned long long>(t.int8_bytes),
+          static_cast<unsigned long long>(t.stored_bytes), ratio, t.codecs.c_str(), t.alpha,
+          t.step_multiplier, t.prune,
+          t.output_rel_error < 0 ? "-" : Fmt("%.5f", t.output_rel_error).c_str(), t.entropy_bits);
     } else {
       std::snprintf(line, sizeof(line), "%-28s %10lld %10llu %10llu %6.3f %-9s\n", t.name.c_str(),
-                    static_cast<long long>(t.params),
-                    static_cast<unsigned long long>(t.int8_bytes),
+                    static_cast<long long>(t.params), static_cast<unsigned long long>(t.int8_bytes),
                     static_cast<unsigned long long>(t.stored_bytes), ratio, t.codecs.c_str());
     }
     s += line;

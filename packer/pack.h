@@ -3,8 +3,8 @@
 //
 // Calibration tokens come from --calib text, or, without it, from the model itself: sequences
 // sampled at temperature 1 from BOS with a fixed seed. On self-generated text the increase of mean
-// NLL of the quantized model over the f32 model is an unbiased estimate of KL(f32 || quantized), the
-// quantity a perplexity increase on real text approximates, and no evaluation text is seen.
+// NLL of the quantized model over the f32 model is an unbiased estimate of KL(f32 || quantized),
+// the quantity a perplexity increase on real text approximates, and no evaluation text is seen.
 #pragma once
 
 #include <functional>
@@ -18,14 +18,14 @@ namespace dcomp::packer {
 struct PackOptions {
   std::string input;
   std::string output;
-  std::string tokenizer_path;  // llama2.c inputs
-  std::string calib_path;      // "" = self-generated calibration
+  std::string tokenizer_path;      // llama2.c inputs
+  std::string calib_path;          // "" = self-generated calibration
   size_t block_bytes = 128 << 10;  // raw bytes per block (whole rows)
   std::string codec = "auto";      // auto | rans | zstd | raw
   int zstd_level = 19;
-  double min_decode_mbps = 500;  // auto: fastest-decoding floor a codec must meet on its block
-  std::string alpha = "auto";    // auto | a number in [0, 1]
-  double prune = 0.0;            // fraction of each row zeroed
+  double min_decode_mbps = 500;   // auto: fastest-decoding floor a codec must meet on its block
+  std::string alpha = "auto";     // auto | a number in [0, 1]
+  double prune = 0.0;             // fraction of each row zeroed
   double max_ppl_increase = 1.2;  // percent over the f32 model on the calibration tokens
   bool scaling = true;
   bool rate_alloc = true;

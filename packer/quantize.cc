@@ -29,6 +29,7 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     return q;
   }
   std::vector<float> row(cols), score(cols);
+  std::vector<size_t> idx(cols);
   for (size_t r = 0; r < rows; ++r) {
     for (size_t c = 0; c < cols; ++c) {
       row[c] = w[r * cols + c] * (p.col_scale.empty() ? 1.0f : p.col_scale[c]);
@@ -36,7 +37,6 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     if (p.prune > 0) {
       const size_t k = static_cast<size_t>(std::floor(p.prune * static_cast<float>(cols)));
       if (k > 0) {
-        std::vector<size_t> idx(cols);
         for (size_t c = 0; c < cols; ++c) {
           idx[c] = c;
           score[c] = std::fabs(row[c]) * (p.importance.empty() ? 1.0f : p.importance[c]);
@@ -55,7 +55,8 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     q.scale[r] = scale;
     const float lim = static_cast<float>(q.max_code);
     for (size_t c = 0; c < cols; ++c) {
-      q.codes[r * cols + c] = static_cast<int8_t>(std::nearbyint(std::clamp(row[c] * inv, -lim, lim)));
+      q.codes[r * cols + c] =
+          static_cast<int8_t>(std::nearbyint(std::clamp(row[c] * inv, -lim, lim)));
     }
   }
   return q;

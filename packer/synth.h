@@ -1,5 +1,5 @@
-// `dcomp synth`: a GGUF model with the exact shape of a real one (dimensions, heads, vocabulary) and
-// synthetic weights, for speed and memory benchmarks only (never for accuracy). It is marked
+// `dcomp synth`: a GGUF model with the exact shape of a real one (dimensions, heads, vocabulary)
+// and synthetic weights, for speed and memory benchmarks only (never for accuracy). It is marked
 // synthetic in its metadata (dcomp.synthetic = true), which every tool prints.
 //
 // Weights: each row is Gaussian, clipped at K standard deviations, with one entry of exactly K
@@ -18,9 +18,9 @@
 namespace dcomp::packer {
 
 struct SynthOptions {
-  std::string shape;           // tinyllama-1.1b | llama-3.2-1b | tiny (tests)
+  std::string shape;  // tinyllama-1.1b | llama-3.2-1b | tiny (tests)
   std::string output;
-  double entropy_bits = 6.0;   // target order-0 entropy of the per-row INT8 codes
+  double entropy_bits = 6.0;  // target order-0 entropy of the per-row INT8 codes
   uint64_t seed = 1;
   int threads = 2;
 };

@@ -29,9 +29,7 @@ bool IsKnownCodec(int id) { return id >= 0 && id < kNumCodecs; }
 Status EncodeBlock(Codec codec, std::span<const uint8_t> raw, int zstd_level,
                    std::vector<uint8_t>* out) {
   switch (codec) {
-    case Codec::kRaw:
-      out->assign(raw.begin(), raw.end());
-      return Status::Ok();
+    case Codec::kRaw: out->assign(raw.begin(), raw.end()); return Status::Ok();
     case Codec::kZstd: {
       if (zstd_level < 1 || zstd_level > ZSTD_maxCLevel()) {
         return InvalidArgumentError("zstd level " + std::to_string(zstd_level) +
@@ -43,9 +41,7 @@ Status EncodeBlock(Codec codec, std::span<const uint8_t> raw, int zstd_level,
       out->resize(n);
       return Status::Ok();
     }
-    case Codec::kRans:
-      RansEncode(raw, out);
-      return Status::Ok();
+    case Codec::kRans: RansEncode(raw, out); return Status::Ok();
   }
   return InvalidArgumentError("unknown codec id " + std::to_string(static_cast<int>(codec)));
 }
@@ -77,8 +73,8 @@ Status BlockDecoder::Decode(Codec codec, std::span<const uint8_t> stored, std::s
         return DataLossError("zstd frame declares " + std::to_string(declared) +
                              " bytes, expected " + std::to_string(out.size()));
       }
-      size_t n = ZSTD_decompressDCtx(zstd_->ctx, out.data(), out.size(), stored.data(),
-                                     stored.size());
+      size_t n =
+          ZSTD_decompressDCtx(zstd_->ctx, out.data(), out.size(), stored.data(), stored.size());
       if (ZSTD_isError(n)) return DataLossError(std::string("zstd: ") + ZSTD_getErrorName(n));
       if (n != out.size()) {
         return DataLossError("zstd frame decodes to " + std::to_string(n) + " bytes, expected " +
@@ -86,8 +82,7 @@ Status BlockDecoder::Decode(Codec codec, std::span<const uint8_t> stored, std::s
       }
       return Status::Ok();
     }
-    case Codec::kRans:
-      return RansDecode(stored, out);
+    case Codec::kRans: return RansDecode(stored, out);
   }
   return DataLossError("unknown codec id " + std::to_string(static_cast<int>(codec)));
 }

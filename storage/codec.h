@@ -19,7 +19,7 @@ enum class Codec : int {
   kRans = 2,
 };
 inline constexpr int kNumCodecs = 3;
-const char* CodecName(Codec c);          // "raw", "zstd", "rans"
+const char* CodecName(Codec c);  // "raw", "zstd", "rans"
 Result<Codec> ParseCodecName(const std::string& s);
 bool IsKnownCodec(int id);
 

@@ -27,20 +27,6 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 constexpr size_t kCrcOffset = 60;
 
-Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, "write " + path);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 void DcmHeader::Serialize(uint8_t out[kDcmHeaderSize]) const {
@@ -75,10 +61,10 @@ Result<DcmHeader> DcmHeader::Parse(std::span<const uint8_t> b) {
   // The version is checked before the CRC so that a newer file gets the right message even if a
   // later major version changes the header layout.
   if (h.version_major > kDcmVersionMajor) {
-    return FailedPreconditionError(
-        "format version " + std::to_string(h.version_major) + "." +
-        std::to_string(h.version_minor) + " is newer than this reader (it reads " +
-        std::to_string(kDcmVersionMajor) + ".x); upgrade dcomp");
+    return FailedPreconditionError("format version " + std::to_string(h.version_major) + "." +
+                                   std::to_string(h.version_minor) +
+                                   " is newer than this reader (it reads " +
+                                   std::to_string(kDcmVersionMajor) + ".x); upgrade dcomp");
   }
   if (h.version_major < 1) {
     return InvalidArgumentError("format version " + std::to_string(h.version_major) +
@@ -195,6 +181,7 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
     const pb::Tensor& T = manifest_.tensors(t);
     const std::string id = "tensor " + std::to_string(t) + " (" + T.name() + ")";
     if (T.name().empty()) return loss("tensor " + std::to_string(t) + " has no name");
+    if (!tensor_index_.emplace(T.name(), t).second) return loss(id + ": duplicate tensor name");
     if (T.type() != pb::TENSOR_F32 && T.type() != pb::TENSOR_Q8_ROW) {
       return loss(id + ": type " + std::to_string(T.type()) + " is unknown to this reader");
     }
@@ -203,8 +190,7 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
                   " out of range");
     }
     if (T.rows_per_block() <= 0 || T.rows_per_block() > T.rows()) {
-      return loss(id + ": rows_per_block " + std::to_string(T.rows_per_block()) +
-                  " out of range");
+      return loss(id + ": rows_per_block " + std::to_string(T.rows_per_block()) + " out of range");
     }
     if (T.first_block() != expect_block) {
       return loss(id + ": first_block " + std::to_string(T.first_block()) + ", expected " +
@@ -260,10 +246,8 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
 }
 
 int ContainerReader::FindTensor(const std::string& name) const {
-  for (int t = 0; t < manifest_.tensors_size(); ++t) {
-    if (manifest_.tensors(t).name() == name) return t;
-  }
-  return -1;
+  auto it = tensor_index_.find(name);
+  return it == tensor_index_.end() ? -1 : it->second;
 }
 
 std::string ContainerReader::DescribeBlock(size_t i) const {
@@ -343,7 +327,7 @@ Status ContainerWriter::AddBlock(Codec codec, uint64_t raw_size, std::span<const
   if (tensors_.empty()) return InternalError("ContainerWriter::AddBlock before BeginTensor");
   static const uint8_t kZeros[kDcmAlignment] = {};
   const uint64_t start = AlignUp(data_size_, new_range_ ? kDcmAlignment : kDcmBlockAlignment);
-  RETURN_IF_ERROR(WriteAll(data_fd_.get(), kZeros, start - data_size_, data_path_));
+  RETURN_IF_ERROR(WriteAll(data_fd_.get(), {kZeros, start - data_size_}, data_path_));
   data_size_ = start;
   new_range_ = false;
   pb::Block b;
@@ -352,7 +336,7 @@ Status ContainerWriter::AddBlock(Codec codec, uint64_t raw_size, std::span<const
   b.set_raw_size(raw_size);
   b.set_codec(static_cast<pb::Codec>(codec));
   b.set_crc32c(Crc32c(stored));
-  RETURN_IF_ERROR(WriteAll(data_fd_.get(), stored.data(), stored.size(), data_path_));
+  RETURN_IF_ERROR(WriteAll(data_fd_.get(), stored, data_path_));
   data_size_ += stored.size();
   blocks_.push_back(b);
   tensors_.back().set_num_blocks(tensors_.back().num_blocks() + 1);
@@ -363,7 +347,7 @@ Status ContainerWriter::Finish(pb::Manifest manifest) {
   {  // The file ends on a page boundary, so that O_DIRECT reads of the last range stay inside it.
     static const uint8_t kZeros[kDcmAlignment] = {};
     const uint64_t end = AlignUp(data_size_, kDcmAlignment);
-    RETURN_IF_ERROR(WriteAll(data_fd_.get(), kZeros, end - data_size_, data_path_));
+    RETURN_IF_ERROR(WriteAll(data_fd_.get(), {kZeros, end - data_size_}, data_path_));
     data_size_ = end;
   }
   manifest.clear_tensors();
@@ -396,7 +380,7 @@ Status ContainerWriter::Finish(pb::Manifest manifest) {
   const std::string tmp = path_ + ".tmp";
   UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!out.valid()) return ErrnoToStatus(errno, "create " + tmp);
-  Status s = WriteAll(out.get(), head.data(), head.size(), tmp);
+  Status s = WriteAll(out.get(), head, tmp);
   // Append the block file.
   off_t off = 0;
   uint64_t left = data_size_;
@@ -413,7 +397,11 @@ Status ContainerWriter::Finish(pb::Manifest manifest) {
   if (s.ok() && ::rename(tmp.c_str(), path_.c_str()) != 0) {
     s = ErrnoToStatus(errno, "rename " + tmp + " to " + path_);
   }
-  if (!s.ok()) ::unlink(tmp.c_str());
+  if (s.ok()) {
+    file_size_ = h.file_size;
+  } else {
+    ::unlink(tmp.c_str());
+  }
   ::unlink(data_path_.c_str());
   data_fd_.reset();
   return s;

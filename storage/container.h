@@ -15,6 +15,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "base/file.h"
@@ -30,8 +31,8 @@ inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 inline constexpr uint16_t kDcmVersionMajor = 1;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
-inline constexpr uint32_t kDcmAlignment = 4096;      // start of each layer's range
-inline constexpr uint32_t kDcmBlockAlignment = 64;   // every block
+inline constexpr uint32_t kDcmAlignment = 4096;     // start of each layer's range
+inline constexpr uint32_t kDcmBlockAlignment = 64;  // every block
 // Upper bounds a reader enforces (a hostile file cannot make it allocate more).
 inline constexpr uint64_t kMaxManifestBytes = 1ull << 30;
 inline constexpr uint64_t kMaxBlockRawBytes = 1ull << 30;
@@ -68,9 +69,7 @@ class ContainerReader {
   size_t num_blocks() const { return static_cast<size_t>(manifest_.blocks_size()); }
   const pb::Block& block(size_t i) const { return manifest_.blocks(static_cast<int>(i)); }
   // The tensor a block belongs to.
-  const pb::Tensor& tensor_of_block(size_t i) const {
-    return manifest_.tensors(block_tensor_[i]);
-  }
+  const pb::Tensor& tensor_of_block(size_t i) const { return manifest_.tensors(block_tensor_[i]); }
   // Index into manifest().tensors(), or -1.
   int FindTensor(const std::string& name) const;
   // "block 17 (blk.2.attn_q.weight, codes rows 0..191)".
@@ -99,6 +98,7 @@ class ContainerReader {
   DcmHeader header_;
   pb::Manifest manifest_;
   std::vector<int> block_tensor_;
+  std::unordered_map<std::string, int> tensor_index_;
 };
 
 // Writes a container: tensors are added in execution order, each followed by its blocks (already
@@ -117,7 +117,8 @@ class ContainerWriter {
   // Writes the file; `manifest` provides config, tokenizer and pack info (tensors and blocks are
   // the writer's).
   Status Finish(pb::Manifest manifest);
-  uint64_t data_bytes() const { return data_size_; }
+  // The size of the finished file (0 before Finish succeeds).
+  uint64_t file_bytes() const { return file_size_; }
 
  private:
   ContainerWriter() = default;
@@ -125,6 +126,7 @@ class ContainerWriter {
   UniqueFd data_fd_;
   uint64_t data_size_ = 0;  // bytes written to the side file
   bool new_range_ = false;  // the next block starts a layer range
+  uint64_t file_size_ = 0;
   std::vector<pb::Tensor> tensors_;
   std::vector<pb::Block> blocks_;  // offsets relative to the data start
 };

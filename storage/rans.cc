@@ -306,14 +306,18 @@ Status DecodeWith(std::span<const uint8_t> in, std::span<uint8_t> out, bool simd
   return internal::CheckRansEnd(*s, words_read, states.data());
 }
 
+// Decided once per process (DCOMP_KERNELS=ref forces the portable decoder, as for the kernels).
 bool HaveAvx512Vbmi2() {
 #if defined(__x86_64__)
-  if (const char* e = std::getenv("DCOMP_KERNELS"); e != nullptr && std::string(e) == "ref") {
-    return false;
-  }
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vbmi2");
+  static const bool have = [] {
+    if (const char* e = std::getenv("DCOMP_KERNELS"); e != nullptr && std::string(e) == "ref") {
+      return false;
+    }
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vbmi2");
+  }();
+  return have;
 #else
   return false;
 #endif
@@ -326,8 +330,7 @@ Status RansDecodePortable(std::span<const uint8_t> in, std::span<uint8_t> out) {
 }
 
 Status RansDecode(std::span<const uint8_t> in, std::span<uint8_t> out) {
-  static const bool simd = HaveAvx512Vbmi2();
-  return DecodeWith(in, out, simd);
+  return DecodeWith(in, out, HaveAvx512Vbmi2());
 }
 
 const char* RansDecoderName() { return HaveAvx512Vbmi2() ? "avx512_vbmi2" : "portable"; }

@@ -1,7 +1,8 @@
 // AVX-512 rANS decoder: 32 states in two registers of 16 lanes. Per register and group: gather the
 // table entries of the 16 slots, write the 16 symbols, advance the states, and refill the states
 // that fell below 2^16 from the shared word stream with one masked expand-load (VBMI2), which hands
-// consecutive words to the lanes that need them in lane order: exactly the portable decoder's order.
+// consecutive words to the lanes that need them in lane order: exactly the portable decoder's
+// order.
 #include <immintrin.h>
 
 #include <cstring>

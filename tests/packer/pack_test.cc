@@ -1,6 +1,8 @@
 // dcomp pack end to end: lossless entropy coding (the packed model's codes and greedy tokens equal
 // those of the same INT8 model stored raw), plain INT8 packs equal the engine's own W8A8, every
 // stage can be switched off, and bad options are refused with the option named.
+#include "packer/pack.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +12,6 @@
 #include "engine/dcm_model.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
-#include "packer/pack.h"
 #include "packer/synth.h"
 #include "tests/util/test_paths.h"
 
@@ -60,6 +61,15 @@ PackOptions Fast(const std::string& in, const std::string& out) {
   return o;
 }
 
+// Packs again with the same options but another codec; returns the new file.
+std::string RepackWithCodec(PackOptions o, const std::string& codec) {
+  o.output = o.output + "." + codec + ".dcm";
+  o.codec = codec;
+  auto r = Pack(o);
+  EXPECT_TRUE(r.ok()) << codec << ": " << r.status().ToString();
+  return o.output;
+}
+
 TEST(PackTest, PlainInt8EqualsTheEngineAndEntropyCodingIsLossless) {
   const std::string model = testing::SourceDir() + "/models/stories260K.bin";
   PackOptions o = Fast(model, Temp("plain.dcm"));
@@ -72,11 +82,7 @@ TEST(PackTest, PlainInt8EqualsTheEngineAndEntropyCodingIsLossless) {
   const auto want = Greedy(model, 40, "Once upon a time");
   EXPECT_EQ(Greedy(o.output, 40, "Once upon a time"), want);
   // Same codes stored raw: identical tensors.
-  PackOptions raw = o;
-  raw.output = Temp("plain_raw.dcm");
-  raw.codec = "raw";
-  ASSERT_TRUE(Pack(raw).ok());
-  ExpectSameCodes(o.output, raw.output);
+  ExpectSameCodes(o.output, RepackWithCodec(o, "raw"));
 }
 
 TEST(PackTest, FullPipelineIsLosslessOverItsOwnInt8) {
@@ -89,12 +95,9 @@ TEST(PackTest, FullPipelineIsLosslessOverItsOwnInt8) {
   // The budget holds on the calibration tokens.
   EXPECT_LE(r->packed_nll - r->f32_nll, std::log1p(o.max_ppl_increase / 100) + 0.01);
   for (const auto& c : {"raw", "rans"}) {
-    PackOptions p = o;
-    p.output = Temp(std::string("full_") + c + ".dcm");
-    p.codec = c;
-    ASSERT_TRUE(Pack(p).ok()) << c;
-    ExpectSameCodes(o.output, p.output);
-    EXPECT_EQ(Greedy(p.output, 32, "Lily"), Greedy(o.output, 32, "Lily")) << c;
+    const std::string other = RepackWithCodec(o, c);
+    ExpectSameCodes(o.output, other);
+    EXPECT_EQ(Greedy(other, 32, "Lily"), Greedy(o.output, 32, "Lily")) << c;
   }
 }
 
@@ -105,11 +108,7 @@ TEST(PackTest, Stories3MPackedEqualsItsInt8) {
   o.rate_alloc = false;
   ASSERT_TRUE(Pack(o).ok());
   EXPECT_EQ(Greedy(o.output, 32, "Once upon a time"), Greedy(model, 32, "Once upon a time"));
-  PackOptions raw = o;
-  raw.output = Temp("s3m_raw.dcm");
-  raw.codec = "raw";
-  ASSERT_TRUE(Pack(raw).ok());
-  ExpectSameCodes(o.output, raw.output);
+  ExpectSameCodes(o.output, RepackWithCodec(o, "raw"));
 }
 
 TEST(PackTest, SyntheticModelsAreMarkedAndSkipCalibration) {

@@ -1,10 +1,11 @@
+#include "storage/codec.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 #include <string>
 
-#include "storage/codec.h"
 #include "storage/crc32c.h"
 #include "storage/rans.h"
 

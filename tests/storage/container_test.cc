@@ -2,6 +2,8 @@
 // (truncated, bit-flipped, wrong magic, newer version, trailing bytes), never a crash. The golden
 // files under tests/storage/golden/ were written by this test's toy container and are checked too,
 // so that the format and its error messages stay stable.
+#include "storage/container.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -10,7 +12,6 @@
 #include <random>
 
 #include "base/file.h"
-#include "storage/container.h"
 #include "storage/crc32c.h"
 #include "tests/util/test_paths.h"
 
