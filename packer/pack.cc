@@ -417,8 +417,7 @@ Result<PackReport> Pack(const PackOptions& o) {
   ASSIGN_OR_RETURN(auto writer, storage::ContainerWriter::Create(o.output));
   const ModelConfig cfg = file->config();
   ASSIGN_OR_RETURN(auto tok, Tokenizer::Create(file->tokenizer()));
-  log("model: " + cfg.Summary() + " [" + file->format() + "]" +
-      (cfg.synthetic ? " SYNTHETIC weights (speed/memory benchmarks only)" : ""));
+  log("model: " + cfg.Summary() + " [" + file->format() + "]");
 
   // Import every tensor as f32, in execution order (the order they are written in).
   const std::vector<CanonicalTensor> order = CanonicalTensors(cfg);
@@ -450,9 +449,10 @@ Result<PackReport> Pack(const PackOptions& o) {
   const bool need_calib = !cfg.synthetic && (o.scaling || o.rate_alloc || o.prune > 0);
   std::vector<std::vector<int32_t>> calib;
   const int32_t seq_len = std::min<int32_t>(256, cfg.context_length);
+  // Runnable copies of the model (f32 here, INT8 below) exist only for the stages that run it.
   PackWeights f32w(cfg, false);
-  LoadWeights(f32w, mats, vecs, false);
   if (need_calib) {
+    LoadWeights(f32w, mats, vecs, false);
     ASSIGN_OR_RETURN(calib,
                      CalibrationTokens(o, *file, *tok, &f32w, &pool, seq_len, &rep.calibration));
     for (const auto& s : calib) rep.calib_tokens += static_cast<int64_t>(s.size());
@@ -593,7 +593,7 @@ Result<PackReport> Pack(const PackOptions& o) {
     progress("quantize", static_cast<double>(i + 1) / static_cast<double>(mats.size()));
   }
   PackWeights qw(cfg, true);
-  LoadWeights(qw, mats, vecs, true);
+  if (need_calib) LoadWeights(qw, mats, vecs, true);
 
   // ----- rate allocation -------------------------------------------------------------------------
   // Every matrix alone is tried at wider steps; its cost is the increase of KL(f32 || packed) on
