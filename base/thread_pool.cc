@@ -30,8 +30,11 @@ inline void Relax(int i) {
 ThreadPool::ThreadPool(int num_threads) {
   int workers = std::max(1, num_threads) - 1;
   workers_.reserve(static_cast<size_t>(workers));
-  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  active_ = workers + 1;
 }
+
+void ThreadPool::set_active_threads(int n) { active_ = std::clamp(n, 1, num_threads()); }
 
 ThreadPool::~ThreadPool() {
   stop_.store(true, std::memory_order_release);
@@ -48,11 +51,12 @@ void ThreadPool::RunChunks() {
   }
 }
 
-void ThreadPool::WorkerLoop() {
+void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
+  bool spin = true;  // only a worker that took part in the last loop spins for the next one
   for (;;) {
     uint64_t gen = generation_.load(std::memory_order_acquire);
-    for (int i = 0; gen == seen && i < kSpinIterations; ++i) {
+    for (int i = 0; spin && gen == seen && i < kSpinIterations; ++i) {
       Relax(i);
       gen = generation_.load(std::memory_order_acquire);
     }
@@ -62,6 +66,8 @@ void ThreadPool::WorkerLoop() {
     }
     seen = gen;
     if (stop_.load(std::memory_order_acquire)) return;
+    spin = index < job_workers_.load(std::memory_order_acquire);
+    if (!spin) continue;
     RunChunks();
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
@@ -71,7 +77,7 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
                              int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  const int64_t threads = num_threads();
+  const int64_t threads = active_;
   if (threads == 1 || n <= grain) {
     fn(0, n);
     return;
@@ -83,7 +89,8 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
   n_ = n;
   chunk_ = chunk;
   next_.store(0, std::memory_order_relaxed);
-  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  pending_.store(active_ - 1, std::memory_order_relaxed);
+  job_workers_.store(active_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   RunChunks();

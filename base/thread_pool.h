@@ -24,13 +24,18 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
+  // Threads that take part in the next loops (1..num_threads(); clamped). The others stay asleep.
+  // Only the owner calls it, between loops (the runtime's controller moves cores between compute
+  // and decoding this way). Results never depend on it.
+  void set_active_threads(int n);
+  int active_threads() const { return active_; }
 
   // Calls fn(begin, end) on disjoint chunks covering [0, n), each chunk at least `grain` long
   // (except the last). Returns when every chunk is done.
   void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
  private:
-  void WorkerLoop();
+  void WorkerLoop(int index);
   void RunChunks();
 
   std::vector<std::thread> workers_;
@@ -38,6 +43,8 @@ class ThreadPool {
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   int64_t chunk_ = 1;
+  int active_ = 1;
+  std::atomic<int> job_workers_{0};  // workers [0, job_workers_) take part in the current loop
   std::atomic<int64_t> next_{0};
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};

@@ -1,0 +1,45 @@
+// PageBuffer: an anonymous, page-aligned memory region of its own (mmap/munmap), for the large
+// buffers whose memory the runtime accounts exactly: decoded layers, compressed layers held in RAM,
+// I/O staging. Unlike the heap, freeing one returns its pages to the kernel at once, so the
+// process's resident set follows the plan. Allocate() touches every page (MAP_POPULATE), so a
+// buffer counts fully from the start and never faults later. Movable, not copyable.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "base/status.h"
+
+namespace dcomp {
+
+inline constexpr size_t kPageSize = 4096;
+inline constexpr size_t RoundUpToPage(size_t n) { return (n + kPageSize - 1) / kPageSize * kPageSize; }
+
+class PageBuffer {
+ public:
+  PageBuffer() = default;
+  // `size` bytes rounded up to whole pages, zero-filled and resident. RESOURCE_EXHAUSTED when the
+  // kernel refuses.
+  static Result<PageBuffer> Allocate(size_t size, const char* what);
+  PageBuffer(PageBuffer&& o) noexcept : data_(o.data_), size_(o.size_) {
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  PageBuffer& operator=(PageBuffer&& o) noexcept;
+  PageBuffer(const PageBuffer&) = delete;
+  PageBuffer& operator=(const PageBuffer&) = delete;
+  ~PageBuffer() { Reset(); }
+
+  void Reset();
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }  // a multiple of kPageSize
+  bool empty() const { return size_ == 0; }
+  std::span<uint8_t> span() const { return {data_, size_}; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace dcomp
