@@ -1,5 +1,7 @@
 #include "storage/container.h"
 
+#include <sys/mman.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -265,6 +267,12 @@ std::string ContainerReader::DescribeBlock(size_t i) const {
            std::to_string(r1);
   }
   return "block " + std::to_string(i) + " (" + T.name() + ", " + what + ")";
+}
+
+void ContainerReader::DropMappedPages() const {
+  if (file_ != nullptr && file_->size() > 0) {
+    madvise(const_cast<uint8_t*>(file_->data()), file_->size(), MADV_DONTNEED);
+  }
 }
 
 std::span<const uint8_t> ContainerReader::StoredBytes(size_t i) const {

@@ -87,6 +87,9 @@ class ContainerReader {
   }
   // The file range [begin, end) of a tensor's blocks (for streaming and page-cache advice).
   std::pair<uint64_t, uint64_t> TensorRange(int tensor) const;
+  // Unmaps the pages of the mapping this process has touched (they stay in the page cache), so
+  // that parsed or decoded data no longer counts in the resident set. Bytes stay readable.
+  void DropMappedPages() const;
 
  private:
   ContainerReader() = default;
