@@ -16,6 +16,8 @@ extern const KernelTable kNeonTable;
 extern const KernelTable kNeonDotprodTable;
 #endif
 
+bool RowSumsQ8Ref(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
+
 // The reference quantizer, shared by every table (O(n) per token; the products dominate).
 void QuantizeRowQ8Ref(const float* x, size_t n, size_t n_padded, int8_t* q, float* scale);
 

@@ -59,6 +59,10 @@ struct KernelTable {
   // y[t*y_stride + r] = sum_c w[r][c] * x[t*x_stride + c], f32 accumulation.
   void (*gemm_f32)(const F32MatrixView& w, const float* x, size_t x_stride, size_t n_tok, float* y,
                    size_t y_stride, size_t r0, size_t r1);
+  // row_sum[r] = sum of the `stride` codes of row r (stride a multiple of kQ8RowAlign, rows
+  // zero-padded); returns false if any code is -128 (valid codes are in [-127, 127]). Runs over
+  // every byte the streaming runtime decodes.
+  bool (*row_sums_q8)(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
 };
 
 // The table chosen for this CPU (once, thread-safe). The environment variable DCOMP_KERNELS=<name>

@@ -76,14 +76,30 @@ void GemmF32Neon(const F32MatrixView& w, const float* x, size_t x_stride, size_t
   }
 }
 
+bool RowSumsQ8Neon(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum) {
+  int8x16_t lowest = vdupq_n_s8(0);
+  for (size_t r = 0; r < rows; ++r) {
+    const int8_t* row = q + r * stride;
+    int32x4_t acc = vdupq_n_s32(0);
+    for (size_t c = 0; c < stride; c += 16) {
+      const int8x16_t v = vld1q_s8(row + c);
+      lowest = vminq_s8(lowest, v);
+      acc = vpadalq_s16(acc, vpaddlq_s8(v));
+    }
+    row_sum[r] = vaddvq_s32(acc);
+  }
+  return vminvq_s8(lowest) != -128;
+}
+
 }  // namespace
 
 namespace internal {
 #if defined(DCOMP_NEON_DOTPROD)
 const KernelTable kNeonDotprodTable = {"neon_dotprod", QuantizeRowQ8Ref, GemvQ8Neon, GemmQ8Neon,
-                                       GemmF32Neon};
+                                       GemmF32Neon, RowSumsQ8Neon};
 #else
-const KernelTable kNeonTable = {"neon", QuantizeRowQ8Ref, GemvQ8Neon, GemmQ8Neon, GemmF32Neon};
+const KernelTable kNeonTable = {"neon", QuantizeRowQ8Ref, GemvQ8Neon, GemmQ8Neon, GemmF32Neon,
+                                RowSumsQ8Neon};
 #endif
 }  // namespace internal
 }  // namespace dcomp::kernels

@@ -61,7 +61,21 @@ void GemmF32Ref(const F32MatrixView& w, const float* x, size_t x_stride, size_t 
 }  // namespace
 
 namespace internal {
-const KernelTable kRefTable = {"ref", QuantizeRowQ8Ref, GemvQ8Ref, GemmQ8Ref, GemmF32Ref};
+bool RowSumsQ8Ref(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum) {
+  bool ok = true;
+  for (size_t r = 0; r < rows; ++r) {
+    int32_t s = 0;
+    for (size_t c = 0; c < stride; ++c) {
+      s += q[r * stride + c];
+      ok &= q[r * stride + c] != -128;
+    }
+    row_sum[r] = s;
+  }
+  return ok;
+}
+
+const KernelTable kRefTable = {"ref", QuantizeRowQ8Ref, GemvQ8Ref, GemmQ8Ref, GemmF32Ref,
+                               RowSumsQ8Ref};
 }  // namespace internal
 
 void ComputeRowSums(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum) {

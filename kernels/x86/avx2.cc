@@ -95,9 +95,31 @@ void GemmF32Avx2(const F32MatrixView& w, const float* x, size_t x_stride, size_t
   }
 }
 
+// Sums of signed bytes as sums of (q ^ 0x80) (unsigned, via SAD against zero) minus 128 each.
+bool RowSumsQ8Avx2(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum) {
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i bad = zero;
+  for (size_t r = 0; r < rows; ++r) {
+    const int8_t* row = q + r * stride;
+    __m256i acc = zero;
+    for (size_t c = 0; c < stride; c += 32) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
+      bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(v, bias));
+      acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_xor_si256(v, bias), zero));
+    }
+    alignas(32) int64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+    row_sum[r] = static_cast<int32_t>(lanes[0] + lanes[1] + lanes[2] + lanes[3] -
+                                      128 * static_cast<int64_t>(stride));
+  }
+  return _mm256_testz_si256(bad, bad) != 0;
+}
+
 }  // namespace
 
 namespace internal {
-const KernelTable kAvx2Table = {"avx2", QuantizeRowQ8Ref, GemvQ8Avx2, GemmQ8Avx2, GemmF32Avx2};
+const KernelTable kAvx2Table = {"avx2", QuantizeRowQ8Ref, GemvQ8Avx2, GemmQ8Avx2, GemmF32Avx2,
+                                RowSumsQ8Avx2};
 }  // namespace internal
 }  // namespace dcomp::kernels

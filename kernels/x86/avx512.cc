@@ -115,10 +115,29 @@ void GemmF32Avx512(const F32MatrixView& w, const float* x, size_t x_stride, size
   }
 }
 
+// Sums of signed bytes as sums of (q ^ 0x80) (unsigned, via SAD against zero) minus 128 each.
+bool RowSumsQ8Avx512(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum) {
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i zero = _mm512_setzero_si512();
+  __mmask64 bad = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const int8_t* row = q + r * stride;
+    __m512i acc = zero;
+    for (size_t c = 0; c < stride; c += 64) {
+      const __m512i v = _mm512_loadu_si512(row + c);
+      bad |= _mm512_cmpeq_epi8_mask(v, bias);
+      acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(v, bias), zero));
+    }
+    row_sum[r] = static_cast<int32_t>(_mm512_reduce_add_epi64(acc) -
+                                      128 * static_cast<int64_t>(stride));
+  }
+  return bad == 0;
+}
+
 }  // namespace
 
 namespace internal {
 const KernelTable kAvx512VnniTable = {"avx512_vnni", QuantizeRowQ8Ref, GemvQ8Avx512Vnni,
-                                      GemmQ8Avx512Vnni, GemmF32Avx512};
+                                      GemmQ8Avx512Vnni, GemmF32Avx512, RowSumsQ8Avx512};
 }  // namespace internal
 }  // namespace dcomp::kernels

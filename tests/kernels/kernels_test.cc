@@ -100,6 +100,25 @@ TEST_P(KernelVariantTest, GemvQ8IsBitExact) {
   }
 }
 
+TEST_P(KernelVariantTest, RowSumsMatchReferenceAndFindMinus128) {
+  const KernelTable& k = *GetParam();
+  for (auto [rows, cols] : {std::pair<size_t, size_t>{1, 64}, {5, 172}, {33, 5632}, {64, 2048}}) {
+    Q8Matrix m = MakeQ8(rows, cols, static_cast<uint32_t>(rows + cols));
+    const size_t stride = PaddedCols(cols);
+    std::vector<int32_t> a(rows, -1), b(rows, -2);
+    EXPECT_TRUE(k.row_sums_q8(m.q.data(), rows, stride, a.data())) << k.name;
+    EXPECT_TRUE(RefKernels().row_sums_q8(m.q.data(), rows, stride, b.data()));
+    EXPECT_EQ(a, b) << k.name << " rows=" << rows << " cols=" << cols;
+    EXPECT_EQ(a, m.row_sum) << k.name;
+    // One -128 anywhere is reported.
+    for (size_t at : {size_t{0}, rows * stride / 2, rows * stride - 1}) {
+      std::vector<int8_t> q = m.q;
+      q[at] = -128;
+      EXPECT_FALSE(k.row_sums_q8(q.data(), rows, stride, a.data())) << k.name << " at " << at;
+    }
+  }
+}
+
 TEST_P(KernelVariantTest, GemmQ8IsBitExact) {
   const KernelTable& k = *GetParam();
   for (size_t n_tok : {1u, 2u, 4u, 5u, 9u}) {
