@@ -17,8 +17,14 @@ Result<LocalModel> OpenLocalModel(const std::string& path, const LocalModelOptio
                                 std::to_string(m.tokenizer->vocab_size()) + " tokens, the model " +
                                 std::to_string(m.file->config().vocab_size));
   }
-  ASSIGN_OR_RETURN(m.weights, InMemoryWeights::Load(*m.file, o.format));
   m.pool = std::make_unique<ThreadPool>(o.threads);
+  if (o.weights) {
+    ASSIGN_OR_RETURN(m.weights, o.weights(*m.file, m.pool.get()));
+  } else {
+    ASSIGN_OR_RETURN(std::unique_ptr<InMemoryWeights> w, InMemoryWeights::Load(*m.file, o.format));
+    m.resident_weight_bytes = w->bytes();
+    m.weights = std::move(w);
+  }
   ASSIGN_OR_RETURN(m.model, Transformer::Create(m.weights.get(), m.pool.get(), o.context_length));
   return m;
 }

@@ -3,6 +3,7 @@
 // the `dcomp` commands, the tests and the benchmarks. Not thread-safe (one generation stream).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -15,18 +16,25 @@
 
 namespace dcomp {
 
+// Builds the weight source of a model (the streaming runtime supplies one); `pool` is the
+// transformer's.
+using WeightSourceFactory =
+    std::function<Result<std::unique_ptr<WeightSource>>(const ModelFile& file, ThreadPool* pool)>;
+
 struct LocalModelOptions {
   std::string tokenizer_path;  // llama2.c checkpoints only; "" = look beside the model
   WeightFormat format = WeightFormat::kW8A8;
   int threads = 1;
   int32_t context_length = 0;  // 0 = the model's
+  WeightSourceFactory weights;  // empty: every tensor resident (InMemoryWeights)
 };
 
 struct LocalModel {
   std::unique_ptr<ModelFile> file;
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<InMemoryWeights> weights;
   std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<WeightSource> weights;
+  size_t resident_weight_bytes = 0;  // InMemoryWeights only
   std::unique_ptr<Transformer> model;
 };
 

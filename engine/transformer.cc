@@ -64,6 +64,17 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
   xq_scale_.resize(b);
 }
 
+size_t Transformer::MemoryBytes(const ModelConfig& c, int32_t context_length) {
+  const size_t ctx = static_cast<size_t>(context_length == 0 ? c.context_length : context_length);
+  const size_t hd = static_cast<size_t>(c.head_dim), dim = static_cast<size_t>(c.dim),
+               hid = static_cast<size_t>(c.hidden_dim);
+  const size_t b = std::min<size_t>(kMaxBatch, ctx);
+  const size_t floats = ctx * hd                                                 // rope
+                        + 2 * static_cast<size_t>(c.n_layers) * ctx * c.kv_dim()  // KV
+                        + 4 * b * dim + 2 * b * hid + b;  // x, xn, q, att, hb, hb2, xq_scale
+  return floats * sizeof(float) + b * kernels::PaddedCols(std::max(dim, hid));
+}
+
 size_t Transformer::scratch_bytes() const {
   return (x_.size() + xn_.size() + q_.size() + att_.size() + hb_.size() + hb2_.size() +
           xq_scale_.size() + rope_.size()) *
@@ -189,18 +200,9 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
   const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim()), hd = static_cast<size_t>(cfg_.head_dim);
   const GlobalWeights& g = weights_->globals();
 
+  RETURN_IF_ERROR(weights_->BeginPass(n));
   // Token embeddings.
-  for (size_t t = 0; t < n; ++t) {
-    const size_t id = static_cast<size_t>(tokens[t]);
-    float* x = x_.data() + t * dim;
-    if (g.embedding.quantized) {
-      const int8_t* q = g.embedding.q8.q + id * g.embedding.q8.stride;
-      const float s = g.embedding.q8.scale[id];
-      for (size_t c = 0; c < dim; ++c) x[c] = q[c] * s;
-    } else {
-      std::memcpy(x, g.embedding.f32.w + id * g.embedding.f32.stride, dim * sizeof(float));
-    }
-  }
+  for (size_t t = 0; t < n; ++t) RETURN_IF_ERROR(weights_->EmbedToken(tokens[t], x_.data() + t * dim));
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     ASSIGN_OR_RETURN(const LayerWeights* w, weights_->AcquireLayer(l));
@@ -251,9 +253,11 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
   for (size_t t = first; t < n; ++t) {
     kernels::RmsNorm(x_.data() + t * dim, g.final_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
   }
-  const LinearJob out[] = {{&g.output, logits, static_cast<size_t>(cfg_.vocab_size)}};
+  ASSIGN_OR_RETURN(const LinearWeights* head, weights_->AcquireOutput());  // Forward restores pos_
+  const LinearJob out[] = {{head, logits, static_cast<size_t>(cfg_.vocab_size)}};
   Observe(cfg_.n_layers, LinearInput::kHeadIn, xn_.data() + first * dim, rows, dim);
   RunLinears(out, xn_.data() + first * dim, dim, rows);
+  weights_->ReleaseOutput();
   return Status::Ok();
 }
 

@@ -61,6 +61,9 @@ class Transformer {
   // Bytes held by the KV cache and by the activation scratch (for memory accounting).
   size_t kv_cache_bytes() const { return (k_cache_.size() + v_cache_.size()) * sizeof(float); }
   size_t scratch_bytes() const;
+  // What Create() allocates for `config` at `context_length` (0 = the model's): KV cache and
+  // scratch (activations, RoPE table), equal to kv_cache_bytes() + scratch_bytes() after Create.
+  static size_t MemoryBytes(const ModelConfig& config, int32_t context_length);
 
  private:
   Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx, const kernels::KernelTable* kt);

@@ -109,6 +109,19 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
   return m;
 }
 
+Status WeightSource::EmbedToken(int32_t token, float* out) {
+  const LinearWeights& e = globals().embedding;
+  const size_t id = static_cast<size_t>(token), dim = static_cast<size_t>(config().dim);
+  if (e.quantized) {
+    const int8_t* q = e.q8.q + id * e.q8.stride;
+    const float s = e.q8.scale[id];
+    for (size_t c = 0; c < dim; ++c) out[c] = q[c] * s;
+  } else {
+    std::copy_n(e.f32.w + id * e.f32.stride, dim, out);
+  }
+  return Status::Ok();
+}
+
 Result<const LayerWeights*> InMemoryWeights::AcquireLayer(int layer) {
   if (layer < 0 || layer >= config_.n_layers) {
     return OutOfRangeError("layer " + std::to_string(layer) + " out of range");

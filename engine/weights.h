@@ -1,7 +1,7 @@
 // Weights as the transformer sees them: non-owning views of one layer at a time, handed out by a
 // WeightSource. The in-memory source below owns every tensor; the streaming runtime (daemon/) is
 // another WeightSource that decodes compressed layers on demand. The transformer holds at most one
-// layer at a time: AcquireLayer(l), compute, ReleaseLayer(l).
+// layer at a time: AcquireLayer(l), compute, ReleaseLayer(l); then the output matrix the same way.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +56,16 @@ class WeightSource {
   // fetched and decoded; fails with the error of the fetch (e.g. DATA_LOSS naming a block).
   virtual Result<const LayerWeights*> AcquireLayer(int layer) = 0;
   virtual void ReleaseLayer(int layer) = 0;
+  // Writes the embedding of `token` (config().dim floats) to `out`. Default: from
+  // globals().embedding.
+  virtual Status EmbedToken(int32_t token, float* out);
+  // The output matrix, valid until ReleaseOutput(); acquired after the last layer when logits are
+  // needed. Default: globals().output.
+  virtual Result<const LinearWeights*> AcquireOutput() { return &globals().output; }
+  // Called before each forward pass over `tokens` tokens (a streaming source re-plans and
+  // measures here).
+  virtual Status BeginPass(size_t /*tokens*/) { return Status::Ok(); }
+  virtual void ReleaseOutput() {}
 };
 
 // Owning storage of one linear map.

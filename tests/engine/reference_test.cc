@@ -39,7 +39,7 @@ const ModelCase kCases[] = {
 constexpr int32_t kReferenceContext = 512;
 
 LocalModel Open(const std::string& path, WeightFormat format) {
-  auto m = OpenLocalModel(path, {"", format, 2, kReferenceContext});
+  auto m = OpenLocalModel(path, {"", format, 2, kReferenceContext, {}});
   EXPECT_TRUE(m.ok()) << m.status().ToString();
   return m.ok() ? std::move(*m) : LocalModel{};
 }
