@@ -9,6 +9,8 @@
 
 #include "base/file.h"
 #include "base/flags.h"
+#include "daemon/streaming_weights.h"
+#include "engine/dcm_model.h"
 #include "base/json.h"
 #include "base/thread_pool.h"
 #include "engine/generate.h"
@@ -34,6 +36,8 @@ commands:
   synth --shape tinyllama-1.1b|llama-3.2-1b OUT.gguf [--entropy BITS] [--seed S]
   generate MODEL --prompt TEXT [-n N] [--temperature T] [--seed S] [--weights f32|w8a8] [--json]
   eval MODEL --text FILE [--weights f32|w8a8] [--json]
+    (.dcm models: --budget BYTES|PCT% [--policy P] [--reader auto|io_uring|pread] [--direct]
+     stream layers from flash under a RAM budget; see docs/runtime.md)
   tokenize MODEL --text TEXT [--json]
 
 MODEL is a .dcm container, a .gguf file or a llama2.c .bin checkpoint (with --tokenizer FILE, or tok<vocab>.bin /
@@ -47,10 +51,36 @@ void AddModelFlags(Flags& f) {
       .Value("ctx", "context length (default: the model's)")
       .Value("weights", "f32 | w8a8 (default w8a8)")
       .Switch("json", "print one JSON object")
-      .Switch("verbose", "log the model and kernel choice to stderr");
+      .Switch("verbose", "log the model and kernel choice to stderr")
+      .Value("budget", ".dcm: RAM budget, BYTES[K|M|G|KiB|MiB|GiB|KB|MB|GB] or PCT% of INT8 size")
+      .Value("policy", ".dcm streaming: adaptive | all-compressed | stream-all | static-split | "
+                       "all-decoded (default adaptive)")
+      .Value("reader", ".dcm streaming: auto | io_uring | pread (default auto)")
+      .Switch("direct", ".dcm streaming: read with O_DIRECT");
 }
 
-Result<LocalModel> LoadModel(const Flags& f, const std::string& path) {
+// A loaded model and, when it streams, its runtime.
+struct Loaded {
+  LocalModel model;
+  runtime::StreamingWeights* runtime = nullptr;  // owned by model.weights
+};
+
+void PrintRuntime(const Loaded& l, bool json, JsonWriter* w) {
+  if (l.runtime == nullptr) return;
+  if (json) {
+    w->BeginObjectIn("runtime");
+    l.runtime->ToJson(*w);
+    w->EndObject();
+  } else {
+    const runtime::RuntimeStats st = l.runtime->stats();
+    std::fprintf(stderr, "[runtime: %s; budget %s; peak RSS %s; reader %s; %llu replans]\n",
+                 l.runtime->plan().Summary().c_str(), runtime::FormatBytes(st.budget).c_str(),
+                 runtime::FormatBytes(runtime::PeakRssBytes()).c_str(), st.reader_backend.c_str(),
+                 static_cast<unsigned long long>(st.replans));
+  }
+}
+
+Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_logit_rows) {
   LocalModelOptions o;
   ASSIGN_OR_RETURN(o.format, ParseWeightFormat(f.GetOr("weights", "w8a8")));
   ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
@@ -60,12 +90,49 @@ Result<LocalModel> LoadModel(const Flags& f, const std::string& path) {
   o.threads = static_cast<int>(threads);
   o.context_length = static_cast<int32_t>(ctx);
   o.tokenizer_path = f.GetOr("tokenizer", "");
-  ASSIGN_OR_RETURN(LocalModel l, OpenLocalModel(path, o));
+  Loaded l;
+  const bool streaming = f.Has("budget") || f.Has("policy") || f.Has("reader") || f.IsSet("direct");
+  if (streaming) {
+    if (o.format != WeightFormat::kW8A8) {
+      return InvalidArgumentError("--budget/--policy/--reader stream a .dcm model: --weights must "
+                                  "be w8a8");
+    }
+    runtime::RuntimeOptions ro;
+    ro.context_length = o.context_length;
+    ro.max_logit_rows = max_logit_rows;
+    ro.cores = o.threads;
+    const std::string budget = f.GetOr("budget", "0");
+    if (!budget.empty() && budget.back() == '%') {
+      ASSIGN_OR_RETURN(uint64_t pct_of_100, runtime::ParseBudget(budget, 100));
+      ro.budget_percent = static_cast<double>(pct_of_100);
+    } else if (budget != "0") {
+      ASSIGN_OR_RETURN(ro.budget, runtime::ParseBudget(budget, 0));
+    }
+    ASSIGN_OR_RETURN(ro.policy, runtime::ParsePolicy(f.GetOr("policy", "adaptive")));
+    ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));
+    ro.reader.direct = f.IsSet("direct");
+    o.weights = [&l, ro, path](const ModelFile& file,
+                               ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
+      const auto* dcm = dynamic_cast<const DcmModelFile*>(&file);
+      if (dcm == nullptr) {
+        return InvalidArgumentError(path + ": --budget/--policy/--reader need a .dcm model (" +
+                                    file.format() + " given; pack it with dcomp pack)");
+      }
+      ASSIGN_OR_RETURN(std::unique_ptr<runtime::StreamingWeights> w,
+                       runtime::StreamingWeights::Open(*dcm, ro, pool));
+      l.runtime = w.get();
+      return std::unique_ptr<WeightSource>(std::move(w));
+    };
+  }
+  ASSIGN_OR_RETURN(l.model, OpenLocalModel(path, o));
   if (f.IsSet("verbose")) {
-    std::fprintf(stderr, "model: %s [%s], %s weights %.1f MiB, kernels %s, %d threads\n",
-                 l.file->config().Summary().c_str(), l.file->format().c_str(),
-                 WeightFormatName(o.format), l.weights->bytes() / 1048576.0,
-                 kernels::KernelSelectionNote().c_str(), l.pool->num_threads());
+    std::fprintf(stderr, "model: %s [%s], %s weights %.1f MiB resident, kernels %s, %d threads\n",
+                 l.model.file->config().Summary().c_str(), l.model.file->format().c_str(),
+                 WeightFormatName(o.format), l.model.resident_weight_bytes / 1048576.0,
+                 kernels::KernelSelectionNote().c_str(), l.model.pool->num_threads());
+    if (l.runtime != nullptr) {
+      std::fprintf(stderr, "runtime: %s\n", l.runtime->plan().Summary().c_str());
+    }
   }
   return l;
 }
@@ -101,7 +168,8 @@ Status CmdGenerate(const std::vector<std::string>& args) {
   req.sampling.min_p = static_cast<float>(min_p);
   req.sampling.repetition_penalty = static_cast<float>(rep);
   RETURN_IF_ERROR(req.sampling.Validate());
-  ASSIGN_OR_RETURN(LocalModel l, LoadModel(f, f.positional()[0]));
+  ASSIGN_OR_RETURN(Loaded loaded, LoadModel(f, f.positional()[0], 1));
+  LocalModel& l = loaded.model;
   const bool json = f.IsSet("json");
   if (!json) {
     std::fputs(l.tokenizer->Decode(l.tokenizer->Encode(req.prompt, false)).c_str(), stdout);
@@ -130,8 +198,9 @@ Status CmdGenerate(const std::vector<std::string>& args) {
         .Int("generated_tokens", static_cast<int64_t>(r.generated_ids.size()))
         .String("stop_reason", r.stop_reason)
         .Double("prefill_seconds", r.prefill_seconds)
-        .Double("decode_tokens_per_second", decode_tps)
-        .EndObject();
+        .Double("decode_tokens_per_second", decode_tps);
+    PrintRuntime(loaded, true, &w);
+    w.EndObject();
     std::printf("%s\n", w.str().c_str());
   } else {
     std::printf("\n");
@@ -140,6 +209,7 @@ Status CmdGenerate(const std::vector<std::string>& args) {
                  "[%zu prompt tokens in %.2f ms, %zu generated at %.1f tokens/s, stop: %s]\n",
                  r.prompt_ids.size(), r.prefill_seconds * 1e3, r.generated_ids.size(), decode_tps,
                  r.stop_reason.c_str());
+    PrintRuntime(loaded, false, nullptr);
   }
   return Status::Ok();
 }
@@ -152,7 +222,8 @@ Status CmdEval(const std::vector<std::string>& args) {
   if (f.positional().size() != 1) return InvalidArgumentError("eval: expected one MODEL path");
   if (!f.Has("text")) return InvalidArgumentError("eval: --text FILE is required");
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(*f.Get("text")));
-  ASSIGN_OR_RETURN(LocalModel l, LoadModel(f, f.positional()[0]));
+  ASSIGN_OR_RETURN(Loaded loaded, LoadModel(f, f.positional()[0], Transformer::kMaxBatch));
+  LocalModel& l = loaded.model;
   auto t0 = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(PerplexityResult r, EvalPerplexity(*l.model, *l.tokenizer, text));
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -165,13 +236,15 @@ Status CmdEval(const std::vector<std::string>& args) {
         .Int("stories", r.stories)
         .Int("context", l.model->context_length())
         .String("weights", f.GetOr("weights", "w8a8"))
-        .Double("seconds", secs)
-        .EndObject();
+        .Double("seconds", secs);
+    PrintRuntime(loaded, true, &w);
+    w.EndObject();
     std::printf("%s\n", w.str().c_str());
   } else {
     std::printf("stories %lld, tokens %lld, mean NLL %.6f nats/token, perplexity %.4f (%.1f s)\n",
                 static_cast<long long>(r.stories), static_cast<long long>(r.tokens), r.mean_nll,
                 r.ppl, secs);
+    PrintRuntime(loaded, false, nullptr);
   }
   return Status::Ok();
 }

@@ -24,6 +24,8 @@ constexpr Shape kShapes[] = {
     {"llama-3.2-1b", 2048, 8192, 16, 32, 8, 128256, 8192, 500000.0f, true},
     // A small shape for tests.
     {"tiny", 128, 384, 2, 4, 2, 512, 256, 10000.0f, false},
+    // A 42 MB (INT8) model for the streaming runtime's tests: twelve 3 MB layers, untied output.
+    {"small", 512, 1536, 12, 8, 4, 4096, 512, 10000.0f, false},
 };
 
 // Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and

@@ -18,7 +18,7 @@
 namespace dcomp::packer {
 
 struct SynthOptions {
-  std::string shape;  // tinyllama-1.1b | llama-3.2-1b | tiny (tests)
+  std::string shape;  // tinyllama-1.1b | llama-3.2-1b | tiny, small (tests)
   std::string output;
   double entropy_bits = 6.0;  // target order-0 entropy of the per-row INT8 codes
   uint64_t seed = 1;

@@ -1,0 +1,334 @@
+#include "daemon/residency.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+namespace dcomp::runtime {
+
+const char* TierName(Tier t) {
+  switch (t) {
+    case Tier::kDecoded: return "decoded";
+    case Tier::kCompressed: return "compressed";
+    case Tier::kFlash: return "flash";
+  }
+  return "?";
+}
+
+const char* PolicyName(Policy p) {
+  switch (p) {
+    case Policy::kAdaptive: return "adaptive";
+    case Policy::kAllCompressed: return "all-compressed";
+    case Policy::kStreamAll: return "stream-all";
+    case Policy::kStaticSplit: return "static-split";
+    case Policy::kAllDecoded: return "all-decoded";
+  }
+  return "?";
+}
+
+Result<Policy> ParsePolicy(const std::string& s) {
+  for (Policy p : {Policy::kAdaptive, Policy::kAllCompressed, Policy::kStreamAll,
+                   Policy::kStaticSplit, Policy::kAllDecoded}) {
+    if (s == PolicyName(p)) return p;
+  }
+  return InvalidArgumentError("policy '" + s +
+                              "': expected adaptive, all-compressed, stream-all, static-split or "
+                              "all-decoded");
+}
+
+int Plan::count(Tier t) const {
+  return static_cast<int>(std::count(tiers.begin(), tiers.end(), t));
+}
+
+std::string FormatBytes(uint64_t b) {
+  char buf[64];
+  if (b >= (1ull << 30)) {
+    std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1ull << 30));
+  } else if (b >= (1ull << 20)) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1ull << 20));
+  } else if (b >= 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / 1024);
+  } else {
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(b));
+  }
+  return buf;
+}
+
+std::string Plan::Summary() const {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "%s: %d decoded (%s), %d compressed (%s), %d on flash (%s/token); %d slots x %s, "
+                "%d staging x %s; %d compute + %d decode threads; total %s; est %.1f ms/token",
+                PolicyName(policy), count(Tier::kDecoded), FormatBytes(decoded_bytes).c_str(),
+                count(Tier::kCompressed), FormatBytes(compressed_bytes).c_str(),
+                count(Tier::kFlash), FormatBytes(flash_bytes_per_token).c_str(), slots,
+                FormatBytes(slot_bytes).c_str(), staging, FormatBytes(staging_bytes).c_str(),
+                compute_threads, decode_threads, FormatBytes(total_bytes).c_str(),
+                est_seconds_per_token * 1e3);
+  return buf;
+}
+
+void Plan::ToJson(JsonWriter& j) const {
+  j.String("policy", PolicyName(policy));
+  j.BeginArray("tiers");
+  for (Tier t : tiers) j.RawValue(JsonEscape(TierName(t)));
+  j.EndArray();
+  j.Int("slots", slots).Int("staging", staging);
+  j.Int("compute_threads", compute_threads).Int("decode_threads", decode_threads);
+  j.Int("slot_bytes", static_cast<int64_t>(slot_bytes));
+  j.Int("staging_bytes", static_cast<int64_t>(staging_bytes));
+  j.Int("decoded_bytes", static_cast<int64_t>(decoded_bytes));
+  j.Int("compressed_bytes", static_cast<int64_t>(compressed_bytes));
+  j.Int("flash_bytes_per_token", static_cast<int64_t>(flash_bytes_per_token));
+  j.Int("decode_bytes_per_token", static_cast<int64_t>(decode_bytes_per_token));
+  j.Int("fixed_bytes", static_cast<int64_t>(fixed_bytes));
+  j.Int("total_bytes", static_cast<int64_t>(total_bytes));
+  j.Double("est_ms_per_token", est_seconds_per_token * 1e3);
+}
+
+uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed, Plan& p) {
+  p.slot_bytes = p.staging_bytes = p.decoded_bytes = p.compressed_bytes = 0;
+  p.flash_bytes_per_token = p.decode_bytes_per_token = 0;
+  for (size_t u = 0; u < units.size(); ++u) {
+    const UnitInfo& U = units[u];
+    switch (p.tiers[u]) {
+      case Tier::kDecoded: p.decoded_bytes += U.decoded_bytes; break;
+      case Tier::kCompressed:
+        p.compressed_bytes += U.compressed_bytes;
+        p.slot_bytes = std::max(p.slot_bytes, U.decoded_bytes);
+        p.decode_bytes_per_token += U.raw_bytes;
+        break;
+      case Tier::kFlash:
+        p.slot_bytes = std::max(p.slot_bytes, U.decoded_bytes);
+        p.staging_bytes = std::max(p.staging_bytes, U.compressed_bytes);
+        p.flash_bytes_per_token += U.compressed_bytes;
+        p.decode_bytes_per_token += U.raw_bytes;
+        break;
+    }
+  }
+  p.fixed_bytes = fixed.total();
+  p.total_bytes = p.fixed_bytes + p.decoded_bytes + p.compressed_bytes +
+                  static_cast<uint64_t>(p.slots) * p.slot_bytes +
+                  static_cast<uint64_t>(p.staging) * p.staging_bytes;
+  return p.total_bytes;
+}
+
+double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan& p) {
+  double macs = 0, decode = 0, io = 0, flash_decode = 0;
+  for (size_t u = 0; u < units.size(); ++u) {
+    macs += static_cast<double>(units[u].macs_per_token);
+    if (p.tiers[u] == Tier::kDecoded) continue;
+    const double d = static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
+    decode += d;
+    if (p.tiers[u] == Tier::kFlash) {
+      io += static_cast<double>(units[u].compressed_bytes) / r.io_bytes_per_s;
+      flash_decode += d;
+    }
+  }
+  const double c1 = macs / r.compute_macs_per_s;  // one thread
+  const double speedup = 1.0 + (p.compute_threads - 1) * r.compute_parallel_efficiency;
+  const double ct = c1 / speedup;
+  const int d = std::max(1, p.decode_threads);
+  const double dt = decode / d;
+  // With one staging buffer, reading the next flash unit waits for the last one's decoding.
+  const double io_eff = p.staging >= 2 ? io : io + flash_decode / d;
+  // CPU time: compute threads are busy for ct each (including their parallel inefficiency).
+  const double cpu = (ct * p.compute_threads + decode) / std::max(1, r.cores);
+  const double oversub = p.compute_threads + p.decode_threads > r.cores ? 1.1 : 1.0;
+  double t;
+  if (decode == 0) {
+    t = ct;
+  } else if (p.slots <= 1) {
+    t = std::max(io_eff, ct + dt);  // decoding cannot overlap compute
+  } else {
+    t = std::max({io_eff, ct, dt, cpu * oversub});
+  }
+  p.est_seconds_per_token = t;
+  return t;
+}
+
+uint64_t MinimumBudget(const std::vector<UnitInfo>& units, const FixedMemory& fixed) {
+  Plan p;
+  p.tiers.assign(units.size(), Tier::kFlash);
+  p.slots = 1;
+  p.staging = 1;
+  p.decode_threads = 1;
+  return PlanBytes(units, fixed, p);
+}
+
+namespace {
+
+// Spreads n_d decoded, n_c compressed and the rest flash over `n` layers so that streamed layers
+// are evenly interleaved with resident ones (the prefetcher reads while resident layers compute).
+std::vector<Tier> Interleave(int n, int n_d, int n_c) {
+  std::vector<Tier> t(static_cast<size_t>(n));
+  const int n_f = n - n_d - n_c;
+  const int want[3] = {n_d, n_c, n_f};
+  int got[3] = {0, 0, 0};
+  for (int i = 0; i < n; ++i) {
+    // Pick the tier furthest behind its share at position i + 1.
+    int best = -1;
+    double best_deficit = -1e9;
+    for (int k = 0; k < 3; ++k) {
+      if (got[k] >= want[k]) continue;
+      const double deficit = static_cast<double>(want[k]) * (i + 1) / n - got[k];
+      if (deficit > best_deficit) {
+        best_deficit = deficit;
+        best = k;
+      }
+    }
+    ++got[best];
+    t[static_cast<size_t>(i)] = best == 0 ? Tier::kDecoded : best == 1 ? Tier::kCompressed : Tier::kFlash;
+  }
+  return t;
+}
+
+bool Better(const Plan& a, const Plan& b) {  // a strictly better than b
+  if (a.est_seconds_per_token < b.est_seconds_per_token * 0.999) return true;
+  if (a.est_seconds_per_token > b.est_seconds_per_token * 1.001) return false;
+  return a.total_bytes < b.total_bytes;
+}
+
+}  // namespace
+
+Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
+                        const Rates& rates, uint64_t budget, Policy policy,
+                        const PlanConstraints& k) {
+  const int n = static_cast<int>(units.size());
+  const int layers = n - 1;  // the last unit is the output matrix
+  const int cores = std::max(1, rates.cores);
+  Plan best;
+  bool found = false;
+  uint64_t smallest = std::numeric_limits<uint64_t>::max();
+  auto consider = [&](Plan p) {
+    if (k.compute_threads > 0) p.compute_threads = k.compute_threads;
+    if (k.decode_threads > 0) p.decode_threads = k.decode_threads;
+    if (k.slots > 0) p.slots = k.slots;
+    const bool streamed = p.count(Tier::kDecoded) < n;
+    if (!streamed) {
+      p.slots = p.staging = p.decode_threads = 0;
+    }
+    if (p.count(Tier::kFlash) == 0) p.staging = 0;
+    PlanBytes(units, fixed, p);
+    smallest = std::min(smallest, p.total_bytes);
+    if (p.total_bytes > budget) return;
+    EstimateSeconds(units, rates, p);
+    if (!found || Better(p, best)) {
+      best = std::move(p);
+      found = true;
+    }
+  };
+  auto fixed_plan = [&](std::vector<Tier> tiers) {
+    // The fixed policies: two slots and two staging buffers (one each if that is all that fits),
+    // every core computing and every core decoding.
+    for (int depth : {2, 1}) {
+      Plan p;
+      p.policy = policy;
+      p.tiers = tiers;
+      p.slots = p.staging = depth;
+      p.compute_threads = p.decode_threads = cores;
+      consider(p);
+      if (found) return;
+    }
+  };
+  switch (policy) {
+    case Policy::kAllDecoded: fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kDecoded)); break;
+    case Policy::kAllCompressed:
+      fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kCompressed));
+      break;
+    case Policy::kStreamAll: fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kFlash)); break;
+    case Policy::kStaticSplit:
+      // As many units compressed in RAM as fit, in execution order, the rest streamed.
+      for (int keep = n; keep >= 0 && !found; --keep) {
+        std::vector<Tier> t(static_cast<size_t>(n), Tier::kFlash);
+        for (int i = 0; i < keep; ++i) t[static_cast<size_t>(i)] = Tier::kCompressed;
+        fixed_plan(t);
+      }
+      break;
+    case Policy::kAdaptive:
+      for (Tier head : {Tier::kDecoded, Tier::kCompressed, Tier::kFlash}) {
+        for (int nd = 0; nd <= layers; ++nd) {
+          for (int nc = 0; nc + nd <= layers; ++nc) {
+            std::vector<Tier> tiers = Interleave(layers, nd, nc);
+            tiers.push_back(head);
+            const bool all_decoded = nd == layers && head == Tier::kDecoded;
+            const bool any_flash = nd + nc < layers || head == Tier::kFlash;
+            for (int slots = 1; slots <= (all_decoded ? 1 : 4); ++slots) {
+              for (int staging = 1; staging <= (any_flash ? 2 : 1); ++staging) {
+                for (int c = 1; c <= cores; ++c) {
+                  for (int d = 1; d <= (all_decoded ? 1 : cores); ++d) {
+                    Plan p;
+                    p.policy = policy;
+                    p.tiers = tiers;
+                    p.slots = slots;
+                    p.staging = staging;
+                    p.compute_threads = c;
+                    p.decode_threads = d;
+                    consider(std::move(p));
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      break;
+  }
+  if (!found) {
+    return ResourceExhaustedError(
+        std::string("a budget of ") + FormatBytes(budget) + " (" + std::to_string(budget) +
+        " bytes) is too small for policy " + PolicyName(policy) + ": it needs at least " +
+        FormatBytes(smallest) + " (" + std::to_string(smallest) + " bytes) for this model and " +
+        "context length, of which " + FormatBytes(fixed.total()) +
+        " is fixed (process baseline, KV cache, activations, vectors)");
+  }
+  return best;
+}
+
+Result<uint64_t> ParseBudget(const std::string& s, uint64_t reference_bytes) {
+  auto bad = [&] {
+    return InvalidArgumentError("budget '" + s +
+                                "': expected bytes with an optional unit (K, M, G, KiB, MiB, GiB, "
+                                "KB, MB, GB) or a percentage of the INT8 model size (e.g. 50%)");
+  };
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) return bad();
+  double v = 0;
+  try {
+    size_t used = 0;
+    v = std::stod(s.substr(0, i), &used);
+    if (used != i) return bad();
+  } catch (...) {
+    return bad();
+  }
+  std::string unit = s.substr(i);
+  double mult = 1;
+  if (unit.empty() || unit == "B") {
+    mult = 1;
+  } else if (unit == "%") {
+    if (v <= 0 || v > 1000) return bad();
+    return static_cast<uint64_t>(std::llround(v / 100.0 * static_cast<double>(reference_bytes)));
+  } else if (unit == "K" || unit == "KiB") {
+    mult = 1024.0;
+  } else if (unit == "M" || unit == "MiB") {
+    mult = 1024.0 * 1024;
+  } else if (unit == "G" || unit == "GiB") {
+    mult = 1024.0 * 1024 * 1024;
+  } else if (unit == "KB") {
+    mult = 1e3;
+  } else if (unit == "MB") {
+    mult = 1e6;
+  } else if (unit == "GB") {
+    mult = 1e9;
+  } else {
+    return bad();
+  }
+  const double bytes = v * mult;
+  if (!(bytes >= 1) || bytes > 1e15) return bad();
+  return static_cast<uint64_t>(std::llround(bytes));
+}
+
+}  // namespace dcomp::runtime

@@ -1,0 +1,113 @@
+// Residency planning: where each streamable unit of a model lives (decoded, compressed in RAM, on
+// flash), how many decoded slots and I/O staging buffers the pipeline has, and how many threads
+// compute and decode; chosen to minimise the estimated time per token under a RAM budget.
+//
+// A unit is one transformer layer's matrices, or the output matrix (the last unit). The memory
+// account is exact for everything the runtime allocates (tiers, slots, staging, decoder scratch)
+// and for the transformer's KV cache and activations (by the same formula the transformer
+// allocates with); what the process held before the runtime started (binary, libraries, manifest,
+// tokenizer) is measured, not estimated. Pure functions, no I/O: the controller and the tests call
+// them with measured or synthetic rates.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/json.h"
+#include "base/status.h"
+
+namespace dcomp::runtime {
+
+enum class Tier { kDecoded, kCompressed, kFlash };
+const char* TierName(Tier t);
+
+struct UnitInfo {
+  std::string name;               // "layer 3", "output"
+  uint64_t decoded_bytes = 0;     // INT8 codes (padded rows) + scales + row sums, as kernels use
+  uint64_t compressed_bytes = 0;  // its 4 KiB-aligned file range
+  uint64_t raw_bytes = 0;         // bytes the decoders produce (codes + scales)
+  uint64_t macs_per_token = 0;    // multiply-adds of one decode step
+};
+
+// Memory that does not depend on the plan.
+struct FixedMemory {
+  uint64_t baseline = 0;       // resident before the runtime allocated anything (measured)
+  uint64_t vectors = 0;        // norms, biases, embedding row scales (always decoded)
+  uint64_t kv_cache = 0;       // the transformer's KV cache for the context length
+  uint64_t activations = 0;    // the transformer's scratch and RoPE table
+  uint64_t request = 0;        // logits and sampler buffers of one request
+  uint64_t lookup = 0;         // embedding-row lookup scratch (one stored + one raw block)
+  uint64_t decoders = 0;       // every decode worker's codec context and scratch
+  uint64_t margin = 0;         // heap growth, thread stacks, page tables
+  uint64_t total() const {
+    return baseline + vectors + kv_cache + activations + request + lookup + decoders + margin;
+  }
+};
+
+// Measured speeds (per thread where it says so).
+struct Rates {
+  double compute_macs_per_s = 2e10;  // one compute thread
+  double compute_parallel_efficiency = 0.85;  // speed-up of n threads = 1 + (n - 1) * this
+  double decode_bytes_per_s = 1e9;   // raw bytes per second, one decode thread
+  double io_bytes_per_s = 1e9;       // flash read throughput
+  int cores = 2;
+};
+
+enum class Policy {
+  kAdaptive,         // the controller: search tiers, slots, staging and threads
+  kAllCompressed,    // every unit compressed in RAM
+  kStreamAll,        // every unit read from flash for every token
+  kStaticSplit,      // first units compressed in RAM as far as the budget allows, the rest streamed
+  kAllDecoded,       // the resident engine: every unit decoded
+};
+const char* PolicyName(Policy p);
+Result<Policy> ParsePolicy(const std::string& s);
+
+struct Plan {
+  Policy policy = Policy::kAdaptive;
+  std::vector<Tier> tiers;  // per unit
+  int slots = 0;            // decoded buffers in the pipeline (prefetch depth = slots - 1 ahead)
+  int staging = 0;          // compressed I/O buffers
+  int compute_threads = 1;
+  int decode_threads = 0;
+  uint64_t slot_bytes = 0, staging_bytes = 0;
+  uint64_t decoded_bytes = 0, compressed_bytes = 0;  // the two RAM tiers
+  uint64_t flash_bytes_per_token = 0;                // compressed bytes read per token
+  uint64_t decode_bytes_per_token = 0;               // raw bytes decoded per token
+  uint64_t fixed_bytes = 0;
+  uint64_t total_bytes = 0;  // everything: fixed + tiers + pipeline + decoder scratch
+  double est_seconds_per_token = 0;
+  int count(Tier t) const;
+  std::string Summary() const;  // one line
+  void ToJson(JsonWriter& j) const;
+};
+
+// Bytes the plan needs.
+uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed, Plan& plan);
+// Estimated seconds per token of a plan (fills plan.est_seconds_per_token).
+double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& rates, Plan& plan);
+
+// The smallest budget any plan fits in (everything on flash, one slot, one staging buffer, one
+// decode thread).
+uint64_t MinimumBudget(const std::vector<UnitInfo>& units, const FixedMemory& fixed);
+
+// Choices fixed from outside (0: free).
+struct PlanConstraints {
+  int slots = 0;
+  int compute_threads = 0;
+  int decode_threads = 0;
+};
+
+// The fastest plan of `policy` within `budget`, or RESOURCE_EXHAUSTED naming the smallest budget
+// that works (for kAllCompressed / kAllDecoded: the budget that policy needs).
+Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
+                        const Rates& rates, uint64_t budget, Policy policy,
+                        const PlanConstraints& constraints = {});
+
+// "600MiB", "600M" (binary multiples: K, M, G, KiB, MiB, GiB), "1.5GB" (decimal: KB, MB, GB),
+// "123456" bytes, or "50%" of `reference_bytes` (the model's INT8 size).
+Result<uint64_t> ParseBudget(const std::string& s, uint64_t reference_bytes);
+std::string FormatBytes(uint64_t b);  // "612.3 MiB"
+
+}  // namespace dcomp::runtime

@@ -1,0 +1,134 @@
+// StreamingWeights: the streaming runtime. A WeightSource over a .dcm container that keeps the
+// process under a RAM budget: each unit (a layer's matrices, or the output matrix) is decoded
+// (INT8 ready for the kernels), compressed in RAM, or on flash, per a Plan (daemon/residency.h).
+//
+// While the transformer computes unit i, a prefetcher thread reads the next streamed units'
+// compressed ranges (io_uring, pread fallback; page-cache pages dropped after use) into staging
+// buffers, and a decode pool (one codec context per worker, a queue bounded by the number of
+// slots) decodes their blocks into a ring of decoded slots. The order wraps from the output matrix
+// to layer 0 across tokens, so the next token's first layers are ready when it starts. Compute
+// waits only when the pipeline is behind.
+//
+// The controller measures compute time per unit, decode throughput per thread and I/O throughput,
+// and re-plans (tiers, slots, staging, compute vs decode threads) when the budget changes
+// (SetBudget), when /proc/pressure/memory reports pressure, and once its measurements differ
+// enough from the estimates the plan was made with. Plans are applied between tokens; memory is
+// freed before it is allocated, so the resident set stays under max(old, new) plan while
+// switching.
+//
+// Output never depends on the plan: decoding is exact and the kernels' results do not depend on
+// thread counts. A read or CRC failure fails the acquiring call with DATA_LOSS naming the block;
+// the runtime stays usable and retries the unit on the next request.
+//
+// Threading: AcquireLayer/ReleaseLayer/EmbedToken/AcquireOutput come from one compute thread
+// (the transformer's); SetBudget, plan() and stats() may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/json.h"
+#include "base/page_buffer.h"
+#include "base/thread_pool.h"
+#include "daemon/residency.h"
+#include "engine/dcm_model.h"
+#include "engine/weights.h"
+#include "storage/block_reader.h"
+
+namespace dcomp::runtime {
+
+struct RuntimeOptions {
+  uint64_t budget = 0;           // bytes the whole process may hold (0: no limit)
+  double budget_percent = 0;     // if > 0: the budget is this % of the INT8 model size
+  Policy policy = Policy::kAdaptive;
+  int32_t context_length = 0;    // the transformer's (0 = the model's); sizes the KV account
+  int32_t max_logit_rows = 1;    // logits rows one request holds (1: generation; eval: more)
+  int cores = 0;                 // 0: the CPUs this process may run on
+  storage::BlockReaderOptions reader;
+  // Wraps every reader the runtime opens (tests: fault injection).
+  std::function<std::unique_ptr<storage::BlockReader>(std::unique_ptr<storage::BlockReader>)>
+      wrap_reader;
+  bool watch_pressure = true;    // re-plan on /proc/pressure/memory
+  bool adapt = true;             // re-plan from measurements
+  // Fixed choices (tests of determinism): 0 leaves them to the policy.
+  int force_slots = 0;
+  int force_decode_threads = 0;
+  int force_compute_threads = 0;
+  const Rates* rates = nullptr;  // skip calibration and use these
+};
+
+struct RuntimeStats {
+  uint64_t tokens = 0;                // passes over layer 0
+  uint64_t flash_bytes = 0;           // compressed bytes read while streaming
+  double io_seconds = 0;              // prefetcher time in reads
+  uint64_t decoded_bytes = 0;         // raw bytes decoded while streaming
+  double decode_thread_seconds = 0;   // decode pool time
+  double compute_seconds = 0;         // between acquire and release
+  double wait_seconds = 0;            // compute stalled on the pipeline
+  uint64_t replans = 0;
+  std::string last_replan;            // why
+  uint64_t errors = 0;                // failed acquisitions (DATA_LOSS ...)
+  double pressure_some_avg10 = -1;    // last PSI reading (-1: none)
+  double budget_factor = 1;           // budget scaling applied under pressure
+  Rates rates;                        // current estimates
+  uint64_t budget = 0, effective_budget = 0, minimum_budget = 0;
+  FixedMemory fixed;
+  std::string reader_backend;
+};
+
+class StreamingWeights : public WeightSource {
+ public:
+  // `file` must outlive the runtime. `compute_pool` is the transformer's pool (owned by the
+  // caller); the runtime sets how many of its threads take part.
+  static Result<std::unique_ptr<StreamingWeights>> Open(const DcmModelFile& file,
+                                                        const RuntimeOptions& options,
+                                                        ThreadPool* compute_pool);
+  ~StreamingWeights() override;
+
+  const ModelConfig& config() const override { return config_; }
+  const GlobalWeights& globals() const override { return globals_; }
+  Result<const LayerWeights*> AcquireLayer(int layer) override;
+  void ReleaseLayer(int layer) override;
+  Status EmbedToken(int32_t token, float* out) override;
+  Result<const LinearWeights*> AcquireOutput() override;
+  void ReleaseOutput() override;
+  Status BeginPass(size_t tokens) override;
+
+  // Sets a new budget (bytes). Fails with RESOURCE_EXHAUSTED, naming the smallest budget that
+  // works, when none fits; otherwise the new plan is applied at the next token boundary.
+  Status SetBudget(uint64_t bytes);
+  // Applies a pending re-plan now (the compute thread, between requests).
+  Status ApplyPendingPlan();
+
+  Plan plan() const;
+  RuntimeStats stats() const;
+  const std::vector<UnitInfo>& units() const { return units_; }
+  uint64_t int8_bytes() const { return int8_bytes_; }  // every matrix decoded
+  void ToJson(JsonWriter& j) const;                    // plan + stats
+
+  struct Impl;
+
+ private:
+  StreamingWeights() = default;
+  Status Init(const DcmModelFile& file, const RuntimeOptions& options, ThreadPool* pool);
+  Result<const void*> AcquireUnit(int unit);
+  void ReleaseUnit(int unit);
+
+  ModelConfig config_;
+  GlobalWeights globals_;
+  std::vector<UnitInfo> units_;
+  uint64_t int8_bytes_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Peak-resident-set helper for tools: "VmHWM" in bytes, 0 if unknown.
+uint64_t PeakRssBytes();
+
+}  // namespace dcomp::runtime

@@ -1,0 +1,87 @@
+// Residency planning: budgets parse, every plan fits its budget, the smallest budget is named when
+// none fits, and the adaptive search is never estimated slower than a fixed policy.
+#include "daemon/residency.h"
+
+#include <gtest/gtest.h>
+
+namespace dcomp::runtime {
+namespace {
+
+// A TinyLlama-like model: 22 layers of 44 MB (34 MB compressed) and a 65 MB output matrix.
+std::vector<UnitInfo> TinyLlamaUnits() {
+  std::vector<UnitInfo> u(22, UnitInfo{"layer", 44'040'192, 33'800'000, 44'000'000, 44'040'192});
+  u.push_back({"output", 65'792'000, 50'400'000, 65'700'000, 65'536'000});
+  return u;
+}
+
+FixedMemory Fixed() {
+  FixedMemory f;
+  f.baseline = 9 << 20;
+  f.kv_cache = 23 << 20;
+  f.activations = 1 << 20;
+  f.margin = 2 << 20;
+  return f;
+}
+
+TEST(ResidencyTest, ParsesBudgets) {
+  EXPECT_EQ(*ParseBudget("600MiB", 0), 600ull << 20);
+  EXPECT_EQ(*ParseBudget("600M", 0), 600ull << 20);
+  EXPECT_EQ(*ParseBudget("1.5GB", 0), 1'500'000'000ull);
+  EXPECT_EQ(*ParseBudget("4096", 0), 4096u);
+  EXPECT_EQ(*ParseBudget("50%", 1000), 500u);
+  for (const char* bad : {"", "MiB", "12XB", "-5", "0%", "1.2.3M", "%"}) {
+    EXPECT_EQ(ParseBudget(bad, 1000).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(ResidencyTest, TooSmallBudgetNamesTheSmallestThatWorks) {
+  const auto units = TinyLlamaUnits();
+  const uint64_t min = MinimumBudget(units, Fixed());
+  Result<Plan> p = ChoosePlan(units, Fixed(), Rates{}, min - 1, Policy::kAdaptive);
+  ASSERT_EQ(p.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(p.status().message().find(std::to_string(min)), std::string::npos)
+      << p.status().message();
+  ASSERT_TRUE(ChoosePlan(units, Fixed(), Rates{}, min, Policy::kAdaptive).ok());
+  // A fixed policy that cannot fit says what it needs.
+  EXPECT_EQ(ChoosePlan(units, Fixed(), Rates{}, 600 << 20, Policy::kAllCompressed).status().code(),
+            StatusCode::kResourceExhausted);
+}
+
+TEST(ResidencyTest, PlansFitAndTheAdaptivePlanIsNeverEstimatedSlower) {
+  const auto units = TinyLlamaUnits();
+  uint64_t int8 = 0;
+  for (const auto& u : units) int8 += u.decoded_bytes;
+  for (double io : {80e6, 800e6, 3e9}) {
+    Rates r;
+    r.io_bytes_per_s = io;
+    r.decode_bytes_per_s = 1.5e9;
+    r.compute_macs_per_s = 2e10;
+    for (double frac : {0.25, 0.35, 0.5, 0.75, 1.0, 1.2}) {
+      const uint64_t budget = static_cast<uint64_t>(frac * static_cast<double>(int8));
+      Result<Plan> a = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive);
+      ASSERT_TRUE(a.ok()) << a.status().ToString();
+      EXPECT_LE(a->total_bytes, budget);
+      for (Policy p : {Policy::kAllCompressed, Policy::kStreamAll, Policy::kStaticSplit,
+                       Policy::kAllDecoded}) {
+        Result<Plan> f = ChoosePlan(units, Fixed(), r, budget, p);
+        if (!f.ok()) continue;
+        EXPECT_LE(f->total_bytes, budget);
+        EXPECT_LE(a->est_seconds_per_token, f->est_seconds_per_token * 1.0001)
+            << PolicyName(p) << " at " << frac << " io " << io << "\n"
+            << a->Summary() << "\n" << f->Summary();
+      }
+    }
+  }
+}
+
+TEST(ResidencyTest, EverythingDecodedWhenItFits) {
+  const auto units = TinyLlamaUnits();
+  Result<Plan> p = ChoosePlan(units, Fixed(), Rates{}, 4ull << 30, Policy::kAdaptive);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->count(Tier::kDecoded), static_cast<int>(units.size()));
+  EXPECT_EQ(p->slots, 0);
+  EXPECT_EQ(p->decode_threads, 0);
+}
+
+}  // namespace
+}  // namespace dcomp::runtime

@@ -1,0 +1,283 @@
+// The streaming runtime end to end: the same greedy tokens as the resident engine at every budget,
+// policy, thread count and prefetch depth (a synthetic model and stories3M); re-planning mid
+// generation; peak RSS under the budget (separate dcomp processes); and faults (EINTR, short
+// reads, EIO, bit flips) that fail one request with DATA_LOSS naming the block and leave the
+// runtime working.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+
+#include "daemon/streaming_weights.h"
+#include "engine/generate.h"
+#include "engine/local_model.h"
+#include "packer/pack.h"
+#include "packer/synth.h"
+#include "storage/fault_injection.h"
+#include "tests/util/mini_json.h"
+#include "tests/util/test_paths.h"
+
+namespace dcomp::runtime {
+namespace {
+
+std::string Temp(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("dcomp_runtime_test_" + name)).string();
+}
+
+// The small synthetic model (42 MB INT8), packed once per test binary.
+const std::string& SmallModel() {
+  static const std::string path = [] {
+    packer::SynthOptions s;
+    s.shape = "small";
+    s.output = Temp("small.gguf");
+    s.entropy_bits = 6.13;
+    EXPECT_TRUE(packer::Synthesize(s).ok());
+    packer::PackOptions o;
+    o.input = s.output;
+    o.output = Temp("small.dcm");
+    o.threads = 2;
+    auto r = packer::Pack(o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return o.output;
+  }();
+  return path;
+}
+
+// stories3M packed as plain INT8 (fast), or "" when ../shared is absent.
+const std::string& Stories3M() {
+  static const std::string path = [] {
+    const std::string src = testing::SharedFile("models/llama2c/stories3M-q80.bin");
+    if (src.empty()) return std::string();
+    packer::PackOptions o;
+    o.input = src;
+    o.output = Temp("s3m.dcm");
+    o.threads = 2;
+    o.scaling = false;
+    o.rate_alloc = false;
+    auto r = packer::Pack(o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return o.output;
+  }();
+  return path;
+}
+
+struct Streamed {
+  LocalModel model;
+  StreamingWeights* rt = nullptr;
+};
+
+Result<Streamed> Open(const std::string& path, RuntimeOptions ro, int threads = 2,
+                 int32_t ctx = 128) {
+  Streamed run;
+  LocalModelOptions o;
+  o.threads = threads;
+  o.context_length = ctx;
+  ro.context_length = ctx;
+  ro.watch_pressure = false;
+  Streamed* r = &run;
+  o.weights = [r, ro](const ModelFile& f, ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
+    ASSIGN_OR_RETURN(auto w, StreamingWeights::Open(dynamic_cast<const DcmModelFile&>(f), ro, pool));
+    r->rt = w.get();
+    return std::unique_ptr<WeightSource>(std::move(w));
+  };
+  ASSIGN_OR_RETURN(run.model, OpenLocalModel(path, o));
+  return run;
+}
+
+Result<std::vector<int32_t>> Greedy(LocalModel& m, int n, const TokenCallback& cb = {}) {
+  m.model->Reset();
+  GenerateRequest req;
+  req.prompt = "Once upon a time";
+  req.max_tokens = n;
+  req.stop_at_eos = false;
+  ASSIGN_OR_RETURN(GenerateResult r, Generate(*m.model, *m.tokenizer, req, cb));
+  return r.generated_ids;
+}
+
+std::vector<int32_t> Resident(const std::string& path, int n) {
+  LocalModelOptions o;
+  o.threads = 2;
+  o.context_length = 128;
+  auto m = OpenLocalModel(path, o);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  auto t = Greedy(*m, n);
+  EXPECT_TRUE(t.ok()) << t.status().ToString();
+  return *t;
+}
+
+// Same tokens as the resident engine for every policy and budget, slot count and thread split.
+void ExpectDeterministic(const std::string& path) {
+  const std::vector<int32_t> want = Resident(path, 24);
+  ASSERT_EQ(want.size(), 24u);
+  Result<Streamed> probe = Open(path, {});
+  ASSERT_TRUE(probe.ok()) << probe.status().ToString();
+  const uint64_t int8 = probe->rt->int8_bytes();
+  const uint64_t fixed = probe->rt->stats().minimum_budget;
+  probe = Status::Ok();  // close
+  struct Case {
+    Policy policy;
+    double extra;  // budget = minimum + extra * INT8 size
+    int slots, decode, compute;
+  };
+  const Case cases[] = {
+      {Policy::kAdaptive, 10.0, 0, 0, 0},      {Policy::kAdaptive, 0.6, 0, 0, 0},
+      {Policy::kAdaptive, 0.3, 0, 0, 0},       {Policy::kAdaptive, 0.0, 0, 0, 0},
+      {Policy::kStreamAll, 1.0, 1, 1, 1},      {Policy::kStreamAll, 1.0, 3, 2, 2},
+      {Policy::kStreamAll, 1.0, 2, 1, 2},      {Policy::kAllCompressed, 1.5, 2, 2, 1},
+      {Policy::kStaticSplit, 0.4, 4, 2, 2},    {Policy::kAllDecoded, 2.0, 0, 0, 1},
+  };
+  for (const Case& c : cases) {
+    RuntimeOptions ro;
+    ro.policy = c.policy;
+    // The process's baseline moves between opens (heap of earlier tests): 8 MiB of slack.
+    ro.budget = fixed + static_cast<uint64_t>(c.extra * static_cast<double>(int8)) + (8 << 20);
+    ro.force_slots = c.slots;
+    ro.force_decode_threads = c.decode;
+    ro.force_compute_threads = c.compute;
+    Result<Streamed> r = Open(path, ro);
+    ASSERT_TRUE(r.ok()) << PolicyName(c.policy) << ": " << r.status().ToString();
+    auto got = Greedy(r->model, 24);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, want) << r->rt->plan().Summary();
+    EXPECT_LE(r->rt->plan().total_bytes, ro.budget);
+  }
+}
+
+TEST(StreamingTest, SameTokensAsResidentOnSyntheticModel) { ExpectDeterministic(SmallModel()); }
+
+TEST(StreamingTest, SameTokensAsResidentOnStories3M) {
+  if (Stories3M().empty()) GTEST_SKIP() << "shared data absent (stories3M)";
+  ExpectDeterministic(Stories3M());
+}
+
+TEST(StreamingTest, BudgetChangesMidGenerationKeepTheTokens) {
+  const std::vector<int32_t> want = Resident(SmallModel(), 32);
+  Result<Streamed> r = Open(SmallModel(), {});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const uint64_t min = r->rt->stats().minimum_budget, int8 = r->rt->int8_bytes();
+  EXPECT_EQ(r->rt->SetBudget(min - 1).code(), StatusCode::kResourceExhausted);
+  int step = 0;
+  std::vector<std::string> plans;
+  auto got = Greedy(r->model, 32, [&](int32_t, const std::string&) {
+    ++step;
+    const uint64_t b = step % 3 == 0 ? min : step % 3 == 1 ? min + int8 / 2 : 0;
+    EXPECT_TRUE(r->rt->SetBudget(b).ok());
+    plans.push_back(r->rt->plan().Summary());
+    return true;
+  });
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, want);
+  EXPECT_GE(r->rt->stats().replans, 20u);
+}
+
+TEST(StreamingTest, TooSmallBudgetIsAClearError) {
+  RuntimeOptions ro;
+  ro.budget = 1 << 20;
+  Result<Streamed> r = Open(SmallModel(), ro);
+  ASSERT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("needs at least"), std::string::npos)
+      << r.status().message();
+}
+
+// Everything streamed through a pread reader whose system calls misbehave.
+struct Faulty {
+  storage::FaultInjector inj;
+  Result<Streamed> run = Status::Ok();
+  explicit Faulty(const std::string& path) {
+    RuntimeOptions ro;
+    ro.policy = Policy::kStreamAll;
+    ro.reader.backend = storage::ReaderBackend::kPread;
+    ro.reader.pread = inj.MakePread();
+    ro.wrap_reader = [this](std::unique_ptr<storage::BlockReader> r) {
+      return inj.Wrap(std::move(r));
+    };
+    run = Open(path, ro);
+  }
+};
+
+TEST(StreamingTest, EintrAndShortReadsAreRetried) {
+  const std::vector<int32_t> want = Resident(SmallModel(), 12);
+  Faulty f(SmallModel());
+  ASSERT_TRUE(f.run.ok()) << f.run.status().ToString();
+  storage::FaultSchedule s;
+  s.eintr_every = 3;
+  s.max_bytes_per_call = 10000;  // not a multiple of anything
+  f.inj.set_schedule(s);
+  auto got = Greedy(f.run->model, 12);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, want);
+  EXPECT_GT(f.inj.faults(), 100);
+}
+
+TEST(StreamingTest, EioFailsTheRequestWithDataLossNamingTheBlockThenRecovers) {
+  const std::vector<int32_t> want = Resident(SmallModel(), 12);
+  Faulty f(SmallModel());
+  ASSERT_TRUE(f.run.ok()) << f.run.status().ToString();
+  storage::FaultSchedule s;
+  s.eio_from_call = f.inj.calls() + 5;
+  s.eio_calls = 1000;  // persists until cleared
+  f.inj.set_schedule(s);
+  auto bad = Greedy(f.run->model, 12);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << bad.status().ToString();
+  EXPECT_NE(bad.status().message().find("block"), std::string::npos) << bad.status().message();
+  f.inj.set_schedule({});  // the fault was transient
+  auto good = Greedy(f.run->model, 12);
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  EXPECT_EQ(*good, want);
+  EXPECT_GE(f.run->rt->stats().errors, 1u);
+}
+
+TEST(StreamingTest, BitFlipFailsTheCrcNamingTheBlockThenRecovers) {
+  const std::vector<int32_t> want = Resident(SmallModel(), 12);
+  Faulty f(SmallModel());
+  ASSERT_TRUE(f.run.ok()) << f.run.status().ToString();
+  for (int64_t later : {3, 11}) {  // a layer and (with 13 units per token) the output
+    storage::FaultSchedule s;
+    s.flip_on_read = f.inj.reads() + later;
+    f.inj.set_schedule(s);
+    auto bad = Greedy(f.run->model, 12);
+    ASSERT_FALSE(bad.ok()) << later;
+    EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << bad.status().ToString();
+    EXPECT_NE(bad.status().message().find("block"), std::string::npos) << bad.status().message();
+    f.inj.set_schedule({});
+    auto good = Greedy(f.run->model, 12);
+    ASSERT_TRUE(good.ok()) << good.status().ToString();
+    EXPECT_EQ(*good, want);
+  }
+}
+
+// Peak RSS of a whole dcomp process stays within budget + 4 MiB, at three budgets, one of them
+// below the compressed size of the model; tokens are the same at each.
+TEST(StreamingTest, PeakRssStaysUnderTheBudget) {
+  const std::string model = SmallModel();
+  const uint64_t file_size = std::filesystem::file_size(model);
+  std::vector<int> first;
+  for (const char* budget : {"100%", "75%", "58%"}) {
+    const std::string cmd = testing::BinaryDir() + "/packer/dcomp generate " + model +
+                            " --prompt 'Once upon a time' -n 16 --ctx 128 --threads 2 --json " +
+                            "--budget " + budget + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string out;
+    std::array<char, 4096> buf;
+    size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+    ASSERT_EQ(pclose(p), 0) << out;
+    testing::Json j = testing::ParseJson(out);
+    const testing::Json& mem = j["runtime"]["memory"];
+    const double b = mem["budget"].num, peak = mem["peak_rss"].num;
+    EXPECT_LE(peak, b + 4 * 1048576.0) << budget << ": " << out;
+    EXPECT_LE(j["runtime"]["plan"]["total_bytes"].num, b) << budget;
+    if (std::string(budget) == "58%") {
+      EXPECT_LT(b, static_cast<double>(file_size));
+    }
+    if (first.empty()) first = j["ids"].ints();
+    EXPECT_EQ(j["ids"].ints(), first) << budget;
+  }
+}
+
+}  // namespace
+}  // namespace dcomp::runtime
