@@ -22,3 +22,6 @@ $dcomp generate "$packed" --prompt "Once upon a time" -n 128 --verbose
 echo
 echo "== the same, sampled (temperature 0.8, top-p 0.9, seed 1)"
 $dcomp generate "$packed" --prompt "The little dog" -n 96 --temperature 0.8 --top-p 0.9 --seed 1
+echo
+echo "== streamed from the .dcm under a 12 MiB RAM budget (every layer read and decoded per token)"
+$dcomp generate "$packed" --prompt "Once upon a time" -n 64 --budget 12MiB --policy stream-all
