@@ -68,7 +68,8 @@ TEST(ResidencyTest, PlansFitAndTheAdaptivePlanIsNeverEstimatedSlower) {
         EXPECT_LE(f->total_bytes, budget);
         EXPECT_LE(a->est_seconds_per_token, f->est_seconds_per_token * 1.0001)
             << PolicyName(p) << " at " << frac << " io " << io << "\n"
-            << a->Summary() << "\n" << f->Summary();
+            << a->Summary() << "\n"
+            << f->Summary();
       }
     }
   }

@@ -5,6 +5,7 @@
 // runtime working.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -22,9 +23,22 @@
 namespace dcomp::runtime {
 namespace {
 
+// Per process: CTest runs each test in its own process, in parallel, and each packs its models.
 std::string Temp(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("dcomp_runtime_test_" + name)).string();
+  return (std::filesystem::temp_directory_path() /
+          ("dcomp_runtime_test_" + std::to_string(getpid()) + "_" + name))
+      .string();
 }
+
+// Removes this process's packed models when the test binary exits.
+struct TempFiles {
+  ~TempFiles() {
+    for (const char* name : {"small.gguf", "small.dcm", "s3m.dcm"}) {
+      std::error_code ec;
+      std::filesystem::remove(Temp(name), ec);
+    }
+  }
+} temp_files;
 
 // The small synthetic model (42 MB INT8), packed once per test binary.
 const std::string& SmallModel() {
@@ -69,7 +83,7 @@ struct Streamed {
 };
 
 Result<Streamed> Open(const std::string& path, RuntimeOptions ro, int threads = 2,
-                 int32_t ctx = 128) {
+                      int32_t ctx = 128) {
   Streamed run;
   LocalModelOptions o;
   o.threads = threads;
@@ -77,8 +91,10 @@ Result<Streamed> Open(const std::string& path, RuntimeOptions ro, int threads = 
   ro.context_length = ctx;
   ro.watch_pressure = false;
   Streamed* r = &run;
-  o.weights = [r, ro](const ModelFile& f, ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
-    ASSIGN_OR_RETURN(auto w, StreamingWeights::Open(dynamic_cast<const DcmModelFile&>(f), ro, pool));
+  o.weights = [r, ro](const ModelFile& f,
+                      ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
+    ASSIGN_OR_RETURN(auto w,
+                     StreamingWeights::Open(dynamic_cast<const DcmModelFile&>(f), ro, pool));
     r->rt = w.get();
     return std::unique_ptr<WeightSource>(std::move(w));
   };
@@ -122,11 +138,11 @@ void ExpectDeterministic(const std::string& path) {
     int slots, decode, compute;
   };
   const Case cases[] = {
-      {Policy::kAdaptive, 10.0, 0, 0, 0},      {Policy::kAdaptive, 0.6, 0, 0, 0},
-      {Policy::kAdaptive, 0.3, 0, 0, 0},       {Policy::kAdaptive, 0.0, 0, 0, 0},
-      {Policy::kStreamAll, 1.0, 1, 1, 1},      {Policy::kStreamAll, 1.0, 3, 2, 2},
-      {Policy::kStreamAll, 1.0, 2, 1, 2},      {Policy::kAllCompressed, 1.5, 2, 2, 1},
-      {Policy::kStaticSplit, 0.4, 4, 2, 2},    {Policy::kAllDecoded, 2.0, 0, 0, 1},
+      {Policy::kAdaptive, 10.0, 0, 0, 0},   {Policy::kAdaptive, 0.6, 0, 0, 0},
+      {Policy::kAdaptive, 0.3, 0, 0, 0},    {Policy::kAdaptive, 0.0, 0, 0, 0},
+      {Policy::kStreamAll, 1.0, 1, 1, 1},   {Policy::kStreamAll, 1.0, 3, 2, 2},
+      {Policy::kStreamAll, 1.0, 2, 1, 2},   {Policy::kAllCompressed, 1.5, 2, 2, 1},
+      {Policy::kStaticSplit, 0.4, 4, 2, 2}, {Policy::kAllDecoded, 2.0, 0, 0, 1},
   };
   for (const Case& c : cases) {
     RuntimeOptions ro;
@@ -177,8 +193,7 @@ TEST(StreamingTest, TooSmallBudgetIsAClearError) {
   ro.budget = 1 << 20;
   Result<Streamed> r = Open(SmallModel(), ro);
   ASSERT_EQ(r.status().code(), StatusCode::kResourceExhausted);
-  EXPECT_NE(r.status().message().find("needs at least"), std::string::npos)
-      << r.status().message();
+  EXPECT_NE(r.status().message().find("needs at least"), std::string::npos) << r.status().message();
 }
 
 // Everything streamed through a pread reader whose system calls misbehave.
