@@ -12,8 +12,8 @@ Result<PageBuffer> PageBuffer::Allocate(size_t size, const char* what) {
   PageBuffer b;
   if (size == 0) return b;
   const size_t n = RoundUpToPage(size);
-  void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1,
-                 0);
+  void* p =
+      mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (p == MAP_FAILED) {
     return ResourceExhaustedError(std::string("cannot allocate ") + std::to_string(n) +
                                   " bytes for " + what + ": " + std::strerror(errno));

@@ -14,7 +14,9 @@
 namespace dcomp {
 
 inline constexpr size_t kPageSize = 4096;
-inline constexpr size_t RoundUpToPage(size_t n) { return (n + kPageSize - 1) / kPageSize * kPageSize; }
+inline constexpr size_t RoundUpToPage(size_t n) {
+  return (n + kPageSize - 1) / kPageSize * kPageSize;
+}
 
 class PageBuffer {
  public:

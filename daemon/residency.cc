@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <utility>
+
+#include "base/flags.h"
 
 namespace dcomp::runtime {
 
@@ -180,7 +183,9 @@ std::vector<Tier> Interleave(int n, int n_d, int n_c) {
       }
     }
     ++got[best];
-    t[static_cast<size_t>(i)] = best == 0 ? Tier::kDecoded : best == 1 ? Tier::kCompressed : Tier::kFlash;
+    t[static_cast<size_t>(i)] = best == 0   ? Tier::kDecoded
+                                : best == 1 ? Tier::kCompressed
+                                            : Tier::kFlash;
   }
   return t;
 }
@@ -234,11 +239,15 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
     }
   };
   switch (policy) {
-    case Policy::kAllDecoded: fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kDecoded)); break;
+    case Policy::kAllDecoded:
+      fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kDecoded));
+      break;
     case Policy::kAllCompressed:
       fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kCompressed));
       break;
-    case Policy::kStreamAll: fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kFlash)); break;
+    case Policy::kStreamAll:
+      fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kFlash));
+      break;
     case Policy::kStaticSplit:
       // As many units compressed in RAM as fit, in execution order, the rest streamed.
       for (int keep = n; keep >= 0 && !found; --keep) {
@@ -287,7 +296,7 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
   return best;
 }
 
-Result<uint64_t> ParseBudget(const std::string& s, uint64_t reference_bytes) {
+Result<BudgetSpec> ParseBudgetSpec(const std::string& s) {
   auto bad = [&] {
     return InvalidArgumentError("budget '" + s +
                                 "': expected bytes with an optional unit (K, M, G, KiB, MiB, GiB, "
@@ -295,40 +304,36 @@ Result<uint64_t> ParseBudget(const std::string& s, uint64_t reference_bytes) {
   };
   size_t i = 0;
   while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
-  if (i == 0) return bad();
-  double v = 0;
-  try {
-    size_t used = 0;
-    v = std::stod(s.substr(0, i), &used);
-    if (used != i) return bad();
-  } catch (...) {
-    return bad();
-  }
-  std::string unit = s.substr(i);
-  double mult = 1;
-  if (unit.empty() || unit == "B") {
-    mult = 1;
-  } else if (unit == "%") {
+  Result<double> number = ParseDouble(s.substr(0, i), "budget");
+  if (!number.ok()) return bad();
+  const double v = *number;
+  const std::string unit = s.substr(i);
+  BudgetSpec spec;
+  if (unit == "%") {
     if (v <= 0 || v > 1000) return bad();
-    return static_cast<uint64_t>(std::llround(v / 100.0 * static_cast<double>(reference_bytes)));
-  } else if (unit == "K" || unit == "KiB") {
-    mult = 1024.0;
-  } else if (unit == "M" || unit == "MiB") {
-    mult = 1024.0 * 1024;
-  } else if (unit == "G" || unit == "GiB") {
-    mult = 1024.0 * 1024 * 1024;
-  } else if (unit == "KB") {
-    mult = 1e3;
-  } else if (unit == "MB") {
-    mult = 1e6;
-  } else if (unit == "GB") {
-    mult = 1e9;
-  } else {
-    return bad();
+    spec.percent = v;
+    return spec;
   }
-  const double bytes = v * mult;
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1.0},        {"B", 1.0},         {"K", 1024.0},       {"KiB", 1024.0},
+      {"M", 1048576.0}, {"MiB", 1048576.0}, {"G", 1073741824.0}, {"GiB", 1073741824.0},
+      {"KB", 1e3},      {"MB", 1e6},        {"GB", 1e9}};
+  const auto* u = std::find_if(std::begin(kUnits), std::end(kUnits),
+                               [&](const auto& e) { return unit == e.first; });
+  if (u == std::end(kUnits)) return bad();
+  const double bytes = v * u->second;
   if (!(bytes >= 1) || bytes > 1e15) return bad();
-  return static_cast<uint64_t>(std::llround(bytes));
+  spec.bytes = static_cast<uint64_t>(std::llround(bytes));
+  return spec;
+}
+
+Result<uint64_t> ParseBudget(const std::string& s, uint64_t reference_bytes) {
+  ASSIGN_OR_RETURN(BudgetSpec spec, ParseBudgetSpec(s));
+  if (spec.percent > 0) {
+    return static_cast<uint64_t>(
+        std::llround(spec.percent / 100.0 * static_cast<double>(reference_bytes)));
+  }
+  return spec.bytes;
 }
 
 }  // namespace dcomp::runtime

@@ -32,14 +32,14 @@ struct UnitInfo {
 
 // Memory that does not depend on the plan.
 struct FixedMemory {
-  uint64_t baseline = 0;       // resident before the runtime allocated anything (measured)
-  uint64_t vectors = 0;        // norms, biases, embedding row scales (always decoded)
-  uint64_t kv_cache = 0;       // the transformer's KV cache for the context length
-  uint64_t activations = 0;    // the transformer's scratch and RoPE table
-  uint64_t request = 0;        // logits and sampler buffers of one request
-  uint64_t lookup = 0;         // embedding-row lookup scratch (one stored + one raw block)
-  uint64_t decoders = 0;       // every decode worker's codec context and scratch
-  uint64_t margin = 0;         // heap growth, thread stacks, page tables
+  uint64_t baseline = 0;     // resident before the runtime allocated anything (measured)
+  uint64_t vectors = 0;      // norms, biases, embedding row scales (always decoded)
+  uint64_t kv_cache = 0;     // the transformer's KV cache for the context length
+  uint64_t activations = 0;  // the transformer's scratch and RoPE table
+  uint64_t request = 0;      // logits and sampler buffers of one request
+  uint64_t lookup = 0;       // embedding-row lookup scratch (one stored + one raw block)
+  uint64_t decoders = 0;     // every decode worker's codec context and scratch
+  uint64_t margin = 0;       // heap growth, thread stacks, page tables
   uint64_t total() const {
     return baseline + vectors + kv_cache + activations + request + lookup + decoders + margin;
   }
@@ -47,19 +47,19 @@ struct FixedMemory {
 
 // Measured speeds (per thread where it says so).
 struct Rates {
-  double compute_macs_per_s = 2e10;  // one compute thread
+  double compute_macs_per_s = 2e10;           // one compute thread
   double compute_parallel_efficiency = 0.85;  // speed-up of n threads = 1 + (n - 1) * this
-  double decode_bytes_per_s = 1e9;   // raw bytes per second, one decode thread
-  double io_bytes_per_s = 1e9;       // flash read throughput
+  double decode_bytes_per_s = 1e9;            // raw bytes per second, one decode thread
+  double io_bytes_per_s = 1e9;                // flash read throughput
   int cores = 2;
 };
 
 enum class Policy {
-  kAdaptive,         // the controller: search tiers, slots, staging and threads
-  kAllCompressed,    // every unit compressed in RAM
-  kStreamAll,        // every unit read from flash for every token
-  kStaticSplit,      // first units compressed in RAM as far as the budget allows, the rest streamed
-  kAllDecoded,       // the resident engine: every unit decoded
+  kAdaptive,       // the controller: search tiers, slots, staging and threads
+  kAllCompressed,  // every unit compressed in RAM
+  kStreamAll,      // every unit read from flash for every token
+  kStaticSplit,    // first units compressed in RAM as far as the budget allows, the rest streamed
+  kAllDecoded,     // the resident engine: every unit decoded
 };
 const char* PolicyName(Policy p);
 Result<Policy> ParsePolicy(const std::string& s);
@@ -104,6 +104,13 @@ struct PlanConstraints {
 Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
                         const Rates& rates, uint64_t budget, Policy policy,
                         const PlanConstraints& constraints = {});
+
+// A budget as given: bytes, or a percentage of the model's INT8 size (resolved by the runtime).
+struct BudgetSpec {
+  uint64_t bytes = 0;
+  double percent = 0;  // > 0 when given as "PCT%"
+};
+Result<BudgetSpec> ParseBudgetSpec(const std::string& s);
 
 // "600MiB", "600M" (binary multiples: K, M, G, KiB, MiB, GiB), "1.5GB" (decimal: KB, MB, GB),
 // "123456" bytes, or "50%" of `reference_bytes` (the model's INT8 size).

@@ -25,10 +25,9 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 }
 
 // The layer matrices in LayerWeights order.
-constexpr const char* kLayerMatrices[] = {"attn_q.weight",      "attn_k.weight",
-                                          "attn_v.weight",      "attn_output.weight",
-                                          "ffn_gate.weight",    "ffn_down.weight",
-                                          "ffn_up.weight"};
+constexpr const char* kLayerMatrices[] = {
+    "attn_q.weight",   "attn_k.weight",   "attn_v.weight", "attn_output.weight",
+    "ffn_gate.weight", "ffn_down.weight", "ffn_up.weight"};
 
 struct TensorLayout {
   int tensor = -1;
@@ -53,7 +52,6 @@ struct StreamingWeights::Impl {
     uint64_t range_begin = 0, range_end = 0;
     uint32_t first_block = 0, last_block = 0;  // of the range
     size_t decoded_size = 0;
-    uint64_t raw_bytes = 0;
     Tier tier = Tier::kFlash;
     PageBuffer decoded, compressed;
     LayerWeights layer_view;
@@ -77,7 +75,6 @@ struct StreamingWeights::Impl {
   };
 
   StreamingWeights* self = nullptr;
-  const DcmModelFile* file = nullptr;
   const storage::ContainerReader* reader = nullptr;
   RuntimeOptions opt;
   ThreadPool* pool = nullptr;
@@ -100,29 +97,29 @@ struct StreamingWeights::Impl {
 
   mutable std::mutex mu;
   std::condition_variable cv;
-  Plan plan;                      // guarded by mu
-  RuntimeStats st;                // guarded by mu
-  bool replan_pending = false;    // guarded by mu
-  std::string replan_reason;      // guarded by mu
+  Plan plan;                    // guarded by mu
+  RuntimeStats st;              // guarded by mu
+  bool replan_pending = false;  // guarded by mu
+  std::string replan_reason;    // guarded by mu
   std::vector<PageBuffer> slots, staging;
-  std::vector<int> free_slots, free_staging;   // guarded by mu
-  std::deque<std::shared_ptr<Item>> items;     // guarded by mu: in unit order
-  int in_flight = 0;                           // guarded by mu: items reading or decoding
-  std::vector<int> seq;                        // streamed units in execution order
-  std::vector<int> seq_pos;                    // unit -> index in seq (-1)
-  size_t next_pos = 0;                         // guarded by mu
-  bool paused = true, stop = false;            // guarded by mu
-  std::deque<Task> tasks;                      // guarded by mu
-  int active_decode = 0;                       // guarded by mu
+  std::vector<int> free_slots, free_staging;  // guarded by mu
+  std::deque<std::shared_ptr<Item>> items;    // guarded by mu: in unit order
+  int in_flight = 0;                          // guarded by mu: items reading or decoding
+  std::vector<int> seq;                       // streamed units in execution order
+  std::vector<int> seq_pos;                   // unit -> index in seq (-1)
+  size_t next_pos = 0;                        // guarded by mu
+  bool paused = true, stop = false;           // guarded by mu
+  std::deque<Task> tasks;                     // guarded by mu
+  int active_decode = 0;                      // guarded by mu
   std::vector<std::thread> decoders;
   std::thread prefetcher, monitor;
 
-  size_t pass_tokens = 0;      // compute thread: tokens of the current pass
+  size_t pass_tokens = 0;  // compute thread: tokens of the current pass
   Status Calibrate(Rates* rates);
 
   std::shared_ptr<Item> held;  // compute thread
   Clock::time_point held_since;
-  double token_compute = 0;    // compute thread: seconds in units this token
+  double token_compute = 0;  // compute thread: seconds in units this token
   uint64_t token_macs = 0;
 
   ~Impl() {
@@ -135,8 +132,6 @@ struct StreamingWeights::Impl {
     if (monitor.joinable()) monitor.join();
     for (auto& t : decoders) t.join();
   }
-
-  std::string UnitName(int u) const { return self->units_[static_cast<size_t>(u)].name; }
 
   // ---- decoding -------------------------------------------------------------------------------
   Status DecodeWork(const Unit& U, const WorkBlock& w, const uint8_t* stored_range, uint8_t* dst,
@@ -159,8 +154,8 @@ struct StreamingWeights::Impl {
     int8_t* q = reinterpret_cast<int8_t*>(dst + T.q_off) + w.row0 * T.stride;
     if (T.stride == T.cols) {
       RETURN_IF_ERROR(reader->DecodeBlock(
-          w.block, stored,
-          std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), w.rows * T.cols), dec));
+          w.block, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), w.rows * T.cols),
+          dec));
     } else {
       RETURN_IF_ERROR(
           reader->DecodeBlock(w.block, stored, std::span<uint8_t>(scratch, w.rows * T.cols), dec));
@@ -183,7 +178,10 @@ struct StreamingWeights::Impl {
     v.quantized = true;
     v.q8 = {reinterpret_cast<const int8_t*>(base + T.q_off),
             reinterpret_cast<const float*>(base + T.scale_off),
-            reinterpret_cast<const int32_t*>(base + T.rowsum_off), T.rows, T.cols, T.stride};
+            reinterpret_cast<const int32_t*>(base + T.rowsum_off),
+            T.rows,
+            T.cols,
+            T.stride};
     return v;
   }
 
@@ -194,7 +192,7 @@ struct StreamingWeights::Impl {
       return;
     }
     *layer = U.layer_view;  // norms and biases (pinned)
-    LinearWeights* dst[] = {&layer->wq, &layer->wk, &layer->wv, &layer->wo,
+    LinearWeights* dst[] = {&layer->wq,     &layer->wk,     &layer->wv,  &layer->wo,
                             &layer->w_gate, &layer->w_down, &layer->w_up};
     for (size_t i = 0; i < 7; ++i) {
       const float* bias = dst[i]->bias;
@@ -213,12 +211,23 @@ struct StreamingWeights::Impl {
                       " ..): " + s.message());
   }
 
-  // Reads a unit's range in chunks of whole 4 KiB pages; a failing chunk is named by its blocks.
+  // Reads a unit's whole (page-aligned) range; a failure names the unit's blocks.
   Status ReadUnit(storage::BlockReader* r, const Unit& U, uint8_t* dst) const {
     const uint64_t size = U.range_end - U.range_begin;
     Status s = r->Read(U.range_begin, size, dst);
     if (!s.ok()) return BlockError(U, s);
     return Status::Ok();
+  }
+
+  // Reads the pages holding block i into lookup_stored (page-aligned, as O_DIRECT needs) and
+  // returns where its stored bytes start there. Compute thread.
+  Result<const uint8_t*> ReadBlockPages(uint32_t i) {
+    const pb::Block& b = reader->block(i);
+    const uint64_t begin = b.offset() / kPageSize * kPageSize;
+    const uint64_t end =
+        std::min<uint64_t>(RoundUpToPage(b.offset() + b.stored_size()), aux_reader->file_size());
+    RETURN_IF_ERROR(aux_reader->Read(begin, end - begin, lookup_stored.data()));
+    return lookup_stored.data() + (b.offset() - begin);
   }
 
   // ---- pipeline -------------------------------------------------------------------------------
@@ -227,18 +236,28 @@ struct StreamingWeights::Impl {
     it->slot = -1;
   }
 
+  // Takes an item out of the ring: its slot is freed now if it is finished, else when its last
+  // block completes.
+  void Drop(const std::shared_ptr<Item>& it) {  // mu held
+    if (it->state == Item::kReady || it->state == Item::kFailed) {
+      FreeItem(it);
+    } else {
+      it->cancelled = true;
+    }
+  }
+
   void Complete(const std::shared_ptr<Item>& it) {  // mu held; last block done
     if (it->staging >= 0) free_staging.push_back(it->staging);
     it->staging = -1;
     --in_flight;
     if (it->error.ok()) {
       it->state = Item::kReady;
-      const Unit& U = units[static_cast<size_t>(it->unit)];
+      const uint64_t raw = self->units_[static_cast<size_t>(it->unit)].raw_bytes;
       BuildViews(it->unit, it->dst, &it->layer_view, &it->head_view);
-      st.decoded_bytes += U.raw_bytes;
+      st.decoded_bytes += raw;
       st.decode_thread_seconds += it->decode_seconds;
       if (it->decode_seconds > 0) {
-        const double rate = static_cast<double>(U.raw_bytes) / it->decode_seconds;
+        const double rate = static_cast<double>(raw) / it->decode_seconds;
         st.rates.decode_bytes_per_s = 0.8 * st.rates.decode_bytes_per_s + 0.2 * rate;
       }
     } else {
@@ -358,7 +377,7 @@ struct StreamingWeights::Impl {
     replan_reason = std::move(why);
   }
 
-  uint64_t EffectiveBudget() const {  // mu held
+  uint64_t EffectiveBudget() const {                                      // mu held
     if (st.budget == 0) return std::numeric_limits<uint64_t>::max() / 4;  // no limit
     if (st.budget_factor >= 1.0) return st.budget;
     // Under memory pressure: a smaller share of the budget, never below what works.
@@ -375,15 +394,10 @@ struct StreamingWeights::Impl {
     Unit& U = units[static_cast<size_t>(u)];
     ASSIGN_OR_RETURN(U.decoded, PageBuffer::Allocate(U.decoded_size, "a decoded unit"));
     for (const WorkBlock& w : U.work) {
-      const pb::Block& b = reader->block(w.block);
-      // The page-aligned span holding the block (O_DIRECT needs it; harmless otherwise).
-      const uint64_t begin = b.offset() / kPageSize * kPageSize;
-      const uint64_t end = std::min<uint64_t>(RoundUpToPage(b.offset() + b.stored_size()),
-                                              aux_reader->file_size());
-      Status s = aux_reader->Read(begin, end - begin, lookup_stored.data());
-      if (!s.ok()) return BlockError(U, s);
+      Result<const uint8_t*> stored = ReadBlockPages(w.block);
+      if (!stored.ok()) return BlockError(U, stored.status());
       // DecodeWork addresses the block relative to the unit range start.
-      const uint8_t* range = lookup_stored.data() - (begin - U.range_begin);
+      const uint8_t* range = *stored - (reader->block(w.block).offset() - U.range_begin);
       RETURN_IF_ERROR(DecodeWork(U, w, range, U.decoded.data(), &aux_decoder, lookup_raw.data()));
     }
     aux_reader->DropCache(U.range_begin, U.range_end - U.range_begin);
@@ -405,13 +419,7 @@ struct StreamingWeights::Impl {
     {
       std::unique_lock<std::mutex> l(mu);
       paused = true;
-      for (auto& it : items) {
-        if (it->state == Item::kReady || it->state == Item::kFailed) {
-          FreeItem(it);
-        } else {
-          it->cancelled = true;
-        }
-      }
+      for (auto& it : items) Drop(it);
       items.clear();
       cv.notify_all();
       cv.wait(l, [&] { return in_flight == 0; });
@@ -450,11 +458,17 @@ struct StreamingWeights::Impl {
     if (streamed) np.decode_threads = std::max(np.decode_threads, 1);
     for (int i = 0; i < np.slots && status.ok(); ++i) {
       Result<PageBuffer> b = PageBuffer::Allocate(np.slot_bytes, "a decoded slot");
-      if (b.ok()) slots.push_back(std::move(b).value()); else status = b.status();
+      if (b.ok())
+        slots.push_back(std::move(b).value());
+      else
+        status = b.status();
     }
     for (int i = 0; i < np.staging && status.ok(); ++i) {
       Result<PageBuffer> b = PageBuffer::Allocate(np.staging_bytes, "an I/O staging buffer");
-      if (b.ok()) staging.push_back(std::move(b).value()); else status = b.status();
+      if (b.ok())
+        staging.push_back(std::move(b).value());
+      else
+        status = b.status();
     }
     np.slots = static_cast<int>(slots.size());
     np.staging = static_cast<int>(staging.size());
@@ -510,9 +524,8 @@ struct StreamingWeights::Impl {
     Plan cur = plan;
     EstimateSeconds(self->units_, st.rates, cur);
     if (np->est_seconds_per_token < 0.9 * cur.est_seconds_per_token) {
-      RequestReplan("measured rates (estimate " +
-                    std::to_string(cur.est_seconds_per_token * 1e3) + " -> " +
-                    std::to_string(np->est_seconds_per_token * 1e3) + " ms/token)");
+      RequestReplan("measured rates (estimate " + std::to_string(cur.est_seconds_per_token * 1e3) +
+                    " -> " + std::to_string(np->est_seconds_per_token * 1e3) + " ms/token)");
     }
   }
 };
@@ -537,7 +550,6 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   impl_ = std::make_unique<Impl>();
   Impl& m = *impl_;
   m.self = this;
-  m.file = &file;
   m.reader = &file.reader();
   m.opt = options;
   m.pool = compute_pool;
@@ -573,9 +585,8 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     return t;
   };
   auto read_vector = [&](const std::string& name) -> Result<std::vector<float>*> {
-    ASSIGN_OR_RETURN(int t, find(name, false));
+    RETURN_IF_ERROR(find(name, false).status());
     ASSIGN_OR_RETURN(std::vector<float> v, file.ReadF32(name));
-    (void)t;
     m.vectors.push_back(std::move(v));
     return &m.vectors.back();
   };
@@ -585,7 +596,13 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   const int n_units = config_.n_layers + 1;
   m.units.resize(static_cast<size_t>(n_units));
   units_.resize(static_cast<size_t>(n_units));
-  auto add_tensor = [&](Impl::Unit& U, int t) {
+  auto note_block_sizes = [&](const pb::Block& b) {
+    m.max_raw_block = std::max<size_t>(m.max_raw_block, b.raw_size());
+    m.max_stored_block = std::max<size_t>(m.max_stored_block, b.stored_size());
+  };
+  // Adds tensor t to unit u: its decoded layout and its blocks.
+  auto add_tensor = [&](int u, int t) {
+    Impl::Unit& U = m.units[static_cast<size_t>(u)];
     const pb::Tensor& T = r.manifest().tensors(t);
     TensorLayout L;
     L.tensor = t;
@@ -608,9 +625,8 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     }
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const pb::Block& b = r.block(T.first_block() + k);
-      U.raw_bytes += b.raw_size();
-      m.max_raw_block = std::max<size_t>(m.max_raw_block, b.raw_size());
-      m.max_stored_block = std::max<size_t>(m.max_stored_block, b.stored_size());
+      units_[static_cast<size_t>(u)].raw_bytes += b.raw_size();
+      note_block_sizes(b);
     }
   };
   auto set_range = [&](Impl::Unit& U) {
@@ -631,18 +647,18 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     Impl::Unit& U = m.units[static_cast<size_t>(l)];
     for (const char* what : kLayerMatrices) {
       ASSIGN_OR_RETURN(int t, find(LayerTensorName(l, what), true));
-      add_tensor(U, t);
+      add_tensor(l, t);
     }
     set_range(U);
-    ASSIGN_OR_RETURN(std::vector<float>* an, read_vector(LayerTensorName(l, "attn_norm.weight")));
-    ASSIGN_OR_RETURN(std::vector<float>* fn, read_vector(LayerTensorName(l, "ffn_norm.weight")));
+    ASSIGN_OR_RETURN(std::vector<float> * an, read_vector(LayerTensorName(l, "attn_norm.weight")));
+    ASSIGN_OR_RETURN(std::vector<float> * fn, read_vector(LayerTensorName(l, "ffn_norm.weight")));
     U.layer_view.attn_norm = an->data();
     U.layer_view.ffn_norm = fn->data();
     if (config_.qkv_bias) {
       const char* names[] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
       LinearWeights* lw[] = {&U.layer_view.wq, &U.layer_view.wk, &U.layer_view.wv};
       for (int i = 0; i < 3; ++i) {
-        ASSIGN_OR_RETURN(std::vector<float>* b, read_vector(LayerTensorName(l, names[i])));
+        ASSIGN_OR_RETURN(std::vector<float> * b, read_vector(LayerTensorName(l, names[i])));
         lw[i]->bias = b->data();
       }
     }
@@ -652,26 +668,21 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   {
     Impl::Unit& H = m.units.back();
     ASSIGN_OR_RETURN(int t, m.tied ? Result<int>(m.embd_tensor) : find("output.weight", true));
-    add_tensor(H, t);
+    add_tensor(n_units - 1, t);
     set_range(H);
     units_.back().name = m.tied ? "output (tied embedding)" : "output";
   }
-  ASSIGN_OR_RETURN(std::vector<float>* fnorm, read_vector("output_norm.weight"));
+  ASSIGN_OR_RETURN(std::vector<float> * fnorm, read_vector("output_norm.weight"));
   globals_.final_norm = fnorm->data();
   {
     const pb::Tensor& E = r.manifest().tensors(m.embd_tensor);
     m.embd_scales.resize(static_cast<size_t>(E.rows()));
     storage::BlockDecoder dec;
-    RETURN_IF_ERROR(r.ReadBlock(
-        E.first_block(),
-        std::span<uint8_t>(reinterpret_cast<uint8_t*>(m.embd_scales.data()),
-                           m.embd_scales.size() * 4),
-        &dec));
-    for (size_t i = 1; i < E.num_blocks(); ++i) {
-      m.max_raw_block = std::max<size_t>(m.max_raw_block, r.block(E.first_block() + i).raw_size());
-      m.max_stored_block =
-          std::max<size_t>(m.max_stored_block, r.block(E.first_block() + i).stored_size());
-    }
+    RETURN_IF_ERROR(r.ReadBlock(E.first_block(),
+                                std::span<uint8_t>(reinterpret_cast<uint8_t*>(m.embd_scales.data()),
+                                                   m.embd_scales.size() * 4),
+                                &dec));
+    for (uint32_t i = 1; i < E.num_blocks(); ++i) note_block_sizes(r.block(E.first_block() + i));
   }
   r.DropMappedPages();
   for (int u = 0; u < n_units; ++u) {
@@ -679,7 +690,6 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     UnitInfo& I = units_[static_cast<size_t>(u)];
     I.decoded_bytes = RoundUpToPage(U.decoded_size);
     I.compressed_bytes = U.range_end - U.range_begin;
-    I.raw_bytes = U.raw_bytes;
     for (const TensorLayout& T : U.tensors) I.macs_per_token += T.rows * T.cols;
     int8_bytes_ += I.decoded_bytes;
   }
@@ -708,12 +718,11 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   f.vectors += m.embd_scales.capacity() * sizeof(float);
   const int32_t ctx = options.context_length == 0 ? config_.context_length : options.context_length;
   const size_t vocab = static_cast<size_t>(config_.vocab_size);
-  f.kv_cache = 2 * static_cast<uint64_t>(config_.n_layers) * static_cast<uint64_t>(ctx) *
-               static_cast<uint64_t>(config_.kv_dim()) * sizeof(float);
+  f.kv_cache = Transformer::KvCacheBytes(config_, ctx);
   f.activations = Transformer::MemoryBytes(config_, ctx) - f.kv_cache;
   // Logits rows, plus the sampler's candidates (8 bytes per id) and one more logits row.
-  f.request = (static_cast<uint64_t>(std::max(1, options.max_logit_rows)) + 1) * vocab * 4 +
-              vocab * 8;
+  f.request =
+      (static_cast<uint64_t>(std::max(1, options.max_logit_rows)) + 1) * vocab * 4 + vocab * 8;
   f.lookup = m.lookup_stored.size() + m.lookup_raw.size();
   // Each decode worker: a zstd context (~160 KiB) and a row scratch.
   f.decoders = static_cast<uint64_t>(m.cores) * (RoundUpToPage(m.max_raw_block) + (192u << 10));
@@ -729,8 +738,8 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   }
 
   if (options.budget_percent > 0) {
-    m.opt.budget = static_cast<uint64_t>(options.budget_percent / 100.0 *
-                                         static_cast<double>(int8_bytes_));
+    m.opt.budget =
+        static_cast<uint64_t>(options.budget_percent / 100.0 * static_cast<double>(int8_bytes_));
   }
   Rates rates;
   if (options.rates != nullptr) {
@@ -766,14 +775,11 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
     if (w.scale || n == 16) continue;
     ++n;
     const pb::Block& b = reader->block(w.block);
-    const uint64_t begin = b.offset() / kPageSize * kPageSize;
-    const uint64_t end =
-        std::min<uint64_t>(RoundUpToPage(b.offset() + b.stored_size()), aux_reader->file_size());
-    RETURN_IF_ERROR(aux_reader->Read(begin, end - begin, lookup_stored.data()));
+    ASSIGN_OR_RETURN(const uint8_t* stored, ReadBlockPages(w.block));
     const auto t0 = Clock::now();
-    RETURN_IF_ERROR(reader->DecodeBlock(
-        w.block, std::span<const uint8_t>(lookup_stored.data() + (b.offset() - begin), b.stored_size()),
-        std::span<uint8_t>(lookup_raw.data(), b.raw_size()), &aux_decoder));
+    RETURN_IF_ERROR(reader->DecodeBlock(w.block, std::span<const uint8_t>(stored, b.stored_size()),
+                                        std::span<uint8_t>(lookup_raw.data(), b.raw_size()),
+                                        &aux_decoder));
     secs += Seconds(t0, Clock::now());
     bytes += b.raw_size();
   }
@@ -781,15 +787,14 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
   // Flash: up to 8 MiB of the largest range, cold (its cached pages dropped first).
   size_t big = 0;
   for (size_t u = 0; u < units.size(); ++u) {
-    if (units[u].range_end - units[u].range_begin >
-        units[big].range_end - units[big].range_begin) {
+    if (units[u].range_end - units[u].range_begin > units[big].range_end - units[big].range_begin) {
       big = u;
     }
   }
   const Unit& B = units[big];
   const uint64_t total = std::min<uint64_t>(B.range_end - B.range_begin, 8u << 20);
-  ASSIGN_OR_RETURN(PageBuffer tmp, PageBuffer::Allocate(std::min<uint64_t>(total, 1u << 20),
-                                                        "calibration"));
+  ASSIGN_OR_RETURN(PageBuffer tmp,
+                   PageBuffer::Allocate(std::min<uint64_t>(total, 1u << 20), "calibration"));
   aux_reader->DropCache(B.range_begin, total);
   const auto t0 = Clock::now();
   for (uint64_t off = 0; off < total; off += tmp.size()) {
@@ -808,8 +813,8 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
     std::vector<float> scale(rows, 0.01f), y(rows);
     std::vector<int32_t> rs(rows, 0);
     std::vector<int8_t> xq(stride, 1);
-    const kernels::Q8MatrixView mv{reinterpret_cast<const int8_t*>(tmp.data()), scale.data(),
-                                   rs.data(), rows, cols, stride};
+    const kernels::Q8MatrixView mv{
+        reinterpret_cast<const int8_t*>(tmp.data()), scale.data(), rs.data(), rows, cols, stride};
     const kernels::KernelTable& kt = kernels::Kernels();
     kt.gemv_q8_q8(mv, xq.data(), 1.0f, y.data(), 0, rows);
     const auto c0 = Clock::now();
@@ -828,9 +833,8 @@ Status StreamingWeights::BeginPass(size_t tokens) {
     const double speedup =
         1.0 + (m.plan.compute_threads - 1) * m.st.rates.compute_parallel_efficiency;
     const double rate = static_cast<double>(m.token_macs) / (m.token_compute * speedup);
-    m.st.rates.compute_macs_per_s = m.st.tokens <= 1
-                                        ? rate
-                                        : 0.8 * m.st.rates.compute_macs_per_s + 0.2 * rate;
+    m.st.rates.compute_macs_per_s =
+        m.st.tokens <= 1 ? rate : 0.8 * m.st.rates.compute_macs_per_s + 0.2 * rate;
     m.st.compute_seconds += m.token_compute;
   }
   m.token_compute = 0;
@@ -878,13 +882,8 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
   const auto t0 = Clock::now();
   for (;;) {
     while (!m.items.empty() && m.items.front()->unit != u) {
-      auto it = m.items.front();
+      m.Drop(m.items.front());
       m.items.pop_front();
-      if (it->state == Impl::Item::kReady || it->state == Impl::Item::kFailed) {
-        m.FreeItem(it);
-      } else {
-        it->cancelled = true;
-      }
       m.cv.notify_all();
     }
     if (m.items.empty()) {
@@ -895,9 +894,8 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
       continue;
     }
     std::shared_ptr<Impl::Item> it = m.items.front();
-    m.cv.wait(l, [&] {
-      return it->state == Impl::Item::kReady || it->state == Impl::Item::kFailed;
-    });
+    m.cv.wait(l,
+              [&] { return it->state == Impl::Item::kReady || it->state == Impl::Item::kFailed; });
     m.st.wait_seconds += Seconds(t0, Clock::now());
     if (it->state == Impl::Item::kFailed) {
       m.items.pop_front();
@@ -931,9 +929,7 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
   const Impl::Unit& H = m.units.back();
   if (m.tied && H.tier == Tier::kDecoded) {
     const kernels::Q8MatrixView& v = H.head_view.q8;
-    const int8_t* q = v.q + static_cast<size_t>(token) * v.stride;
-    const float s = v.scale[token];
-    for (size_t c = 0; c < dim; ++c) out[c] = q[c] * s;
+    DequantizeRow(v.q + static_cast<size_t>(token) * v.stride, v.scale[token], dim, out);
     return Status::Ok();
   }
   const pb::Tensor& E = r.manifest().tensors(m.embd_tensor);
@@ -947,25 +943,21 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
     if (m.tied && H.tier == Tier::kCompressed) {
       stored = H.compressed.data() + (b.offset() - H.range_begin);
     } else {
-      const uint64_t begin = b.offset() / kPageSize * kPageSize;
-      const uint64_t end = std::min<uint64_t>(RoundUpToPage(b.offset() + b.stored_size()),
-                                              m.aux_reader->file_size());
-      Status s = m.aux_reader->Read(begin, end - begin, m.lookup_stored.data());
-      if (!s.ok()) {
+      Result<const uint8_t*> read = m.ReadBlockPages(block);
+      if (!read.ok()) {
         return DataLossError("embedding lookup: reading " + r.DescribeBlock(block) + ": " +
-                             s.message());
+                             read.status().message());
       }
-      stored = m.lookup_stored.data() + (b.offset() - begin);
+      stored = *read;
     }
     RETURN_IF_ERROR(r.DecodeBlock(block, std::span<const uint8_t>(stored, b.stored_size()),
                                   std::span<uint8_t>(m.lookup_raw.data(), b.raw_size()),
                                   &m.aux_decoder));
     m.lookup_block = block;
   }
-  const int8_t* q = reinterpret_cast<const int8_t*>(m.lookup_raw.data()) +
-                    (static_cast<size_t>(token) - k * rpb) * dim;
-  const float s = m.embd_scales[static_cast<size_t>(token)];
-  for (size_t c = 0; c < dim; ++c) out[c] = q[c] * s;
+  DequantizeRow(reinterpret_cast<const int8_t*>(m.lookup_raw.data()) +
+                    (static_cast<size_t>(token) - k * rpb) * dim,
+                m.embd_scales[static_cast<size_t>(token)], dim, out);
   return Status::Ok();
 }
 

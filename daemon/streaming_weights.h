@@ -45,18 +45,18 @@
 namespace dcomp::runtime {
 
 struct RuntimeOptions {
-  uint64_t budget = 0;           // bytes the whole process may hold (0: no limit)
-  double budget_percent = 0;     // if > 0: the budget is this % of the INT8 model size
+  uint64_t budget = 0;        // bytes the whole process may hold (0: no limit)
+  double budget_percent = 0;  // if > 0: the budget is this % of the INT8 model size
   Policy policy = Policy::kAdaptive;
-  int32_t context_length = 0;    // the transformer's (0 = the model's); sizes the KV account
-  int32_t max_logit_rows = 1;    // logits rows one request holds (1: generation; eval: more)
-  int cores = 0;                 // 0: the CPUs this process may run on
+  int32_t context_length = 0;  // the transformer's (0 = the model's); sizes the KV account
+  int32_t max_logit_rows = 1;  // logits rows one request holds (1: generation; eval: more)
+  int cores = 0;               // 0: the CPUs this process may run on
   storage::BlockReaderOptions reader;
   // Wraps every reader the runtime opens (tests: fault injection).
   std::function<std::unique_ptr<storage::BlockReader>(std::unique_ptr<storage::BlockReader>)>
       wrap_reader;
-  bool watch_pressure = true;    // re-plan on /proc/pressure/memory
-  bool adapt = true;             // re-plan from measurements
+  bool watch_pressure = true;  // re-plan on /proc/pressure/memory
+  bool adapt = true;           // re-plan from measurements
   // Fixed choices (tests of determinism): 0 leaves them to the policy.
   int force_slots = 0;
   int force_decode_threads = 0;
@@ -65,19 +65,19 @@ struct RuntimeOptions {
 };
 
 struct RuntimeStats {
-  uint64_t tokens = 0;                // passes over layer 0
-  uint64_t flash_bytes = 0;           // compressed bytes read while streaming
-  double io_seconds = 0;              // prefetcher time in reads
-  uint64_t decoded_bytes = 0;         // raw bytes decoded while streaming
-  double decode_thread_seconds = 0;   // decode pool time
-  double compute_seconds = 0;         // between acquire and release
-  double wait_seconds = 0;            // compute stalled on the pipeline
+  uint64_t tokens = 0;               // passes over layer 0
+  uint64_t flash_bytes = 0;          // compressed bytes read while streaming
+  double io_seconds = 0;             // prefetcher time in reads
+  uint64_t decoded_bytes = 0;        // raw bytes decoded while streaming
+  double decode_thread_seconds = 0;  // decode pool time
+  double compute_seconds = 0;        // between acquire and release
+  double wait_seconds = 0;           // compute stalled on the pipeline
   uint64_t replans = 0;
-  std::string last_replan;            // why
-  uint64_t errors = 0;                // failed acquisitions (DATA_LOSS ...)
-  double pressure_some_avg10 = -1;    // last PSI reading (-1: none)
-  double budget_factor = 1;           // budget scaling applied under pressure
-  Rates rates;                        // current estimates
+  std::string last_replan;          // why
+  uint64_t errors = 0;              // failed acquisitions (DATA_LOSS ...)
+  double pressure_some_avg10 = -1;  // last PSI reading (-1: none)
+  double budget_factor = 1;         // budget scaling applied under pressure
+  Rates rates;                      // current estimates
   uint64_t budget = 0, effective_budget = 0, minimum_budget = 0;
   FixedMemory fixed;
   std::string reader_backend;

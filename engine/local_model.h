@@ -25,7 +25,7 @@ struct LocalModelOptions {
   std::string tokenizer_path;  // llama2.c checkpoints only; "" = look beside the model
   WeightFormat format = WeightFormat::kW8A8;
   int threads = 1;
-  int32_t context_length = 0;  // 0 = the model's
+  int32_t context_length = 0;   // 0 = the model's
   WeightSourceFactory weights;  // empty: every tensor resident (InMemoryWeights)
 };
 

@@ -64,15 +64,21 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
   xq_scale_.resize(b);
 }
 
+size_t Transformer::KvCacheBytes(const ModelConfig& c, int32_t context_length) {
+  const size_t ctx = static_cast<size_t>(context_length == 0 ? c.context_length : context_length);
+  return 2 * static_cast<size_t>(c.n_layers) * ctx * static_cast<size_t>(c.kv_dim()) *
+         sizeof(float);
+}
+
 size_t Transformer::MemoryBytes(const ModelConfig& c, int32_t context_length) {
   const size_t ctx = static_cast<size_t>(context_length == 0 ? c.context_length : context_length);
   const size_t hd = static_cast<size_t>(c.head_dim), dim = static_cast<size_t>(c.dim),
                hid = static_cast<size_t>(c.hidden_dim);
   const size_t b = std::min<size_t>(kMaxBatch, ctx);
-  const size_t floats = ctx * hd                                                 // rope
-                        + 2 * static_cast<size_t>(c.n_layers) * ctx * c.kv_dim()  // KV
+  const size_t floats = ctx * hd                          // rope
                         + 4 * b * dim + 2 * b * hid + b;  // x, xn, q, att, hb, hb2, xq_scale
-  return floats * sizeof(float) + b * kernels::PaddedCols(std::max(dim, hid));
+  return KvCacheBytes(c, context_length) + floats * sizeof(float) +
+         b * kernels::PaddedCols(std::max(dim, hid));
 }
 
 size_t Transformer::scratch_bytes() const {
@@ -202,7 +208,8 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
 
   RETURN_IF_ERROR(weights_->BeginPass(n));
   // Token embeddings.
-  for (size_t t = 0; t < n; ++t) RETURN_IF_ERROR(weights_->EmbedToken(tokens[t], x_.data() + t * dim));
+  for (size_t t = 0; t < n; ++t)
+    RETURN_IF_ERROR(weights_->EmbedToken(tokens[t], x_.data() + t * dim));
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     ASSIGN_OR_RETURN(const LayerWeights* w, weights_->AcquireLayer(l));

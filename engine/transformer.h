@@ -64,6 +64,8 @@ class Transformer {
   // What Create() allocates for `config` at `context_length` (0 = the model's): KV cache and
   // scratch (activations, RoPE table), equal to kv_cache_bytes() + scratch_bytes() after Create.
   static size_t MemoryBytes(const ModelConfig& config, int32_t context_length);
+  // The KV cache part of MemoryBytes.
+  static size_t KvCacheBytes(const ModelConfig& config, int32_t context_length);
 
  private:
   Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx, const kernels::KernelTable* kt);

@@ -113,9 +113,7 @@ Status WeightSource::EmbedToken(int32_t token, float* out) {
   const LinearWeights& e = globals().embedding;
   const size_t id = static_cast<size_t>(token), dim = static_cast<size_t>(config().dim);
   if (e.quantized) {
-    const int8_t* q = e.q8.q + id * e.q8.stride;
-    const float s = e.q8.scale[id];
-    for (size_t c = 0; c < dim; ++c) out[c] = q[c] * s;
+    DequantizeRow(e.q8.q + id * e.q8.stride, e.q8.scale[id], dim, out);
   } else {
     std::copy_n(e.f32.w + id * e.f32.stride, dim, out);
   }

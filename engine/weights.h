@@ -68,6 +68,11 @@ class WeightSource {
   virtual void ReleaseOutput() {}
 };
 
+// out[c] = q[c] * scale for c in [0, n): one row of an INT8 matrix (embedding lookups).
+inline void DequantizeRow(const int8_t* q, float scale, size_t n, float* out) {
+  for (size_t c = 0; c < n; ++c) out[c] = q[c] * scale;
+}
+
 // Owning storage of one linear map.
 struct LinearStorage {
   std::vector<float> f32;

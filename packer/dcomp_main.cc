@@ -9,10 +9,10 @@
 
 #include "base/file.h"
 #include "base/flags.h"
-#include "daemon/streaming_weights.h"
-#include "engine/dcm_model.h"
 #include "base/json.h"
 #include "base/thread_pool.h"
+#include "daemon/streaming_weights.h"
+#include "engine/dcm_model.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
 #include "engine/model_file.h"
@@ -53,8 +53,9 @@ void AddModelFlags(Flags& f) {
       .Switch("json", "print one JSON object")
       .Switch("verbose", "log the model and kernel choice to stderr")
       .Value("budget", ".dcm: RAM budget, BYTES[K|M|G|KiB|MiB|GiB|KB|MB|GB] or PCT% of INT8 size")
-      .Value("policy", ".dcm streaming: adaptive | all-compressed | stream-all | static-split | "
-                       "all-decoded (default adaptive)")
+      .Value("policy",
+             ".dcm streaming: adaptive | all-compressed | stream-all | static-split | "
+             "all-decoded (default adaptive)")
       .Value("reader", ".dcm streaming: auto | io_uring | pread (default auto)")
       .Switch("direct", ".dcm streaming: read with O_DIRECT");
 }
@@ -94,19 +95,18 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
   const bool streaming = f.Has("budget") || f.Has("policy") || f.Has("reader") || f.IsSet("direct");
   if (streaming) {
     if (o.format != WeightFormat::kW8A8) {
-      return InvalidArgumentError("--budget/--policy/--reader stream a .dcm model: --weights must "
-                                  "be w8a8");
+      return InvalidArgumentError(
+          "--budget/--policy/--reader stream a .dcm model: --weights must "
+          "be w8a8");
     }
     runtime::RuntimeOptions ro;
     ro.context_length = o.context_length;
     ro.max_logit_rows = max_logit_rows;
     ro.cores = o.threads;
-    const std::string budget = f.GetOr("budget", "0");
-    if (!budget.empty() && budget.back() == '%') {
-      ASSIGN_OR_RETURN(uint64_t pct_of_100, runtime::ParseBudget(budget, 100));
-      ro.budget_percent = static_cast<double>(pct_of_100);
-    } else if (budget != "0") {
-      ASSIGN_OR_RETURN(ro.budget, runtime::ParseBudget(budget, 0));
+    if (f.GetOr("budget", "0") != "0") {  // 0: no limit
+      ASSIGN_OR_RETURN(runtime::BudgetSpec budget, runtime::ParseBudgetSpec(*f.Get("budget")));
+      ro.budget = budget.bytes;
+      ro.budget_percent = budget.percent;
     }
     ASSIGN_OR_RETURN(ro.policy, runtime::ParsePolicy(f.GetOr("policy", "adaptive")));
     ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));

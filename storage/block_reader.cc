@@ -70,10 +70,9 @@ class PreadReader : public BlockReader {
     size_t done = 0;
     int retries = 0;
     while (done < size) {
-      const ssize_t n = pread_ ? pread_(fd_.get(), dst + done, want - done,
-                                        static_cast<off_t>(offset + done))
-                               : ::pread(fd_.get(), dst + done, want - done,
-                                         static_cast<off_t>(offset + done));
+      const ssize_t n =
+          pread_ ? pread_(fd_.get(), dst + done, want - done, static_cast<off_t>(offset + done))
+                 : ::pread(fd_.get(), dst + done, want - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if ((errno == EINTR || errno == EAGAIN) && ++retries < 1000) continue;
         return ReadError(errno, offset, size);

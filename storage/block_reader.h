@@ -72,10 +72,10 @@ Result<ReaderBackend> ParseReaderBackend(const std::string& s);  // auto | io_ur
 
 struct BlockReaderOptions {
   ReaderBackend backend = ReaderBackend::kAuto;
-  bool direct = false;             // O_DIRECT
-  unsigned queue_depth = 16;       // io_uring submission queue entries
-  size_t chunk_bytes = 1u << 20;   // io_uring: requests are split into chunks of this size
-  PreadFn pread;                   // pread back end: the system call (empty = ::pread)
+  bool direct = false;            // O_DIRECT
+  unsigned queue_depth = 16;      // io_uring submission queue entries
+  size_t chunk_bytes = 1u << 20;  // io_uring: requests are split into chunks of this size
+  PreadFn pread;                  // pread back end: the system call (empty = ::pread)
 };
 
 // Opens `path` for reading. kUring fails (UNAVAILABLE) when io_uring cannot be set up; kAuto then

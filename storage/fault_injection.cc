@@ -37,9 +37,8 @@ ssize_t FaultInjector::Pread(int fd, void* buf, size_t size, off_t offset) {
 }
 
 PreadFn FaultInjector::MakePread() {
-  return [this](int fd, void* buf, size_t size, off_t offset) {
-    return Pread(fd, buf, size, offset);
-  };
+  return
+      [this](int fd, void* buf, size_t size, off_t offset) { return Pread(fd, buf, size, offset); };
 }
 
 class FaultInjectingReader : public BlockReader {

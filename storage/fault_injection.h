@@ -14,11 +14,11 @@
 namespace dcomp::storage {
 
 struct FaultSchedule {
-  int64_t eintr_every = 0;       // every k-th call fails with EINTR first (0: never)
+  int64_t eintr_every = 0;        // every k-th call fails with EINTR first (0: never)
   size_t max_bytes_per_call = 0;  // short reads: at most this many bytes per call (0: no limit)
-  int64_t eio_from_call = -1;    // calls [eio_from_call, eio_from_call + eio_calls) fail with EIO
+  int64_t eio_from_call = -1;     // calls [eio_from_call, eio_from_call + eio_calls) fail with EIO
   int64_t eio_calls = 0;
-  int64_t flip_on_read = -1;     // FaultInjectingReader: flip one bit in the data of this Read
+  int64_t flip_on_read = -1;  // FaultInjectingReader: flip one bit in the data of this Read
 };
 
 class FaultInjector {

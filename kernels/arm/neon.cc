@@ -95,11 +95,11 @@ bool RowSumsQ8Neon(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
 
 namespace internal {
 #if defined(DCOMP_NEON_DOTPROD)
-const KernelTable kNeonDotprodTable = {"neon_dotprod", QuantizeRowQ8Ref, GemvQ8Neon, GemmQ8Neon,
-                                       GemmF32Neon, RowSumsQ8Neon};
+const KernelTable kNeonDotprodTable = {"neon_dotprod", QuantizeRowQ8Ref, GemvQ8Neon,
+                                       GemmQ8Neon,     GemmF32Neon,      RowSumsQ8Neon};
 #else
-const KernelTable kNeonTable = {"neon", QuantizeRowQ8Ref, GemvQ8Neon, GemmQ8Neon, GemmF32Neon,
-                                RowSumsQ8Neon};
+const KernelTable kNeonTable = {"neon",     QuantizeRowQ8Ref, GemvQ8Neon,
+                                GemmQ8Neon, GemmF32Neon,      RowSumsQ8Neon};
 #endif
 }  // namespace internal
 }  // namespace dcomp::kernels

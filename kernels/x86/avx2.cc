@@ -119,7 +119,7 @@ bool RowSumsQ8Avx2(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
 }  // namespace
 
 namespace internal {
-const KernelTable kAvx2Table = {"avx2", QuantizeRowQ8Ref, GemvQ8Avx2, GemmQ8Avx2, GemmF32Avx2,
-                                RowSumsQ8Avx2};
+const KernelTable kAvx2Table = {"avx2",     QuantizeRowQ8Ref, GemvQ8Avx2,
+                                GemmQ8Avx2, GemmF32Avx2,      RowSumsQ8Avx2};
 }  // namespace internal
 }  // namespace dcomp::kernels

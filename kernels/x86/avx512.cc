@@ -128,8 +128,8 @@ bool RowSumsQ8Avx512(const int8_t* q, size_t rows, size_t stride, int32_t* row_s
       bad |= _mm512_cmpeq_epi8_mask(v, bias);
       acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_xor_si512(v, bias), zero));
     }
-    row_sum[r] = static_cast<int32_t>(_mm512_reduce_add_epi64(acc) -
-                                      128 * static_cast<int64_t>(stride));
+    row_sum[r] =
+        static_cast<int32_t>(_mm512_reduce_add_epi64(acc) - 128 * static_cast<int64_t>(stride));
   }
   return bad == 0;
 }
@@ -137,7 +137,7 @@ bool RowSumsQ8Avx512(const int8_t* q, size_t rows, size_t stride, int32_t* row_s
 }  // namespace
 
 namespace internal {
-const KernelTable kAvx512VnniTable = {"avx512_vnni", QuantizeRowQ8Ref, GemvQ8Avx512Vnni,
-                                      GemmQ8Avx512Vnni, GemmF32Avx512, RowSumsQ8Avx512};
+const KernelTable kAvx512VnniTable = {"avx512_vnni",    QuantizeRowQ8Ref, GemvQ8Avx512Vnni,
+                                      GemmQ8Avx512Vnni, GemmF32Avx512,    RowSumsQ8Avx512};
 }  // namespace internal
 }  // namespace dcomp::kernels
