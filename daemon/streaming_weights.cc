@@ -497,17 +497,18 @@ struct StreamingWeights::Impl {
 
   Status MaybeReplan() {  // compute thread, at a token boundary
     std::string why;
-    Result<Plan> np = Status::Ok();
+    uint64_t budget = 0;
+    Rates rates;
     {
       std::lock_guard<std::mutex> l(mu);
       if (!replan_pending) return Status::Ok();
       replan_pending = false;
       why = replan_reason;
-      st.effective_budget = EffectiveBudget();
-      np = MakePlan(st.effective_budget, st.rates);
+      budget = st.effective_budget = EffectiveBudget();
+      rates = st.rates;
     }
-    if (!np.ok()) return np.status();
-    Status s = ApplyPlan(std::move(np).value());
+    ASSIGN_OR_RETURN(Plan np, MakePlan(budget, rates));
+    Status s = ApplyPlan(std::move(np));
     std::lock_guard<std::mutex> l(mu);
     ++st.replans;
     st.last_replan = why;
