@@ -11,6 +11,7 @@
 #include "base/flags.h"
 #include "base/json.h"
 #include "base/thread_pool.h"
+#include "daemon/served_model.h"
 #include "daemon/streaming_weights.h"
 #include "engine/dcm_model.h"
 #include "engine/generate.h"
@@ -60,11 +61,7 @@ void AddModelFlags(Flags& f) {
       .Switch("direct", ".dcm streaming: read with O_DIRECT");
 }
 
-// A loaded model and, when it streams, its runtime.
-struct Loaded {
-  LocalModel model;
-  runtime::StreamingWeights* runtime = nullptr;  // owned by model.weights
-};
+using Loaded = runtime::ServedModel;
 
 void PrintRuntime(const Loaded& l, bool json, JsonWriter* w) {
   if (l.runtime == nullptr) return;
@@ -82,7 +79,7 @@ void PrintRuntime(const Loaded& l, bool json, JsonWriter* w) {
 }
 
 Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_logit_rows) {
-  LocalModelOptions o;
+  runtime::ServedModelOptions o;
   ASSIGN_OR_RETURN(o.format, ParseWeightFormat(f.GetOr("weights", "w8a8")));
   ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
   if (threads < 1 || threads > 256) return InvalidArgumentError("--threads must be in 1..256");
@@ -91,7 +88,6 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
   o.threads = static_cast<int>(threads);
   o.context_length = static_cast<int32_t>(ctx);
   o.tokenizer_path = f.GetOr("tokenizer", "");
-  Loaded l;
   const bool streaming = f.Has("budget") || f.Has("policy") || f.Has("reader") || f.IsSet("direct");
   if (streaming) {
     if (o.format != WeightFormat::kW8A8) {
@@ -99,10 +95,9 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
           "--budget/--policy/--reader stream a .dcm model: --weights must "
           "be w8a8");
     }
-    runtime::RuntimeOptions ro;
-    ro.context_length = o.context_length;
+    o.streaming = runtime::Streaming::kRequired;
+    runtime::RuntimeOptions& ro = o.runtime;
     ro.max_logit_rows = max_logit_rows;
-    ro.cores = o.threads;
     if (f.GetOr("budget", "0") != "0") {  // 0: no limit
       ASSIGN_OR_RETURN(runtime::BudgetSpec budget, runtime::ParseBudgetSpec(*f.Get("budget")));
       ro.budget = budget.bytes;
@@ -111,20 +106,8 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
     ASSIGN_OR_RETURN(ro.policy, runtime::ParsePolicy(f.GetOr("policy", "adaptive")));
     ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));
     ro.reader.direct = f.IsSet("direct");
-    o.weights = [&l, ro, path](const ModelFile& file,
-                               ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
-      const auto* dcm = dynamic_cast<const DcmModelFile*>(&file);
-      if (dcm == nullptr) {
-        return InvalidArgumentError(path + ": --budget/--policy/--reader need a .dcm model (" +
-                                    file.format() + " given; pack it with dcomp pack)");
-      }
-      ASSIGN_OR_RETURN(std::unique_ptr<runtime::StreamingWeights> w,
-                       runtime::StreamingWeights::Open(*dcm, ro, pool));
-      l.runtime = w.get();
-      return std::unique_ptr<WeightSource>(std::move(w));
-    };
   }
-  ASSIGN_OR_RETURN(l.model, OpenLocalModel(path, o));
+  ASSIGN_OR_RETURN(Loaded l, runtime::OpenServedModel(path, o));
   if (f.IsSet("verbose")) {
     std::fprintf(stderr, "model: %s [%s], %s weights %.1f MiB resident, kernels %s, %d threads\n",
                  l.model.file->config().Summary().c_str(), l.model.file->format().c_str(),

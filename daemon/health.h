@@ -1,0 +1,34 @@
+// grpc.health.v1.Health for dcompd: "" (the server) and "dcomp.v1.Dcomp" report NOT_SERVING until
+// the model is loaded and warmed up, SERVING then, NOT_SERVING again while draining. Watch streams
+// the status and every change until the client cancels or the server shuts down.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+
+#include "proto/grpc/health/v1/health.grpc.pb.h"
+
+namespace dcomp::server {
+
+class HealthService final : public grpc::health::v1::Health::Service {
+ public:
+  void SetServing(bool serving);
+  // Ends every Watch stream (before the server shuts down).
+  void Shutdown();
+
+  grpc::Status Check(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
+                     grpc::health::v1::HealthCheckResponse* resp) override;
+  grpc::Status Watch(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
+                     grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override;
+
+ private:
+  grpc::health::v1::HealthCheckResponse::ServingStatus StatusOf(const std::string& service) const;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool serving_ = false;
+  bool shutdown_ = false;
+};
+
+}  // namespace dcomp::server

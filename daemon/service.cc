@@ -1,0 +1,440 @@
+#include "daemon/service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <thread>
+
+#include "base/utf8.h"
+#include "daemon/memory_stats.h"
+#include "daemon/validate.h"
+#include "engine/generate.h"
+
+namespace dcomp::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+v1::StopReason StopReasonOf(const std::string& s) {
+  if (s == "eos") return v1::STOP_REASON_EOS;
+  if (s == "length") return v1::STOP_REASON_LENGTH;
+  if (s == "context") return v1::STOP_REASON_CONTEXT;
+  if (s == "callback") return v1::STOP_REASON_CANCELLED;
+  return v1::STOP_REASON_UNSPECIFIED;
+}
+
+// Why a running or waiting request must stop: its client went away or its deadline passed.
+Status Interrupted(grpc::ServerContext* ctx) {
+  if (!ctx->IsCancelled()) return Status::Ok();
+  if (ctx->deadline() <= std::chrono::system_clock::now()) {
+    return DeadlineExceededError("the request's deadline passed");
+  }
+  return CancelledError("the client cancelled the request");
+}
+
+std::string Peer(grpc::ServerContext* ctx) {
+  std::string p = ctx->peer();
+  return p.empty() ? "-" : p;
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), s.message());
+}
+
+class Daemon::Service final : public v1::Dcomp::Service {
+ public:
+  explicit Service(Daemon* d) : d_(d) {}
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+    return d_->DoGenerate(ctx, req, writer);
+  }
+
+  grpc::Status Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* req,
+                        v1::TokenizeResponse* resp) override {
+    if (!d_->serving()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is loading");
+    if (dcomp::Status s = ValidateTokenizeRequest(*req, d_->limits()); !s.ok()) return ToGrpc(s);
+    const Tokenizer& tok = *d_->model_.model.tokenizer;
+    for (int32_t id : tok.Encode(req->text(), req->add_bos() && tok.add_bos())) {
+      resp->add_ids(id);
+      resp->add_pieces(SanitizeUtf8(tok.piece(id)));
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest* req,
+                      v1::StatusResponse* resp) override {
+    if (dcomp::Status s = RejectUnknownFields(*req, "request"); !s.ok()) return ToGrpc(s);
+    d_->FillStatus(resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SetBudget(grpc::ServerContext*, const v1::SetBudgetRequest* req,
+                         v1::SetBudgetResponse* resp) override {
+    return d_->DoSetBudget(req, resp);
+  }
+
+ private:
+  Daemon* d_;
+};
+
+Daemon::Daemon(v1::DaemonConfig config)
+    : config_(std::move(config)),
+      queue_(static_cast<int>(config_.queue_depth())),
+      service_(std::make_unique<Service>(this)) {}
+
+Daemon::~Daemon() = default;
+
+grpc::Service* Daemon::service() { return service_.get(); }
+
+v1::RequestLimits Daemon::limits() const {
+  std::lock_guard<std::mutex> l(config_mu_);
+  return config_.limits();
+}
+
+Status Daemon::Load() {
+  v1::DaemonConfig c;
+  {
+    std::lock_guard<std::mutex> l(config_mu_);
+    c = config_;
+  }
+  runtime::ServedModelOptions o;
+  o.tokenizer_path = c.tokenizer();
+  o.threads = c.threads() != 0 ? static_cast<int>(c.threads())
+                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  o.context_length = static_cast<int32_t>(c.context_length());
+  o.streaming = runtime::Streaming::kIfDcm;
+  if (c.budget() != "0") {
+    ASSIGN_OR_RETURN(runtime::BudgetSpec b, runtime::ParseBudgetSpec(c.budget()));
+    o.runtime.budget = b.bytes;
+    o.runtime.budget_percent = b.percent;
+  }
+  ASSIGN_OR_RETURN(o.runtime.policy, runtime::ParsePolicy(c.policy()));
+  ASSIGN_OR_RETURN(o.runtime.reader.backend, storage::ParseReaderBackend(c.reader()));
+  o.runtime.reader.direct = c.direct();
+  const auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(model_, runtime::OpenServedModel(c.model(), o));
+  if (model_.runtime == nullptr && c.budget() != "0") {
+    spdlog::warn("{}: budget '{}' ignored: only .dcm models stream under a budget (this is {})",
+                 c.model(), c.budget(), model_.model.file->format());
+  }
+  // Warm-up: one short greedy generation touches every code path a request takes (prefill, the
+  // pipeline's first pass, sampling) before READY.
+  GenerateRequest warm;
+  warm.prompt = "Hello";
+  warm.max_tokens = 2;
+  {
+    std::lock_guard<std::mutex> l(engine_mu_);
+    Result<GenerateResult> r = Generate(*model_.model.model, *model_.model.tokenizer, warm);
+    if (!r.ok()) return r.status().WithContext(c.model() + ": warm-up generation failed");
+  }
+  spdlog::info("model {} [{}]: {}; context {}; {}; loaded and warmed up in {:.2f} s", c.model(),
+               model_.model.file->format(), model_.model.file->config().Summary(),
+               model_.model.model->context_length(),
+               model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
+                              : "resident " + runtime::FormatBytes(model_.model.resident_weight_bytes),
+               Since(t0));
+  last_progress_ns_.store(NowNs());
+  serving_.store(true, std::memory_order_release);
+  return Status::Ok();
+}
+
+Status Daemon::Reload(const v1::DaemonConfig& c) {
+  std::string changes;
+  {
+    std::lock_guard<std::mutex> l(config_mu_);
+    if (c.model() != config_.model()) {
+      spdlog::warn("config reload: `model` changed to {}; restart dcompd to serve it", c.model());
+    }
+    config_.mutable_limits()->CopyFrom(c.limits());
+    config_.set_queue_depth(c.queue_depth());
+    queue_.set_depth(static_cast<int>(c.queue_depth()));
+    changes = "queue_depth " + std::to_string(c.queue_depth()) + ", max_tokens " +
+              std::to_string(c.limits().max_tokens()) + ", max_prompt_bytes " +
+              std::to_string(c.limits().max_prompt_bytes());
+  }
+  if (serving() && model_.runtime != nullptr) {
+    v1::SetBudgetRequest req;
+    ASSIGN_OR_RETURN(runtime::BudgetSpec b, runtime::ParseBudgetSpec(c.budget()));
+    if (b.percent > 0) {
+      req.set_percent(b.percent);
+    } else {
+      req.set_bytes(b.bytes);
+    }
+    v1::SetBudgetResponse resp;
+    grpc::Status s = DoSetBudget(&req, &resp);
+    if (!s.ok()) {
+      return Status(static_cast<StatusCode>(s.error_code()), "budget: " + s.error_message());
+    }
+    changes += ", budget " + c.budget();
+    std::lock_guard<std::mutex> l(config_mu_);
+    config_.set_budget(c.budget());
+  }
+  spdlog::info("config reloaded: {}", changes);
+  return Status::Ok();
+}
+
+bool Daemon::Progressing(std::chrono::nanoseconds limit) const {
+  if (!busy_.load()) return true;
+  return NowNs() - last_progress_ns_.load() < limit.count();
+}
+
+grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+                                grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  const auto t0 = Clock::now();
+  const uint64_t id = next_request_id_.fetch_add(1);
+  const std::string peer = Peer(ctx);
+  int32_t prompt_tokens = 0;
+  auto fail = [&](const Status& s) {
+    Finish(id, peer, s, prompt_tokens, nullptr, Since(t0), 0);
+    return ToGrpc(s);
+  };
+  if (draining()) return fail(UnavailableError("dcompd is shutting down"));
+  if (!serving()) return fail(UnavailableError("the model is loading; retry when health is SERVING"));
+  Result<GenerateRequest> greq = ValidateGenerateRequest(
+      *req, limits(), *model_.model.tokenizer, model_.model.model->context_length(), &prompt_tokens);
+  if (!greq.ok()) return fail(greq.status());
+  Result<RequestQueue::Ticket> ticket = queue_.Admit();
+  if (!ticket.ok()) return fail(ticket.status());
+  if (Status s = queue_.WaitTurn(*ticket, [ctx] { return Interrupted(ctx); }); !s.ok()) {
+    return fail(s);
+  }
+  const double queue_seconds = Since(t0);
+
+  std::lock_guard<std::mutex> engine(engine_mu_);
+  busy_.store(true);
+  last_progress_ns_.store(NowNs());
+  const auto turn = Clock::now();
+  auto last = turn;
+  bool first = true;
+  bool write_failed = false;
+  double ttft_seconds = 0;
+  Result<GenerateResult> r = Generate(
+      *model_.model.model, *model_.model.tokenizer, *greq,
+      [&](int32_t token, const std::string& text) {
+        const auto now = Clock::now();
+        const double dt = std::chrono::duration<double>(now - last).count();
+        if (first) {
+          ttft_seconds = dt;
+          ttft_.Add(dt);
+        } else {
+          token_latency_.Add(dt);
+        }
+        first = false;
+        last = now;
+        last_progress_ns_.store(NowNs());
+        v1::GenerateResponse msg;
+        msg.mutable_token()->set_id(token);
+        msg.mutable_token()->set_text(SanitizeUtf8(text));
+        if (!writer->Write(msg)) {
+          write_failed = true;
+          return false;
+        }
+        return !ctx->IsCancelled();
+      });
+  busy_.store(false);
+  last_progress_ns_.store(NowNs());
+  if (!r.ok()) return fail(r.status());
+  if (r->stop_reason == "callback") {
+    Status s = Interrupted(ctx);
+    if (s.ok()) s = CancelledError(write_failed ? "the client stopped reading" : "cancelled");
+    Finish(id, peer, s, prompt_tokens, &*r, Since(t0), queue_seconds);
+    return ToGrpc(s);
+  }
+  v1::GenerateResponse msg;
+  v1::GenerateResult* res = msg.mutable_result();
+  for (int32_t t : r->prompt_ids) res->add_prompt_ids(t);
+  for (int32_t t : r->generated_ids) res->add_generated_ids(t);
+  res->set_prompt_tokens(static_cast<int32_t>(r->prompt_ids.size()));
+  res->set_generated_tokens(static_cast<int32_t>(r->generated_ids.size()));
+  res->set_time_to_first_token_seconds(ttft_seconds);
+  const double tps = r->generated_ids.size() > 1 && r->decode_seconds > 0
+                         ? static_cast<double>(r->generated_ids.size() - 1) / r->decode_seconds
+                         : 0.0;
+  res->set_tokens_per_second(tps);
+  res->set_stop_reason(StopReasonOf(r->stop_reason));
+  res->set_text(SanitizeUtf8(r->text));
+  res->set_completion(SanitizeUtf8(r->completion));
+  res->set_queue_seconds(queue_seconds);
+  res->set_request_id(id);
+  Status st = Status::Ok();
+  if (!writer->Write(msg)) st = CancelledError("the client stopped reading before the result");
+  Finish(id, peer, st, prompt_tokens, &*r, Since(t0), queue_seconds);
+  return ToGrpc(st);
+}
+
+void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
+                    const dcomp::GenerateResult* r, double total_seconds, double queue_seconds) {
+  const size_t generated = r ? r->generated_ids.size() : 0;
+  const double tps = r && generated > 1 && r->decode_seconds > 0
+                         ? static_cast<double>(generated - 1) / r->decode_seconds
+                         : 0.0;
+  {
+    std::lock_guard<std::mutex> l(stats_mu_);
+    ++requests_by_code_[std::string(StatusCodeName(st.code()))];
+    generated_tokens_ += generated;
+    if (generated > 1) last_tokens_per_second_ = tps;
+  }
+  const std::string line = fmt::format(
+      "request {} generate peer={} status={} prompt_tokens={} generated_tokens={} stop={} "
+      "queue_ms={:.1f} ttft_ms={:.1f} tokens_per_s={:.2f} latency_ms={:.1f}{}{}",
+      id, peer, StatusCodeName(st.code()), prompt_tokens, generated,
+      r ? r->stop_reason : std::string("-"), queue_seconds * 1e3, r ? r->prefill_seconds * 1e3 : 0.0,
+      tps, total_seconds * 1e3, st.ok() ? "" : " error=", st.ok() ? "" : st.message());
+  if (st.ok() || st.code() == StatusCode::kCancelled ||
+      st.code() == StatusCode::kDeadlineExceeded) {
+    spdlog::info("{}", line);
+  } else {
+    spdlog::warn("{}", line);
+  }
+}
+
+grpc::Status Daemon::DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp) {
+  if (Status s = RejectUnknownFields(*req, "request"); !s.ok()) return ToGrpc(s);
+  if (!serving()) return ToGrpc(UnavailableError("the model is loading"));
+  if (model_.runtime == nullptr) {
+    return ToGrpc(FailedPreconditionError(
+        "the model (" + model_.model.file->format() +
+        ") is held in RAM, not streamed: budgets apply to .dcm models (pack it with dcomp pack)"));
+  }
+  uint64_t bytes = 0;
+  switch (req->budget_case()) {
+    case v1::SetBudgetRequest::kBytes:
+      bytes = req->bytes();
+      break;
+    case v1::SetBudgetRequest::kPercent: {
+      const double p = req->percent();
+      if (!std::isfinite(p) || p <= 0 || p > 1000) {
+        return ToGrpc(InvalidArgumentError("percent: expected (0, 1000], got " + std::to_string(p)));
+      }
+      bytes = static_cast<uint64_t>(p / 100.0 * static_cast<double>(model_.runtime->int8_bytes()));
+      break;
+    }
+    default:
+      return ToGrpc(InvalidArgumentError("budget: set `bytes` or `percent`"));
+  }
+  if (Status s = model_.runtime->SetBudget(bytes); !s.ok()) return ToGrpc(s);
+  // Idle: apply now so that memory is released at once; busy: the runtime applies it at the next
+  // token.
+  if (std::unique_lock<std::mutex> engine(engine_mu_, std::try_to_lock); engine.owns_lock()) {
+    if (Status s = model_.runtime->ApplyPendingPlan(); !s.ok()) return ToGrpc(s);
+  }
+  resp->set_budget_bytes(bytes);
+  FillPlan(resp->mutable_plan());
+  spdlog::info("budget set to {} ({} bytes): {}", bytes ? runtime::FormatBytes(bytes) : "unlimited",
+               bytes, model_.runtime->plan().Summary());
+  return grpc::Status::OK;
+}
+
+void Daemon::FillPlan(v1::PlanInfo* out) const {
+  if (model_.runtime == nullptr) return;
+  const runtime::Plan p = model_.runtime->plan();
+  const runtime::RuntimeStats st = model_.runtime->stats();
+  out->set_summary(p.Summary());
+  out->set_slots(p.slots);
+  out->set_compute_threads(p.compute_threads);
+  out->set_decode_threads(p.decode_threads);
+  out->set_flash_bytes_per_token(p.flash_bytes_per_token);
+  out->set_estimated_seconds_per_token(p.est_seconds_per_token);
+  out->set_replans(st.replans);
+  out->set_last_replan(st.last_replan);
+}
+
+void Daemon::FillStatus(v1::StatusResponse* out) const {
+  out->set_version(DCOMP_VERSION);
+  out->set_uptime_seconds(Since(start_));
+  out->set_serving(serving() && !draining());
+  out->set_queue_length(queue_.waiting());
+  out->set_running(queue_.running());
+  out->set_queue_depth(queue_.depth());
+  if (Result<runtime::ProcMemory> m = runtime::ReadProcMemory(); m.ok()) {
+    out->set_rss_bytes(m->rss);
+    out->set_peak_rss_bytes(m->hwm);
+  }
+  const auto fill = [](const LatencyWindow& w, v1::Latency* l) {
+    const LatencyWindow::Summary s = w.Get();
+    l->set_p50_seconds(s.p50);
+    l->set_p95_seconds(s.p95);
+    l->set_p99_seconds(s.p99);
+    l->set_count(s.count);
+    l->set_sum_seconds(s.sum);
+  };
+  fill(token_latency_, out->mutable_token_latency());
+  fill(ttft_, out->mutable_time_to_first_token());
+  {
+    std::lock_guard<std::mutex> l(stats_mu_);
+    for (const auto& [code, n] : requests_by_code_) (*out->mutable_requests())[code] = n;
+    out->set_generated_tokens(generated_tokens_);
+    out->set_tokens_per_second(last_tokens_per_second_);
+  }
+  out->set_memory_pressure(-1);
+  if (!serving()) return;
+  v1::ModelInfo* mi = out->mutable_model();
+  {
+    std::lock_guard<std::mutex> l(config_mu_);
+    mi->set_path(config_.model());
+  }
+  mi->set_format(model_.model.file->format());
+  mi->set_summary(model_.model.file->config().Summary());
+  mi->set_context_length(model_.model.model->context_length());
+  mi->set_vocab_size(model_.model.tokenizer->vocab_size());
+  mi->set_streamed(model_.runtime != nullptr);
+  if (model_.runtime == nullptr) {
+    mi->set_int8_bytes(model_.model.resident_weight_bytes);
+    return;
+  }
+  mi->set_int8_bytes(model_.runtime->int8_bytes());
+  const runtime::RuntimeStats st = model_.runtime->stats();
+  const runtime::Plan p = model_.runtime->plan();
+  out->set_budget_bytes(st.budget);
+  out->set_effective_budget_bytes(st.effective_budget);
+  out->set_minimum_budget_bytes(st.minimum_budget);
+  out->set_flash_read_bytes(st.flash_bytes);
+  if (st.decode_thread_seconds > 0) {
+    out->set_decode_gb_per_second(static_cast<double>(st.decoded_bytes) / st.decode_thread_seconds /
+                                  1e9);
+  }
+  out->set_memory_pressure(st.pressure_some_avg10);
+  const auto tier = [&](const char* name, uint64_t bytes, int units) {
+    v1::TierBytes* t = out->add_tiers();
+    t->set_tier(name);
+    t->set_bytes(bytes);
+    t->set_units(units);
+  };
+  tier("decoded", p.decoded_bytes, p.count(runtime::Tier::kDecoded));
+  tier("compressed", p.compressed_bytes, p.count(runtime::Tier::kCompressed));
+  tier("flash", 0, p.count(runtime::Tier::kFlash));
+  tier("pipeline", p.slot_bytes * static_cast<uint64_t>(p.slots) +
+                       p.staging_bytes * static_cast<uint64_t>(p.staging),
+       0);
+  FillPlan(out->mutable_plan());
+}
+
+std::string Daemon::StatusLine() const {
+  v1::StatusResponse s;
+  FillStatus(&s);
+  if (draining()) return "draining";
+  if (!serving()) return "loading the model";
+  std::string line = fmt::format("serving; {:.1f} tokens/s; RSS {}", s.tokens_per_second(),
+                                 runtime::FormatBytes(s.rss_bytes()));
+  if (s.budget_bytes() != 0) line += " of " + runtime::FormatBytes(s.budget_bytes()) + " budget";
+  uint64_t n = 0;
+  for (const auto& [code, c] : s.requests()) n += c;
+  line += fmt::format("; {} requests; queue {}/{}", n, s.queue_length() + s.running(),
+                      s.queue_depth());
+  return line;
+}
+
+}  // namespace dcomp::server

@@ -1,0 +1,90 @@
+// The dcompd service: the model (served through the streaming runtime for .dcm containers), the
+// request queue, request limits and the figures of Status and the metrics endpoint, and the
+// dcomp.v1.Dcomp gRPC implementation over them.
+//
+// Requests run one at a time (one KV cache) in arrival order. A Generate call is validated, takes a
+// place in the queue (RESOURCE_EXHAUSTED when full), waits for its turn while polling its client's
+// cancellation and deadline, then generates, writing each token as it is sampled; a cancelled
+// client, a passed deadline or a shutdown past its grace stops it within one token.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "base/status.h"
+#include "daemon/latency_window.h"
+#include "daemon/request_queue.h"
+#include "daemon/served_model.h"
+#include "engine/generate.h"
+#include "proto/config.pb.h"
+#include "proto/dcomp.grpc.pb.h"
+
+namespace dcomp::server {
+
+class Daemon {
+ public:
+  // `config` is validated and has its defaults applied.
+  explicit Daemon(v1::DaemonConfig config);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Opens the model and warms it up (one short generation); serving() turns true on success.
+  Status Load();
+  bool serving() const { return serving_.load(std::memory_order_acquire); }
+  // New Generate calls get UNAVAILABLE from now on; queued and running ones continue.
+  void StartDraining() { draining_.store(true); }
+  bool draining() const { return draining_.load(); }
+  // Applies the budget, queue depth and request limits of a re-read config (SIGHUP).
+  Status Reload(const v1::DaemonConfig& config);
+  // False when a request is running and no token came within `limit` (the watchdog stops
+  // pinging; systemd restarts a hung daemon).
+  bool Progressing(std::chrono::nanoseconds limit) const;
+
+  void FillStatus(v1::StatusResponse* out) const;
+  std::string StatusLine() const;  // one line for sd_notify STATUS=
+
+  grpc::Service* service();  // dcomp.v1.Dcomp
+
+ private:
+  class Service;
+  friend class Service;
+  v1::RequestLimits limits() const;
+  void Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
+              const dcomp::GenerateResult* r, double total_seconds, double queue_seconds);
+  grpc::Status DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+                          grpc::ServerWriter<v1::GenerateResponse>* writer);
+  grpc::Status DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp);
+  void FillPlan(v1::PlanInfo* out) const;
+
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  mutable std::mutex config_mu_;
+  v1::DaemonConfig config_;
+
+  std::atomic<bool> serving_{false};
+  std::atomic<bool> draining_{false};
+  runtime::ServedModel model_;  // immutable once serving_ is set, except through engine_mu_
+  std::mutex engine_mu_;        // held while the model generates or applies a plan
+  RequestQueue queue_;
+
+  std::atomic<uint64_t> next_request_id_{1};
+  std::atomic<bool> busy_{false};
+  std::atomic<int64_t> last_progress_ns_{0};  // steady clock
+  LatencyWindow token_latency_;
+  LatencyWindow ttft_;
+  mutable std::mutex stats_mu_;
+  std::map<std::string, uint64_t> requests_by_code_;
+  uint64_t generated_tokens_ = 0;
+  double last_tokens_per_second_ = 0;
+
+  std::unique_ptr<Service> service_;
+};
+
+// Maps a dcomp Status to a gRPC status (the codes are numerically equal).
+grpc::Status ToGrpc(const Status& s);
+
+}  // namespace dcomp::server

@@ -1,0 +1,90 @@
+#include "daemon/validate.h"
+
+#include <google/protobuf/unknown_field_set.h>
+
+#include <cmath>
+#include <string>
+
+#include "base/utf8.h"
+
+namespace dcomp::server {
+namespace {
+
+Status CheckText(const std::string& field, const std::string& text, uint32_t max_bytes,
+                 bool allow_empty) {
+  if (text.empty() && !allow_empty) return InvalidArgumentError(field + ": empty");
+  if (text.size() > max_bytes) {
+    return InvalidArgumentError(field + ": " + std::to_string(text.size()) +
+                                " bytes; the limit is " + std::to_string(max_bytes) +
+                                " (limits.max_prompt_bytes)");
+  }
+  if (auto bad = FirstInvalidUtf8(text)) {
+    return InvalidArgumentError(field + ": invalid UTF-8 at byte " + std::to_string(*bad));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status RejectUnknownFields(const google::protobuf::Message& m, const std::string& where) {
+  const google::protobuf::Reflection* r = m.GetReflection();
+  const google::protobuf::UnknownFieldSet& u = r->GetUnknownFields(m);
+  if (!u.empty()) {
+    std::string nums;
+    for (int i = 0; i < u.field_count(); ++i) {
+      nums += (i ? ", " : "") + std::to_string(u.field(i).number());
+    }
+    return InvalidArgumentError(where + ": unknown field number" + (u.field_count() > 1 ? "s " : " ") +
+                                nums + " (not part of " + m.GetDescriptor()->full_name() + ")");
+  }
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const auto* f : fields) {
+    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE || f->is_repeated()) {
+      continue;
+    }
+    RETURN_IF_ERROR(RejectUnknownFields(r->GetMessage(m, f), where + "." + f->name()));
+  }
+  return Status::Ok();
+}
+
+Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
+                                                const v1::RequestLimits& limits,
+                                                const Tokenizer& tok, int32_t context_length,
+                                                int32_t* prompt_tokens) {
+  RETURN_IF_ERROR(RejectUnknownFields(req, "request"));
+  RETURN_IF_ERROR(CheckText("prompt", req.prompt(), limits.max_prompt_bytes(), false));
+  if (req.max_tokens() < 1 || static_cast<uint32_t>(req.max_tokens()) > limits.max_tokens()) {
+    return InvalidArgumentError("max_tokens: expected 1.." + std::to_string(limits.max_tokens()) +
+                                " (limits.max_tokens), got " + std::to_string(req.max_tokens()));
+  }
+  GenerateRequest g;
+  g.prompt = req.prompt();
+  g.max_tokens = req.max_tokens();
+  g.stop_at_eos = !req.ignore_eos();
+  const v1::Sampling& s = req.sampling();
+  g.sampling.temperature = s.temperature();
+  g.sampling.top_k = s.top_k();
+  g.sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
+  g.sampling.min_p = s.min_p();
+  g.sampling.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
+  g.sampling.seed = s.seed();
+  if (Status st = g.sampling.Validate(); !st.ok()) {
+    return InvalidArgumentError("sampling." + st.message());
+  }
+  const size_t n = tok.Encode(g.prompt, tok.add_bos()).size();
+  if (static_cast<int64_t>(n) >= context_length) {
+    return InvalidArgumentError("prompt: " + std::to_string(n) +
+                                " tokens; the context length is " + std::to_string(context_length) +
+                                " and at least one token must be generated after the prompt");
+  }
+  *prompt_tokens = static_cast<int32_t>(n);
+  return g;
+}
+
+Status ValidateTokenizeRequest(const v1::TokenizeRequest& req, const v1::RequestLimits& limits) {
+  RETURN_IF_ERROR(RejectUnknownFields(req, "request"));
+  return CheckText("text", req.text(), limits.max_prompt_bytes(), true);
+}
+
+}  // namespace dcomp::server

@@ -1,0 +1,26 @@
+// Validation of Generate and Tokenize requests before they take a place in the queue. Every error
+// is INVALID_ARGUMENT and names the field ("prompt", "max_tokens", "sampling.top_p", unknown field
+// numbers) with what was expected and what was given.
+#pragma once
+
+#include "base/status.h"
+#include "engine/generate.h"
+#include "engine/tokenizer.h"
+#include "proto/config.pb.h"
+#include "proto/dcomp.pb.h"
+
+namespace dcomp::server {
+
+// The engine request for `req`, checked against `limits`; `prompt_tokens` receives the prompt's
+// token count, which must leave room for one token in `context_length`.
+Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
+                                                const v1::RequestLimits& limits,
+                                                const Tokenizer& tok, int32_t context_length,
+                                                int32_t* prompt_tokens);
+
+Status ValidateTokenizeRequest(const v1::TokenizeRequest& req, const v1::RequestLimits& limits);
+
+// INVALID_ARGUMENT naming the unknown field numbers of `m` (and of its sub-messages) as `where`.
+Status RejectUnknownFields(const google::protobuf::Message& m, const std::string& where);
+
+}  // namespace dcomp::server
