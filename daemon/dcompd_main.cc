@@ -275,11 +275,26 @@ int Run(int argc, char** argv) {
   }
 
   Notify("STOPPING=1\nSTATUS=draining");
+  // Drain: new Generate calls get UNAVAILABLE and health says NOT_SERVING; admitted requests run
+  // to completion for up to the grace period; whatever is left is then cancelled (it stops within
+  // one token) and the server closes every connection.
   daemon.StartDraining();
   health.Shutdown();
   const auto t0 = std::chrono::steady_clock::now();
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::seconds(config->shutdown_grace_seconds()));
+  const auto grace = std::chrono::seconds(config->shutdown_grace_seconds());
+  auto last_ping = t0;
+  while (daemon.InFlight() > 0 && std::chrono::steady_clock::now() - t0 < grace) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (watchdog && std::chrono::steady_clock::now() - last_ping >= tick) {
+      Notify("WATCHDOG=1");
+      last_ping = std::chrono::steady_clock::now();
+    }
+  }
+  if (const int left = daemon.InFlight(); left > 0) {
+    spdlog::warn("{} request(s) still queued or running after the {} s grace period: cancelled",
+                 left, config->shutdown_grace_seconds());
+  }
+  server->Shutdown(std::chrono::system_clock::now());
   server->Wait();
   metrics.reset();
   spdlog::info("stopped in {:.2f} s", std::chrono::duration<double>(

@@ -39,6 +39,8 @@ class Daemon {
   // New Generate calls get UNAVAILABLE from now on; queued and running ones continue.
   void StartDraining() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
+  // Generate requests admitted and not finished (waiting or running).
+  int InFlight() const { return queue_.waiting() + queue_.running(); }
   // Applies the budget, queue depth and request limits of a re-read config (SIGHUP).
   Status Reload(const v1::DaemonConfig& config);
   // False when a request is running and no token came within `limit` (the watchdog stops

@@ -1,0 +1,847 @@
+// Integration tests of dcompd over loopback: the real binary, started per test on a unix socket in
+// a temp directory, driven through the gRPC API, dcompctl, signals and a fake NOTIFY_SOCKET.
+#include <arpa/inet.h>
+#include <google/protobuf/descriptor.pb.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <atomic>
+#include <cmath>
+#include <map>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "daemon/served_model.h"
+#include "engine/generate.h"
+#include "packer/pack.h"
+#include "packer/synth.h"
+#include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "tests/integration/daemon_process.h"
+#include "tests/util/mini_json.h"
+
+namespace dcomp::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using grpc::health::v1::HealthCheckResponse;
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The models: packed by the CTest fixture `daemon_models` into the build tree, or (when the binary
+// runs on its own) once per process into a temp directory.
+struct Models {
+  std::string dir = MakeTempDir("models");
+  ~Models() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  static std::string Prepared(const std::string& name) {
+    const std::string p = BinaryDir() + "/tests/integration/models/" + name;
+    return std::filesystem::exists(p) ? p : std::string();
+  }
+  // The embedded stories260K, packed with the defaults.
+  const std::string& Embedded() {
+    static const std::string path = [this] {
+      if (std::string p = Prepared("s260.dcm"); !p.empty()) return p;
+      packer::PackOptions o;
+      o.input = SourceDir() + "/models/stories260K.bin";
+      o.output = dir + "/s260.dcm";
+      auto r = packer::Pack(o);
+      EXPECT_TRUE(r.ok()) << r.status().ToString();
+      return o.output;
+    }();
+    return path;
+  }
+  // The small synthetic shape (42 MB INT8): slow enough that requests overlap.
+  const std::string& Small() {
+    static const std::string path = [this] {
+      if (std::string p = Prepared("small.dcm"); !p.empty()) return p;
+      packer::SynthOptions s;
+      s.shape = "small";
+      s.output = dir + "/small.gguf";
+      s.entropy_bits = 6.13;
+      EXPECT_TRUE(packer::Synthesize(s).ok());
+      packer::PackOptions o;
+      o.input = s.output;
+      o.output = dir + "/small.dcm";
+      o.scaling = false;
+      o.rate_alloc = false;
+      auto r = packer::Pack(o);
+      EXPECT_TRUE(r.ok()) << r.status().ToString();
+      std::filesystem::remove(s.output);
+      return o.output;
+    }();
+    return path;
+  }
+};
+Models& models() {
+  static Models m;
+  return m;
+}
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> streamed_ids;
+  v1::GenerateResult result;
+  int token_messages = 0;
+  bool result_last = false;
+};
+
+Outcome Generate(const std::shared_ptr<grpc::Channel>& ch, const v1::GenerateRequest& req,
+                 grpc::ClientContext* ctx = nullptr) {
+  grpc::ClientContext local;
+  if (ctx == nullptr) {
+    ctx = &local;
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  }
+  auto stub = v1::Dcomp::NewStub(ch);
+  auto reader = stub->Generate(ctx, req);
+  Outcome o;
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    o.result_last = false;
+    if (msg.has_token()) {
+      ++o.token_messages;
+      o.streamed_ids.push_back(msg.token().id());
+    } else if (msg.has_result()) {
+      o.result = msg.result();
+      o.result_last = true;
+    }
+  }
+  o.status = reader->Finish();
+  return o;
+}
+
+v1::GenerateRequest Request(const std::string& prompt, int n) {
+  v1::GenerateRequest r;
+  r.set_prompt(prompt);
+  r.set_max_tokens(n);
+  return r;
+}
+
+// The tokens the in-process engine generates for the same request.
+std::vector<int32_t> EngineTokens(const std::string& model, const GenerateRequest& req) {
+  runtime::ServedModelOptions o;
+  o.threads = 2;
+  o.streaming = runtime::Streaming::kIfDcm;
+  auto m = runtime::OpenServedModel(model, o);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  auto r = dcomp::Generate(*m->model.model, *m->model.tokenizer, req);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r->generated_ids;
+}
+
+v1::StatusResponse GetStatus(const std::shared_ptr<grpc::Channel>& ch) {
+  auto stub = v1::Dcomp::NewStub(ch);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::StatusResponse s;
+  EXPECT_TRUE(stub->Status(&ctx, {}, &s).ok());
+  return s;
+}
+
+std::string RunCommand(const std::string& cmd, int* exit_code) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int st = pclose(p);
+  *exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+
+int FreeTcpPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+TEST(DaemonTest, GenerateStreamsTheEnginesTokens) {
+  const std::string& model = models().Embedded();
+  DaemonProcess d({"--model", model, "--budget", "64MiB"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+
+  for (const auto& [temp, seed] : std::vector<std::pair<float, uint64_t>>{{0.f, 0}, {0.9f, 7}}) {
+    GenerateRequest ref;
+    ref.prompt = "Once upon a time";
+    ref.max_tokens = 40;
+    ref.sampling.temperature = temp;
+    ref.sampling.seed = seed;
+    v1::GenerateRequest req = Request(ref.prompt, ref.max_tokens);
+    req.mutable_sampling()->set_temperature(temp);
+    req.mutable_sampling()->set_seed(seed);
+    Outcome o = Generate(d.channel(), req);
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+    const std::vector<int32_t> expected = EngineTokens(model, ref);
+    EXPECT_EQ(o.streamed_ids, expected) << "temperature " << temp;
+    // One message per token, then the result.
+    EXPECT_EQ(o.token_messages, static_cast<int>(expected.size()));
+    EXPECT_TRUE(o.result_last);
+    EXPECT_EQ(std::vector<int32_t>(o.result.generated_ids().begin(), o.result.generated_ids().end()),
+              expected);
+    EXPECT_EQ(o.result.generated_tokens(), static_cast<int>(expected.size()));
+    EXPECT_GT(o.result.prompt_tokens(), 1);
+    EXPECT_NE(o.result.stop_reason(), v1::STOP_REASON_UNSPECIFIED);
+    EXPECT_GT(o.result.time_to_first_token_seconds(), 0);
+  }
+}
+
+TEST(DaemonTest, TokensArriveAsTheyAreGenerated) {
+  // On the small model each token takes milliseconds: the first must reach the client long before
+  // the last is generated.
+  DaemonProcess d({"--model", models().Small(), "--threads", "1"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  v1::GenerateRequest req = Request("Once upon a time", 200);
+  req.set_ignore_eos(true);
+  auto stub = v1::Dcomp::NewStub(d.channel());
+  grpc::ClientContext ctx;
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  const auto t0 = Clock::now();
+  double first = -1, last = -1;
+  int tokens = 0;
+  while (reader->Read(&msg)) {
+    if (msg.has_token()) {
+      if (first < 0) first = Since(t0);
+      ++tokens;
+    } else {
+      last = Since(t0);
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, 200);
+  std::printf("[first token after %.1f ms, result after %.1f ms]\n", first * 1e3, last * 1e3);
+  EXPECT_LT(first, last / 4);
+}
+
+TEST(DaemonTest, MalformedRequestsGetTheRightCodeAndNameTheField) {
+  const std::string& model = models().Embedded();
+  DaemonProcess d({"--model", model});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  struct Case {
+    std::string what;
+    v1::GenerateRequest req;
+    grpc::StatusCode code;
+    std::string field;  // must appear in the message
+  };
+  std::vector<Case> cases;
+  const auto add = [&](const std::string& what, auto mutate, grpc::StatusCode code,
+                       const std::string& field) {
+    Case c{what, Request("Once upon a time", 8), code, field};
+    mutate(c.req);
+    cases.push_back(std::move(c));
+  };
+  const auto kInvalid = grpc::StatusCode::INVALID_ARGUMENT;
+  std::string long_prompt;
+  for (int i = 0; i < 700; ++i) long_prompt += "dragon ";  // > 512 tokens, < 16 KiB
+  const std::vector<std::string> bad_utf8 = {"\xFF",         "abc\xC3",       "\xC0\xAF",
+                                             "\xED\xA0\x80", "\xF4\x90\x80\x80", "ok\x80ok",
+                                             "\xE2\x82"};
+  for (int rep = 0; cases.size() < 200; ++rep) {
+    add("empty prompt", [](auto& r) { r.set_prompt(""); }, kInvalid, "prompt");
+    add("prompt longer than the context", [&](auto& r) { r.set_prompt(long_prompt); }, kInvalid,
+        "prompt");
+    add("prompt over max_prompt_bytes", [](auto& r) { r.set_prompt(std::string(20000, 'a')); },
+        kInvalid, "prompt");
+    add("max_tokens 0", [](auto& r) { r.set_max_tokens(0); }, kInvalid, "max_tokens");
+    add("max_tokens negative", [&](auto& r) { r.set_max_tokens(-1 - rep); }, kInvalid,
+        "max_tokens");
+    add("max_tokens huge", [&](auto& r) { r.set_max_tokens(1000000 + rep); }, kInvalid,
+        "max_tokens");
+    add("temperature < 0", [&](auto& r) { r.mutable_sampling()->set_temperature(-0.5f - rep); },
+        kInvalid, "sampling.temperature");
+    add("temperature NaN", [](auto& r) { r.mutable_sampling()->set_temperature(std::nanf("")); },
+        kInvalid, "sampling.temperature");
+    add("top_p > 1", [&](auto& r) { r.mutable_sampling()->set_top_p(1.01f + rep); }, kInvalid,
+        "sampling.top_p");
+    add("top_p 0", [](auto& r) { r.mutable_sampling()->set_top_p(0); }, kInvalid,
+        "sampling.top_p");
+    add("top_k < 0", [](auto& r) { r.mutable_sampling()->set_top_k(-3); }, kInvalid,
+        "sampling.top_k");
+    add("min_p > 1", [](auto& r) { r.mutable_sampling()->set_min_p(2); }, kInvalid,
+        "sampling.min_p");
+    add("repetition_penalty 0", [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); },
+        kInvalid, "sampling.repetition_penalty");
+    add("invalid UTF-8",
+        [&](auto& r) { r.set_prompt("Once " + bad_utf8[static_cast<size_t>(rep) % bad_utf8.size()]); },
+        kInvalid, "prompt: invalid UTF-8");
+    add("unknown field", [&](auto& r) { r.GetReflection()->MutableUnknownFields(&r)->AddVarint(99 + rep, 1); },
+        kInvalid, "unknown field");
+    add("unknown field in sampling",
+        [](auto& r) {
+          auto* s = r.mutable_sampling();
+          s->GetReflection()->MutableUnknownFields(s)->AddLengthDelimited(42, "x");
+        },
+        kInvalid, "request.sampling");
+    add("message over max_message_bytes", [](auto& r) { r.set_prompt(std::string(70000, 'a')); },
+        grpc::StatusCode::RESOURCE_EXHAUSTED, "");
+  }
+  cases.resize(200);
+  std::map<std::string, int> seen;
+  for (const Case& c : cases) {
+    Outcome o = Generate(d.channel(), c.req);
+    EXPECT_EQ(o.status.error_code(), c.code) << c.what << ": " << o.status.error_message();
+    EXPECT_NE(o.status.error_message().find(c.field), std::string::npos)
+        << c.what << ": '" << o.status.error_message() << "' does not name " << c.field;
+    EXPECT_EQ(o.token_messages, 0) << c.what;
+    ++seen[c.what];
+  }
+  EXPECT_EQ(seen.size(), 17u);
+  Outcome ok = Generate(d.channel(), Request("Once upon a time", 8));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.result.generated_tokens(), 8);
+  const v1::StatusResponse st = GetStatus(d.channel());
+  EXPECT_GE(st.requests().at("INVALID_ARGUMENT"), 150u);
+}
+
+TEST(DaemonTest, TokenizeValidatesItsText) {
+  DaemonProcess d({"--model", models().Embedded()});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  auto stub = v1::Dcomp::NewStub(d.channel());
+  v1::TokenizeRequest req;
+  req.set_text("Once upon a time");
+  req.set_add_bos(true);
+  v1::TokenizeResponse resp;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(stub->Tokenize(&c1, req, &resp).ok());
+  EXPECT_EQ(resp.ids_size(), resp.pieces_size());
+  EXPECT_GT(resp.ids_size(), 2);
+  req.set_text("bad \xFF");
+  grpc::ClientContext c2;
+  grpc::Status s = stub->Tokenize(&c2, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("text: invalid UTF-8 at byte 4"), std::string::npos);
+}
+
+TEST(DaemonTest, ThirtyTwoConcurrentClientsCompleteOrAreRefused) {
+  DaemonProcess d({"--model", models().Small(), "--threads", "1", "--queue-depth", "8"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  std::vector<Outcome> out(32);
+  std::vector<double> seconds(32);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> clients;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < 32; ++i) {
+    clients.emplace_back([&, i] {
+      auto ch = grpc::CreateChannel(d.address(), grpc::InsecureChannelCredentials());
+      ch->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      ++ready;
+      while (ready.load() < 32) std::this_thread::yield();
+      const auto s = Clock::now();
+      v1::GenerateRequest req = Request("Once upon a time", 32);
+      req.set_ignore_eos(true);
+      out[static_cast<size_t>(i)] = Generate(ch, req);
+      seconds[static_cast<size_t>(i)] = Since(s);
+    });
+  }
+  for (auto& t : clients) t.join();  // every call has a 120 s deadline: none may hang
+  int ok = 0, refused = 0;
+  for (const Outcome& o : out) {
+    if (o.status.ok()) {
+      ++ok;
+      EXPECT_EQ(o.result.generated_tokens(), 32);
+    } else {
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << o.status.error_message();
+      EXPECT_NE(o.status.error_message().find("queue is full"), std::string::npos);
+      ++refused;
+    }
+  }
+  std::printf("[32 clients: %d completed, %d refused with RESOURCE_EXHAUSTED, %.2f s in all]\n", ok,
+              refused, Since(t0));
+  EXPECT_EQ(ok + refused, 32);
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(refused, 1);
+  const v1::StatusResponse st = GetStatus(d.channel());
+  EXPECT_EQ(st.queue_length() + st.running(), 0);
+}
+
+TEST(DaemonTest, CancellingHalfTheClientsFreesTheirPlacesPromptly) {
+  DaemonProcess d({"--model", models().Small(), "--threads", "1", "--queue-depth", "16"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  constexpr int kClients = 16;
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctx;
+  std::vector<Outcome> out(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) ctx.push_back(std::make_unique<grpc::ClientContext>());
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      v1::GenerateRequest req = Request("Once upon a time", 400);
+      req.set_ignore_eos(true);
+      out[static_cast<size_t>(i)] = Generate(d.channel(), req, ctx[static_cast<size_t>(i)].get());
+    });
+  }
+  // All 16 admitted: one running, fifteen waiting.
+  const auto queued = [&] {
+    const v1::StatusResponse s = GetStatus(d.channel());
+    return s.queue_length() + s.running();
+  };
+  for (auto t = Clock::now(); queued() < kClients && Since(t) < 30;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(queued(), kClients);
+  // Cancel every other client (the running one among them if it is even).
+  const auto t0 = Clock::now();
+  for (int i = 0; i < kClients; i += 2) ctx[static_cast<size_t>(i)]->TryCancel();
+  double freed = -1;
+  while (Since(t0) < 10) {
+    if (queued() <= kClients / 2) {
+      freed = Since(t0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::printf("[8 of 16 queued clients cancelled: their places free after %.1f ms]\n",
+              freed * 1e3);
+  ASSERT_GE(freed, 0) << "cancelled requests still hold their places after 10 s";
+  EXPECT_LT(freed, 2.0);
+  // The freed places take new requests.
+  auto stub = v1::Dcomp::NewStub(d.channel());
+  grpc::ClientContext extra;
+  v1::GenerateRequest req = Request("Once upon a time", 4);
+  auto reader = stub->Generate(&extra, req);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(queued(), kClients / 2 + 1);
+  extra.TryCancel();
+  for (int i = 1; i < kClients; i += 2) ctx[static_cast<size_t>(i)]->TryCancel();
+  for (auto& t : clients) t.join();
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+  }
+  (void)reader->Finish();
+  for (int i = 0; i < kClients; ++i) {
+    const auto code = out[static_cast<size_t>(i)].status.error_code();
+    EXPECT_TRUE(code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::OK) << i;
+  }
+}
+
+TEST(DaemonTest, DeadlineStopsGenerationWithinATokenOrTwo) {
+  DaemonProcess d({"--model", models().Small(), "--threads", "1"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  v1::GenerateRequest req = Request("Once upon a time", 480);
+  req.set_ignore_eos(true);
+  Outcome o = Generate(d.channel(), req, &ctx);
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(o.token_messages, 480);
+  // The daemon noticed: the request finished as DEADLINE_EXCEEDED and the queue is empty.
+  for (auto t = Clock::now(); Since(t) < 5;) {
+    const v1::StatusResponse s = GetStatus(d.channel());
+    if (s.requests().count("DEADLINE_EXCEEDED") && s.running() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const v1::StatusResponse s = GetStatus(d.channel());
+  EXPECT_EQ(s.requests().count("DEADLINE_EXCEEDED"), 1u);
+  EXPECT_EQ(s.running(), 0);
+}
+
+// A fake systemd: a datagram socket whose thread collects sd_notify messages as they come (the
+// kernel queues only a few unread datagrams before the sender blocks).
+class NotifySocket {
+ public:
+  explicit NotifySocket(const std::string& path) {
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    timeval tv{0, 50000};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    reader_ = std::thread([this] {
+      while (!stop_.load()) {
+        char buf[4096];
+        const ssize_t n = recv(fd_, buf, sizeof(buf), 0);
+        if (n <= 0) continue;
+        std::lock_guard<std::mutex> l(mu_);
+        messages_.emplace_back(buf, static_cast<size_t>(n));
+      }
+    });
+  }
+  ~NotifySocket() {
+    stop_.store(true);
+    reader_.join();
+    close(fd_);
+  }
+  // True once a message containing `what` has come, waiting up to `seconds`.
+  bool WaitFor(const std::string& what, double seconds) {
+    const auto t0 = Clock::now();
+    do {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        for (const std::string& m : messages_) {
+          if (m.find(what) != std::string::npos) return true;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    } while (Since(t0) < seconds);
+    return false;
+  }
+  std::string All() {
+    std::lock_guard<std::mutex> l(mu_);
+    std::string s;
+    for (const auto& m : messages_) s += "[" + m + "] ";
+    return s;
+  }
+
+ private:
+  int fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<std::string> messages_;
+  std::thread reader_;
+};
+
+TEST(DaemonTest, NotifiesSystemdAndDrainsOnSigterm) {
+  const std::string dir = MakeTempDir("notify");
+  NotifySocket notify(dir + "/notify.sock");
+  DaemonProcess d({"--model", models().Small(), "--threads", "1", "--shutdown-grace", "1"},
+                  {"NOTIFY_SOCKET=" + dir + "/notify.sock", "WATCHDOG_USEC=400000"});
+  EXPECT_TRUE(notify.WaitFor("READY=1", 120)) << notify.All() << d.Log();
+  EXPECT_TRUE(notify.WaitFor("STATUS=serving", 5)) << notify.All();
+  EXPECT_TRUE(notify.WaitFor("WATCHDOG=1", 5)) << notify.All();
+  EXPECT_EQ(d.Health(), HealthCheckResponse::SERVING);
+
+  // SIGTERM while a long generation streams and a second one waits: together they need more than
+  // the 1 s grace, so the daemon finishes what it can, cancels the rest and exits 0 in time.
+  std::atomic<int> tokens{0};
+  std::vector<Outcome> out(2);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 2; ++i) {
+    clients.emplace_back([&, i] {
+      auto stub = v1::Dcomp::NewStub(d.channel());
+      grpc::ClientContext ctx;
+      v1::GenerateRequest req = Request("Once upon a time", 480);
+      req.set_ignore_eos(true);
+      auto reader = stub->Generate(&ctx, req);
+      v1::GenerateResponse msg;
+      while (reader->Read(&msg)) {
+        if (msg.has_token()) ++tokens;
+      }
+      out[static_cast<size_t>(i)].status = reader->Finish();
+    });
+  }
+  while (tokens.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  while (GetStatus(d.channel()).queue_length() < 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  double seconds = 0;
+  const int code = d.Stop(SIGTERM, std::chrono::seconds(10), &seconds);
+  for (auto& t : clients) t.join();
+  int cancelled = 0;
+  for (const Outcome& o : out) {
+    // Cancelled by the shutdown: the client sees the call cancelled or the connection closed.
+    EXPECT_TRUE(o.status.ok() || o.status.error_code() == grpc::StatusCode::CANCELLED ||
+                o.status.error_code() == grpc::StatusCode::UNAVAILABLE)
+        << o.status.error_code() << " " << o.status.error_message();
+    cancelled += !o.status.ok();
+  }
+  std::printf("[SIGTERM during generation with one request queued: exit %d after %.2f s (grace "
+              "1 s); %d tokens streamed; %d of 2 requests cancelled]\n",
+              code, seconds, tokens.load(), cancelled);
+  EXPECT_EQ(code, 0) << d.Log();
+  EXPECT_LT(seconds, 1.0 + 1.0);
+  EXPECT_GE(cancelled, 1);
+  EXPECT_NE(d.Log().find("after the 1 s grace period: cancelled"), std::string::npos) << d.Log();
+  EXPECT_TRUE(notify.WaitFor("STOPPING=1", 1)) << notify.All();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+TEST(DaemonTest, HealthIsServingOnlyOnceTheModelIsLoaded) {
+  // A streamed model under a budget calibrates at start: the socket answers before it is ready.
+  DaemonProcess d({"--model", models().Small(), "--budget", "60MiB"});
+  bool saw_not_serving = false;
+  const auto t0 = Clock::now();
+  for (;;) {
+    ASSERT_LT(Since(t0), 120) << d.Log();
+    ASSERT_FALSE(d.Exited(nullptr)) << d.Log();
+    const auto h = d.Health();
+    if (h == HealthCheckResponse::NOT_SERVING) {
+      if (!saw_not_serving) {
+        // Not serving: Generate says so.
+        Outcome o = Generate(d.channel(), Request("Hi", 2));
+        if (d.Health() == HealthCheckResponse::NOT_SERVING) {
+          EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+        }
+      }
+      saw_not_serving = true;
+    } else if (h == HealthCheckResponse::SERVING) {
+      // Serving: a request succeeds at once.
+      Outcome o = Generate(d.channel(), Request("Once upon a time", 4));
+      EXPECT_TRUE(o.status.ok()) << o.status.error_message();
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  std::printf("[health NOT_SERVING observed while loading: %s]\n", saw_not_serving ? "yes" : "no");
+  auto stub = grpc::health::v1::Health::NewStub(d.channel());
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service("dcomp.v1.Dcomp");
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(stub->Check(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+  grpc::ClientContext ctx2;
+  req.set_service("no.such.Service");
+  EXPECT_EQ(stub->Check(&ctx2, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(DaemonTest, ReflectionListsAndDescribesTheServices) {
+  DaemonProcess d({"--model", models().Embedded()});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(d.channel());
+  grpc::ClientContext ctx;
+  auto stream = stub->ServerReflectionInfo(&ctx);
+  grpc::reflection::v1alpha::ServerReflectionRequest req;
+  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  req.set_list_services("");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  std::set<std::string> services;
+  for (const auto& s : resp.list_services_response().service()) services.insert(s.name());
+  EXPECT_TRUE(services.count("dcomp.v1.Dcomp"));
+  EXPECT_TRUE(services.count("grpc.health.v1.Health"));
+  EXPECT_TRUE(services.count("grpc.reflection.v1alpha.ServerReflection"));
+  // Describe dcomp.v1.Dcomp as grpcurl does: its file's descriptor.
+  req.set_file_containing_symbol("dcomp.v1.Dcomp");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_GT(resp.file_descriptor_response().file_descriptor_proto_size(), 0);
+  google::protobuf::FileDescriptorProto file;
+  ASSERT_TRUE(file.ParseFromString(resp.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(file.package(), "dcomp.v1");
+  ASSERT_EQ(file.service_size(), 1);
+  std::map<std::string, bool> methods;
+  for (const auto& m : file.service(0).method()) methods[m.name()] = m.server_streaming();
+  EXPECT_EQ(methods, (std::map<std::string, bool>{
+                         {"Generate", true}, {"Tokenize", false}, {"Status", false}, {"SetBudget", false}}));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Checks the Prometheus text exposition format (0.0.4) strictly: HELP/TYPE before samples, one
+// TYPE per family, metric and label names, escaped label values, float values, summary suffixes,
+// no duplicate series.
+std::string ExpositionErrors(const std::string& text) {
+  static const std::regex help(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) .*)");
+  static const std::regex type(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|summary|histogram|untyped))");
+  static const std::regex sample(
+      R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\
+]|\[\"n])*"(,[a-zA-Z_][a-zA-Z0-9_]*="([^"\
+]|\[\"n])*")*)?\})? ([^ ]+)( -?[0-9]+)?)");
+  std::map<std::string, std::string> types;
+  std::set<std::string> series;
+  std::string family;
+  std::istringstream in(text);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    std::smatch m;
+    const std::string at = "line " + std::to_string(n) + " '" + line + "': ";
+    if (line.empty()) continue;
+    if (line.rfind("# HELP ", 0) == 0) {
+      if (!std::regex_match(line, m, help)) return at + "bad HELP";
+      continue;
+    }
+    if (line.rfind("# TYPE ", 0) == 0) {
+      if (!std::regex_match(line, m, type)) return at + "bad TYPE";
+      if (types.count(m[1])) return at + "second TYPE for " + m[1].str();
+      types[m[1]] = m[2];
+      family = m[1];
+      continue;
+    }
+    if (line[0] == '#') continue;
+    if (!std::regex_match(line, m, sample)) return at + "not a sample";
+    const std::string name = m[1], value = m[7];
+    std::string base = name;
+    for (const char* suffix : {"_sum", "_count", "_bucket"}) {
+      const std::string s = suffix;
+      if (!types.count(base) && name.size() > s.size() &&
+          name.compare(name.size() - s.size(), s.size(), s) == 0) {
+        base = name.substr(0, name.size() - s.size());
+      }
+    }
+    if (!types.count(base)) return at + "sample before its TYPE";
+    if (base != family) return at + "sample outside its family block";
+    if (base != name && types[base] != "summary" && types[base] != "histogram") {
+      return at + "suffix on a " + types[base];
+    }
+    if (value != "NaN" && value != "+Inf" && value != "-Inf") {
+      char* end = nullptr;
+      std::strtod(value.c_str(), &end);
+      if (end == value.c_str() || *end != '\0') return at + "bad value";
+    }
+    if (!series.insert(name + m[2].str()).second) return at + "duplicate series";
+  }
+  if (types.empty()) return "no metrics";
+  return "";
+}
+
+TEST(DaemonTest, MetricsEndpointServesValidExposition) {
+  const int port = FreeTcpPort();
+  DaemonProcess d({"--model", models().Embedded(), "--budget", "64MiB", "--metrics-port",
+                   std::to_string(port)});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  ASSERT_TRUE(Generate(d.channel(), Request("Once upon a time", 16)).status.ok());
+  const auto get = [&](const std::string& path) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string resp;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+      const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+      (void)!write(fd, req.data(), req.size());
+      char buf[8192];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+    }
+    close(fd);
+    return resp;
+  };
+  const std::string resp = get("/metrics");
+  ASSERT_EQ(resp.rfind("HTTP/1.0 200", 0), 0u) << resp.substr(0, 200);
+  EXPECT_NE(resp.find("Content-Type: text/plain; version=0.0.4"), std::string::npos);
+  const std::string body = resp.substr(resp.find("\r\n\r\n") + 4);
+  EXPECT_EQ(ExpositionErrors(body), "");
+  for (const char* name :
+       {"dcomp_up 1", "dcomp_budget_bytes 67108864", "dcomp_resident_memory_bytes ",
+        "dcomp_tier_bytes{tier=\"decoded\"}", "dcomp_token_latency_seconds{quantile=\"0.99\"}",
+        "dcomp_time_to_first_token_seconds_count ", "dcomp_tokens_per_second ",
+        "dcomp_flash_read_bytes_total ", "dcomp_decode_bytes_per_second ", "dcomp_queue_waiting 0",
+        "dcomp_requests_total{code=\"OK\"} 1", "dcomp_uptime_seconds "}) {
+    EXPECT_NE(body.find(name), std::string::npos) << name;
+  }
+  // The checker itself rejects broken text.
+  EXPECT_NE(ExpositionErrors("x 1\n"), "");
+  EXPECT_NE(ExpositionErrors("# TYPE x gauge\nx{a=\"b} 1\n"), "");
+  EXPECT_NE(ExpositionErrors("# TYPE x gauge\nx one\n"), "");
+  EXPECT_NE(ExpositionErrors("# TYPE x gauge\nx 1\nx 2\n"), "");
+  EXPECT_EQ(get("/other").rfind("HTTP/1.0 404", 0), 0u);
+}
+
+TEST(DaemonTest, SighupReloadsLimitsAndBudget) {
+  const std::string dir = MakeTempDir("hup");
+  const std::string config = dir + "/dcompd.textproto";
+  const auto write = [&](int max_tokens, const std::string& budget) {
+    std::ofstream(config) << "model: \"" << models().Embedded() << "\"\nbudget: \"" << budget
+                          << "\"\nlimits { max_tokens: " << max_tokens << " }\n";
+  };
+  write(100, "64MiB");
+  DaemonProcess d({"--config", config});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  EXPECT_TRUE(Generate(d.channel(), Request("Once upon a time", 50)).status.ok());
+  EXPECT_EQ(GetStatus(d.channel()).budget_bytes(), 64u << 20);
+  write(10, "48MiB");
+  kill(d.pid(), SIGHUP);
+  bool reloaded = false;
+  for (auto t = Clock::now(); !reloaded && Since(t) < 10;) {
+    reloaded = GetStatus(d.channel()).budget_bytes() == (48u << 20);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(reloaded) << d.Log();
+  Outcome o = Generate(d.channel(), Request("Once upon a time", 50));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(o.status.error_message().find("limits.max_tokens"), std::string::npos);
+  // A broken config on SIGHUP keeps the old one and the daemon up.
+  std::ofstream(config) << "model: \"" << models().Embedded() << "\"\nqueue_depth: 0x\n";
+  kill(d.pid(), SIGHUP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(Generate(d.channel(), Request("Once upon a time", 5)).status.ok());
+  EXPECT_NE(d.Log().find("config not reloaded"), std::string::npos) << d.Log();
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+TEST(DaemonTest, BadConfigsAreRefusedWithPreciseErrors) {
+  const std::string dir = MakeTempDir("cfg");
+  struct Case {
+    std::string text;
+    std::vector<std::string> args;
+    std::string expected;
+  };
+  const std::string model = models().Embedded();
+  const std::vector<Case> cases = {
+      {"model: \"m\"\nqueue_depht: 3\n", {}, "dcompd.textproto:2:1"},
+      {"model: \"m\"\nqueue_depth: 5000\n", {}, "field `queue_depth`: expected 1..1024, got 5000"},
+      {"listen: \"unix:/x\"\n", {}, "field `model`: required"},
+      {"model: \"m\"\nlisten: \"0.0.0.0:5000\"\n", {"--model", model}, "not a loopback address"},
+      {"model: \"m\"\nbudget: \"lots\"\n", {}, "field `budget`"},
+      {"model: \"m\"\nlimits { max_tokens: 0 max_prompt_bytes: 99999999 }\n", {},
+       "limits.max_prompt_bytes"},
+      {"model: \"/no/such/model.dcm\"\n", {}, "/no/such/model.dcm"},
+  };
+  for (const Case& c : cases) {
+    std::ofstream(dir + "/dcompd.textproto") << c.text;
+    std::string cmd = DcompdBinary() + " --config " + dir + "/dcompd.textproto";
+    if (c.text.find("listen") == std::string::npos) cmd += " --listen unix:" + dir + "/s.sock";
+    for (const auto& a : c.args) cmd += " " + a;
+    int code = 0;
+    const std::string out = RunCommand(cmd + " 2>&1", &code);
+    EXPECT_NE(code, 0) << c.text;
+    EXPECT_NE(out.find(c.expected), std::string::npos) << "expected '" << c.expected << "' in: " << out;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+TEST(DaemonTest, DcompctlDrivesTheDaemon) {
+  const std::string& model = models().Embedded();
+  DaemonProcess d({"--model", model, "--budget", "64MiB"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  const std::string ctl = DcompctlBinary() + " --address " + d.address();
+  int code = 0;
+  // generate --json: the same object shape and ids as `dcomp generate --json`.
+  const std::string out =
+      RunCommand(ctl + " generate --prompt 'Once upon a time' -n 24 --seed 3 --temperature 0.8 --json", &code);
+  ASSERT_EQ(code, 0) << out;
+  const std::string ref = RunCommand(DcompBinary() + " generate " + model +
+                                         " --prompt 'Once upon a time' -n 24 --seed 3 --temperature 0.8 --json",
+                                     &code);
+  ASSERT_EQ(code, 0) << ref;
+  const Json a = JsonParser(out).Parse(), b = JsonParser(ref).Parse();
+  EXPECT_EQ(a["ids"].ints(), b["ids"].ints());
+  EXPECT_EQ(a["text"].str, b["text"].str);
+  // status: a table, and --json with the Status fields.
+  const std::string table = RunCommand(ctl + " status", &code);
+  EXPECT_EQ(code, 0);
+  for (const char* row : {"serving", "memory", "tiers", "plan", "per token", "queue", "requests"}) {
+    EXPECT_NE(table.find(row), std::string::npos) << row << " in\n" << table;
+  }
+  const Json st = JsonParser(RunCommand(ctl + " status --json", &code)).Parse();
+  EXPECT_EQ(code, 0);
+  EXPECT_TRUE(st["serving"].b);
+  EXPECT_EQ(st["budget_bytes"].str, std::to_string(64u << 20));  // uint64 as a JSON string
+  // set-budget, health.
+  EXPECT_NE(RunCommand(ctl + " set-budget 48MiB", &code).find("budget 48.0 MiB"), std::string::npos);
+  EXPECT_EQ(code, 0);
+  EXPECT_NE(RunCommand(ctl + " set-budget 1KiB 2>&1", &code).find("RESOURCE_EXHAUSTED"), std::string::npos);
+  EXPECT_EQ(code, 1);
+  EXPECT_EQ(RunCommand(ctl + " health", &code), "SERVING\n");
+  EXPECT_EQ(code, 0);
+  // Errors: a bad request names the field; a daemon that is not there is named.
+  EXPECT_NE(RunCommand(ctl + " generate --prompt '' 2>&1", &code).find("prompt: empty"), std::string::npos);
+  EXPECT_EQ(code, 1);
+  const std::string down =
+      RunCommand(DcompctlBinary() + " --address unix:" + d.dir() + "/nothing.sock status 2>&1", &code);
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(down.find("cannot reach dcompd at unix:" + d.dir() + "/nothing.sock"), std::string::npos)
+      << down;
+}
+
+}  // namespace
+}  // namespace dcomp::testing
