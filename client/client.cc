@@ -1,9 +1,9 @@
 #include "client/client.h"
 
+#include <google/protobuf/text_format.h>
+
 #include <cstdlib>
 #include <filesystem>
-
-#include <google/protobuf/text_format.h>
 
 #include "base/file.h"
 #include "base/status.h"

@@ -171,8 +171,8 @@ int CmdGenerate(const Ctx& c, const Flags& f) {
   Result<int64_t> seed = f.GetInt("seed", 0);
   Result<int64_t> top_k = f.GetInt("top-k", 0);
   Result<double> timeout = f.GetDouble("timeout", 0);
-  for (const Status& s : {n.status(), temp.status(), seed.status(), top_k.status(),
-                          timeout.status()}) {
+  for (const Status& s :
+       {n.status(), temp.status(), seed.status(), top_k.status(), timeout.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "dcompctl: generate: %s\n", s.message().c_str());
       return 2;
@@ -182,7 +182,8 @@ int CmdGenerate(const Ctx& c, const Flags& f) {
   req.set_max_tokens(static_cast<int32_t>(std::clamp<int64_t>(*n, INT32_MIN, INT32_MAX)));
   req.mutable_sampling()->set_temperature(static_cast<float>(*temp));
   req.mutable_sampling()->set_seed(static_cast<uint64_t>(*seed));
-  req.mutable_sampling()->set_top_k(static_cast<int32_t>(std::clamp<int64_t>(*top_k, INT32_MIN, INT32_MAX)));
+  req.mutable_sampling()->set_top_k(
+      static_cast<int32_t>(std::clamp<int64_t>(*top_k, INT32_MIN, INT32_MAX)));
   for (const char* name : {"top-p", "min-p", "repetition-penalty"}) {
     if (!f.Has(name)) continue;
     Result<double> v = f.GetDouble(name, 0);
@@ -246,7 +247,8 @@ int CmdGenerate(const Ctx& c, const Flags& f) {
     std::printf("%s\n", w.str().c_str());
   } else {
     std::fprintf(stderr,
-                 "[request %" PRIu64 ": %d prompt tokens, first token in %s, %d generated at %.1f "
+                 "[request %" PRIu64
+                 ": %d prompt tokens, first token in %s, %d generated at %.1f "
                  "tokens/s, stop: %s]\n",
                  result.request_id(), result.prompt_tokens(),
                  Ms(result.time_to_first_token_seconds()).c_str(), result.generated_tokens(),

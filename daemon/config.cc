@@ -125,8 +125,9 @@ void ApplyDefaults(v1::DaemonConfig* c) {
 
 Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source) {
   if (c.model().empty()) {
-    return FieldError(source, "model", "required: the path of the model to serve (.dcm, .gguf, "
-                                       "llama2.c .bin)");
+    return FieldError(source, "model",
+                      "required: the path of the model to serve (.dcm, .gguf, "
+                      "llama2.c .bin)");
   }
   std::set<std::string> seen;
   for (const std::string& addr : c.listen()) {
@@ -166,7 +167,8 @@ Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source
                           std::to_string(l.max_message_bytes()));
   }
   RETURN_IF_ERROR(CheckRange(source, "metrics_port", c.metrics_port(), 0, 65535));
-  RETURN_IF_ERROR(CheckRange(source, "shutdown_grace_seconds", c.shutdown_grace_seconds(), 1, 3600));
+  RETURN_IF_ERROR(
+      CheckRange(source, "shutdown_grace_seconds", c.shutdown_grace_seconds(), 1, 3600));
   return Status::Ok();
 }
 

@@ -235,8 +235,9 @@ int Run(int argc, char** argv) {
 
   uint64_t watchdog_usec = 0;
   const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
-  const auto tick = watchdog ? std::chrono::microseconds(std::max<uint64_t>(watchdog_usec / 4, 50000))
-                             : std::chrono::microseconds(1000000);
+  const auto tick = watchdog
+                        ? std::chrono::microseconds(std::max<uint64_t>(watchdog_usec / 4, 50000))
+                        : std::chrono::microseconds(1000000);
   if (watchdog) spdlog::info("systemd watchdog: {} ms", watchdog_usec / 1000);
   auto last_status = std::chrono::steady_clock::now();
   int exit_code = 0;
@@ -297,9 +298,8 @@ int Run(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now());
   server->Wait();
   metrics.reset();
-  spdlog::info("stopped in {:.2f} s", std::chrono::duration<double>(
-                                          std::chrono::steady_clock::now() - t0)
-                                          .count());
+  spdlog::info("stopped in {:.2f} s",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   if (load_state.load() == 0) {
     // Still loading: nothing to finish, do not wait for the load.
     spdlog::default_logger()->flush();

@@ -43,3 +43,38 @@ Result<MemoryPressure> ReadMemoryPressure(const std::string& path) {
 }
 
 }  // namespace dcomp::runtime
+
+namespace dcomp::runtime {
+
+uint64_t CgroupMemoryLimit(const std::string& proc_cgroup, const std::string& cgroup_root) {
+  Result<std::string> s = ReadFileToString(proc_cgroup);
+  if (!s.ok()) return 0;
+  uint64_t limit = 0;
+  size_t pos = 0;
+  while (pos < s->size()) {
+    size_t end = s->find('\n', pos);
+    if (end == std::string::npos) end = s->size();
+    const std::string line = s->substr(pos, end - pos);
+    pos = end + 1;
+    // "0::/path" (v2) or "N:memory:/path" (v1, possibly with other controllers).
+    const size_t c1 = line.find(':'), c2 = line.find(':', c1 + 1);
+    if (c1 == std::string::npos || c2 == std::string::npos) continue;
+    const std::string controllers = line.substr(c1 + 1, c2 - c1 - 1);
+    const std::string path = line.substr(c2 + 1);
+    std::string file;
+    if (controllers.empty()) {
+      file = cgroup_root + path + "/memory.max";
+    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
+      file = cgroup_root + "/memory" + path + "/memory.limit_in_bytes";
+    } else {
+      continue;
+    }
+    Result<std::string> v = ReadFileToString(file);
+    if (!v.ok() || v->rfind("max", 0) == 0) continue;
+    const uint64_t b = std::strtoull(v->c_str(), nullptr, 10);
+    if (b != 0 && b < (uint64_t{1} << 60) && (limit == 0 || b < limit)) limit = b;
+  }
+  return limit;
+}
+
+}  // namespace dcomp::runtime

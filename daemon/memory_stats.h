@@ -24,4 +24,9 @@ struct MemoryPressure {
 // UNAVAILABLE when the kernel has no PSI.
 Result<MemoryPressure> ReadMemoryPressure(const std::string& path = "/proc/pressure/memory");
 
+// The memory limit of this process's cgroup in bytes (v2 memory.max or v1
+// memory.limit_in_bytes; the smallest if both), 0 when there is none or it cannot be read.
+uint64_t CgroupMemoryLimit(const std::string& proc_cgroup = "/proc/self/cgroup",
+                           const std::string& cgroup_root = "/sys/fs/cgroup");
+
 }  // namespace dcomp::runtime

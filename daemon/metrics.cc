@@ -1,10 +1,10 @@
 #include "daemon/metrics.h"
 
+#include <spdlog/spdlog.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <spdlog/spdlog.h>
-
 #include <cmath>
 #include <cstdio>
 #include <thread>
@@ -84,8 +84,7 @@ std::string PrometheusText(const v1::StatusResponse& s) {
   w.Family("dcomp_info", "gauge", "Version and model of the daemon (always 1).")
       .Sample("dcomp_info", 1,
               Label("version", s.version()) + "," + Label("model", s.model().path()) + "," +
-                  Label("format", s.model().format()) + "," +
-                  Label("plan", s.plan().summary()));
+                  Label("format", s.model().format()) + "," + Label("plan", s.plan().summary()));
   w.Gauge("dcomp_uptime_seconds", "Seconds since the daemon started.", s.uptime_seconds());
   w.Gauge("dcomp_context_length", "Context length served, tokens.", s.model().context_length());
   w.Gauge("dcomp_model_int8_bytes", "Bytes of every weight matrix decoded to INT8.",

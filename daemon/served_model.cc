@@ -22,7 +22,8 @@ Result<ServedModel> OpenServedModel(const std::string& path, const ServedModelOp
     ro.cores = options.threads;
     const Streaming mode = options.streaming;
     o.weights = [&runtime, ro, path, mode](
-                    const ModelFile& file, ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
+                    const ModelFile& file,
+                    ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
       const auto* dcm = dynamic_cast<const DcmModelFile*>(&file);
       if (dcm == nullptr) {
         if (mode == Streaming::kRequired) {

@@ -112,8 +112,9 @@ Status Daemon::Load() {
   }
   runtime::ServedModelOptions o;
   o.tokenizer_path = c.tokenizer();
-  o.threads = c.threads() != 0 ? static_cast<int>(c.threads())
-                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  o.threads = c.threads() != 0
+                  ? static_cast<int>(c.threads())
+                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   o.context_length = static_cast<int32_t>(c.context_length());
   o.streaming = runtime::Streaming::kIfDcm;
   if (c.budget() != "0") {
@@ -143,9 +144,22 @@ Status Daemon::Load() {
   spdlog::info("model {} [{}]: {}; context {}; {}; loaded and warmed up in {:.2f} s", c.model(),
                model_.model.file->format(), model_.model.file->config().Summary(),
                model_.model.model->context_length(),
-               model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
-                              : "resident " + runtime::FormatBytes(model_.model.resident_weight_bytes),
+               model_.runtime
+                   ? "streamed: " + model_.runtime->plan().Summary()
+                   : "resident " + runtime::FormatBytes(model_.model.resident_weight_bytes),
                Since(t0));
+  if (model_.runtime != nullptr) {
+    // The kernel enforces the cgroup's limit (systemd MemoryMax), which also counts page cache:
+    // a budget at or above it would be met by the OOM killer first.
+    const uint64_t budget = model_.runtime->stats().budget;
+    const uint64_t limit = runtime::CgroupMemoryLimit();
+    if (limit != 0 && (budget == 0 || budget + (32u << 20) > limit)) {
+      spdlog::warn(
+          "budget {} is not below this cgroup's memory limit {} by 32 MiB or more: set "
+          "the budget lower or MemoryMax higher (docs/service.md)",
+          budget ? runtime::FormatBytes(budget) : "unlimited", runtime::FormatBytes(limit));
+    }
+  }
   last_progress_ns_.store(NowNs());
   serving_.store(true, std::memory_order_release);
   return Status::Ok();
@@ -202,9 +216,11 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
     return ToGrpc(s);
   };
   if (draining()) return fail(UnavailableError("dcompd is shutting down"));
-  if (!serving()) return fail(UnavailableError("the model is loading; retry when health is SERVING"));
-  Result<GenerateRequest> greq = ValidateGenerateRequest(
-      *req, limits(), *model_.model.tokenizer, model_.model.model->context_length(), &prompt_tokens);
+  if (!serving())
+    return fail(UnavailableError("the model is loading; retry when health is SERVING"));
+  Result<GenerateRequest> greq =
+      ValidateGenerateRequest(*req, limits(), *model_.model.tokenizer,
+                              model_.model.model->context_length(), &prompt_tokens);
   if (!greq.ok()) return fail(greq.status());
   Result<RequestQueue::Ticket> ticket = queue_.Admit();
   if (!ticket.ok()) return fail(ticket.status());
@@ -221,29 +237,29 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   bool first = true;
   bool write_failed = false;
   double ttft_seconds = 0;
-  Result<GenerateResult> r = Generate(
-      *model_.model.model, *model_.model.tokenizer, *greq,
-      [&](int32_t token, const std::string& text) {
-        const auto now = Clock::now();
-        const double dt = std::chrono::duration<double>(now - last).count();
-        if (first) {
-          ttft_seconds = dt;
-          ttft_.Add(dt);
-        } else {
-          token_latency_.Add(dt);
-        }
-        first = false;
-        last = now;
-        last_progress_ns_.store(NowNs());
-        v1::GenerateResponse msg;
-        msg.mutable_token()->set_id(token);
-        msg.mutable_token()->set_text(SanitizeUtf8(text));
-        if (!writer->Write(msg)) {
-          write_failed = true;
-          return false;
-        }
-        return !ctx->IsCancelled();
-      });
+  Result<GenerateResult> r = Generate(*model_.model.model, *model_.model.tokenizer, *greq,
+                                      [&](int32_t token, const std::string& text) {
+                                        const auto now = Clock::now();
+                                        const double dt =
+                                            std::chrono::duration<double>(now - last).count();
+                                        if (first) {
+                                          ttft_seconds = dt;
+                                          ttft_.Add(dt);
+                                        } else {
+                                          token_latency_.Add(dt);
+                                        }
+                                        first = false;
+                                        last = now;
+                                        last_progress_ns_.store(NowNs());
+                                        v1::GenerateResponse msg;
+                                        msg.mutable_token()->set_id(token);
+                                        msg.mutable_token()->set_text(SanitizeUtf8(text));
+                                        if (!writer->Write(msg)) {
+                                          write_failed = true;
+                                          return false;
+                                        }
+                                        return !ctx->IsCancelled();
+                                      });
   busy_.store(false);
   last_progress_ns_.store(NowNs());
   if (!r.ok()) return fail(r.status());
@@ -291,8 +307,9 @@ void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int 
       "request {} generate peer={} status={} prompt_tokens={} generated_tokens={} stop={} "
       "queue_ms={:.1f} ttft_ms={:.1f} tokens_per_s={:.2f} latency_ms={:.1f}{}{}",
       id, peer, StatusCodeName(st.code()), prompt_tokens, generated,
-      r ? r->stop_reason : std::string("-"), queue_seconds * 1e3, r ? r->prefill_seconds * 1e3 : 0.0,
-      tps, total_seconds * 1e3, st.ok() ? "" : " error=", st.ok() ? "" : st.message());
+      r ? r->stop_reason : std::string("-"), queue_seconds * 1e3,
+      r ? r->prefill_seconds * 1e3 : 0.0, tps, total_seconds * 1e3,
+      st.ok() ? "" : " error=", st.ok() ? "" : st.message());
   if (st.ok() || st.code() == StatusCode::kCancelled ||
       st.code() == StatusCode::kDeadlineExceeded) {
     spdlog::info("{}", line);
@@ -311,19 +328,17 @@ grpc::Status Daemon::DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetR
   }
   uint64_t bytes = 0;
   switch (req->budget_case()) {
-    case v1::SetBudgetRequest::kBytes:
-      bytes = req->bytes();
-      break;
+    case v1::SetBudgetRequest::kBytes: bytes = req->bytes(); break;
     case v1::SetBudgetRequest::kPercent: {
       const double p = req->percent();
       if (!std::isfinite(p) || p <= 0 || p > 1000) {
-        return ToGrpc(InvalidArgumentError("percent: expected (0, 1000], got " + std::to_string(p)));
+        return ToGrpc(
+            InvalidArgumentError("percent: expected (0, 1000], got " + std::to_string(p)));
       }
       bytes = static_cast<uint64_t>(p / 100.0 * static_cast<double>(model_.runtime->int8_bytes()));
       break;
     }
-    default:
-      return ToGrpc(InvalidArgumentError("budget: set `bytes` or `percent`"));
+    default: return ToGrpc(InvalidArgumentError("budget: set `bytes` or `percent`"));
   }
   if (Status s = model_.runtime->SetBudget(bytes); !s.ok()) return ToGrpc(s);
   // Idle: apply now so that memory is released at once; busy: the runtime applies it at the next
@@ -416,8 +431,9 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   tier("decoded", p.decoded_bytes, p.count(runtime::Tier::kDecoded));
   tier("compressed", p.compressed_bytes, p.count(runtime::Tier::kCompressed));
   tier("flash", 0, p.count(runtime::Tier::kFlash));
-  tier("pipeline", p.slot_bytes * static_cast<uint64_t>(p.slots) +
-                       p.staging_bytes * static_cast<uint64_t>(p.staging),
+  tier("pipeline",
+       p.slot_bytes * static_cast<uint64_t>(p.slots) +
+           p.staging_bytes * static_cast<uint64_t>(p.staging),
        0);
   FillPlan(out->mutable_plan());
 }
@@ -432,8 +448,8 @@ std::string Daemon::StatusLine() const {
   if (s.budget_bytes() != 0) line += " of " + runtime::FormatBytes(s.budget_bytes()) + " budget";
   uint64_t n = 0;
   for (const auto& [code, c] : s.requests()) n += c;
-  line += fmt::format("; {} requests; queue {}/{}", n, s.queue_length() + s.running(),
-                      s.queue_depth());
+  line +=
+      fmt::format("; {} requests; queue {}/{}", n, s.queue_length() + s.running(), s.queue_depth());
   return line;
 }
 

@@ -34,8 +34,9 @@ Status RejectUnknownFields(const google::protobuf::Message& m, const std::string
     for (int i = 0; i < u.field_count(); ++i) {
       nums += (i ? ", " : "") + std::to_string(u.field(i).number());
     }
-    return InvalidArgumentError(where + ": unknown field number" + (u.field_count() > 1 ? "s " : " ") +
-                                nums + " (not part of " + m.GetDescriptor()->full_name() + ")");
+    return InvalidArgumentError(where + ": unknown field number" +
+                                (u.field_count() > 1 ? "s " : " ") + nums + " (not part of " +
+                                m.GetDescriptor()->full_name() + ")");
   }
   std::vector<const google::protobuf::FieldDescriptor*> fields;
   r->ListFields(m, &fields);
@@ -74,8 +75,8 @@ Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
   }
   const size_t n = tok.Encode(g.prompt, tok.add_bos()).size();
   if (static_cast<int64_t>(n) >= context_length) {
-    return InvalidArgumentError("prompt: " + std::to_string(n) +
-                                " tokens; the context length is " + std::to_string(context_length) +
+    return InvalidArgumentError("prompt: " + std::to_string(n) + " tokens; the context length is " +
+                                std::to_string(context_length) +
                                 " and at least one token must be generated after the prompt");
   }
   *prompt_tokens = static_cast<int32_t>(n);

@@ -151,7 +151,8 @@ class DaemonProcess {
       if (Exited(&code)) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    if (seconds) *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (seconds)
+      *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return code;
   }
 

@@ -28,7 +28,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using grpc::health::v1::HealthCheckResponse;
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // The models: packed by the CTest fixture `daemon_models` into the build tree, or (when the binary
 // runs on its own) once per process into a temp directory.
@@ -188,8 +190,9 @@ TEST(DaemonTest, GenerateStreamsTheEnginesTokens) {
     // One message per token, then the result.
     EXPECT_EQ(o.token_messages, static_cast<int>(expected.size()));
     EXPECT_TRUE(o.result_last);
-    EXPECT_EQ(std::vector<int32_t>(o.result.generated_ids().begin(), o.result.generated_ids().end()),
-              expected);
+    EXPECT_EQ(
+        std::vector<int32_t>(o.result.generated_ids().begin(), o.result.generated_ids().end()),
+        expected);
     EXPECT_EQ(o.result.generated_tokens(), static_cast<int>(expected.size()));
     EXPECT_GT(o.result.prompt_tokens(), 1);
     EXPECT_NE(o.result.stop_reason(), v1::STOP_REASON_UNSPECIFIED);
@@ -245,46 +248,64 @@ TEST(DaemonTest, MalformedRequestsGetTheRightCodeAndNameTheField) {
   const auto kInvalid = grpc::StatusCode::INVALID_ARGUMENT;
   std::string long_prompt;
   for (int i = 0; i < 700; ++i) long_prompt += "dragon ";  // > 512 tokens, < 16 KiB
-  const std::vector<std::string> bad_utf8 = {"\xFF",         "abc\xC3",       "\xC0\xAF",
-                                             "\xED\xA0\x80", "\xF4\x90\x80\x80", "ok\x80ok",
-                                             "\xE2\x82"};
+  const std::vector<std::string> bad_utf8 = {
+      "\xFF", "abc\xC3", "\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "ok\x80ok", "\xE2\x82"};
   for (int rep = 0; cases.size() < 200; ++rep) {
-    add("empty prompt", [](auto& r) { r.set_prompt(""); }, kInvalid, "prompt");
-    add("prompt longer than the context", [&](auto& r) { r.set_prompt(long_prompt); }, kInvalid,
+    add(
+        "empty prompt", [](auto& r) { r.set_prompt(""); }, kInvalid, "prompt");
+    add(
+        "prompt longer than the context", [&](auto& r) { r.set_prompt(long_prompt); }, kInvalid,
         "prompt");
-    add("prompt over max_prompt_bytes", [](auto& r) { r.set_prompt(std::string(20000, 'a')); },
+    add(
+        "prompt over max_prompt_bytes", [](auto& r) { r.set_prompt(std::string(20000, 'a')); },
         kInvalid, "prompt");
-    add("max_tokens 0", [](auto& r) { r.set_max_tokens(0); }, kInvalid, "max_tokens");
-    add("max_tokens negative", [&](auto& r) { r.set_max_tokens(-1 - rep); }, kInvalid,
+    add(
+        "max_tokens 0", [](auto& r) { r.set_max_tokens(0); }, kInvalid, "max_tokens");
+    add(
+        "max_tokens negative", [&](auto& r) { r.set_max_tokens(-1 - rep); }, kInvalid,
         "max_tokens");
-    add("max_tokens huge", [&](auto& r) { r.set_max_tokens(1000000 + rep); }, kInvalid,
+    add(
+        "max_tokens huge", [&](auto& r) { r.set_max_tokens(1000000 + rep); }, kInvalid,
         "max_tokens");
-    add("temperature < 0", [&](auto& r) { r.mutable_sampling()->set_temperature(-0.5f - rep); },
+    add(
+        "temperature < 0", [&](auto& r) { r.mutable_sampling()->set_temperature(-0.5f - rep); },
         kInvalid, "sampling.temperature");
-    add("temperature NaN", [](auto& r) { r.mutable_sampling()->set_temperature(std::nanf("")); },
+    add(
+        "temperature NaN", [](auto& r) { r.mutable_sampling()->set_temperature(std::nanf("")); },
         kInvalid, "sampling.temperature");
-    add("top_p > 1", [&](auto& r) { r.mutable_sampling()->set_top_p(1.01f + rep); }, kInvalid,
+    add(
+        "top_p > 1", [&](auto& r) { r.mutable_sampling()->set_top_p(1.01f + rep); }, kInvalid,
         "sampling.top_p");
-    add("top_p 0", [](auto& r) { r.mutable_sampling()->set_top_p(0); }, kInvalid,
-        "sampling.top_p");
-    add("top_k < 0", [](auto& r) { r.mutable_sampling()->set_top_k(-3); }, kInvalid,
+    add(
+        "top_p 0", [](auto& r) { r.mutable_sampling()->set_top_p(0); }, kInvalid, "sampling.top_p");
+    add(
+        "top_k < 0", [](auto& r) { r.mutable_sampling()->set_top_k(-3); }, kInvalid,
         "sampling.top_k");
-    add("min_p > 1", [](auto& r) { r.mutable_sampling()->set_min_p(2); }, kInvalid,
+    add(
+        "min_p > 1", [](auto& r) { r.mutable_sampling()->set_min_p(2); }, kInvalid,
         "sampling.min_p");
-    add("repetition_penalty 0", [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); },
+    add(
+        "repetition_penalty 0", [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); },
         kInvalid, "sampling.repetition_penalty");
-    add("invalid UTF-8",
-        [&](auto& r) { r.set_prompt("Once " + bad_utf8[static_cast<size_t>(rep) % bad_utf8.size()]); },
+    add(
+        "invalid UTF-8",
+        [&](auto& r) {
+          r.set_prompt("Once " + bad_utf8[static_cast<size_t>(rep) % bad_utf8.size()]);
+        },
         kInvalid, "prompt: invalid UTF-8");
-    add("unknown field", [&](auto& r) { r.GetReflection()->MutableUnknownFields(&r)->AddVarint(99 + rep, 1); },
+    add(
+        "unknown field",
+        [&](auto& r) { r.GetReflection()->MutableUnknownFields(&r)->AddVarint(99 + rep, 1); },
         kInvalid, "unknown field");
-    add("unknown field in sampling",
+    add(
+        "unknown field in sampling",
         [](auto& r) {
           auto* s = r.mutable_sampling();
           s->GetReflection()->MutableUnknownFields(s)->AddLengthDelimited(42, "x");
         },
         kInvalid, "request.sampling");
-    add("message over max_message_bytes", [](auto& r) { r.set_prompt(std::string(70000, 'a')); },
+    add(
+        "message over max_message_bytes", [](auto& r) { r.set_prompt(std::string(70000, 'a')); },
         grpc::StatusCode::RESOURCE_EXHAUSTED, "");
   }
   cases.resize(200);
@@ -402,8 +423,7 @@ TEST(DaemonTest, CancellingHalfTheClientsFreesTheirPlacesPromptly) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  std::printf("[8 of 16 queued clients cancelled: their places free after %.1f ms]\n",
-              freed * 1e3);
+  std::printf("[8 of 16 queued clients cancelled: their places free after %.1f ms]\n", freed * 1e3);
   ASSERT_GE(freed, 0) << "cancelled requests still hold their places after 10 s";
   EXPECT_LT(freed, 2.0);
   // The freed places take new requests.
@@ -547,9 +567,10 @@ TEST(DaemonTest, NotifiesSystemdAndDrainsOnSigterm) {
         << o.status.error_code() << " " << o.status.error_message();
     cancelled += !o.status.ok();
   }
-  std::printf("[SIGTERM during generation with one request queued: exit %d after %.2f s (grace "
-              "1 s); %d tokens streamed; %d of 2 requests cancelled]\n",
-              code, seconds, tokens.load(), cancelled);
+  std::printf(
+      "[SIGTERM during generation with one request queued: exit %d after %.2f s (grace "
+      "1 s); %d tokens streamed; %d of 2 requests cancelled]\n",
+      code, seconds, tokens.load(), cancelled);
   EXPECT_EQ(code, 0) << d.Log();
   EXPECT_LT(seconds, 1.0 + 1.0);
   EXPECT_GE(cancelled, 1);
@@ -625,8 +646,9 @@ TEST(DaemonTest, ReflectionListsAndDescribesTheServices) {
   ASSERT_EQ(file.service_size(), 1);
   std::map<std::string, bool> methods;
   for (const auto& m : file.service(0).method()) methods[m.name()] = m.server_streaming();
-  EXPECT_EQ(methods, (std::map<std::string, bool>{
-                         {"Generate", true}, {"Tokenize", false}, {"Status", false}, {"SetBudget", false}}));
+  EXPECT_EQ(methods,
+            (std::map<std::string, bool>{
+                {"Generate", true}, {"Tokenize", false}, {"Status", false}, {"SetBudget", false}}));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }
@@ -636,7 +658,8 @@ TEST(DaemonTest, ReflectionListsAndDescribesTheServices) {
 // no duplicate series.
 std::string ExpositionErrors(const std::string& text) {
   static const std::regex help(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) .*)");
-  static const std::regex type(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|summary|histogram|untyped))");
+  static const std::regex type(
+      R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|summary|histogram|untyped))");
   static const std::regex sample(
       R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\
 ]|\[\"n])*"(,[a-zA-Z_][a-zA-Z0-9_]*="([^"\
@@ -781,7 +804,8 @@ TEST(DaemonTest, BadConfigsAreRefusedWithPreciseErrors) {
       {"listen: \"unix:/x\"\n", {}, "field `model`: required"},
       {"model: \"m\"\nlisten: \"0.0.0.0:5000\"\n", {"--model", model}, "not a loopback address"},
       {"model: \"m\"\nbudget: \"lots\"\n", {}, "field `budget`"},
-      {"model: \"m\"\nlimits { max_tokens: 0 max_prompt_bytes: 99999999 }\n", {},
+      {"model: \"m\"\nlimits { max_tokens: 0 max_prompt_bytes: 99999999 }\n",
+       {},
        "limits.max_prompt_bytes"},
       {"model: \"/no/such/model.dcm\"\n", {}, "/no/such/model.dcm"},
   };
@@ -793,7 +817,8 @@ TEST(DaemonTest, BadConfigsAreRefusedWithPreciseErrors) {
     int code = 0;
     const std::string out = RunCommand(cmd + " 2>&1", &code);
     EXPECT_NE(code, 0) << c.text;
-    EXPECT_NE(out.find(c.expected), std::string::npos) << "expected '" << c.expected << "' in: " << out;
+    EXPECT_NE(out.find(c.expected), std::string::npos)
+        << "expected '" << c.expected << "' in: " << out;
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
@@ -806,12 +831,13 @@ TEST(DaemonTest, DcompctlDrivesTheDaemon) {
   const std::string ctl = DcompctlBinary() + " --address " + d.address();
   int code = 0;
   // generate --json: the same object shape and ids as `dcomp generate --json`.
-  const std::string out =
-      RunCommand(ctl + " generate --prompt 'Once upon a time' -n 24 --seed 3 --temperature 0.8 --json", &code);
+  const std::string out = RunCommand(
+      ctl + " generate --prompt 'Once upon a time' -n 24 --seed 3 --temperature 0.8 --json", &code);
   ASSERT_EQ(code, 0) << out;
-  const std::string ref = RunCommand(DcompBinary() + " generate " + model +
-                                         " --prompt 'Once upon a time' -n 24 --seed 3 --temperature 0.8 --json",
-                                     &code);
+  const std::string ref =
+      RunCommand(DcompBinary() + " generate " + model +
+                     " --prompt 'Once upon a time' -n 24 --seed 3 --temperature 0.8 --json",
+                 &code);
   ASSERT_EQ(code, 0) << ref;
   const Json a = JsonParser(out).Parse(), b = JsonParser(ref).Parse();
   EXPECT_EQ(a["ids"].ints(), b["ids"].ints());
@@ -827,19 +853,23 @@ TEST(DaemonTest, DcompctlDrivesTheDaemon) {
   EXPECT_TRUE(st["serving"].b);
   EXPECT_EQ(st["budget_bytes"].str, std::to_string(64u << 20));  // uint64 as a JSON string
   // set-budget, health.
-  EXPECT_NE(RunCommand(ctl + " set-budget 48MiB", &code).find("budget 48.0 MiB"), std::string::npos);
+  EXPECT_NE(RunCommand(ctl + " set-budget 48MiB", &code).find("budget 48.0 MiB"),
+            std::string::npos);
   EXPECT_EQ(code, 0);
-  EXPECT_NE(RunCommand(ctl + " set-budget 1KiB 2>&1", &code).find("RESOURCE_EXHAUSTED"), std::string::npos);
+  EXPECT_NE(RunCommand(ctl + " set-budget 1KiB 2>&1", &code).find("RESOURCE_EXHAUSTED"),
+            std::string::npos);
   EXPECT_EQ(code, 1);
   EXPECT_EQ(RunCommand(ctl + " health", &code), "SERVING\n");
   EXPECT_EQ(code, 0);
   // Errors: a bad request names the field; a daemon that is not there is named.
-  EXPECT_NE(RunCommand(ctl + " generate --prompt '' 2>&1", &code).find("prompt: empty"), std::string::npos);
+  EXPECT_NE(RunCommand(ctl + " generate --prompt '' 2>&1", &code).find("prompt: empty"),
+            std::string::npos);
   EXPECT_EQ(code, 1);
-  const std::string down =
-      RunCommand(DcompctlBinary() + " --address unix:" + d.dir() + "/nothing.sock status 2>&1", &code);
+  const std::string down = RunCommand(
+      DcompctlBinary() + " --address unix:" + d.dir() + "/nothing.sock status 2>&1", &code);
   EXPECT_EQ(code, 1);
-  EXPECT_NE(down.find("cannot reach dcompd at unix:" + d.dir() + "/nothing.sock"), std::string::npos)
+  EXPECT_NE(down.find("cannot reach dcompd at unix:" + d.dir() + "/nothing.sock"),
+            std::string::npos)
       << down;
 }
 

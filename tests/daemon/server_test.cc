@@ -1,0 +1,217 @@
+// Unit tests of the service's parts that need no running daemon: config reading and validation,
+// listen addresses, the request queue, request validation, latency quantiles, the cgroup limit.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "daemon/config.h"
+#include "daemon/latency_window.h"
+#include "daemon/memory_stats.h"
+#include "daemon/request_queue.h"
+#include "daemon/validate.h"
+#include "engine/model_file.h"
+#include "tests/util/test_paths.h"
+
+namespace dcomp::server {
+namespace {
+
+std::string TempPath(const std::string& name) {
+  return std::filesystem::temp_directory_path() /
+         ("dcomp-server-test-" + std::to_string(getpid()) + "-" + name);
+}
+
+TEST(ConfigTest, TheExampleConfigIsValid) {
+  auto c = ReadDaemonConfig(testing::SourceDir() + "/configs/dcompd.textproto");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ApplyDefaults(&*c);
+  EXPECT_TRUE(ValidateDaemonConfig(*c, "example").ok());
+  EXPECT_EQ(c->budget(), "600MiB");
+  EXPECT_EQ(c->listen(0), kDefaultListen);
+}
+
+TEST(ConfigTest, ParseErrorsNameFileLineAndColumn) {
+  const std::string p = TempPath("bad.textproto");
+  std::ofstream(p) << "model: \"m\"\n  queue_depth: \"eight\"\n";
+  auto c = ReadDaemonConfig(p);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find(p + ":2:16"), std::string::npos) << c.status().message();
+  std::filesystem::remove(p);
+  EXPECT_EQ(ReadDaemonConfig("/no/such.textproto").status().code(), StatusCode::kNotFound);
+}
+
+TEST(ConfigTest, DefaultsAndFieldErrors) {
+  v1::DaemonConfig c;
+  c.set_model("m.dcm");
+  ApplyDefaults(&c);
+  EXPECT_EQ(c.queue_depth(), kDefaultQueueDepth);
+  EXPECT_EQ(c.limits().max_tokens(), kDefaultMaxTokens);
+  EXPECT_EQ(c.unix_socket_mode(), 0660u);
+  ASSERT_TRUE(ValidateDaemonConfig(c, "f").ok());
+  const auto err = [&](auto mutate) {
+    v1::DaemonConfig x = c;
+    mutate(x);
+    return ValidateDaemonConfig(x, "f").message();
+  };
+  EXPECT_EQ(err([](auto& x) { x.set_model(""); }).rfind("f: field `model`: required", 0), 0u);
+  EXPECT_NE(err([](auto& x) { x.set_queue_depth(0); }).find("queue_depth`: expected 1..1024"),
+            std::string::npos);
+  EXPECT_NE(err([](auto& x) { x.set_budget("12 parsecs"); }).find("field `budget`"),
+            std::string::npos);
+  EXPECT_NE(err([](auto& x) { x.set_policy("fast"); }).find("field `policy`"), std::string::npos);
+  EXPECT_NE(err([](auto& x) { x.add_listen("10.0.0.1:50051"); }).find("not a loopback"),
+            std::string::npos);
+  EXPECT_NE(err([](auto& x) { x.add_listen(kDefaultListen); }).find("twice"), std::string::npos);
+  EXPECT_NE(err([](auto& x) {
+              x.mutable_limits()->set_max_message_bytes(2000);
+            }).find("limits.max_message_bytes"),
+            std::string::npos);
+  v1::DaemonConfig remote = c;
+  remote.add_listen("0.0.0.0:50051");
+  remote.set_allow_remote(true);
+  EXPECT_TRUE(ValidateDaemonConfig(remote, "f").ok());
+}
+
+TEST(ConfigTest, ListenAddresses) {
+  auto u = ParseListenAddress("unix:/run/dcompd/dcompd.sock");
+  ASSERT_TRUE(u.ok());
+  EXPECT_TRUE(u->is_unix);
+  EXPECT_EQ(u->path, "/run/dcompd/dcompd.sock");
+  auto t = ParseListenAddress("127.0.0.1:50051");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->port, 50051);
+  EXPECT_TRUE(t->loopback);
+  auto v6 = ParseListenAddress("[::1]:7");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_TRUE(v6->loopback);
+  EXPECT_TRUE(ParseListenAddress("localhost:1").ok());
+  EXPECT_FALSE(ParseListenAddress("192.168.1.2:80")->loopback);
+  for (const char* bad : {"unix:relative", "unix:", "127.0.0.1", "127.0.0.1:99999", ":80", "::1:80",
+                          "example.com:80", "127.0.0.1:x"}) {
+    EXPECT_FALSE(ParseListenAddress(bad).ok()) << bad;
+  }
+  EXPECT_FALSE(ParseListenAddress("unix:/" + std::string(120, 'a')).ok());
+}
+
+TEST(RequestQueueTest, AdmitsUpToDepthAndRunsInArrivalOrder) {
+  RequestQueue q(3);
+  auto a = q.Admit();
+  auto b = q.Admit();
+  auto c = q.Admit();
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  auto d = q.Admit();
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(d.status().message().find("queue_depth 3"), std::string::npos);
+  const auto never = [] { return Status::Ok(); };
+  ASSERT_TRUE(q.WaitTurn(*a, never).ok());
+  EXPECT_EQ(q.running(), 1);
+  EXPECT_EQ(q.waiting(), 2);
+  // c may not run before b, nor while a runs.
+  std::atomic<int> order{0};
+  int b_at = 0, c_at = 0;
+  std::thread tc([&] {
+    EXPECT_TRUE(q.WaitTurn(*c, never).ok());
+    c_at = ++order;
+    RequestQueue::Ticket done(std::move(*c));
+  });
+  std::thread tb([&] {
+    EXPECT_TRUE(q.WaitTurn(*b, never).ok());
+    b_at = ++order;
+    RequestQueue::Ticket done(std::move(*b));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  EXPECT_EQ(order.load(), 0);
+  { RequestQueue::Ticket done(std::move(*a)); }
+  tb.join();
+  tc.join();
+  EXPECT_EQ(b_at, 1);
+  EXPECT_EQ(c_at, 2);
+  EXPECT_EQ(q.waiting() + q.running(), 0);
+}
+
+TEST(RequestQueueTest, AStoppedWaiterLeavesAndFreesItsPlace) {
+  RequestQueue q(2);
+  auto a = q.Admit();
+  ASSERT_TRUE(q.WaitTurn(*a, [] { return Status::Ok(); }).ok());
+  auto b = q.Admit();
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(q.Admit().ok());
+  std::atomic<bool> cancel{false};
+  Status got;
+  std::thread t([&] {
+    got = q.WaitTurn(*b, [&] { return cancel ? CancelledError("gone") : Status::Ok(); });
+    RequestQueue::Ticket leave(std::move(*b));
+  });
+  cancel = true;
+  t.join();
+  EXPECT_EQ(got.code(), StatusCode::kCancelled);
+  EXPECT_EQ(q.waiting(), 0);
+  EXPECT_TRUE(q.Admit().ok());  // the place is free again (and released at once)
+  q.set_depth(1);
+  EXPECT_FALSE(q.Admit().ok());  // a still runs
+}
+
+TEST(LatencyWindowTest, NearestRankQuantiles) {
+  LatencyWindow w(100);
+  EXPECT_EQ(w.Get().count, 0u);
+  for (int i = 1; i <= 100; ++i) w.Add(i);
+  auto s = w.Get();
+  EXPECT_EQ(s.p50, 50);
+  EXPECT_EQ(s.p95, 95);
+  EXPECT_EQ(s.p99, 99);
+  EXPECT_EQ(s.count, 100u);
+  EXPECT_EQ(s.sum, 5050);
+  for (int i = 0; i < 100; ++i) w.Add(1000);  // the window keeps the last 100
+  s = w.Get();
+  EXPECT_EQ(s.p50, 1000);
+  EXPECT_EQ(s.count, 200u);
+}
+
+TEST(ValidateTest, UnknownFieldsAreNamedByNumberAndPath) {
+  v1::GenerateRequest r;
+  r.set_prompt("x");
+  EXPECT_TRUE(RejectUnknownFields(r, "request").ok());
+  r.mutable_sampling()
+      ->GetReflection()
+      ->MutableUnknownFields(r.mutable_sampling())
+      ->AddVarint(9, 1);
+  const Status s = RejectUnknownFields(r, "request");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("request.sampling: unknown field number 9"), std::string::npos)
+      << s.message();
+}
+
+TEST(ValidateTest, TokenizeText) {
+  v1::RequestLimits l;
+  l.set_max_prompt_bytes(8);
+  v1::TokenizeRequest r;
+  EXPECT_TRUE(ValidateTokenizeRequest(r, l).ok());  // empty text is fine to tokenize
+  r.set_text("123456789");
+  EXPECT_NE(ValidateTokenizeRequest(r, l).message().find("text: 9 bytes; the limit is 8"),
+            std::string::npos);
+  r.set_text("a\xC3");
+  EXPECT_NE(ValidateTokenizeRequest(r, l).message().find("invalid UTF-8 at byte 1"),
+            std::string::npos);
+}
+
+TEST(CgroupTest, ReadsV1AndV2Limits) {
+  const std::string root = TempPath("cg");
+  std::filesystem::create_directories(root + "/svc");
+  std::filesystem::create_directories(root + "/memory/box");
+  std::ofstream(root + "/svc/memory.max") << "max\n";
+  std::ofstream(root + "/memory/box/memory.limit_in_bytes") << "629145600\n";
+  std::ofstream(root + "/cgroup") << "12:cpu,cpuacct:/x\n5:memory:/box\n0::/svc\n";
+  EXPECT_EQ(runtime::CgroupMemoryLimit(root + "/cgroup", root), 629145600u);
+  std::ofstream(root + "/svc/memory.max") << "536870912\n";
+  EXPECT_EQ(runtime::CgroupMemoryLimit(root + "/cgroup", root), 536870912u);
+  std::ofstream(root + "/cgroup") << "0::/none\n";
+  EXPECT_EQ(runtime::CgroupMemoryLimit(root + "/cgroup", root), 0u);
+  std::filesystem::remove_all(root);
+}
+
+}  // namespace
+}  // namespace dcomp::server
