@@ -32,13 +32,14 @@ v1::StopReason StopReasonOf(const std::string& s) {
   return v1::STOP_REASON_UNSPECIFIED;
 }
 
-// Why a running or waiting request must stop: its client went away or its deadline passed.
+// Why a running or waiting request must stop: its deadline passed (checked first: gRPC may not
+// have flagged the call yet, or a failed write may have noticed first) or its client cancelled.
 Status Interrupted(grpc::ServerContext* ctx) {
-  if (!ctx->IsCancelled()) return Status::Ok();
   if (ctx->deadline() <= std::chrono::system_clock::now()) {
     return DeadlineExceededError("the request's deadline passed");
   }
-  return CancelledError("the client cancelled the request");
+  if (ctx->IsCancelled()) return CancelledError("the client cancelled the request");
+  return Status::Ok();
 }
 
 std::string Peer(grpc::ServerContext* ctx) {
