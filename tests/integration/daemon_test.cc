@@ -28,6 +28,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using grpc::health::v1::HealthCheckResponse;
 
+// Budgets are the daemon's baseline (binary, libraries, gRPC threads, KV cache) plus some room;
+// ASan's allocator and shadow raise the baseline.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr uint64_t kBaseMiB = 200;
+#else
+constexpr uint64_t kBaseMiB = 40;
+#endif
+std::string MiB(uint64_t extra) { return std::to_string(kBaseMiB + extra) + "MiB"; }
+uint64_t MiBBytes(uint64_t extra) { return (kBaseMiB + extra) << 20; }
+
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -171,7 +181,7 @@ int FreeTcpPort() {
 
 TEST(DaemonTest, GenerateStreamsTheEnginesTokens) {
   const std::string& model = models().Embedded();
-  DaemonProcess d({"--model", model, "--budget", "64MiB"});
+  DaemonProcess d({"--model", model, "--budget", MiB(24)});
   ASSERT_TRUE(d.WaitServing()) << d.Log();
 
   for (const auto& [temp, seed] : std::vector<std::pair<float, uint64_t>>{{0.f, 0}, {0.9f, 7}}) {
@@ -582,7 +592,7 @@ TEST(DaemonTest, NotifiesSystemdAndDrainsOnSigterm) {
 
 TEST(DaemonTest, HealthIsServingOnlyOnceTheModelIsLoaded) {
   // A streamed model under a budget calibrates at start: the socket answers before it is ready.
-  DaemonProcess d({"--model", models().Small(), "--budget", "60MiB"});
+  DaemonProcess d({"--model", models().Small(), "--budget", MiB(20)});
   bool saw_not_serving = false;
   const auto t0 = Clock::now();
   for (;;) {
@@ -715,7 +725,7 @@ std::string ExpositionErrors(const std::string& text) {
 
 TEST(DaemonTest, MetricsEndpointServesValidExposition) {
   const int port = FreeTcpPort();
-  DaemonProcess d({"--model", models().Embedded(), "--budget", "64MiB", "--metrics-port",
+  DaemonProcess d({"--model", models().Embedded(), "--budget", MiB(24), "--metrics-port",
                    std::to_string(port)});
   ASSERT_TRUE(d.WaitServing()) << d.Log();
   ASSERT_TRUE(Generate(d.channel(), Request("Once upon a time", 16)).status.ok());
@@ -742,13 +752,15 @@ TEST(DaemonTest, MetricsEndpointServesValidExposition) {
   const std::string body = resp.substr(resp.find("\r\n\r\n") + 4);
   EXPECT_EQ(ExpositionErrors(body), "");
   for (const char* name :
-       {"dcomp_up 1", "dcomp_budget_bytes 67108864", "dcomp_resident_memory_bytes ",
-        "dcomp_tier_bytes{tier=\"decoded\"}", "dcomp_token_latency_seconds{quantile=\"0.99\"}",
+       {"dcomp_up 1", "dcomp_resident_memory_bytes ", "dcomp_tier_bytes{tier=\"decoded\"}",
+        "dcomp_token_latency_seconds{quantile=\"0.99\"}",
         "dcomp_time_to_first_token_seconds_count ", "dcomp_tokens_per_second ",
         "dcomp_flash_read_bytes_total ", "dcomp_decode_bytes_per_second ", "dcomp_queue_waiting 0",
         "dcomp_requests_total{code=\"OK\"} 1", "dcomp_uptime_seconds "}) {
     EXPECT_NE(body.find(name), std::string::npos) << name;
   }
+  EXPECT_NE(body.find("dcomp_budget_bytes " + std::to_string(MiBBytes(24)) + "\n"),
+            std::string::npos);
   // The checker itself rejects broken text.
   EXPECT_NE(ExpositionErrors("x 1\n"), "");
   EXPECT_NE(ExpositionErrors("# TYPE x gauge\nx{a=\"b} 1\n"), "");
@@ -764,16 +776,16 @@ TEST(DaemonTest, SighupReloadsLimitsAndBudget) {
     std::ofstream(config) << "model: \"" << models().Embedded() << "\"\nbudget: \"" << budget
                           << "\"\nlimits { max_tokens: " << max_tokens << " }\n";
   };
-  write(100, "64MiB");
+  write(100, MiB(24));
   DaemonProcess d({"--config", config});
   ASSERT_TRUE(d.WaitServing()) << d.Log();
   EXPECT_TRUE(Generate(d.channel(), Request("Once upon a time", 50)).status.ok());
-  EXPECT_EQ(GetStatus(d.channel()).budget_bytes(), 64u << 20);
-  write(10, "48MiB");
+  EXPECT_EQ(GetStatus(d.channel()).budget_bytes(), MiBBytes(24));
+  write(10, MiB(8));
   kill(d.pid(), SIGHUP);
   bool reloaded = false;
   for (auto t = Clock::now(); !reloaded && Since(t) < 10;) {
-    reloaded = GetStatus(d.channel()).budget_bytes() == (48u << 20);
+    reloaded = GetStatus(d.channel()).budget_bytes() == MiBBytes(8);
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_TRUE(reloaded) << d.Log();
@@ -826,7 +838,7 @@ TEST(DaemonTest, BadConfigsAreRefusedWithPreciseErrors) {
 
 TEST(DaemonTest, DcompctlDrivesTheDaemon) {
   const std::string& model = models().Embedded();
-  DaemonProcess d({"--model", model, "--budget", "64MiB"});
+  DaemonProcess d({"--model", model, "--budget", MiB(24)});
   ASSERT_TRUE(d.WaitServing()) << d.Log();
   const std::string ctl = DcompctlBinary() + " --address " + d.address();
   int code = 0;
@@ -851,9 +863,10 @@ TEST(DaemonTest, DcompctlDrivesTheDaemon) {
   const Json st = JsonParser(RunCommand(ctl + " status --json", &code)).Parse();
   EXPECT_EQ(code, 0);
   EXPECT_TRUE(st["serving"].b);
-  EXPECT_EQ(st["budget_bytes"].str, std::to_string(64u << 20));  // uint64 as a JSON string
+  EXPECT_EQ(st["budget_bytes"].str, std::to_string(MiBBytes(24)));  // uint64 as a JSON string
   // set-budget, health.
-  EXPECT_NE(RunCommand(ctl + " set-budget 48MiB", &code).find("budget 48.0 MiB"),
+  EXPECT_NE(RunCommand(ctl + " set-budget " + MiB(8), &code)
+                .find("budget " + std::to_string(kBaseMiB + 8) + ".0 MiB"),
             std::string::npos);
   EXPECT_EQ(code, 0);
   EXPECT_NE(RunCommand(ctl + " set-budget 1KiB 2>&1", &code).find("RESOURCE_EXHAUSTED"),
