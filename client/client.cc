@@ -36,10 +36,26 @@ std::string ResolveAddress(const std::optional<std::string>& explicit_address,
   return kDefaultAddress;
 }
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& address) {
+Result<std::shared_ptr<grpc::Channel>> Connect(const std::string& address, const TlsOptions& tls) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  const bool use_tls = !tls.ca_file.empty() || !tls.cert_file.empty();
+  if (!use_tls || address.rfind("unix:", 0) == 0) {
+    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return InvalidArgumentError("--tls-cert and --tls-key go together (mutual TLS)");
+  }
+  grpc::SslCredentialsOptions o;
+  if (!tls.ca_file.empty()) {
+    ASSIGN_OR_RETURN(o.pem_root_certs, ReadFileToString(tls.ca_file));
+  }
+  if (!tls.cert_file.empty()) {
+    ASSIGN_OR_RETURN(o.pem_cert_chain, ReadFileToString(tls.cert_file));
+    ASSIGN_OR_RETURN(o.pem_private_key, ReadFileToString(tls.key_file));
+  }
+  if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(o), args);
 }
 
 std::string DescribeError(const grpc::Status& s, const std::string& address) {

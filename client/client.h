@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include "base/status.h"
+
 namespace dcomp::client {
 
 inline constexpr const char* kDefaultConfigPath = "/etc/dcomp/dcompd.textproto";
@@ -20,7 +22,16 @@ inline constexpr const char* kDefaultAddress = "unix:/run/dcompd/dcompd.sock";
 std::string ResolveAddress(const std::optional<std::string>& explicit_address,
                            const std::optional<std::string>& config_path, std::string* source);
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& address);
+// TLS for TCP addresses (unix sockets are always plaintext).
+struct TlsOptions {
+  std::string ca_file;      // PEM CA bundle that signed the daemon's certificate; set: use TLS
+  std::string cert_file;    // PEM client certificate chain (mutual TLS)
+  std::string key_file;     // its private key
+  std::string server_name;  // name to verify instead of the address's host
+};
+
+// A channel to `address`; errors name the TLS file that cannot be read.
+Result<std::shared_ptr<grpc::Channel>> Connect(const std::string& address, const TlsOptions& tls);
 
 // "cannot reach dcompd at ADDR (...): is it running? ..." for UNAVAILABLE, else "CODE: message".
 std::string DescribeError(const grpc::Status& s, const std::string& address);

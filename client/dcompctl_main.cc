@@ -31,6 +31,8 @@ commands:
   health [--service NAME] [--json]         SERVING / NOT_SERVING (exit status 0 only if SERVING)
   tokenize --text TEXT [--json]            token ids and pieces
 
+TCP with TLS: --tls-ca FILE [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME].
+
 ADDR is unix:/path or HOST:PORT. Default: $DCOMPCTL_ADDRESS, else the first `listen` of the
 daemon config (--config, default /etc/dcomp/dcompd.textproto), else unix:/run/dcompd/dcompd.sock.
 )";
@@ -343,6 +345,10 @@ int Run(int argc, char** argv) {
   Flags f;
   f.Value("address", "unix:/path or HOST:PORT of dcompd")
       .Value("config", "daemon config to take the address from")
+      .Value("tls-ca", "TCP: PEM CA that signed dcompd's certificate (turns TLS on)")
+      .Value("tls-cert", "TCP: PEM client certificate (mutual TLS)")
+      .Value("tls-key", "TCP: the client certificate's private key")
+      .Value("tls-server-name", "TCP: name to verify in dcompd's certificate")
       .Switch("json", "print one JSON object")
       .Value("prompt", "generate: prompt text")
       .Value("n", "generate: tokens to generate (default 64)")
@@ -367,7 +373,14 @@ int Run(int argc, char** argv) {
   Ctx c;
   std::string source;
   c.address = ResolveAddress(f.Get("address"), f.Get("config"), &source);
-  c.channel = Connect(c.address);
+  TlsOptions tls{f.GetOr("tls-ca", ""), f.GetOr("tls-cert", ""), f.GetOr("tls-key", ""),
+                 f.GetOr("tls-server-name", "")};
+  Result<std::shared_ptr<grpc::Channel>> channel = Connect(c.address, tls);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "dcompctl: %s\n", channel.status().message().c_str());
+    return 2;
+  }
+  c.channel = *channel;
   c.json = f.IsSet("json");
   const std::string& cmd = f.positional()[0];
   if (cmd != "set-budget" && f.positional().size() > 1) {

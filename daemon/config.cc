@@ -167,6 +167,27 @@ Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source
                           std::to_string(l.max_message_bytes()));
   }
   RETURN_IF_ERROR(CheckRange(source, "metrics_port", c.metrics_port(), 0, 65535));
+  const v1::TlsConfig& tls = c.tls();
+  if (tls.cert_file().empty() != tls.key_file().empty()) {
+    return FieldError(source, tls.cert_file().empty() ? "tls.cert_file" : "tls.key_file",
+                      "tls.cert_file and tls.key_file go together (the server's certificate chain "
+                      "and its private key, PEM)");
+  }
+  if (!tls.client_ca_file().empty() && tls.cert_file().empty()) {
+    return FieldError(source, "tls.client_ca_file",
+                      "mutual TLS needs the server's own tls.cert_file and tls.key_file");
+  }
+  for (const auto& [field, path] :
+       {std::pair<const char*, std::string>{"tls.cert_file", tls.cert_file()},
+        {"tls.key_file", tls.key_file()},
+        {"tls.client_ca_file", tls.client_ca_file()}}) {
+    if (path.empty()) continue;
+    Result<std::string> pem = ReadFileToString(path);
+    if (!pem.ok()) return FieldError(source, field, pem.status().message());
+    if (pem->find("-----BEGIN ") == std::string::npos) {
+      return FieldError(source, field, "'" + path + "' is not a PEM file (no -----BEGIN line)");
+    }
+  }
   RETURN_IF_ERROR(
       CheckRange(source, "shutdown_grace_seconds", c.shutdown_grace_seconds(), 1, 3600));
   return Status::Ok();

@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "base/file.h"
 #include "base/flags.h"
 #include "daemon/config.h"
 #include "daemon/health.h"
@@ -119,6 +120,22 @@ Status CheckUnixSocket(const std::string& path) {
 
 void Notify(const std::string& msg) { sd_notify(0, msg.c_str()); }
 
+// Credentials of the TCP listeners: plaintext, TLS, or mutual TLS (config `tls`).
+Result<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const v1::DaemonConfig& c) {
+  const v1::TlsConfig& tls = c.tls();
+  if (tls.cert_file().empty()) return grpc::InsecureServerCredentials();
+  ASSIGN_OR_RETURN(std::string cert, ReadFileToString(tls.cert_file()));
+  ASSIGN_OR_RETURN(std::string key, ReadFileToString(tls.key_file()));
+  grpc::SslServerCredentialsOptions o(
+      tls.client_ca_file().empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                   : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  if (!tls.client_ca_file().empty()) {
+    ASSIGN_OR_RETURN(o.pem_root_certs, ReadFileToString(tls.client_ca_file()));
+  }
+  o.pem_key_cert_pairs.push_back({key, cert});
+  return grpc::SslServerCredentials(o);
+}
+
 int Run(int argc, char** argv) {
   Flags f;
   f.Value("config", "DaemonConfig text proto (configs/dcompd.textproto)")
@@ -171,11 +188,18 @@ int Run(int argc, char** argv) {
       }
     }
   }
+  Result<std::shared_ptr<grpc::ServerCredentials>> tcp_creds = TcpCredentials(*config);
+  if (!tcp_creds.ok()) {
+    spdlog::error("{}", tcp_creds.status().message());
+    return 2;
+  }
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   std::vector<int> ports(static_cast<size_t>(config->listen_size()), 0);
   for (int i = 0; i < config->listen_size(); ++i) {
-    builder.AddListeningPort(config->listen(i), grpc::InsecureServerCredentials(),
+    const bool is_unix = ParseListenAddress(config->listen(i))->is_unix;
+    builder.AddListeningPort(config->listen(i),
+                             is_unix ? grpc::InsecureServerCredentials() : *tcp_creds,
                              &ports[static_cast<size_t>(i)]);
   }
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->limits().max_message_bytes()));
@@ -199,7 +223,18 @@ int Run(int argc, char** argv) {
         spdlog::error("cannot listen on {}", config->listen(i));
         return 1;
       }
-      spdlog::info("listening on {} (port {})", config->listen(i), ports[static_cast<size_t>(i)]);
+      const v1::TlsConfig& tls = config->tls();
+      spdlog::info("listening on {} (port {}; {})", config->listen(i),
+                   ports[static_cast<size_t>(i)],
+                   tls.cert_file().empty()        ? "plaintext"
+                   : tls.client_ca_file().empty() ? "TLS"
+                                                  : "mutual TLS");
+      if (!addr->loopback && config->tls().client_ca_file().empty()) {
+        spdlog::warn(
+            "{} is reachable from other hosts without client authentication (set "
+            "tls.client_ca_file for mutual TLS)",
+            config->listen(i));
+      }
     }
   }
   std::unique_ptr<MetricsServer> metrics;

@@ -6,7 +6,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   liburing-dev libboost-dev libzstd-dev libspdlog-dev libfmt-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
-  libgtest-dev libgmock-dev googletest libbenchmark-dev libsystemd-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev libsystemd-dev openssl
   g++-aarch64-linux-gnu qemu-user clang libclang-rt-14-dev
 )
 missing=()

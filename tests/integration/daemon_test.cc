@@ -888,3 +888,90 @@ TEST(DaemonTest, DcompctlDrivesTheDaemon) {
 
 }  // namespace
 }  // namespace dcomp::testing
+
+namespace dcomp::testing {
+namespace {
+
+// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made with openssl.
+bool MakeCertificates(const std::string& dir) {
+  const std::string cmd =
+      "cd " + dir +
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=dcomp-test-ca -keyout "
+      "ca.key -out ca.pem"
+      " && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out "
+      "server.csr"
+      " && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.ext"
+      " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+      "-extfile san.ext -out server.pem"
+      " && openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr"
+      " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out "
+      "client.pem";
+  int code = 0;
+  RunCommand("(" + cmd + ") >/dev/null 2>&1", &code);
+  return code == 0;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST(DaemonTest, MutualTlsOnTcpListeners) {
+  const std::string dir = MakeTempDir("tls");
+  if (!MakeCertificates(dir)) GTEST_SKIP() << "openssl could not make test certificates";
+  const int port = FreeTcpPort();
+  const std::string addr = "127.0.0.1:" + std::to_string(port);
+  std::ofstream(dir + "/dcompd.textproto")
+      << "model: \"" << models().Embedded() << "\"\ntls { cert_file: \"" << dir
+      << "/server.pem\" key_file: \"" << dir << "/server.key\" client_ca_file: \"" << dir
+      << "/ca.pem\" }\n";
+  DaemonProcess d({"--config", dir + "/dcompd.textproto", "--listen", addr});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();  // over the (plaintext) unix socket
+  EXPECT_NE(d.Log().find("(port " + std::to_string(port) + "; mutual TLS)"), std::string::npos);
+  const auto channel = [&](bool with_client_cert) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = Slurp(dir + "/ca.pem");
+    if (with_client_cert) {
+      o.pem_cert_chain = Slurp(dir + "/client.pem");
+      o.pem_private_key = Slurp(dir + "/client.key");
+    }
+    return grpc::CreateChannel(addr, grpc::SslCredentials(o));
+  };
+  Outcome ok = Generate(channel(true), Request("Once upon a time", 8));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.result.generated_tokens(), 8);
+  grpc::ClientContext c1;
+  c1.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  Outcome no_cert = Generate(channel(false), Request("Once upon a time", 8), &c1);
+  EXPECT_EQ(no_cert.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  grpc::ClientContext c2;
+  c2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  Outcome plain = Generate(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()),
+                           Request("Once upon a time", 8), &c2);
+  EXPECT_EQ(plain.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  // dcompctl with the client certificate.
+  int code = 0;
+  const std::string health =
+      RunCommand(DcompctlBinary() + " --address " + addr + " --tls-ca " + dir + "/ca.pem" +
+                     " --tls-cert " + dir + "/client.pem --tls-key " + dir + "/client.key health",
+                 &code);
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(health, "SERVING\n");
+  RunCommand(DcompctlBinary() + " --address " + addr + " --tls-ca " + dir + "/ca.pem health 2>&1",
+             &code);
+  EXPECT_EQ(code, 1);  // no client certificate: refused
+  // A config naming a missing key is refused with the field.
+  std::ofstream(dir + "/bad.textproto") << "model: \"m\"\ntls { cert_file: \"" << dir
+                                        << "/server.pem\" key_file: \"" << dir << "/nope.key\" }\n";
+  const std::string out =
+      RunCommand(DcompdBinary() + " --config " + dir + "/bad.textproto 2>&1", &code);
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("field `tls.key_file`"), std::string::npos) << out;
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace dcomp::testing
