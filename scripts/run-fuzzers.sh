@@ -10,7 +10,7 @@ bin=build/fuzz/tests/fuzz
 art=build/fuzz/artifacts
 mkdir -p "$art"
 status=0
-for target in fuzz_container fuzz_block_decoder; do
+for target in fuzz_container fuzz_block_decoder fuzz_model_file fuzz_tokenizer fuzz_request; do
   work="$(mktemp -d)"
   cp -r "tests/fuzz/corpus/$target/." "$work/"
   echo "== $target: ${secs}s"
@@ -18,7 +18,7 @@ for target in fuzz_container fuzz_block_decoder; do
       -artifact_prefix="$art/$target-" -print_final_stats=1 "$work" > "$art/$target.log" 2>&1; then
     echo "FAILED: $target (see $art/$target.log)"; tail -30 "$art/$target.log"; status=1
   else
-    grep -E '^stat::number_of_executed_runs|^stat::new_units_added' "$art/$target.log" | tr '\n' ' '
+    grep -E '^stat::number_of_executed_units|^stat::new_units_added' "$art/$target.log" | tr '\n' ' '
     echo
   fi
   rm -rf "$work"
