@@ -179,3 +179,46 @@ TEST(CliTest, SynthIsMarkedSyntheticEverywhere) {
 
 }  // namespace
 }  // namespace dcomp
+
+namespace dcomp {
+namespace {
+
+// io_uring unavailable (a seccomp filter makes io_uring_setup fail with ENOSYS): the automatic
+// reader falls back to pread with the same tokens; asking for io_uring is a clear error.
+TEST(CliTest, WithoutIoUringTheReaderFallsBackToPread) {
+  const std::string dcm =
+      std::filesystem::temp_directory_path() / ("cli-nouring-" + std::to_string(getpid()) + ".dcm");
+  ASSERT_EQ(Dcomp("pack " + kModel + " " + dcm + " --no-scaling --no-rate-alloc").exit_code, 0);
+  const std::string gen = " generate " + dcm + " --prompt 'Once upon a time' -n 16 --budget 12MiB" +
+                          " --policy stream-all --json";
+  const std::string wrap =
+      testing::BinaryDir() + "/tests/util/no_io_uring " + testing::BinaryDir() + "/packer/dcomp";
+  ProcResult normal = Dcomp(gen);
+  ASSERT_EQ(normal.exit_code, 0) << normal.out;
+  const auto run = [](const std::string& cmd) {
+    ProcResult r{-1, ""};
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    std::array<char, 4096> buf;
+    size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+    const int st = pclose(p);
+    r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+  };
+  ProcResult fallback = run(wrap + gen);
+  ASSERT_EQ(fallback.exit_code, 0) << fallback.out;
+  const testing::Json a = testing::ParseJson(normal.out), b = testing::ParseJson(fallback.out);
+  EXPECT_EQ(a["ids"].ints(), b["ids"].ints());
+  EXPECT_EQ(a["runtime"]["runtime"]["reader"].str.rfind("io_uring", 0), 0u) << normal.out;
+  EXPECT_NE(b["runtime"]["runtime"]["reader"].str.find("pread (io_uring unavailable"),
+            std::string::npos)
+      << fallback.out;
+  ProcResult forced = run(wrap + gen + " --reader io_uring");
+  EXPECT_NE(forced.exit_code, 0);
+  EXPECT_NE(forced.out.find("UNAVAILABLE"), std::string::npos) << forced.out;
+  EXPECT_NE(forced.out.find("io_uring"), std::string::npos) << forced.out;
+  std::filesystem::remove(dcm);
+}
+
+}  // namespace
+}  // namespace dcomp

@@ -11,11 +11,13 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "daemon/served_model.h"
 #include "daemon/streaming_weights.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
 #include "packer/pack.h"
 #include "packer/synth.h"
+#include "storage/container.h"
 #include "storage/fault_injection.h"
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
@@ -304,6 +306,51 @@ TEST(StreamingTest, PeakRssStaysUnderTheBudget) {
     if (first.empty()) first = j["ids"].ints();
     EXPECT_EQ(j["ids"].ints(), first) << budget;
   }
+}
+
+}  // namespace
+}  // namespace dcomp::runtime
+
+namespace dcomp::runtime {
+namespace {
+
+// A model file cut at any block boundary (as by a copy that stopped, or a full disk) is refused at
+// open with DATA_LOSS naming the file; nothing crashes and nothing is read past the end.
+TEST(StreamingTest, FileTruncatedAtEveryBlockBoundaryIsAClearError) {
+  packer::PackOptions o;
+  o.input = testing::SourceDir() + "/models/stories260K.bin";
+  o.output = Temp("whole.dcm");
+  o.scaling = false;
+  o.rate_alloc = false;
+  ASSERT_TRUE(packer::Pack(o).ok());
+  std::vector<uint64_t> cuts;
+  {
+    auto c = storage::ContainerReader::Open(o.output);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    for (size_t b = 0; b < (*c)->num_blocks(); ++b) {
+      cuts.push_back((*c)->block(b).offset());
+      cuts.push_back((*c)->block(b).offset() + (*c)->block(b).stored_size());
+    }
+  }
+  const uint64_t size = std::filesystem::file_size(o.output);
+  const std::string cut = Temp("cut.dcm");
+  int refused = 0;
+  for (uint64_t at : cuts) {
+    if (at >= size) continue;
+    std::filesystem::copy_file(o.output, cut, std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::resize_file(cut, at);
+    ServedModelOptions so;
+    so.streaming = Streaming::kRequired;
+    so.runtime.budget = 64u << 20;
+    Result<ServedModel> m = OpenServedModel(cut, so);
+    ASSERT_FALSE(m.ok()) << "cut at " << at;
+    EXPECT_EQ(m.status().code(), StatusCode::kDataLoss) << m.status().ToString();
+    EXPECT_NE(m.status().message().find(cut), std::string::npos) << m.status().message();
+    ++refused;
+  }
+  EXPECT_GE(refused, 80);
+  std::filesystem::remove(cut);
+  std::filesystem::remove(o.output);
 }
 
 }  // namespace
