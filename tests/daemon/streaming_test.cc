@@ -127,7 +127,7 @@ std::vector<int32_t> Resident(const std::string& path, int n) {
 
 // The process's baseline RSS moves between opens (heap of earlier runs); under ASan freed memory
 // stays resident in its quarantine, so it moves much more.
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr uint64_t kSlack = 128 << 20;
 #else
 constexpr uint64_t kSlack = 8 << 20;
