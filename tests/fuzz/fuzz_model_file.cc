@@ -25,9 +25,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (f == nullptr) return 0;
   std::fwrite(data, 1, size, f);
   std::fclose(f);
-  // llama2.c checkpoints need a tokenizer file; none is given, so they end at that error, after
-  // their header has been validated.
-  auto m = dcomp::OpenModelFile(Path(), "");
+  // llama2.c checkpoints take the embedded model's tokenizer (vocabulary 512; other sizes end at
+  // that error, after their header has been validated). GGUF files carry their own.
+  auto m = dcomp::OpenModelFile(Path(), DCOMP_SOURCE_DIR "/models/tok512.bin");
   if (!m.ok()) return 0;
   (void)dcomp::Tokenizer::Create((*m)->tokenizer());
   const auto& tensors = (*m)->tensors();

@@ -1,6 +1,9 @@
-// libFuzzer: the SentencePiece-style tokenizer of the embedded model (models/tok512.bin) on
-// arbitrary bytes: Encode, Decode of the result and of arbitrary ids, and the streaming decoder.
-// Encode/Decode must round-trip valid UTF-8 text; nothing may crash or read out of bounds.
+// libFuzzer: both tokenizers on arbitrary bytes: the SentencePiece-style one of the embedded model
+// (models/tok512.bin) and a GPT-2 byte-level BPE built here (the 256 byte symbols and a few
+// merges). Encode, Decode of the result and of arbitrary ids, and the streaming decoder. Both must
+// round-trip text (SentencePiece: valid UTF-8 without a leading space or U+2581; GPT-2: any
+// bytes, through the tokens' bytes), Decode must return valid UTF-8, and nothing may crash or read
+// out of bounds.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -21,6 +24,64 @@ const dcomp::Tokenizer& Tok() {
   }();
   return *tok;
 }
+// GPT-2's byte-to-symbol alphabet: printable Latin-1 maps to itself, the other bytes to U+0100..
+std::string ByteSymbol(int b) {
+  static int extra[256];
+  static bool init = false;
+  if (!init) {
+    int n = 0;
+    for (int c = 0; c < 256; ++c) {
+      const bool printable = (c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || c >= 0xAE;
+      extra[c] = printable ? c : 256 + n++;
+    }
+    init = true;
+  }
+  const int cp = extra[b];
+  std::string out;
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return out;
+}
+
+const dcomp::Tokenizer& Gpt2() {
+  static const std::unique_ptr<dcomp::Tokenizer> tok = [] {
+    dcomp::TokenizerSpec spec;
+    spec.model = "gpt2";
+    for (int b = 0; b < 256; ++b) spec.tokens.push_back(ByteSymbol(b));
+    const std::string sp = ByteSymbol(' ');
+    for (const auto& [l, r] : std::vector<std::pair<std::string, std::string>>{
+             {sp, "t"}, {"h", "e"}, {sp + "t", "he"}, {"o", "n"}, {sp, "a"}, {"i", "n"}}) {
+      spec.merges.push_back(l + " " + r);
+      spec.tokens.push_back(l + r);
+    }
+    spec.tokens.push_back("<|endoftext|>");
+    spec.bos_id = spec.eos_id = static_cast<int32_t>(spec.tokens.size()) - 1;
+    spec.add_bos = false;
+    auto t = dcomp::Tokenizer::Create(std::move(spec));
+    if (!t.ok()) std::abort();
+    return std::move(*t);
+  }();
+  return *tok;
+}
+
+void Gpt2RoundTrip(const std::string& text) {
+  const dcomp::Tokenizer& tok = Gpt2();
+  const std::vector<int32_t> ids = tok.Encode(text, false);
+  for (int32_t id : ids) {
+    if (id < 0 || id >= tok.vocab_size()) std::abort();
+  }
+  // Byte-level BPE is lossless for any bytes that do not spell the special token: the tokens'
+  // bytes give the text back exactly. Decode returns text, so invalid UTF-8 comes back replaced.
+  std::string bytes;
+  for (int32_t id : ids) bytes += tok.TokenBytes(id);
+  if (text.find("<|endoftext|>") == std::string::npos && bytes != text) std::abort();
+  if (dcomp::FirstInvalidUtf8(tok.Decode(ids))) std::abort();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -47,5 +108,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   dcomp::TextStreamer streamer(&tok, true);
   for (int32_t id : raw) (void)streamer.Push(id);
   (void)streamer.Flush();
+  Gpt2RoundTrip(text);
   return 0;
 }

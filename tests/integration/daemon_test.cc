@@ -975,3 +975,30 @@ TEST(DaemonTest, MutualTlsOnTcpListeners) {
 
 }  // namespace
 }  // namespace dcomp::testing
+
+namespace dcomp::testing {
+namespace {
+
+// The model file cut short while dcompd streams from it: the request fails with DATA_LOSS naming
+// the blocks and the file; the daemon stays up and serving.
+TEST(DaemonTest, ModelTruncatedWhileServingFailsTheRequestNotTheDaemon) {
+  const std::string dir = MakeTempDir("trunc");
+  const std::string model = dir + "/m.dcm";
+  std::filesystem::copy_file(models().Small(), model);
+  DaemonProcess d({"--model", model, "--budget", MiB(20)});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  ASSERT_TRUE(Generate(d.channel(), Request("Once upon a time", 4)).status.ok());
+  std::filesystem::resize_file(model, std::filesystem::file_size(model) / 2);
+  Outcome o = Generate(d.channel(), Request("Once upon a time", 4));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DATA_LOSS) << o.status.error_message();
+  EXPECT_NE(o.status.error_message().find("block"), std::string::npos);
+  EXPECT_NE(o.status.error_message().find(model), std::string::npos) << o.status.error_message();
+  EXPECT_EQ(d.Health(), HealthCheckResponse::SERVING);
+  EXPECT_EQ(GetStatus(d.channel()).requests().at("DATA_LOSS"), 1u);
+  EXPECT_EQ(d.Stop(SIGTERM, std::chrono::seconds(10)), 0);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace dcomp::testing
