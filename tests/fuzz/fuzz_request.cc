@@ -8,18 +8,10 @@
 #include "base/utf8.h"
 #include "daemon/validate.h"
 #include "engine/tokenizer.h"
+#include "tests/fuzz/embedded_tokenizer.h"
 
 namespace {
-const dcomp::Tokenizer& Tok() {
-  static const std::unique_ptr<dcomp::Tokenizer> tok = [] {
-    auto spec = dcomp::LoadLlama2cTokenizer(DCOMP_SOURCE_DIR "/models/tok512.bin", 512);
-    if (!spec.ok()) std::abort();
-    auto t = dcomp::Tokenizer::Create(std::move(*spec));
-    if (!t.ok()) std::abort();
-    return std::move(*t);
-  }();
-  return *tok;
-}
+const dcomp::Tokenizer& Tok() { return dcomp::fuzz::EmbeddedTokenizer(); }
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -12,18 +12,10 @@
 
 #include "base/utf8.h"
 #include "engine/tokenizer.h"
+#include "tests/fuzz/embedded_tokenizer.h"
 
 namespace {
-const dcomp::Tokenizer& Tok() {
-  static const std::unique_ptr<dcomp::Tokenizer> tok = [] {
-    auto spec = dcomp::LoadLlama2cTokenizer(DCOMP_SOURCE_DIR "/models/tok512.bin", 512);
-    if (!spec.ok()) std::abort();
-    auto t = dcomp::Tokenizer::Create(std::move(*spec));
-    if (!t.ok()) std::abort();
-    return std::move(*t);
-  }();
-  return *tok;
-}
+const dcomp::Tokenizer& Tok() { return dcomp::fuzz::EmbeddedTokenizer(); }
 // GPT-2's byte-to-symbol alphabet: printable Latin-1 maps to itself, the other bytes to U+0100..
 std::string ByteSymbol(int b) {
   static int extra[256];
