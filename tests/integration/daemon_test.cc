@@ -985,7 +985,7 @@ TEST(DaemonTest, ModelTruncatedWhileServingFailsTheRequestNotTheDaemon) {
   const std::string dir = MakeTempDir("trunc");
   const std::string model = dir + "/m.dcm";
   std::filesystem::copy_file(models().Small(), model);
-  DaemonProcess d({"--model", model, "--budget", MiB(20)});
+  DaemonProcess d({"--model", model, "--policy", "stream-all"});  // every layer read per token
   ASSERT_TRUE(d.WaitServing()) << d.Log();
   ASSERT_TRUE(Generate(d.channel(), Request("Once upon a time", 4)).status.ok());
   std::filesystem::resize_file(model, std::filesystem::file_size(model) / 2);
