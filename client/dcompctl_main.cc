@@ -266,19 +266,15 @@ int CmdSetBudget(const Ctx& c, const Flags& f) {
   }
   const std::string arg = f.positional()[1];
   v1::SetBudgetRequest req;
-  if (arg == "0") {
-    req.set_bytes(0);
+  Result<runtime::BudgetSpec> b = runtime::ParseBudgetSpec(arg);
+  if (!b.ok()) {
+    std::fprintf(stderr, "dcompctl: set-budget: %s\n", b.status().message().c_str());
+    return 2;
+  }
+  if (b->percent > 0) {
+    req.set_percent(b->percent);
   } else {
-    Result<runtime::BudgetSpec> b = runtime::ParseBudgetSpec(arg);
-    if (!b.ok()) {
-      std::fprintf(stderr, "dcompctl: set-budget: %s\n", b.status().message().c_str());
-      return 2;
-    }
-    if (b->percent > 0) {
-      req.set_percent(b->percent);
-    } else {
-      req.set_bytes(b->bytes);
-    }
+    req.set_bytes(b->bytes);  // 0: no limit
   }
   auto stub = v1::Dcomp::NewStub(c.channel);
   grpc::ClientContext ctx;

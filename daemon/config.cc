@@ -142,9 +142,8 @@ Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source
     if (!seen.insert(a->uri).second) return FieldError(source, "listen", "'" + addr + "' twice");
   }
   RETURN_IF_ERROR(CheckRange(source, "unix_socket_mode", c.unix_socket_mode(), 0, 0777));
-  if (c.budget() != "0") {
-    Result<runtime::BudgetSpec> b = runtime::ParseBudgetSpec(c.budget());
-    if (!b.ok()) return FieldError(source, "budget", b.status().message());
+  if (Result<runtime::BudgetSpec> b = runtime::ParseBudgetSpec(c.budget()); !b.ok()) {
+    return FieldError(source, "budget", b.status().message());
   }
   if (Result<runtime::Policy> p = runtime::ParsePolicy(c.policy()); !p.ok()) {
     return FieldError(source, "policy", p.status().message());

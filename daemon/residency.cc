@@ -322,18 +322,20 @@ Result<BudgetSpec> ParseBudgetSpec(const std::string& s) {
                                [&](const auto& e) { return unit == e.first; });
   if (u == std::end(kUnits)) return bad();
   const double bytes = v * u->second;
+  if (bytes == 0) return spec;  // "0": no limit
   if (!(bytes >= 1) || bytes > 1e15) return bad();
   spec.bytes = static_cast<uint64_t>(std::llround(bytes));
   return spec;
 }
 
+uint64_t BudgetSpec::Resolve(uint64_t int8_bytes) const {
+  if (percent <= 0) return bytes;
+  return static_cast<uint64_t>(std::llround(percent / 100.0 * static_cast<double>(int8_bytes)));
+}
+
 Result<uint64_t> ParseBudget(const std::string& s, uint64_t reference_bytes) {
   ASSIGN_OR_RETURN(BudgetSpec spec, ParseBudgetSpec(s));
-  if (spec.percent > 0) {
-    return static_cast<uint64_t>(
-        std::llround(spec.percent / 100.0 * static_cast<double>(reference_bytes)));
-  }
-  return spec.bytes;
+  return spec.Resolve(reference_bytes);
 }
 
 }  // namespace dcomp::runtime

@@ -105,10 +105,13 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
                         const Rates& rates, uint64_t budget, Policy policy,
                         const PlanConstraints& constraints = {});
 
-// A budget as given: bytes, or a percentage of the model's INT8 size (resolved by the runtime).
+// A budget as given: bytes (0: no limit), or a percentage of the model's INT8 size (resolved by
+// the runtime).
 struct BudgetSpec {
   uint64_t bytes = 0;
   double percent = 0;  // > 0 when given as "PCT%"
+  // Bytes, with a percentage taken of `int8_bytes` (the model's INT8 size).
+  uint64_t Resolve(uint64_t int8_bytes) const;
 };
 Result<BudgetSpec> ParseBudgetSpec(const std::string& s);
 

@@ -118,17 +118,15 @@ Status Daemon::Load() {
                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   o.context_length = static_cast<int32_t>(c.context_length());
   o.streaming = runtime::Streaming::kIfDcm;
-  if (c.budget() != "0") {
-    ASSIGN_OR_RETURN(runtime::BudgetSpec b, runtime::ParseBudgetSpec(c.budget()));
-    o.runtime.budget = b.bytes;
-    o.runtime.budget_percent = b.percent;
-  }
+  ASSIGN_OR_RETURN(const runtime::BudgetSpec budget, runtime::ParseBudgetSpec(c.budget()));
+  o.runtime.budget = budget.bytes;  // 0: no limit
+  o.runtime.budget_percent = budget.percent;
   ASSIGN_OR_RETURN(o.runtime.policy, runtime::ParsePolicy(c.policy()));
   ASSIGN_OR_RETURN(o.runtime.reader.backend, storage::ParseReaderBackend(c.reader()));
   o.runtime.reader.direct = c.direct();
   const auto t0 = Clock::now();
   ASSIGN_OR_RETURN(model_, runtime::OpenServedModel(c.model(), o));
-  if (model_.runtime == nullptr && c.budget() != "0") {
+  if (model_.runtime == nullptr && (budget.bytes != 0 || budget.percent > 0)) {
     spdlog::warn("{}: budget '{}' ignored: only .dcm models stream under a budget (this is {})",
                  c.model(), c.budget(), model_.model.file->format());
   }
@@ -152,13 +150,13 @@ Status Daemon::Load() {
   if (model_.runtime != nullptr) {
     // The kernel enforces the cgroup's limit (systemd MemoryMax), which also counts page cache:
     // a budget at or above it would be met by the OOM killer first.
-    const uint64_t budget = model_.runtime->stats().budget;
+    const uint64_t bytes = model_.runtime->stats().budget;
     const uint64_t limit = runtime::CgroupMemoryLimit();
-    if (limit != 0 && (budget == 0 || budget + (32u << 20) > limit)) {
+    if (limit != 0 && (bytes == 0 || bytes + (32u << 20) > limit)) {
       spdlog::warn(
           "budget {} is not below this cgroup's memory limit {} by 32 MiB or more: set "
           "the budget lower or MemoryMax higher (docs/service.md)",
-          budget ? runtime::FormatBytes(budget) : "unlimited", runtime::FormatBytes(limit));
+          bytes ? runtime::FormatBytes(bytes) : "unlimited", runtime::FormatBytes(limit));
     }
   }
   last_progress_ns_.store(NowNs());
@@ -181,17 +179,9 @@ Status Daemon::Reload(const v1::DaemonConfig& c) {
               std::to_string(c.limits().max_prompt_bytes());
   }
   if (serving() && model_.runtime != nullptr) {
-    v1::SetBudgetRequest req;
-    ASSIGN_OR_RETURN(runtime::BudgetSpec b, runtime::ParseBudgetSpec(c.budget()));
-    if (b.percent > 0) {
-      req.set_percent(b.percent);
-    } else {
-      req.set_bytes(b.bytes);
-    }
-    v1::SetBudgetResponse resp;
-    grpc::Status s = DoSetBudget(&req, &resp);
-    if (!s.ok()) {
-      return Status(static_cast<StatusCode>(s.error_code()), "budget: " + s.error_message());
+    ASSIGN_OR_RETURN(const runtime::BudgetSpec b, runtime::ParseBudgetSpec(c.budget()));
+    if (Result<uint64_t> bytes = SetBudget(b); !bytes.ok()) {
+      return bytes.status().WithContext("budget");
     }
     changes += ", budget " + c.budget();
     std::lock_guard<std::mutex> l(config_mu_);
@@ -277,10 +267,7 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   res->set_prompt_tokens(static_cast<int32_t>(r->prompt_ids.size()));
   res->set_generated_tokens(static_cast<int32_t>(r->generated_ids.size()));
   res->set_time_to_first_token_seconds(ttft_seconds);
-  const double tps = r->generated_ids.size() > 1 && r->decode_seconds > 0
-                         ? static_cast<double>(r->generated_ids.size() - 1) / r->decode_seconds
-                         : 0.0;
-  res->set_tokens_per_second(tps);
+  res->set_tokens_per_second(r->decode_tokens_per_second());
   res->set_stop_reason(StopReasonOf(r->stop_reason));
   res->set_text(SanitizeUtf8(r->text));
   res->set_completion(SanitizeUtf8(r->completion));
@@ -295,9 +282,7 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
 void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
                     const dcomp::GenerateResult* r, double total_seconds, double queue_seconds) {
   const size_t generated = r ? r->generated_ids.size() : 0;
-  const double tps = r && generated > 1 && r->decode_seconds > 0
-                         ? static_cast<double>(generated - 1) / r->decode_seconds
-                         : 0.0;
+  const double tps = r ? r->decode_tokens_per_second() : 0.0;
   {
     std::lock_guard<std::mutex> l(stats_mu_);
     ++requests_by_code_[std::string(StatusCodeName(st.code()))];
@@ -327,31 +312,38 @@ grpc::Status Daemon::DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetR
         "the model (" + model_.model.file->format() +
         ") is held in RAM, not streamed: budgets apply to .dcm models (pack it with dcomp pack)"));
   }
-  uint64_t bytes = 0;
+  runtime::BudgetSpec spec;
   switch (req->budget_case()) {
-    case v1::SetBudgetRequest::kBytes: bytes = req->bytes(); break;
+    case v1::SetBudgetRequest::kBytes: spec.bytes = req->bytes(); break;
     case v1::SetBudgetRequest::kPercent: {
       const double p = req->percent();
       if (!std::isfinite(p) || p <= 0 || p > 1000) {
         return ToGrpc(
             InvalidArgumentError("percent: expected (0, 1000], got " + std::to_string(p)));
       }
-      bytes = static_cast<uint64_t>(p / 100.0 * static_cast<double>(model_.runtime->int8_bytes()));
+      spec.percent = p;
       break;
     }
     default: return ToGrpc(InvalidArgumentError("budget: set `bytes` or `percent`"));
   }
-  if (Status s = model_.runtime->SetBudget(bytes); !s.ok()) return ToGrpc(s);
+  Result<uint64_t> bytes = SetBudget(spec);
+  if (!bytes.ok()) return ToGrpc(bytes.status());
+  resp->set_budget_bytes(*bytes);
+  FillPlan(resp->mutable_plan());
+  return grpc::Status::OK;
+}
+
+Result<uint64_t> Daemon::SetBudget(const runtime::BudgetSpec& spec) {
+  const uint64_t bytes = spec.Resolve(model_.runtime->int8_bytes());
+  RETURN_IF_ERROR(model_.runtime->SetBudget(bytes));
   // Idle: apply now so that memory is released at once; busy: the runtime applies it at the next
   // token.
   if (std::unique_lock<std::mutex> engine(engine_mu_, std::try_to_lock); engine.owns_lock()) {
-    if (Status s = model_.runtime->ApplyPendingPlan(); !s.ok()) return ToGrpc(s);
+    RETURN_IF_ERROR(model_.runtime->ApplyPendingPlan());
   }
-  resp->set_budget_bytes(bytes);
-  FillPlan(resp->mutable_plan());
   spdlog::info("budget set to {} ({} bytes): {}", bytes ? runtime::FormatBytes(bytes) : "unlimited",
                bytes, model_.runtime->plan().Summary());
-  return grpc::Status::OK;
+  return bytes;
 }
 
 void Daemon::FillPlan(v1::PlanInfo* out) const {

@@ -61,6 +61,9 @@ class Daemon {
   grpc::Status DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                           grpc::ServerWriter<v1::GenerateResponse>* writer);
   grpc::Status DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp);
+  // The one way a budget changes (SetBudget RPC, SIGHUP): re-plans the streamed model, applies the
+  // plan at once when idle, returns the budget in bytes. The model must be streamed and loaded.
+  Result<uint64_t> SetBudget(const runtime::BudgetSpec& spec);
   void FillPlan(v1::PlanInfo* out) const;
 
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();

@@ -738,10 +738,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     }
   }
 
-  if (options.budget_percent > 0) {
-    m.opt.budget =
-        static_cast<uint64_t>(options.budget_percent / 100.0 * static_cast<double>(int8_bytes_));
-  }
+  m.opt.budget = BudgetSpec{options.budget, options.budget_percent}.Resolve(int8_bytes_);
   Rates rates;
   if (options.rates != nullptr) {
     rates = *options.rates;

@@ -32,6 +32,12 @@ struct GenerateResult {
   std::string stop_reason;       // "eos", "length", "context", "callback"
   double prefill_seconds = 0.0;  // prompt forward pass (time to first token)
   double decode_seconds = 0.0;   // all decode steps after the first token
+  // Tokens after the first per second of decoding (0 with fewer than two tokens).
+  double decode_tokens_per_second() const {
+    return generated_ids.size() > 1 && decode_seconds > 0
+               ? static_cast<double>(generated_ids.size() - 1) / decode_seconds
+               : 0.0;
+  }
 };
 
 // Called for each generated token with the text it completes (possibly empty: partial UTF-8 is

@@ -98,11 +98,9 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
     o.streaming = runtime::Streaming::kRequired;
     runtime::RuntimeOptions& ro = o.runtime;
     ro.max_logit_rows = max_logit_rows;
-    if (f.GetOr("budget", "0") != "0") {  // 0: no limit
-      ASSIGN_OR_RETURN(runtime::BudgetSpec budget, runtime::ParseBudgetSpec(*f.Get("budget")));
-      ro.budget = budget.bytes;
-      ro.budget_percent = budget.percent;
-    }
+    ASSIGN_OR_RETURN(runtime::BudgetSpec budget, runtime::ParseBudgetSpec(f.GetOr("budget", "0")));
+    ro.budget = budget.bytes;  // 0: no limit
+    ro.budget_percent = budget.percent;
     ASSIGN_OR_RETURN(ro.policy, runtime::ParsePolicy(f.GetOr("policy", "adaptive")));
     ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));
     ro.reader.direct = f.IsSet("direct");
@@ -166,9 +164,7 @@ Status CmdGenerate(const std::vector<std::string>& args) {
                      }
                      return true;
                    }));
-  const double decode_tps = r.generated_ids.size() > 1 && r.decode_seconds > 0
-                                ? (r.generated_ids.size() - 1) / r.decode_seconds
-                                : 0.0;
+  const double decode_tps = r.decode_tokens_per_second();
   if (json) {
     std::vector<int32_t> ids = r.prompt_ids;
     ids.insert(ids.end(), r.generated_ids.begin(), r.generated_ids.end());
