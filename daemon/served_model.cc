@@ -42,12 +42,6 @@ Result<ServedModel> OpenServedModel(const std::string& path, const ServedModelOp
   ServedModel m;
   ASSIGN_OR_RETURN(m.model, OpenLocalModel(path, o));
   m.runtime = runtime;
-  if (runtime == nullptr && m.model.resident_weight_bytes == 0) {
-    // The factory loaded resident weights itself (kIfDcm, not a .dcm): account for them.
-    if (const auto* w = dynamic_cast<const InMemoryWeights*>(m.model.weights.get())) {
-      m.model.resident_weight_bytes = w->bytes();
-    }
-  }
   return m;
 }
 

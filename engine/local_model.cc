@@ -21,9 +21,10 @@ Result<LocalModel> OpenLocalModel(const std::string& path, const LocalModelOptio
   if (o.weights) {
     ASSIGN_OR_RETURN(m.weights, o.weights(*m.file, m.pool.get()));
   } else {
-    ASSIGN_OR_RETURN(std::unique_ptr<InMemoryWeights> w, InMemoryWeights::Load(*m.file, o.format));
-    m.resident_weight_bytes = w->bytes();
-    m.weights = std::move(w);
+    ASSIGN_OR_RETURN(m.weights, InMemoryWeights::Load(*m.file, o.format));
+  }
+  if (const auto* w = dynamic_cast<const InMemoryWeights*>(m.weights.get())) {
+    m.resident_weight_bytes = w->bytes();  // a factory may also choose resident weights
   }
   ASSIGN_OR_RETURN(m.model, Transformer::Create(m.weights.get(), m.pool.get(), o.context_length));
   return m;

@@ -34,7 +34,7 @@ struct LocalModel {
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<WeightSource> weights;
-  size_t resident_weight_bytes = 0;  // InMemoryWeights only
+  size_t resident_weight_bytes = 0;  // InMemoryWeights only (from a factory too)
   std::unique_ptr<Transformer> model;
 };
 
