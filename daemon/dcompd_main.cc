@@ -179,10 +179,12 @@ int Run(int argc, char** argv) {
 
   Daemon daemon(*config);
   HealthService health;
-  for (const std::string& a : config->listen()) {
-    Result<ListenAddress> addr = ParseListenAddress(a);
-    if (addr->is_unix) {
-      if (Status s = CheckUnixSocket(addr->path); !s.ok()) {
+  // Validated with the config: parsed once here.
+  std::vector<ListenAddress> addrs;
+  for (const std::string& a : config->listen()) addrs.push_back(*ParseListenAddress(a));
+  for (const ListenAddress& a : addrs) {
+    if (a.is_unix) {
+      if (Status s = CheckUnixSocket(a.path); !s.ok()) {
         spdlog::error("{}", s.message());
         return 1;
       }
@@ -195,12 +197,10 @@ int Run(int argc, char** argv) {
   }
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  std::vector<int> ports(static_cast<size_t>(config->listen_size()), 0);
-  for (int i = 0; i < config->listen_size(); ++i) {
-    const bool is_unix = ParseListenAddress(config->listen(i))->is_unix;
-    builder.AddListeningPort(config->listen(i),
-                             is_unix ? grpc::InsecureServerCredentials() : *tcp_creds,
-                             &ports[static_cast<size_t>(i)]);
+  std::vector<int> ports(addrs.size(), 0);
+  for (size_t i = 0; i < addrs.size(); ++i) {
+    builder.AddListeningPort(
+        addrs[i].uri, addrs[i].is_unix ? grpc::InsecureServerCredentials() : *tcp_creds, &ports[i]);
   }
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->limits().max_message_bytes()));
   builder.RegisterService(daemon.service());
@@ -213,28 +213,27 @@ int Run(int argc, char** argv) {
                   fmt::join(config->listen(), ", "));
     return 1;
   }
-  for (int i = 0; i < config->listen_size(); ++i) {
-    Result<ListenAddress> addr = ParseListenAddress(config->listen(i));
-    if (addr->is_unix) {
-      chmod(addr->path.c_str(), config->unix_socket_mode());
-      spdlog::info("listening on {} (mode {:04o})", config->listen(i), config->unix_socket_mode());
-    } else {
-      if (ports[static_cast<size_t>(i)] == 0) {
-        spdlog::error("cannot listen on {}", config->listen(i));
-        return 1;
-      }
-      const v1::TlsConfig& tls = config->tls();
-      spdlog::info("listening on {} (port {}; {})", config->listen(i),
-                   ports[static_cast<size_t>(i)],
-                   tls.cert_file().empty()        ? "plaintext"
-                   : tls.client_ca_file().empty() ? "TLS"
-                                                  : "mutual TLS");
-      if (!addr->loopback && config->tls().client_ca_file().empty()) {
-        spdlog::warn(
-            "{} is reachable from other hosts without client authentication (set "
-            "tls.client_ca_file for mutual TLS)",
-            config->listen(i));
-      }
+  for (size_t i = 0; i < addrs.size(); ++i) {
+    const ListenAddress& a = addrs[i];
+    if (a.is_unix) {
+      chmod(a.path.c_str(), config->unix_socket_mode());
+      spdlog::info("listening on {} (mode {:04o})", a.uri, config->unix_socket_mode());
+      continue;
+    }
+    if (ports[i] == 0) {
+      spdlog::error("cannot listen on {}", a.uri);
+      return 1;
+    }
+    const v1::TlsConfig& tls = config->tls();
+    spdlog::info("listening on {} (port {}; {})", a.uri, ports[i],
+                 tls.cert_file().empty()        ? "plaintext"
+                 : tls.client_ca_file().empty() ? "TLS"
+                                                : "mutual TLS");
+    if (!a.loopback && tls.client_ca_file().empty()) {
+      spdlog::warn(
+          "{} is reachable from other hosts without client authentication (set "
+          "tls.client_ca_file for mutual TLS)",
+          a.uri);
     }
   }
   std::unique_ptr<MetricsServer> metrics;
