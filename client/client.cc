@@ -1,13 +1,11 @@
 #include "client/client.h"
 
-#include <google/protobuf/text_format.h>
-
 #include <cstdlib>
 #include <filesystem>
 
 #include "base/file.h"
 #include "base/status.h"
-#include "proto/config.pb.h"
+#include "daemon/config.h"
 
 namespace dcomp::client {
 
@@ -24,16 +22,14 @@ std::string ResolveAddress(const std::optional<std::string>& explicit_address,
   std::error_code ec;
   const std::string path = config_path.value_or(kDefaultConfigPath);
   if (config_path || std::filesystem::exists(path, ec)) {
-    Result<std::string> text = ReadFileToString(path);
-    v1::DaemonConfig c;
-    if (text.ok() && google::protobuf::TextFormat::ParseFromString(*text, &c) &&
-        !c.listen().empty()) {
+    Result<v1::DaemonConfig> c = server::ReadDaemonConfig(path);
+    if (c.ok() && !c->listen().empty()) {
       *source = path;
-      return c.listen(0);
+      return c->listen(0);
     }
   }
   *source = "default";
-  return kDefaultAddress;
+  return server::kDefaultListen;
 }
 
 Result<std::shared_ptr<grpc::Channel>> Connect(const std::string& address, const TlsOptions& tls) {

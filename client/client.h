@@ -13,8 +13,6 @@
 namespace dcomp::client {
 
 inline constexpr const char* kDefaultConfigPath = "/etc/dcomp/dcompd.textproto";
-// dcompd's default listen address (DaemonConfig.listen).
-inline constexpr const char* kDefaultAddress = "unix:/run/dcompd/dcompd.sock";
 
 // The daemon's address: `explicit_address` if given, else $DCOMPCTL_ADDRESS, else the first
 // `listen` entry of the daemon config (`config_path`, or /etc/dcomp/dcompd.textproto when it
