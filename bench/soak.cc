@@ -27,10 +27,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
-const char* kPrompts[] = {"Once upon a time", "The little dog", "Lily and Ben went to the park.",
-                          "One day, a big red ball", "The sun was hot and", "Tom had a toy car"};
+const char* kPrompts[] = {
+    "Once upon a time",        "The little dog",      "Lily and Ben went to the park.",
+    "One day, a big red ball", "The sun was hot and", "Tom had a toy car"};
 
 struct Shared {
   std::mutex mu;

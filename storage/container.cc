@@ -1,8 +1,7 @@
 #include "storage/container.h"
 
-#include <sys/mman.h>
-
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
