@@ -41,6 +41,8 @@ Result<Policy> ParsePolicy(const std::string& s) {
                               "all-decoded");
 }
 
+const char* DecodeName(Decode d) { return d == Decode::kInline ? "inline" : "ahead"; }
+
 int Plan::count(Tier t) const {
   return static_cast<int>(std::count(tiers.begin(), tiers.end(), t));
 }
@@ -62,12 +64,13 @@ std::string FormatBytes(uint64_t b) {
 std::string Plan::Summary() const {
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "%s: %d decoded (%s), %d compressed (%s), %d on flash (%s/token); %d slots x %s, "
-                "%d staging x %s; %d compute + %d decode threads; total %s; est %.1f ms/token",
+                "%s: %d decoded (%s), %d compressed (%s), %d on flash (%s/token); decode %s; "
+                "%d slots x %s, %d staging x %s; %d compute + %d decode threads; total %s; "
+                "est %.1f ms/token",
                 PolicyName(policy), count(Tier::kDecoded), FormatBytes(decoded_bytes).c_str(),
                 count(Tier::kCompressed), FormatBytes(compressed_bytes).c_str(),
-                count(Tier::kFlash), FormatBytes(flash_bytes_per_token).c_str(), slots,
-                FormatBytes(slot_bytes).c_str(), staging, FormatBytes(staging_bytes).c_str(),
+                count(Tier::kFlash), FormatBytes(flash_bytes_per_token).c_str(), DecodeName(decode),
+                slots, FormatBytes(slot_bytes).c_str(), staging, FormatBytes(staging_bytes).c_str(),
                 compute_threads, decode_threads, FormatBytes(total_bytes).c_str(),
                 est_seconds_per_token * 1e3);
   return buf;
@@ -75,6 +78,7 @@ std::string Plan::Summary() const {
 
 void Plan::ToJson(JsonWriter& j) const {
   j.String("policy", PolicyName(policy));
+  j.String("decode", DecodeName(decode));
   j.BeginArray("tiers");
   for (Tier t : tiers) j.RawValue(JsonEscape(TierName(t)));
   j.EndArray();
@@ -111,6 +115,7 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
         break;
     }
   }
+  if (p.decode == Decode::kInline) p.slot_bytes = 0;
   p.fixed_bytes = fixed.total();
   p.total_bytes = p.fixed_bytes + p.decoded_bytes + p.compressed_bytes +
                   static_cast<uint64_t>(p.slots) * p.slot_bytes +
@@ -118,7 +123,36 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
   return p.total_bytes;
 }
 
+namespace {
+
+// Decoding inline: every thread decodes and multiplies; a flash unit's staging buffer is busy
+// from its read until its last block is multiplied.
+double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, const Plan& p) {
+  const double speedup = 1.0 + (p.compute_threads - 1) * r.compute_parallel_efficiency;
+  double cpu = 0, io = 0, flash_cpu = 0;
+  for (size_t u = 0; u < units.size(); ++u) {
+    double c = static_cast<double>(units[u].macs_per_token) / r.compute_macs_per_s;
+    if (p.tiers[u] != Tier::kDecoded) {
+      c += static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
+    }
+    cpu += c / speedup;
+    if (p.tiers[u] == Tier::kFlash) {
+      io += static_cast<double>(units[u].compressed_bytes) / r.io_bytes_per_s;
+      flash_cpu += c / speedup;
+    }
+  }
+  // With one staging buffer the next read starts only when the last flash unit is released.
+  const double io_eff = p.staging >= 2 ? io : io + flash_cpu;
+  return std::max(cpu, io_eff);
+}
+
+}  // namespace
+
 double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan& p) {
+  if (p.decode == Decode::kInline) {
+    p.est_seconds_per_token = EstimateInline(units, r, p);
+    return p.est_seconds_per_token;
+  }
   double macs = 0, decode = 0, io = 0, flash_decode = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     macs += static_cast<double>(units[u].macs_per_token);
@@ -154,10 +188,9 @@ double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan&
 
 uint64_t MinimumBudget(const std::vector<UnitInfo>& units, const FixedMemory& fixed) {
   Plan p;
+  p.decode = Decode::kInline;
   p.tiers.assign(units.size(), Tier::kFlash);
-  p.slots = 1;
   p.staging = 1;
-  p.decode_threads = 1;
   return PlanBytes(units, fixed, p);
 }
 
@@ -207,10 +240,18 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
   Plan best;
   bool found = false;
   uint64_t smallest = std::numeric_limits<uint64_t>::max();
+  const bool ahead_forced =
+      k.slots > 0 || k.decode_threads > 0 || k.decode == 1 + int(Decode::kAhead);
+  const bool inline_forced = k.decode == 1 + int(Decode::kInline);
   auto consider = [&](Plan p) {
+    if (p.decode == Decode::kInline ? ahead_forced : inline_forced) return;
     if (k.compute_threads > 0) p.compute_threads = k.compute_threads;
-    if (k.decode_threads > 0) p.decode_threads = k.decode_threads;
-    if (k.slots > 0) p.slots = k.slots;
+    if (p.decode == Decode::kAhead) {
+      if (k.decode_threads > 0) p.decode_threads = k.decode_threads;
+      if (k.slots > 0) p.slots = k.slots;
+    } else {
+      p.slots = p.decode_threads = 0;
+    }
     const bool streamed = p.count(Tier::kDecoded) < n;
     if (!streamed) {
       p.slots = p.staging = p.decode_threads = 0;
@@ -226,15 +267,19 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
     }
   };
   auto fixed_plan = [&](std::vector<Tier> tiers) {
-    // The fixed policies: two slots and two staging buffers (one each if that is all that fits),
-    // every core computing and every core decoding.
+    // The fixed policies: every core computing; decoding inline with two staging buffers, or
+    // ahead with two slots, two staging buffers and every core decoding (one each if that is all
+    // that fits), whichever is estimated faster.
     for (int depth : {2, 1}) {
-      Plan p;
-      p.policy = policy;
-      p.tiers = tiers;
-      p.slots = p.staging = depth;
-      p.compute_threads = p.decode_threads = cores;
-      consider(p);
+      for (Decode d : {Decode::kInline, Decode::kAhead}) {
+        Plan p;
+        p.policy = policy;
+        p.decode = d;
+        p.tiers = tiers;
+        p.slots = p.staging = depth;
+        p.compute_threads = p.decode_threads = cores;
+        consider(p);
+      }
       if (found) return;
     }
   };
@@ -264,6 +309,17 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
             tiers.push_back(head);
             const bool all_decoded = nd == layers && head == Tier::kDecoded;
             const bool any_flash = nd + nc < layers || head == Tier::kFlash;
+            for (int staging = 1; staging <= (any_flash ? 3 : 1); ++staging) {
+              for (int c = 1; c <= cores; ++c) {
+                Plan p;
+                p.policy = policy;
+                p.decode = Decode::kInline;
+                p.tiers = tiers;
+                p.staging = staging;
+                p.compute_threads = c;
+                consider(std::move(p));
+              }
+            }
             for (int slots = 1; slots <= (all_decoded ? 1 : 4); ++slots) {
               for (int staging = 1; staging <= (any_flash ? 2 : 1); ++staging) {
                 for (int c = 1; c <= cores; ++c) {

@@ -64,11 +64,20 @@ enum class Policy {
 const char* PolicyName(Policy p);
 Result<Policy> ParsePolicy(const std::string& s);
 
+// Where compressed units are decoded.
+enum class Decode {
+  kInline,  // block by block inside the matrix products, on the compute threads: no decoded copy
+            // of a unit exists, decoded rows are read from cache (no slots, no decode pool)
+  kAhead,   // by the decode pool into a ring of decoded slots, ahead of compute
+};
+const char* DecodeName(Decode d);
+
 struct Plan {
   Policy policy = Policy::kAdaptive;
+  Decode decode = Decode::kAhead;
   std::vector<Tier> tiers;  // per unit
   int slots = 0;            // decoded buffers in the pipeline (prefetch depth = slots - 1 ahead)
-  int staging = 0;          // compressed I/O buffers
+  int staging = 0;          // compressed I/O buffers (with kInline: flash units read ahead)
   int compute_threads = 1;
   int decode_threads = 0;
   uint64_t slot_bytes = 0, staging_bytes = 0;
@@ -88,15 +97,15 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
 // Estimated seconds per token of a plan (fills plan.est_seconds_per_token).
 double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& rates, Plan& plan);
 
-// The smallest budget any plan fits in (everything on flash, one slot, one staging buffer, one
-// decode thread).
+// The smallest budget any plan fits in (everything on flash, one staging buffer, decoded inline).
 uint64_t MinimumBudget(const std::vector<UnitInfo>& units, const FixedMemory& fixed);
 
-// Choices fixed from outside (0: free).
+// Choices fixed from outside (0: free). Fixing slots or decode threads implies Decode::kAhead.
 struct PlanConstraints {
   int slots = 0;
   int compute_threads = 0;
   int decode_threads = 0;
+  int decode = 0;  // 0: free; 1 + int(Decode): that one
 };
 
 // The fastest plan of `policy` within `budget`, or RESOURCE_EXHAUSTED naming the smallest budget

@@ -32,7 +32,9 @@ constexpr const char* kLayerMatrices[] = {
 struct TensorLayout {
   int tensor = -1;
   size_t rows = 0, cols = 0, stride = 0;
-  size_t q_off = 0, scale_off = 0, rowsum_off = 0;
+  size_t q_off = 0, scale_off = 0, rowsum_off = 0;  // in the unit's decoded layout
+  uint32_t first_block = 0;                         // the scale block; rows follow
+  size_t rows_per_block = 0, row_blocks = 0;
 };
 
 // One block of a unit to decode: the scale block or a block of rows.
@@ -46,6 +48,31 @@ struct WorkBlock {
 }  // namespace
 
 struct StreamingWeights::Impl {
+  // One matrix of a compressed unit, decoded inline (Decode::kInline) from the unit's stored
+  // range wherever it is in RAM: the compressed tier or a staging buffer.
+  class InlineMatrix : public RowBlockSource {
+   public:
+    InlineMatrix(const Impl* m, const TensorLayout* t, uint64_t range_begin, const uint8_t* range)
+        : m_(m), t_(t), range_begin_(range_begin), range_(range) {}
+    size_t num_blocks() const override { return t_->row_blocks; }
+    size_t rows_per_block() const override { return t_->rows_per_block; }
+    Status DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const override {
+      return m_->DecodeInline(*t_, range_begin_, range_, k, q, row_sum);
+    }
+
+   private:
+    const Impl* m_;
+    const TensorLayout* t_;
+    uint64_t range_begin_;
+    const uint8_t* range_;
+  };
+  // Views of a unit decoded inline (the matrices must not move while the views exist).
+  struct InlineViews {
+    std::vector<InlineMatrix> mats;
+    LayerWeights layer;
+    LinearWeights head;
+  };
+
   struct Unit {
     std::vector<TensorLayout> tensors;  // layer: kLayerMatrices order; output: one
     std::vector<WorkBlock> work;
@@ -56,6 +83,8 @@ struct StreamingWeights::Impl {
     PageBuffer decoded, compressed;
     LayerWeights layer_view;
     LinearWeights head_view;
+    std::vector<std::vector<float>> scales;  // per tensor, always decoded (for kInline)
+    InlineViews compressed_views;            // over `compressed`
   };
   struct Item {
     int unit = 0, slot = -1, staging = -1;
@@ -68,6 +97,7 @@ struct StreamingWeights::Impl {
     double decode_seconds = 0;
     LayerWeights layer_view;
     LinearWeights head_view;
+    InlineViews inline_views;  // kInline: over the staging buffer
   };
   struct Task {
     std::shared_ptr<Item> item;
@@ -85,7 +115,9 @@ struct StreamingWeights::Impl {
   std::vector<float> embd_scales;
   int embd_tensor = -1;
   bool tied = false;
-  size_t max_raw_block = 0, max_stored_block = 0;
+  size_t max_raw_block = 0, max_stored_block = 0, max_padded_block = 0, max_block_rows = 0;
+  // Decoding inline: bytes and thread-seconds (all compute threads), read at token boundaries.
+  mutable std::atomic<uint64_t> inline_bytes{0}, inline_ns{0};
   FixedMemory fixed;
   PlanConstraints constraints;
 
@@ -119,8 +151,10 @@ struct StreamingWeights::Impl {
 
   std::shared_ptr<Item> held;  // compute thread
   Clock::time_point held_since;
-  double token_compute = 0;  // compute thread: seconds in units this token
-  uint64_t token_macs = 0;
+  // Compute thread, this pass: seconds and multiply-adds in resident units (and in units decoded
+  // ahead), and in units decoded inline.
+  double token_compute = 0, token_inline = 0;
+  uint64_t token_macs = 0, token_inline_macs = 0;
 
   ~Impl() {
     {
@@ -201,6 +235,67 @@ struct StreamingWeights::Impl {
     }
   }
 
+  // Block k of tensor T's rows, from the unit's stored range in RAM, into q (padded rows) and
+  // row_sum. Any compute thread.
+  Status DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range, size_t k,
+                      int8_t* q, int32_t* row_sum) const {
+    thread_local storage::BlockDecoder dec;
+    thread_local std::vector<uint8_t> scratch;
+    const auto t0 = Clock::now();
+    const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
+    const pb::Block& b = reader->block(i);
+    std::span<const uint8_t> stored(range + (b.offset() - range_begin), b.stored_size());
+    const size_t rows = std::min(T.rows_per_block, T.rows - k * T.rows_per_block);
+    if (T.stride == T.cols) {
+      RETURN_IF_ERROR(reader->DecodeBlock(
+          i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), rows * T.cols), &dec));
+    } else {
+      if (scratch.size() < rows * T.cols) scratch.resize(rows * T.cols);
+      RETURN_IF_ERROR(
+          reader->DecodeBlock(i, stored, std::span<uint8_t>(scratch.data(), rows * T.cols), &dec));
+      for (size_t r = 0; r < rows; ++r) {
+        std::memcpy(q + r * T.stride, scratch.data() + r * T.cols, T.cols);
+        std::memset(q + r * T.stride + T.cols, 0, T.stride - T.cols);
+      }
+    }
+    if (!kernels::Kernels().row_sums_q8(q, rows, T.stride, row_sum)) {
+      return DataLossError(reader->path() + ": " + reader->DescribeBlock(i) +
+                           ": code -128 (codes are in [-127, 127])");
+    }
+    inline_bytes.fetch_add(b.raw_size(), std::memory_order_relaxed);
+    inline_ns.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - t0).count()),
+                        std::memory_order_relaxed);
+    return Status::Ok();
+  }
+
+  // Views of unit u decoded inline from its stored range at `range`.
+  void BuildInlineViews(int u, const uint8_t* range, InlineViews* v) const {
+    const Unit& U = units[static_cast<size_t>(u)];
+    v->mats.clear();
+    v->mats.reserve(U.tensors.size());
+    for (const TensorLayout& T : U.tensors) v->mats.emplace_back(this, &T, U.range_begin, range);
+    auto view = [&](size_t t) {
+      const TensorLayout& T = U.tensors[t];
+      LinearWeights w;
+      w.quantized = true;
+      w.q8 = {nullptr, U.scales[t].data(), nullptr, T.rows, T.cols, T.stride};
+      w.blocks = &v->mats[t];
+      return w;
+    };
+    if (u == n_layers) {
+      v->head = view(0);
+      return;
+    }
+    v->layer = U.layer_view;  // norms and biases (pinned)
+    LinearWeights* dst[] = {&v->layer.wq,     &v->layer.wk,     &v->layer.wv,  &v->layer.wo,
+                            &v->layer.w_gate, &v->layer.w_down, &v->layer.w_up};
+    for (size_t i = 0; i < 7; ++i) {
+      const float* bias = dst[i]->bias;
+      *dst[i] = view(i);
+      dst[i]->bias = bias;
+    }
+  }
+
   Status BlockError(const Unit& U, const Status& s) const {
     return Status(s.code() == StatusCode::kDataLoss || s.code() == StatusCode::kAborted ||
                           s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kInternal
@@ -234,6 +329,8 @@ struct StreamingWeights::Impl {
   void FreeItem(const std::shared_ptr<Item>& it) {  // mu held; the item is finished
     if (it->slot >= 0) free_slots.push_back(it->slot);
     it->slot = -1;
+    if (it->staging >= 0) free_staging.push_back(it->staging);  // kInline: held until released
+    it->staging = -1;
   }
 
   // Takes an item out of the ring: its slot is freed now if it is finished, else when its last
@@ -246,11 +343,16 @@ struct StreamingWeights::Impl {
     }
   }
 
-  void Complete(const std::shared_ptr<Item>& it) {  // mu held; last block done
-    if (it->staging >= 0) free_staging.push_back(it->staging);
-    it->staging = -1;
+  // mu held; kAhead: the last block is decoded; kInline: the read is done.
+  void Complete(const std::shared_ptr<Item>& it) {
+    const bool ahead = plan.decode == Decode::kAhead;
+    if (ahead && it->staging >= 0) free_staging.push_back(it->staging);
+    if (ahead) it->staging = -1;
     --in_flight;
-    if (it->error.ok()) {
+    if (it->error.ok() && !ahead) {
+      it->state = Item::kReady;
+      BuildInlineViews(it->unit, it->stored, &it->inline_views);
+    } else if (it->error.ok()) {
       it->state = Item::kReady;
       const uint64_t raw = self->units_[static_cast<size_t>(it->unit)].raw_bytes;
       BuildViews(it->unit, it->dst, &it->layer_view, &it->head_view);
@@ -271,17 +373,23 @@ struct StreamingWeights::Impl {
     std::unique_lock<std::mutex> l(mu);
     for (;;) {
       cv.wait(l, [&] {
-        return stop || (!paused && !seq.empty() && !free_slots.empty() &&
-                        static_cast<int>(items.size()) < plan.slots);
+        if (stop) return true;
+        if (paused || seq.empty()) return false;
+        return plan.decode == Decode::kAhead
+                   ? !free_slots.empty() && static_cast<int>(items.size()) < plan.slots
+                   : !free_staging.empty() && static_cast<int>(items.size()) < plan.staging;
       });
       if (stop) return;
+      const bool ahead = plan.decode == Decode::kAhead;  // fixed while not paused
       const int u = seq[next_pos];
       next_pos = (next_pos + 1) % seq.size();
       auto it = std::make_shared<Item>();
       it->unit = u;
-      it->slot = free_slots.back();
-      free_slots.pop_back();
-      it->dst = slots[static_cast<size_t>(it->slot)].data();
+      if (ahead) {
+        it->slot = free_slots.back();
+        free_slots.pop_back();
+        it->dst = slots[static_cast<size_t>(it->slot)].data();
+      }
       items.push_back(it);
       ++in_flight;
       Unit& U = units[static_cast<size_t>(u)];
@@ -307,7 +415,7 @@ struct StreamingWeights::Impl {
           }
         }
         it->stored = buf;
-        if (!s.ok() || it->cancelled) {
+        if (!s.ok() || it->cancelled || !ahead) {
           it->error = s;
           Complete(it);
           continue;
@@ -411,6 +519,7 @@ struct StreamingWeights::Impl {
                      PageBuffer::Allocate(U.range_end - U.range_begin, "a compressed unit"));
     RETURN_IF_ERROR(ReadUnit(aux_reader.get(), U, U.compressed.data()));
     aux_reader->DropCache(U.range_begin, U.range_end - U.range_begin);
+    BuildInlineViews(u, U.compressed.data(), &U.compressed_views);
     return Status::Ok();
   }
 
@@ -451,11 +560,15 @@ struct StreamingWeights::Impl {
     }
     for (size_t u = 0; u < units.size(); ++u) np.tiers[u] = units[u].tier;  // what was achieved
     PlanBytes(self->units_, fixed, np);
-    bool streamed = false;
-    for (const Unit& U : units) streamed |= U.tier != Tier::kDecoded;
-    if (streamed) np.slots = std::max(np.slots, 1);
+    const bool ahead = np.decode == Decode::kAhead;
+    bool streamed = false;  // units that go through the pipeline
+    for (const Unit& U : units) {
+      streamed |= ahead ? U.tier != Tier::kDecoded : U.tier == Tier::kFlash;
+    }
+    if (streamed && ahead) np.slots = std::max(np.slots, 1);
     if (np.count(Tier::kFlash) > 0) np.staging = std::max(np.staging, 1);
-    if (streamed) np.decode_threads = std::max(np.decode_threads, 1);
+    if (streamed && ahead) np.decode_threads = std::max(np.decode_threads, 1);
+    if (!ahead) np.slots = np.decode_threads = 0;
     for (int i = 0; i < np.slots && status.ok(); ++i) {
       Result<PageBuffer> b = PageBuffer::Allocate(np.slot_bytes, "a decoded slot");
       if (b.ok())
@@ -478,7 +591,7 @@ struct StreamingWeights::Impl {
     seq.clear();
     seq_pos.assign(units.size(), -1);
     for (size_t u = 0; u < units.size(); ++u) {
-      if (units[u].tier != Tier::kDecoded) {
+      if (ahead ? units[u].tier != Tier::kDecoded : units[u].tier == Tier::kFlash) {
         seq_pos[u] = static_cast<int>(seq.size());
         seq.push_back(static_cast<int>(u));
       }
@@ -490,7 +603,8 @@ struct StreamingWeights::Impl {
     next_pos = 0;
     active_decode = np.decode_threads;
     plan = std::move(np);
-    paused = !streamed || slots.empty() || (plan.count(Tier::kFlash) > 0 && staging.empty());
+    paused =
+        !streamed || (ahead && slots.empty()) || (plan.count(Tier::kFlash) > 0 && staging.empty());
     cv.notify_all();
     return status;
   }
@@ -554,8 +668,8 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   m.reader = &file.reader();
   m.opt = options;
   m.pool = compute_pool;
-  m.constraints = {options.force_slots, options.force_compute_threads,
-                   options.force_decode_threads};
+  m.constraints = {options.force_slots, options.force_compute_threads, options.force_decode_threads,
+                   options.force_decode};
   const storage::ContainerReader& r = *m.reader;
   const std::string& path = r.path();
   config_ = file.config();
@@ -602,7 +716,8 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     m.max_stored_block = std::max<size_t>(m.max_stored_block, b.stored_size());
   };
   // Adds tensor t to unit u: its decoded layout and its blocks.
-  auto add_tensor = [&](int u, int t) {
+  storage::BlockDecoder scale_decoder;
+  auto add_tensor = [&](int u, int t) -> Status {
     Impl::Unit& U = m.units[static_cast<size_t>(u)];
     const pb::Tensor& T = r.manifest().tensors(t);
     TensorLayout L;
@@ -616,10 +731,27 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
     L.rowsum_off = U.decoded_size;
     U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
+    const size_t rpb = static_cast<size_t>(T.rows_per_block());
+    L.first_block = T.first_block();
+    L.rows_per_block = rpb;
+    L.row_blocks = T.num_blocks() - 1;
+    m.max_padded_block = std::max(m.max_padded_block, rpb * L.stride);
+    m.max_block_rows = std::max(m.max_block_rows, rpb);
     const int ti = static_cast<int>(U.tensors.size());
     U.tensors.push_back(L);
+    // The row scales, kept decoded for decoding inline (from the mapping, checked here once).
+    std::vector<float>& sc = U.scales.emplace_back(L.rows);
+    RETURN_IF_ERROR(r.ReadBlock(
+        T.first_block(),
+        std::span<uint8_t>(reinterpret_cast<uint8_t*>(sc.data()), sc.size() * sizeof(float)),
+        &scale_decoder));
+    for (size_t i = 0; i < sc.size(); ++i) {
+      if (!std::isfinite(sc[i]) || sc[i] < 0) {
+        return DataLossError(path + ": " + T.name() + ": row " + std::to_string(i) +
+                             " has an invalid scale");
+      }
+    }
     U.work.push_back({T.first_block(), ti, true, 0, L.rows});
-    const size_t rpb = static_cast<size_t>(T.rows_per_block());
     for (uint32_t k = 1; k < T.num_blocks(); ++k) {
       const size_t row0 = (k - 1) * rpb;
       U.work.push_back({T.first_block() + k, ti, false, row0, std::min(rpb, L.rows - row0)});
@@ -629,6 +761,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
       units_[static_cast<size_t>(u)].raw_bytes += b.raw_size();
       note_block_sizes(b);
     }
+    return Status::Ok();
   };
   auto set_range = [&](Impl::Unit& U) {
     U.range_begin = std::numeric_limits<uint64_t>::max();
@@ -648,7 +781,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     Impl::Unit& U = m.units[static_cast<size_t>(l)];
     for (const char* what : kLayerMatrices) {
       ASSIGN_OR_RETURN(int t, find(LayerTensorName(l, what), true));
-      add_tensor(l, t);
+      RETURN_IF_ERROR(add_tensor(l, t));
     }
     set_range(U);
     ASSIGN_OR_RETURN(std::vector<float> * an, read_vector(LayerTensorName(l, "attn_norm.weight")));
@@ -669,7 +802,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   {
     Impl::Unit& H = m.units.back();
     ASSIGN_OR_RETURN(int t, m.tied ? Result<int>(m.embd_tensor) : find("output.weight", true));
-    add_tensor(n_units - 1, t);
+    RETURN_IF_ERROR(add_tensor(n_units - 1, t));
     set_range(H);
     units_.back().name = m.tied ? "output (tied embedding)" : "output";
   }
@@ -716,6 +849,9 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   FixedMemory& f = m.fixed;
   f.baseline = before.rss;
   for (const auto& v : m.vectors) f.vectors += v.capacity() * sizeof(float);
+  for (const Impl::Unit& U : m.units) {
+    for (const auto& v : U.scales) f.vectors += v.capacity() * sizeof(float);
+  }
   f.vectors += m.embd_scales.capacity() * sizeof(float);
   const int32_t ctx = options.context_length == 0 ? config_.context_length : options.context_length;
   const size_t vocab = static_cast<size_t>(config_.vocab_size);
@@ -725,8 +861,12 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   f.request =
       (static_cast<uint64_t>(std::max(1, options.max_logit_rows)) + 1) * vocab * 4 + vocab * 8;
   f.lookup = m.lookup_stored.size() + m.lookup_raw.size();
-  // Each decode worker: a zstd context (~160 KiB) and a row scratch.
-  f.decoders = static_cast<uint64_t>(m.cores) * (RoundUpToPage(m.max_raw_block) + (192u << 10));
+  // Per core, a decode-pool worker (a zstd context of ~160 KiB and a row scratch) and a compute
+  // thread decoding inline (the same, plus a block of padded rows and their row sums).
+  f.decoders =
+      static_cast<uint64_t>(m.cores) *
+      (2 * (RoundUpToPage(m.max_raw_block) + (192u << 10)) + RoundUpToPage(m.max_padded_block) +
+       RoundUpToPage(m.max_block_rows * sizeof(int32_t)));
   // Thread stacks, the heap's own growth and page tables of the buffers: measured about 1 MiB on
   // x86-64; 2 MiB leaves room.
   f.margin = 2u << 20;
@@ -826,17 +966,37 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
 
 Status StreamingWeights::BeginPass(size_t tokens) {
   Impl& m = *impl_;
-  if (m.pass_tokens == 1 && m.token_compute > 0) {  // the last pass was one decode step
+  // Decoding inline since the last pass: bytes and thread-seconds over all compute threads.
+  const uint64_t inline_bytes = m.inline_bytes.exchange(0, std::memory_order_relaxed);
+  const double inline_secs =
+      static_cast<double>(m.inline_ns.exchange(0, std::memory_order_relaxed)) * 1e-9;
+  {
     std::lock_guard<std::mutex> l(m.mu);
-    const double speedup =
-        1.0 + (m.plan.compute_threads - 1) * m.st.rates.compute_parallel_efficiency;
-    const double rate = static_cast<double>(m.token_macs) / (m.token_compute * speedup);
-    m.st.rates.compute_macs_per_s =
-        m.st.tokens <= 1 ? rate : 0.8 * m.st.rates.compute_macs_per_s + 0.2 * rate;
-    m.st.compute_seconds += m.token_compute;
+    Rates& r = m.st.rates;
+    m.st.compute_seconds += m.token_compute + m.token_inline;
+    m.st.decoded_bytes += inline_bytes;
+    m.st.decode_thread_seconds += inline_secs;
+    if (m.pass_tokens == 1) {  // the last pass was one decode step
+      const double speedup = 1.0 + (m.plan.compute_threads - 1) * r.compute_parallel_efficiency;
+      if (inline_secs > 0) {
+        r.decode_bytes_per_s =
+            0.8 * r.decode_bytes_per_s + 0.2 * static_cast<double>(inline_bytes) / inline_secs;
+      }
+      // The compute rate from resident units, else from inline units less their decoding.
+      double macs = static_cast<double>(m.token_macs), secs = m.token_compute * speedup;
+      if (m.token_macs == 0 && m.token_inline > 0) {
+        macs = static_cast<double>(m.token_inline_macs);
+        secs = m.token_inline * speedup - inline_secs;
+        if (secs < 0.05 * m.token_inline * speedup) secs = 0;  // too noisy to tell
+      }
+      if (macs > 0 && secs > 0) {
+        const double rate = macs / secs;
+        r.compute_macs_per_s = m.st.tokens <= 1 ? rate : 0.8 * r.compute_macs_per_s + 0.2 * rate;
+      }
+    }
   }
-  m.token_compute = 0;
-  m.token_macs = 0;
+  m.token_compute = m.token_inline = 0;
+  m.token_macs = m.token_inline_macs = 0;
   m.pass_tokens = tokens;
   {
     std::lock_guard<std::mutex> l(m.mu);
@@ -872,6 +1032,11 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
     m.held_since = Clock::now();
     return head ? static_cast<const void*>(&U.head_view) : &U.layer_view;
   }
+  if (U.tier == Tier::kCompressed && m.plan.decode == Decode::kInline) {  // plan: compute thread
+    m.held.reset();
+    m.held_since = Clock::now();
+    return head ? static_cast<const void*>(&U.compressed_views.head) : &U.compressed_views.layer;
+  }
   std::unique_lock<std::mutex> l(m.mu);
   if (m.paused) {
     return UnavailableError("the runtime has no pipeline buffers (the last plan failed to apply: " +
@@ -904,14 +1069,24 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
     }
     m.held = it;
     m.held_since = Clock::now();
+    if (m.plan.decode == Decode::kInline) {
+      return head ? static_cast<const void*>(&it->inline_views.head) : &it->inline_views.layer;
+    }
     return head ? static_cast<const void*>(&it->head_view) : &it->layer_view;
   }
 }
 
 void StreamingWeights::ReleaseUnit(int u) {
   Impl& m = *impl_;
-  m.token_compute += Seconds(m.held_since, Clock::now());
-  m.token_macs += units_[static_cast<size_t>(u)].macs_per_token;
+  const double secs = Seconds(m.held_since, Clock::now());
+  const uint64_t macs = units_[static_cast<size_t>(u)].macs_per_token;
+  if (m.units[static_cast<size_t>(u)].tier != Tier::kDecoded && m.plan.decode == Decode::kInline) {
+    m.token_inline += secs;
+    m.token_inline_macs += macs;
+  } else {
+    m.token_compute += secs;
+    m.token_macs += macs;
+  }
   if (m.held == nullptr) return;
   std::lock_guard<std::mutex> l(m.mu);
   if (!m.items.empty() && m.items.front() == m.held) m.items.pop_front();

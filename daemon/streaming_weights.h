@@ -2,15 +2,19 @@
 // process under a RAM budget: each unit (a layer's matrices, or the output matrix) is decoded
 // (INT8 ready for the kernels), compressed in RAM, or on flash, per a Plan (daemon/residency.h).
 //
-// While the transformer computes unit i, a prefetcher thread reads the next streamed units'
+// While the transformer computes unit i, a prefetcher thread reads the next flash units'
 // compressed ranges (io_uring, pread fallback; page-cache pages dropped after use) into staging
-// buffers, and a decode pool (one codec context per worker, a queue bounded by the number of
-// slots) decodes their blocks into a ring of decoded slots. The order wraps from the output matrix
-// to layer 0 across tokens, so the next token's first layers are ready when it starts. Compute
-// waits only when the pipeline is behind.
+// buffers. Compressed units (in RAM or in staging) are decoded in one of two ways (Plan::decode):
+//  - inline: the matrices are handed to the transformer as RowBlockSources; its compute threads
+//    decode each block of rows into a per-thread scratch and multiply it at once. No decoded copy
+//    of a unit exists, so the budget goes to tiers, and decoded rows are read from cache.
+//  - ahead: a decode pool (one codec context per worker, a queue bounded by the number of slots)
+//    decodes whole units into a ring of decoded slots while compute runs on the previous one.
+// The order wraps from the output matrix to layer 0 across tokens, so the next token's first
+// layers are ready when it starts. Compute waits only when the pipeline is behind.
 //
 // The controller measures compute time per unit, decode throughput per thread and I/O throughput,
-// and re-plans (tiers, slots, staging, compute vs decode threads) when the budget changes
+// and re-plans (tiers, inline vs ahead, slots, staging, compute vs decode threads) when the budget changes
 // (SetBudget), when /proc/pressure/memory reports pressure, and once its measurements differ
 // enough from the estimates the plan was made with. Plans are applied between tokens; memory is
 // freed before it is allocated, so the resident set stays under max(old, new) plan while
@@ -61,6 +65,7 @@ struct RuntimeOptions {
   int force_slots = 0;
   int force_decode_threads = 0;
   int force_compute_threads = 0;
+  int force_decode = 0;          // 1 + int(Decode): decode inline or ahead only
   const Rates* rates = nullptr;  // skip calibration and use these
 };
 

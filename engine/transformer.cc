@@ -1,8 +1,10 @@
 #include "engine/transformer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 #include "kernels/ops.h"
 
@@ -120,8 +122,8 @@ Status Transformer::Forward(std::span<const int32_t> tokens, bool all_logits,
   return Status::Ok();
 }
 
-void Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride,
-                             size_t n) {
+Status Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride,
+                               size_t n) {
   const size_t cols = jobs[0].w->cols();
   const bool quantized = jobs[0].w->quantized;
   if (quantized) {
@@ -133,6 +135,30 @@ void Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, si
       }
     });
   }
+  const bool blocked = jobs[0].w->blocks != nullptr;
+  for (const LinearJob& j : jobs) {
+    if ((j.w->blocks != nullptr) != blocked || j.w->quantized != quantized) {
+      return InternalError("RunLinears: jobs mix resident and block-streamed matrices");
+    }
+  }
+  if (blocked) {
+    RETURN_IF_ERROR(RunBlockedLinears(jobs, n));
+  } else {
+    RunResidentLinears(jobs, x, x_stride, n);
+  }
+  for (const LinearJob& j : jobs) {
+    if (j.w->bias == nullptr) continue;
+    for (size_t t = 0; t < n; ++t) {
+      for (size_t r = 0; r < j.w->rows(); ++r) j.y[t * j.y_stride + r] += j.w->bias[r];
+    }
+  }
+  return Status::Ok();
+}
+
+void Transformer::RunResidentLinears(std::span<const LinearJob> jobs, const float* x,
+                                     size_t x_stride, size_t n) {
+  const size_t cols = jobs[0].w->cols();
+  const bool quantized = jobs[0].w->quantized;
   size_t total = 0;
   for (const LinearJob& j : jobs) total += j.w->rows();
   const kernels::KernelTable* kt = kt_;
@@ -163,12 +189,56 @@ void Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, si
         }
       },
       16);
-  for (const LinearJob& j : jobs) {
-    if (j.w->bias == nullptr) continue;
-    for (size_t t = 0; t < n; ++t) {
-      for (size_t r = 0; r < j.w->rows(); ++r) j.y[t * j.y_stride + r] += j.w->bias[r];
-    }
+}
+
+Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n) {
+  // Tasks: (job, block), in job order. Each decodes one block of rows into this thread's scratch
+  // (about one codec block: it stays in L2) and multiplies it for all n tokens.
+  blocked_tasks_.clear();
+  size_t macs = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const RowBlockSource& src = *jobs[j].w->blocks;
+    for (size_t k = 0; k < src.num_blocks(); ++k) blocked_tasks_.push_back({j, k});
+    macs += jobs[j].w->rows() * jobs[j].w->cols() * n;
   }
+  const size_t padded = kernels::PaddedCols(jobs[0].w->cols());
+  const kernels::KernelTable* kt = kt_;
+  const int8_t* xq = xq_.data();
+  const float* xs = xq_scale_.data();
+  std::atomic<bool> failed{false};
+  std::mutex error_mu;
+  Status error = Status::Ok();
+  // Decoding costs about as much as 8 multiply-adds per weight: always worth the pool.
+  Parallel(
+      macs + 8 * macs / std::max<size_t>(1, n), static_cast<int64_t>(blocked_tasks_.size()),
+      [&](int64_t begin, int64_t end) {
+        thread_local std::vector<int8_t> q;
+        thread_local std::vector<int32_t> row_sum;
+        for (int64_t i = begin; i < end && !failed.load(std::memory_order_relaxed); ++i) {
+          const auto [j, k] = blocked_tasks_[static_cast<size_t>(i)];
+          const LinearWeights& w = *jobs[j].w;
+          const size_t rpb = w.blocks->rows_per_block();
+          const size_t r0 = k * rpb, rows = std::min(rpb, w.rows() - r0);
+          if (q.size() < rpb * w.q8.stride) q.resize(rpb * w.q8.stride);
+          if (row_sum.size() < rpb) row_sum.resize(rpb);
+          Status s = w.blocks->DecodeRows(k, q.data(), row_sum.data());
+          if (!s.ok()) {
+            std::lock_guard<std::mutex> l(error_mu);
+            if (error.ok()) error = std::move(s);
+            failed.store(true, std::memory_order_relaxed);
+            return;
+          }
+          const kernels::Q8MatrixView v{q.data(), w.q8.scale + r0, row_sum.data(),
+                                        rows,     w.q8.cols,       w.q8.stride};
+          if (n == 1) {
+            kt->gemv_q8_q8(v, xq, xs[0], jobs[j].y + r0, 0, rows);
+          } else {
+            kt->gemm_q8_q8(v, xq, padded, xs, n, jobs[j].y + r0, jobs[j].y_stride, 0, rows);
+          }
+        }
+      },
+      1);
+  return error;
 }
 
 void Transformer::PerToken(size_t n, size_t cost_per_token, const std::function<void(size_t)>& fn) {
@@ -213,6 +283,10 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     ASSIGN_OR_RETURN(const LayerWeights* w, weights_->AcquireLayer(l));
+    auto release_on_error = [&](Status s) {
+      if (!s.ok()) weights_->ReleaseLayer(l);
+      return s;
+    };
     float* kc = k_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
     float* vc = v_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
 
@@ -221,7 +295,7 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     });
     const LinearJob qkv[] = {{&w->wq, q_.data(), dim}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
     Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
-    RunLinears(qkv, xn_.data(), dim, n);
+    RETURN_IF_ERROR(release_on_error(RunLinears(qkv, xn_.data(), dim, n)));
 
     for (size_t t = 0; t < n; ++t) {
       const float* cs = rope_.data() + (static_cast<size_t>(pos_) + t) * hd;
@@ -234,7 +308,7 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
 
     const LinearJob o[] = {{&w->wo, xn_.data(), dim}};
     Observe(l, LinearInput::kAttnOut, att_.data(), n, dim);
-    RunLinears(o, att_.data(), dim, n);
+    RETURN_IF_ERROR(release_on_error(RunLinears(o, att_.data(), dim, n)));
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
     PerToken(n, dim * 8, [&](size_t t) {
@@ -242,12 +316,12 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     });
     const LinearJob up[] = {{&w->w_gate, hb_.data(), hid}, {&w->w_up, hb2_.data(), hid}};
     Observe(l, LinearInput::kFfnIn, xn_.data(), n, dim);
-    RunLinears(up, xn_.data(), dim, n);
+    RETURN_IF_ERROR(release_on_error(RunLinears(up, xn_.data(), dim, n)));
     PerToken(n, hid * 16,
              [&](size_t t) { kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
     const LinearJob down[] = {{&w->w_down, xn_.data(), dim}};
     Observe(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
-    RunLinears(down, hb_.data(), hid, n);
+    RETURN_IF_ERROR(release_on_error(RunLinears(down, hb_.data(), hid, n)));
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
     weights_->ReleaseLayer(l);
@@ -263,9 +337,9 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
   ASSIGN_OR_RETURN(const LinearWeights* head, weights_->AcquireOutput());  // Forward restores pos_
   const LinearJob out[] = {{head, logits, static_cast<size_t>(cfg_.vocab_size)}};
   Observe(cfg_.n_layers, LinearInput::kHeadIn, xn_.data() + first * dim, rows, dim);
-  RunLinears(out, xn_.data() + first * dim, dim, rows);
+  Status s = RunLinears(out, xn_.data() + first * dim, dim, rows);
   weights_->ReleaseOutput();
-  return Status::Ok();
+  return s;
 }
 
 }  // namespace dcomp

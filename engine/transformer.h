@@ -76,8 +76,13 @@ class Transformer {
     float* y;
     size_t y_stride;
   };
-  // y_j = W_j x for every job, all sharing the input x [n][cols]; one parallel region.
-  void RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride, size_t n);
+  // y_j = W_j x for every job, all sharing the input x [n][cols]; one parallel region. Fails only
+  // when a matrix's rows come from a RowBlockSource and a block cannot be decoded.
+  Status RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride, size_t n);
+  // RunLinears for matrices given as RowBlockSources: one task per block (decode, then multiply).
+  Status RunBlockedLinears(std::span<const LinearJob> jobs, size_t n);
+  void RunResidentLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride,
+                          size_t n);
   void Attention(int layer, size_t n);
   // Runs fn over [0, n) on the pool, or inline when `work` (multiply-adds or equivalent) is too
   // small to pay for a parallel region. Results never depend on which.
@@ -102,6 +107,10 @@ class Transformer {
   std::vector<float> x_, xn_, q_, att_, hb_, hb2_;
   std::vector<int8_t> xq_;
   std::vector<float> xq_scale_;
+  struct BlockTask {
+    size_t job, block;
+  };
+  std::vector<BlockTask> blocked_tasks_;  // RunBlockedLinears' task list, reused
 };
 
 }  // namespace dcomp

@@ -24,11 +24,29 @@ enum class WeightFormat {
 Result<WeightFormat> ParseWeightFormat(const std::string& s);  // "f32" | "w8a8"
 const char* WeightFormatName(WeightFormat f);
 
-// One linear map y = W x (+ b). Exactly one of q8/f32 is set, per `quantized`.
+// An INT8 matrix that is not held decoded: its rows are produced a block at a time while it is
+// multiplied (the streaming runtime's compressed units). The transformer decodes each block of
+// rows into the calling thread's scratch and multiplies it straight away, so a decoded copy of the
+// whole matrix never exists and the decoded rows are read from cache, not DRAM.
+class RowBlockSource {
+ public:
+  virtual ~RowBlockSource() = default;
+  virtual size_t num_blocks() const = 0;
+  virtual size_t rows_per_block() const = 0;  // every block but the last has this many rows
+  // Writes the rows of block k, padded to the matrix stride with zeros, to `q` and their row sums
+  // to `row_sum`. Called concurrently from the compute threads; fails with DATA_LOSS naming the
+  // block when its bytes are damaged.
+  virtual Status DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const = 0;
+};
+
+// One linear map y = W x (+ b). Exactly one of q8/f32 is set, per `quantized`. With `blocks` set
+// (INT8 only), q8 gives the shape and the row scales; q8.q and q8.row_sum are null and the rows
+// come from `blocks`.
 struct LinearWeights {
   bool quantized = false;
   kernels::Q8MatrixView q8;
   kernels::F32MatrixView f32;
+  const RowBlockSource* blocks = nullptr;
   const float* bias = nullptr;
   size_t rows() const { return quantized ? q8.rows : f32.rows; }
   size_t cols() const { return quantized ? q8.cols : f32.cols; }

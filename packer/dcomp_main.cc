@@ -37,7 +37,8 @@ commands:
   synth --shape tinyllama-1.1b|llama-3.2-1b OUT.gguf [--entropy BITS] [--seed S]
   generate MODEL --prompt TEXT [-n N] [--temperature T] [--seed S] [--weights f32|w8a8] [--json]
   eval MODEL --text FILE [--weights f32|w8a8] [--json]
-    (.dcm models: --budget BYTES|PCT% [--policy P] [--reader auto|io_uring|pread] [--direct]
+    (.dcm models: --budget BYTES|PCT% [--policy P] [--decode auto|inline|ahead]
+     [--reader auto|io_uring|pread] [--direct]
      stream layers from flash under a RAM budget; see docs/runtime.md)
   tokenize MODEL --text TEXT [--json]
 
@@ -57,6 +58,9 @@ void AddModelFlags(Flags& f) {
       .Value("policy",
              ".dcm streaming: adaptive | all-compressed | stream-all | static-split | "
              "all-decoded (default adaptive)")
+      .Value("decode",
+             ".dcm streaming: where compressed layers are decoded: inline (inside the matrix "
+             "products) | ahead (decode pool) | auto (default: the faster estimate)")
       .Value("reader", ".dcm streaming: auto | io_uring | pread (default auto)")
       .Switch("direct", ".dcm streaming: read with O_DIRECT");
 }
@@ -88,7 +92,8 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
   o.threads = static_cast<int>(threads);
   o.context_length = static_cast<int32_t>(ctx);
   o.tokenizer_path = f.GetOr("tokenizer", "");
-  const bool streaming = f.Has("budget") || f.Has("policy") || f.Has("reader") || f.IsSet("direct");
+  const bool streaming =
+      f.Has("budget") || f.Has("policy") || f.Has("decode") || f.Has("reader") || f.IsSet("direct");
   if (streaming) {
     if (o.format != WeightFormat::kW8A8) {
       return InvalidArgumentError(
@@ -102,6 +107,13 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
     ro.budget = budget.bytes;  // 0: no limit
     ro.budget_percent = budget.percent;
     ASSIGN_OR_RETURN(ro.policy, runtime::ParsePolicy(f.GetOr("policy", "adaptive")));
+    const std::string decode = f.GetOr("decode", "auto");
+    if (decode == "inline" || decode == "ahead") {
+      ro.force_decode = 1 + static_cast<int>(decode == "inline" ? runtime::Decode::kInline
+                                                                : runtime::Decode::kAhead);
+    } else if (decode != "auto") {
+      return InvalidArgumentError("--decode '" + decode + "': expected auto, inline or ahead");
+    }
     ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));
     ro.reader.direct = f.IsSet("direct");
   }

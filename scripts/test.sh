@@ -22,7 +22,7 @@ echo "== the concurrency tests under ThreadSanitizer (thread pool, streaming run
 cmake --preset tsan >/dev/null
 cmake --build build/tsan -j "$jobs" --target base_test runtime_test server_test
 ctest --test-dir build/tsan --output-on-failure -j "$jobs" --timeout 1800 \
-  -R "ThreadPoolTest|StreamingTest|ResidencyTest|RequestQueueTest|LatencyWindowTest" -E "Stories3M"
+  -R "ThreadPoolTest|StreamingTest|FaultTest|ResidencyTest|RequestQueueTest|LatencyWindowTest" -E "Stories3M"
 echo "== fuzzers (bounded time per target)"
 cmake --preset fuzz >/dev/null
 cmake --build build/fuzz -j "$jobs"

@@ -75,6 +75,37 @@ TEST(ResidencyTest, PlansFitAndTheAdaptivePlanIsNeverEstimatedSlower) {
   }
 }
 
+TEST(ResidencyTest, DecodingInlineNeedsNoSlotsAndKeepsMoreInRam) {
+  const auto units = TinyLlamaUnits();
+  Rates r;
+  r.io_bytes_per_s = 800e6;
+  const uint64_t budget = 600ull << 20;
+  auto in_ram = [](const Plan& p) { return p.count(Tier::kDecoded) + p.count(Tier::kCompressed); };
+  Result<Plan> in = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive,
+                               {0, 0, 0, 1 + static_cast<int>(Decode::kInline)});
+  Result<Plan> ahead = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive,
+                                  {0, 0, 0, 1 + static_cast<int>(Decode::kAhead)});
+  ASSERT_TRUE(in.ok() && ahead.ok());
+  EXPECT_EQ(in->decode, Decode::kInline);
+  EXPECT_EQ(in->slots, 0);
+  EXPECT_EQ(in->decode_threads, 0);
+  EXPECT_EQ(in->slot_bytes, 0u);
+  EXPECT_EQ(ahead->decode, Decode::kAhead);
+  EXPECT_GE(ahead->slots, 1);
+  EXPECT_GE(in_ram(*in), in_ram(*ahead)) << in->Summary() << "\n" << ahead->Summary();
+  // Fixing the slots means decoding ahead.
+  Result<Plan> slots = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive, {2, 0, 0, 0});
+  ASSERT_TRUE(slots.ok());
+  EXPECT_EQ(slots->decode, Decode::kAhead);
+  EXPECT_EQ(slots->slots, 2);
+  // The smallest budget streams everything through one staging buffer, decoding inline.
+  const uint64_t min = MinimumBudget(units, Fixed());
+  Result<Plan> smallest = ChoosePlan(units, Fixed(), r, min, Policy::kAdaptive);
+  ASSERT_TRUE(smallest.ok());
+  EXPECT_EQ(smallest->decode, Decode::kInline);
+  EXPECT_EQ(smallest->count(Tier::kFlash), static_cast<int>(units.size()));
+}
+
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
   const auto units = TinyLlamaUnits();
   Result<Plan> p = ChoosePlan(units, Fixed(), Rates{}, 4ull << 30, Policy::kAdaptive);

@@ -148,13 +148,24 @@ void ExpectDeterministic(const std::string& path) {
     Policy policy;
     double extra;  // budget = minimum + extra * INT8 size
     int slots, decode, compute;
+    bool inline_decode = false;  // force decoding inside the matrix products
   };
   const Case cases[] = {
-      {Policy::kAdaptive, 10.0, 0, 0, 0},   {Policy::kAdaptive, 0.6, 0, 0, 0},
-      {Policy::kAdaptive, 0.3, 0, 0, 0},    {Policy::kAdaptive, 0.0, 0, 0, 0},
-      {Policy::kStreamAll, 1.0, 1, 1, 1},   {Policy::kStreamAll, 1.0, 3, 2, 2},
-      {Policy::kStreamAll, 1.0, 2, 1, 2},   {Policy::kAllCompressed, 1.5, 2, 2, 1},
-      {Policy::kStaticSplit, 0.4, 4, 2, 2}, {Policy::kAllDecoded, 2.0, 0, 0, 1},
+      {Policy::kAdaptive, 10.0, 0, 0, 0},
+      {Policy::kAdaptive, 0.6, 0, 0, 0},
+      {Policy::kAdaptive, 0.3, 0, 0, 0},
+      {Policy::kAdaptive, 0.0, 0, 0, 0},
+      {Policy::kStreamAll, 1.0, 1, 1, 1},
+      {Policy::kStreamAll, 1.0, 3, 2, 2},
+      {Policy::kStreamAll, 1.0, 2, 1, 2},
+      {Policy::kAllCompressed, 1.5, 2, 2, 1},
+      {Policy::kStaticSplit, 0.4, 4, 2, 2},
+      {Policy::kAllDecoded, 2.0, 0, 0, 1},
+      {Policy::kStreamAll, 0.0, 0, 0, 1, true},
+      {Policy::kStreamAll, 0.0, 0, 0, 2, true},
+      {Policy::kAllCompressed, 1.5, 0, 0, 2, true},
+      {Policy::kStaticSplit, 0.4, 0, 0, 1, true},
+      {Policy::kAdaptive, 0.3, 0, 0, 2, true},
   };
   for (const Case& c : cases) {
     RuntimeOptions ro;
@@ -163,11 +174,18 @@ void ExpectDeterministic(const std::string& path) {
     ro.force_slots = c.slots;
     ro.force_decode_threads = c.decode;
     ro.force_compute_threads = c.compute;
+    if (c.inline_decode) ro.force_decode = 1 + static_cast<int>(Decode::kInline);
     Result<Streamed> r = Open(path, ro);
     ASSERT_TRUE(r.ok()) << PolicyName(c.policy) << ": " << r.status().ToString();
     auto got = Greedy(r->model, 24);
     ASSERT_TRUE(got.ok()) << got.status().ToString();
     EXPECT_EQ(*got, want) << r->rt->plan().Summary();
+    if (c.inline_decode) {
+      EXPECT_EQ(r->rt->plan().decode, Decode::kInline);
+    }
+    if (c.slots > 0) {
+      EXPECT_EQ(r->rt->plan().decode, Decode::kAhead);
+    }
     EXPECT_LE(r->rt->plan().total_bytes, ro.budget);
   }
 }
@@ -211,9 +229,10 @@ TEST(StreamingTest, TooSmallBudgetIsAClearError) {
 struct Faulty {
   storage::FaultInjector inj;
   Result<Streamed> run = UnavailableError("not opened");
-  explicit Faulty(const std::string& path) {
+  explicit Faulty(const std::string& path, Decode decode = Decode::kInline) {
     RuntimeOptions ro;
     ro.policy = Policy::kStreamAll;
+    ro.force_decode = 1 + static_cast<int>(decode);
     ro.reader.backend = storage::ReaderBackend::kPread;
     ro.reader.pread = inj.MakePread();
     ro.wrap_reader = [this](std::unique_ptr<storage::BlockReader> r) {
@@ -237,10 +256,15 @@ TEST(StreamingTest, EintrAndShortReadsAreRetried) {
   EXPECT_GT(f.inj.faults(), 100);
 }
 
-TEST(StreamingTest, EioFailsTheRequestWithDataLossNamingTheBlockThenRecovers) {
+class FaultTest : public ::testing::TestWithParam<Decode> {};
+INSTANTIATE_TEST_SUITE_P(Decode, FaultTest, ::testing::Values(Decode::kInline, Decode::kAhead),
+                         [](const auto& p) { return std::string(DecodeName(p.param)); });
+
+TEST_P(FaultTest, EioFailsTheRequestWithDataLossNamingTheBlockThenRecovers) {
   const std::vector<int32_t> want = Resident(SmallModel(), 12);
-  Faulty f(SmallModel());
+  Faulty f(SmallModel(), GetParam());
   ASSERT_TRUE(f.run.ok()) << f.run.status().ToString();
+  EXPECT_EQ(f.run->rt->plan().decode, GetParam());
   storage::FaultSchedule s;
   s.eio_from_call = f.inj.calls() + 5;
   s.eio_calls = 1000;  // persists until cleared
@@ -256,9 +280,9 @@ TEST(StreamingTest, EioFailsTheRequestWithDataLossNamingTheBlockThenRecovers) {
   EXPECT_GE(f.run->rt->stats().errors, 1u);
 }
 
-TEST(StreamingTest, BitFlipFailsTheCrcNamingTheBlockThenRecovers) {
+TEST_P(FaultTest, BitFlipFailsTheCrcNamingTheBlockThenRecovers) {
   const std::vector<int32_t> want = Resident(SmallModel(), 12);
-  Faulty f(SmallModel());
+  Faulty f(SmallModel(), GetParam());
   ASSERT_TRUE(f.run.ok()) << f.run.status().ToString();
   for (int64_t later : {3, 11}) {  // a layer and (with 13 units per token) the output
     storage::FaultSchedule s;
