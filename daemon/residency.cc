@@ -178,7 +178,9 @@ double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan&
   if (decode == 0) {
     t = ct;
   } else if (p.slots <= 1) {
-    t = std::max(io_eff, ct + dt);  // decoding cannot overlap compute
+    // The prefetcher takes the only slot before it reads: a streamed unit's read and decoding
+    // start when the previous one is released, so read, decode and compute follow each other.
+    t = io + ct + dt;
   } else {
     t = std::max({io_eff, ct, dt, cpu * oversub});
   }

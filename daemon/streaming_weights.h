@@ -14,11 +14,11 @@
 // layers are ready when it starts. Compute waits only when the pipeline is behind.
 //
 // The controller measures compute time per unit, decode throughput per thread and I/O throughput,
-// and re-plans (tiers, inline vs ahead, slots, staging, compute vs decode threads) when the budget changes
-// (SetBudget), when /proc/pressure/memory reports pressure, and once its measurements differ
-// enough from the estimates the plan was made with. Plans are applied between tokens; memory is
-// freed before it is allocated, so the resident set stays under max(old, new) plan while
-// switching.
+// and re-plans (tiers, inline vs ahead, slots, staging, compute vs decode threads) when the budget
+// changes (SetBudget), when /proc/pressure/memory reports pressure, and once its measurements
+// differ enough from the estimates the plan was made with. Plans are applied between tokens;
+// memory is freed before it is allocated, so the resident set stays under max(old, new) plan
+// while switching.
 //
 // Output never depends on the plan: decoding is exact and the kernels' results do not depend on
 // thread counts. A read or CRC failure fails the acquiring call with DATA_LOSS naming the block;
