@@ -129,11 +129,10 @@ struct StreamingWeights::Impl {
 
   mutable std::mutex mu;
   std::condition_variable cv;
-  Plan plan;                                          // guarded by mu
-  RuntimeStats st;                                    // guarded by mu
-  double io_window_bytes = 0, io_window_seconds = 0;  // guarded by mu: decayed read totals
-  bool replan_pending = false;                        // guarded by mu
-  std::string replan_reason;                          // guarded by mu
+  Plan plan;                    // guarded by mu
+  RuntimeStats st;              // guarded by mu
+  bool replan_pending = false;  // guarded by mu
+  std::string replan_reason;    // guarded by mu
   std::vector<PageBuffer> slots, staging;
   std::vector<int> free_slots, free_staging;  // guarded by mu
   std::deque<std::shared_ptr<Item>> items;    // guarded by mu: in unit order
@@ -411,11 +410,8 @@ struct StreamingWeights::Impl {
           st.flash_bytes += n;
           st.io_seconds += dt;
           if (dt > 0) {
-            // Bytes over seconds, both decayed: a throttled device serves some reads at
-            // once and holds others, and a mean of per-read rates would overestimate it.
-            io_window_bytes = 0.8 * io_window_bytes + static_cast<double>(n);
-            io_window_seconds = 0.8 * io_window_seconds + dt;
-            st.rates.io_bytes_per_s = io_window_bytes / io_window_seconds;
+            st.rates.io_bytes_per_s =
+                0.8 * st.rates.io_bytes_per_s + 0.2 * static_cast<double>(n) / dt;
           }
         }
         it->stored = buf;
@@ -926,8 +922,7 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
     bytes += b.raw_size();
   }
   if (secs > 0) rates->decode_bytes_per_s = static_cast<double>(bytes) / secs;
-  // Flash: up to 48 MiB of the largest range, cold (its cached pages dropped first); a throttled
-  // device (cgroup blkio) lets a first burst through at full speed, so a few MiB overestimate it.
+  // Flash: up to 8 MiB of the largest range, cold (its cached pages dropped first).
   size_t big = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     if (units[u].range_end - units[u].range_begin > units[big].range_end - units[big].range_begin) {
@@ -935,7 +930,7 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
     }
   }
   const Unit& B = units[big];
-  const uint64_t total = std::min<uint64_t>(B.range_end - B.range_begin, 48u << 20);
+  const uint64_t total = std::min<uint64_t>(B.range_end - B.range_begin, 8u << 20);
   ASSIGN_OR_RETURN(PageBuffer tmp,
                    PageBuffer::Allocate(std::min<uint64_t>(total, 1u << 20), "calibration"));
   aux_reader->DropCache(B.range_begin, total);
@@ -946,11 +941,7 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
   }
   const double io = Seconds(t0, Clock::now());
   aux_reader->DropCache(B.range_begin, total);
-  if (io > 0) {
-    rates->io_bytes_per_s = static_cast<double>(total) / io;
-    io_window_bytes = static_cast<double>(total);
-    io_window_seconds = io;
-  }
+  if (io > 0) rates->io_bytes_per_s = static_cast<double>(total) / io;
   // Compute: int8 GEMV over the calibration buffer (in cache, so optimistic; the controller
   // corrects it from the first tokens).
   const size_t cols = static_cast<size_t>(self->config().dim);
