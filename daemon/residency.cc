@@ -100,22 +100,23 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
   p.flash_bytes_per_token = p.decode_bytes_per_token = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     const UnitInfo& U = units[u];
+    // Decoding ahead, every compressed or flash unit passes through a decoded slot.
+    if (p.decode == Decode::kAhead && p.tiers[u] != Tier::kDecoded) {
+      p.slot_bytes = std::max(p.slot_bytes, U.decoded_bytes);
+    }
     switch (p.tiers[u]) {
       case Tier::kDecoded: p.decoded_bytes += U.decoded_bytes; break;
       case Tier::kCompressed:
         p.compressed_bytes += U.compressed_bytes;
-        p.slot_bytes = std::max(p.slot_bytes, U.decoded_bytes);
         p.decode_bytes_per_token += U.raw_bytes;
         break;
       case Tier::kFlash:
-        p.slot_bytes = std::max(p.slot_bytes, U.decoded_bytes);
         p.staging_bytes = std::max(p.staging_bytes, U.compressed_bytes);
         p.flash_bytes_per_token += U.compressed_bytes;
         p.decode_bytes_per_token += U.raw_bytes;
         break;
     }
   }
-  if (p.decode == Decode::kInline) p.slot_bytes = 0;
   p.fixed_bytes = fixed.total();
   p.total_bytes = p.fixed_bytes + p.decoded_bytes + p.compressed_bytes +
                   static_cast<uint64_t>(p.slots) * p.slot_bytes +

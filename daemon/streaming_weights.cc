@@ -24,6 +24,16 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
+// Row scales must be finite and >= 0; `what` names the file and tensor.
+Status CheckScales(std::span<const float> s, const std::string& what) {
+  for (size_t r = 0; r < s.size(); ++r) {
+    if (!std::isfinite(s[r]) || s[r] < 0) {
+      return DataLossError(what + ": row " + std::to_string(r) + " has an invalid scale");
+    }
+  }
+  return Status::Ok();
+}
+
 // The layer matrices in LayerWeights order.
 constexpr const char* kLayerMatrices[] = {
     "attn_q.weight",   "attn_k.weight",   "attn_v.weight", "attn_output.weight",
@@ -168,42 +178,45 @@ struct StreamingWeights::Impl {
   }
 
   // ---- decoding -------------------------------------------------------------------------------
-  Status DecodeWork(const Unit& U, const WorkBlock& w, const uint8_t* stored_range, uint8_t* dst,
-                    storage::BlockDecoder* dec, uint8_t* scratch) const {
-    const pb::Block& b = reader->block(w.block);
-    std::span<const uint8_t> stored(stored_range + (b.offset() - U.range_begin), b.stored_size());
-    const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
-    if (w.scale) {
-      float* s = reinterpret_cast<float*>(dst + T.scale_off);
-      RETURN_IF_ERROR(reader->DecodeBlock(
-          w.block, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(s), T.rows * 4), dec));
-      for (size_t r = 0; r < T.rows; ++r) {
-        if (!std::isfinite(s[r]) || s[r] < 0) {
-          return DataLossError(reader->path() + ": " + reader->DescribeBlock(w.block) + ": row " +
-                               std::to_string(r) + " has an invalid scale");
-        }
-      }
-      return Status::Ok();
-    }
-    int8_t* q = reinterpret_cast<int8_t*>(dst + T.q_off) + w.row0 * T.stride;
+  // Block i of tensor T (`rows` rows of codes, stored bytes at `stored_range` + its offset from
+  // `range_begin`) into q, rows padded to the stride with zeros, and their row sums. `scratch`
+  // takes rows * cols bytes when rows need padding.
+  Status DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t range_begin,
+                        const uint8_t* stored_range, size_t rows, int8_t* q, int32_t* row_sum,
+                        storage::BlockDecoder* dec, uint8_t* scratch) const {
+    const pb::Block& b = reader->block(i);
+    std::span<const uint8_t> stored(stored_range + (b.offset() - range_begin), b.stored_size());
+    const size_t n = rows * T.cols;
     if (T.stride == T.cols) {
       RETURN_IF_ERROR(reader->DecodeBlock(
-          w.block, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), w.rows * T.cols),
-          dec));
+          i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), n), dec));
     } else {
-      RETURN_IF_ERROR(
-          reader->DecodeBlock(w.block, stored, std::span<uint8_t>(scratch, w.rows * T.cols), dec));
-      for (size_t r = 0; r < w.rows; ++r) {
+      RETURN_IF_ERROR(reader->DecodeBlock(i, stored, std::span<uint8_t>(scratch, n), dec));
+      for (size_t r = 0; r < rows; ++r) {
         std::memcpy(q + r * T.stride, scratch + r * T.cols, T.cols);
         std::memset(q + r * T.stride + T.cols, 0, T.stride - T.cols);
       }
     }
-    int32_t* rs = reinterpret_cast<int32_t*>(dst + T.rowsum_off) + w.row0;
-    if (!kernels::Kernels().row_sums_q8(q, w.rows, T.stride, rs)) {
-      return DataLossError(reader->path() + ": " + reader->DescribeBlock(w.block) +
+    if (!kernels::Kernels().row_sums_q8(q, rows, T.stride, row_sum)) {
+      return DataLossError(reader->path() + ": " + reader->DescribeBlock(i) +
                            ": code -128 (codes are in [-127, 127])");
     }
     return Status::Ok();
+  }
+
+  // One work item of a unit into its decoded layout at dst. Scales come from the copy decoded
+  // and checked at open.
+  Status DecodeWork(const Unit& U, const WorkBlock& w, const uint8_t* stored_range, uint8_t* dst,
+                    storage::BlockDecoder* dec, uint8_t* scratch) const {
+    const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
+    if (w.scale) {
+      std::memcpy(dst + T.scale_off, U.scales[static_cast<size_t>(w.t)].data(),
+                  T.rows * sizeof(float));
+      return Status::Ok();
+    }
+    return DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows,
+                          reinterpret_cast<int8_t*>(dst + T.q_off) + w.row0 * T.stride,
+                          reinterpret_cast<int32_t*>(dst + T.rowsum_off) + w.row0, dec, scratch);
   }
 
   LinearWeights View(const Unit& U, size_t t, const uint8_t* base) const {
@@ -243,26 +256,11 @@ struct StreamingWeights::Impl {
     thread_local std::vector<uint8_t> scratch;
     const auto t0 = Clock::now();
     const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
-    const pb::Block& b = reader->block(i);
-    std::span<const uint8_t> stored(range + (b.offset() - range_begin), b.stored_size());
     const size_t rows = std::min(T.rows_per_block, T.rows - k * T.rows_per_block);
-    if (T.stride == T.cols) {
-      RETURN_IF_ERROR(reader->DecodeBlock(
-          i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), rows * T.cols), &dec));
-    } else {
-      if (scratch.size() < rows * T.cols) scratch.resize(rows * T.cols);
-      RETURN_IF_ERROR(
-          reader->DecodeBlock(i, stored, std::span<uint8_t>(scratch.data(), rows * T.cols), &dec));
-      for (size_t r = 0; r < rows; ++r) {
-        std::memcpy(q + r * T.stride, scratch.data() + r * T.cols, T.cols);
-        std::memset(q + r * T.stride + T.cols, 0, T.stride - T.cols);
-      }
-    }
-    if (!kernels::Kernels().row_sums_q8(q, rows, T.stride, row_sum)) {
-      return DataLossError(reader->path() + ": " + reader->DescribeBlock(i) +
-                           ": code -128 (codes are in [-127, 127])");
-    }
-    inline_bytes.fetch_add(b.raw_size(), std::memory_order_relaxed);
+    if (T.stride != T.cols && scratch.size() < rows * T.cols) scratch.resize(rows * T.cols);
+    RETURN_IF_ERROR(
+        DecodeRowBlock(T, i, range_begin, range, rows, q, row_sum, &dec, scratch.data()));
+    inline_bytes.fetch_add(reader->block(i).raw_size(), std::memory_order_relaxed);
     inline_ns.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - t0).count()),
                         std::memory_order_relaxed);
     return Status::Ok();
@@ -346,8 +344,10 @@ struct StreamingWeights::Impl {
   // mu held; kAhead: the last block is decoded; kInline: the read is done.
   void Complete(const std::shared_ptr<Item>& it) {
     const bool ahead = plan.decode == Decode::kAhead;
-    if (ahead && it->staging >= 0) free_staging.push_back(it->staging);
-    if (ahead) it->staging = -1;
+    if (ahead && it->staging >= 0) {  // decoded: the compressed bytes are no longer needed
+      free_staging.push_back(it->staging);
+      it->staging = -1;
+    }
     --in_flight;
     if (it->error.ok() && !ahead) {
       it->state = Item::kReady;
@@ -502,6 +502,10 @@ struct StreamingWeights::Impl {
     Unit& U = units[static_cast<size_t>(u)];
     ASSIGN_OR_RETURN(U.decoded, PageBuffer::Allocate(U.decoded_size, "a decoded unit"));
     for (const WorkBlock& w : U.work) {
+      if (w.scale) {  // from the decoded copy: nothing to read
+        RETURN_IF_ERROR(DecodeWork(U, w, nullptr, U.decoded.data(), &aux_decoder, nullptr));
+        continue;
+      }
       Result<const uint8_t*> stored = ReadBlockPages(w.block);
       if (!stored.ok()) return BlockError(U, stored.status());
       // DecodeWork addresses the block relative to the unit range start.
@@ -561,14 +565,17 @@ struct StreamingWeights::Impl {
     for (size_t u = 0; u < units.size(); ++u) np.tiers[u] = units[u].tier;  // what was achieved
     PlanBytes(self->units_, fixed, np);
     const bool ahead = np.decode == Decode::kAhead;
-    bool streamed = false;  // units that go through the pipeline
-    for (const Unit& U : units) {
-      streamed |= ahead ? U.tier != Tier::kDecoded : U.tier == Tier::kFlash;
+    // Units that go through the pipeline: decoding ahead, every unit not decoded; inline, flash
+    // units only (compressed ones are decoded by the compute threads from RAM).
+    auto piped = [&](const Unit& U) {
+      return ahead ? U.tier != Tier::kDecoded : U.tier == Tier::kFlash;
+    };
+    const bool streamed = std::any_of(units.begin(), units.end(), piped);
+    if (streamed && ahead) {
+      np.slots = std::max(np.slots, 1);
+      np.decode_threads = std::max(np.decode_threads, 1);
     }
-    if (streamed && ahead) np.slots = std::max(np.slots, 1);
     if (np.count(Tier::kFlash) > 0) np.staging = std::max(np.staging, 1);
-    if (streamed && ahead) np.decode_threads = std::max(np.decode_threads, 1);
-    if (!ahead) np.slots = np.decode_threads = 0;
     for (int i = 0; i < np.slots && status.ok(); ++i) {
       Result<PageBuffer> b = PageBuffer::Allocate(np.slot_bytes, "a decoded slot");
       if (b.ok())
@@ -591,7 +598,7 @@ struct StreamingWeights::Impl {
     seq.clear();
     seq_pos.assign(units.size(), -1);
     for (size_t u = 0; u < units.size(); ++u) {
-      if (ahead ? units[u].tier != Tier::kDecoded : units[u].tier == Tier::kFlash) {
+      if (piped(units[u])) {
         seq_pos[u] = static_cast<int>(seq.size());
         seq.push_back(static_cast<int>(u));
       }
@@ -745,12 +752,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
         T.first_block(),
         std::span<uint8_t>(reinterpret_cast<uint8_t*>(sc.data()), sc.size() * sizeof(float)),
         &scale_decoder));
-    for (size_t i = 0; i < sc.size(); ++i) {
-      if (!std::isfinite(sc[i]) || sc[i] < 0) {
-        return DataLossError(path + ": " + T.name() + ": row " + std::to_string(i) +
-                             " has an invalid scale");
-      }
-    }
+    RETURN_IF_ERROR(CheckScales(sc, path + ": " + T.name()));
     U.work.push_back({T.first_block(), ti, true, 0, L.rows});
     for (uint32_t k = 1; k < T.num_blocks(); ++k) {
       const size_t row0 = (k - 1) * rpb;
@@ -871,12 +873,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   // x86-64; 2 MiB leaves room.
   f.margin = 2u << 20;
 
-  for (size_t i = 0; i < m.embd_scales.size(); ++i) {
-    if (!std::isfinite(m.embd_scales[i]) || m.embd_scales[i] < 0) {
-      return DataLossError(path + ": token_embd.weight: row " + std::to_string(i) +
-                           " has an invalid scale");
-    }
-  }
+  RETURN_IF_ERROR(CheckScales(m.embd_scales, path + ": token_embd.weight"));
 
   m.opt.budget = BudgetSpec{options.budget, options.budget_percent}.Resolve(int8_bytes_);
   Rates rates;
@@ -1032,7 +1029,8 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
     m.held_since = Clock::now();
     return head ? static_cast<const void*>(&U.head_view) : &U.layer_view;
   }
-  if (U.tier == Tier::kCompressed && m.plan.decode == Decode::kInline) {  // plan: compute thread
+  // m.plan is written only on this thread (ApplyPlan), so reading it here needs no lock.
+  if (U.tier == Tier::kCompressed && m.plan.decode == Decode::kInline) {
     m.held.reset();
     m.held_since = Clock::now();
     return head ? static_cast<const void*>(&U.compressed_views.head) : &U.compressed_views.layer;
