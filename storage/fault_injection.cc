@@ -9,6 +9,7 @@ namespace dcomp::storage {
 void FaultInjector::set_schedule(const FaultSchedule& s) {
   std::lock_guard<std::mutex> l(mu_);
   s_ = s;
+  flipped_.store(false);
 }
 
 FaultSchedule FaultInjector::schedule() const {
@@ -49,10 +50,12 @@ class FaultInjectingReader : public BlockReader {
         inner_(std::move(inner)) {}
   Status Read(uint64_t offset, size_t size, uint8_t* dst) override {
     RETURN_IF_ERROR(inner_->Read(offset, size, dst));
-    const int64_t n = f_->reads_.fetch_add(1);
-    if (size > 0 && n == f_->schedule().flip_on_read) {
+    f_->reads_.fetch_add(1);
+    const int64_t at = f_->schedule().flip_at_offset;
+    if (at >= 0 && static_cast<uint64_t>(at) >= offset &&
+        static_cast<uint64_t>(at) - offset < size && !f_->flipped_.exchange(true)) {
       f_->faults_.fetch_add(1);
-      dst[size / 2] ^= 0x10;
+      dst[static_cast<uint64_t>(at) - offset] ^= 0x10;
     }
     return Status::Ok();
   }

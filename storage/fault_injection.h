@@ -18,7 +18,10 @@ struct FaultSchedule {
   size_t max_bytes_per_call = 0;  // short reads: at most this many bytes per call (0: no limit)
   int64_t eio_from_call = -1;     // calls [eio_from_call, eio_from_call + eio_calls) fail with EIO
   int64_t eio_calls = 0;
-  int64_t flip_on_read = -1;  // FaultInjectingReader: flip one bit in the data of this Read
+  // FaultInjectingReader: the first Read after set_schedule whose range covers this file offset
+  // returns that byte with one bit flipped (once; -1: never). Aimed at an offset, not at the n-th
+  // Read, so that the corrupted byte is one the reader's caller uses whatever it prefetched.
+  int64_t flip_at_offset = -1;
 };
 
 class FaultInjector {
@@ -32,7 +35,7 @@ class FaultInjector {
 
   // A PreadFn (BlockReaderOptions::pread) bound to this injector (which must outlive it).
   PreadFn MakePread();
-  // Wraps `inner` so that Read number `flip_on_read` returns one flipped bit (for CRC checks).
+  // Wraps `inner` so that one Read covering `flip_at_offset` returns a flipped bit (CRC checks).
   std::unique_ptr<BlockReader> Wrap(std::unique_ptr<BlockReader> inner);
 
  private:
@@ -41,6 +44,7 @@ class FaultInjector {
   mutable std::mutex mu_;
   FaultSchedule s_;
   std::atomic<int64_t> calls_{0}, faults_{0}, reads_{0};
+  std::atomic<bool> flipped_{false};  // flip_at_offset has fired since set_schedule
 };
 
 }  // namespace dcomp::storage

@@ -280,18 +280,32 @@ TEST_P(FaultTest, EioFailsTheRequestWithDataLossNamingTheBlockThenRecovers) {
   EXPECT_GE(f.run->rt->stats().errors, 1u);
 }
 
+// The file offset of the middle of `tensor`'s first block of row codes (a block every pass uses).
+uint64_t MiddleOfFirstRowBlock(const std::string& model, const std::string& tensor) {
+  auto c = storage::ContainerReader::Open(model);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  const int t = (*c)->FindTensor(tensor);
+  EXPECT_GE(t, 0) << tensor;
+  const storage::pb::Block& b = (*c)->block((*c)->manifest().tensors(t).first_block() + 1);
+  return b.offset() + b.stored_size() / 2;
+}
+
 TEST_P(FaultTest, BitFlipFailsTheCrcNamingTheBlockThenRecovers) {
   const std::vector<int32_t> want = Resident(SmallModel(), 12);
   Faulty f(SmallModel(), GetParam());
   ASSERT_TRUE(f.run.ok()) << f.run.status().ToString();
-  for (int64_t later : {3, 11}) {  // a layer and (with 13 units per token) the output
+  EXPECT_EQ(f.run->rt->plan().decode, GetParam());
+  // A layer the prefetcher cannot have read before the request starts, and the output head.
+  for (const char* tensor : {"blk.5.ffn_down.weight", "output.weight"}) {
     storage::FaultSchedule s;
-    s.flip_on_read = f.inj.reads() + later;
+    s.flip_at_offset = static_cast<int64_t>(MiddleOfFirstRowBlock(SmallModel(), tensor));
     f.inj.set_schedule(s);
+    const int64_t faults = f.inj.faults();
     auto bad = Greedy(f.run->model, 12);
-    ASSERT_FALSE(bad.ok()) << later;
+    ASSERT_EQ(f.inj.faults(), faults + 1) << tensor << ": the flip did not happen";
+    ASSERT_FALSE(bad.ok()) << tensor;
     EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << bad.status().ToString();
-    EXPECT_NE(bad.status().message().find("block"), std::string::npos) << bad.status().message();
+    EXPECT_NE(bad.status().message().find(tensor), std::string::npos) << bad.status().message();
     f.inj.set_schedule({});
     auto good = Greedy(f.run->model, 12);
     ASSERT_TRUE(good.ok()) << good.status().ToString();
