@@ -143,7 +143,7 @@ double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, const 
     }
   }
   // With one staging buffer the next read starts only when the last flash unit is released.
-  const double io_eff = p.staging >= 2 ? io : io + flash_cpu;
+  const double io_eff = p.staging >= 2 || r.io_credits_idle ? io : io + flash_cpu;
   return std::max(cpu, io_eff);
 }
 
@@ -171,7 +171,7 @@ double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan&
   const int d = std::max(1, p.decode_threads);
   const double dt = decode / d;
   // With one staging buffer, reading the next flash unit waits for the last one's decoding.
-  const double io_eff = p.staging >= 2 ? io : io + flash_decode / d;
+  const double io_eff = p.staging >= 2 || r.io_credits_idle ? io : io + flash_decode / d;
   // CPU time: compute threads are busy for ct each (including their parallel inefficiency).
   const double cpu = (ct * p.compute_threads + decode) / std::max(1, r.cores);
   const double oversub = p.compute_threads + p.decode_threads > r.cores ? 1.1 : 1.0;
@@ -187,6 +187,22 @@ double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan&
   }
   p.est_seconds_per_token = t;
   return t;
+}
+
+double ReloadSeconds(const std::vector<UnitInfo>& units, const Rates& r, const Plan& from,
+                     const Plan& to) {
+  // The pipeline drains: reads into staging buffers are dropped and done again.
+  double s = from.count(Tier::kFlash) > 0
+                 ? static_cast<double>(from.staging) * static_cast<double>(from.staging_bytes) /
+                       r.io_bytes_per_s
+                 : 0;
+  for (size_t u = 0; u < units.size() && u < to.tiers.size(); ++u) {
+    const Tier t = to.tiers[u];
+    if (t == Tier::kFlash || (u < from.tiers.size() && from.tiers[u] == t)) continue;
+    s += static_cast<double>(units[u].compressed_bytes) / r.io_bytes_per_s;
+    if (t == Tier::kDecoded) s += static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
+  }
+  return s;
 }
 
 uint64_t MinimumBudget(const std::vector<UnitInfo>& units, const FixedMemory& fixed) {

@@ -50,7 +50,11 @@ struct Rates {
   double compute_macs_per_s = 2e10;           // one compute thread
   double compute_parallel_efficiency = 0.85;  // speed-up of n threads = 1 + (n - 1) * this
   double decode_bytes_per_s = 1e9;            // raw bytes per second, one decode thread
-  double io_bytes_per_s = 1e9;                // flash read throughput
+  double io_bytes_per_s = 1e9;                // flash read throughput (sustained)
+  // The device serves reads that follow idle time faster, as a token bucket does (a cgroup blkio
+  // throttle, burst-credit volumes): time it spends idle is not lost, so a single staging buffer
+  // does not serialise reads with the compute of the unit read before.
+  bool io_credits_idle = false;
   int cores = 2;
 };
 
@@ -96,6 +100,12 @@ struct Plan {
 uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed, Plan& plan);
 // Estimated seconds per token of a plan (fills plan.est_seconds_per_token).
 double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& rates, Plan& plan);
+
+// Seconds that switching from `from` to `to` stalls generation for: the reads in flight into
+// staging buffers are dropped and repeated, and every unit that changes to a RAM tier is read
+// from flash again (and decoded, on one thread, when it becomes decoded).
+double ReloadSeconds(const std::vector<UnitInfo>& units, const Rates& rates, const Plan& from,
+                     const Plan& to);
 
 // The smallest budget any plan fits in (everything on flash, one staging buffer, decoded inline).
 uint64_t MinimumBudget(const std::vector<UnitInfo>& units, const FixedMemory& fixed);

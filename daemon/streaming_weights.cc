@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "daemon/memory_stats.h"
 #include "engine/transformer.h"
@@ -139,10 +141,14 @@ struct StreamingWeights::Impl {
 
   mutable std::mutex mu;
   std::condition_variable cv;
-  Plan plan;                    // guarded by mu
-  RuntimeStats st;              // guarded by mu
-  bool replan_pending = false;  // guarded by mu
-  std::string replan_reason;    // guarded by mu
+  Plan plan;                                          // guarded by mu
+  RuntimeStats st;                                    // guarded by mu
+  double io_window_bytes = 0, io_window_seconds = 0;  // guarded by mu: decayed read totals
+  double io_sustained = 0;         // guarded by mu: bytes/s sustained (0: unknown)
+  bool io_sustained_seen = false;  // guarded by mu: measured by a read-bound pass
+  double io_probe = 0;             // the start-up probe's rate (the device idle before it)
+  bool replan_pending = false;     // guarded by mu
+  std::string replan_reason;       // guarded by mu
   std::vector<PageBuffer> slots, staging;
   std::vector<int> free_slots, free_staging;  // guarded by mu
   std::deque<std::shared_ptr<Item>> items;    // guarded by mu: in unit order
@@ -164,6 +170,10 @@ struct StreamingWeights::Impl {
   // Compute thread, this pass: seconds and multiply-adds in resident units (and in units decoded
   // ahead), and in units decoded inline.
   double token_compute = 0, token_inline = 0;
+  // The pass in progress: when it began, and the bytes read and wait time before it.
+  Clock::time_point pass_start{};
+  uint64_t pass_flash0 = 0;
+  double pass_wait0 = 0;
   uint64_t token_macs = 0, token_inline_macs = 0;
 
   ~Impl() {
@@ -410,8 +420,11 @@ struct StreamingWeights::Impl {
           st.flash_bytes += n;
           st.io_seconds += dt;
           if (dt > 0) {
-            st.rates.io_bytes_per_s =
-                0.8 * st.rates.io_bytes_per_s + 0.2 * static_cast<double>(n) / dt;
+            // Bytes over seconds, both decayed: a throttled device serves some reads at
+            // once and holds others, and a mean of per-read rates would overestimate it.
+            io_window_bytes = 0.8 * io_window_bytes + static_cast<double>(n);
+            io_window_seconds = 0.8 * io_window_seconds + dt;
+            UpdateIoRate();
           }
         }
         it->stored = buf;
@@ -491,6 +504,19 @@ struct StreamingWeights::Impl {
     // Under memory pressure: a smaller share of the budget, never below what works.
     const uint64_t e = static_cast<uint64_t>(static_cast<double>(st.budget) * st.budget_factor);
     return std::max(e, st.minimum_budget);
+  }
+
+  // The read rate the planner uses (mu held): the rate of single reads, but no more than what
+  // read-bound passes sustained. A throttled device (cgroup blkio) serves reads that follow idle
+  // time faster than it can keep up, which the per-read rate alone would count as its speed.
+  void UpdateIoRate() {
+    const double per_read = io_window_seconds > 0 ? io_window_bytes / io_window_seconds : 0;
+    double r = per_read > 0 ? per_read : st.rates.io_bytes_per_s;
+    if (io_sustained > 0) r = std::min(r, io_sustained);
+    st.rates.io_bytes_per_s = r;
+    // Reads after idle time (the probe at start-up, single reads) much faster than it sustains.
+    st.rates.io_credits_idle =
+        io_sustained_seen && std::max(per_read, io_probe) > 1.5 * io_sustained;
   }
 
   Result<Plan> MakePlan(uint64_t budget, const Rates& rates) const {
@@ -636,20 +662,31 @@ struct StreamingWeights::Impl {
     return s;
   }
 
-  // Re-plans from measurements when a better plan is clearly available (compute thread).
+  // Re-plans from measurements when a better plan is clearly available (compute thread): at
+  // least 5% faster by the estimate, and the reload paid back within as many tokens as have run
+  // so far (at most 32, the interval between checks). The reload is what switching stalls
+  // generation for (ReloadSeconds). Deciding as in ski rental: switch once staying would have cost
+  // the reload, so a short run never pays more than twice the better plan's time.
   void Adapt() {
     if (!opt.adapt || opt.policy != Policy::kAdaptive) return;
     std::lock_guard<std::mutex> l(mu);
-    if (replan_pending || !(st.tokens == 3 || st.tokens % 32 == 0)) return;
+    if (replan_pending || !(st.tokens == 3 || st.tokens % kAdaptEvery == 0)) return;
     Result<Plan> np = MakePlan(st.effective_budget, st.rates);
     if (!np.ok()) return;
     Plan cur = plan;
     EstimateSeconds(self->units_, st.rates, cur);
-    if (np->est_seconds_per_token < 0.9 * cur.est_seconds_per_token) {
-      RequestReplan("measured rates (estimate " + std::to_string(cur.est_seconds_per_token * 1e3) +
-                    " -> " + std::to_string(np->est_seconds_per_token * 1e3) + " ms/token)");
+    const double gain = cur.est_seconds_per_token - np->est_seconds_per_token;
+    const double reload = ReloadSeconds(self->units_, st.rates, cur, *np);
+    const double horizon = static_cast<double>(std::min<uint64_t>(st.tokens, kAdaptEvery));
+    if (gain > 0.05 * cur.est_seconds_per_token && gain * horizon > reload) {
+      char why[160];
+      std::snprintf(why, sizeof why,
+                    "measured rates (estimate %.1f -> %.1f ms/token, reload %.0f ms)",
+                    cur.est_seconds_per_token * 1e3, np->est_seconds_per_token * 1e3, reload * 1e3);
+      RequestReplan(why);
     }
   }
+  static constexpr int kAdaptEvery = 32;  // tokens between checks (and one at token 3)
 };
 
 StreamingWeights::~StreamingWeights() = default;
@@ -919,7 +956,9 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
     bytes += b.raw_size();
   }
   if (secs > 0) rates->decode_bytes_per_s = static_cast<double>(bytes) / secs;
-  // Flash: up to 8 MiB of the largest range, cold (its cached pages dropped first).
+  // Flash: up to 48 MiB of the largest range (8 MiB and 0.25 s on a slow device), cold (its
+  // cached pages dropped first), in 1 MiB reads back to back. The rate is taken over the second
+  // half: a throttled device (cgroup blkio) lets a first burst through at full speed.
   size_t big = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     if (units[u].range_end - units[u].range_begin > units[big].range_end - units[big].range_begin) {
@@ -927,18 +966,33 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
     }
   }
   const Unit& B = units[big];
-  const uint64_t total = std::min<uint64_t>(B.range_end - B.range_begin, 8u << 20);
+  const uint64_t total = std::min<uint64_t>(B.range_end - B.range_begin, 48u << 20);
   ASSIGN_OR_RETURN(PageBuffer tmp,
                    PageBuffer::Allocate(std::min<uint64_t>(total, 1u << 20), "calibration"));
   aux_reader->DropCache(B.range_begin, total);
   const auto t0 = Clock::now();
-  for (uint64_t off = 0; off < total; off += tmp.size()) {
-    const uint64_t len = std::min<uint64_t>(tmp.size(), total - off);
-    RETURN_IF_ERROR(aux_reader->Read(B.range_begin + off, len, tmp.data()));
+  std::vector<std::pair<uint64_t, double>> marks;  // bytes read, seconds, after each read
+  uint64_t read = 0;
+  while (read < total && !(read >= (8u << 20) && marks.back().second > 0.25)) {
+    const uint64_t len = std::min<uint64_t>(tmp.size(), total - read);
+    RETURN_IF_ERROR(aux_reader->Read(B.range_begin + read, len, tmp.data()));
+    read += len;
+    marks.emplace_back(read, Seconds(t0, Clock::now()));
   }
-  const double io = Seconds(t0, Clock::now());
   aux_reader->DropCache(B.range_begin, total);
-  if (io > 0) rates->io_bytes_per_s = static_cast<double>(total) / io;
+  if (!marks.empty()) {
+    const auto& [half_bytes, half_secs] = marks[marks.size() / 2 - (marks.size() > 1 ? 1 : 0)];
+    const auto& [end_bytes, end_secs] = marks.back();
+    const bool halves = marks.size() >= 2 && end_secs > half_secs;
+    const double probe_bytes = static_cast<double>(halves ? end_bytes - half_bytes : end_bytes);
+    const double probe_secs = halves ? end_secs - half_secs : end_secs;
+    if (probe_secs > 0) {
+      rates->io_bytes_per_s = probe_bytes / probe_secs;
+      io_window_bytes = probe_bytes;
+      io_window_seconds = probe_secs;
+      io_sustained = io_probe = rates->io_bytes_per_s;  // refined by read-bound passes
+    }
+  }
   // Compute: int8 GEMV over the calibration buffer (in cache, so optimistic; the controller
   // corrects it from the first tokens).
   const size_t cols = static_cast<size_t>(self->config().dim);
@@ -967,6 +1021,7 @@ Status StreamingWeights::BeginPass(size_t tokens) {
   const uint64_t inline_bytes = m.inline_bytes.exchange(0, std::memory_order_relaxed);
   const double inline_secs =
       static_cast<double>(m.inline_ns.exchange(0, std::memory_order_relaxed)) * 1e-9;
+  const auto now = Clock::now();
   {
     std::lock_guard<std::mutex> l(m.mu);
     Rates& r = m.st.rates;
@@ -990,7 +1045,25 @@ Status StreamingWeights::BeginPass(size_t tokens) {
         const double rate = macs / secs;
         r.compute_macs_per_s = m.st.tokens <= 1 ? rate : 0.8 * r.compute_macs_per_s + 0.2 * rate;
       }
+      // The device delivered this pass's reads in its wall time. When compute waited for a fifth
+      // of it or more, the pass was bound by reads and that is the sustained rate; otherwise it
+      // is a lower bound.
+      const double wall = Seconds(m.pass_start, now);
+      const uint64_t read = m.st.flash_bytes - m.pass_flash0;
+      if (read > 0 && wall > 0) {
+        const double sample = static_cast<double>(read) / wall;
+        if (m.st.wait_seconds - m.pass_wait0 >= 0.2 * wall) {  // the first replaces the probe
+          m.io_sustained = m.io_sustained_seen ? 0.5 * m.io_sustained + 0.5 * sample : sample;
+          m.io_sustained_seen = true;
+        } else if (m.io_sustained > 0) {
+          m.io_sustained = std::max(m.io_sustained, sample);
+        }
+        m.UpdateIoRate();
+      }
     }
+    m.pass_start = now;
+    m.pass_flash0 = m.st.flash_bytes;
+    m.pass_wait0 = m.st.wait_seconds;
   }
   m.token_compute = m.token_inline = 0;
   m.token_macs = m.token_inline_macs = 0;
@@ -1204,6 +1277,7 @@ void StreamingWeights::ToJson(JsonWriter& j) const {
   j.Double("rate_compute_gmacs", s.rates.compute_macs_per_s / 1e9);
   j.Double("rate_decode_mbps", s.rates.decode_bytes_per_s / 1e6);
   j.Double("rate_io_mbps", s.rates.io_bytes_per_s / 1e6);
+  j.Bool("io_credits_idle", s.rates.io_credits_idle);
   j.EndObject();
 }
 

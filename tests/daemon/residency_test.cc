@@ -106,6 +106,49 @@ TEST(ResidencyTest, DecodingInlineNeedsNoSlotsAndKeepsMoreInRam) {
   EXPECT_EQ(smallest->count(Tier::kFlash), static_cast<int>(units.size()));
 }
 
+TEST(ResidencyTest, ReloadCountsOnlyUnitsPromotedToARamTier) {
+  const auto units = TinyLlamaUnits();
+  Rates r;
+  r.io_bytes_per_s = 100e6;
+  r.decode_bytes_per_s = 200e6;
+  Plan from, to;
+  from.tiers.assign(units.size(), Tier::kFlash);
+  from.tiers[0] = Tier::kDecoded;
+  from.tiers[1] = Tier::kCompressed;
+  to = from;
+  EXPECT_EQ(ReloadSeconds(units, r, from, to), 0.0);
+  to.tiers[0] = Tier::kFlash;       // demoted: nothing to read
+  to.tiers[1] = Tier::kDecoded;     // read again and decoded
+  to.tiers[2] = Tier::kCompressed;  // read
+  const double want = 33.8e6 / 100e6 + 44e6 / 200e6 + 33.8e6 / 100e6;
+  EXPECT_NEAR(ReloadSeconds(units, r, from, to), want, 1e-9);
+  to.tiers.back() = Tier::kCompressed;  // the output
+  EXPECT_NEAR(ReloadSeconds(units, r, from, to), want + 50.4e6 / 100e6, 1e-9);
+  // Staged reads are repeated.
+  from.staging = 2;
+  from.staging_bytes = 40'000'000;
+  EXPECT_NEAR(ReloadSeconds(units, r, from, to), want + 50.4e6 / 100e6 + 0.8, 1e-9);
+}
+
+TEST(ResidencyTest, ADeviceThatCreditsIdleTimeDoesNotSerialiseOneStagingBuffer) {
+  const auto units = TinyLlamaUnits();
+  Rates r;
+  r.io_bytes_per_s = 800e6;
+  Plan p;
+  p.decode = Decode::kInline;
+  p.tiers.assign(units.size(), Tier::kFlash);
+  for (size_t u = 0; u < 5; ++u) p.tiers[u] = Tier::kCompressed;
+  p.compute_threads = 2;
+  p.staging = 1;
+  const double serial = EstimateSeconds(units, r, p);
+  p.staging = 2;
+  const double overlapped = EstimateSeconds(units, r, p);
+  EXPECT_GT(serial, overlapped * 1.2);
+  r.io_credits_idle = true;
+  p.staging = 1;
+  EXPECT_DOUBLE_EQ(EstimateSeconds(units, r, p), overlapped);
+}
+
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
   const auto units = TinyLlamaUnits();
   Result<Plan> p = ChoosePlan(units, Fixed(), Rates{}, 4ull << 30, Policy::kAdaptive);
