@@ -146,9 +146,9 @@ struct StreamingWeights::Impl {
   double io_window_bytes = 0, io_window_seconds = 0;  // guarded by mu: decayed read totals
   double io_sustained = 0;         // guarded by mu: bytes/s sustained (0: unknown)
   bool io_sustained_seen = false;  // guarded by mu: measured by a read-bound pass
-  double io_probe = 0;             // the start-up probe's rate (the device idle before it)
-  bool replan_pending = false;     // guarded by mu
-  std::string replan_reason;       // guarded by mu
+  double io_burst = 0;  // the start-up probe's first half: the device's rate after idle time
+  bool replan_pending = false;  // guarded by mu
+  std::string replan_reason;    // guarded by mu
   std::vector<PageBuffer> slots, staging;
   std::vector<int> free_slots, free_staging;  // guarded by mu
   std::deque<std::shared_ptr<Item>> items;    // guarded by mu: in unit order
@@ -514,9 +514,10 @@ struct StreamingWeights::Impl {
     double r = per_read > 0 ? per_read : st.rates.io_bytes_per_s;
     if (io_sustained > 0) r = std::min(r, io_sustained);
     st.rates.io_bytes_per_s = r;
-    // Reads after idle time (the probe at start-up, single reads) much faster than it sustains.
-    st.rates.io_credits_idle =
-        io_sustained_seen && std::max(per_read, io_probe) > 1.5 * io_sustained;
+    // Reads after idle time (the probe's first half, single reads) much faster than it sustains.
+    if (io_sustained > 0) {
+      st.rates.io_credits_idle = std::max(per_read, io_burst) > 1.5 * io_sustained;
+    }
   }
 
   Result<Plan> MakePlan(uint64_t budget, const Rates& rates) const {
@@ -991,7 +992,9 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
       rates->io_bytes_per_s = probe_bytes / probe_secs;
       io_window_bytes = probe_bytes;
       io_window_seconds = probe_secs;
-      io_sustained = io_probe = rates->io_bytes_per_s;  // refined by read-bound passes
+      io_sustained = rates->io_bytes_per_s;  // refined by read-bound passes
+      if (halves && half_secs > 0) io_burst = static_cast<double>(half_bytes) / half_secs;
+      rates->io_credits_idle = io_burst > 1.5 * io_sustained;
     }
   }
   // Compute: int8 GEMV over the calibration buffer (in cache, so optimistic; the controller
