@@ -146,7 +146,7 @@ struct StreamingWeights::Impl {
   double io_window_bytes = 0, io_window_seconds = 0;  // guarded by mu: decayed read totals
   double io_sustained = 0;         // guarded by mu: bytes/s sustained (0: unknown)
   bool io_sustained_seen = false;  // guarded by mu: measured by a read-bound pass
-  double io_burst = 0;  // the start-up probe's first half: the device's rate after idle time
+  double io_burst = 0;          // guarded by mu: the probe's first half, the rate after idle time
   bool replan_pending = false;  // guarded by mu
   std::string replan_reason;    // guarded by mu
   std::vector<PageBuffer> slots, staging;
