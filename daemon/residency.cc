@@ -43,6 +43,14 @@ Result<Policy> ParsePolicy(const std::string& s) {
 
 const char* DecodeName(Decode d) { return d == Decode::kInline ? "inline" : "ahead"; }
 
+Result<int> ParseDecodeConstraint(const std::string& s) {
+  if (s == "auto") return 0;
+  for (Decode d : {Decode::kInline, Decode::kAhead}) {
+    if (s == DecodeName(d)) return 1 + static_cast<int>(d);
+  }
+  return InvalidArgumentError("decode '" + s + "': expected auto, inline or ahead");
+}
+
 int Plan::count(Tier t) const {
   return static_cast<int>(std::count(tiers.begin(), tiers.end(), t));
 }

@@ -75,6 +75,8 @@ enum class Decode {
   kAhead,   // by the decode pool into a ring of decoded slots, ahead of compute
 };
 const char* DecodeName(Decode d);
+// "auto" -> 0 (free), "inline" / "ahead" -> 1 + int(Decode) (PlanConstraints::decode).
+Result<int> ParseDecodeConstraint(const std::string& s);
 
 struct Plan {
   Policy policy = Policy::kAdaptive;

@@ -242,20 +242,28 @@ struct StreamingWeights::Impl {
     return v;
   }
 
-  void BuildViews(int u, const uint8_t* base, LayerWeights* layer, LinearWeights* head) const {
-    const Unit& U = units[static_cast<size_t>(u)];
+  // Unit u's views: the output matrix into *head, or a layer's matrices into *layer with its
+  // norms and biases (pinned); view(t) gives tensor t's matrix.
+  template <typename ViewFn>
+  void AssembleViews(int u, ViewFn view, LayerWeights* layer, LinearWeights* head) const {
     if (u == n_layers) {
-      *head = View(U, 0, base);
+      *head = view(0);
       return;
     }
-    *layer = U.layer_view;  // norms and biases (pinned)
+    *layer = units[static_cast<size_t>(u)].layer_view;
     LinearWeights* dst[] = {&layer->wq,     &layer->wk,     &layer->wv,  &layer->wo,
                             &layer->w_gate, &layer->w_down, &layer->w_up};
     for (size_t i = 0; i < 7; ++i) {
       const float* bias = dst[i]->bias;
-      *dst[i] = View(U, i, base);
+      *dst[i] = view(i);
       dst[i]->bias = bias;
     }
+  }
+
+  void BuildViews(int u, const uint8_t* base, LayerWeights* layer, LinearWeights* head) const {
+    const Unit& U = units[static_cast<size_t>(u)];
+    AssembleViews(
+        u, [&](size_t t) { return View(U, t, base); }, layer, head);
   }
 
   // Block k of tensor T's rows, from the unit's stored range in RAM, into q (padded rows) and
@@ -290,18 +298,7 @@ struct StreamingWeights::Impl {
       w.blocks = &v->mats[t];
       return w;
     };
-    if (u == n_layers) {
-      v->head = view(0);
-      return;
-    }
-    v->layer = U.layer_view;  // norms and biases (pinned)
-    LinearWeights* dst[] = {&v->layer.wq,     &v->layer.wk,     &v->layer.wv,  &v->layer.wo,
-                            &v->layer.w_gate, &v->layer.w_down, &v->layer.w_up};
-    for (size_t i = 0; i < 7; ++i) {
-      const float* bias = dst[i]->bias;
-      *dst[i] = view(i);
-      dst[i]->bias = bias;
-    }
+    AssembleViews(u, view, &v->layer, &v->head);
   }
 
   Status BlockError(const Unit& U, const Status& s) const {
@@ -761,7 +758,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     m.max_stored_block = std::max<size_t>(m.max_stored_block, b.stored_size());
   };
   // Adds tensor t to unit u: its decoded layout and its blocks.
-  storage::BlockDecoder scale_decoder;
+  storage::BlockDecoder scale_decoder;  // the row-scale blocks read at open
   auto add_tensor = [&](int u, int t) -> Status {
     Impl::Unit& U = m.units[static_cast<size_t>(u)];
     const pb::Tensor& T = r.manifest().tensors(t);
@@ -851,11 +848,10 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   {
     const pb::Tensor& E = r.manifest().tensors(m.embd_tensor);
     m.embd_scales.resize(static_cast<size_t>(E.rows()));
-    storage::BlockDecoder dec;
     RETURN_IF_ERROR(r.ReadBlock(E.first_block(),
                                 std::span<uint8_t>(reinterpret_cast<uint8_t*>(m.embd_scales.data()),
                                                    m.embd_scales.size() * 4),
-                                &dec));
+                                &scale_decoder));
     for (uint32_t i = 1; i < E.num_blocks(); ++i) note_block_sizes(r.block(E.first_block() + i));
   }
   r.DropMappedPages();
@@ -983,9 +979,10 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
   }
   aux_reader->DropCache(begin, total);
   if (!marks.empty()) {
-    const auto& [half_bytes, half_secs] = marks[marks.size() / 2 - (marks.size() > 1 ? 1 : 0)];
+    // The first half ends at `half`; with a single read it is the whole probe.
+    const auto& [half_bytes, half_secs] = marks[(marks.size() - 1) / 2];
     const auto& [end_bytes, end_secs] = marks.back();
-    const bool halves = marks.size() >= 2 && end_secs > half_secs;
+    const bool halves = end_secs > half_secs;
     const double probe_bytes = static_cast<double>(halves ? end_bytes - half_bytes : end_bytes);
     const double probe_secs = halves ? end_secs - half_secs : end_secs;
     if (probe_secs > 0) {

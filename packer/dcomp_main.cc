@@ -107,13 +107,7 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
     ro.budget = budget.bytes;  // 0: no limit
     ro.budget_percent = budget.percent;
     ASSIGN_OR_RETURN(ro.policy, runtime::ParsePolicy(f.GetOr("policy", "adaptive")));
-    const std::string decode = f.GetOr("decode", "auto");
-    if (decode == "inline" || decode == "ahead") {
-      ro.force_decode = 1 + static_cast<int>(decode == "inline" ? runtime::Decode::kInline
-                                                                : runtime::Decode::kAhead);
-    } else if (decode != "auto") {
-      return InvalidArgumentError("--decode '" + decode + "': expected auto, inline or ahead");
-    }
+    ASSIGN_OR_RETURN(ro.force_decode, runtime::ParseDecodeConstraint(f.GetOr("decode", "auto")));
     ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));
     ro.reader.direct = f.IsSet("direct");
   }
