@@ -4,12 +4,17 @@
 // reads, alternated, and prints throughput and the process's CPU time per GB read.
 //
 //   read_bench FILE [unit_mib=34] [passes=3] [rounds=2]
+//   read_bench FILE --timeline MIB   # MIB MiB in 1 MiB reads one after another (as the runtime's
+//                                    # start-up probe reads), milliseconds after every MIB/16
+//                                    # MiB: shows a token-bucket device's burst, then its rate
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -65,12 +70,54 @@ bool ReadAll(io_uring* ring, int fd, uint64_t file_size, uint8_t* buf, size_t un
   return true;
 }
 
+// 1 MiB reads one after another from offset 0, timed.
+int Timeline(const char* path, size_t mib) {
+  const int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) {
+    std::perror(path);
+    return 1;
+  }
+  void* buf = mmap(nullptr, kChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buf == MAP_FAILED) {
+    std::perror("mmap");
+    return 1;
+  }
+  const size_t step = std::max<size_t>(1, mib / 16);
+  std::printf("# %s: %zu MiB in 1 MiB O_DIRECT reads, one at a time\n%10s %10s %12s\n", path, mib,
+              "MiB", "ms", "MB/s since");
+  const auto t0 = std::chrono::steady_clock::now();
+  double last_ms = 0;
+  for (size_t i = 0; i < mib; ++i) {
+    const ssize_t n = pread(fd, buf, kChunk, static_cast<off_t>(i * kChunk));
+    if (n != static_cast<ssize_t>(kChunk)) {
+      std::fprintf(stderr, "%s: read at %zu MiB: %s\n", path, i,
+                   n < 0 ? std::strerror(errno) : "short read (file too small?)");
+      return 1;
+    }
+    if ((i + 1) % step == 0) {
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("%10zu %10.1f %12.0f\n", i + 1, ms,
+                  static_cast<double>(step * kChunk) / 1e3 / std::max(ms - last_ms, 1e-3));
+      last_ms = ms;
+    }
+  }
+  munmap(buf, kChunk);
+  close(fd);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: read_bench FILE [unit_mib=34] [passes=3] [rounds=2]\n");
+    std::fprintf(stderr,
+                 "usage: read_bench FILE [unit_mib=34] [passes=3] [rounds=2]\n"
+                 "       read_bench FILE --timeline MIB\n");
     return 2;
+  }
+  if (argc > 3 && std::strcmp(argv[2], "--timeline") == 0) {
+    return Timeline(argv[1], static_cast<size_t>(std::atoi(argv[3])));
   }
   const size_t unit = static_cast<size_t>(argc > 2 ? std::atoi(argv[2]) : 34) << 20;
   const int passes = argc > 3 ? std::atoi(argv[3]) : 3;

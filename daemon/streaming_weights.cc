@@ -956,8 +956,8 @@ Status StreamingWeights::Impl::Calibrate(Rates* rates) {
   // Flash: the units' ranges from the first, cold (cached pages dropped first and as it goes), in
   // 1 MiB reads back to back, for 0.25 s and at least 8 MiB, or 256 MiB; the rate of the second
   // half. A token-bucket device (a cgroup blkio throttle, burst-credit volumes) serves its bucket
-  // first at full speed: the blkio throttle here passes about 140 MB before it holds reads to its
-  // rate, so a probe of a few MiB measures the burst (3 GB/s at 800 MB/s).
+  // first at full speed: the 800 MB/s blkio throttle of the benchmarks passes 60-80 MiB at
+  // ~1.7 GB/s per 100 ms slice, so a probe of a few MiB measures the burst.
   uint64_t begin = std::numeric_limits<uint64_t>::max(), end = 0;
   for (const Unit& unit : units) {
     begin = std::min(begin, unit.range_begin);
