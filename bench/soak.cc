@@ -19,7 +19,7 @@
 
 #include "base/flags.h"
 #include "base/json.h"
-#include "daemon/residency.h"
+#include "base/bytes.h"
 #include "proto/dcomp.grpc.pb.h"
 
 namespace dcomp {
@@ -67,7 +67,7 @@ int Run(int argc, char** argv) {
   const double budget_every = *f.GetDouble("budget-every", 3);
   const double cancel_share = *f.GetDouble("cancel-share", 0.25);
   const int max_tokens = static_cast<int>(*f.GetInt("max-tokens", 96));
-  const uint64_t slack = *runtime::ParseBudget(f.GetOr("slack", "4MiB"), 0);
+  const uint64_t slack = *ParseBudget(f.GetOr("slack", "4MiB"), 0);
   const uint64_t seed = static_cast<uint64_t>(*f.GetInt("seed", 1));
   std::vector<uint64_t> budgets;
   {
@@ -75,7 +75,7 @@ int Run(int argc, char** argv) {
     size_t pos = 0;
     while (pos <= list.size()) {
       const size_t comma = std::min(list.find(',', pos), list.size());
-      Result<uint64_t> b = runtime::ParseBudget(list.substr(pos, comma - pos), 0);
+      Result<uint64_t> b = ParseBudget(list.substr(pos, comma - pos), 0);
       if (!b.ok()) {
         std::fprintf(stderr, "--budgets: %s\n", b.status().message().c_str());
         return 2;
@@ -184,8 +184,8 @@ int Run(int argc, char** argv) {
     }
     if (budget != 0 && last.rss_bytes() > budget + slack) {
       if (overruns++ == 0) {
-        first_overrun = "RSS " + runtime::FormatBytes(last.rss_bytes()) + " over budget " +
-                        runtime::FormatBytes(budget) + " at " + std::to_string(Since(t0)) + " s";
+        first_overrun = "RSS " + FormatBytes(last.rss_bytes()) + " over budget " +
+                        FormatBytes(budget) + " at " + std::to_string(Since(t0)) + " s";
       }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

@@ -5,7 +5,7 @@
 
 #include "base/file.h"
 #include "base/status.h"
-#include "daemon/config.h"
+#include "config/daemon_config.h"
 
 namespace dcomp::client {
 
@@ -22,14 +22,14 @@ std::string ResolveAddress(const std::optional<std::string>& explicit_address,
   std::error_code ec;
   const std::string path = config_path.value_or(kDefaultConfigPath);
   if (config_path || std::filesystem::exists(path, ec)) {
-    Result<v1::DaemonConfig> c = server::ReadDaemonConfig(path);
+    Result<v1::DaemonConfig> c = config::ReadDaemonConfig(path);
     if (c.ok() && !c->listen().empty()) {
       *source = path;
       return c->listen(0);
     }
   }
   *source = "default";
-  return server::kDefaultListen;
+  return config::kDefaultListen;
 }
 
 Result<std::shared_ptr<grpc::Channel>> Connect(const std::string& address, const TlsOptions& tls) {

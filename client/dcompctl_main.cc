@@ -12,7 +12,7 @@
 #include "base/json.h"
 #include "base/status.h"
 #include "client/client.h"
-#include "daemon/residency.h"
+#include "base/bytes.h"
 #include "proto/dcomp.grpc.pb.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 
@@ -48,7 +48,7 @@ std::chrono::system_clock::time_point Deadline(double seconds) {
          std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
 }
 
-std::string Bytes(uint64_t b) { return runtime::FormatBytes(b); }
+std::string Bytes(uint64_t b) { return FormatBytes(b); }
 
 std::string Ms(double s) {
   char buf[32];
@@ -266,7 +266,7 @@ int CmdSetBudget(const Ctx& c, const Flags& f) {
   }
   const std::string arg = f.positional()[1];
   v1::SetBudgetRequest req;
-  Result<runtime::BudgetSpec> b = runtime::ParseBudgetSpec(arg);
+  Result<BudgetSpec> b = ParseBudgetSpec(arg);
   if (!b.ok()) {
     std::fprintf(stderr, "dcompctl: set-budget: %s\n", b.status().message().c_str());
     return 2;

@@ -1,40 +1,27 @@
-// dcompd's configuration: reading a DaemonConfig (proto/config.proto) from protobuf text format,
-// defaults for unset fields, and validation whose errors name the file, the field and what was
-// expected.
+// The daemon's view of its configuration: the config library (config/daemon_config.h) plus the
+// checks that need the runtime and storage: the policy and block-reader names.
 #pragma once
 
 #include <string>
 
 #include "base/status.h"
-#include "proto/config.pb.h"
+#include "config/daemon_config.h"
 
 namespace dcomp::server {
 
-inline constexpr const char* kDefaultListen = "unix:/run/dcompd/dcompd.sock";
-inline constexpr uint32_t kDefaultUnixSocketMode = 0660;
-inline constexpr uint32_t kDefaultQueueDepth = 8;
-inline constexpr uint32_t kDefaultMaxPromptBytes = 16384;
-inline constexpr uint32_t kDefaultMaxTokens = 1024;
-inline constexpr uint32_t kDefaultMaxMessageBytes = 65536;
-inline constexpr uint32_t kDefaultShutdownGraceSeconds = 10;
+using config::ApplyDefaults;
+using config::kDefaultListen;
+using config::kDefaultMaxMessageBytes;
+using config::kDefaultMaxPromptBytes;
+using config::kDefaultMaxTokens;
+using config::kDefaultQueueDepth;
+using config::kDefaultShutdownGraceSeconds;
+using config::kDefaultUnixSocketMode;
+using config::ListenAddress;
+using config::ParseListenAddress;
+using config::ReadDaemonConfig;
 
-// A gRPC listen address: "unix:/abs/path" or "HOST:PORT" (IPv4, "[IPv6]" or "localhost").
-struct ListenAddress {
-  bool is_unix = false;
-  std::string path;  // unix
-  std::string host;  // tcp, without brackets
-  int port = 0;      // tcp; 0 = any free port
-  bool loopback = false;
-  std::string uri;  // as gRPC wants it
-};
-Result<ListenAddress> ParseListenAddress(const std::string& addr);
-
-// Parses `path` (text format). Errors are "PATH:LINE:COLUMN: message".
-Result<v1::DaemonConfig> ReadDaemonConfig(const std::string& path);
-// Fills unset fields with their defaults (see config.proto).
-void ApplyDefaults(v1::DaemonConfig* config);
-// Checks every field after ApplyDefaults; errors are "SOURCE: field `name`: what was expected, what
-// was given". `source` names where the config came from (a file, "command line").
+// config::ValidateDaemonConfig, then the runtime's names: `policy` and `reader`.
 Status ValidateDaemonConfig(const v1::DaemonConfig& config, const std::string& source);
 
 }  // namespace dcomp::server

@@ -6,7 +6,7 @@
 #include <thread>
 
 #include "base/utf8.h"
-#include "daemon/memory_stats.h"
+#include "runtime/memory_stats.h"
 #include "daemon/validate.h"
 #include "engine/generate.h"
 
@@ -118,15 +118,13 @@ Status Daemon::Load() {
                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   o.context_length = static_cast<int32_t>(c.context_length());
   o.streaming = runtime::Streaming::kIfDcm;
-  ASSIGN_OR_RETURN(const runtime::BudgetSpec budget, runtime::ParseBudgetSpec(c.budget()));
-  o.runtime.budget = budget.bytes;  // 0: no limit
-  o.runtime.budget_percent = budget.percent;
+  ASSIGN_OR_RETURN(o.runtime.budget, ParseBudgetSpec(c.budget()));
   ASSIGN_OR_RETURN(o.runtime.policy, runtime::ParsePolicy(c.policy()));
   ASSIGN_OR_RETURN(o.runtime.reader.backend, storage::ParseReaderBackend(c.reader()));
   o.runtime.reader.direct = c.direct();
   const auto t0 = Clock::now();
   ASSIGN_OR_RETURN(model_, runtime::OpenServedModel(c.model(), o));
-  if (model_.runtime == nullptr && (budget.bytes != 0 || budget.percent > 0)) {
+  if (model_.runtime == nullptr && !o.runtime.budget.unlimited()) {
     spdlog::warn("{}: budget '{}' ignored: only .dcm models stream under a budget (this is {})",
                  c.model(), c.budget(), model_.model.file->format());
   }
@@ -145,7 +143,7 @@ Status Daemon::Load() {
                model_.model.model->context_length(),
                model_.runtime
                    ? "streamed: " + model_.runtime->plan().Summary()
-                   : "resident " + runtime::FormatBytes(model_.model.resident_weight_bytes),
+                   : "resident " + FormatBytes(model_.model.resident_weight_bytes),
                Since(t0));
   if (model_.runtime != nullptr) {
     // The kernel enforces the cgroup's limit (systemd MemoryMax), which also counts page cache:
@@ -156,7 +154,7 @@ Status Daemon::Load() {
       spdlog::warn(
           "budget {} is not below this cgroup's memory limit {} by 32 MiB or more: set "
           "the budget lower or MemoryMax higher (docs/service.md)",
-          bytes ? runtime::FormatBytes(bytes) : "unlimited", runtime::FormatBytes(limit));
+          bytes ? FormatBytes(bytes) : "unlimited", FormatBytes(limit));
     }
   }
   last_progress_ns_.store(NowNs());
@@ -179,7 +177,7 @@ Status Daemon::Reload(const v1::DaemonConfig& c) {
               std::to_string(c.limits().max_prompt_bytes());
   }
   if (serving() && model_.runtime != nullptr) {
-    ASSIGN_OR_RETURN(const runtime::BudgetSpec b, runtime::ParseBudgetSpec(c.budget()));
+    ASSIGN_OR_RETURN(const BudgetSpec b, ParseBudgetSpec(c.budget()));
     if (Result<uint64_t> bytes = SetBudget(b); !bytes.ok()) {
       return bytes.status().WithContext("budget");
     }
@@ -312,7 +310,7 @@ grpc::Status Daemon::DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetR
         "the model (" + model_.model.file->format() +
         ") is held in RAM, not streamed: budgets apply to .dcm models (pack it with dcomp pack)"));
   }
-  runtime::BudgetSpec spec;
+  BudgetSpec spec;
   switch (req->budget_case()) {
     case v1::SetBudgetRequest::kBytes: spec.bytes = req->bytes(); break;
     case v1::SetBudgetRequest::kPercent: {
@@ -333,15 +331,15 @@ grpc::Status Daemon::DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetR
   return grpc::Status::OK;
 }
 
-Result<uint64_t> Daemon::SetBudget(const runtime::BudgetSpec& spec) {
+Result<uint64_t> Daemon::SetBudget(const BudgetSpec& spec) {
+  RETURN_IF_ERROR(model_.runtime->SetBudget(spec));
   const uint64_t bytes = spec.Resolve(model_.runtime->int8_bytes());
-  RETURN_IF_ERROR(model_.runtime->SetBudget(bytes));
   // Idle: apply now so that memory is released at once; busy: the runtime applies it at the next
   // token.
   if (std::unique_lock<std::mutex> engine(engine_mu_, std::try_to_lock); engine.owns_lock()) {
     RETURN_IF_ERROR(model_.runtime->ApplyPendingPlan());
   }
-  spdlog::info("budget set to {} ({} bytes): {}", bytes ? runtime::FormatBytes(bytes) : "unlimited",
+  spdlog::info("budget set to {} ({} bytes): {}", bytes ? FormatBytes(bytes) : "unlimited",
                bytes, model_.runtime->plan().Summary());
   return bytes;
 }
@@ -437,8 +435,8 @@ std::string Daemon::StatusLine() const {
   if (draining()) return "draining";
   if (!serving()) return "loading the model";
   std::string line = fmt::format("serving; {:.1f} tokens/s; RSS {}", s.tokens_per_second(),
-                                 runtime::FormatBytes(s.rss_bytes()));
-  if (s.budget_bytes() != 0) line += " of " + runtime::FormatBytes(s.budget_bytes()) + " budget";
+                                 FormatBytes(s.rss_bytes()));
+  if (s.budget_bytes() != 0) line += " of " + FormatBytes(s.budget_bytes()) + " budget";
   uint64_t n = 0;
   for (const auto& [code, c] : s.requests()) n += c;
   line +=

@@ -18,7 +18,7 @@
 #include "base/status.h"
 #include "daemon/latency_window.h"
 #include "daemon/request_queue.h"
-#include "daemon/served_model.h"
+#include "runtime/served_model.h"
 #include "engine/generate.h"
 #include "proto/config.pb.h"
 #include "proto/dcomp.grpc.pb.h"
@@ -63,7 +63,7 @@ class Daemon {
   grpc::Status DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp);
   // The one way a budget changes (SetBudget RPC, SIGHUP): re-plans the streamed model, applies the
   // plan at once when idle, returns the budget in bytes. The model must be streamed and loaded.
-  Result<uint64_t> SetBudget(const runtime::BudgetSpec& spec);
+  Result<uint64_t> SetBudget(const BudgetSpec& spec);
   void FillPlan(v1::PlanInfo* out) const;
 
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();

@@ -4,12 +4,9 @@
 #include <string>
 #include <utility>
 
+#include "base/cpu_features.h"
 #include "kernels/internal.h"
 
-#if defined(__aarch64__)
-#include <asm/hwcap.h>
-#include <sys/auxv.h>
-#endif
 
 namespace dcomp::kernels {
 namespace {
@@ -22,46 +19,17 @@ struct Candidate {
 std::vector<Candidate> Candidates() {
   std::vector<Candidate> c;
   c.push_back({&internal::kRefTable, true});
+  [[maybe_unused]] const CpuFeatures& f = Cpu();
 #if defined(__x86_64__)
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool avx512vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512vnni");
-  c.push_back({&internal::kAvx2Table, avx2});
-  c.push_back({&internal::kAvx512VnniTable, avx512vnni});
+  c.push_back({&internal::kAvx2Table, f.avx2 && f.fma});
+  c.push_back(
+      {&internal::kAvx512VnniTable, f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni});
 #endif
 #if defined(__aarch64__)
-  const unsigned long hwcap = getauxval(AT_HWCAP);
-  c.push_back({&internal::kNeonTable, (hwcap & HWCAP_ASIMD) != 0});
-  c.push_back({&internal::kNeonDotprodTable, (hwcap & HWCAP_ASIMDDP) != 0});
+  c.push_back({&internal::kNeonTable, f.asimd});
+  c.push_back({&internal::kNeonDotprodTable, f.asimddp});
 #endif
   return c;
-}
-
-std::string CpuFeatures() {
-  std::string s;
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  const std::pair<const char*, bool> feats[] = {
-      {"avx2", __builtin_cpu_supports("avx2")},
-      {"fma", __builtin_cpu_supports("fma")},
-      {"avx512f", __builtin_cpu_supports("avx512f")},
-      {"avx512bw", __builtin_cpu_supports("avx512bw")},
-      {"avx512vl", __builtin_cpu_supports("avx512vl")},
-      {"avx512vnni", __builtin_cpu_supports("avx512vnni")}};
-  for (const auto& [name, on] : feats) {
-    if (on) {
-      if (!s.empty()) s += ' ';
-      s += name;
-    }
-  }
-#elif defined(__aarch64__)
-  const unsigned long hwcap = getauxval(AT_HWCAP);
-  if (hwcap & HWCAP_ASIMD) s += "asimd";
-  if (hwcap & HWCAP_ASIMDDP) s += " asimddp";
-#endif
-  return s.empty() ? "baseline" : s;
 }
 
 struct Selection {
@@ -88,7 +56,7 @@ Selection Select() {
     note = found ? " (forced by DCOMP_KERNELS)"
                  : std::string(" (DCOMP_KERNELS=") + forced + " is unknown or unsupported here)";
   }
-  return {best, std::string(best->name) + note + " [cpu: " + CpuFeatures() + "]"};
+  return {best, std::string(best->name) + note + " [cpu: " + Cpu().Describe() + "]"};
 }
 
 const Selection& TheSelection() {

@@ -11,8 +11,8 @@
 #include "base/flags.h"
 #include "base/json.h"
 #include "base/thread_pool.h"
-#include "daemon/served_model.h"
-#include "daemon/streaming_weights.h"
+#include "runtime/served_model.h"
+#include "runtime/streaming_weights.h"
 #include "engine/dcm_model.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
@@ -76,8 +76,8 @@ void PrintRuntime(const Loaded& l, bool json, JsonWriter* w) {
   } else {
     const runtime::RuntimeStats st = l.runtime->stats();
     std::fprintf(stderr, "[runtime: %s; budget %s; peak RSS %s; reader %s; %llu replans]\n",
-                 l.runtime->plan().Summary().c_str(), runtime::FormatBytes(st.budget).c_str(),
-                 runtime::FormatBytes(runtime::PeakRssBytes()).c_str(), st.reader_backend.c_str(),
+                 l.runtime->plan().Summary().c_str(), FormatBytes(st.budget).c_str(),
+                 FormatBytes(runtime::PeakRssBytes()).c_str(), st.reader_backend.c_str(),
                  static_cast<unsigned long long>(st.replans));
   }
 }
@@ -103,9 +103,7 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
     o.streaming = runtime::Streaming::kRequired;
     runtime::RuntimeOptions& ro = o.runtime;
     ro.max_logit_rows = max_logit_rows;
-    ASSIGN_OR_RETURN(runtime::BudgetSpec budget, runtime::ParseBudgetSpec(f.GetOr("budget", "0")));
-    ro.budget = budget.bytes;  // 0: no limit
-    ro.budget_percent = budget.percent;
+    ASSIGN_OR_RETURN(ro.budget, ParseBudgetSpec(f.GetOr("budget", "0")));
     ASSIGN_OR_RETURN(ro.policy, runtime::ParsePolicy(f.GetOr("policy", "adaptive")));
     ASSIGN_OR_RETURN(ro.force_decode, runtime::ParseDecodeConstraint(f.GetOr("decode", "auto")));
     ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));

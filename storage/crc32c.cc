@@ -4,14 +4,10 @@
 #include <cstring>
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <nmmintrin.h>
-#elif defined(__aarch64__)
-#include <sys/auxv.h>
-#ifndef HWCAP_CRC32
-#define HWCAP_CRC32 (1 << 7)
 #endif
-#endif
+
+#include "base/cpu_features.h"
 
 namespace dcomp::storage {
 namespace {
@@ -45,10 +41,7 @@ __attribute__((target("sse4.2"))) uint32_t Crc32cHw(const uint8_t* p, size_t n, 
   for (; n > 0; --n, ++p) c32 = _mm_crc32_u8(c32, *p);
   return ~c32;
 }
-bool HaveHw() {
-  unsigned a, b, c, d;
-  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
-}
+bool HaveHw() { return Cpu().sse42; }
 #elif defined(__aarch64__)
 __attribute__((target("+crc"))) uint32_t Crc32cHw(const uint8_t* p, size_t n, uint32_t crc) {
   uint32_t c = ~crc;
@@ -60,7 +53,7 @@ __attribute__((target("+crc"))) uint32_t Crc32cHw(const uint8_t* p, size_t n, ui
   for (; n > 0; --n, ++p) c = __builtin_aarch64_crc32cb(c, *p);
   return ~c;
 }
-bool HaveHw() { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
+bool HaveHw() { return Cpu().crc32; }
 #endif
 
 }  // namespace

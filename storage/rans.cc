@@ -6,11 +6,8 @@
 #include <memory>
 #include <string>
 
+#include "base/cpu_features.h"
 #include "storage/internal/rans_impl.h"
-
-#if defined(__x86_64__)
-#include <cpuid.h>
-#endif
 
 namespace dcomp::storage {
 namespace internal {
@@ -313,9 +310,8 @@ bool HaveAvx512Vbmi2() {
     if (const char* e = std::getenv("DCOMP_KERNELS"); e != nullptr && std::string(e) == "ref") {
       return false;
     }
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vbmi2");
+    const CpuFeatures& f = Cpu();
+    return f.avx512f && f.avx512bw && f.avx512vbmi2;
   }();
   return have;
 #else

@@ -9,7 +9,7 @@
 
 #include "daemon/config.h"
 #include "daemon/latency_window.h"
-#include "daemon/memory_stats.h"
+#include "runtime/memory_stats.h"
 #include "daemon/request_queue.h"
 #include "daemon/validate.h"
 #include "engine/model_file.h"

@@ -14,7 +14,7 @@
 #include <set>
 #include <thread>
 
-#include "daemon/served_model.h"
+#include "runtime/served_model.h"
 #include "engine/generate.h"
 #include "packer/pack.h"
 #include "packer/synth.h"

@@ -1,4 +1,4 @@
-#include "daemon/served_model.h"
+#include "runtime/served_model.h"
 
 #include <memory>
 

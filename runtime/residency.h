@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "base/bytes.h"
 #include "base/json.h"
 #include "base/status.h"
 
@@ -125,20 +126,5 @@ struct PlanConstraints {
 Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
                         const Rates& rates, uint64_t budget, Policy policy,
                         const PlanConstraints& constraints = {});
-
-// A budget as given: bytes (0: no limit), or a percentage of the model's INT8 size (resolved by
-// the runtime).
-struct BudgetSpec {
-  uint64_t bytes = 0;
-  double percent = 0;  // > 0 when given as "PCT%"
-  // Bytes, with a percentage taken of `int8_bytes` (the model's INT8 size).
-  uint64_t Resolve(uint64_t int8_bytes) const;
-};
-Result<BudgetSpec> ParseBudgetSpec(const std::string& s);
-
-// "600MiB", "600M" (binary multiples: K, M, G, KiB, MiB, GiB), "1.5GB" (decimal: KB, MB, GB),
-// "123456" bytes, or "50%" of `reference_bytes` (the model's INT8 size).
-Result<uint64_t> ParseBudget(const std::string& s, uint64_t reference_bytes);
-std::string FormatBytes(uint64_t b);  // "612.3 MiB"
 
 }  // namespace dcomp::runtime

@@ -1,4 +1,4 @@
-#include "daemon/memory_stats.h"
+#include "runtime/memory_stats.h"
 
 #include <cstdio>
 #include <cstring>

@@ -11,8 +11,8 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "daemon/served_model.h"
-#include "daemon/streaming_weights.h"
+#include "runtime/served_model.h"
+#include "runtime/streaming_weights.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
 #include "packer/pack.h"
@@ -186,7 +186,7 @@ void ExpectDeterministic(const std::string& path) {
     if (c.slots > 0) {
       EXPECT_EQ(r->rt->plan().decode, Decode::kAhead);
     }
-    EXPECT_LE(r->rt->plan().total_bytes, ro.budget);
+    EXPECT_LE(r->rt->plan().total_bytes, ro.budget.bytes);
   }
 }
 

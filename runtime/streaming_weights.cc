@@ -1,4 +1,4 @@
-#include "daemon/streaming_weights.h"
+#include "runtime/streaming_weights.h"
 
 #include <sched.h>
 
@@ -10,7 +10,7 @@
 #include <limits>
 #include <utility>
 
-#include "daemon/memory_stats.h"
+#include "runtime/memory_stats.h"
 #include "engine/transformer.h"
 #include "kernels/kernels.h"
 #include "storage/codec.h"
@@ -909,7 +909,6 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
 
   RETURN_IF_ERROR(CheckScales(m.embd_scales, path + ": token_embd.weight"));
 
-  m.opt.budget = BudgetSpec{options.budget, options.budget_percent}.Resolve(int8_bytes_);
   Rates rates;
   if (options.rates != nullptr) {
     rates = *options.rates;
@@ -922,7 +921,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     m.st.fixed = f;
     m.st.reader_backend = m.io_reader->backend();
     m.st.minimum_budget = MinimumBudget(units_, f);
-    m.st.budget = m.opt.budget;
+    m.st.budget = options.budget.Resolve(int8_bytes_);
     m.st.rates = rates;
     m.st.effective_budget = m.EffectiveBudget();
   }
@@ -1206,8 +1205,9 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
   return Status::Ok();
 }
 
-Status StreamingWeights::SetBudget(uint64_t bytes) {
+Status StreamingWeights::SetBudget(const BudgetSpec& budget) {
   Impl& m = *impl_;
+  const uint64_t bytes = budget.Resolve(int8_bytes_);
   std::lock_guard<std::mutex> l(m.mu);
   const uint64_t saved = m.st.budget;
   m.st.budget = bytes;

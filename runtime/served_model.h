@@ -6,7 +6,7 @@
 #include <string>
 
 #include "base/status.h"
-#include "daemon/streaming_weights.h"
+#include "runtime/streaming_weights.h"
 #include "engine/local_model.h"
 
 namespace dcomp::runtime {

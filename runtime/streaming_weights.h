@@ -1,6 +1,6 @@
 // StreamingWeights: the streaming runtime. A WeightSource over a .dcm container that keeps the
 // process under a RAM budget: each unit (a layer's matrices, or the output matrix) is decoded
-// (INT8 ready for the kernels), compressed in RAM, or on flash, per a Plan (daemon/residency.h).
+// (INT8 ready for the kernels), compressed in RAM, or on flash, per a Plan (runtime/residency.h).
 //
 // While the transformer computes unit i, a prefetcher thread reads the next flash units'
 // compressed ranges (io_uring, pread fallback; page-cache pages dropped after use) into staging
@@ -41,7 +41,7 @@
 #include "base/json.h"
 #include "base/page_buffer.h"
 #include "base/thread_pool.h"
-#include "daemon/residency.h"
+#include "runtime/residency.h"
 #include "engine/dcm_model.h"
 #include "engine/weights.h"
 #include "storage/block_reader.h"
@@ -49,8 +49,8 @@
 namespace dcomp::runtime {
 
 struct RuntimeOptions {
-  uint64_t budget = 0;        // bytes the whole process may hold (0: no limit)
-  double budget_percent = 0;  // if > 0: the budget is this % of the INT8 model size
+  // What the whole process may hold: bytes (0: no limit) or a % of the INT8 model size.
+  BudgetSpec budget;
   Policy policy = Policy::kAdaptive;
   int32_t context_length = 0;  // the transformer's (0 = the model's); sizes the KV account
   int32_t max_logit_rows = 1;  // logits rows one request holds (1: generation; eval: more)
@@ -106,9 +106,10 @@ class StreamingWeights : public WeightSource {
   void ReleaseOutput() override;
   Status BeginPass(size_t tokens) override;
 
-  // Sets a new budget (bytes). Fails with RESOURCE_EXHAUSTED, naming the smallest budget that
-  // works, when none fits; otherwise the new plan is applied at the next token boundary.
-  Status SetBudget(uint64_t bytes);
+  // Sets a new budget (a percentage is of int8_bytes()). Fails with RESOURCE_EXHAUSTED, naming
+  // the smallest budget that works, when none fits; otherwise the new plan is applied at the next
+  // token boundary.
+  Status SetBudget(const BudgetSpec& budget);
   // Applies a pending re-plan now (the compute thread, between requests).
   Status ApplyPendingPlan();
 

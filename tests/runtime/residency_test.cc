@@ -1,6 +1,6 @@
 // Residency planning: budgets parse, every plan fits its budget, the smallest budget is named when
 // none fits, and the adaptive search is never estimated slower than a fixed policy.
-#include "daemon/residency.h"
+#include "runtime/residency.h"
 
 #include <gtest/gtest.h>
 
