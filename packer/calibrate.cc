@@ -1,0 +1,133 @@
+// Pack stage 2: calibration tokens (--calib text or self-generated), the f32 NLL on them and the
+// statistics of every linear input, from one f32 pass.
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/file.h"
+#include "engine/sampler.h"
+#include "packer/internal/pack_state.h"
+#include "packer/internal/pack_util.h"
+
+namespace dcomp::packer::internal {
+namespace {
+
+Result<std::vector<std::vector<int32_t>>> CalibrationTokens(const PackOptions& o,
+                                                            const ModelFile& file,
+                                                            const Tokenizer& tok, WeightSource* f32,
+                                                            ThreadPool* pool, int32_t seq_len,
+                                                            std::string* what) {
+  std::vector<std::vector<int32_t>> seqs;
+  const size_t want = static_cast<size_t>(std::max(o.calib_tokens, seq_len));
+  if (!o.calib_path.empty()) {
+    ASSIGN_OR_RETURN(std::string text, ReadFileToString(o.calib_path));
+    if (text.empty()) return InvalidArgumentError("--calib " + o.calib_path + ": file is empty");
+    std::vector<int32_t> ids = tok.Encode(text, true);
+    for (size_t i = 0; i + 2 <= ids.size() && seqs.size() * seq_len < want; i += seq_len) {
+      seqs.emplace_back(ids.begin() + static_cast<ptrdiff_t>(i),
+                        ids.begin() + static_cast<ptrdiff_t>(std::min(ids.size(), i + seq_len)));
+    }
+    *what = o.calib_path + " (" + std::to_string(ids.size()) + " tokens, first " +
+            std::to_string(std::min(ids.size(), want)) + " used)";
+    return seqs;
+  }
+  // Self-generated: temperature-1 samples from BOS with a fixed seed.
+  ASSIGN_OR_RETURN(auto tf, Transformer::Create(f32, pool, seq_len));
+  SamplingParams sp;
+  sp.temperature = 1.0f;
+  sp.seed = 20240601;
+  Sampler sampler(sp);
+  const int32_t start = tok.bos_id() >= 0 ? tok.bos_id() : 0;
+  std::vector<float> logits;
+  while (seqs.size() * static_cast<size_t>(seq_len) < want) {
+    std::vector<int32_t> s = {start};
+    tf->Reset();
+    while (static_cast<int32_t>(s.size()) < seq_len) {
+      RETURN_IF_ERROR(tf->Forward(std::span<const int32_t>(&s.back(), 1), false, &logits));
+      int32_t next = sampler.Sample(logits, s);
+      if (next == tok.eos_id() || next == tok.bos_id()) next = start;  // begin a new story
+      s.push_back(next);
+    }
+    seqs.push_back(std::move(s));
+    if (o.on_progress)
+      o.on_progress("calibration text", static_cast<double>(seqs.size() * seq_len) / want);
+  }
+  *what = "self-generated (" + std::to_string(seqs.size()) + " x " + std::to_string(seq_len) +
+          " tokens sampled at temperature 1 from " + file.path() + ")";
+  return seqs;
+}
+
+// Calibration inputs of every matrix (the tied embedding is the output matrix's input).
+void AttachInputStats(PackState& s) {
+  const ModelConfig& cfg = s.cfg;
+  for (Matrix& m : s.mats) {
+    LinearInput which = LinearInput::kAttnIn;
+    int layer = m.layer;
+    if (m.name.find("attn_output") != std::string::npos) which = LinearInput::kAttnOut;
+    if (m.name.find("ffn_gate") != std::string::npos || m.name.find("ffn_up") != std::string::npos)
+      which = LinearInput::kFfnIn;
+    if (m.name.find("ffn_down") != std::string::npos) which = LinearInput::kFfnHidden;
+    if (m.layer < 0 || m.layer == cfg.n_layers) {
+      which = LinearInput::kHeadIn;
+      layer = cfg.n_layers;
+      if (m.layer < 0 && !cfg.tied_output) continue;  // a pure lookup table
+    }
+    if (const InputStats* st = s.observer->Find(layer, which)) {
+      m.stats = st;
+      m.importance = st->max_abs;
+    }
+  }
+}
+
+}  // namespace
+
+void StatsObserver::Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) {
+  InputStats& s = stats[{layer, which}];
+  if (s.max_abs.empty()) {
+    s.max_abs.assign(cols, 0.0f);
+    s.cols = cols;
+  }
+  for (size_t t = 0; t < n; ++t, ++s.seen) {
+    const float* r = x + t * cols;
+    for (size_t c = 0; c < cols; ++c) s.max_abs[c] = std::max(s.max_abs[c], std::fabs(r[c]));
+    if (s.seen % stride_ == 0 && s.sample.size() < kSampleRows * cols) {
+      s.sample.insert(s.sample.end(), r, r + cols);
+    }
+  }
+}
+
+Status Calibrate(PackState& s) {
+  const PackOptions& o = s.o;
+  const ModelConfig& cfg = s.cfg;
+  PackReport& rep = s.rep;
+  s.pool = std::make_unique<ThreadPool>(std::max(1, o.threads));
+  s.need_calib = !cfg.synthetic && (o.scaling || o.rate_alloc || o.prune > 0);
+  s.seq_len = std::min<int32_t>(256, cfg.context_length);
+  // Runnable copies of the model (f32 here, INT8 after quantization) exist only for the stages
+  // that run it.
+  s.f32w = std::make_unique<PackWeights>(cfg, false);
+  if (s.need_calib) {
+    LoadWeights(*s.f32w, s.mats, s.vecs, false);
+    ASSIGN_OR_RETURN(s.calib, CalibrationTokens(o, *s.file, *s.tok, s.f32w.get(), s.pool.get(),
+                                                s.seq_len, &rep.calibration));
+    for (const auto& seq : s.calib) rep.calib_tokens += static_cast<int64_t>(seq.size());
+  }
+  // One f32 pass over the calibration tokens gives both the statistics and the f32 NLL.
+  s.observer = std::make_unique<StatsObserver>(
+      std::max<size_t>(1, static_cast<size_t>(rep.calib_tokens) / kSampleRows));
+  if (s.need_calib) {
+    ASSIGN_OR_RETURN(rep.f32_nll,
+                     MeanNll(s.f32w.get(), s.pool.get(), s.calib, s.seq_len, s.observer.get()));
+    s.Log("calibration: " + rep.calibration + "; f32 mean NLL " + Fmt("%.5f", rep.f32_nll));
+    s.Progress("calibration", 1.0);
+  } else {
+    rep.calibration = cfg.synthetic ? "none (synthetic weights)" : "none (all stages off)";
+  }
+  AttachInputStats(s);
+  return Status::Ok();
+}
+
+}  // namespace dcomp::packer::internal

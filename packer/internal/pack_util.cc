@@ -1,0 +1,117 @@
+#include "packer/internal/pack_util.h"
+
+#include <cstdio>
+#include <memory>
+
+#include "engine/generate.h"
+#include "engine/model_file.h"
+
+namespace dcomp::packer::internal {
+
+std::string Fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof(b), f, v);
+  return b;
+}
+
+// ----- PackWeights -------------------------------------------------------------------------------
+
+void PackWeights::SetMatrix(const Matrix& m, const QuantizedMatrix* q) {
+  LinearStorage& s = storage_[m.name];
+  if (quantized_) {
+    s = MakeQ8Linear(q->codes, q->scale, m.rows, m.cols);
+  } else {
+    s = MakeLinear(m.w, m.rows, m.cols, WeightFormat::kF32);
+  }
+  auto it = bias_.find(m.name);
+  if (it != bias_.end()) s.bias = it->second;
+  Rebind();
+}
+
+void PackWeights::SetVector(const std::string& name, const std::vector<float>& v) {
+  vectors_[name] = v;
+  Rebind();
+}
+
+void PackWeights::SetBias(const std::string& matrix, const std::vector<float>& b) {
+  bias_[matrix] = b;
+  auto it = storage_.find(matrix);
+  if (it != storage_.end()) it->second.bias = b;
+  Rebind();
+}
+
+void PackWeights::Rebind() {
+  auto lin = [&](const std::string& n) {
+    auto it = storage_.find(n);
+    return it == storage_.end() ? LinearWeights{} : it->second.View();
+  };
+  auto vec = [&](const std::string& n) -> const float* {
+    auto it = vectors_.find(n);
+    return it == vectors_.end() ? nullptr : it->second.data();
+  };
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    auto n = [l](const char* w) { return LayerTensorName(l, w); };
+    layers_[l].view = {
+        vec(n("attn_norm.weight")), vec(n("ffn_norm.weight")), lin(n("attn_q.weight")),
+        lin(n("attn_k.weight")),    lin(n("attn_v.weight")),   lin(n("attn_output.weight")),
+        lin(n("ffn_gate.weight")),  lin(n("ffn_down.weight")), lin(n("ffn_up.weight"))};
+  }
+  globals_.embedding = lin("token_embd.weight");
+  globals_.final_norm = vec("output_norm.weight");
+  globals_.output = cfg_.tied_output ? globals_.embedding : lin("output.weight");
+}
+
+// ----- running and quantizing the model --------------------------------------------------------
+
+Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
+                       const std::vector<std::vector<int32_t>>& seqs, int32_t ctx,
+                       ActivationObserver* observer) {
+  ASSIGN_OR_RETURN(auto tf, Transformer::Create(w, pool, ctx));
+  tf->set_observer(observer);
+  double sum = 0;
+  int64_t count = 0;
+  std::vector<float> logits;
+  const size_t vocab = static_cast<size_t>(w->config().vocab_size);
+  for (const auto& s : seqs) {
+    tf->Reset();
+    RETURN_IF_ERROR(tf->Forward(s, true, &logits));
+    for (size_t t = 0; t + 1 < s.size(); ++t) {
+      const float* l = logits.data() + t * vocab;
+      sum += LogSumExp({l, vocab}) - l[s[t + 1]];
+      ++count;
+    }
+  }
+  return count ? sum / static_cast<double>(count) : 0.0;
+}
+
+QuantParams ParamsOf(const Matrix& m) {
+  QuantParams p;
+  p.col_scale = m.col_scale;
+  p.importance = m.importance;
+  p.step_multiplier = m.step;
+  p.prune = m.prune;
+  return p;
+}
+
+void Quantize(Matrix& m) {
+  m.q = QuantizeMatrix(m.w, m.rows, m.cols, ParamsOf(m));
+  m.entropy = CodeEntropyBits(m.q);
+  m.err = m.stats
+              ? RelativeOutputError(m.stats->sample, m.stats->sample_rows(), m.w, m.q, m.col_scale)
+              : -1;
+}
+
+void LoadWeights(PackWeights& w, const std::vector<Matrix>& mats,
+                 const std::map<std::string, Vector>& vecs, bool quantized) {
+  for (const Matrix& m : mats) w.SetMatrix(m, quantized ? &m.q : nullptr);
+  for (const auto& [name, v] : vecs) {
+    const size_t bias = name.rfind(".bias");
+    if (bias != std::string::npos && bias + 5 == name.size()) {
+      w.SetBias(name.substr(0, bias) + ".weight", v.v);
+    } else {
+      w.SetVector(name, v.v);
+    }
+  }
+}
+
+}  // namespace dcomp::packer::internal

@@ -1,0 +1,39 @@
+// Internal to packer/: helpers shared by the stages of Pack() (internal/pack_state.h): number
+// formatting for log lines, the mean NLL of a model on token sequences, quantization of one matrix
+// with its current parameters, and loading the packer's model into a runnable PackWeights.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "base/thread_pool.h"
+#include "engine/transformer.h"
+#include "engine/weights.h"
+#include "packer/internal/pack_state.h"
+#include "packer/quantize.h"
+
+namespace dcomp::packer::internal {
+
+// printf-formats one number (`f` has a single double conversion).
+std::string Fmt(const char* f, double v);
+
+// Mean NLL of next-token prediction over the sequences; `observer` (optional) sees the pass.
+Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
+                       const std::vector<std::vector<int32_t>>& seqs, int32_t ctx,
+                       ActivationObserver* observer = nullptr);
+
+// The quantizer's parameters of `m` as it stands (column scale, importance, step, prune ratio).
+QuantParams ParamsOf(const Matrix& m);
+
+// Quantizes `m` with ParamsOf(m) into m.q and measures m.entropy and m.err (the latter when it has
+// calibration inputs).
+void Quantize(Matrix& m);
+
+// Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.
+void LoadWeights(PackWeights& w, const std::vector<Matrix>& mats,
+                 const std::map<std::string, Vector>& vecs, bool quantized);
+
+}  // namespace dcomp::packer::internal
