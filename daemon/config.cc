@@ -1,6 +1,6 @@
 #include "daemon/config.h"
 
-#include "runtime/residency.h"
+#include "runtime/planner.h"
 #include "storage/block_reader.h"
 
 namespace dcomp::server {

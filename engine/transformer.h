@@ -16,19 +16,11 @@
 
 #include "base/status.h"
 #include "base/thread_pool.h"
+#include "engine/layer_schema.h"
 #include "engine/weights.h"
 #include "kernels/kernels.h"
 
 namespace dcomp {
-
-// The inputs of the linear maps, as the packer's calibration sees them.
-enum class LinearInput {
-  kAttnIn,     // attention-norm output: input of wq, wk, wv
-  kAttnOut,    // attention output: input of wo
-  kFfnIn,      // ffn-norm output: input of w_gate, w_up
-  kFfnHidden,  // silu(gate) * up: input of w_down
-  kHeadIn,     // final-norm output: input of the output matrix
-};
 
 // Receives every linear input of a forward pass (f32, [n][cols]), in execution order.
 class ActivationObserver {

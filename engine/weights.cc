@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "engine/layer_schema.h"
+
 namespace dcomp {
 
 Result<WeightFormat> ParseWeightFormat(const std::string& s) {
@@ -67,8 +69,7 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
   m->config_ = file.config();
   m->format_ = format;
   const ModelConfig& c = m->config_;
-  const size_t dim = static_cast<size_t>(c.dim), kv = static_cast<size_t>(c.kv_dim()),
-               hid = static_cast<size_t>(c.hidden_dim), vocab = static_cast<size_t>(c.vocab_size);
+  const size_t dim = static_cast<size_t>(c.dim), vocab = static_cast<size_t>(c.vocab_size);
   auto linear = [&](const std::string& name, size_t rows, size_t cols) -> Result<LinearStorage> {
     if (format == WeightFormat::kW8A8 && file.stores_q8(name)) {
       ASSIGN_OR_RETURN(Q8Tensor t, file.ReadQ8(name));
@@ -88,20 +89,18 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
     auto name = [l](const char* what) { return LayerTensorName(l, what); };
     ASSIGN_OR_RETURN(L.attn_norm, file.ReadF32(name("attn_norm.weight")));
     ASSIGN_OR_RETURN(L.ffn_norm, file.ReadF32(name("ffn_norm.weight")));
-    ASSIGN_OR_RETURN(L.wq, linear(name("attn_q.weight"), dim, dim));
-    ASSIGN_OR_RETURN(L.wk, linear(name("attn_k.weight"), kv, dim));
-    ASSIGN_OR_RETURN(L.wv, linear(name("attn_v.weight"), kv, dim));
-    ASSIGN_OR_RETURN(L.wo, linear(name("attn_output.weight"), dim, dim));
-    ASSIGN_OR_RETURN(L.w_gate, linear(name("ffn_gate.weight"), hid, dim));
-    ASSIGN_OR_RETURN(L.w_down, linear(name("ffn_down.weight"), dim, hid));
-    ASSIGN_OR_RETURN(L.w_up, linear(name("ffn_up.weight"), hid, dim));
-    if (c.qkv_bias) {
-      ASSIGN_OR_RETURN(L.wq.bias, file.ReadF32(name("attn_q.bias")));
-      ASSIGN_OR_RETURN(L.wk.bias, file.ReadF32(name("attn_k.bias")));
-      ASSIGN_OR_RETURN(L.wv.bias, file.ReadF32(name("attn_v.bias")));
+    LinearStorage* storage[] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_down, &L.w_up};
+    for (int i = 0; i < kLayerMatrixCount; ++i) {
+      const LayerMatrix& M = kLayerMatrices[i];
+      ASSIGN_OR_RETURN(*storage[i], linear(name(M.name), static_cast<size_t>(ExtentOf(M.rows, c)),
+                                           static_cast<size_t>(ExtentOf(M.cols, c))));
+      if (c.qkv_bias && M.bias != nullptr) {
+        ASSIGN_OR_RETURN(storage[i]->bias, file.ReadF32(name(M.bias)));
+      }
     }
-    L.view = {L.attn_norm.data(), L.ffn_norm.data(), L.wq.View(),     L.wk.View(),  L.wv.View(),
-              L.wo.View(),        L.w_gate.View(),   L.w_down.View(), L.w_up.View()};
+    L.view.attn_norm = L.attn_norm.data();
+    L.view.ffn_norm = L.ffn_norm.data();
+    for (int i = 0; i < kLayerMatrixCount; ++i) L.view.*kLayerMatrices[i].field = storage[i]->View();
   }
   m->globals_.embedding = m->embedding_.View();
   m->globals_.final_norm = m->final_norm_.data();

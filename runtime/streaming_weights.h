@@ -1,47 +1,40 @@
-// StreamingWeights: the streaming runtime. A WeightSource over a .dcm container that keeps the
-// process under a RAM budget: each unit (a layer's matrices, or the output matrix) is decoded
-// (INT8 ready for the kernels), compressed in RAM, or on flash, per a Plan (runtime/residency.h).
-//
-// While the transformer computes unit i, a prefetcher thread reads the next flash units'
-// compressed ranges (io_uring, pread fallback; page-cache pages dropped after use) into staging
-// buffers. Compressed units (in RAM or in staging) are decoded in one of two ways (Plan::decode):
+// StreamingWeights: the streaming runtime's front, a WeightSource over a .dcm container that keeps
+// the process under a RAM budget. Each unit (a layer's matrices, or the output matrix) is decoded
+// (INT8 ready for the kernels), compressed in RAM, or on flash, per a Plan (runtime/planner.h).
+// The front owns the residency of units and applies plans; the work is done by its components,
+// each in its own file with its own state and lock:
+//  - unit_layout: where each unit's blocks are and how it is laid out decoded (built at open);
+//  - unit_decoder: decoding blocks into that layout, and the views handed to the transformer;
+//  - prefetcher: reads the next flash units ahead of compute into staging buffers, and hands units
+//    to be decoded ahead to the decode pool (decode_pool), in execution order;
+//  - controller: calibration, rates, budget, memory pressure and re-planning decisions;
+//  - block_lookup: the compute thread's own reads (embedding rows, units loaded into RAM tiers).
+// Compressed units (in RAM or in staging) are decoded in one of two ways (Plan::decode):
 //  - inline: the matrices are handed to the transformer as RowBlockSources; its compute threads
 //    decode each block of rows into a per-thread scratch and multiply it at once. No decoded copy
 //    of a unit exists, so the budget goes to tiers, and decoded rows are read from cache.
-//  - ahead: a decode pool (one codec context per worker, a queue bounded by the number of slots)
-//    decodes whole units into a ring of decoded slots while compute runs on the previous one.
-// The order wraps from the output matrix to layer 0 across tokens, so the next token's first
-// layers are ready when it starts. Compute waits only when the pipeline is behind.
-//
-// The controller measures compute time per unit, decode throughput per thread and I/O throughput,
-// and re-plans (tiers, inline vs ahead, slots, staging, compute vs decode threads) when the budget
-// changes (SetBudget), when /proc/pressure/memory reports pressure, and once its measurements
-// differ enough from the estimates the plan was made with. Plans are applied between tokens;
-// memory is freed before it is allocated, so the resident set stays under max(old, new) plan
-// while switching.
+//  - ahead: the decode pool decodes whole units into a ring of decoded slots while compute runs on
+//    the previous one.
+// Plans are applied between tokens; memory is freed before it is allocated, so the resident set
+// stays under max(old, new) plan while switching.
 //
 // Output never depends on the plan: decoding is exact and the kernels' results do not depend on
 // thread counts. A read or CRC failure fails the acquiring call with DATA_LOSS naming the block;
 // the runtime stays usable and retries the unit on the next request.
 //
-// Threading: AcquireLayer/ReleaseLayer/EmbedToken/AcquireOutput come from one compute thread
-// (the transformer's); SetBudget, plan() and stats() may be called from any thread.
+// Threading: AcquireLayer/ReleaseLayer/EmbedToken/AcquireOutput/BeginPass come from one compute
+// thread (the transformer's); SetBudget, plan() and stats() may be called from any thread.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "base/bytes.h"
 #include "base/json.h"
-#include "base/page_buffer.h"
 #include "base/thread_pool.h"
-#include "runtime/residency.h"
+#include "runtime/planner.h"
 #include "engine/dcm_model.h"
 #include "engine/weights.h"
 #include "storage/block_reader.h"
@@ -115,13 +108,12 @@ class StreamingWeights : public WeightSource {
 
   Plan plan() const;
   RuntimeStats stats() const;
-  const std::vector<UnitInfo>& units() const { return units_; }
+  const std::vector<UnitInfo>& units() const;
   uint64_t int8_bytes() const { return int8_bytes_; }  // every matrix decoded
   void ToJson(JsonWriter& j) const;                    // plan + stats
 
-  struct Impl;
-
  private:
+  struct Impl;
   StreamingWeights() = default;
   Status Init(const DcmModelFile& file, const RuntimeOptions& options, ThreadPool* pool);
   Result<const void*> AcquireUnit(int unit);
@@ -129,7 +121,6 @@ class StreamingWeights : public WeightSource {
 
   ModelConfig config_;
   GlobalWeights globals_;
-  std::vector<UnitInfo> units_;
   uint64_t int8_bytes_ = 0;
   std::unique_ptr<Impl> impl_;
 };

@@ -1,4 +1,4 @@
-#include "runtime/residency.h"
+#include "runtime/planner.h"
 
 #include <algorithm>
 #include <cctype>

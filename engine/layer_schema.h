@@ -1,0 +1,69 @@
+// One schema of a transformer layer's weights, shared by every weight source (in memory, the
+// streaming runtime), the importers and the packer: each matrix's tensor name (after "blk.N."),
+// where it goes in LayerWeights, which activation it multiplies (LinearInput: what the packer's
+// calibration observes) and its shape in terms of the model config, plus the layer's vectors.
+// The order of kLayerMatrices is LayerWeights' order (the streaming runtime's units use it).
+#pragma once
+
+#include <cstdint>
+
+#include "engine/model_config.h"
+#include "engine/weights.h"
+
+namespace dcomp {
+
+// The inputs of the linear maps, as the packer's calibration sees them.
+enum class LinearInput {
+  kAttnIn,     // attention-norm output: input of wq, wk, wv
+  kAttnOut,    // attention output: input of wo
+  kFfnIn,      // ffn-norm output: input of w_gate, w_up
+  kFfnHidden,  // silu(gate) * up: input of w_down
+  kHeadIn,     // final-norm output: input of the output matrix
+};
+
+// A matrix dimension in terms of the config.
+enum class Extent { kDim, kKvDim, kHidden };
+inline int64_t ExtentOf(Extent e, const ModelConfig& c) {
+  switch (e) {
+    case Extent::kDim: return c.dim;
+    case Extent::kKvDim: return c.kv_dim();
+    case Extent::kHidden: return c.hidden_dim;
+  }
+  return 0;
+}
+
+struct LayerMatrix {
+  const char* name;                   // "attn_q.weight"
+  LinearWeights LayerWeights::*field;  // &LayerWeights::wq
+  LinearInput input;
+  Extent rows, cols;
+  const char* bias;  // its bias tensor when the config has qkv_bias, else nullptr
+};
+
+inline constexpr LayerMatrix kLayerMatrices[] = {
+    {"attn_q.weight", &LayerWeights::wq, LinearInput::kAttnIn, Extent::kDim, Extent::kDim,
+     "attn_q.bias"},
+    {"attn_k.weight", &LayerWeights::wk, LinearInput::kAttnIn, Extent::kKvDim, Extent::kDim,
+     "attn_k.bias"},
+    {"attn_v.weight", &LayerWeights::wv, LinearInput::kAttnIn, Extent::kKvDim, Extent::kDim,
+     "attn_v.bias"},
+    {"attn_output.weight", &LayerWeights::wo, LinearInput::kAttnOut, Extent::kDim, Extent::kDim,
+     nullptr},
+    {"ffn_gate.weight", &LayerWeights::w_gate, LinearInput::kFfnIn, Extent::kHidden, Extent::kDim,
+     nullptr},
+    {"ffn_down.weight", &LayerWeights::w_down, LinearInput::kFfnHidden, Extent::kDim,
+     Extent::kHidden, nullptr},
+    {"ffn_up.weight", &LayerWeights::w_up, LinearInput::kFfnIn, Extent::kHidden, Extent::kDim,
+     nullptr},
+};
+inline constexpr int kLayerMatrixCount = sizeof(kLayerMatrices) / sizeof(kLayerMatrices[0]);
+
+// A layer's vectors (f32, [dim]) and where they go.
+struct LayerVector {
+  const char* name;
+  const float* LayerWeights::*field;
+};
+inline constexpr LayerVector kLayerNorms[] = {{"attn_norm.weight", &LayerWeights::attn_norm},
+                                              {"ffn_norm.weight", &LayerWeights::ffn_norm}};
+
+}  // namespace dcomp

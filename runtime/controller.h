@@ -1,0 +1,138 @@
+// The controller: the runtime's measurements and its decisions about them. It holds the rate
+// estimates the planner works from (compute per thread, decode per thread, flash reads), the budget
+// and its scaling under memory pressure, and the pending re-plan with its reason:
+//  - Calibrate (at open): decode speed on layer 0's blocks, a read probe over the units' ranges,
+//    and the int8 product's speed;
+//  - observations: every read of the prefetcher (OnRead), every unit the decode pool decoded
+//    (OnUnitDecoded), every forward pass (EndPass: compute rate, inline decode rate, the read rate
+//    that read-bound passes sustained);
+//  - decisions: a re-plan when the budget changes (SetBudget), when /proc/pressure/memory reports
+//    pressure (a monitor thread), or when the measured rates promise a clearly faster plan whose
+//    reload pays back (Adapt, from EndPass). The runtime's front applies re-plans between tokens
+//    (TakeReplan, then NoteReplanned).
+//
+// Thread-safe: one lock guards all of it; the controller calls no other component while holding it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/mutex.h"
+#include "base/status.h"
+#include "runtime/block_lookup.h"
+#include "runtime/planner.h"
+#include "runtime/unit_decoder.h"
+
+namespace dcomp::runtime {
+
+// What the start-up probe measured of flash: the rate of its second half (the sustained estimate
+// until read-bound passes measure it) and of its first half (reads after idle time).
+struct IoProbe {
+  double window_bytes = 0, window_seconds = 0;
+  double sustained = 0;
+  double burst = 0;
+};
+
+// Measures decode, read and compute speed (see the header comment). Fills *rates; *probe gets
+// the read probe's halves.
+Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, Rates* rates,
+                 IoProbe* probe);
+
+// One forward pass as the front measured it.
+struct PassSample {
+  size_t tokens = 0;              // tokens of the pass (1: a decode step)
+  uint64_t inline_bytes = 0;      // decoded inline by the compute threads
+  double inline_seconds = 0;      // their thread-seconds
+  double resident_seconds = 0;    // in units decoded (resident or ahead)
+  double inline_unit_seconds = 0;  // in units decoded inline
+  uint64_t resident_macs = 0, inline_macs = 0;
+  uint64_t flash_bytes = 0;     // the prefetcher's total so far
+  double wait_seconds = 0;      // compute's total wait on the pipeline so far
+};
+
+struct ControllerOptions {
+  Policy policy = Policy::kAdaptive;
+  PlanConstraints constraints;
+  bool adapt = true;  // re-plan from measurements
+};
+
+class Controller {
+ public:
+  Controller(const std::vector<UnitInfo>* units, const FixedMemory& fixed,
+             const ControllerOptions& options, uint64_t budget, const Rates& rates,
+             const IoProbe& probe);
+  ~Controller();
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+
+  // The plan to start with: the fastest within the effective budget.
+  Result<Plan> FirstPlan() const EXCLUDES(mu_);
+  // Re-plans when /proc/pressure/memory reports pressure (once a second; none without PSI).
+  void StartPressureMonitor() EXCLUDES(mu_);
+
+  void OnRead(uint64_t bytes, double seconds) EXCLUDES(mu_);
+  void OnUnitDecoded(uint64_t raw_bytes, double seconds) EXCLUDES(mu_);
+  // A pass ended (the compute thread, at the next pass's start); `current` is the plan it ran.
+  void EndPass(const PassSample& pass, const Plan& current) EXCLUDES(mu_);
+
+  // Fails with RESOURCE_EXHAUSTED naming the smallest budget that works when none fits.
+  Status SetBudget(uint64_t bytes) EXCLUDES(mu_);
+
+  struct Replan {
+    uint64_t budget = 0;
+    Rates rates;
+    std::string why;
+  };
+  // The pending re-plan, if any (taken: no longer pending).
+  std::optional<Replan> TakeReplan() EXCLUDES(mu_);
+  void NoteReplanned(const std::string& why) EXCLUDES(mu_);
+  Result<Plan> MakePlan(uint64_t budget, const Rates& rates) const;
+
+  struct Stats {
+    uint64_t tokens = 0;
+    uint64_t decoded_bytes = 0;
+    double decode_thread_seconds = 0, compute_seconds = 0;
+    uint64_t replans = 0;
+    std::string last_replan;
+    double pressure_some_avg10 = -1, budget_factor = 1;
+    Rates rates;
+    uint64_t budget = 0, effective_budget = 0, minimum_budget = 0;
+  };
+  Stats stats() const EXCLUDES(mu_);
+
+  static constexpr int kAdaptEvery = 32;  // tokens between checks (and one at token 3)
+
+ private:
+  void MonitorLoop() EXCLUDES(mu_);
+  void RequestReplan(std::string why) REQUIRES(mu_);
+  uint64_t EffectiveBudget() const REQUIRES(mu_);
+  void UpdateIoRate() REQUIRES(mu_);
+  void Adapt(const Plan& current) REQUIRES(mu_);
+
+  const std::vector<UnitInfo>* units_;
+  const FixedMemory fixed_;
+  const ControllerOptions opt_;
+
+  mutable Mutex mu_;
+  CondVar cv_;
+  Stats st_ GUARDED_BY(mu_);
+  double io_window_bytes_ GUARDED_BY(mu_) = 0;  // decayed read totals
+  double io_window_seconds_ GUARDED_BY(mu_) = 0;
+  double io_sustained_ GUARDED_BY(mu_) = 0;      // bytes/s sustained (0: unknown)
+  bool io_sustained_seen_ GUARDED_BY(mu_) = false;  // measured by a read-bound pass
+  double io_burst_ GUARDED_BY(mu_) = 0;  // the probe's first half, the rate after idle time
+  bool replan_pending_ GUARDED_BY(mu_) = false;
+  std::string replan_reason_ GUARDED_BY(mu_);
+  // The pass in progress: when it began, and the bytes read and wait time before it.
+  std::chrono::steady_clock::time_point pass_start_ GUARDED_BY(mu_){};
+  uint64_t pass_flash0_ GUARDED_BY(mu_) = 0;
+  double pass_wait0_ GUARDED_BY(mu_) = 0;
+  bool stop_ GUARDED_BY(mu_) = false;
+  std::thread monitor_;
+};
+
+}  // namespace dcomp::runtime

@@ -1,0 +1,139 @@
+#include "runtime/unit_decoder.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "engine/layer_schema.h"
+#include "kernels/kernels.h"
+
+namespace dcomp::runtime {
+
+namespace pb = storage::pb;
+using Clock = std::chrono::steady_clock;
+
+Status InlineMatrix::DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const {
+  return d_->DecodeInline(*t_, range_begin_, range_, k, q, row_sum);
+}
+
+Status UnitDecoder::DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t range_begin,
+                                   const uint8_t* stored_range, size_t rows, int8_t* q,
+                                   int32_t* row_sum, storage::BlockDecoder* dec,
+                                   uint8_t* scratch) const {
+  const pb::Block& b = reader_->block(i);
+  std::span<const uint8_t> stored(stored_range + (b.offset() - range_begin), b.stored_size());
+  const size_t n = rows * T.cols;
+  if (T.stride == T.cols) {
+    RETURN_IF_ERROR(reader_->DecodeBlock(
+        i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), n), dec));
+  } else {
+    RETURN_IF_ERROR(reader_->DecodeBlock(i, stored, std::span<uint8_t>(scratch, n), dec));
+    for (size_t r = 0; r < rows; ++r) {
+      std::memcpy(q + r * T.stride, scratch + r * T.cols, T.cols);
+      std::memset(q + r * T.stride + T.cols, 0, T.stride - T.cols);
+    }
+  }
+  if (!kernels::Kernels().row_sums_q8(q, rows, T.stride, row_sum)) {
+    return DataLossError(reader_->path() + ": " + reader_->DescribeBlock(i) +
+                         ": code -128 (codes are in [-127, 127])");
+  }
+  return Status::Ok();
+}
+
+Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w,
+                               const uint8_t* stored_range, uint8_t* dst,
+                               storage::BlockDecoder* dec, uint8_t* scratch) const {
+  const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
+  if (w.scale) {
+    std::memcpy(dst + T.scale_off, U.scales[static_cast<size_t>(w.t)].data(),
+                T.rows * sizeof(float));
+    return Status::Ok();
+  }
+  return DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows,
+                        reinterpret_cast<int8_t*>(dst + T.q_off) + w.row0 * T.stride,
+                        reinterpret_cast<int32_t*>(dst + T.rowsum_off) + w.row0, dec, scratch);
+}
+
+Status UnitDecoder::DecodeInline(const TensorLayout& T, uint64_t range_begin,
+                                 const uint8_t* range, size_t k, int8_t* q,
+                                 int32_t* row_sum) const {
+  thread_local storage::BlockDecoder dec;
+  thread_local std::vector<uint8_t> scratch;
+  const auto t0 = Clock::now();
+  const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
+  const size_t rows = std::min(T.rows_per_block, T.rows - k * T.rows_per_block);
+  if (T.stride != T.cols && scratch.size() < rows * T.cols) scratch.resize(rows * T.cols);
+  RETURN_IF_ERROR(
+      DecodeRowBlock(T, i, range_begin, range, rows, q, row_sum, &dec, scratch.data()));
+  inline_bytes_.fetch_add(reader_->block(i).raw_size(), std::memory_order_relaxed);
+  inline_ns_.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - t0).count()),
+                       std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+template <typename ViewFn>
+void UnitDecoder::AssembleViews(int u, ViewFn view, LayerWeights* layer,
+                                LinearWeights* head) const {
+  if (u == layout_->n_layers) {
+    *head = view(0);
+    return;
+  }
+  *layer = unit(u).pinned;
+  for (size_t i = 0; i < static_cast<size_t>(kLayerMatrixCount); ++i) {
+    LinearWeights& dst = layer->*kLayerMatrices[i].field;
+    const float* bias = dst.bias;
+    dst = view(i);
+    dst.bias = bias;
+  }
+}
+
+void UnitDecoder::BuildViews(int u, const uint8_t* base, LayerWeights* layer,
+                             LinearWeights* head) const {
+  const UnitLayout& U = unit(u);
+  auto view = [&](size_t t) {
+    const TensorLayout& T = U.tensors[t];
+    LinearWeights v;
+    v.quantized = true;
+    v.q8 = {reinterpret_cast<const int8_t*>(base + T.q_off),
+            reinterpret_cast<const float*>(base + T.scale_off),
+            reinterpret_cast<const int32_t*>(base + T.rowsum_off),
+            T.rows,
+            T.cols,
+            T.stride};
+    return v;
+  };
+  AssembleViews(u, view, layer, head);
+}
+
+void UnitDecoder::BuildInlineViews(int u, const uint8_t* range, InlineViews* v) const {
+  const UnitLayout& U = unit(u);
+  v->mats.clear();
+  v->mats.reserve(U.tensors.size());
+  for (const TensorLayout& T : U.tensors) v->mats.emplace_back(this, &T, U.range_begin, range);
+  auto view = [&](size_t t) {
+    const TensorLayout& T = U.tensors[t];
+    LinearWeights w;
+    w.quantized = true;
+    w.q8 = {nullptr, U.scales[t].data(), nullptr, T.rows, T.cols, T.stride};
+    w.blocks = &v->mats[t];
+    return w;
+  };
+  AssembleViews(u, view, &v->layer, &v->head);
+}
+
+Status UnitDecoder::BlockError(const UnitLayout& U, const Status& s) const {
+  return Status(s.code() == StatusCode::kDataLoss || s.code() == StatusCode::kAborted ||
+                        s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kInternal
+                    ? StatusCode::kDataLoss
+                    : s.code(),
+                "reading blocks " + std::to_string(U.first_block) + ".." +
+                    std::to_string(U.last_block) + " (" + reader_->DescribeBlock(U.first_block) +
+                    " ..): " + s.message());
+}
+
+void UnitDecoder::TakeInlineCounters(uint64_t* bytes, double* seconds) const {
+  *bytes = inline_bytes_.exchange(0, std::memory_order_relaxed);
+  *seconds = static_cast<double>(inline_ns_.exchange(0, std::memory_order_relaxed)) * 1e-9;
+}
+
+}  // namespace dcomp::runtime

@@ -1,0 +1,206 @@
+#include "runtime/unit_layout.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "base/page_buffer.h"
+#include "engine/layer_schema.h"
+#include "kernels/kernels.h"
+
+namespace dcomp::runtime {
+
+namespace pb = storage::pb;
+
+namespace {
+
+// Row scales must be finite and >= 0; `what` names the file and tensor.
+Status CheckScales(std::span<const float> s, const std::string& what) {
+  for (size_t r = 0; r < s.size(); ++r) {
+    if (!std::isfinite(s[r]) || s[r] < 0) {
+      return DataLossError(what + ": row " + std::to_string(r) + " has an invalid scale");
+    }
+  }
+  return Status::Ok();
+}
+
+// Builds a ModelLayout from the manifest, one tensor at a time.
+class LayoutBuilder {
+ public:
+  LayoutBuilder(const DcmModelFile& file, ModelLayout* out)
+      : file_(file), r_(file.reader()), path_(r_.path()), m_(*out) {}
+
+  // Tensor `name`, which must exist and be Q8_ROW (a matrix) or F32 (a vector).
+  Result<int> Find(const std::string& name, bool q8) const {
+    const int t = r_.FindTensor(name);
+    if (t < 0) return NotFoundError(path_ + ": no tensor '" + name + "'");
+    const bool is_q8 = r_.manifest().tensors(t).type() == pb::TENSOR_Q8_ROW;
+    if (is_q8 != q8) {
+      return InvalidArgumentError(path_ + ": tensor '" + name + "' is " +
+                                  (is_q8 ? "Q8_ROW" : "F32") + ", expected " +
+                                  (q8 ? "Q8_ROW (pack the model with dcomp pack)" : "F32"));
+    }
+    return t;
+  }
+
+  // Vector `name`, read and kept in the layout.
+  Result<const float*> ReadVector(const std::string& name) {
+    RETURN_IF_ERROR(Find(name, false).status());
+    ASSIGN_OR_RETURN(std::vector<float> v, file_.ReadF32(name));
+    m_.vectors.push_back(std::move(v));
+    return m_.vectors.back().data();
+  }
+
+  void NoteBlockSizes(const pb::Block& b) {
+    m_.max_raw_block = std::max<size_t>(m_.max_raw_block, b.raw_size());
+    m_.max_stored_block = std::max<size_t>(m_.max_stored_block, b.stored_size());
+  }
+
+  // Adds tensor t to unit u: its decoded layout, its blocks and its row scales (checked).
+  Status AddTensor(int u, int t) {
+    UnitLayout& U = m_.units[static_cast<size_t>(u)];
+    const pb::Tensor& T = r_.manifest().tensors(t);
+    TensorLayout L;
+    L.tensor = t;
+    L.rows = static_cast<size_t>(T.rows());
+    L.cols = static_cast<size_t>(T.cols());
+    L.stride = kernels::PaddedCols(L.cols);
+    L.q_off = U.decoded_size;
+    U.decoded_size += (L.rows * L.stride + 63) / 64 * 64;
+    L.scale_off = U.decoded_size;
+    U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
+    L.rowsum_off = U.decoded_size;
+    U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
+    const size_t rpb = static_cast<size_t>(T.rows_per_block());
+    L.first_block = T.first_block();
+    L.rows_per_block = rpb;
+    L.row_blocks = T.num_blocks() - 1;
+    m_.max_padded_block = std::max(m_.max_padded_block, rpb * L.stride);
+    m_.max_block_rows = std::max(m_.max_block_rows, rpb);
+    const int ti = static_cast<int>(U.tensors.size());
+    U.tensors.push_back(L);
+    // The row scales, kept decoded for decoding inline (from the mapping, checked here once).
+    std::vector<float>& sc = U.scales.emplace_back(L.rows);
+    RETURN_IF_ERROR(r_.ReadBlock(
+        T.first_block(),
+        std::span<uint8_t>(reinterpret_cast<uint8_t*>(sc.data()), sc.size() * sizeof(float)),
+        &scale_decoder_));
+    RETURN_IF_ERROR(CheckScales(sc, path_ + ": " + T.name()));
+    U.work.push_back({T.first_block(), ti, true, 0, L.rows});
+    for (uint32_t k = 1; k < T.num_blocks(); ++k) {
+      const size_t row0 = (k - 1) * rpb;
+      U.work.push_back({T.first_block() + k, ti, false, row0, std::min(rpb, L.rows - row0)});
+    }
+    for (uint32_t k = 0; k < T.num_blocks(); ++k) {
+      const pb::Block& b = r_.block(T.first_block() + k);
+      m_.infos[static_cast<size_t>(u)].raw_bytes += b.raw_size();
+      NoteBlockSizes(b);
+    }
+    return Status::Ok();
+  }
+
+  // The unit's page-aligned range over its blocks.
+  void SetRange(UnitLayout& U) const {
+    U.range_begin = std::numeric_limits<uint64_t>::max();
+    U.range_end = 0;
+    U.first_block = std::numeric_limits<uint32_t>::max();
+    for (const WorkBlock& w : U.work) {
+      const pb::Block& b = r_.block(w.block);
+      U.range_begin = std::min<uint64_t>(U.range_begin, b.offset());
+      U.range_end = std::max<uint64_t>(U.range_end, b.offset() + b.stored_size());
+      U.first_block = std::min(U.first_block, w.block);
+      U.last_block = std::max(U.last_block, w.block);
+    }
+    U.range_begin = U.range_begin / kPageSize * kPageSize;
+    U.range_end = std::min<uint64_t>(RoundUpToPage(U.range_end), r_.header().file_size);
+  }
+
+  Status AddLayer(int l, bool qkv_bias) {
+    UnitLayout& U = m_.units[static_cast<size_t>(l)];
+    for (const LayerMatrix& M : kLayerMatrices) {
+      ASSIGN_OR_RETURN(int t, Find(LayerTensorName(l, M.name), true));
+      RETURN_IF_ERROR(AddTensor(l, t));
+    }
+    SetRange(U);
+    for (const LayerVector& V : kLayerNorms) {
+      ASSIGN_OR_RETURN(U.pinned.*V.field, ReadVector(LayerTensorName(l, V.name)));
+    }
+    if (qkv_bias) {
+      for (const LayerMatrix& M : kLayerMatrices) {
+        if (M.bias == nullptr) continue;
+        ASSIGN_OR_RETURN((U.pinned.*M.field).bias, ReadVector(LayerTensorName(l, M.bias)));
+      }
+    }
+    m_.infos[static_cast<size_t>(l)].name = "layer " + std::to_string(l);
+    return Status::Ok();
+  }
+
+  Status AddOutputAndEmbedding() {
+    ASSIGN_OR_RETURN(m_.embd_tensor, Find("token_embd.weight", true));
+    ASSIGN_OR_RETURN(int t, m_.tied ? Result<int>(m_.embd_tensor) : Find("output.weight", true));
+    RETURN_IF_ERROR(AddTensor(m_.n_layers, t));
+    SetRange(m_.units.back());
+    m_.infos.back().name = m_.tied ? "output (tied embedding)" : "output";
+    ASSIGN_OR_RETURN(m_.final_norm, ReadVector("output_norm.weight"));
+    const pb::Tensor& E = r_.manifest().tensors(m_.embd_tensor);
+    m_.embd_scales.resize(static_cast<size_t>(E.rows()));
+    RETURN_IF_ERROR(r_.ReadBlock(E.first_block(),
+                                 std::span<uint8_t>(reinterpret_cast<uint8_t*>(m_.embd_scales.data()),
+                                                    m_.embd_scales.size() * 4),
+                                 &scale_decoder_));
+    for (uint32_t i = 1; i < E.num_blocks(); ++i) NoteBlockSizes(r_.block(E.first_block() + i));
+    return Status::Ok();
+  }
+
+  // The planner's figures per unit and the INT8 size of the model.
+  void Summarise() {
+    for (size_t u = 0; u < m_.units.size(); ++u) {
+      const UnitLayout& U = m_.units[u];
+      UnitInfo& I = m_.infos[u];
+      I.decoded_bytes = RoundUpToPage(U.decoded_size);
+      I.compressed_bytes = U.range_end - U.range_begin;
+      for (const TensorLayout& T : U.tensors) I.macs_per_token += T.rows * T.cols;
+      m_.int8_bytes += I.decoded_bytes;
+    }
+    if (!m_.tied) {
+      const pb::Tensor& E = r_.manifest().tensors(m_.embd_tensor);
+      m_.int8_bytes += static_cast<uint64_t>(E.rows() * E.cols());
+    }
+  }
+
+ private:
+  const DcmModelFile& file_;
+  const storage::ContainerReader& r_;
+  const std::string& path_;
+  ModelLayout& m_;
+  storage::BlockDecoder scale_decoder_;  // the row-scale blocks read at open
+};
+
+}  // namespace
+
+uint64_t ModelLayout::vector_bytes() const {
+  uint64_t n = 0;
+  for (const auto& v : vectors) n += v.capacity() * sizeof(float);
+  for (const UnitLayout& U : units) {
+    for (const auto& v : U.scales) n += v.capacity() * sizeof(float);
+  }
+  return n + embd_scales.capacity() * sizeof(float);
+}
+
+Result<ModelLayout> BuildModelLayout(const DcmModelFile& file, const ModelConfig& config) {
+  ModelLayout m;
+  m.n_layers = config.n_layers;
+  m.tied = config.tied_output;
+  const size_t n_units = static_cast<size_t>(config.n_layers) + 1;
+  m.units.resize(n_units);
+  m.infos.resize(n_units);
+  m.vectors.reserve(static_cast<size_t>(config.n_layers) * 5 + 2);
+  LayoutBuilder b(file, &m);
+  for (int l = 0; l < config.n_layers; ++l) RETURN_IF_ERROR(b.AddLayer(l, config.qkv_bias));
+  RETURN_IF_ERROR(b.AddOutputAndEmbedding());
+  b.Summarise();
+  RETURN_IF_ERROR(CheckScales(m.embd_scales, file.reader().path() + ": token_embd.weight"));
+  return m;
+}
+
+}  // namespace dcomp::runtime

@@ -1,0 +1,69 @@
+// The unit layout of a .dcm model for the streaming runtime. A unit is one transformer layer's
+// seven matrices (in LayerWeights order), or the output matrix (the last unit). For each unit: its
+// tensors' blocks (a row-scale block, then blocks of whole rows), its page-aligned range on flash,
+// and where each tensor sits in the unit's decoded form (codes padded to the kernels' stride, row
+// scales, row sums). Also what is always held decoded: norms, biases, row scales (checked once at
+// open) and the embedding's row scales; and the planner's view of each unit (UnitInfo).
+//
+// Built once at open and immutable afterwards; safe to read from any thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/dcm_model.h"
+#include "engine/weights.h"
+#include "runtime/planner.h"
+
+namespace dcomp::runtime {
+
+// One matrix of a unit.
+struct TensorLayout {
+  int tensor = -1;  // in the manifest
+  size_t rows = 0, cols = 0, stride = 0;
+  size_t q_off = 0, scale_off = 0, rowsum_off = 0;  // in the unit's decoded layout
+  uint32_t first_block = 0;                         // the scale block; rows follow
+  size_t rows_per_block = 0, row_blocks = 0;
+};
+
+// One block of a unit to decode: the scale block or a block of rows.
+struct WorkBlock {
+  uint32_t block = 0;
+  int t = 0;  // index into the unit's tensors
+  bool scale = false;
+  size_t row0 = 0, rows = 0;
+};
+
+struct UnitLayout {
+  std::vector<TensorLayout> tensors;  // layer: LayerWeights order; output: one
+  std::vector<WorkBlock> work;
+  uint64_t range_begin = 0, range_end = 0;   // page-aligned, in the file
+  uint32_t first_block = 0, last_block = 0;  // of the range
+  size_t decoded_size = 0;
+  std::vector<std::vector<float>> scales;  // per tensor, always decoded (for decoding inline)
+  LayerWeights pinned;  // a layer's norms and biases (matrices are set per tier)
+};
+
+struct ModelLayout {
+  int n_layers = 0;
+  bool tied = false;            // the output matrix is the embedding
+  std::vector<UnitLayout> units;  // n_layers + 1
+  std::vector<UnitInfo> infos;    // the planner's view, per unit
+  uint64_t int8_bytes = 0;        // every matrix decoded (the reference of percentage budgets)
+  std::vector<std::vector<float>> vectors;  // norms and biases
+  const float* final_norm = nullptr;        // in `vectors`
+  int embd_tensor = -1;
+  std::vector<float> embd_scales;
+  size_t max_raw_block = 0, max_stored_block = 0, max_padded_block = 0, max_block_rows = 0;
+
+  // Bytes of the vectors, row scales and embedding scales held decoded.
+  uint64_t vector_bytes() const;
+};
+
+// Reads the manifest and the always-decoded parts of `file`; fails naming the file and tensor
+// when one is missing, has the wrong type or carries invalid row scales.
+Result<ModelLayout> BuildModelLayout(const DcmModelFile& file, const ModelConfig& config);
+
+}  // namespace dcomp::runtime
