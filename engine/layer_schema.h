@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "engine/model_config.h"
 #include "engine/weights.h"
@@ -58,12 +59,30 @@ inline constexpr LayerMatrix kLayerMatrices[] = {
 };
 inline constexpr int kLayerMatrixCount = sizeof(kLayerMatrices) / sizeof(kLayerMatrices[0]);
 
-// A layer's vectors (f32, [dim]) and where they go.
+// A layer's norm vectors (f32, [dim]), where they go, and the input they produce.
 struct LayerVector {
   const char* name;
   const float* LayerWeights::*field;
+  LinearInput output;
 };
-inline constexpr LayerVector kLayerNorms[] = {{"attn_norm.weight", &LayerWeights::attn_norm},
-                                              {"ffn_norm.weight", &LayerWeights::ffn_norm}};
+inline constexpr LayerVector kLayerNorms[] = {
+    {"attn_norm.weight", &LayerWeights::attn_norm, LinearInput::kAttnIn},
+    {"ffn_norm.weight", &LayerWeights::ffn_norm, LinearInput::kFfnIn}};
+
+// A layer's inputs in execution order: the order its tensors are stored in (CanonicalTensors).
+inline constexpr LinearInput kLayerInputs[] = {LinearInput::kAttnIn, LinearInput::kAttnOut,
+                                               LinearInput::kFfnIn, LinearInput::kFfnHidden};
+
+// The layer matrix whose tensor name ends in ".SUFFIX" after "blk.N.", or nullptr.
+inline const LayerMatrix* FindLayerMatrix(std::string_view tensor_name) {
+  for (const LayerMatrix& m : kLayerMatrices) {
+    const std::string_view suffix = m.name;
+    if (tensor_name.size() > suffix.size() && tensor_name.ends_with(suffix) &&
+        tensor_name[tensor_name.size() - suffix.size() - 1] == '.') {
+      return &m;
+    }
+  }
+  return nullptr;
+}
 
 }  // namespace dcomp

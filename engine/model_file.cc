@@ -8,6 +8,7 @@
 #include "base/file.h"
 #include "engine/dcm_model.h"
 #include "engine/gguf.h"
+#include "engine/layer_schema.h"
 #include "engine/internal/model_formats.h"
 
 namespace dcomp {
@@ -58,26 +59,25 @@ std::string LayerTensorName(int layer, const char* what) {
 }
 
 std::vector<CanonicalTensor> CanonicalTensors(const ModelConfig& c) {
-  const int64_t dim = c.dim, kv = c.kv_dim(), hid = c.hidden_dim, vocab = c.vocab_size;
+  const int64_t dim = c.dim, vocab = c.vocab_size;
   std::vector<CanonicalTensor> t = {{"token_embd.weight", -1, vocab, dim}};
   for (int l = 0; l < c.n_layers; ++l) {
-    auto add = [&](const char* what, int64_t rows, int64_t cols) {
-      t.push_back({LayerTensorName(l, what), l, rows, cols});
-    };
-    add("attn_norm.weight", 1, dim);
-    add("attn_q.weight", dim, dim);
-    add("attn_k.weight", kv, dim);
-    add("attn_v.weight", kv, dim);
-    if (c.qkv_bias) {
-      add("attn_q.bias", 1, dim);
-      add("attn_k.bias", 1, kv);
-      add("attn_v.bias", 1, kv);
+    // Per input in execution order: the norm producing it, its matrices, then their biases.
+    for (LinearInput in : kLayerInputs) {
+      for (const LayerVector& v : kLayerNorms) {
+        if (v.output == in) t.push_back({LayerTensorName(l, v.name), l, 1, dim});
+      }
+      for (const LayerMatrix& m : kLayerMatrices) {
+        if (m.input == in) {
+          t.push_back({LayerTensorName(l, m.name), l, ExtentOf(m.rows, c), ExtentOf(m.cols, c)});
+        }
+      }
+      for (const LayerMatrix& m : kLayerMatrices) {
+        if (m.input == in && c.qkv_bias && m.bias != nullptr) {
+          t.push_back({LayerTensorName(l, m.bias), l, 1, ExtentOf(m.rows, c)});
+        }
+      }
     }
-    add("attn_output.weight", dim, dim);
-    add("ffn_norm.weight", 1, dim);
-    add("ffn_gate.weight", hid, dim);
-    add("ffn_up.weight", hid, dim);
-    add("ffn_down.weight", dim, hid);
   }
   t.push_back({"output_norm.weight", c.n_layers, 1, dim});
   if (!c.tied_output) t.push_back({"output.weight", c.n_layers, vocab, dim});

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "base/file.h"
+#include "engine/layer_schema.h"
 #include "engine/sampler.h"
 #include "packer/internal/pack_state.h"
 #include "packer/internal/pack_util.h"
@@ -64,12 +65,9 @@ Result<std::vector<std::vector<int32_t>>> CalibrationTokens(const PackOptions& o
 void AttachInputStats(PackState& s) {
   const ModelConfig& cfg = s.cfg;
   for (Matrix& m : s.mats) {
-    LinearInput which = LinearInput::kAttnIn;
+    const LayerMatrix* lm = FindLayerMatrix(m.name);
+    LinearInput which = lm != nullptr ? lm->input : LinearInput::kAttnIn;
     int layer = m.layer;
-    if (m.name.find("attn_output") != std::string::npos) which = LinearInput::kAttnOut;
-    if (m.name.find("ffn_gate") != std::string::npos || m.name.find("ffn_up") != std::string::npos)
-      which = LinearInput::kFfnIn;
-    if (m.name.find("ffn_down") != std::string::npos) which = LinearInput::kFfnHidden;
     if (m.layer < 0 || m.layer == cfg.n_layers) {
       which = LinearInput::kHeadIn;
       layer = cfg.n_layers;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/layer_schema.h"
 #include "packer/internal/pack_state.h"
 
 namespace dcomp::packer::internal {
@@ -44,12 +45,12 @@ struct Group {
 std::vector<Group> ScalingGroups(const ModelConfig& cfg) {
   std::vector<Group> groups;
   for (int l = 0; l < cfg.n_layers; ++l) {
-    auto n = [l](const char* w) { return LayerTensorName(l, w); };
-    groups.push_back(
-        {{n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")}, l, LinearInput::kAttnIn});
-    groups.push_back({{n("attn_output.weight")}, l, LinearInput::kAttnOut});
-    groups.push_back({{n("ffn_gate.weight"), n("ffn_up.weight")}, l, LinearInput::kFfnIn});
-    groups.push_back({{n("ffn_down.weight")}, l, LinearInput::kFfnHidden});
+    for (LinearInput in : kLayerInputs) {
+      Group& g = groups.emplace_back(Group{{}, l, in});
+      for (const LayerMatrix& m : kLayerMatrices) {
+        if (m.input == in) g.mats.push_back(LayerTensorName(l, m.name));
+      }
+    }
   }
   if (!cfg.tied_output) groups.push_back({{"output.weight"}, cfg.n_layers, LinearInput::kHeadIn});
   return groups;

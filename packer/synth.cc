@@ -159,24 +159,20 @@ Status Synthesize(const SynthOptions& o) {
     std::vector<float> v(static_cast<size_t>(sh->dim), 1.0f);
     return w.AddTensor(name, 1, sh->dim, GgmlType::kF32, v);
   };
-  const size_t dim = static_cast<size_t>(sh->dim), hid = static_cast<size_t>(sh->hidden);
-  const size_t kv = static_cast<size_t>(sh->kv_heads) * (dim / static_cast<size_t>(sh->heads));
-  RETURN_IF_ERROR(matrix("token_embd.weight", static_cast<size_t>(sh->vocab), dim));
-  for (int l = 0; l < sh->layers; ++l) {
-    auto n = [l](const char* what) { return LayerTensorName(l, what); };
-    RETURN_IF_ERROR(norm(n("attn_norm.weight")));
-    RETURN_IF_ERROR(matrix(n("attn_q.weight"), dim, dim));
-    RETURN_IF_ERROR(matrix(n("attn_k.weight"), kv, dim));
-    RETURN_IF_ERROR(matrix(n("attn_v.weight"), kv, dim));
-    RETURN_IF_ERROR(matrix(n("attn_output.weight"), dim, dim));
-    RETURN_IF_ERROR(norm(n("ffn_norm.weight")));
-    RETURN_IF_ERROR(matrix(n("ffn_gate.weight"), hid, dim));
-    RETURN_IF_ERROR(matrix(n("ffn_up.weight"), hid, dim));
-    RETURN_IF_ERROR(matrix(n("ffn_down.weight"), dim, hid));
-  }
-  RETURN_IF_ERROR(norm("output_norm.weight"));
-  if (!sh->tied) {
-    RETURN_IF_ERROR(matrix("output.weight", static_cast<size_t>(sh->vocab), dim));
+  // The tensors in the order every model stores them (the layer schema's).
+  ModelConfig c;
+  c.dim = sh->dim;
+  c.hidden_dim = sh->hidden;
+  c.n_layers = sh->layers;
+  c.n_heads = sh->heads;
+  c.n_kv_heads = sh->kv_heads;
+  c.head_dim = sh->dim / sh->heads;
+  c.vocab_size = sh->vocab;
+  c.tied_output = sh->tied;
+  for (const CanonicalTensor& t : CanonicalTensors(c)) {
+    RETURN_IF_ERROR(t.rows == 1 ? norm(t.name)
+                                : matrix(t.name, static_cast<size_t>(t.rows),
+                                         static_cast<size_t>(t.cols)));
   }
   return w.Write(o.output);
 }

@@ -11,6 +11,7 @@
 #include "engine/transformer.h"
 #include "runtime/block_lookup.h"
 #include "runtime/controller.h"
+#include "runtime/internal/test_hooks.h"
 #include "runtime/memory_stats.h"
 #include "runtime/prefetcher.h"
 #include "runtime/unit_decoder.h"
@@ -138,10 +139,12 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   m.decoder = std::make_unique<UnitDecoder>(m.reader, &m.layout);
   m.resident.resize(m.layout.units.size());
 
+  const internal::TestHooks hooks =
+      options.test_hooks != nullptr ? *options.test_hooks : internal::TestHooks{};
   auto open_reader = [&]() -> Result<std::unique_ptr<storage::BlockReader>> {
     ASSIGN_OR_RETURN(std::unique_ptr<storage::BlockReader> rd,
                      storage::OpenBlockReader(m.reader->path(), options.reader));
-    if (options.wrap_reader) rd = options.wrap_reader(std::move(rd));
+    if (hooks.wrap_reader) rd = hooks.wrap_reader(std::move(rd));
     return rd;
   };
   ASSIGN_OR_RETURN(std::unique_ptr<storage::BlockReader> io_reader, open_reader());
@@ -151,8 +154,8 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
 
   Rates rates;
   IoProbe probe;
-  if (options.rates != nullptr) {
-    rates = *options.rates;
+  if (hooks.rates != nullptr) {
+    rates = *hooks.rates;
   } else {
     RETURN_IF_ERROR(Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim),
                               &rates, &probe));
@@ -168,7 +171,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   ASSIGN_OR_RETURN(Plan first, m.controller->FirstPlan());
   m.prefetcher = std::make_unique<Prefetcher>(m.decoder.get(), std::move(io_reader),
                                               m.controller.get(), m.cores);
-  if (options.watch_pressure) m.controller->StartPressureMonitor();
+  if (hooks.watch_pressure) m.controller->StartPressureMonitor();
   return m.ApplyPlan(std::move(first));
 }
 

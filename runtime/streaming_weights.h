@@ -26,7 +26,6 @@
 // thread (the transformer's); SetBudget, plan() and stats() may be called from any thread.
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +39,9 @@
 #include "storage/block_reader.h"
 
 namespace dcomp::runtime {
+namespace internal {
+struct TestHooks;
+}  // namespace internal
 
 struct RuntimeOptions {
   // What the whole process may hold: bytes (0: no limit) or a % of the INT8 model size.
@@ -49,17 +51,14 @@ struct RuntimeOptions {
   int32_t max_logit_rows = 1;  // logits rows one request holds (1: generation; eval: more)
   int cores = 0;               // 0: the CPUs this process may run on
   storage::BlockReaderOptions reader;
-  // Wraps every reader the runtime opens (tests: fault injection).
-  std::function<std::unique_ptr<storage::BlockReader>(std::unique_ptr<storage::BlockReader>)>
-      wrap_reader;
-  bool watch_pressure = true;  // re-plan on /proc/pressure/memory
-  bool adapt = true;           // re-plan from measurements
+  bool adapt = true;  // re-plan from measurements
   // Fixed choices (tests of determinism): 0 leaves them to the policy.
   int force_slots = 0;
   int force_decode_threads = 0;
   int force_compute_threads = 0;
-  int force_decode = 0;          // 1 + int(Decode): decode inline or ahead only
-  const Rates* rates = nullptr;  // skip calibration and use these
+  int force_decode = 0;  // 1 + int(Decode): decode inline or ahead only
+  // Tests only (runtime/internal/test_hooks.h); null in production.
+  std::shared_ptr<const internal::TestHooks> test_hooks;
 };
 
 struct RuntimeStats {

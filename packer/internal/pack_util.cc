@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "engine/generate.h"
+#include "engine/layer_schema.h"
 #include "engine/model_file.h"
 
 namespace dcomp::packer::internal {
@@ -50,11 +51,10 @@ void PackWeights::Rebind() {
     return it == vectors_.end() ? nullptr : it->second.data();
   };
   for (int l = 0; l < cfg_.n_layers; ++l) {
-    auto n = [l](const char* w) { return LayerTensorName(l, w); };
-    layers_[l].view = {
-        vec(n("attn_norm.weight")), vec(n("ffn_norm.weight")), lin(n("attn_q.weight")),
-        lin(n("attn_k.weight")),    lin(n("attn_v.weight")),   lin(n("attn_output.weight")),
-        lin(n("ffn_gate.weight")),  lin(n("ffn_down.weight")), lin(n("ffn_up.weight"))};
+    LayerWeights& v = layers_[l].view;
+    v = {};
+    for (const LayerVector& n : kLayerNorms) v.*n.field = vec(LayerTensorName(l, n.name));
+    for (const LayerMatrix& m : kLayerMatrices) v.*m.field = lin(LayerTensorName(l, m.name));
   }
   globals_.embedding = lin("token_embd.weight");
   globals_.final_norm = vec("output_norm.weight");

@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "runtime/served_model.h"
+#include "runtime/internal/test_hooks.h"
 #include "runtime/streaming_weights.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
@@ -91,7 +92,10 @@ Result<Streamed> Open(const std::string& path, RuntimeOptions ro, int threads = 
   o.threads = threads;
   o.context_length = ctx;
   ro.context_length = ctx;
-  ro.watch_pressure = false;
+  auto hooks = std::make_shared<internal::TestHooks>(
+      ro.test_hooks != nullptr ? *ro.test_hooks : internal::TestHooks{});
+  hooks->watch_pressure = false;
+  ro.test_hooks = hooks;
   Streamed* r = &run;
   o.weights = [r, ro](const ModelFile& f,
                       ThreadPool* pool) -> Result<std::unique_ptr<WeightSource>> {
@@ -235,9 +239,11 @@ struct Faulty {
     ro.force_decode = 1 + static_cast<int>(decode);
     ro.reader.backend = storage::ReaderBackend::kPread;
     ro.reader.pread = inj.MakePread();
-    ro.wrap_reader = [this](std::unique_ptr<storage::BlockReader> r) {
+    auto hooks = std::make_shared<internal::TestHooks>();
+    hooks->wrap_reader = [this](std::unique_ptr<storage::BlockReader> r) {
       return inj.Wrap(std::move(r));
     };
+    ro.test_hooks = hooks;
     run = Open(path, ro);
   }
 };
