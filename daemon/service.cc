@@ -226,6 +226,7 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   bool first = true;
   bool write_failed = false;
   double ttft_seconds = 0;
+  // *greq carries the prompt's token ids from validation: the prompt is not encoded again.
   Result<GenerateResult> r = Generate(*model_.model.model, *model_.model.tokenizer, *greq,
                                       [&](int32_t token, const std::string& text) {
                                         const auto now = Clock::now();

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "base/utf8.h"
 
@@ -73,13 +75,16 @@ Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
   if (Status st = g.sampling.Validate(); !st.ok()) {
     return InvalidArgumentError("sampling." + st.message());
   }
-  const size_t n = tok.Encode(g.prompt, tok.add_bos()).size();
+  // Encoded once per request: Generate takes these ids instead of encoding the prompt again.
+  std::vector<int32_t> ids = tok.Encode(g.prompt, tok.add_bos());
+  const size_t n = ids.size();
   if (static_cast<int64_t>(n) >= context_length) {
     return InvalidArgumentError("prompt: " + std::to_string(n) + " tokens; the context length is " +
                                 std::to_string(context_length) +
                                 " and at least one token must be generated after the prompt");
   }
   *prompt_tokens = static_cast<int32_t>(n);
+  g.prompt_ids = std::move(ids);
   return g;
 }
 

@@ -11,8 +11,10 @@
 
 namespace dcomp::server {
 
-// The engine request for `req`, checked against `limits`; `prompt_tokens` receives the prompt's
-// token count, which must leave room for one token in `context_length`.
+// The engine request for `req`, checked against `limits`, with the prompt encoded by `tok`
+// (GenerateRequest::prompt_ids, so that Generate does not encode it again: pass Generate the same
+// Tokenizer); `prompt_tokens` receives the prompt's token count, which must leave room for one
+// token in `context_length`.
 Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
                                                 const v1::RequestLimits& limits,
                                                 const Tokenizer& tok, int32_t context_length,

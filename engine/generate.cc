@@ -26,7 +26,7 @@ Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
   }
   RETURN_IF_ERROR(req.sampling.Validate());
   GenerateResult res;
-  res.prompt_ids = tok.Encode(req.prompt, tok.add_bos());
+  res.prompt_ids = req.prompt_ids ? *req.prompt_ids : tok.Encode(req.prompt, tok.add_bos());
   const int32_t ctx = model.context_length();
   if (static_cast<int64_t>(res.prompt_ids.size()) >= ctx) {
     return InvalidArgumentError("prompt is " + std::to_string(res.prompt_ids.size()) +

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +23,10 @@ struct GenerateRequest {
   int32_t max_tokens = 64;
   SamplingParams sampling;
   bool stop_at_eos = true;
+  // The prompt's token ids when the caller has encoded it already (dcompd's request validation):
+  // they must be tok.Encode(prompt, tok.add_bos()) with the Tokenizer given to Generate, which then
+  // uses them instead of encoding the prompt again. Unset: Generate encodes the prompt.
+  std::optional<std::vector<int32_t>> prompt_ids;
 };
 
 struct GenerateResult {
@@ -45,7 +50,8 @@ struct GenerateResult {
 using TokenCallback = std::function<bool(int32_t id, const std::string& text)>;
 
 // Validates the request (non-empty prompt, max_tokens >= 1, sampling parameters, prompt fits the
-// context) and generates. The transformer is Reset() first.
+// context) and generates. The prompt is encoded here unless req.prompt_ids is set. The transformer
+// is Reset() first.
 Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
                                 const GenerateRequest& req, const TokenCallback& on_token = {});
 
