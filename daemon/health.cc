@@ -8,19 +8,19 @@ using grpc::health::v1::HealthCheckResponse;
 
 void HealthService::SetServing(bool serving) {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     serving_ = serving;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
 }
 
 void HealthService::Shutdown() {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     shutdown_ = true;
     serving_ = false;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
 }
 
 HealthCheckResponse::ServingStatus HealthService::StatusOf(const std::string& service) const {
@@ -31,7 +31,7 @@ HealthCheckResponse::ServingStatus HealthService::StatusOf(const std::string& se
 grpc::Status HealthService::Check(grpc::ServerContext*,
                                   const grpc::health::v1::HealthCheckRequest* req,
                                   HealthCheckResponse* resp) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   const auto s = StatusOf(req->service());
   if (s == HealthCheckResponse::SERVICE_UNKNOWN) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND,
@@ -44,7 +44,7 @@ grpc::Status HealthService::Check(grpc::ServerContext*,
 grpc::Status HealthService::Watch(grpc::ServerContext* ctx,
                                   const grpc::health::v1::HealthCheckRequest* req,
                                   grpc::ServerWriter<HealthCheckResponse>* writer) {
-  std::unique_lock<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   bool first = true;
   auto last = HealthCheckResponse::UNKNOWN;
   while (!ctx->IsCancelled()) {
@@ -52,16 +52,21 @@ grpc::Status HealthService::Watch(grpc::ServerContext* ctx,
     if (first || s != last) {
       HealthCheckResponse r;
       r.set_status(s);
-      l.unlock();
+      l.Unlock();
       if (!writer->Write(r)) return grpc::Status::OK;
-      l.lock();
+      l.Lock();
       first = false;
       last = s;
     }
     if (shutdown_) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "dcompd is shutting down");
     }
-    cv_.wait_for(l, std::chrono::milliseconds(100));
+    // Until the status changes or the server shuts down (both notify), or 100 ms pass: then the
+    // client's cancellation is checked again.
+    cv_.WaitFor(&mu_, std::chrono::milliseconds(100), [&] {
+      mu_.AssertHeld();
+      return shutdown_ || StatusOf(req->service()) != last;
+    });
   }
   return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled");
 }

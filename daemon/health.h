@@ -4,31 +4,32 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
 
+#include "base/mutex.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 
 namespace dcomp::server {
 
 class HealthService final : public grpc::health::v1::Health::Service {
  public:
-  void SetServing(bool serving);
+  void SetServing(bool serving) EXCLUDES(mu_);
   // Ends every Watch stream (before the server shuts down).
-  void Shutdown();
+  void Shutdown() EXCLUDES(mu_);
 
   grpc::Status Check(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
-                     grpc::health::v1::HealthCheckResponse* resp) override;
+                     grpc::health::v1::HealthCheckResponse* resp) override EXCLUDES(mu_);
   grpc::Status Watch(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
-                     grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override;
+                     grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override
+      EXCLUDES(mu_);
 
  private:
-  grpc::health::v1::HealthCheckResponse::ServingStatus StatusOf(const std::string& service) const;
+  grpc::health::v1::HealthCheckResponse::ServingStatus StatusOf(const std::string& service) const
+      REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool serving_ = false;
-  bool shutdown_ = false;
+  mutable Mutex mu_;
+  CondVar cv_;  // notified when serving_ or shutdown_ changes
+  bool serving_ GUARDED_BY(mu_) = false;
+  bool shutdown_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace dcomp::server

@@ -5,8 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <mutex>
 #include <vector>
+
+#include "base/mutex.h"
 
 namespace dcomp::server {
 
@@ -14,8 +15,8 @@ class LatencyWindow {
  public:
   explicit LatencyWindow(size_t capacity = 4096) : ring_(capacity) {}
 
-  void Add(double seconds) {
-    std::lock_guard<std::mutex> l(mu_);
+  void Add(double seconds) EXCLUDES(mu_) {
+    MutexLock l(&mu_);
     ring_[next_ % ring_.size()] = seconds;
     ++next_;
     sum_ += seconds;
@@ -27,11 +28,11 @@ class LatencyWindow {
     double sum = 0;
   };
   // Nearest-rank quantiles of the window; zeros when empty.
-  Summary Get() const {
+  Summary Get() const EXCLUDES(mu_) {
     std::vector<double> v;
     Summary s;
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(&mu_);
       s.count = next_;
       s.sum = sum_;
       const auto n = static_cast<ptrdiff_t>(std::min<uint64_t>(next_, ring_.size()));
@@ -50,10 +51,10 @@ class LatencyWindow {
   }
 
  private:
-  mutable std::mutex mu_;
-  std::vector<double> ring_;
-  uint64_t next_ = 0;
-  double sum_ = 0;
+  mutable Mutex mu_;
+  std::vector<double> ring_ GUARDED_BY(mu_);
+  uint64_t next_ GUARDED_BY(mu_) = 0;
+  double sum_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace dcomp::server

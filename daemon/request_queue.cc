@@ -10,7 +10,7 @@ RequestQueue::Ticket::~Ticket() {
 }
 
 Result<RequestQueue::Ticket> RequestQueue::Admit() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (static_cast<int>(queue_.size()) >= depth_) {
     return ResourceExhaustedError("the request queue is full (" + std::to_string(queue_.size()) +
                                   " requests waiting or running, queue_depth " +
@@ -21,50 +21,58 @@ Result<RequestQueue::Ticket> RequestQueue::Admit() {
   return Ticket(this, id);
 }
 
+bool RequestQueue::IsTurn(uint64_t id) const {
+  return !running_ && !queue_.empty() && queue_.front() == id;
+}
+
 Status RequestQueue::WaitTurn(const Ticket& t, const std::function<Status()>& stop,
                               std::chrono::milliseconds poll) {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (;;) {
-    if (!running_ && !queue_.empty() && queue_.front() == t.id_) {
+    if (IsTurn(t.id_)) {
       running_ = true;
       return Status::Ok();
     }
-    lock.unlock();
+    lock.Unlock();
     Status s = stop();
-    lock.lock();
+    lock.Lock();
     if (!s.ok()) return s;
-    cv_.wait_for(lock, poll);
+    // Until its turn comes (a Leave notifies) or `poll` passes: then `stop` is polled again.
+    cv_.WaitFor(&mu_, poll, [&] {
+      mu_.AssertHeld();
+      return IsTurn(t.id_);
+    });
   }
 }
 
 void RequestQueue::Leave(uint64_t id) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = std::find(queue_.begin(), queue_.end(), id);
     if (it == queue_.end()) return;
     if (it == queue_.begin() && running_) running_ = false;
     queue_.erase(it);
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
 }
 
 void RequestQueue::set_depth(int depth) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   depth_ = depth;
 }
 
 int RequestQueue::depth() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return depth_;
 }
 
 int RequestQueue::waiting() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return static_cast<int>(queue_.size()) - (running_ ? 1 : 0);
 }
 
 int RequestQueue::running() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return running_ ? 1 : 0;
 }
 

@@ -6,12 +6,11 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 
+#include "base/mutex.h"
 #include "base/status.h"
 
 namespace dcomp::server {
@@ -37,26 +36,28 @@ class RequestQueue {
   };
 
   // A place at the back, or RESOURCE_EXHAUSTED when `depth` requests are already queued.
-  Result<Ticket> Admit();
+  Result<Ticket> Admit() EXCLUDES(mu_);
   // Blocks until `t` is at the front and nothing runs (then it runs: OK), or until `stop()` returns
   // a non-OK status (polled every `poll`), which is returned.
   Status WaitTurn(const Ticket& t, const std::function<Status()>& stop,
-                  std::chrono::milliseconds poll = std::chrono::milliseconds(10));
+                  std::chrono::milliseconds poll = std::chrono::milliseconds(10)) EXCLUDES(mu_);
 
-  void set_depth(int depth);
-  int depth() const;
-  int waiting() const;  // admitted, not running
-  int running() const;  // 0 or 1
+  void set_depth(int depth) EXCLUDES(mu_);
+  int depth() const EXCLUDES(mu_);
+  int waiting() const EXCLUDES(mu_);  // admitted, not running
+  int running() const EXCLUDES(mu_);  // 0 or 1
 
  private:
-  void Leave(uint64_t id);
+  void Leave(uint64_t id) EXCLUDES(mu_);
+  // `id` is at the front and nothing runs: its turn to run.
+  bool IsTurn(uint64_t id) const REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  int depth_;
-  uint64_t next_id_ = 1;
-  std::deque<uint64_t> queue_;  // front runs once `running_` is set
-  bool running_ = false;
+  mutable Mutex mu_;
+  CondVar cv_;  // notified when a request leaves
+  int depth_ GUARDED_BY(mu_);
+  uint64_t next_id_ GUARDED_BY(mu_) = 1;
+  std::deque<uint64_t> queue_ GUARDED_BY(mu_);  // front runs once `running_` is set
+  bool running_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace dcomp::server

@@ -101,14 +101,14 @@ Daemon::~Daemon() = default;
 grpc::Service* Daemon::service() { return service_.get(); }
 
 v1::RequestLimits Daemon::limits() const {
-  std::lock_guard<std::mutex> l(config_mu_);
+  MutexLock l(&config_mu_);
   return config_.limits();
 }
 
 Status Daemon::Load() {
   v1::DaemonConfig c;
   {
-    std::lock_guard<std::mutex> l(config_mu_);
+    MutexLock l(&config_mu_);
     c = config_;
   }
   runtime::ServedModelOptions o;
@@ -134,8 +134,8 @@ Status Daemon::Load() {
   warm.prompt = "Hello";
   warm.max_tokens = 2;
   {
-    std::lock_guard<std::mutex> l(engine_mu_);
-    Result<GenerateResult> r = Generate(*model_.model.model, *model_.model.tokenizer, warm);
+    MutexLock l(&engine_mu_);
+    Result<GenerateResult> r = Generate(transformer(), *model_.model.tokenizer, warm);
     if (!r.ok()) return r.status().WithContext(c.model() + ": warm-up generation failed");
   }
   spdlog::info("model {} [{}]: {}; context {}; {}; loaded and warmed up in {:.2f} s", c.model(),
@@ -165,7 +165,7 @@ Status Daemon::Load() {
 Status Daemon::Reload(const v1::DaemonConfig& c) {
   std::string changes;
   {
-    std::lock_guard<std::mutex> l(config_mu_);
+    MutexLock l(&config_mu_);
     if (c.model() != config_.model()) {
       spdlog::warn("config reload: `model` changed to {}; restart dcompd to serve it", c.model());
     }
@@ -182,7 +182,7 @@ Status Daemon::Reload(const v1::DaemonConfig& c) {
       return bytes.status().WithContext("budget");
     }
     changes += ", budget " + c.budget();
-    std::lock_guard<std::mutex> l(config_mu_);
+    MutexLock l(&config_mu_);
     config_.set_budget(c.budget());
   }
   spdlog::info("config reloaded: {}", changes);
@@ -218,7 +218,7 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   }
   const double queue_seconds = Since(t0);
 
-  std::lock_guard<std::mutex> engine(engine_mu_);
+  MutexLock engine(&engine_mu_);
   busy_.store(true);
   last_progress_ns_.store(NowNs());
   const auto turn = Clock::now();
@@ -227,29 +227,28 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   bool write_failed = false;
   double ttft_seconds = 0;
   // *greq carries the prompt's token ids from validation: the prompt is not encoded again.
-  Result<GenerateResult> r = Generate(*model_.model.model, *model_.model.tokenizer, *greq,
-                                      [&](int32_t token, const std::string& text) {
-                                        const auto now = Clock::now();
-                                        const double dt =
-                                            std::chrono::duration<double>(now - last).count();
-                                        if (first) {
-                                          ttft_seconds = dt;
-                                          ttft_.Add(dt);
-                                        } else {
-                                          token_latency_.Add(dt);
-                                        }
-                                        first = false;
-                                        last = now;
-                                        last_progress_ns_.store(NowNs());
-                                        v1::GenerateResponse msg;
-                                        msg.mutable_token()->set_id(token);
-                                        msg.mutable_token()->set_text(SanitizeUtf8(text));
-                                        if (!writer->Write(msg)) {
-                                          write_failed = true;
-                                          return false;
-                                        }
-                                        return !ctx->IsCancelled();
-                                      });
+  Result<GenerateResult> r = Generate(
+      transformer(), *model_.model.tokenizer, *greq, [&](int32_t token, const std::string& text) {
+        const auto now = Clock::now();
+        const double dt = std::chrono::duration<double>(now - last).count();
+        if (first) {
+          ttft_seconds = dt;
+          ttft_.Add(dt);
+        } else {
+          token_latency_.Add(dt);
+        }
+        first = false;
+        last = now;
+        last_progress_ns_.store(NowNs());
+        v1::GenerateResponse msg;
+        msg.mutable_token()->set_id(token);
+        msg.mutable_token()->set_text(SanitizeUtf8(text));
+        if (!writer->Write(msg)) {
+          write_failed = true;
+          return false;
+        }
+        return !ctx->IsCancelled();
+      });
   busy_.store(false);
   last_progress_ns_.store(NowNs());
   if (!r.ok()) return fail(r.status());
@@ -283,7 +282,7 @@ void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int 
   const size_t generated = r ? r->generated_ids.size() : 0;
   const double tps = r ? r->decode_tokens_per_second() : 0.0;
   {
-    std::lock_guard<std::mutex> l(stats_mu_);
+    MutexLock l(&stats_mu_);
     ++requests_by_code_[std::string(StatusCodeName(st.code()))];
     generated_tokens_ += generated;
     if (generated > 1) last_tokens_per_second_ = tps;
@@ -337,8 +336,10 @@ Result<uint64_t> Daemon::SetBudget(const BudgetSpec& spec) {
   const uint64_t bytes = spec.Resolve(model_.runtime->int8_bytes());
   // Idle: apply now so that memory is released at once; busy: the runtime applies it at the next
   // token.
-  if (std::unique_lock<std::mutex> engine(engine_mu_, std::try_to_lock); engine.owns_lock()) {
-    RETURN_IF_ERROR(model_.runtime->ApplyPendingPlan());
+  if (engine_mu_.TryLock()) {
+    const Status applied = ApplyPendingPlan();
+    engine_mu_.Unlock();
+    RETURN_IF_ERROR(applied);
   }
   spdlog::info("budget set to {} ({} bytes): {}", bytes ? FormatBytes(bytes) : "unlimited",
                bytes, model_.runtime->plan().Summary());
@@ -381,7 +382,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   fill(token_latency_, out->mutable_token_latency());
   fill(ttft_, out->mutable_time_to_first_token());
   {
-    std::lock_guard<std::mutex> l(stats_mu_);
+    MutexLock l(&stats_mu_);
     for (const auto& [code, n] : requests_by_code_) (*out->mutable_requests())[code] = n;
     out->set_generated_tokens(generated_tokens_);
     out->set_tokens_per_second(last_tokens_per_second_);
@@ -390,7 +391,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   if (!serving()) return;
   v1::ModelInfo* mi = out->mutable_model();
   {
-    std::lock_guard<std::mutex> l(config_mu_);
+    MutexLock l(&config_mu_);
     mi->set_path(config_.model());
   }
   mi->set_format(model_.model.file->format());

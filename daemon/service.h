@@ -12,9 +12,9 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 
+#include "base/mutex.h"
 #include "base/status.h"
 #include "daemon/latency_window.h"
 #include "daemon/request_queue.h"
@@ -34,7 +34,7 @@ class Daemon {
   Daemon& operator=(const Daemon&) = delete;
 
   // Opens the model and warms it up (one short generation); serving() turns true on success.
-  Status Load();
+  Status Load() EXCLUDES(config_mu_, engine_mu_);
   bool serving() const { return serving_.load(std::memory_order_acquire); }
   // New Generate calls get UNAVAILABLE from now on; queued and running ones continue.
   void StartDraining() { draining_.store(true); }
@@ -42,38 +42,49 @@ class Daemon {
   // Generate requests admitted and not finished (waiting or running).
   int InFlight() const { return queue_.waiting() + queue_.running(); }
   // Applies the budget, queue depth and request limits of a re-read config (SIGHUP).
-  Status Reload(const v1::DaemonConfig& config);
+  Status Reload(const v1::DaemonConfig& config) EXCLUDES(config_mu_, engine_mu_);
   // False when a request is running and no token came within `limit` (the watchdog stops
   // pinging; systemd restarts a hung daemon).
   bool Progressing(std::chrono::nanoseconds limit) const;
 
-  void FillStatus(v1::StatusResponse* out) const;
-  std::string StatusLine() const;  // one line for sd_notify STATUS=
+  void FillStatus(v1::StatusResponse* out) const EXCLUDES(config_mu_, stats_mu_);
+  std::string StatusLine() const EXCLUDES(config_mu_, stats_mu_);  // one line for sd_notify STATUS=
 
   grpc::Service* service();  // dcomp.v1.Dcomp
 
  private:
   class Service;
   friend class Service;
-  v1::RequestLimits limits() const;
+  v1::RequestLimits limits() const EXCLUDES(config_mu_);
   void Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
-              const dcomp::GenerateResult* r, double total_seconds, double queue_seconds);
+              const dcomp::GenerateResult* r, double total_seconds, double queue_seconds)
+      EXCLUDES(stats_mu_);
   grpc::Status DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                          grpc::ServerWriter<v1::GenerateResponse>* writer);
-  grpc::Status DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp);
+                          grpc::ServerWriter<v1::GenerateResponse>* writer)
+      EXCLUDES(config_mu_, engine_mu_, stats_mu_);
+  grpc::Status DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp)
+      EXCLUDES(engine_mu_);
   // The one way a budget changes (SetBudget RPC, SIGHUP): re-plans the streamed model, applies the
   // plan at once when idle, returns the budget in bytes. The model must be streamed and loaded.
-  Result<uint64_t> SetBudget(const BudgetSpec& spec);
+  Result<uint64_t> SetBudget(const BudgetSpec& spec) EXCLUDES(engine_mu_);
   void FillPlan(v1::PlanInfo* out) const;
 
+  // What engine_mu_ guards in model_ (whose other parts are immutable once serving_ is set): the
+  // transformer, which generation runs (its KV cache), and applying the streamed model's pending
+  // plan.
+  Transformer& transformer() REQUIRES(engine_mu_) { return *model_.model.model; }
+  Status ApplyPendingPlan() REQUIRES(engine_mu_) { return model_.runtime->ApplyPendingPlan(); }
+
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  mutable std::mutex config_mu_;
-  v1::DaemonConfig config_;
+  mutable Mutex config_mu_;
+  v1::DaemonConfig config_ GUARDED_BY(config_mu_);
 
   std::atomic<bool> serving_{false};
   std::atomic<bool> draining_{false};
-  runtime::ServedModel model_;  // immutable once serving_ is set, except through engine_mu_
-  std::mutex engine_mu_;        // held while the model generates or applies a plan
+  // Immutable once serving_ is set, except the transformer and the plan: see transformer() and
+  // ApplyPendingPlan().
+  runtime::ServedModel model_;
+  Mutex engine_mu_;  // held while the model generates or applies a plan
   RequestQueue queue_;
 
   std::atomic<uint64_t> next_request_id_{1};
@@ -81,10 +92,10 @@ class Daemon {
   std::atomic<int64_t> last_progress_ns_{0};  // steady clock
   LatencyWindow token_latency_;
   LatencyWindow ttft_;
-  mutable std::mutex stats_mu_;
-  std::map<std::string, uint64_t> requests_by_code_;
-  uint64_t generated_tokens_ = 0;
-  double last_tokens_per_second_ = 0;
+  mutable Mutex stats_mu_;
+  std::map<std::string, uint64_t> requests_by_code_ GUARDED_BY(stats_mu_);
+  uint64_t generated_tokens_ GUARDED_BY(stats_mu_) = 0;
+  double last_tokens_per_second_ GUARDED_BY(stats_mu_) = 0;
 
   std::unique_ptr<Service> service_;
 };
