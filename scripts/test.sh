@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: install dependencies; build and test the release build (with the aarch64
 # kernels cross-built and run under qemu-user), then build and test again under AddressSanitizer +
-# UndefinedBehaviorSanitizer, then the concurrency tests under ThreadSanitizer, then build the
-# libFuzzer targets (clang) and run each for a bounded time on its seed corpus. Tests that need ../shared skip with a message when it is absent.
+# UndefinedBehaviorSanitizer, then the concurrency tests under ThreadSanitizer (built with clang,
+# which also checks the thread-safety annotations), then build the libFuzzer targets (clang) and
+# run each for a bounded time on its seed corpus. Tests that need ../shared skip with a message when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -17,8 +18,10 @@ cmake --preset asan >/dev/null
 cmake --build build/asan -j "$jobs"
 ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800
 echo "== the concurrency tests under ThreadSanitizer (thread pool, streaming runtime, request queue)"
-# The daemon's gRPC paths are left out: Debian's gRPC and abseil are not built with TSan, whose
-# reports about their internals would be noise.
+# Built with clang, whose -Wthread-safety (an error, like every warning) also checks the locking
+# annotated with base/mutex.h (GUARDED_BY, REQUIRES, ...) in everything these targets compile.
+# The daemon's gRPC paths are left out of the run: Debian's gRPC and abseil are not built with
+# TSan, whose reports about their internals would be noise.
 cmake --preset tsan >/dev/null
 cmake --build build/tsan -j "$jobs" --target base_test runtime_test server_test
 ctest --test-dir build/tsan --output-on-failure -j "$jobs" --timeout 1800 \
