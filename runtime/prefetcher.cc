@@ -81,12 +81,12 @@ void Prefetcher::OnDecoded(const std::shared_ptr<DecodePool::Job>& job) {
 }
 
 // Reads a flash unit into a staging buffer (mu_ released while reading).
-void Prefetcher::ReadFlashUnit(const std::shared_ptr<Item>& it, MutexLock& l) {
+void Prefetcher::ReadFlashUnit(const std::shared_ptr<Item>& it) {
   const UnitLayout& U = decoder_->unit(it->unit);
   it->staging = free_staging_.back();
   free_staging_.pop_back();
   uint8_t* buf = staging_[static_cast<size_t>(it->staging)].data();
-  l.Unlock();
+  mu_.Unlock();
   const auto t0 = Clock::now();
   const uint64_t n = U.range_end - U.range_begin;
   Status s = reader_->Read(U.range_begin, n, buf);
@@ -94,7 +94,7 @@ void Prefetcher::ReadFlashUnit(const std::shared_ptr<Item>& it, MutexLock& l) {
   const double dt = Seconds(t0, Clock::now());
   reader_->DropCache(U.range_begin, n);
   if (s.ok()) controller_->OnRead(n, dt);
-  l.Lock();
+  mu_.Lock();
   if (s.ok()) {
     counters_.flash_bytes += n;
     counters_.io_seconds += dt;
@@ -133,7 +133,7 @@ void Prefetcher::Loop() {
         return stop_ || !free_staging_.empty();
       });
       if (stop_) return;
-      ReadFlashUnit(it, l);
+      ReadFlashUnit(it);
       if (!it->error.ok() || it->cancelled || !ahead) {
         Complete(it);
         continue;

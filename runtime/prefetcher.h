@@ -78,7 +78,7 @@ class Prefetcher {
 
  private:
   void Loop() EXCLUDES(mu_);
-  void ReadFlashUnit(const std::shared_ptr<Item>& it, MutexLock& l) REQUIRES(mu_);
+  void ReadFlashUnit(const std::shared_ptr<Item>& it) REQUIRES(mu_);
   void OnDecoded(const std::shared_ptr<DecodePool::Job>& job) EXCLUDES(mu_);
   void Complete(const std::shared_ptr<Item>& it) REQUIRES(mu_);
   void FreeItem(const std::shared_ptr<Item>& it) REQUIRES(mu_);
