@@ -37,10 +37,10 @@ CpuFeatures Detect() {
 }  // namespace
 
 std::string CpuFeatures::Describe() const {
-  const std::pair<const char*, bool> all[] = {
-      {"avx2", avx2},         {"fma", fma},           {"avx512f", avx512f},
-      {"avx512bw", avx512bw}, {"avx512vl", avx512vl}, {"avx512vnni", avx512vnni},
-      {"asimd", asimd},       {"asimddp", asimddp}};
+  const std::pair<const char*, bool> all[] = {{"avx2", avx2},         {"fma", fma},
+                                              {"avx512f", avx512f},   {"avx512bw", avx512bw},
+                                              {"avx512vl", avx512vl}, {"avx512vnni", avx512vnni},
+                                              {"asimd", asimd},       {"asimddp", asimddp}};
   std::string s;
   for (const auto& [name, on] : all) {
     if (!on) continue;

@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include "base/bytes.h"
 #include "base/flags.h"
 #include "base/json.h"
-#include "base/bytes.h"
 #include "proto/dcomp.grpc.pb.h"
 
 namespace dcomp {

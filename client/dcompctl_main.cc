@@ -8,11 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "base/bytes.h"
 #include "base/flags.h"
 #include "base/json.h"
 #include "base/status.h"
 #include "client/client.h"
-#include "base/bytes.h"
 #include "proto/dcomp.grpc.pb.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 

@@ -6,9 +6,9 @@
 
 #include <set>
 
+#include "base/bytes.h"
 #include "base/file.h"
 #include "base/flags.h"
-#include "base/bytes.h"
 
 namespace dcomp::config {
 namespace {

@@ -6,9 +6,9 @@
 #include <thread>
 
 #include "base/utf8.h"
-#include "runtime/memory_stats.h"
 #include "daemon/validate.h"
 #include "engine/generate.h"
+#include "runtime/memory_stats.h"
 
 namespace dcomp::server {
 namespace {
@@ -141,9 +141,8 @@ Status Daemon::Load() {
   spdlog::info("model {} [{}]: {}; context {}; {}; loaded and warmed up in {:.2f} s", c.model(),
                model_.model.file->format(), model_.model.file->config().Summary(),
                model_.model.model->context_length(),
-               model_.runtime
-                   ? "streamed: " + model_.runtime->plan().Summary()
-                   : "resident " + FormatBytes(model_.model.resident_weight_bytes),
+               model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
+                              : "resident " + FormatBytes(model_.model.resident_weight_bytes),
                Since(t0));
   if (model_.runtime != nullptr) {
     // The kernel enforces the cgroup's limit (systemd MemoryMax), which also counts page cache:
@@ -341,8 +340,8 @@ Result<uint64_t> Daemon::SetBudget(const BudgetSpec& spec) {
     engine_mu_.Unlock();
     RETURN_IF_ERROR(applied);
   }
-  spdlog::info("budget set to {} ({} bytes): {}", bytes ? FormatBytes(bytes) : "unlimited",
-               bytes, model_.runtime->plan().Summary());
+  spdlog::info("budget set to {} ({} bytes): {}", bytes ? FormatBytes(bytes) : "unlimited", bytes,
+               model_.runtime->plan().Summary());
   return bytes;
 }
 

@@ -18,10 +18,10 @@
 #include "base/status.h"
 #include "daemon/latency_window.h"
 #include "daemon/request_queue.h"
-#include "runtime/served_model.h"
 #include "engine/generate.h"
 #include "proto/config.pb.h"
 #include "proto/dcomp.grpc.pb.h"
+#include "runtime/served_model.h"
 
 namespace dcomp::server {
 

@@ -34,7 +34,7 @@ inline int64_t ExtentOf(Extent e, const ModelConfig& c) {
 }
 
 struct LayerMatrix {
-  const char* name;                   // "attn_q.weight"
+  const char* name;                    // "attn_q.weight"
   LinearWeights LayerWeights::*field;  // &LayerWeights::wq
   LinearInput input;
   Extent rows, cols;

@@ -8,8 +8,8 @@
 #include "base/file.h"
 #include "engine/dcm_model.h"
 #include "engine/gguf.h"
-#include "engine/layer_schema.h"
 #include "engine/internal/model_formats.h"
+#include "engine/layer_schema.h"
 
 namespace dcomp {
 

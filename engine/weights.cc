@@ -100,7 +100,8 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
     }
     L.view.attn_norm = L.attn_norm.data();
     L.view.ffn_norm = L.ffn_norm.data();
-    for (int i = 0; i < kLayerMatrixCount; ++i) L.view.*kLayerMatrices[i].field = storage[i]->View();
+    for (int i = 0; i < kLayerMatrixCount; ++i)
+      L.view.*kLayerMatrices[i].field = storage[i]->View();
   }
   m->globals_.embedding = m->embedding_.View();
   m->globals_.final_norm = m->final_norm_.data();

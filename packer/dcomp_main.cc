@@ -11,8 +11,6 @@
 #include "base/flags.h"
 #include "base/json.h"
 #include "base/thread_pool.h"
-#include "runtime/served_model.h"
-#include "runtime/streaming_weights.h"
 #include "engine/dcm_model.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
@@ -23,6 +21,8 @@
 #include "packer/inspect.h"
 #include "packer/pack.h"
 #include "packer/synth.h"
+#include "runtime/served_model.h"
+#include "runtime/streaming_weights.h"
 
 namespace dcomp {
 namespace {

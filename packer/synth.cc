@@ -170,9 +170,9 @@ Status Synthesize(const SynthOptions& o) {
   c.vocab_size = sh->vocab;
   c.tied_output = sh->tied;
   for (const CanonicalTensor& t : CanonicalTensors(c)) {
-    RETURN_IF_ERROR(t.rows == 1 ? norm(t.name)
-                                : matrix(t.name, static_cast<size_t>(t.rows),
-                                         static_cast<size_t>(t.cols)));
+    RETURN_IF_ERROR(t.rows == 1
+                        ? norm(t.name)
+                        : matrix(t.name, static_cast<size_t>(t.rows), static_cast<size_t>(t.cols)));
   }
   return w.Write(o.output);
 }

@@ -5,19 +5,15 @@
 #include <limits>
 #include <utility>
 
+#include "base/clock.h"
 #include "kernels/kernels.h"
 #include "runtime/memory_stats.h"
 
 namespace dcomp::runtime {
 
 namespace pb = storage::pb;
-using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
 
 // Decoding: up to 16 data blocks of layer 0, one thread.
 Status CalibrateDecode(const UnitDecoder& decoder, BlockLookup* lookup, Rates* rates) {
@@ -244,8 +240,8 @@ void Controller::EndPass(const PassSample& p, const Plan& current) {
   if (p.tokens == 1) {  // the pass was one decode step
     const double speedup = 1.0 + (current.compute_threads - 1) * r.compute_parallel_efficiency;
     if (p.inline_seconds > 0) {
-      r.decode_bytes_per_s = 0.8 * r.decode_bytes_per_s +
-                             0.2 * static_cast<double>(p.inline_bytes) / p.inline_seconds;
+      r.decode_bytes_per_s =
+          0.8 * r.decode_bytes_per_s + 0.2 * static_cast<double>(p.inline_bytes) / p.inline_seconds;
     }
     // The compute rate from resident units, else from inline units less their decoding.
     double macs = static_cast<double>(p.resident_macs), secs = p.resident_seconds * speedup;

@@ -44,14 +44,14 @@ Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, Ra
 
 // One forward pass as the front measured it.
 struct PassSample {
-  size_t tokens = 0;              // tokens of the pass (1: a decode step)
-  uint64_t inline_bytes = 0;      // decoded inline by the compute threads
-  double inline_seconds = 0;      // their thread-seconds
-  double resident_seconds = 0;    // in units decoded (resident or ahead)
+  size_t tokens = 0;               // tokens of the pass (1: a decode step)
+  uint64_t inline_bytes = 0;       // decoded inline by the compute threads
+  double inline_seconds = 0;       // their thread-seconds
+  double resident_seconds = 0;     // in units decoded (resident or ahead)
   double inline_unit_seconds = 0;  // in units decoded inline
   uint64_t resident_macs = 0, inline_macs = 0;
-  uint64_t flash_bytes = 0;     // the prefetcher's total so far
-  double wait_seconds = 0;      // compute's total wait on the pipeline so far
+  uint64_t flash_bytes = 0;  // the prefetcher's total so far
+  double wait_seconds = 0;   // compute's total wait on the pipeline so far
 };
 
 struct ControllerOptions {
@@ -122,7 +122,7 @@ class Controller {
   Stats st_ GUARDED_BY(mu_);
   double io_window_bytes_ GUARDED_BY(mu_) = 0;  // decayed read totals
   double io_window_seconds_ GUARDED_BY(mu_) = 0;
-  double io_sustained_ GUARDED_BY(mu_) = 0;      // bytes/s sustained (0: unknown)
+  double io_sustained_ GUARDED_BY(mu_) = 0;         // bytes/s sustained (0: unknown)
   bool io_sustained_seen_ GUARDED_BY(mu_) = false;  // measured by a read-bound pass
   double io_burst_ GUARDED_BY(mu_) = 0;  // the probe's first half, the rate after idle time
   bool replan_pending_ GUARDED_BY(mu_) = false;

@@ -1,10 +1,8 @@
 #include "runtime/decode_pool.h"
 
-#include <chrono>
+#include "base/clock.h"
 
 namespace dcomp::runtime {
-
-using Clock = std::chrono::steady_clock;
 
 DecodePool::DecodePool(const UnitDecoder* decoder, int threads, size_t scratch_bytes,
                        DoneFn on_done)
@@ -59,7 +57,7 @@ void DecodePool::WorkerLoop(int index) {
       const auto t0 = Clock::now();
       const UnitLayout& U = decoder_->unit(job.unit);
       s = decoder_->DecodeWork(U, U.work[t.work], job.stored, job.dst, &dec, scratch.data());
-      const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double dt = Seconds(t0, Clock::now());
       l.Lock();
       job.decode_seconds += dt;
     }

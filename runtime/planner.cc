@@ -55,7 +55,6 @@ int Plan::count(Tier t) const {
   return static_cast<int>(std::count(tiers.begin(), tiers.end(), t));
 }
 
-
 std::string Plan::Summary() const {
   char buf[512];
   std::snprintf(buf, sizeof buf,

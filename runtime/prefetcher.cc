@@ -1,17 +1,10 @@
 #include "runtime/prefetcher.h"
 
 #include <algorithm>
-#include <chrono>
+
+#include "base/clock.h"
 
 namespace dcomp::runtime {
-
-using Clock = std::chrono::steady_clock;
-
-namespace {
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-}  // namespace
 
 Prefetcher::Prefetcher(const UnitDecoder* decoder, std::unique_ptr<storage::BlockReader> reader,
                        Controller* controller, int decode_threads)
@@ -180,7 +173,8 @@ void Prefetcher::Start(std::vector<int> seq, std::vector<const uint8_t*> stored,
   MutexLock l(&mu_);
   seq_ = std::move(seq);
   seq_pos_.assign(stored.size(), -1);
-  for (size_t i = 0; i < seq_.size(); ++i) seq_pos_[static_cast<size_t>(seq_[i])] = static_cast<int>(i);
+  for (size_t i = 0; i < seq_.size(); ++i)
+    seq_pos_[static_cast<size_t>(seq_[i])] = static_cast<int>(i);
   stored_ = std::move(stored);
   decode_ = decode;
   const bool ahead = decode == Decode::kAhead;

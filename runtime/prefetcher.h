@@ -37,7 +37,7 @@ class Prefetcher {
   struct Item : DecodePool::Job {
     int slot = -1, staging = -1;
     enum State { kReading, kDecoding, kReady, kFailed } state = kReading;
-    LayerWeights layer_view;   // kAhead: over the slot
+    LayerWeights layer_view;  // kAhead: over the slot
     LinearWeights head_view;
     InlineViews inline_views;  // kInline: over the staging buffer
   };
@@ -90,8 +90,8 @@ class Prefetcher {
   Controller* controller_;
   // Changed only while drained (no item in flight, the thread paused).
   std::vector<PageBuffer> slots_, staging_;
-  std::vector<int> seq_;             // streamed units in execution order
-  std::vector<int> seq_pos_;         // unit -> index in seq_ (-1)
+  std::vector<int> seq_;                // streamed units in execution order
+  std::vector<int> seq_pos_;            // unit -> index in seq_ (-1)
   std::vector<const uint8_t*> stored_;  // unit -> its range in RAM (compressed tier) or nullptr
   Decode decode_ = Decode::kAhead;
   std::shared_ptr<Item> held_;  // the compute thread's

@@ -6,8 +6,8 @@
 #include <string>
 
 #include "base/status.h"
-#include "runtime/streaming_weights.h"
 #include "engine/local_model.h"
+#include "runtime/streaming_weights.h"
 
 namespace dcomp::runtime {
 

@@ -3,9 +3,9 @@
 #include <sched.h>
 
 #include <algorithm>
-#include <chrono>
 #include <utility>
 
+#include "base/clock.h"
 #include "base/mutex.h"
 #include "base/page_buffer.h"
 #include "engine/transformer.h"
@@ -20,14 +20,6 @@
 namespace dcomp::runtime {
 
 namespace pb = storage::pb;
-using Clock = std::chrono::steady_clock;
-
-namespace {
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-}  // namespace
-
 struct StreamingWeights::Impl {
   // A unit's residency: its tier and the RAM it holds there (compute thread).
   struct Resident {
@@ -103,10 +95,10 @@ void StreamingWeights::Impl::Account(const ProcMemory& before, int32_t context_l
   f.lookup = lookup->bytes();
   // Per core, a decode-pool worker (a zstd context of ~160 KiB and a row scratch) and a compute
   // thread decoding inline (the same, plus a block of padded rows and their row sums).
-  f.decoders = static_cast<uint64_t>(cores) *
-               (2 * (RoundUpToPage(layout.max_raw_block) + (192u << 10)) +
-                RoundUpToPage(layout.max_padded_block) +
-                RoundUpToPage(layout.max_block_rows * sizeof(int32_t)));
+  f.decoders =
+      static_cast<uint64_t>(cores) * (2 * (RoundUpToPage(layout.max_raw_block) + (192u << 10)) +
+                                      RoundUpToPage(layout.max_padded_block) +
+                                      RoundUpToPage(layout.max_block_rows * sizeof(int32_t)));
   // Thread stacks, the heap's own growth and page tables of the buffers: measured about 1 MiB on
   // x86-64; 2 MiB leaves room.
   f.margin = 2u << 20;
@@ -157,15 +149,14 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   if (hooks.rates != nullptr) {
     rates = *hooks.rates;
   } else {
-    RETURN_IF_ERROR(Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim),
-                              &rates, &probe));
+    RETURN_IF_ERROR(
+        Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim), &rates, &probe));
   }
   rates.cores = m.cores;
-  const ControllerOptions co{
-      options.policy,
-      {options.force_slots, options.force_compute_threads, options.force_decode_threads,
-       options.force_decode},
-      options.adapt};
+  const ControllerOptions co{options.policy,
+                             {options.force_slots, options.force_compute_threads,
+                              options.force_decode_threads, options.force_decode},
+                             options.adapt};
   m.controller = std::make_unique<Controller>(&m.layout.infos, m.fixed, co,
                                               options.budget.Resolve(int8_bytes_), rates, probe);
   ASSIGN_OR_RETURN(Plan first, m.controller->FirstPlan());
@@ -388,9 +379,9 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
     RETURN_IF_ERROR(lookup.DecodeToRaw(block, stored));
     lookup.cached_block = block;
   }
-  DequantizeRow(reinterpret_cast<const int8_t*>(lookup.raw()) +
-                    (static_cast<size_t>(token) - k * rpb) * dim,
-                m.layout.embd_scales[static_cast<size_t>(token)], dim, out);
+  DequantizeRow(
+      reinterpret_cast<const int8_t*>(lookup.raw()) + (static_cast<size_t>(token) - k * rpb) * dim,
+      m.layout.embd_scales[static_cast<size_t>(token)], dim, out);
   return Status::Ok();
 }
 

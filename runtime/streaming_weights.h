@@ -33,9 +33,9 @@
 #include "base/bytes.h"
 #include "base/json.h"
 #include "base/thread_pool.h"
-#include "runtime/planner.h"
 #include "engine/dcm_model.h"
 #include "engine/weights.h"
+#include "runtime/planner.h"
 #include "storage/block_reader.h"
 
 namespace dcomp::runtime {

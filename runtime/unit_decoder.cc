@@ -4,14 +4,13 @@
 #include <chrono>
 #include <cstring>
 
+#include "base/clock.h"
 #include "engine/layer_schema.h"
 #include "kernels/kernels.h"
 
 namespace dcomp::runtime {
 
 namespace pb = storage::pb;
-using Clock = std::chrono::steady_clock;
-
 Status InlineMatrix::DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const {
   return d_->DecodeInline(*t_, range_begin_, range_, k, q, row_sum);
 }
@@ -24,8 +23,8 @@ Status UnitDecoder::DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t r
   std::span<const uint8_t> stored(stored_range + (b.offset() - range_begin), b.stored_size());
   const size_t n = rows * T.cols;
   if (T.stride == T.cols) {
-    RETURN_IF_ERROR(reader_->DecodeBlock(
-        i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), n), dec));
+    RETURN_IF_ERROR(
+        reader_->DecodeBlock(i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), n), dec));
   } else {
     RETURN_IF_ERROR(reader_->DecodeBlock(i, stored, std::span<uint8_t>(scratch, n), dec));
     for (size_t r = 0; r < rows; ++r) {
@@ -40,9 +39,8 @@ Status UnitDecoder::DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t r
   return Status::Ok();
 }
 
-Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w,
-                               const uint8_t* stored_range, uint8_t* dst,
-                               storage::BlockDecoder* dec, uint8_t* scratch) const {
+Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
+                               uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch) const {
   const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
   if (w.scale) {
     std::memcpy(dst + T.scale_off, U.scales[static_cast<size_t>(w.t)].data(),
@@ -54,17 +52,15 @@ Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w,
                         reinterpret_cast<int32_t*>(dst + T.rowsum_off) + w.row0, dec, scratch);
 }
 
-Status UnitDecoder::DecodeInline(const TensorLayout& T, uint64_t range_begin,
-                                 const uint8_t* range, size_t k, int8_t* q,
-                                 int32_t* row_sum) const {
+Status UnitDecoder::DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range,
+                                 size_t k, int8_t* q, int32_t* row_sum) const {
   thread_local storage::BlockDecoder dec;
   thread_local std::vector<uint8_t> scratch;
   const auto t0 = Clock::now();
   const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
   const size_t rows = std::min(T.rows_per_block, T.rows - k * T.rows_per_block);
   if (T.stride != T.cols && scratch.size() < rows * T.cols) scratch.resize(rows * T.cols);
-  RETURN_IF_ERROR(
-      DecodeRowBlock(T, i, range_begin, range, rows, q, row_sum, &dec, scratch.data()));
+  RETURN_IF_ERROR(DecodeRowBlock(T, i, range_begin, range, rows, q, row_sum, &dec, scratch.data()));
   inline_bytes_.fetch_add(reader_->block(i).raw_size(), std::memory_order_relaxed);
   inline_ns_.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - t0).count()),
                        std::memory_order_relaxed);

@@ -144,10 +144,11 @@ class LayoutBuilder {
     ASSIGN_OR_RETURN(m_.final_norm, ReadVector("output_norm.weight"));
     const pb::Tensor& E = r_.manifest().tensors(m_.embd_tensor);
     m_.embd_scales.resize(static_cast<size_t>(E.rows()));
-    RETURN_IF_ERROR(r_.ReadBlock(E.first_block(),
-                                 std::span<uint8_t>(reinterpret_cast<uint8_t*>(m_.embd_scales.data()),
-                                                    m_.embd_scales.size() * 4),
-                                 &scale_decoder_));
+    RETURN_IF_ERROR(
+        r_.ReadBlock(E.first_block(),
+                     std::span<uint8_t>(reinterpret_cast<uint8_t*>(m_.embd_scales.data()),
+                                        m_.embd_scales.size() * 4),
+                     &scale_decoder_));
     for (uint32_t i = 1; i < E.num_blocks(); ++i) NoteBlockSizes(r_.block(E.first_block() + i));
     return Status::Ok();
   }

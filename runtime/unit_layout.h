@@ -43,12 +43,12 @@ struct UnitLayout {
   uint32_t first_block = 0, last_block = 0;  // of the range
   size_t decoded_size = 0;
   std::vector<std::vector<float>> scales;  // per tensor, always decoded (for decoding inline)
-  LayerWeights pinned;  // a layer's norms and biases (matrices are set per tier)
+  LayerWeights pinned;                     // a layer's norms and biases (matrices are set per tier)
 };
 
 struct ModelLayout {
   int n_layers = 0;
-  bool tied = false;            // the output matrix is the embedding
+  bool tied = false;              // the output matrix is the embedding
   std::vector<UnitLayout> units;  // n_layers + 1
   std::vector<UnitInfo> infos;    // the planner's view, per unit
   uint64_t int8_bytes = 0;        // every matrix decoded (the reference of percentage budgets)

@@ -9,10 +9,10 @@
 
 #include "daemon/config.h"
 #include "daemon/latency_window.h"
-#include "runtime/memory_stats.h"
 #include "daemon/request_queue.h"
 #include "daemon/validate.h"
 #include "engine/model_file.h"
+#include "runtime/memory_stats.h"
 #include "tests/util/test_paths.h"
 
 namespace dcomp::server {

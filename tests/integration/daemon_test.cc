@@ -14,11 +14,11 @@
 #include <set>
 #include <thread>
 
-#include "runtime/served_model.h"
 #include "engine/generate.h"
 #include "packer/pack.h"
 #include "packer/synth.h"
 #include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "runtime/served_model.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/util/mini_json.h"
 

@@ -1,8 +1,8 @@
 // Residency planning: budgets parse, every plan fits its budget, the smallest budget is named when
 // none fits, and the adaptive search is never estimated slower than a fixed policy.
-#include "runtime/planner.h"
-
 #include <gtest/gtest.h>
+
+#include "runtime/planner.h"
 
 namespace dcomp::runtime {
 namespace {

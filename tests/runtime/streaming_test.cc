@@ -11,13 +11,13 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "runtime/served_model.h"
-#include "runtime/internal/test_hooks.h"
-#include "runtime/streaming_weights.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
 #include "packer/pack.h"
 #include "packer/synth.h"
+#include "runtime/internal/test_hooks.h"
+#include "runtime/served_model.h"
+#include "runtime/streaming_weights.h"
 #include "storage/container.h"
 #include "storage/fault_injection.h"
 #include "tests/util/mini_json.h"
