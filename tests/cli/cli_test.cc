@@ -1,6 +1,7 @@
 // The `dcomp` command-line contract, run as a separate process: JSON output of generate / eval /
 // tokenize, and clear errors with a non-zero exit status for bad input.
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <array>
@@ -62,7 +63,7 @@ TEST(CliTest, TokenizeAndEvalJson) {
   ProcResult r = Dcomp("tokenize " + kModel + " --text 'Once upon a time' --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_EQ(testing::ParseJson(r.out)["ids"].ints(), (std::vector<int>{1, 403, 407, 261, 378}));
-  const std::string text = ::testing::TempDir() + "/eval.txt";
+  const std::string text = ::testing::TempDir() + "/eval_" + std::to_string(getpid()) + ".txt";
   FILE* f = fopen(text.c_str(), "w");
   fputs("partial<|endoftext|>Once upon a time, there was a cat.<|endoftext|>\n", f);
   fclose(f);

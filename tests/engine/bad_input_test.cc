@@ -1,5 +1,6 @@
 // Hostile and malformed input: every case ends in a clear error naming the problem, never a crash.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -15,7 +16,7 @@
 namespace dcomp {
 namespace {
 
-std::string Tmp(const std::string& name) { return ::testing::TempDir() + "/" + name; }
+std::string Tmp(const std::string& name) { return ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name; }
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc)

@@ -2,6 +2,7 @@
 // random llama (interleaved RoPE) and qwen2 (NeoX RoPE, q/k/v biases) models with GQA; plus
 // determinism across thread counts and between batched prefill and token-by-token decoding.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 
@@ -105,7 +106,7 @@ struct Built {
 };
 
 Built Build(const testing::TinyModelOptions& o, WeightFormat fmt) {
-  const std::string path = ::testing::TempDir() + "/tiny_" + o.arch + std::to_string(o.seed) +
+  const std::string path = ::testing::TempDir() + "/tiny_" + std::to_string(getpid()) + "_" + o.arch + std::to_string(o.seed) +
                            std::to_string(static_cast<int>(o.matrix_type)) + ".gguf";
   Status s = testing::WriteTinyModel(path, o);
   EXPECT_TRUE(s.ok()) << s.ToString();
