@@ -1,99 +1,281 @@
-// Block codec speed on real INT8 weight codes: every linear tensor of the model quantized per row
-// (plain INT8, the packer's default quantizer without scaling or widening), cut into 128 KiB
-// blocks. Reports decode and encode throughput in bytes of raw output per second, one thread, and
-// the compressed size ("ratio" = raw / stored). Model: $DCOMP_BENCH_MODEL, else the shared
-// stories3M, else the embedded stories260K.
-#include <benchmark/benchmark.h>
+// Block codecs side by side on the same blocks of INT8 weight codes: dcomp's rANS with each decoder
+// this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), htscodecs' rANS 4x16 and 32x16 order-0 (each
+// SIMD level it has here; Debian's libhtscodecs), and zstd at several levels. For each: bits per
+// weight (8 x stored / raw), encode GB/s (one thread) and decode GB/s with 1 and 2 threads, in
+// bytes of decoded codes per second.
+//
+// Sources: `plain`, every matrix of MODEL quantized per row (plain INT8, cut into 128 KiB blocks);
+// and for each --dcm FILE, the row-code blocks of its matrices as packed (at most --max-mib MiB,
+// taken evenly across the file).
+//
+//   codec_bench [--model M] [--dcm FILE]... [--max-mib 64] [--seconds 0.5]
+#include <htscodecs/rANS_static4x16.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/cpu_features.h"
 #include "bench/bench_model.h"
 #include "engine/model_file.h"
 #include "packer/quantize.h"
 #include "storage/codec.h"
+#include "storage/container.h"
 #include "storage/rans.h"
 
 namespace dcomp {
 namespace {
 
+using Block = std::vector<uint8_t>;
+using Clock = std::chrono::steady_clock;
 constexpr size_t kBlock = 128 << 10;
 
-// The model's INT8 codes (row-major, unpadded), cut into blocks.
-const std::vector<std::vector<uint8_t>>& Blocks() {
-  static std::vector<std::vector<uint8_t>> blocks = [] {
-    auto f = OpenModelFile(BenchModelPath());
-    if (!f.ok()) {
-      std::fprintf(stderr, "%s\n", f.status().ToString().c_str());
-      std::exit(1);
-    }
-    std::vector<uint8_t> all;
-    for (const TensorDesc& t : (*f)->tensors()) {
-      if (t.rows < 2) continue;
-      auto w = (*f)->ReadF32(t.name);
-      packer::QuantizedMatrix q =
-          packer::QuantizeMatrix(*w, static_cast<size_t>(t.rows), static_cast<size_t>(t.cols), {});
-      const auto* codes = reinterpret_cast<const uint8_t*>(q.codes.data());
-      all.insert(all.end(), codes, codes + q.codes.size());
-    }
-    std::vector<std::vector<uint8_t>> b;
-    for (size_t o = 0; o < all.size(); o += kBlock) {
-      b.emplace_back(all.begin() + static_cast<ptrdiff_t>(o),
-                     all.begin() + static_cast<ptrdiff_t>(std::min(all.size(), o + kBlock)));
-    }
-    return b;
-  }();
-  return blocks;
+struct Source {
+  std::string name;
+  std::vector<Block> blocks;
+  size_t raw = 0;
+};
+
+Result<Source> PlainCodes(const std::string& model) {
+  ASSIGN_OR_RETURN(auto f, OpenModelFile(model));
+  Block all;
+  for (const TensorDesc& t : f->tensors()) {
+    if (t.rows < 2) continue;
+    ASSIGN_OR_RETURN(auto w, f->ReadF32(t.name));
+    packer::QuantizedMatrix q =
+        packer::QuantizeMatrix(w, static_cast<size_t>(t.rows), static_cast<size_t>(t.cols), {});
+    const auto* codes = reinterpret_cast<const uint8_t*>(q.codes.data());
+    all.insert(all.end(), codes, codes + q.codes.size());
+  }
+  Source s{"plain INT8 (" + model.substr(model.find_last_of('/') + 1) + ")", {}, 0};
+  for (size_t o = 0; o < all.size(); o += kBlock) {
+    s.blocks.emplace_back(all.begin() + static_cast<ptrdiff_t>(o),
+                          all.begin() + static_cast<ptrdiff_t>(std::min(all.size(), o + kBlock)));
+    s.raw += s.blocks.back().size();
+  }
+  return s;
 }
 
-size_t RawBytes() {
-  size_t n = 0;
-  for (const auto& b : Blocks()) n += b.size();
-  return n;
-}
-
-void Encode(benchmark::State& state, storage::Codec codec, int level) {
-  std::vector<uint8_t> out;
-  size_t stored = 0;
-  for (auto _ : state) {
-    stored = 0;
-    for (const auto& b : Blocks()) {
-      if (!storage::EncodeBlock(codec, b, level, &out).ok()) state.SkipWithError("encode");
-      stored += out.size();
+// The row-code blocks of a packed model, decoded: every k-th so that at most max_bytes are taken.
+Result<Source> PackedCodes(const std::string& path, size_t max_bytes) {
+  ASSIGN_OR_RETURN(auto r, storage::ContainerReader::Open(path));
+  std::vector<uint32_t> code_blocks;
+  uint64_t total = 0;
+  for (const auto& t : r->manifest().tensors()) {
+    if (t.type() != storage::pb::TENSOR_Q8_ROW) continue;
+    for (uint32_t k = 1; k < t.num_blocks(); ++k) {
+      code_blocks.push_back(t.first_block() + k);
+      total += r->block(t.first_block() + k).raw_size();
     }
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * RawBytes()));
-  state.counters["ratio"] = static_cast<double>(RawBytes()) / static_cast<double>(stored);
-}
-
-void Decode(benchmark::State& state, storage::Codec codec, int level, bool portable) {
-  std::vector<std::vector<uint8_t>> enc(Blocks().size());
-  size_t stored = 0;
-  for (size_t i = 0; i < enc.size(); ++i) {
-    (void)storage::EncodeBlock(codec, Blocks()[i], level, &enc[i]);
-    stored += enc[i].size();
-  }
+  const size_t step = std::max<size_t>(1, static_cast<size_t>((total + max_bytes - 1) / max_bytes));
+  Source s{"packed codes (" + path.substr(path.find_last_of('/') + 1) + ")", {}, 0};
   storage::BlockDecoder dec;
-  std::vector<uint8_t> out(kBlock);
-  for (auto _ : state) {
-    for (size_t i = 0; i < enc.size(); ++i) {
-      std::span<uint8_t> o(out.data(), Blocks()[i].size());
-      Status s = portable ? storage::RansDecodePortable(enc[i], o) : dec.Decode(codec, enc[i], o);
-      if (!s.ok()) state.SkipWithError(s.ToString().c_str());
-    }
-    benchmark::DoNotOptimize(out.data());
+  for (size_t i = 0; i < code_blocks.size(); i += step) {
+    Block b(r->block(code_blocks[i]).raw_size());
+    RETURN_IF_ERROR(r->ReadBlock(code_blocks[i], b, &dec));
+    s.raw += b.size();
+    s.blocks.push_back(std::move(b));
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * RawBytes()));
-  state.counters["ratio"] = static_cast<double>(RawBytes()) / static_cast<double>(stored);
+  return s;
 }
 
-BENCHMARK_CAPTURE(Decode, rans, storage::Codec::kRans, 0, false);
-BENCHMARK_CAPTURE(Decode, rans_portable, storage::Codec::kRans, 0, true);
-BENCHMARK_CAPTURE(Decode, zstd_3, storage::Codec::kZstd, 3, false);
-BENCHMARK_CAPTURE(Decode, zstd_19, storage::Codec::kZstd, 19, false);
-BENCHMARK_CAPTURE(Decode, raw, storage::Codec::kRaw, 0, false);
-BENCHMARK_CAPTURE(Encode, rans, storage::Codec::kRans, 0);
-BENCHMARK_CAPTURE(Encode, zstd_3, storage::Codec::kZstd, 3);
-BENCHMARK_CAPTURE(Encode, zstd_19, storage::Codec::kZstd, 19)->Iterations(1);
+// A codec as the table shows it: how to encode a block and how to decode it (thread-safe given
+// per-thread state created by make_decoder).
+struct Codec {
+  std::string name;
+  std::function<Status(const Block&, Block*)> encode;
+  // Returns a decoder for one thread.
+  std::function<std::function<Status(const Block&, Block&)>()> make_decoder;
+  std::function<void()> before = [] {};  // e.g. select htscodecs' SIMD level
+};
+
+std::vector<Codec> Codecs() {
+  std::vector<Codec> c;
+  for (storage::RansDecoder d : storage::AvailableRansDecoders()) {
+    c.push_back({std::string("dcomp rans ") + storage::RansDecoderName(d),
+                 [](const Block& in, Block* out) {
+                   storage::RansEncode(in, out);
+                   return Status::Ok();
+                 },
+                 [d] {
+                   return [d](const Block& in, Block& out) {
+                     return storage::RansDecodeWith(d, in, out);
+                   };
+                 }});
+  }
+  struct Hts {
+    const char* name;
+    int order, cpu;
+    bool have;
+  };
+  const CpuFeatures& f = Cpu();
+  const int all = RANS_CPU_ENC_SSE4 | RANS_CPU_ENC_AVX2 | RANS_CPU_ENC_AVX512 | RANS_CPU_ENC_NEON |
+                  RANS_CPU_DEC_SSE4 | RANS_CPU_DEC_AVX2 | RANS_CPU_DEC_AVX512 | RANS_CPU_DEC_NEON;
+  const Hts hts[] = {
+      {"htscodecs rans 4x16", 0, all, true},
+      {"htscodecs rans 32x16 scalar", RANS_ORDER_X32, 0, true},
+      {"htscodecs rans 32x16 sse4", RANS_ORDER_X32, RANS_CPU_ENC_SSE4 | RANS_CPU_DEC_SSE4, f.sse42},
+      {"htscodecs rans 32x16 avx2", RANS_ORDER_X32, RANS_CPU_ENC_AVX2 | RANS_CPU_DEC_AVX2, f.avx2},
+      {"htscodecs rans 32x16 avx512", RANS_ORDER_X32, RANS_CPU_ENC_AVX512 | RANS_CPU_DEC_AVX512,
+       f.avx512f && f.avx512bw},
+      {"htscodecs rans 32x16 neon", RANS_ORDER_X32, RANS_CPU_ENC_NEON | RANS_CPU_DEC_NEON, f.asimd},
+  };
+  for (const Hts& h : hts) {
+    if (!h.have) continue;
+    const int order = h.order, cpu = h.cpu;
+    c.push_back(
+        {h.name,
+         [order](const Block& in, Block* out) {
+           unsigned int n = rans_compress_bound_4x16(static_cast<unsigned>(in.size()), order);
+           out->resize(n);
+           if (!rans_compress_to_4x16(const_cast<uint8_t*>(in.data()),
+                                      static_cast<unsigned>(in.size()), out->data(), &n, order)) {
+             return InternalError("htscodecs: compression failed");
+           }
+           out->resize(n);
+           return Status::Ok();
+         },
+         [] {
+           return [](const Block& in, Block& out) {
+             unsigned int n = static_cast<unsigned>(out.size());
+             if (!rans_uncompress_to_4x16(const_cast<uint8_t*>(in.data()),
+                                          static_cast<unsigned>(in.size()), out.data(), &n) ||
+                 n != out.size()) {
+               return DataLossError("htscodecs: decompression failed");
+             }
+             return Status::Ok();
+           };
+         },
+         [cpu] { rans_set_cpu(cpu); }});
+  }
+  for (int level : {3, 9, 19}) {
+    c.push_back({"zstd -" + std::to_string(level),
+                 [level](const Block& in, Block* out) {
+                   return storage::EncodeBlock(storage::Codec::kZstd, in, level, out);
+                 },
+                 [] {
+                   auto dec = std::make_shared<storage::BlockDecoder>();
+                   return [dec](const Block& in, Block& out) {
+                     return dec->Decode(storage::Codec::kZstd, in, out);
+                   };
+                 }});
+  }
+  return c;
+}
+
+// Decode GB/s of `threads` threads, each decoding every block again and again for `seconds`
+// (the threads start together; bytes of output over the wall time).
+double DecodeRate(const Codec& c, const std::vector<Block>& enc, const Source& src, int threads,
+                  double seconds) {
+  std::atomic<uint64_t> bytes{0};
+  std::atomic<bool> failed{false};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      auto decode = c.make_decoder();
+      Block out(kBlock * 2);
+      uint64_t n = 0;
+      size_t i = static_cast<size_t>(t) * enc.size() / static_cast<size_t>(threads);
+      while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+        for (size_t k = 0; k < 16; ++k, i = (i + 1) % enc.size()) {
+          out.resize(src.blocks[i].size());
+          if (!decode(enc[i], out).ok() || out != src.blocks[i]) failed = true;
+          n += out.size();
+        }
+      }
+      bytes += n;
+    });
+  }
+  for (auto& t : pool) t.join();
+  if (failed) return -1;
+  return static_cast<double>(bytes) / std::chrono::duration<double>(Clock::now() - t0).count() /
+         1e9;
+}
+
+void Run(const Source& src, double seconds) {
+  std::printf("\n%s: %zu blocks, %.1f MiB of codes\n", src.name.c_str(), src.blocks.size(),
+              static_cast<double>(src.raw) / (1 << 20));
+  std::printf("%-30s %9s %11s %11s %11s\n", "codec", "bits/w", "enc GB/s", "dec GB/s 1t",
+              "dec GB/s 2t");
+  for (const Codec& c : Codecs()) {
+    c.before();
+    std::vector<Block> enc(src.blocks.size());
+    size_t stored = 0;
+    const auto t0 = Clock::now();
+    for (size_t i = 0; i < enc.size(); ++i) {
+      if (Status s = c.encode(src.blocks[i], &enc[i]); !s.ok()) {
+        std::printf("%-30s %s\n", c.name.c_str(), s.ToString().c_str());
+        enc.clear();
+        break;
+      }
+      stored += enc[i].size();
+    }
+    if (enc.empty()) continue;
+    const double enc_rate = static_cast<double>(src.raw) /
+                            std::chrono::duration<double>(Clock::now() - t0).count() / 1e9;
+    const double d1 = DecodeRate(c, enc, src, 1, seconds);
+    const double d2 = DecodeRate(c, enc, src, 2, seconds);
+    std::printf("%-30s %9.3f %11.3f %11.3f %11.3f%s\n", c.name.c_str(),
+                8.0 * static_cast<double>(stored) / static_cast<double>(src.raw), enc_rate, d1, d2,
+                d1 < 0 || d2 < 0 ? "  DECODE MISMATCH" : "");
+  }
+}
+
+int Main(int argc, char** argv) {
+  std::string model = BenchModelPath();
+  std::vector<std::string> dcms;
+  size_t max_mib = 64;
+  double seconds = 0.5;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr,
+                   "usage: codec_bench [--model M] [--dcm F]... [--max-mib N] [--seconds S]\n");
+      return 2;
+    }
+    if (a == "--model")
+      model = argv[++i];
+    else if (a == "--dcm")
+      dcms.push_back(argv[++i]);
+    else if (a == "--max-mib")
+      max_mib = std::stoul(argv[++i]);
+    else if (a == "--seconds")
+      seconds = std::stod(argv[++i]);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  std::printf("cpu: %s; dcomp rANS selects %s\n", Cpu().Describe().c_str(),
+              storage::RansDecoderNote().c_str());
+  std::vector<Source> sources;
+  Result<Source> plain = PlainCodes(model);
+  if (!plain.ok()) {
+    std::fprintf(stderr, "%s\n", plain.status().ToString().c_str());
+    return 1;
+  }
+  sources.push_back(std::move(*plain));
+  for (const std::string& d : dcms) {
+    Result<Source> s = PackedCodes(d, max_mib << 20);
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+      return 1;
+    }
+    sources.push_back(std::move(*s));
+  }
+  for (const Source& s : sources) Run(s, seconds);
+  return 0;
+}
 
 }  // namespace
 }  // namespace dcomp
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) { return dcomp::Main(argc, argv); }

@@ -8,7 +8,9 @@
 #include "base/utf8.h"
 #include "daemon/validate.h"
 #include "engine/generate.h"
+#include "kernels/kernels.h"
 #include "runtime/memory_stats.h"
+#include "storage/rans.h"
 
 namespace dcomp::server {
 namespace {
@@ -138,6 +140,8 @@ Status Daemon::Load() {
     Result<GenerateResult> r = Generate(transformer(), *model_.model.tokenizer, warm);
     if (!r.ok()) return r.status().WithContext(c.model() + ": warm-up generation failed");
   }
+  spdlog::info("kernels: {}; rANS decoder: {}", kernels::KernelSelectionNote(),
+               storage::RansDecoderNote());
   spdlog::info("model {} [{}]: {}; context {}; {}; loaded and warmed up in {:.2f} s", c.model(),
                model_.model.file->format(), model_.model.file->config().Summary(),
                model_.model.model->context_length(),

@@ -23,6 +23,7 @@
 #include "packer/synth.h"
 #include "runtime/served_model.h"
 #include "runtime/streaming_weights.h"
+#include "storage/rans.h"
 
 namespace dcomp {
 namespace {
@@ -111,10 +112,13 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
   }
   ASSIGN_OR_RETURN(Loaded l, runtime::OpenServedModel(path, o));
   if (f.IsSet("verbose")) {
-    std::fprintf(stderr, "model: %s [%s], %s weights %.1f MiB resident, kernels %s, %d threads\n",
+    std::fprintf(stderr,
+                 "model: %s [%s], %s weights %.1f MiB resident, kernels %s, rANS decoder %s, %d "
+                 "threads\n",
                  l.model.file->config().Summary().c_str(), l.model.file->format().c_str(),
                  WeightFormatName(o.format), l.model.resident_weight_bytes / 1048576.0,
-                 kernels::KernelSelectionNote().c_str(), l.model.pool->num_threads());
+                 kernels::KernelSelectionNote().c_str(), storage::RansDecoderNote().c_str(),
+                 l.model.pool->num_threads());
     if (l.runtime != nullptr) {
       std::fprintf(stderr, "runtime: %s\n", l.runtime->plan().Summary().c_str());
     }

@@ -1,27 +1,31 @@
 // Pack stage 6: entropy coding. Every block is coded with each candidate codec, decoded and
-// compared, and stored in the smallest coding that decodes fast enough (raw if none is smaller).
+// compared, and stored in the smallest coding (raw if none is smaller). With --codec auto the
+// candidates are the codecs fast enough on every target by the decode-speed model
+// (packer/codec_model.h), so the choice does not depend on the CPU that packs.
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "packer/codec_model.h"
 #include "packer/internal/pack_state.h"
 
 namespace dcomp::packer::internal {
 namespace {
 
-// The codecs to try besides raw.
-Result<std::vector<storage::Codec>> CodecCandidates(const PackOptions& o) {
-  if (o.codec == "auto")
-    return std::vector<storage::Codec>{storage::Codec::kRans, storage::Codec::kZstd};
+// The codecs to try besides raw, and why (recorded in the manifest).
+Result<std::vector<storage::Codec>> CodecCandidates(const PackOptions& o, std::string* why) {
+  if (o.codec == "auto") return AutoCodecs(o.min_decode_mbps, why);
   ASSIGN_OR_RETURN(storage::Codec c, storage::ParseCodecName(o.codec));
+  *why = "--codec " + o.codec + (c == storage::Codec::kRaw ? "" : " (raw where it is not smaller)");
   if (c == storage::Codec::kRaw) return std::vector<storage::Codec>{};
   return std::vector<storage::Codec>{c};
 }
 
+// The smallest coding of `raw` among the candidates (raw if none is smaller). Lossless by
+// construction, and checked: every candidate is decoded and compared.
 Result<Encoded> EncodeBest(std::span<const uint8_t> raw, std::span<const storage::Codec> cands,
                            const PackOptions& o, storage::BlockDecoder* dec) {
   Encoded best;
@@ -29,22 +33,11 @@ Result<Encoded> EncodeBest(std::span<const uint8_t> raw, std::span<const storage
   std::vector<uint8_t> enc, check(raw.size());
   for (storage::Codec c : cands) {
     RETURN_IF_ERROR(storage::EncodeBlock(c, raw, o.zstd_level, &enc));
-    // Lossless by construction, and checked: every candidate is decoded and compared.
-    double best_s = 1e30;
-    for (int rep = 0; rep < (o.codec == "auto" && o.min_decode_mbps > 0 ? 2 : 1); ++rep) {
-      auto t0 = Clock::now();
-      RETURN_IF_ERROR(dec->Decode(c, enc, check));
-      best_s = std::min(best_s, std::chrono::duration<double>(Clock::now() - t0).count());
-    }
+    RETURN_IF_ERROR(dec->Decode(c, enc, check));
     if (std::memcmp(check.data(), raw.data(), raw.size()) != 0) {
       return InternalError(std::string(storage::CodecName(c)) + " round trip mismatch");
     }
-    const double mbps = static_cast<double>(raw.size()) / 1e6 / std::max(best_s, 1e-9);
-    // Below 32 KiB a decode takes microseconds and its timing is dominated by per-call setup, so
-    // the floor (a throughput) applies to larger blocks only.
-    const bool fast_enough =
-        o.codec != "auto" || mbps >= o.min_decode_mbps || raw.size() < (32u << 10);
-    if (fast_enough && enc.size() < best.bytes.size()) {
+    if (enc.size() < best.bytes.size()) {
       best.codec = c;
       best.bytes = enc;
     }
@@ -55,7 +48,7 @@ Result<Encoded> EncodeBest(std::span<const uint8_t> raw, std::span<const storage
 }  // namespace
 
 Status PrepareEncoding(PackState& s) {
-  ASSIGN_OR_RETURN(s.codec_candidates, CodecCandidates(s.o));
+  ASSIGN_OR_RETURN(s.codec_candidates, CodecCandidates(s.o, &s.codec_choice));
   for (const Matrix& m : s.mats) s.total_bytes += m.rows * m.cols;
   return Status::Ok();
 }

@@ -85,7 +85,9 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
         .Double("ratio", stored_total ? static_cast<double>(raw_total) / stored_total : 0)
         .String("source", m.pack_info().source())
         .String("calibration", m.pack_info().calibration())
-        .String("options", m.pack_info().options());
+        .String("options", m.pack_info().options())
+        .String("codec_choice", m.pack_info().codec_choice())
+        .String("rans_decoder", storage::RansDecoderName());
     w.BeginArray("layers");
     for (const auto& [l, L] : layers) {
       w.BeginObject()
@@ -121,7 +123,13 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
   for (const auto& [k, v] : codec_blocks) {
     codec_line += (codec_line.empty() ? "" : ", ") + k + " " + std::to_string(v);
   }
-  s += "blocks by codec: " + codec_line + " (rANS decoder: " + storage::RansDecoderName() + ")\n";
+  s += "blocks by codec: " + codec_line + " (rANS decoder here: " + storage::RansDecoderNote() +
+       ")\n";
+  s += "codec choice: " +
+       (m.pack_info().codec_choice().empty()
+            ? std::string("not recorded (packed before dcomp recorded it)")
+            : m.pack_info().codec_choice()) +
+       "\n";
   std::snprintf(line, sizeof(line), "%-10s %12s %12s %12s %7s %12s  %s\n", "range", "params",
                 "raw B", "stored B", "ratio", "offset", "codecs");
   s += line;

@@ -116,6 +116,7 @@ Status WriteManifest(PackState& s) {
   pi->set_calibration(rep.calibration);
   pi->set_f32_nll(rep.f32_nll);
   pi->set_packed_nll(rep.packed_nll);
+  pi->set_codec_choice(s.codec_choice);
   return s.writer->Finish(man);
 }
 

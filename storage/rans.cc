@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -284,7 +285,7 @@ void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out) {
 
 namespace {
 
-Status DecodeWith(std::span<const uint8_t> in, std::span<uint8_t> out, bool simd) {
+Status DecodeWith(std::span<const uint8_t> in, std::span<uint8_t> out, RansDecoder d) {
   auto s = std::make_unique<internal::RansStream>();
   RETURN_IF_ERROR(internal::ParseRansStream(in, s.get()));
   std::array<uint32_t, kRansLanes> states = s->states;
@@ -294,42 +295,117 @@ Status DecodeWith(std::span<const uint8_t> in, std::span<uint8_t> out, bool simd
     return internal::CheckRansEnd(*s, 0, states.data());
   }
   size_t done = 0;
+  switch (d) {
 #if defined(__x86_64__)
-  if (simd) done = internal::RansDecodeGroupsAvx512(*s, out, states.data(), &words_read);
-#else
-  (void)simd;
+    case RansDecoder::kAvx512Vbmi2:
+      done = internal::RansDecodeGroupsAvx512(*s, out, states.data(), &words_read);
+      break;
+    case RansDecoder::kAvx2:
+      done = internal::RansDecodeGroupsAvx2(*s, out, states.data(), &words_read);
+      break;
 #endif
+#if defined(__aarch64__)
+    case RansDecoder::kNeon:
+      done = internal::RansDecodeGroupsNeon(*s, out, states.data(), &words_read);
+      break;
+#endif
+    default: break;  // the portable loop below does everything
+  }
   RETURN_IF_ERROR(internal::RansDecodeTail(*s, done, out, states.data(), &words_read));
   return internal::CheckRansEnd(*s, words_read, states.data());
 }
 
-// Decided once per process (DCOMP_KERNELS=ref forces the portable decoder, as for the kernels).
-bool HaveAvx512Vbmi2() {
+bool Supported(RansDecoder d) {
+  [[maybe_unused]] const CpuFeatures& f = Cpu();
+  switch (d) {
+    case RansDecoder::kPortable: return true;
 #if defined(__x86_64__)
-  static const bool have = [] {
-    if (const char* e = std::getenv("DCOMP_KERNELS"); e != nullptr && std::string(e) == "ref") {
-      return false;
-    }
-    const CpuFeatures& f = Cpu();
-    return f.avx512f && f.avx512bw && f.avx512vbmi2;
-  }();
-  return have;
-#else
-  return false;
+    case RansDecoder::kAvx2: return f.avx2;
+    case RansDecoder::kAvx512Vbmi2: return f.avx512f && f.avx512bw && f.avx512vbmi2;
 #endif
+#if defined(__aarch64__)
+    case RansDecoder::kNeon: return f.asimd;
+#endif
+    default: return false;
+  }
 }
+
+struct Selection {
+  RansDecoder decoder = RansDecoder::kPortable;
+  std::string note;
+};
+
+// Decided once per process: the fastest decoder this CPU has (the last available in
+// kAllDecoders); DCOMP_RANS=NAME forces one, DCOMP_KERNELS=ref forces the portable decoder.
+Selection Select() {
+  Selection sel;
+  for (RansDecoder d : AvailableRansDecoders()) sel.decoder = d;
+  std::string note;
+  if (const char* k = std::getenv("DCOMP_KERNELS"); k != nullptr && std::string(k) == "ref") {
+    sel.decoder = RansDecoder::kPortable;
+    note = " (forced by DCOMP_KERNELS=ref)";
+  }
+  if (const char* forced = std::getenv("DCOMP_RANS"); forced != nullptr && *forced != '\0') {
+    note = std::string(" (DCOMP_RANS=") + forced + " is unknown or unsupported here)";
+    for (RansDecoder d : AvailableRansDecoders()) {
+      if (std::string(RansDecoderName(d)) == forced) {
+        sel.decoder = d;
+        note = " (forced by DCOMP_RANS)";
+      }
+    }
+  }
+  sel.note = std::string(RansDecoderName(sel.decoder)) + note + " [cpu: " + Cpu().Describe() + "]";
+  return sel;
+}
+
+const Selection& TheSelection() {
+  static const Selection s = Select();
+  return s;
+}
+
+// Every decoder, slowest first.
+constexpr RansDecoder kAllDecoders[] = {RansDecoder::kPortable, RansDecoder::kNeon,
+                                        RansDecoder::kAvx2, RansDecoder::kAvx512Vbmi2};
 
 }  // namespace
 
+const char* RansDecoderName(RansDecoder d) {
+  switch (d) {
+    case RansDecoder::kPortable: return "portable";
+    case RansDecoder::kAvx2: return "avx2";
+    case RansDecoder::kAvx512Vbmi2: return "avx512_vbmi2";
+    case RansDecoder::kNeon: return "neon";
+  }
+  return "?";
+}
+
+std::vector<RansDecoder> AvailableRansDecoders() {
+  std::vector<RansDecoder> v;
+  for (RansDecoder d : kAllDecoders) {
+    if (Supported(d)) v.push_back(d);
+  }
+  return v;
+}
+
+RansDecoder SelectedRansDecoder() { return TheSelection().decoder; }
+std::string RansDecoderNote() { return TheSelection().note; }
+const char* RansDecoderName() { return RansDecoderName(SelectedRansDecoder()); }
+
+Status RansDecodeWith(RansDecoder d, std::span<const uint8_t> in, std::span<uint8_t> out) {
+  if (!Supported(d)) {
+    return FailedPreconditionError(std::string("the rANS decoder ") + RansDecoderName(d) +
+                                   " is not available on this CPU");
+  }
+  return DecodeWith(in, out, d);
+}
+
 Status RansDecodePortable(std::span<const uint8_t> in, std::span<uint8_t> out) {
-  return DecodeWith(in, out, false);
+  return DecodeWith(in, out, RansDecoder::kPortable);
 }
 
 Status RansDecode(std::span<const uint8_t> in, std::span<uint8_t> out) {
-  return DecodeWith(in, out, HaveAvx512Vbmi2());
+  return DecodeWith(in, out, SelectedRansDecoder());
 }
-
-const char* RansDecoderName() { return HaveAvx512Vbmi2() ? "avx512_vbmi2" : "portable"; }
 
 double Order0EntropyBits(std::span<const uint8_t> data) {
   if (data.empty()) return 0;

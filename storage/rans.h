@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "base/status.h"
@@ -24,12 +25,24 @@ inline constexpr int kRansProbBits = 12;
 // Appends the rANS stream of `in` to `out` (cleared first).
 void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out);
 
-// Decodes a stream into exactly out.size() bytes with the fastest decoder this CPU has.
+// The decoders, by instruction set; all decode the same format to the same bytes and verdicts.
+enum class RansDecoder { kPortable, kAvx2, kAvx512Vbmi2, kNeon };
+const char* RansDecoderName(RansDecoder d);  // "portable", "avx2", "avx512_vbmi2", "neon"
+// This build's decoders that this CPU runs (base/'s CPU features), slowest first.
+std::vector<RansDecoder> AvailableRansDecoders();
+// The one RansDecode uses, chosen once per process: the fastest available; DCOMP_RANS=NAME
+// forces one, DCOMP_KERNELS=ref forces the portable decoder. The note names it, why, and the CPU
+// features (tools log it).
+RansDecoder SelectedRansDecoder();
+std::string RansDecoderNote();
+const char* RansDecoderName();  // the selected one's
+
+// Decodes a stream into exactly out.size() bytes with the selected decoder.
 Status RansDecode(std::span<const uint8_t> in, std::span<uint8_t> out);
-// The portable decoder (tests check the fast one against it).
+// With decoder `d` (FAILED_PRECONDITION if this CPU lacks it): tests and benchmarks.
+Status RansDecodeWith(RansDecoder d, std::span<const uint8_t> in, std::span<uint8_t> out);
+// The portable decoder (tests check the fast ones against it).
 Status RansDecodePortable(std::span<const uint8_t> in, std::span<uint8_t> out);
-// "avx512_vbmi2" or "portable".
-const char* RansDecoderName();
 
 // Order-0 entropy of `data` in bits per byte (what an ideal static coder reaches).
 double Order0EntropyBits(std::span<const uint8_t> data);

@@ -155,6 +155,7 @@ struct PackState {
 
   // Entropy coding.
   std::vector<storage::Codec> codec_candidates;  // the codecs tried besides raw
+  std::string codec_choice;                      // why those (PackInfo.codec_choice)
   uint64_t done_bytes = 0, total_bytes = 0;      // matrix codes coded so far, of all
 };
 
@@ -189,7 +190,7 @@ struct EncodedBlocks {
 };
 
 // Encodes `data` (whole rows of `row_bytes`) in blocks of rows_per_block rows, in parallel, each
-// with the smallest of raw and s.codec_candidates that decodes fast enough.
+// with the smallest of raw and s.codec_candidates.
 EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t row_bytes,
                            size_t rows_per_block);
 

@@ -38,10 +38,20 @@ Status CheckRansEnd(const RansStream& s, size_t words_read, const uint32_t* stat
 Status RansDecodeTail(const RansStream& s, size_t begin, std::span<uint8_t> out, uint32_t* states,
                       size_t* words_read);
 
+// The SIMD decoders of whole 32-symbol groups, continuing from `states` and word position
+// `*words_read`; each returns the symbols decoded (the portable loop decodes the rest).
 #if defined(__x86_64__)
-// AVX-512 (F, BW, VBMI2) decoder of whole 32-symbol groups; returns the symbols decoded.
+// AVX-512 (F, BW, VBMI2): storage/x86/rans_avx512.cc.
 size_t RansDecodeGroupsAvx512(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
                               size_t* words_read);
+// AVX2: storage/x86/rans_avx2.cc.
+size_t RansDecodeGroupsAvx2(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
+                            size_t* words_read);
+#endif
+#if defined(__aarch64__)
+// NEON (AArch64 baseline): storage/arm/rans_neon.cc.
+size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
+                            size_t* words_read);
 #endif
 
 }  // namespace dcomp::storage::internal

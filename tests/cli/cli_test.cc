@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
@@ -20,8 +22,9 @@ struct ProcResult {
   std::string out;  // stdout and stderr together
 };
 
-ProcResult Dcomp(const std::string& args) {
-  const std::string cmd = testing::BinaryDir() + "/packer/dcomp " + args + " 2>&1";
+// Runs dcomp with `args` (shell words), with `env` ("NAME=value ...") before it.
+ProcResult Dcomp(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " + testing::BinaryDir() + "/packer/dcomp " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   ProcResult r{-1, ""};
   if (p == nullptr) return r;
@@ -220,6 +223,34 @@ TEST(CliTest, WithoutIoUringTheReaderFallsBackToPread) {
   EXPECT_NE(forced.out.find("UNAVAILABLE"), std::string::npos) << forced.out;
   EXPECT_NE(forced.out.find("io_uring"), std::string::npos) << forced.out;
   std::filesystem::remove(dcm);
+}
+
+// The codec of every block comes from the decode-speed model, not from timing on the packing
+// machine: packing with the portable rANS decoder (as a machine without SIMD would) gives the same
+// file, and inspect says how the codecs were chosen.
+TEST(CliTest, CodecChoiceDoesNotDependOnThePackingMachine) {
+  // The same command line (it is recorded in the file) in two folders.
+  const std::string da_dir = TempFile("choice_a"), db_dir = TempFile("choice_b");
+  std::filesystem::create_directories(da_dir);
+  std::filesystem::create_directories(db_dir);
+  const std::string a = da_dir + "/m.dcm", b = db_dir + "/m.dcm";
+  const std::string args = "pack " + kModel + " m.dcm --calib-tokens 256 --no-rate-alloc";
+  ASSERT_EQ(Dcomp(args, "cd " + da_dir + " &&").exit_code, 0);
+  ASSERT_EQ(Dcomp(args, "cd " + db_dir + " && DCOMP_RANS=portable").exit_code, 0);
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  const std::string da((std::istreambuf_iterator<char>(fa)), std::istreambuf_iterator<char>());
+  const std::string db((std::istreambuf_iterator<char>(fb)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(da.empty());
+  EXPECT_TRUE(da == db) << "the packed files differ with another rANS decoder";
+  ProcResult r = Dcomp("inspect " + a);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("codec choice: auto: the smallest coding"), std::string::npos) << r.out;
+  r = Dcomp("inspect " + a + " --json");
+  EXPECT_NE(testing::ParseJson(r.out)["codec_choice"].str.find("decode-speed model"),
+            std::string::npos)
+      << r.out;
+  std::filesystem::remove_all(da_dir);
+  std::filesystem::remove_all(db_dir);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // libFuzzer: every block decoder. Byte 0 picks the codec (raw, zstd, rans), bytes 1..3 the output
-// size (up to 16 MiB); the rest is the stored block. For rANS the fast and the portable decoder
-// must agree on the verdict and on the bytes (a differential check).
+// size (up to 16 MiB); the rest is the stored block. For rANS every decoder this CPU has (AVX2,
+// AVX-512 VBMI2, NEON) must agree with the portable one on the verdict and on the bytes (a
+// differential check).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -24,6 +25,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     dcomp::Status sb = RansDecodePortable(stored, b);
     if (sa.ok() != sb.ok()) std::abort();
     if (sa.ok() && a != b) std::abort();
+    for (RansDecoder d : AvailableRansDecoders()) {
+      std::vector<uint8_t> c(out_size);
+      dcomp::Status sc = RansDecodeWith(d, stored, c);
+      if (sc.ok() != sb.ok()) std::abort();
+      if (sc.ok() && c != b) std::abort();
+    }
   }
   return 0;
 }

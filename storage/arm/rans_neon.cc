@@ -1,0 +1,80 @@
+// NEON rANS decoder (AArch64 baseline, no optional extension): 32 states in eight registers of 4
+// lanes. Per register and group: the 4 table entries are loaded one by one (NEON has no gather),
+// the states advance in vector arithmetic, and the states that fell below 2^16 refill from the
+// shared word stream: the lanes that need a word take consecutive words in lane order (the
+// portable decoder's order), distributed by a byte shuffle looked up from the 4-bit lane mask.
+#include <arm_neon.h>
+
+#include <array>
+#include <cstring>
+
+#include "storage/internal/rans_impl.h"
+
+namespace dcomp::storage::internal {
+namespace {
+
+// For each 4-bit mask of lanes that refill: the bytes of the 32-bit lanes of the next words'
+// vector that lane i takes (word number popcount(mask & (2^i - 1))).
+struct RefillShuffles {
+  std::array<std::array<uint8_t, 16>, 16> idx{};
+  constexpr RefillShuffles() {
+    for (int m = 0; m < 16; ++m) {
+      int k = 0;
+      for (int i = 0; i < 4; ++i) {
+        const int word = (m >> i) & 1 ? k++ : 0;
+        for (int b = 0; b < 4; ++b) idx[m][4 * i + b] = static_cast<uint8_t>(4 * word + b);
+      }
+    }
+  }
+};
+constexpr RefillShuffles kRefill;
+
+}  // namespace
+
+size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
+                            size_t* words_read) {
+  const size_t groups = out.size() / kRansLanes;
+  const uint32_t* table = s.table.data();
+  const uint8_t* words = s.words_bytes;
+  size_t w = *words_read;
+  constexpr int kRegs = kRansLanes / 4;
+  uint32x4_t x[kRegs];
+  for (int r = 0; r < kRegs; ++r) x[r] = vld1q_u32(states + 4 * r);
+  const uint32x4_t bias_mask = vdupq_n_u32(0xFFF);
+  const uint32x4_t lower = vdupq_n_u32(kRansL);
+  const uint32x4_t bit = {1, 2, 4, 8};
+  uint8_t* o = out.data();
+  size_t g = 0;
+  // A group reads at most kRansLanes words; stop while a full group is still guaranteed in bounds
+  // (each register's load of 4 words stays within the group's worst case).
+  for (; g < groups && s.num_words - w >= kRansLanes; ++g, o += kRansLanes) {
+    uint16x4_t sym[kRegs];
+    for (int r = 0; r < kRegs; ++r) {
+      uint32_t slot[4];
+      vst1q_u32(slot, vandq_u32(x[r], bias_mask));  // the slot is the low 12 bits
+      uint32_t ent[4] = {table[slot[0]], table[slot[1]], table[slot[2]], table[slot[3]]};
+      const uint32x4_t e = vld1q_u32(ent);
+      sym[r] = vmovn_u32(e);  // the symbol is the low byte (narrowed again below)
+      x[r] = vaddq_u32(vmulq_u32(vshrq_n_u32(e, 20), vshrq_n_u32(x[r], 12)),
+                       vandq_u32(vshrq_n_u32(e, 8), bias_mask));
+    }
+    for (int r = 0; r < kRegs; r += 2) {
+      vst1_u8(o + 4 * r, vmovn_u16(vcombine_u16(sym[r], sym[r + 1])));
+    }
+    for (int r = 0; r < kRegs; ++r) {
+      const uint32x4_t need = vcltq_u32(x[r], lower);
+      const unsigned m = vaddvq_u32(vandq_u32(need, bit));
+      uint16_t next4[4];
+      std::memcpy(next4, words + 2 * w, sizeof next4);
+      const uint8x16_t next = vreinterpretq_u8_u32(vmovl_u16(vld1_u16(next4)));
+      const uint32x4_t v = vreinterpretq_u32_u8(vqtbl1q_u8(next, vld1q_u8(kRefill.idx[m].data())));
+      x[r] = vbslq_u32(need, vorrq_u32(vshlq_n_u32(x[r], 16), v), x[r]);
+      w += static_cast<size_t>(__builtin_popcount(m));
+    }
+  }
+  for (int r = 0; r < kRegs; ++r) vst1q_u32(states + 4 * r, x[r]);
+  *words_read = w;
+  return g * kRansLanes;
+}
+
+}  // namespace dcomp::storage::internal

@@ -1,0 +1,90 @@
+// AVX2 rANS decoder: 32 states in four registers of 8 lanes. Per register and group: gather the
+// table entries of the 8 slots, advance the states, and refill the states that fell below 2^16
+// from the shared word stream: the lanes that need a word take consecutive words in lane order
+// (exactly the portable decoder's order), distributed by a permutation looked up from the 8-bit
+// mask of those lanes. The 32 symbols of a group are packed from the four registers' low bytes.
+#include <immintrin.h>
+
+#include <array>
+#include <cstring>
+
+#include "storage/internal/rans_impl.h"
+
+namespace dcomp::storage::internal {
+namespace {
+
+// For each 8-bit mask of lanes that refill: lane i takes word number popcount(mask & (2^i - 1)).
+struct RefillPermutations {
+  alignas(32) std::array<std::array<int32_t, 8>, 256> idx{};
+  constexpr RefillPermutations() {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int i = 0; i < 8; ++i) {
+        idx[m][i] = (m >> i) & 1 ? k++ : 0;
+      }
+    }
+  }
+};
+constexpr RefillPermutations kRefill;
+
+}  // namespace
+
+__attribute__((target("avx2,popcnt"))) size_t RansDecodeGroupsAvx2(const RansStream& s,
+                                                                   std::span<uint8_t> out,
+                                                                   uint32_t* states,
+                                                                   size_t* words_read) {
+  const size_t groups = out.size() / kRansLanes;
+  const auto* table = reinterpret_cast<const int*>(s.table.data());
+  const uint8_t* words = s.words_bytes;
+  size_t w = *words_read;
+  constexpr int kRegs = kRansLanes / 8;
+  __m256i x[kRegs];
+  for (int r = 0; r < kRegs; ++r) {
+    x[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(states + 8 * r));
+  }
+  const __m256i slot_mask = _mm256_set1_epi32(kProbScale - 1);
+  const __m256i bias_mask = _mm256_set1_epi32(0xFFF);
+  const __m256i byte_mask = _mm256_set1_epi32(0xFF);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  uint8_t* o = out.data();
+  size_t g = 0;
+  // A group reads at most kRansLanes words; stop while a full group is still guaranteed in bounds
+  // (each register's load of 8 words stays within the group's worst case).
+  for (; g < groups && s.num_words - w >= kRansLanes; ++g, o += kRansLanes) {
+    __m256i e[kRegs];
+    for (int r = 0; r < kRegs; ++r) {
+      e[r] = _mm256_i32gather_epi32(table, _mm256_and_si256(x[r], slot_mask), 4);
+      x[r] = _mm256_add_epi32(
+          _mm256_mullo_epi32(_mm256_srli_epi32(e[r], 20), _mm256_srli_epi32(x[r], 12)),
+          _mm256_and_si256(_mm256_srli_epi32(e[r], 8), bias_mask));
+    }
+    // Symbols: low bytes of e[0..3], packed with saturation (they are < 256), then the 32-bit
+    // groups put back in lane order.
+    const __m256i ab =
+        _mm256_packus_epi32(_mm256_and_si256(e[0], byte_mask), _mm256_and_si256(e[1], byte_mask));
+    const __m256i cd =
+        _mm256_packus_epi32(_mm256_and_si256(e[2], byte_mask), _mm256_and_si256(e[3], byte_mask));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), bytes);
+    for (int r = 0; r < kRegs; ++r) {
+      // x < 2^16 exactly when its high half is zero.
+      const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(x[r], 16), zero);
+      const int m = _mm256_movemask_ps(_mm256_castsi256_ps(need));
+      const __m256i next =
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(words + 2 * w)));
+      const __m256i perm =
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(kRefill.idx[m].data()));
+      const __m256i v = _mm256_permutevar8x32_epi32(next, perm);
+      x[r] = _mm256_blendv_epi8(x[r], _mm256_or_si256(_mm256_slli_epi32(x[r], 16), v), need);
+      w += static_cast<size_t>(__builtin_popcount(static_cast<unsigned>(m)));
+    }
+  }
+  for (int r = 0; r < kRegs; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(states + 8 * r), x[r]);
+  }
+  *words_read = w;
+  return g * kRansLanes;
+}
+
+}  // namespace dcomp::storage::internal
