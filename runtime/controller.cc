@@ -159,6 +159,7 @@ void Controller::StartPressureMonitor() {
 
 void Controller::MonitorLoop() {
   int calm = 0;
+  bool seen = false;  // a reading succeeded: later failures are transient
   MutexLock l(&mu_);
   while (!stop_) {
     cv_.WaitFor(&mu_, std::chrono::seconds(1), [&] {
@@ -169,7 +170,11 @@ void Controller::MonitorLoop() {
     l.Unlock();
     Result<MemoryPressure> p = ReadMemoryPressure();
     l.Lock();
-    if (!p.ok()) return;  // no PSI on this kernel
+    if (!p.ok()) {
+      if (!seen) return;  // no PSI on this kernel
+      continue;           // a transient failure: try again in a second
+    }
+    seen = true;
     st_.pressure_some_avg10 = p->some_avg10;
     if (p->some_avg10 > 10.0 && st_.budget_factor > 0.6) {
       st_.budget_factor = std::max(0.6, st_.budget_factor - 0.1);

@@ -45,7 +45,7 @@ void Prefetcher::Drop(const std::shared_ptr<Item>& it) {
   }
 }
 
-// kAhead: the last block is decoded; kInline: the read is done.
+// kAhead: the last block is decoded; kInline: the read is done (or the item was dropped first).
 void Prefetcher::Complete(const std::shared_ptr<Item>& it) {
   const bool ahead = decode_ == Decode::kAhead;
   if (ahead && it->staging >= 0) {  // decoded: the compressed bytes are no longer needed
@@ -53,6 +53,11 @@ void Prefetcher::Complete(const std::shared_ptr<Item>& it) {
     it->staging = -1;
   }
   --in_flight_;
+  if (it->cancelled) {  // dropped while read or decoded: nobody takes it, and it measured nothing
+    FreeItem(it);
+    cv_.NotifyAll();
+    return;
+  }
   if (it->error.ok() && !ahead) {
     it->state = Item::kReady;
     decoder_->BuildInlineViews(it->unit, it->stored, &it->inline_views);
@@ -64,7 +69,6 @@ void Prefetcher::Complete(const std::shared_ptr<Item>& it) {
   } else {
     it->state = Item::kFailed;
   }
-  if (it->cancelled) FreeItem(it);
   cv_.NotifyAll();
 }
 
@@ -126,6 +130,10 @@ void Prefetcher::Loop() {
         return stop_ || !free_staging_.empty();
       });
       if (stop_) return;
+      if (it->cancelled) {  // dropped while waiting for a staging buffer: no read
+        Complete(it);
+        continue;
+      }
       ReadFlashUnit(it);
       if (!it->error.ok() || it->cancelled || !ahead) {
         Complete(it);
