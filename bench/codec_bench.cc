@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/clock.h"
 #include "base/cpu_features.h"
 #include "bench/bench_model.h"
 #include "engine/model_file.h"
@@ -33,7 +34,6 @@ namespace dcomp {
 namespace {
 
 using Block = std::vector<uint8_t>;
-using Clock = std::chrono::steady_clock;
 constexpr size_t kBlock = 128 << 10;
 
 struct Source {
@@ -184,7 +184,7 @@ double DecodeRate(const Codec& c, const std::vector<Block>& enc, const Source& s
       Block out(kBlock * 2);
       uint64_t n = 0;
       size_t i = static_cast<size_t>(t) * enc.size() / static_cast<size_t>(threads);
-      while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+      while (Seconds(t0, Clock::now()) < seconds) {
         for (size_t k = 0; k < 16; ++k, i = (i + 1) % enc.size()) {
           out.resize(src.blocks[i].size());
           if (!decode(enc[i], out).ok() || out != src.blocks[i]) failed = true;
@@ -196,8 +196,7 @@ double DecodeRate(const Codec& c, const std::vector<Block>& enc, const Source& s
   }
   for (auto& t : pool) t.join();
   if (failed) return -1;
-  return static_cast<double>(bytes) / std::chrono::duration<double>(Clock::now() - t0).count() /
-         1e9;
+  return static_cast<double>(bytes) / Seconds(t0, Clock::now()) / 1e9;
 }
 
 void Run(const Source& src, double seconds) {
@@ -219,8 +218,7 @@ void Run(const Source& src, double seconds) {
       stored += enc[i].size();
     }
     if (enc.empty()) continue;
-    const double enc_rate = static_cast<double>(src.raw) /
-                            std::chrono::duration<double>(Clock::now() - t0).count() / 1e9;
+    const double enc_rate = static_cast<double>(src.raw) / Seconds(t0, Clock::now()) / 1e9;
     const double d1 = DecodeRate(c, enc, src, 1, seconds);
     const double d2 = DecodeRate(c, enc, src, 2, seconds);
     std::printf("%-30s %9.3f %11.3f %11.3f %11.3f%s\n", c.name.c_str(),

@@ -17,7 +17,6 @@
 
 #include "base/file.h"
 #include "base/flags.h"
-#include "daemon/config.h"
 
 namespace dcomp::server {
 namespace {

@@ -113,8 +113,7 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
       path.c_str(), h.version_major, h.version_minor, static_cast<unsigned long long>(h.file_size),
       static_cast<unsigned long long>(h.manifest_size), m.tensors_size(), r.num_blocks());
   s += line;
-  s += "model: " + c.Summary() + (c.synthetic ? " (benchmarks only)" : "") +
-       "\n";
+  s += "model: " + c.Summary() + (c.synthetic ? " (benchmarks only)" : "") + "\n";
   s += "source: " + m.pack_info().source() + " [" + m.pack_info().source_format() + "]\n";
   s += "packed by dcomp " + m.pack_info().tool_version() + " with: " + m.pack_info().options() +
        "\n";

@@ -3,13 +3,13 @@
 // quantization, rate allocation, then entropy coding and the container.
 #include "packer/pack.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <utility>
 
+#include "base/clock.h"
 #include "packer/internal/pack_state.h"
 #include "packer/internal/pack_util.h"
 #include "storage/codec.h"
@@ -49,7 +49,7 @@ Status CheckOptions(internal::PackState& s) {
 }  // namespace
 
 Result<PackReport> Pack(const PackOptions& o) {
-  const auto t_start = internal::Clock::now();
+  const auto t_start = Clock::now();
   internal::PackState s(o);
   RETURN_IF_ERROR(CheckOptions(s));
   RETURN_IF_ERROR(internal::Import(s));
@@ -60,7 +60,7 @@ Result<PackReport> Pack(const PackOptions& o) {
   // Entropy coding and the container: each tensor's blocks are coded as the writer takes them.
   RETURN_IF_ERROR(internal::PrepareEncoding(s));
   RETURN_IF_ERROR(internal::WriteContainer(s));
-  s.rep.seconds = std::chrono::duration<double>(internal::Clock::now() - t_start).count();
+  s.rep.seconds = Seconds(t_start, Clock::now());
   return std::move(s.rep);
 }
 

@@ -11,8 +11,6 @@
 
 namespace dcomp::runtime {
 
-namespace pb = storage::pb;
-
 namespace {
 
 // Decoding: up to 16 data blocks of layer 0, one thread.

@@ -198,13 +198,9 @@ void Prefetcher::Start(std::vector<int> seq, std::vector<const uint8_t*> stored,
   cv_.NotifyAll();
 }
 
-bool Prefetcher::paused() const {
-  MutexLock l(&mu_);
-  return paused_;
-}
-
 Result<const Prefetcher::Item*> Prefetcher::Acquire(int u) {
   MutexLock l(&mu_);
+  if (paused_) return FailedPreconditionError("the pipeline is paused");
   const auto t0 = Clock::now();
   for (;;) {
     while (!items_.empty() && items_.front()->unit != u) {

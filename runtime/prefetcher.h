@@ -67,10 +67,9 @@ class Prefetcher {
   // when there is nothing to stream or no buffer to stream with.
   void Start(std::vector<int> seq, std::vector<const uint8_t*> stored, Decode decode,
              int decode_threads) EXCLUDES(mu_);
-  bool paused() const EXCLUDES(mu_);
-
   // Unit u's item, once ready (read, and decoded when decoding ahead); fails with the unit's read
-  // or decode error. Items before u are dropped. Held until Release().
+  // or decode error, or FAILED_PRECONDITION when the pipeline is paused (the last plan left it no
+  // buffers). Items before u are dropped. Held until Release().
   Result<const Item*> Acquire(int u) EXCLUDES(mu_);
   void Release() EXCLUDES(mu_);
 

@@ -320,11 +320,12 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
     m.held_since = Clock::now();
     return head ? static_cast<const void*>(&R.compressed_views.head) : &R.compressed_views.layer;
   }
-  if (m.prefetcher->paused()) {
+  Result<const Prefetcher::Item*> acquired = m.prefetcher->Acquire(u);
+  if (acquired.status().code() == StatusCode::kFailedPrecondition) {
     return UnavailableError("the runtime has no pipeline buffers (the last plan failed to apply: " +
                             m.controller->stats().last_replan + ")");
   }
-  ASSIGN_OR_RETURN(const Prefetcher::Item* it, m.prefetcher->Acquire(u));
+  ASSIGN_OR_RETURN(const Prefetcher::Item* it, std::move(acquired));
   m.held_since = Clock::now();
   if (inline_decode) {
     return head ? static_cast<const void*>(&it->inline_views.head) : &it->inline_views.layer;

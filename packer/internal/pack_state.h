@@ -5,7 +5,6 @@
 // as it writes them, so that the coded blocks of one tensor at a time are held in memory.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -27,8 +26,6 @@
 #include "storage/container.h"
 
 namespace dcomp::packer::internal {
-
-using Clock = std::chrono::steady_clock;
 
 inline constexpr size_t kSampleRows = 256;  // calibration input rows kept per linear input
 

@@ -22,7 +22,6 @@ struct RansStream {
   bool single_symbol = false;
   uint8_t symbol = 0;
   std::array<uint32_t, kRansLanes> states;
-  const uint16_t* words = nullptr;  // unaligned storage read through memcpy by scalar code
   const uint8_t* words_bytes = nullptr;
   size_t num_words = 0;
 };

@@ -66,7 +66,8 @@ TEST(FileTest, MissingFileAndDirectoryAreClearErrors) {
 }
 
 TEST(FileTest, WriteAtomicallyThenMap) {
-  const std::string path = ::testing::TempDir() + "/dcomp_file_test_" + std::to_string(getpid()) + ".bin";
+  const std::string path =
+      ::testing::TempDir() + "/dcomp_file_test_" + std::to_string(getpid()) + ".bin";
   const std::string data = "hello dcomp";
   ASSERT_TRUE(
       WriteFileAtomically(path, std::span<const uint8_t>(

@@ -1,8 +1,8 @@
 // The `dcomp` command-line contract, run as a separate process: JSON output of generate / eval /
 // tokenize, and clear errors with a non-zero exit status for bad input.
 #include <gtest/gtest.h>
-#include <unistd.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cmath>

@@ -16,7 +16,9 @@
 namespace dcomp {
 namespace {
 
-std::string Tmp(const std::string& name) { return ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name; }
+std::string Tmp(const std::string& name) {
+  return ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name;
+}
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc)

@@ -106,7 +106,8 @@ struct Built {
 };
 
 Built Build(const testing::TinyModelOptions& o, WeightFormat fmt) {
-  const std::string path = ::testing::TempDir() + "/tiny_" + std::to_string(getpid()) + "_" + o.arch + std::to_string(o.seed) +
+  const std::string path = ::testing::TempDir() + "/tiny_" + std::to_string(getpid()) + "_" +
+                           o.arch + std::to_string(o.seed) +
                            std::to_string(static_cast<int>(o.matrix_type)) + ".gguf";
   Status s = testing::WriteTinyModel(path, o);
   EXPECT_TRUE(s.ok()) << s.ToString();

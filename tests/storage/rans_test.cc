@@ -12,20 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "tests/util/weight_codes.h"
+
 namespace dcomp::storage {
 namespace {
 
-// Bytes distributed like int8 weight codes: a rounded Gaussian of standard deviation `sigma`.
-std::vector<uint8_t> GaussianCodes(size_t n, double sigma, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> d(0, sigma);
-  std::vector<uint8_t> v(n);
-  for (auto& b : v) {
-    const double x = std::clamp(std::round(d(rng)), -127.0, 127.0);
-    b = static_cast<uint8_t>(static_cast<int8_t>(x));
-  }
-  return v;
-}
+using testing::GaussianCodes;
 
 std::vector<uint8_t> Encode(const std::vector<uint8_t>& in) {
   std::vector<uint8_t> enc;
@@ -69,18 +61,7 @@ TEST_P(RansDecoderTest, RoundTripsEverySizeAroundTheGroupSize) {
 }
 
 TEST_P(RansDecoderTest, RoundTripsExtremeDistributions) {
-  ExpectRoundTrip(std::vector<uint8_t>(100000, 7));  // single symbol
-  std::vector<uint8_t> two(100000, 0);
-  two[5000] = 255;  // one very rare symbol: long runs without refills, then a burst
-  ExpectRoundTrip(two);
-  std::vector<uint8_t> all(256 * 300);
-  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint8_t>(i * 131 + i / 256);
-  ExpectRoundTrip(all);  // uniform: nearly every state refills on every symbol
-  std::mt19937 rng(3);
-  std::vector<uint8_t> random(123457);
-  for (auto& b : random) b = static_cast<uint8_t>(rng());
-  ExpectRoundTrip(random);
-  ExpectRoundTrip(GaussianCodes(300000, 0.3, 9));  // very skewed
+  for (const auto& v : testing::ExtremeCodeSets()) ExpectRoundTrip(v);
   for (double sigma : {2.0, 8.0, 40.0}) ExpectRoundTrip(GaussianCodes(200003, sigma, 17));
 }
 
