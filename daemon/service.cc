@@ -44,6 +44,13 @@ Status Interrupted(grpc::ServerContext* ctx) {
   return Status::Ok();
 }
 
+// Why a request that could not go on stopped: its deadline or its client (Interrupted), else
+// `otherwise` (a write that failed before gRPC flagged the call).
+Status StopCause(grpc::ServerContext* ctx, const std::string& otherwise) {
+  Status s = Interrupted(ctx);
+  return s.ok() ? CancelledError(otherwise) : s;
+}
+
 std::string Peer(grpc::ServerContext* ctx) {
   std::string p = ctx->peer();
   return p.empty() ? "-" : p;
@@ -256,8 +263,7 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   last_progress_ns_.store(NowNs());
   if (!r.ok()) return fail(r.status());
   if (r->stop_reason == "callback") {
-    Status s = Interrupted(ctx);
-    if (s.ok()) s = CancelledError(write_failed ? "the client stopped reading" : "cancelled");
+    const Status s = StopCause(ctx, write_failed ? "the client stopped reading" : "cancelled");
     Finish(id, peer, s, prompt_tokens, &*r, Since(t0), queue_seconds);
     return ToGrpc(s);
   }
@@ -275,7 +281,7 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   res->set_queue_seconds(queue_seconds);
   res->set_request_id(id);
   Status st = Status::Ok();
-  if (!writer->Write(msg)) st = CancelledError("the client stopped reading before the result");
+  if (!writer->Write(msg)) st = StopCause(ctx, "the client stopped reading before the result");
   Finish(id, peer, st, prompt_tokens, &*r, Since(t0), queue_seconds);
   return ToGrpc(st);
 }
