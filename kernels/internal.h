@@ -2,6 +2,9 @@
 // that ISA's flags. Only dispatch.cc and the kernel tests see these.
 #pragma once
 
+#include <algorithm>
+#include <vector>
+
 #include "kernels/kernels.h"
 
 namespace dcomp::kernels::internal {
@@ -25,6 +28,54 @@ void QuantizeRowQ8Ref(const float* x, size_t n, size_t n_padded, int8_t* q, floa
 inline void Q8Scale(float amax, float* scale, float* inv) {
   *scale = amax / 127.0f;
   *inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+}
+
+// The packed reference kernels (ref/packed.cc) and the reference unpacker of rows [r0, r1) of a
+// packed matrix into signed codes, PaddedCols(cols) per row.
+void GemvPackedRef(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                   size_t r1);
+void GemmPackedRef(const PackedMatrixView& w, const int8_t* x, size_t x_stride,
+                   const float* x_scale, size_t n_tok, float* y, size_t y_stride, size_t r0,
+                   size_t r1);
+
+// Sum of n activation codes (n a multiple of 64; the packed products subtract 2^(bits-1) times it).
+inline int32_t SumCodes(const int8_t* x, size_t n) {
+  int32_t s = 0;
+#pragma GCC unroll 8
+  for (size_t i = 0; i < n; ++i) s += x[i];
+  return s;
+}
+
+using UnpackRowsFn = void (*)(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out);
+using GemvPackedFn = void (*)(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
+                              size_t r0, size_t r1);
+using GemmQ8Fn = void (*)(const Q8MatrixView& w, const int8_t* x, size_t x_stride,
+                          const float* x_scale, size_t n_tok, float* y, size_t y_stride, size_t r0,
+                          size_t r1);
+
+// The packed GEMM of every variant: below 4 tokens one GEMV per token; otherwise tiles of 16 rows
+// are unpacked by the variant's unpacker into the thread's scratch (16 rows, in L1/L2) and the
+// variant's INT8 GEMM runs on them, so each row is unpacked once for all the tokens.
+template <UnpackRowsFn Unpack, GemvPackedFn Gemv, GemmQ8Fn Gemm>
+void GemmPackedVia(const PackedMatrixView& w, const int8_t* x, size_t x_stride,
+                   const float* x_scale, size_t n_tok, float* y, size_t y_stride, size_t r0,
+                   size_t r1) {
+  if (n_tok < 4) {
+    for (size_t t = 0; t < n_tok; ++t) {
+      Gemv(w, x + t * x_stride, x_scale[t], y + t * y_stride, r0, r1);
+    }
+    return;
+  }
+  constexpr size_t kTile = 16;
+  const size_t stride = PaddedCols(w.cols);
+  thread_local std::vector<int8_t> tile;
+  if (tile.size() < kTile * stride) tile.resize(kTile * stride);
+  for (size_t rb = r0; rb < r1; rb += kTile) {
+    const size_t re = std::min(rb + kTile, r1);
+    Unpack(w, rb, re, tile.data());
+    const Q8MatrixView v{tile.data(), w.scale + rb, w.row_sum + rb, re - rb, w.cols, stride};
+    Gemm(v, x, x_stride, x_scale, n_tok, y + rb, y_stride, 0, re - rb);
+  }
 }
 
 }  // namespace dcomp::kernels::internal

@@ -36,6 +36,40 @@ struct Q8MatrixView {
   size_t stride = 0;
 };
 
+// A packed low-bit weight matrix (the packed tier): codes of `bits` bits (4..7) held as
+// u = code + 2^(bits-1), so code in [-(2^(bits-1) - 1), 2^(bits-1) - 1] and u in [1, 2^bits - 1]
+// (u = 0 is invalid, as -128 is for INT8). Each row is PaddedCols(cols) codes (the padding codes
+// are 0) in chunks of 64 codes, each chunk 8 * bits bytes (PackedRowBytes):
+//   bytes [0, 32)   low nibbles: byte j = (u[j] & 15) | (u[j + 32] & 15) << 4
+//   bytes [32, 48)  when bits >= 6: bits 4-5: byte j = sum_k ((u[j + 16k] >> 4) & 3) << 2k
+//   last 8 bytes    when bits is odd: the top bit (bit 4 for 5 bits, bit 6 for 7), code i at bit i
+//                   of the little-endian 64-bit word
+// so every ISA unpacks a chunk with shifts, masks and one table-free bit expansion. The products
+// are exact: sum u*x - 2^(bits-1) * sum x = sum code*x, then the same float multiply as the INT8
+// kernels, so a packed matrix gives bit-identical results to the INT8 matrix of the same codes.
+// row_sum[r] = sum of the row's codes (the GEMM unpacks tiles and runs the INT8 product on them).
+struct PackedMatrixView {
+  const uint8_t* data = nullptr;
+  const float* scale = nullptr;
+  const int32_t* row_sum = nullptr;
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t row_bytes = 0;  // PackedRowBytes(cols, bits)
+  int bits = 0;
+};
+
+inline constexpr int kMinPackedBits = 4;
+inline constexpr int kMaxPackedBits = 7;
+inline constexpr bool IsPackedBits(int bits) {
+  return bits >= kMinPackedBits && bits <= kMaxPackedBits;
+}
+// The largest |code| a width holds (127 for 8 bits).
+inline constexpr int MaxCode(int bits) { return (1 << (bits - 1)) - 1; }
+// Bytes of one packed row (a multiple of 32).
+inline constexpr size_t PackedRowBytes(size_t cols, int bits) {
+  return PaddedCols(cols) / 64 * 8 * static_cast<size_t>(bits);
+}
+
 // An f32 matrix [rows][cols], rows `stride` floats apart.
 struct F32MatrixView {
   const float* w = nullptr;
@@ -63,6 +97,13 @@ struct KernelTable {
   // zero-padded); returns false if any code is -128 (valid codes are in [-127, 127]). Runs over
   // every byte the streaming runtime decodes.
   bool (*row_sums_q8)(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
+  // gemv_q8_q8 / gemm_q8_q8 of a packed matrix, with the same results bit for bit as on the INT8
+  // matrix of the same codes. Activations as for the INT8 products (rows padded with zeros).
+  void (*gemv_packed_q8)(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
+                         size_t r0, size_t r1);
+  void (*gemm_packed_q8)(const PackedMatrixView& w, const int8_t* x, size_t x_stride,
+                         const float* x_scale, size_t n_tok, float* y, size_t y_stride, size_t r0,
+                         size_t r1);
 };
 
 // The table chosen for this CPU (once, thread-safe). The environment variable DCOMP_KERNELS=<name>
@@ -82,5 +123,14 @@ const KernelTable& RefKernels();
 void QuantizeMatrixQ8(const float* w, size_t rows, size_t cols, int8_t* q, float* scale,
                       int32_t* row_sum);
 void ComputeRowSums(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
+
+// Packs INT8 rows (q: rows x stride bytes, stride = PaddedCols(cols), padding zero) to `bits`
+// (kMinPackedBits..kMaxPackedBits) into out (rows x PackedRowBytes(cols, bits)). Returns the
+// index of the first row holding a code outside [-MaxCode(bits), MaxCode(bits)] (the row is not
+// packed), or `rows` when every row fits.
+size_t PackRows(const int8_t* q, size_t rows, size_t cols, int bits, uint8_t* out);
+// The inverse: rows x PaddedCols(cols) INT8 codes. Returns the index of the first row holding an
+// invalid code (u = 0), or `rows`.
+size_t UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_t* q);
 
 }  // namespace dcomp::kernels

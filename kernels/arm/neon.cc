@@ -91,15 +91,124 @@ bool RowSumsQ8Neon(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
   return vminvq_s8(lowest) != -128;
 }
 
+// ----- packed codes (layout in kernels.h): a chunk of 64 codes is four vectors ------------------
+
+// 0xFF in lane i where bit i of the 16-bit value (lo, hi) is set, then `value` there.
+inline uint8x16_t ExpandBits(uint8_t lo, uint8_t hi, uint8_t value) {
+  static const uint8_t kMask[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+  const uint8x16_t v = vcombine_u8(vdup_n_u8(lo), vdup_n_u8(hi));
+  return vandq_u8(vtstq_u8(v, vld1q_u8(kMask)), vdupq_n_u8(value));
+}
+
+template <int kBits>
+inline void UnpackChunk(const uint8_t* c, int8x16_t u[4]) {
+  const uint8x16_t m4 = vdupq_n_u8(15);
+  const uint8x16_t n0 = vld1q_u8(c), n1 = vld1q_u8(c + 16);
+  uint8x16_t e0 = vandq_u8(n0, m4), e1 = vandq_u8(n1, m4);
+  uint8x16_t e2 = vshrq_n_u8(n0, 4), e3 = vshrq_n_u8(n1, 4);
+  if constexpr (kBits >= 6) {
+    const uint8x16_t m3 = vdupq_n_u8(3);
+    const uint8x16_t p = vld1q_u8(c + 32);
+    e0 = vorrq_u8(e0, vshlq_n_u8(vandq_u8(p, m3), 4));
+    e1 = vorrq_u8(e1, vshlq_n_u8(vandq_u8(vshrq_n_u8(p, 2), m3), 4));
+    e2 = vorrq_u8(e2, vshlq_n_u8(vandq_u8(vshrq_n_u8(p, 4), m3), 4));
+    e3 = vorrq_u8(e3, vshlq_n_u8(vshrq_n_u8(p, 6), 4));
+  }
+  if constexpr (kBits % 2 == 1) {
+    const uint8_t* t = c + 8 * kBits - 8;
+    constexpr uint8_t kTop = kBits == 5 ? 0x10 : 0x40;
+    e0 = vorrq_u8(e0, ExpandBits(t[0], t[1], kTop));
+    e1 = vorrq_u8(e1, ExpandBits(t[2], t[3], kTop));
+    e2 = vorrq_u8(e2, ExpandBits(t[4], t[5], kTop));
+    e3 = vorrq_u8(e3, ExpandBits(t[6], t[7], kTop));
+  }
+  u[0] = vreinterpretq_s8_u8(e0);  // codes <= 127: the same bytes as signed
+  u[1] = vreinterpretq_s8_u8(e1);
+  u[2] = vreinterpretq_s8_u8(e2);
+  u[3] = vreinterpretq_s8_u8(e3);
+}
+
+template <int kBits>
+void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
+                     size_t r0, size_t r1) {
+  const size_t stride = PaddedCols(w.cols);
+  const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  constexpr size_t kChunkBytes = 8 * kBits;
+  size_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const uint8_t* p0 = w.data + r * w.row_bytes;
+    const uint8_t* p1 = p0 + w.row_bytes;
+    int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
+    for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
+      int8x16_t u[4], v[4];
+      UnpackChunk<kBits>(p0, u);
+      UnpackChunk<kBits>(p1, v);
+      for (int i = 0; i < 4; ++i) {
+        const int8x16_t xv = vld1q_s8(x + k + 16 * i);
+        a0 = Dot16(a0, u[i], xv);
+        a1 = Dot16(a1, v[i], xv);
+      }
+    }
+    y[r] = static_cast<float>(vaddvq_s32(a0) - corr) * (x_scale * w.scale[r]);
+    y[r + 1] = static_cast<float>(vaddvq_s32(a1) - corr) * (x_scale * w.scale[r + 1]);
+  }
+  for (; r < r1; ++r) {
+    const uint8_t* p = w.data + r * w.row_bytes;
+    int32x4_t acc = vdupq_n_s32(0);
+    for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
+      int8x16_t u[4];
+      UnpackChunk<kBits>(p, u);
+      for (int i = 0; i < 4; ++i) acc = Dot16(acc, u[i], vld1q_s8(x + k + 16 * i));
+    }
+    y[r] = static_cast<float>(vaddvq_s32(acc) - corr) * (x_scale * w.scale[r]);
+  }
+}
+
+void GemvPackedNeon(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                    size_t r1) {
+  switch (w.bits) {
+    case 4: return GemvPackedNeonT<4>(w, x, x_scale, y, r0, r1);
+    case 5: return GemvPackedNeonT<5>(w, x, x_scale, y, r0, r1);
+    case 6: return GemvPackedNeonT<6>(w, x, x_scale, y, r0, r1);
+    default: return GemvPackedNeonT<7>(w, x, x_scale, y, r0, r1);
+  }
+}
+
+template <int kBits>
+void UnpackRowsNeonT(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
+  const size_t stride = PaddedCols(w.cols);
+  const int8x16_t off = vdupq_n_s8(static_cast<int8_t>(1 << (kBits - 1)));
+  for (size_t r = r0; r < r1; ++r, out += stride) {
+    const uint8_t* p = w.data + r * w.row_bytes;
+    for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
+      int8x16_t u[4];
+      UnpackChunk<kBits>(p, u);
+      for (int i = 0; i < 4; ++i) vst1q_s8(out + k + 16 * i, vsubq_s8(u[i], off));
+    }
+  }
+}
+
+void UnpackRowsNeon(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
+  switch (w.bits) {
+    case 4: return UnpackRowsNeonT<4>(w, r0, r1, out);
+    case 5: return UnpackRowsNeonT<5>(w, r0, r1, out);
+    case 6: return UnpackRowsNeonT<6>(w, r0, r1, out);
+    default: return UnpackRowsNeonT<7>(w, r0, r1, out);
+  }
+}
+
 }  // namespace
 
 namespace internal {
 #if defined(DCOMP_NEON_DOTPROD)
-const KernelTable kNeonDotprodTable = {"neon_dotprod", QuantizeRowQ8Ref, GemvQ8Neon,
-                                       GemmQ8Neon,     GemmF32Neon,      RowSumsQ8Neon};
+const KernelTable kNeonDotprodTable = {
+    "neon_dotprod", QuantizeRowQ8Ref, GemvQ8Neon,     GemmQ8Neon,
+    GemmF32Neon,    RowSumsQ8Neon,    GemvPackedNeon,
+    GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
 #else
-const KernelTable kNeonTable = {"neon",     QuantizeRowQ8Ref, GemvQ8Neon,
-                                GemmQ8Neon, GemmF32Neon,      RowSumsQ8Neon};
+const KernelTable kNeonTable = {"neon",         QuantizeRowQ8Ref, GemvQ8Neon,     GemmQ8Neon,
+                                GemmF32Neon,    RowSumsQ8Neon,    GemvPackedNeon,
+                                GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
 #endif
 }  // namespace internal
 }  // namespace dcomp::kernels

@@ -2,6 +2,8 @@
 // with vpmaddubsw, which cannot saturate because codes lie in [-127, 127] (2*127*127 < 32767).
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels/internal.h"
 
 namespace dcomp::kernels {
@@ -116,10 +118,129 @@ bool RowSumsQ8Avx2(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
   return _mm256_testz_si256(bad, bad) != 0;
 }
 
+// ----- packed codes (layout in kernels.h) -----------------------------------------------------
+
+// 0xFF in byte i where bit i of `bits` is set (bytes 0-7 from bits 0-7, ...), then `value` there.
+inline __m256i ExpandBits(uint32_t bits, char value) {
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i mask = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
+  const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask),
+                          _mm256_set1_epi8(value));
+}
+
+// The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b.
+template <int kBits>
+inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
+  const __m256i m4 = _mm256_set1_epi8(15);
+  const __m256i n = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+  __m256i lo = _mm256_and_si256(n, m4), hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), m4);
+  if constexpr (kBits >= 6) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m256i p =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32)));
+    const __m256i pa = _mm256_and_si256(_mm256_srlv_epi32(p, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m3);
+    const __m256i pb = _mm256_and_si256(_mm256_srlv_epi32(p, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), m3);
+    lo = _mm256_or_si256(lo, _mm256_slli_epi16(pa, 4));
+    hi = _mm256_or_si256(hi, _mm256_slli_epi16(pb, 4));
+  }
+  if constexpr (kBits % 2 == 1) {
+    uint32_t t[2];
+    std::memcpy(t, c + 8 * kBits - 8, 8);
+    constexpr char kTop = kBits == 5 ? 0x10 : 0x40;
+    lo = _mm256_or_si256(lo, ExpandBits(t[0], kTop));
+    hi = _mm256_or_si256(hi, ExpandBits(t[1], kTop));
+  }
+  *a = lo;
+  *b = hi;
+}
+
+// u (unsigned, <= 127) times x (signed): vpmaddubsw cannot saturate (2 * 127 * 127 < 32767).
+inline __m256i DotU(__m256i acc, __m256i u, __m256i x, __m256i ones) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
+}
+
+template <int kBits>
+void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
+                     size_t r0, size_t r1) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const size_t stride = PaddedCols(w.cols);
+  const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  constexpr size_t kChunkBytes = 8 * kBits;
+  size_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const uint8_t* p0 = w.data + r * w.row_bytes;
+    const uint8_t* p1 = p0 + w.row_bytes;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
+    for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
+      const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
+      const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
+      __m256i ua, ub;
+      UnpackChunk<kBits>(p0, &ua, &ub);
+      a0 = DotU(a0, ua, xa, ones);
+      b0 = DotU(b0, ub, xb, ones);
+      UnpackChunk<kBits>(p1, &ua, &ub);
+      a1 = DotU(a1, ua, xa, ones);
+      b1 = DotU(b1, ub, xb, ones);
+    }
+    y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a0, b0)) - corr) * (x_scale * w.scale[r]);
+    y[r + 1] = static_cast<float>(HsumI32(_mm256_add_epi32(a1, b1)) - corr) *
+               (x_scale * w.scale[r + 1]);
+  }
+  for (; r < r1; ++r) {
+    const uint8_t* p = w.data + r * w.row_bytes;
+    __m256i a = _mm256_setzero_si256(), b = a;
+    for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
+      __m256i ua, ub;
+      UnpackChunk<kBits>(p, &ua, &ub);
+      a = DotU(a, ua, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)), ones);
+      b = DotU(b, ub, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32)), ones);
+    }
+    y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a, b)) - corr) * (x_scale * w.scale[r]);
+  }
+}
+
+void GemvPackedAvx2(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                    size_t r1) {
+  switch (w.bits) {
+    case 4: return GemvPackedAvx2T<4>(w, x, x_scale, y, r0, r1);
+    case 5: return GemvPackedAvx2T<5>(w, x, x_scale, y, r0, r1);
+    case 6: return GemvPackedAvx2T<6>(w, x, x_scale, y, r0, r1);
+    default: return GemvPackedAvx2T<7>(w, x, x_scale, y, r0, r1);
+  }
+}
+
+template <int kBits>
+void UnpackRowsAvx2T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
+  const size_t stride = PaddedCols(w.cols);
+  const __m256i off = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+  for (size_t r = r0; r < r1; ++r, out += stride) {
+    const uint8_t* p = w.data + r * w.row_bytes;
+    for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
+      __m256i ua, ub;
+      UnpackChunk<kBits>(p, &ua, &ub);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), _mm256_sub_epi8(ua, off));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k + 32), _mm256_sub_epi8(ub, off));
+    }
+  }
+}
+
+void UnpackRowsAvx2(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
+  switch (w.bits) {
+    case 4: return UnpackRowsAvx2T<4>(w, r0, r1, out);
+    case 5: return UnpackRowsAvx2T<5>(w, r0, r1, out);
+    case 6: return UnpackRowsAvx2T<6>(w, r0, r1, out);
+    default: return UnpackRowsAvx2T<7>(w, r0, r1, out);
+  }
+}
+
 }  // namespace
 
 namespace internal {
-const KernelTable kAvx2Table = {"avx2",     QuantizeRowQ8Ref, GemvQ8Avx2,
-                                GemmQ8Avx2, GemmF32Avx2,      RowSumsQ8Avx2};
+const KernelTable kAvx2Table = {
+    "avx2",         QuantizeRowQ8Ref, GemvQ8Avx2,     GemmQ8Avx2,
+    GemmF32Avx2,    RowSumsQ8Avx2,    GemvPackedAvx2,
+    GemmPackedVia<UnpackRowsAvx2, GemvPackedAvx2, GemmQ8Avx2>};
 }  // namespace internal
 }  // namespace dcomp::kernels

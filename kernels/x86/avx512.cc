@@ -3,6 +3,8 @@
 // sum (x + 128) * w = sum x * w + 128 * row_sum.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels/internal.h"
 
 namespace dcomp::kernels {
@@ -134,10 +136,100 @@ bool RowSumsQ8Avx512(const int8_t* q, size_t rows, size_t stride, int32_t* row_s
   return bad == 0;
 }
 
+// ----- packed codes (layout in kernels.h): one chunk of 64 codes is one vector ------------------
+
+template <int kBits>
+inline __m512i UnpackChunk(const uint8_t* c) {
+  const __m256i m4 = _mm256_set1_epi8(15);
+  const __m256i n = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+  __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(n, m4)),
+                                 _mm256_and_si256(_mm256_srli_epi16(n, 4), m4), 1);
+  if constexpr (kBits >= 6) {
+    const __m512i p =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32)));
+    const __m512i shifts = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    const __m512i two = _mm512_and_si512(_mm512_srlv_epi32(p, shifts), _mm512_set1_epi8(3));
+    u = _mm512_or_si512(u, _mm512_slli_epi16(two, 4));
+  }
+  if constexpr (kBits % 2 == 1) {
+    uint64_t t;
+    std::memcpy(&t, c + 8 * kBits - 8, 8);
+    u = _mm512_or_si512(u, _mm512_maskz_mov_epi8(t, _mm512_set1_epi8(kBits == 5 ? 0x10 : 0x40)));
+  }
+  return u;
+}
+
+// vpdpbusd multiplies the unsigned codes by the signed activations directly.
+template <int kBits>
+void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
+                       size_t r0, size_t r1) {
+  const size_t stride = PaddedCols(w.cols);
+  const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  constexpr size_t kChunkBytes = 8 * kBits;
+  size_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const uint8_t* p = w.data + r * w.row_bytes;
+    const size_t rb = w.row_bytes;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
+      const __m512i xv = _mm512_loadu_si512(x + k);
+      a0 = _mm512_dpbusd_epi32(a0, UnpackChunk<kBits>(p), xv);
+      a1 = _mm512_dpbusd_epi32(a1, UnpackChunk<kBits>(p + rb), xv);
+      a2 = _mm512_dpbusd_epi32(a2, UnpackChunk<kBits>(p + 2 * rb), xv);
+      a3 = _mm512_dpbusd_epi32(a3, UnpackChunk<kBits>(p + 3 * rb), xv);
+    }
+    y[r] = static_cast<float>(_mm512_reduce_add_epi32(a0) - corr) * (x_scale * w.scale[r]);
+    y[r + 1] = static_cast<float>(_mm512_reduce_add_epi32(a1) - corr) * (x_scale * w.scale[r + 1]);
+    y[r + 2] = static_cast<float>(_mm512_reduce_add_epi32(a2) - corr) * (x_scale * w.scale[r + 2]);
+    y[r + 3] = static_cast<float>(_mm512_reduce_add_epi32(a3) - corr) * (x_scale * w.scale[r + 3]);
+  }
+  for (; r < r1; ++r) {
+    const uint8_t* p = w.data + r * w.row_bytes;
+    __m512i acc = _mm512_setzero_si512();
+    for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
+      acc = _mm512_dpbusd_epi32(acc, UnpackChunk<kBits>(p), _mm512_loadu_si512(x + k));
+    }
+    y[r] = static_cast<float>(_mm512_reduce_add_epi32(acc) - corr) * (x_scale * w.scale[r]);
+  }
+}
+
+void GemvPackedAvx512(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
+                      size_t r0, size_t r1) {
+  switch (w.bits) {
+    case 4: return GemvPackedAvx512T<4>(w, x, x_scale, y, r0, r1);
+    case 5: return GemvPackedAvx512T<5>(w, x, x_scale, y, r0, r1);
+    case 6: return GemvPackedAvx512T<6>(w, x, x_scale, y, r0, r1);
+    default: return GemvPackedAvx512T<7>(w, x, x_scale, y, r0, r1);
+  }
+}
+
+template <int kBits>
+void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
+  const size_t stride = PaddedCols(w.cols);
+  const __m512i off = _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+  for (size_t r = r0; r < r1; ++r, out += stride) {
+    const uint8_t* p = w.data + r * w.row_bytes;
+    for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
+      _mm512_storeu_si512(out + k, _mm512_sub_epi8(UnpackChunk<kBits>(p), off));
+    }
+  }
+}
+
+void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
+  switch (w.bits) {
+    case 4: return UnpackRowsAvx512T<4>(w, r0, r1, out);
+    case 5: return UnpackRowsAvx512T<5>(w, r0, r1, out);
+    case 6: return UnpackRowsAvx512T<6>(w, r0, r1, out);
+    default: return UnpackRowsAvx512T<7>(w, r0, r1, out);
+  }
+}
+
 }  // namespace
 
 namespace internal {
-const KernelTable kAvx512VnniTable = {"avx512_vnni",    QuantizeRowQ8Ref, GemvQ8Avx512Vnni,
-                                      GemmQ8Avx512Vnni, GemmF32Avx512,    RowSumsQ8Avx512};
+const KernelTable kAvx512VnniTable = {
+    "avx512_vnni",   QuantizeRowQ8Ref, GemvQ8Avx512Vnni, GemmQ8Avx512Vnni,
+    GemmF32Avx512,   RowSumsQ8Avx512,  GemvPackedAvx512,
+    GemmPackedVia<UnpackRowsAvx512, GemvPackedAvx512, GemmQ8Avx512Vnni>};
 }  // namespace internal
 }  // namespace dcomp::kernels

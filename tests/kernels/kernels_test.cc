@@ -140,6 +140,95 @@ TEST_P(KernelVariantTest, GemmQ8IsBitExact) {
   }
 }
 
+// Codes of `bits` bits (extremes included), packed; the same codes as an INT8 matrix.
+struct PackedPair {
+  Q8Matrix q8;
+  std::vector<uint8_t> packed;
+  PackedMatrixView view;
+};
+
+PackedPair MakePacked(size_t rows, size_t cols, int bits, uint32_t seed) {
+  PackedPair p;
+  Q8Matrix& m = p.q8;
+  const size_t stride = PaddedCols(cols);
+  std::mt19937 rng(seed);
+  const int lim = MaxCode(bits);
+  std::uniform_int_distribution<int> d(-lim, lim);
+  m.q.assign(rows * stride, 0);
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t c = 0; c < cols; ++c) {
+      const int v = r == 0 ? lim : r == 1 ? (c % 2 ? -lim : lim) : d(rng);
+      m.q[r * stride + c] = static_cast<int8_t>(v);
+    }
+  }
+  m.scale = RandomF32(rows, seed + 1);
+  m.row_sum.resize(rows);
+  ComputeRowSums(m.q.data(), rows, stride, m.row_sum.data());
+  m.view = {m.q.data(), m.scale.data(), m.row_sum.data(), rows, cols, stride};
+  p.packed.resize(rows * PackedRowBytes(cols, bits));
+  EXPECT_EQ(PackRows(m.q.data(), rows, cols, bits, p.packed.data()), rows);
+  p.view = {p.packed.data(), m.scale.data(), m.row_sum.data(), rows, cols,
+            PackedRowBytes(cols, bits), bits};
+  return p;
+}
+
+TEST(PackedLayoutTest, RoundTripsAndRejectsWhatDoesNotFit) {
+  for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
+    for (size_t cols : {size_t{64}, size_t{172}, size_t{2048}}) {
+      PackedPair p = MakePacked(5, cols, bits, static_cast<uint32_t>(bits * 1000 + cols));
+      EXPECT_EQ(p.packed.size(), 5 * PaddedCols(cols) / 8 * static_cast<size_t>(bits));
+      std::vector<int8_t> back(5 * PaddedCols(cols), 99);
+      EXPECT_EQ(UnpackRows(p.packed.data(), 5, cols, bits, back.data()), 5u);
+      EXPECT_EQ(back, p.q8.q) << bits << " bits, " << cols << " cols";
+      // A code one past the width is refused, naming its row.
+      std::vector<int8_t> q = p.q8.q;
+      q[3 * PaddedCols(cols) + cols - 1] = static_cast<int8_t>(-MaxCode(bits) - 1);
+      std::vector<uint8_t> out(p.packed.size());
+      EXPECT_EQ(PackRows(q.data(), 5, cols, bits, out.data()), 3u);
+      // u = 0 (code -2^(bits-1)) in packed bytes is invalid: clear the low nibble of row 2.
+      std::vector<uint8_t> bad = p.packed;
+      const size_t at = 2 * PackedRowBytes(cols, bits);
+      bad[at] &= 0xF0;
+      if (bits >= 6) bad[at + 32] &= 0xFC;
+      if (bits % 2) bad[at + 8 * static_cast<size_t>(bits) - 8] &= 0xFE;
+      EXPECT_EQ(UnpackRows(bad.data(), 5, cols, bits, back.data()), 2u);
+    }
+  }
+}
+
+TEST_P(KernelVariantTest, PackedProductsEqualTheInt8Products) {
+  const KernelTable& k = *GetParam();
+  for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
+    for (size_t n_tok : {1u, 3u, 4u, 9u}) {
+      for (auto [rows, cols] : {std::pair<size_t, size_t>{7, 64}, {37, 172}, {40, 1024}}) {
+        const uint32_t seed = static_cast<uint32_t>(bits * 7919 + rows + cols + n_tok);
+        PackedPair p = MakePacked(rows, cols, bits, seed);
+        const size_t pc = PaddedCols(cols);
+        std::vector<int8_t> xq(n_tok * pc);
+        std::vector<float> xs(n_tok);
+        for (size_t t = 0; t < n_tok; ++t) {
+          std::vector<float> x = RandomF32(cols, seed + 100 + static_cast<uint32_t>(t), 2.0f);
+          RefKernels().quantize_row_q8(x.data(), cols, pc, xq.data() + t * pc, &xs[t]);
+        }
+        // Extreme activations too.
+        for (size_t c = 0; c < cols; ++c) xq[c] = static_cast<int8_t>(c % 3 ? 127 : -127);
+        const size_t ys = rows + 5;
+        std::vector<float> ya(n_tok * ys, -1.0f), yb(n_tok * ys, -1.0f), yc(n_tok * ys, -1.0f);
+        // A row range not starting at 0, as the compute threads split them.
+        k.gemm_packed_q8(p.view, xq.data(), pc, xs.data(), n_tok, ya.data(), ys, 1, rows);
+        RefKernels().gemm_q8_q8(p.q8.view, xq.data(), pc, xs.data(), n_tok, yb.data(), ys, 1,
+                                rows);
+        ASSERT_EQ(ya, yb) << k.name << " gemm, " << bits << " bits, n_tok=" << n_tok
+                          << " rows=" << rows << " cols=" << cols;
+        for (size_t t = 0; t < n_tok; ++t) {
+          k.gemv_packed_q8(p.view, xq.data() + t * pc, xs[t], yc.data() + t * ys, 1, rows);
+        }
+        ASSERT_EQ(yc, yb) << k.name << " gemv, " << bits << " bits, rows=" << rows;
+      }
+    }
+  }
+}
+
 TEST_P(KernelVariantTest, GemmF32WithinTolerance) {
   const KernelTable& k = *GetParam();
   for (size_t n_tok : {1u, 3u}) {
