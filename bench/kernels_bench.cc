@@ -86,6 +86,38 @@ void BM_GemvQ8Dram(benchmark::State& state, const KernelTable* k, size_t rows, s
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * rows * stride));
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows * cols));
+}
+
+// The same out of cache, with the matrix's codes packed to `bits` (items/s: weights per second,
+// comparable with BM_GemvQ8Dram; bytes/s: packed bytes streamed).
+void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols,
+                       int bits) {
+  const size_t row_bytes = PackedRowBytes(cols, bits);
+  const size_t copies = std::max<size_t>(2, (size_t{512} << 20) / (rows * row_bytes) + 1);
+  const size_t stride = PaddedCols(cols);
+  std::mt19937 rng(1);
+  std::vector<int8_t> q(rows * stride, 0);
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t c = 0; c < cols; ++c)
+      q[r * stride + c] = static_cast<int8_t>(static_cast<int>(rng() % (2 * MaxCode(bits) + 1)) -
+                                              MaxCode(bits));
+  std::vector<std::vector<uint8_t>> packed(copies, std::vector<uint8_t>(rows * row_bytes));
+  for (auto& p : packed) PackRows(q.data(), rows, cols, stride, bits, p.data());
+  std::vector<float> scale(rows, 0.01f), y(rows);
+  std::vector<int32_t> row_sum(rows);
+  ComputeRowSums(q.data(), rows, stride, row_sum.data());
+  std::vector<int8_t> x(stride, 3);
+  size_t i = 0;
+  for (auto _ : state) {
+    const PackedMatrixView v{packed[i++ % copies].data(), scale.data(), row_sum.data(), rows,
+                             cols, row_bytes, bits};
+    k->gemv_packed_q8(v, x.data(), 0.01f, y.data(), 0, rows);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * rows * row_bytes));
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows * cols));
 }
 
 void BM_GemmQ8(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols,
@@ -118,6 +150,13 @@ void Register() {
         (std::string("BM_GemvQ8Dram/") + k->name + "/tinyllama_w1_5632x2048").c_str(),
         BM_GemvQ8Dram, k, 5632, 2048)
         ->Unit(benchmark::kMicrosecond);
+    for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
+      benchmark::RegisterBenchmark((std::string("BM_GemvPackedDram/") + k->name + "/" +
+                                    std::to_string(bits) + "bit/tinyllama_w1_5632x2048")
+                                       .c_str(),
+                                   BM_GemvPackedDram, k, 5632, 2048, bits)
+          ->Unit(benchmark::kMicrosecond);
+    }
     benchmark::RegisterBenchmark(
         (std::string("BM_GemmQ8/") + k->name + "/tinyllama_wq_x64tok").c_str(), BM_GemmQ8, k, 2048,
         2048, 64)

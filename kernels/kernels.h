@@ -18,12 +18,16 @@
 #include <string>
 #include <vector>
 
+#include "base/packed_codes.h"
+
 namespace dcomp::kernels {
 
-inline constexpr size_t kQ8RowAlign = 64;
-inline constexpr size_t PaddedCols(size_t cols) {
-  return (cols + kQ8RowAlign - 1) / kQ8RowAlign * kQ8RowAlign;
-}
+inline constexpr size_t kQ8RowAlign = kPackedChunk;
+using dcomp::MaxCode;
+using dcomp::PackedRowBytes;
+using dcomp::PaddedCols;
+using dcomp::PackRows;
+using dcomp::UnpackRows;
 
 // An int8 weight matrix [rows][cols] with per-row scales: w[r][c] ~= q[r*stride + c] * scale[r].
 // row_sum[r] = sum_c q[r][c] (used by kernels that bias activations to unsigned).
@@ -36,16 +40,8 @@ struct Q8MatrixView {
   size_t stride = 0;
 };
 
-// A packed low-bit weight matrix (the packed tier): codes of `bits` bits (4..7) held as
-// u = code + 2^(bits-1), so code in [-(2^(bits-1) - 1), 2^(bits-1) - 1] and u in [1, 2^bits - 1]
-// (u = 0 is invalid, as -128 is for INT8). Each row is PaddedCols(cols) codes (the padding codes
-// are 0) in chunks of 64 codes, each chunk 8 * bits bytes (PackedRowBytes):
-//   bytes [0, 32)   low nibbles: byte j = (u[j] & 15) | (u[j + 32] & 15) << 4
-//   bytes [32, 48)  when bits >= 6: bits 4-5: byte j = sum_k ((u[j + 16k] >> 4) & 3) << 2k
-//   last 8 bytes    when bits is odd: the top bit (bit 4 for 5 bits, bit 6 for 7), code i at bit i
-//                   of the little-endian 64-bit word
-// so every ISA unpacks a chunk with shifts, masks and one table-free bit expansion. The products
-// are exact: sum u*x - 2^(bits-1) * sum x = sum code*x, then the same float multiply as the INT8
+// A packed low-bit weight matrix (the packed tier; layout in base/packed_codes.h). The products are
+// exact: sum u*x - 2^(bits-1) * sum x = sum code*x, then the same float multiply as the INT8
 // kernels, so a packed matrix gives bit-identical results to the INT8 matrix of the same codes.
 // row_sum[r] = sum of the row's codes (the GEMM unpacks tiles and runs the INT8 product on them).
 struct PackedMatrixView {
@@ -57,18 +53,6 @@ struct PackedMatrixView {
   size_t row_bytes = 0;  // PackedRowBytes(cols, bits)
   int bits = 0;
 };
-
-inline constexpr int kMinPackedBits = 4;
-inline constexpr int kMaxPackedBits = 7;
-inline constexpr bool IsPackedBits(int bits) {
-  return bits >= kMinPackedBits && bits <= kMaxPackedBits;
-}
-// The largest |code| a width holds (127 for 8 bits).
-inline constexpr int MaxCode(int bits) { return (1 << (bits - 1)) - 1; }
-// Bytes of one packed row (a multiple of 32).
-inline constexpr size_t PackedRowBytes(size_t cols, int bits) {
-  return PaddedCols(cols) / 64 * 8 * static_cast<size_t>(bits);
-}
 
 // An f32 matrix [rows][cols], rows `stride` floats apart.
 struct F32MatrixView {
@@ -124,13 +108,5 @@ void QuantizeMatrixQ8(const float* w, size_t rows, size_t cols, int8_t* q, float
                       int32_t* row_sum);
 void ComputeRowSums(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
 
-// Packs INT8 rows (q: rows x stride bytes, stride = PaddedCols(cols), padding zero) to `bits`
-// (kMinPackedBits..kMaxPackedBits) into out (rows x PackedRowBytes(cols, bits)). Returns the
-// index of the first row holding a code outside [-MaxCode(bits), MaxCode(bits)] (the row is not
-// packed), or `rows` when every row fits.
-size_t PackRows(const int8_t* q, size_t rows, size_t cols, int bits, uint8_t* out);
-// The inverse: rows x PaddedCols(cols) INT8 codes. Returns the index of the first row holding an
-// invalid code (u = 0), or `rows`.
-size_t UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_t* q);
 
 }  // namespace dcomp::kernels

@@ -13,6 +13,7 @@ const char* CodecName(Codec c) {
     case Codec::kRaw: return "raw";
     case Codec::kZstd: return "zstd";
     case Codec::kRans: return "rans";
+    case Codec::kPacked: return "packed";
   }
   return "unknown";
 }
@@ -21,7 +22,7 @@ Result<Codec> ParseCodecName(const std::string& s) {
   for (int i = 0; i < kNumCodecs; ++i) {
     if (s == CodecName(static_cast<Codec>(i))) return static_cast<Codec>(i);
   }
-  return InvalidArgumentError("unknown codec '" + s + "' (expected raw, zstd or rans)");
+  return InvalidArgumentError("unknown codec '" + s + "' (expected raw, zstd, rans or packed)");
 }
 
 bool IsKnownCodec(int id) { return id >= 0 && id < kNumCodecs; }
@@ -42,6 +43,10 @@ Status EncodeBlock(Codec codec, std::span<const uint8_t> raw, int zstd_level,
       return Status::Ok();
     }
     case Codec::kRans: RansEncode(raw, out); return Status::Ok();
+    case Codec::kPacked: break;
+  }
+  if (codec == Codec::kPacked) {
+    return InvalidArgumentError("packed blocks are made from a tensor's rows (PackRows), not bytes");
   }
   return InvalidArgumentError("unknown codec id " + std::to_string(static_cast<int>(codec)));
 }
@@ -83,6 +88,8 @@ Status BlockDecoder::Decode(Codec codec, std::span<const uint8_t> stored, std::s
       return Status::Ok();
     }
     case Codec::kRans: return RansDecode(stored, out);
+    case Codec::kPacked:
+      return InternalError("a packed block is decoded with its tensor's shape (ContainerReader)");
   }
   return DataLossError("unknown codec id " + std::to_string(static_cast<int>(codec)));
 }

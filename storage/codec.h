@@ -17,9 +17,13 @@ enum class Codec : int {
   kRaw = 0,
   kZstd = 1,
   kRans = 2,
+  // Rows of codes packed to their tensor's width (base/packed_codes.h). Not a byte codec: the
+  // container reader unpacks it with the tensor's shape (ContainerReader::DecodeBlock), the packer
+  // packs it; EncodeBlock and BlockDecoder refuse it.
+  kPacked = 3,
 };
-inline constexpr int kNumCodecs = 3;
-const char* CodecName(Codec c);  // "raw", "zstd", "rans"
+inline constexpr int kNumCodecs = 4;
+const char* CodecName(Codec c);  // "raw", "zstd", "rans", "packed"
 Result<Codec> ParseCodecName(const std::string& s);
 bool IsKnownCodec(int id);
 

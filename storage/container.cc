@@ -1,5 +1,7 @@
 #include "storage/container.h"
 
+#include "base/packed_codes.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -170,6 +172,10 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
     if (b.raw_size() > kMaxBlockRawBytes) {
       return loss(id + ": raw_size " + std::to_string(b.raw_size()) + " above 1 GiB");
     }
+    if (b.codec() == pb::CODEC_PACKED && header_.version_major < 2) {
+      return loss(id + ": packed block in a format " + std::to_string(header_.version_major) +
+                  ".x file (packed blocks are format 2)");
+    }
     if (b.codec() == pb::CODEC_RAW && b.stored_size() != b.raw_size()) {
       return loss(id + ": raw block with stored_size != raw_size");
     }
@@ -221,19 +227,41 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
       return loss(id + ": layer " + std::to_string(T.layer()) + " after layer " +
                   std::to_string(manifest_.tensors(t - 1).layer()) + " (not in execution order)");
     }
+    if (T.bits() != 0 && (!q8 || (T.bits() != 8 && !IsPackedBits(T.bits())))) {
+      return loss(id + ": bits " + std::to_string(T.bits()) + " is unknown to this reader (" +
+                  (q8 ? "4..8" : "0 for f32 tensors") + ")");
+    }
     const uint64_t elem = q8 ? 1 : 4;
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const uint32_t bi = T.first_block() + k;
+      const pb::Block& B = manifest_.blocks(static_cast<int>(bi));
       uint64_t want;
       if (q8 && k == 0) {
         want = rows * 4;
       } else {
         const uint64_t r0 = (k - (q8 ? 1 : 0)) * rpb;
         want = std::min(rpb, rows - r0) * cols * elem;
+        if (B.codec() == pb::CODEC_PACKED) {
+          if (!q8 || !IsPackedBits(T.bits())) {
+            return loss(id + ": block " + std::to_string(bi) +
+                        " is packed but the tensor has no packed width (bits " +
+                        std::to_string(T.bits()) + ")");
+          }
+          const uint64_t packed = std::min(rpb, rows - r0) * PackedRowBytes(cols, T.bits());
+          if (B.stored_size() != packed) {
+            return loss(id + ": packed block " + std::to_string(bi) + " holds " +
+                        std::to_string(B.stored_size()) + " bytes, expected " +
+                        std::to_string(packed) + " (" + std::to_string(T.bits()) + "-bit rows)");
+          }
+        }
       }
-      if (manifest_.blocks(static_cast<int>(bi)).raw_size() != want) {
+      if ((!q8 || k == 0) && B.codec() == pb::CODEC_PACKED) {
+        return loss(id + ": block " + std::to_string(bi) + " holds " +
+                    (q8 ? "row scales" : "f32 rows") + " but is marked packed");
+      }
+      if (B.raw_size() != want) {
         return loss(id + ": block " + std::to_string(bi) + " raw_size " +
-                    std::to_string(manifest_.blocks(static_cast<int>(bi)).raw_size()) +
+                    std::to_string(B.raw_size()) +
                     ", expected " + std::to_string(want));
       }
       block_tensor_[bi] = t;
@@ -291,10 +319,39 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
     return DataLossError(name_ + ": " + DescribeBlock(i) + ": CRC32C mismatch (stored " +
                          std::to_string(b.crc32c()) + ", computed " + std::to_string(crc) + ")");
   }
+  const pb::Tensor& T = tensor_of_block(i);
+  const int bits = T.bits();
+  const bool codes = T.type() == pb::TENSOR_Q8_ROW && i != T.first_block();
+  const size_t cols = static_cast<size_t>(T.cols());
+  if (b.codec() == pb::CODEC_PACKED) {
+    const size_t rows = out.size() / cols;
+    const size_t bad = UnpackRows(stored.data(), rows, cols, bits, reinterpret_cast<int8_t*>(out.data()), cols);
+    if (bad != rows) {
+      return DataLossError(name_ + ": " + DescribeBlock(i) + ": packed row " + std::to_string(bad) +
+                           " of the block holds an invalid " + std::to_string(bits) +
+                           "-bit code (0, or a padding code that is not 0)");
+    }
+    return Status::Ok();
+  }
   Status s = decoder->Decode(static_cast<Codec>(b.codec()), stored, out);
   if (!s.ok()) {
     return DataLossError(name_ + ": " + DescribeBlock(i) + ": " + CodecName(Codec(b.codec())) +
                          ": " + s.message());
+  }
+  if (codes && IsPackedBits(bits)) {
+    // Codes wider than the declared width would differ from what the packed tier holds.
+    const int lim = MaxCode(bits);
+    int lo = 0, hi = 0;
+    for (uint8_t v : out) {
+      lo = std::min(lo, static_cast<int>(static_cast<int8_t>(v)));
+      hi = std::max(hi, static_cast<int>(static_cast<int8_t>(v)));
+    }
+    if (lo < -lim || hi > lim) {
+      return DataLossError(name_ + ": " + DescribeBlock(i) + ": code " +
+                           std::to_string(hi > lim ? hi : lo) + " exceeds the tensor's " +
+                           std::to_string(bits) + "-bit width (|code| <= " + std::to_string(lim) +
+                           ")");
+    }
   }
   return Status::Ok();
 }

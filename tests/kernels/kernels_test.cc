@@ -166,7 +166,7 @@ PackedPair MakePacked(size_t rows, size_t cols, int bits, uint32_t seed) {
   ComputeRowSums(m.q.data(), rows, stride, m.row_sum.data());
   m.view = {m.q.data(), m.scale.data(), m.row_sum.data(), rows, cols, stride};
   p.packed.resize(rows * PackedRowBytes(cols, bits));
-  EXPECT_EQ(PackRows(m.q.data(), rows, cols, bits, p.packed.data()), rows);
+  EXPECT_EQ(PackRows(m.q.data(), rows, cols, stride, bits, p.packed.data()), rows);
   p.view = {p.packed.data(), m.scale.data(), m.row_sum.data(), rows, cols,
             PackedRowBytes(cols, bits), bits};
   return p;
@@ -177,21 +177,21 @@ TEST(PackedLayoutTest, RoundTripsAndRejectsWhatDoesNotFit) {
     for (size_t cols : {size_t{64}, size_t{172}, size_t{2048}}) {
       PackedPair p = MakePacked(5, cols, bits, static_cast<uint32_t>(bits * 1000 + cols));
       EXPECT_EQ(p.packed.size(), 5 * PaddedCols(cols) / 8 * static_cast<size_t>(bits));
-      std::vector<int8_t> back(5 * PaddedCols(cols), 99);
-      EXPECT_EQ(UnpackRows(p.packed.data(), 5, cols, bits, back.data()), 5u);
+      std::vector<int8_t> back(5 * PaddedCols(cols), 0);  // padding is left alone
+      EXPECT_EQ(UnpackRows(p.packed.data(), 5, cols, bits, back.data(), PaddedCols(cols)), 5u);
       EXPECT_EQ(back, p.q8.q) << bits << " bits, " << cols << " cols";
       // A code one past the width is refused, naming its row.
       std::vector<int8_t> q = p.q8.q;
       q[3 * PaddedCols(cols) + cols - 1] = static_cast<int8_t>(-MaxCode(bits) - 1);
       std::vector<uint8_t> out(p.packed.size());
-      EXPECT_EQ(PackRows(q.data(), 5, cols, bits, out.data()), 3u);
+      EXPECT_EQ(PackRows(q.data(), 5, cols, PaddedCols(cols), bits, out.data()), 3u);
       // u = 0 (code -2^(bits-1)) in packed bytes is invalid: clear the low nibble of row 2.
       std::vector<uint8_t> bad = p.packed;
       const size_t at = 2 * PackedRowBytes(cols, bits);
       bad[at] &= 0xF0;
       if (bits >= 6) bad[at + 32] &= 0xFC;
       if (bits % 2) bad[at + 8 * static_cast<size_t>(bits) - 8] &= 0xFE;
-      EXPECT_EQ(UnpackRows(bad.data(), 5, cols, bits, back.data()), 2u);
+      EXPECT_EQ(UnpackRows(bad.data(), 5, cols, bits, back.data(), PaddedCols(cols)), 2u);
     }
   }
 }

@@ -11,7 +11,10 @@
 #include <fstream>
 #include <random>
 
+#include <unistd.h>
+
 #include "base/file.h"
+#include "base/packed_codes.h"
 #include "storage/crc32c.h"
 #include "tests/util/test_paths.h"
 
@@ -154,13 +157,13 @@ TEST(ContainerTest, WrongMagicAndNewerVersion) {
   EXPECT_NE(s.message().find("not a .dcm file"), std::string::npos);
   // A newer major version with a valid CRC: a clear "upgrade" error, not "corrupt".
   bad = bytes;
-  const uint16_t v2 = 2;
-  std::memcpy(bad.data() + 8, &v2, 2);
+  const uint16_t newer = kDcmVersionMajor + 1;
+  std::memcpy(bad.data() + 8, &newer, 2);
   const uint32_t crc = Crc32c(bad.data(), 60);
   std::memcpy(bad.data() + 60, &crc, 4);
   s = OpenAndDecodeAll(bad);
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(s.message().find("format version 2.0 is newer than this reader"), std::string::npos)
+  EXPECT_NE(s.message().find("format version 3.0 is newer than this reader"), std::string::npos)
       << s.message();
   // A newer minor version is read (fields are only ever added within a major version).
   bad = bytes;
@@ -169,6 +172,105 @@ TEST(ContainerTest, WrongMagicAndNewerVersion) {
   const uint32_t crc2 = Crc32c(bad.data(), 60);
   std::memcpy(bad.data() + 60, &crc2, 4);
   EXPECT_TRUE(OpenAndDecodeAll(bad).ok());
+}
+
+// Format 2: a 6-bit tensor with one packed block and one rans block. Both decode to the same
+// codes; a packed byte that makes an invalid code, a packed block of the wrong size, a coded
+// block whose codes exceed the width and an unknown width are each refused, naming the block.
+struct PackedToy {
+  std::vector<uint8_t> bytes;
+  std::vector<int8_t> codes;  // 6 x 100, unpadded
+};
+
+PackedToy WritePackedToy(int bits_field, int coded_code_at_0 = 0, bool short_packed = false,
+                         bool zero_code_in_row1 = false) {
+  const std::string path = TempPath("packed_" + std::to_string(::getpid()) + ".dcm");
+  auto w = ContainerWriter::Create(path);
+  EXPECT_TRUE(w.ok());
+  constexpr int kRows = 6, kCols = 100, kBits = 6;
+  PackedToy toy;
+  std::mt19937 rng(7);
+  toy.codes.resize(kRows * kCols);
+  for (auto& c : toy.codes) c = static_cast<int8_t>(static_cast<int>(rng() % 63) - 31);
+  pb::Tensor t;
+  t.set_name("p");
+  t.set_type(pb::TENSOR_Q8_ROW);
+  t.set_rows(kRows);
+  t.set_cols(kCols);
+  t.set_layer(0);
+  t.set_rows_per_block(3);
+  t.set_bits(bits_field);
+  (*w)->BeginTensor(t);
+  std::vector<float> scales(kRows, 0.5f);
+  EXPECT_TRUE((*w)->AddBlock(Codec::kRaw, kRows * 4,
+                             {reinterpret_cast<const uint8_t*>(scales.data()), kRows * 4})
+                  .ok());
+  std::vector<uint8_t> packed(3 * PackedRowBytes(kCols, kBits));
+  EXPECT_EQ(PackRows(toy.codes.data(), 3, kCols, kCols, kBits, packed.data()), 3u);
+  if (short_packed) packed.resize(packed.size() - 32);
+  if (zero_code_in_row1) {  // code 0 of row 1 becomes u = 0 (invalid), under a valid CRC
+    packed[PackedRowBytes(kCols, kBits)] &= 0xF0;
+    packed[PackedRowBytes(kCols, kBits) + 32] &= 0xFC;
+  }
+  EXPECT_TRUE((*w)->AddBlock(Codec::kPacked, 3 * kCols, packed).ok());
+  std::vector<uint8_t> coded(toy.codes.begin() + 3 * kCols, toy.codes.end()), enc;
+  if (coded_code_at_0 != 0) coded[0] = static_cast<uint8_t>(static_cast<int8_t>(coded_code_at_0));
+  EXPECT_TRUE(EncodeBlock(Codec::kRans, coded, 3, &enc).ok());
+  EXPECT_TRUE((*w)->AddBlock(Codec::kRans, coded.size(), enc).ok());
+  pb::Manifest m;
+  m.mutable_config()->set_arch("toy");
+  EXPECT_TRUE((*w)->Finish(m).ok());
+  toy.bytes = ReadAll(path);
+  std::filesystem::remove(path);
+  return toy;
+}
+
+TEST(ContainerTest, PackedBlocksDecodeToTheirCodesAndDamageIsNamed) {
+  PackedToy toy = WritePackedToy(6);
+  EXPECT_EQ(toy.bytes[8], kDcmVersionMajor);
+  auto r = ContainerReader::FromBytes(toy.bytes, "p.dcm");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  BlockDecoder dec;
+  std::vector<int8_t> all;
+  for (size_t b = 1; b < 3; ++b) {
+    std::vector<uint8_t> out((*r)->block(b).raw_size());
+    ASSERT_TRUE((*r)->ReadBlock(b, out, &dec).ok());
+    all.insert(all.end(), out.begin(), out.end());
+  }
+  EXPECT_EQ(all, toy.codes);
+  // A packed code of 0 (u = 0) behind a valid CRC: DATA_LOSS naming the block and the row.
+  PackedToy zero = WritePackedToy(6, 0, false, true);
+  auto rz = ContainerReader::FromBytes(zero.bytes, "z.dcm");
+  ASSERT_TRUE(rz.ok());
+  std::vector<uint8_t> out((*rz)->block(1).raw_size());
+  Status s = (*rz)->ReadBlock(1, out, &dec);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("block 1 (p, codes rows 0..2): packed row 1 of the block holds an "
+                             "invalid 6-bit code"),
+            std::string::npos)
+      << s.message();
+  // An entropy-coded block holding a code wider than 6 bits.
+  PackedToy wide = WritePackedToy(6, 40);
+  auto rw = ContainerReader::FromBytes(wide.bytes, "w.dcm");
+  ASSERT_TRUE(rw.ok());
+  out.resize((*rw)->block(2).raw_size());
+  s = (*rw)->ReadBlock(2, out, &dec);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("block 2 (p, codes rows 3..5): code 40 exceeds the tensor's 6-bit "
+                             "width"),
+            std::string::npos)
+      << s.message();
+  // A packed block of the wrong size, and a width the reader does not know: refused at open.
+  s = ContainerReader::FromBytes(WritePackedToy(6, 0, true).bytes, "s.dcm").status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("packed block 1 holds 256 bytes, expected 288 (6-bit rows)"),
+            std::string::npos)
+      << s.message();
+  s = ContainerReader::FromBytes(WritePackedToy(9).bytes, "u.dcm").status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("tensor 0 (p): bits 9 is unknown to this reader (4..8)"),
+            std::string::npos)
+      << s.message();
 }
 
 // The committed golden files and the error each must give.
@@ -181,6 +283,7 @@ TEST(ContainerTest, GoldenCorruptFiles) {
       {"bad_magic.dcm", "not a .dcm file"},
       {"newer_version.dcm", "is newer than this reader"},
   };
+  // valid.dcm is a format 1.0 file (written before format 2): still read.
   EXPECT_TRUE(OpenAndDecodeAll(ReadAll(dir + "valid.dcm")).ok());
   for (const auto& [file, want] : cases) {
     Status s = OpenAndDecodeAll(ReadAll(dir + file));
@@ -212,8 +315,8 @@ TEST(ContainerTest, WriteGoldenFilesOnRequest) {
   b[1] = 'X';
   save("bad_magic.dcm", b);
   b = bytes;
-  const uint16_t v2 = 2;
-  std::memcpy(b.data() + 8, &v2, 2);
+  const uint16_t newer = kDcmVersionMajor + 1;
+  std::memcpy(b.data() + 8, &newer, 2);
   const uint32_t crc = Crc32c(b.data(), 60);
   std::memcpy(b.data() + 60, &crc, 4);
   save("newer_version.dcm", b);

@@ -1,0 +1,59 @@
+// The packed low-bit layout of weight codes: what the packed tier holds in RAM, what a `.dcm`
+// stores in its packed (raw) blocks (docs/format.md), and what the kernels' packed products read.
+//
+// Codes of `bits` bits (4..7) are held as u = code + 2^(bits-1), so code is in
+// [-(2^(bits-1) - 1), 2^(bits-1) - 1] and u in [1, 2^bits - 1] (u = 0 is invalid, as -128 is for
+// INT8). A row is PaddedCols(cols) codes (padding codes 0), in chunks of 64 codes, each chunk
+// 8 * bits bytes:
+//   bytes [0, 32)   low nibbles: byte j = (u[j] & 15) | (u[j + 32] & 15) << 4
+//   bytes [32, 48)  when bits >= 6, bits 4-5: byte j = sum_k ((u[j + 16k] >> 4) & 3) << 2k
+//   last 8 bytes    when bits is odd, the top bit (bit 4 for 5 bits, bit 6 for 7): code i at
+//                   bit i of the little-endian 64-bit word
+// so every ISA unpacks a chunk with shifts, masks and one bit expansion, no tables.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dcomp {
+
+inline constexpr size_t kPackedChunk = 64;
+inline constexpr int kMinPackedBits = 4;
+inline constexpr int kMaxPackedBits = 7;
+
+inline constexpr bool IsPackedBits(int bits) {
+  return bits >= kMinPackedBits && bits <= kMaxPackedBits;
+}
+// Row length in codes as the kernels hold it (a multiple of 64).
+inline constexpr size_t PaddedCols(size_t cols) {
+  return (cols + kPackedChunk - 1) / kPackedChunk * kPackedChunk;
+}
+// The largest |code| a width holds (127 for 8 bits).
+inline constexpr int MaxCode(int bits) { return (1 << (bits - 1)) - 1; }
+// The smallest width whose codes hold |code| <= max_code (8 above 63).
+inline constexpr int BitsForMaxCode(int max_code) {
+  int b = kMinPackedBits;
+  while (b < 8 && MaxCode(b) < max_code) ++b;
+  return b;
+}
+// Bytes of one packed row (a multiple of 32).
+inline constexpr size_t PackedRowBytes(size_t cols, int bits) {
+  return PaddedCols(cols) / kPackedChunk * 8 * static_cast<size_t>(bits);
+}
+
+// The 64 unsigned codes u of the chunk at c.
+void UnpackPackedChunk(const uint8_t* c, int bits, uint8_t* u);
+
+// Packs `rows` rows of INT8 codes (row r at q + r * q_stride, cols codes; q_stride >= cols) to
+// `bits` (kMinPackedBits..kMaxPackedBits) into out (rows x PackedRowBytes(cols, bits)). Returns
+// the index of the first row holding a code outside [-MaxCode(bits), MaxCode(bits)] (nothing is
+// written for it or after it), or `rows` when every row fits.
+size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits,
+                uint8_t* out);
+// The inverse: row r's cols codes to q + r * q_stride (q_stride >= cols; bytes past cols are
+// left alone). Returns the index of the first row holding an invalid code (u = 0, or a padding
+// code that is not 0), or `rows`.
+size_t UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_t* q,
+                  size_t q_stride);
+
+}  // namespace dcomp
