@@ -431,6 +431,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
     t->set_units(units);
   };
   tier("decoded", p.decoded_bytes, p.count(runtime::Tier::kDecoded));
+  tier("packed", p.packed_bytes, p.count(runtime::Tier::kPacked));
   tier("compressed", p.compressed_bytes, p.count(runtime::Tier::kCompressed));
   tier("flash", 0, p.count(runtime::Tier::kFlash));
   tier("pipeline",

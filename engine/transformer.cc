@@ -174,7 +174,14 @@ void Transformer::RunResidentLinears(std::span<const LinearJob> jobs, const floa
           const size_t r1 = std::min<size_t>(static_cast<size_t>(end), base + rows);
           if (r1 > base && r0 < rows) {
             const size_t e = r1 - base;
-            if (quantized) {
+            if (quantized && j.w->packed.data != nullptr) {
+              const size_t padded = kernels::PaddedCols(cols);
+              if (n == 1) {
+                kt->gemv_packed_q8(j.w->packed, xq, xs[0], j.y, r0, e);
+              } else {
+                kt->gemm_packed_q8(j.w->packed, xq, padded, xs, n, j.y, j.y_stride, r0, e);
+              }
+            } else if (quantized) {
               const size_t padded = kernels::PaddedCols(cols);
               if (n == 1) {
                 kt->gemv_q8_q8(j.w->q8, xq, xs[0], j.y, r0, e);

@@ -41,10 +41,12 @@ class RowBlockSource {
 
 // One linear map y = W x (+ b). Exactly one of q8/f32 is set, per `quantized`. With `blocks` set
 // (INT8 only), q8 gives the shape and the row scales; q8.q and q8.row_sum are null and the rows
-// come from `blocks`.
+// come from `blocks`. With `packed.data` set (the packed tier), q8 gives the shape and the row
+// scales, q8.q is null and the kernels read the packed codes.
 struct LinearWeights {
   bool quantized = false;
   kernels::Q8MatrixView q8;
+  kernels::PackedMatrixView packed;
   kernels::F32MatrixView f32;
   const RowBlockSource* blocks = nullptr;
   const float* bias = nullptr;

@@ -32,7 +32,7 @@ constexpr const char* kUsage = R"(usage: dcomp COMMAND [options]
 
 commands:
   pack IN OUT.dcm [--calib FILE] [--block-size B] [--codec auto|rans|zstd|raw] [--zstd-level L]
-       [--min-decode-speed MBPS] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
+       [--min-decode-speed MBPS] [--min-coding-gain F] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
        [--no-scaling] [--no-rate-alloc] [--calib-tokens N]
   inspect FILE.dcm [--verify] [--json]
   synth --shape tinyllama-1.1b|llama-3.2-1b OUT.gguf [--entropy BITS] [--seed S]
@@ -58,7 +58,7 @@ void AddModelFlags(Flags& f) {
       .Value("budget", ".dcm: RAM budget, BYTES[K|M|G|KiB|MiB|GiB|KB|MB|GB] or PCT% of INT8 size")
       .Value("policy",
              ".dcm streaming: adaptive | all-compressed | stream-all | static-split | "
-             "all-decoded (default adaptive)")
+             "all-decoded | all-packed (default adaptive)")
       .Value("decode",
              ".dcm streaming: where compressed layers are decoded: inline (inside the matrix "
              "products) | ahead (decode pool) | auto (default: the faster estimate)")
@@ -246,6 +246,9 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("codec", "auto | rans | zstd | raw (default auto: the smallest fast enough)")
       .Value("zstd-level", "zstd level (default 19)")
       .Value("min-decode-speed", "auto: MB/s a codec must decode a block at (default 500)")
+      .Value("min-coding-gain",
+             "codes below 8 bits: entropy-code a block only if that saves this fraction of its "
+             "packed size, else store it packed (default 0.10)")
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
       .Value("max-ppl-increase",
@@ -275,6 +278,11 @@ Status CmdPack(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t zl, f.GetInt("zstd-level", 19));
   o.zstd_level = static_cast<int>(zl);
   ASSIGN_OR_RETURN(o.min_decode_mbps, f.GetDouble("min-decode-speed", 500));
+  ASSIGN_OR_RETURN(o.min_coding_gain, f.GetDouble("min-coding-gain", 0.10));
+  if (!(o.min_coding_gain >= 0 && o.min_coding_gain < 1)) {
+    return InvalidArgumentError("--min-coding-gain " + std::to_string(o.min_coding_gain) +
+                                ": expected a fraction in [0, 1)");
+  }
   o.alpha = f.GetOr("alpha", "auto");
   ASSIGN_OR_RETURN(o.prune, f.GetDouble("prune", 0));
   ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", 1.2));

@@ -1,5 +1,7 @@
 // Pack stage 6: entropy coding. Every block is coded with each candidate codec, decoded and
-// compared, and stored in the smallest coding (raw if none is smaller). With --codec auto the
+// compared, and stored in the smallest coding (raw if none is smaller). Blocks of a tensor with
+// codes narrower than 8 bits are stored packed (the packed tier reads them as they are, with no
+// decoding) unless entropy coding saves at least --min-coding-gain of their size. With --codec auto the
 // candidates are the codecs fast enough on every target by the decode-speed model
 // (packer/codec_model.h), so the choice does not depend on the CPU that packs.
 
@@ -9,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/packed_codes.h"
 #include "packer/codec_model.h"
 #include "packer/internal/pack_state.h"
 
@@ -54,7 +57,7 @@ Status PrepareEncoding(PackState& s) {
 }
 
 EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t row_bytes,
-                           size_t rows_per_block) {
+                           size_t rows_per_block, int packed_bits) {
   const size_t nblocks = (data.size() / row_bytes + rows_per_block - 1) / rows_per_block;
   EncodedBlocks out;
   std::vector<Encoded>& enc = out.enc;
@@ -69,6 +72,20 @@ EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t r
       const size_t off = static_cast<size_t>(b) * rows_per_block * row_bytes;
       const size_t len = std::min(data.size() - off, rows_per_block * row_bytes);
       Result<Encoded> e = EncodeBest(data.subspan(off, len), cands, o, &d);
+      if (e.ok() && IsPackedBits(packed_bits)) {
+        Encoded packed;
+        packed.codec = storage::Codec::kPacked;
+        packed.bytes.resize(len / row_bytes * PackedRowBytes(row_bytes, packed_bits));
+        const size_t rows = len / row_bytes;
+        if (PackRows(reinterpret_cast<const int8_t*>(data.data() + off), rows, row_bytes,
+                     row_bytes, packed_bits, packed.bytes.data()) != rows) {
+          e = InternalError("codes wider than " + std::to_string(packed_bits) + " bits");
+        } else if (e->codec == storage::Codec::kRaw ||
+                   static_cast<double>(e->bytes.size()) >
+                       (1.0 - o.min_coding_gain) * static_cast<double>(packed.bytes.size())) {
+          e = std::move(packed);
+        }
+      }
       if (e.ok()) {
         enc[b] = std::move(*e);
       } else {

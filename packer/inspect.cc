@@ -1,5 +1,6 @@
 #include "packer/inspect.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "base/json.h"
+#include "base/packed_codes.h"
 #include "engine/dcm_model.h"
 #include "storage/container.h"
 #include "storage/rans.h"
@@ -22,28 +24,43 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
   const ModelConfig& c = file->config();
 
   struct Range {
-    uint64_t raw = 0, stored = 0, params = 0, begin = ~0ull;
+    uint64_t raw = 0, ram = 0, stored = 0, params = 0, begin = ~0ull;
     std::set<std::string> codecs;
   };
   std::map<int, Range> layers;
+  std::vector<Range> tensors(static_cast<size_t>(m.tensors_size()));
   std::map<std::string, uint64_t> codec_blocks;
-  uint64_t raw_total = 0, stored_total = 0, params = 0;
+  uint64_t raw_total = 0, ram_total = 0, stored_total = 0, params = 0;
   for (int t = 0; t < m.tensors_size(); ++t) {
     const pb::Tensor& T = m.tensors(t);
-    Range& L = layers[T.layer()];
-    L.params += static_cast<uint64_t>(T.rows() * T.cols());
-    params += static_cast<uint64_t>(T.rows() * T.cols());
+    Range& R = tensors[static_cast<size_t>(t)];
+    R.params = static_cast<uint64_t>(T.rows() * T.cols());
     for (uint32_t b = T.first_block(); b < T.first_block() + T.num_blocks(); ++b) {
       const pb::Block& B = r.block(b);
       const std::string codec = storage::CodecName(static_cast<storage::Codec>(B.codec()));
-      L.raw += B.raw_size();
-      L.stored += B.stored_size();
-      L.codecs.insert(codec);
-      L.begin = std::min<uint64_t>(L.begin, B.offset());
+      R.raw += B.raw_size();
+      R.stored += B.stored_size();
+      R.codecs.insert(codec);
+      R.begin = std::min<uint64_t>(R.begin, B.offset());
       ++codec_blocks[codec];
-      raw_total += B.raw_size();
-      stored_total += B.stored_size();
     }
+    // As the packed tier holds it: narrow codes packed (rows padded to 64 codes) + row scales;
+    // INT8 codes and f32 vectors as they decode.
+    const uint64_t rows = static_cast<uint64_t>(T.rows());
+    R.ram = IsPackedBits(T.bits())
+                ? rows * PackedRowBytes(static_cast<size_t>(T.cols()), T.bits()) + rows * 4
+                : R.raw;
+    Range& L = layers[T.layer()];
+    L.params += R.params;
+    L.raw += R.raw;
+    L.ram += R.ram;
+    L.stored += R.stored;
+    L.codecs.insert(R.codecs.begin(), R.codecs.end());
+    L.begin = std::min(L.begin, R.begin);
+    params += R.params;
+    raw_total += R.raw;
+    ram_total += R.ram;
+    stored_total += R.stored;
   }
   double verify_seconds = 0;
   if (verify) {
@@ -81,7 +98,11 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
         .Int("tensors", m.tensors_size())
         .Int("blocks", static_cast<int64_t>(r.num_blocks()))
         .Int("raw_bytes", static_cast<int64_t>(raw_total))
+        .Int("ram_bytes", static_cast<int64_t>(ram_total))
         .Int("stored_bytes", static_cast<int64_t>(stored_total))
+        .Double("ram_bits_per_weight", 8.0 * static_cast<double>(ram_total) / std::max<uint64_t>(params, 1))
+        .Double("stored_bits_per_weight",
+                8.0 * static_cast<double>(stored_total) / std::max<uint64_t>(params, 1))
         .Double("ratio", stored_total ? static_cast<double>(raw_total) / stored_total : 0)
         .String("source", m.pack_info().source())
         .String("calibration", m.pack_info().calibration())
@@ -94,9 +115,29 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
           .String("name", layer_name(l))
           .Int("params", static_cast<int64_t>(L.params))
           .Int("raw_bytes", static_cast<int64_t>(L.raw))
+          .Int("ram_bytes", static_cast<int64_t>(L.ram))
           .Int("stored_bytes", static_cast<int64_t>(L.stored))
           .Int("offset", static_cast<int64_t>(L.begin))
           .String("codecs", codecs_of(L))
+          .EndObject();
+    }
+    w.EndArray();
+    w.BeginArray("tensors");
+    for (int t = 0; t < m.tensors_size(); ++t) {
+      const pb::Tensor& T = m.tensors(t);
+      const Range& R = tensors[static_cast<size_t>(t)];
+      const bool q8 = T.type() == pb::TENSOR_Q8_ROW;
+      w.BeginObject()
+          .String("name", T.name())
+          .Int("layer", T.layer())
+          .Int("rows", T.rows())
+          .Int("cols", T.cols())
+          .Int("params", static_cast<int64_t>(R.params))
+          .Int("bits", q8 ? (IsPackedBits(T.bits()) ? T.bits() : 8) : 32)
+          .Int("raw_bytes", static_cast<int64_t>(R.raw))
+          .Int("ram_bytes", static_cast<int64_t>(R.ram))
+          .Int("stored_bytes", static_cast<int64_t>(R.stored))
+          .String("codecs", codecs_of(R))
           .EndObject();
     }
     w.EndArray();
@@ -144,6 +185,25 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
                 static_cast<unsigned long long>(params), static_cast<unsigned long long>(raw_total),
                 static_cast<unsigned long long>(stored_total),
                 stored_total ? static_cast<double>(raw_total) / stored_total : 0.0);
+  s += line;
+  std::map<int, uint64_t> by_bits;
+  for (int t = 0; t < m.tensors_size(); ++t) {
+    const pb::Tensor& T = m.tensors(t);
+    if (T.type() == pb::TENSOR_Q8_ROW) {
+      by_bits[IsPackedBits(T.bits()) ? T.bits() : 8] += tensors[static_cast<size_t>(t)].params;
+    }
+  }
+  std::string widths;
+  for (const auto& [b, n] : by_bits) {
+    widths += (widths.empty() ? "" : ", ") + std::to_string(b) + " bits " + std::to_string(n);
+  }
+  const double pw = static_cast<double>(std::max<uint64_t>(params, 1));
+  std::snprintf(line, sizeof(line),
+                "bits/weight: INT8 %.3f, packed in RAM %.3f (%llu B), stored %.3f; weights by code "
+                "width: %s\n",
+                8.0 * static_cast<double>(raw_total) / pw, 8.0 * static_cast<double>(ram_total) / pw,
+                static_cast<unsigned long long>(ram_total),
+                8.0 * static_cast<double>(stored_total) / pw, widths.c_str());
   s += line;
   if (verify) {
     std::snprintf(line, sizeof(line),

@@ -24,6 +24,7 @@ struct PackOptions {
   std::string codec = "auto";      // auto | rans | zstd | raw
   int zstd_level = 19;
   double min_decode_mbps = 500;   // auto: fastest-decoding floor a codec must meet on its block
+  double min_coding_gain = 0.10;  // narrow codes: entropy-code a block only if it saves this much
   std::string alpha = "auto";     // auto | a number in [0, 1]
   double prune = 0.0;             // fraction of each row zeroed
   double max_ppl_increase = 1.2;  // percent over the f32 model on the calibration tokens
@@ -44,6 +45,8 @@ struct TensorReport {
   bool quantized = false;
   uint64_t int8_bytes = 0;    // codes + per-row f32 scales (f32 bytes for vectors)
   uint64_t stored_bytes = 0;  // all its blocks as stored
+  int bits = 0;               // code width (0: f32)
+  uint64_t ram_bytes = 0;     // as the packed tier holds it: packed rows + scales (f32 for vectors)
   std::string codecs;         // "rans", "zstd", "rans+zstd", ...
   float alpha = 0, step_multiplier = 1, prune = 0;
   double output_rel_error = -1;  // -1: not measured (no calibration inputs)
@@ -52,7 +55,8 @@ struct TensorReport {
 
 struct PackReport {
   std::vector<TensorReport> tensors;
-  uint64_t f32_bytes = 0, int8_bytes = 0, stored_bytes = 0, file_bytes = 0;
+  uint64_t f32_bytes = 0, int8_bytes = 0, ram_bytes = 0, stored_bytes = 0, file_bytes = 0;
+  int64_t params = 0;
   std::string calibration;
   int64_t calib_tokens = 0;
   double f32_nll = 0, plain_int8_nll = 0, packed_nll = 0;  // on calibration tokens (0: none)

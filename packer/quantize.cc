@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 
+#include "base/packed_codes.h"
 #include "kernels/kernels.h"
 
 namespace dcomp::packer {
@@ -15,9 +16,11 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
   q.cols = cols;
   q.codes.resize(rows * cols);
   q.scale.resize(rows);
-  const float m = std::max(1.0f, p.step_multiplier);
-  q.max_code = static_cast<int>(std::floor(127.0f / m));
-  const bool plain = p.col_scale.empty() && p.prune <= 0 && m == 1.0f;
+  const bool narrow = p.bits < 8;
+  const float m = narrow ? 1.0f : std::max(1.0f, p.step_multiplier);
+  q.max_code = narrow ? MaxCode(p.bits) : static_cast<int>(std::floor(127.0f / m));
+  q.bits = narrow ? p.bits : BitsForMaxCode(q.max_code);
+  const bool plain = p.col_scale.empty() && p.prune <= 0 && m == 1.0f && !narrow;
   if (plain) {  // exactly the engine's quantizer
     const size_t pc = kernels::PaddedCols(cols);
     std::vector<int8_t> padded(rows * pc);
@@ -50,7 +53,9 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     }
     float amax = 0;
     for (float v : row) amax = std::max(amax, std::fabs(v));
-    const float scale = amax > 0 ? amax * m / 127.0f : 0.0f;
+    const float scale = amax <= 0 ? 0.0f
+                        : narrow  ? amax * p.clip / static_cast<float>(q.max_code)
+                                  : amax * m / 127.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
     q.scale[r] = scale;
     const float lim = static_cast<float>(q.max_code);
@@ -60,6 +65,27 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     }
   }
   return q;
+}
+
+float ChooseClip(std::span<const float> w, size_t rows, size_t cols, QuantParams p,
+                 std::span<const float> ms, std::span<const float> candidates) {
+  float best = 1.0f;
+  double best_err = -1;
+  for (float clip : candidates) {
+    p.clip = clip;
+    const QuantizedMatrix q = QuantizeMatrix(w, rows, cols, p);
+    double err = 0;
+    for (size_t r = 0; r < rows; ++r) {
+      for (size_t c = 0; c < cols; ++c) {
+        const double ws = static_cast<double>(w[r * cols + c]) *
+                          (p.col_scale.empty() ? 1.0 : static_cast<double>(p.col_scale[c]));
+        const double d = ws - static_cast<double>(q.codes[r * cols + c]) * q.scale[r];
+        err += d * d * (ms.empty() ? 1.0 : static_cast<double>(ms[c]));
+      }
+    }
+    if (best_err < 0 || err < best_err) best_err = err, best = clip;
+  }
+  return best;
 }
 
 double CodeEntropyBits(const QuantizedMatrix& q) {

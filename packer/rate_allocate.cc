@@ -1,11 +1,13 @@
 // Pack stage 5: rate allocation. The INT8 model's NLL is measured; then every matrix alone is tried
-// at wider steps, and per-matrix steps are chosen under the --max-ppl-increase budget.
+// at narrower code widths (7, 6, 5, 4 bits, each with its best clip), and per-matrix widths are
+// chosen under the --max-ppl-increase budget so as to minimise the packed (RAM) size.
 
 #include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
 
+#include "base/packed_codes.h"
 #include "engine/generate.h"
 #include "packer/internal/pack_state.h"
 #include "packer/internal/pack_util.h"
@@ -13,7 +15,8 @@
 namespace dcomp::packer::internal {
 namespace {
 
-constexpr float kStepCandidates[] = {1.0f, 1.25f, 1.5f, 1.75f, 2.0f, 2.5f, 3.0f, 4.0f};
+// Clip candidates per width (chosen per matrix by the activation-weighted weight error).
+constexpr float kClipCandidates[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f, 0.65f, 0.6f};
 
 // Mean KL(f32 || model) over every position of the sequences, from stored f32 log-probabilities.
 class KlEvaluator {
@@ -71,32 +74,53 @@ class KlEvaluator {
   size_t vocab_ = 0;
 };
 
-// One step multiplier of one matrix: the bits of its codes and the KL increase it costs alone.
+// One code width of one matrix: its packed bits (the objective), the order-0 entropy of its codes
+// (what entropy coding stores; reported) and the KL increase it costs alone.
 struct Option {
-  float step;
-  double bits, dkl;
+  int bits;
+  float clip;
+  double packed_bits, entropy_bits, dkl;
 };
-using Options = std::vector<std::vector<Option>>;  // per matrix, step 1 first
+using Options = std::vector<std::vector<Option>>;  // per matrix, 8 bits first
 
-// Every matrix alone at each wider step (until one costs more than the budget), the others at
-// their current codes.
-Result<Options> StepOptions(PackState& s, const KlEvaluator& kl, double kl_base, double budget) {
+// Mean square of each input column of `m` in its scaled domain (x_j / s_j), from the calibration
+// sample; empty without one.
+std::vector<float> InputMeanSquare(const Matrix& m) {
+  std::vector<float> ms;
+  if (m.stats == nullptr || m.stats->sample_rows() == 0) return ms;
+  const size_t n = m.stats->sample_rows(), cols = m.cols;
+  std::vector<double> acc(cols, 0.0);
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t c = 0; c < cols; ++c) {
+      const double x = m.stats->sample[t * cols + c] / (m.col_scale.empty() ? 1.0 : m.col_scale[c]);
+      acc[c] += x * x;
+    }
+  }
+  ms.resize(cols);
+  for (size_t c = 0; c < cols; ++c) ms[c] = static_cast<float>(acc[c] / static_cast<double>(n));
+  return ms;
+}
+
+// Every matrix alone at each narrower width (until one costs more than the budget), the others
+// at their current codes.
+Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base, double budget) {
   std::vector<Matrix>& mats = s.mats;
   PackWeights& qw = *s.qw;
   Options opts(mats.size());
   for (size_t i = 0; i < mats.size(); ++i) {
     Matrix& m = mats[i];
-    opts[i].push_back({1.0f, m.entropy * static_cast<double>(m.rows * m.cols), 0.0});
-    for (float step : kStepCandidates) {
-      if (step == 1.0f) continue;
+    const double n = static_cast<double>(m.rows * m.cols);
+    opts[i].push_back({8, 1.0f, 8 * n, m.entropy * n, 0.0});
+    const std::vector<float> ms = InputMeanSquare(m);
+    for (int bits = 7; bits >= kMinPackedBits; --bits) {
       QuantParams p = ParamsOf(m);
-      p.step_multiplier = step;
+      p.bits = bits;
+      p.clip = ChooseClip(m.w, m.rows, m.cols, p, ms, kClipCandidates);
       QuantizedMatrix q = QuantizeMatrix(m.w, m.rows, m.cols, p);
       qw.SetMatrix(m, &q);
       ASSIGN_OR_RETURN(double d, kl.Kl(&qw));
-      opts[i].push_back({step, CodeEntropyBits(q) * static_cast<double>(m.rows * m.cols),
-                         std::max(0.0, d - kl_base)});
-      if (d - kl_base > budget) break;  // wider steps only cost more
+      opts[i].push_back({bits, p.clip, bits * n, CodeEntropyBits(q) * n, std::max(0.0, d - kl_base)});
+      if (d - kl_base > budget) break;  // narrower widths only cost more
     }
     qw.SetMatrix(m, &m.q);
     s.Progress("rate allocation", static_cast<double>(i + 1) / static_cast<double>(mats.size()));
@@ -112,7 +136,7 @@ double Choose(const Options& opts, double lambda, std::vector<size_t>* c) {
     size_t best = 0;
     double best_cost = 1e300;
     for (size_t k = 0; k < opts[i].size(); ++k) {
-      const double cost = opts[i][k].bits + lambda * opts[i][k].dkl;
+      const double cost = opts[i][k].packed_bits + lambda * opts[i][k].dkl;
       if (cost < best_cost) best_cost = cost, best = k;
     }
     (*c)[i] = best;
@@ -143,8 +167,10 @@ Result<bool> ApplyChoice(PackState& s, const KlEvaluator& kl, const Options& opt
     }
     Choose(opts, hi, &choice);
     for (size_t i = 0; i < mats.size(); ++i) {
-      if (mats[i].step != opts[i][choice[i]].step) {
-        mats[i].step = opts[i][choice[i]].step;
+      const Option& o = opts[i][choice[i]];
+      if (mats[i].bits != o.bits || mats[i].clip != o.clip) {
+        mats[i].bits = o.bits;
+        mats[i].clip = o.clip;
         Quantize(mats[i]);
         s.qw->SetMatrix(mats[i], &mats[i].q);
       }
@@ -160,8 +186,8 @@ Result<bool> ApplyChoice(PackState& s, const KlEvaluator& kl, const Options& opt
 
 }  // namespace
 
-// Every matrix alone is tried at wider steps; its cost is the increase of KL(f32 || packed) on
-// (a subset of) the calibration tokens, its gain the entropy of its codes. A Lagrangian choice
+// Every matrix alone is tried at narrower widths; its cost is the increase of KL(f32 || packed) on
+// (a subset of) the calibration tokens, its gain the packed bits it saves. A Lagrangian choice
 // spends the budget ln(1 + pct/100) - KL(INT8) where it buys the most bits; the combination is
 // then measured, and tightened until the measured KL fits.
 Status AllocateRates(PackState& s) {
@@ -185,18 +211,19 @@ Status AllocateRates(PackState& s) {
   s.Log("rate allocation: KL(f32 || INT8) " + Fmt("%.5f", kl_base) + " nats, limit " +
         Fmt("%.5f", limit));
   if (!(budget > 0)) {  // a NaN budget included
-    s.Log("rate allocation: INT8 alone uses the budget; every step left at 1");
+    s.Log("rate allocation: INT8 alone uses the budget; every matrix left at 8 bits");
     return Status::Ok();
   }
-  ASSIGN_OR_RETURN(const Options opts, StepOptions(s, kl, kl_base, budget));
+  ASSIGN_OR_RETURN(const Options opts, WidthOptions(s, kl, kl_base, budget));
   ASSIGN_OR_RETURN(const bool fits, ApplyChoice(s, kl, opts, kl_base, limit, budget));
   if (!fits) {
     for (Matrix& m : s.mats) {
-      m.step = 1;
+      m.bits = 8;
+      m.clip = 1;
       Quantize(m);
       s.qw->SetMatrix(m, &m.q);
     }
-    s.Log("rate allocation: budget not met; every step left at 1");
+    s.Log("rate allocation: budget not met; every matrix left at 8 bits");
   }
   ASSIGN_OR_RETURN(rep.packed_nll, MeanNll(s.qw.get(), s.pool.get(), calib, s.seq_len));
   return Status::Ok();

@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 
+#include "base/packed_codes.h"
 #include "engine/dcm_model.h"
 #include "packer/internal/pack_state.h"
 
@@ -17,8 +18,9 @@ namespace pb = storage::pb;
 
 // Encodes `data` (whole rows) in blocks of rows_per_block rows, in parallel, and appends them.
 Status WriteBlocks(PackState& s, TensorReport& tr, std::set<std::string>& used,
-                   std::span<const uint8_t> data, size_t row_bytes, size_t rows_per_block) {
-  const EncodedBlocks e = EncodeBlocks(s, data, row_bytes, rows_per_block);
+                   std::span<const uint8_t> data, size_t row_bytes, size_t rows_per_block,
+                   int packed_bits = 0) {
+  const EncodedBlocks e = EncodeBlocks(s, data, row_bytes, rows_per_block, packed_bits);
   for (size_t b = 0; b < e.enc.size(); ++b) {
     RETURN_IF_ERROR(e.st[b]);
     const size_t off = b * rows_per_block * row_bytes;
@@ -50,6 +52,7 @@ Status WriteVector(PackState& s, const Vector& v) {
   tr.layer = v.layer;
   tr.params = static_cast<int64_t>(v.v.size());
   tr.int8_bytes = v.v.size() * 4;
+  tr.ram_bytes = tr.int8_bytes;
   std::set<std::string> used;
   RETURN_IF_ERROR(WriteBlocks(s, tr, used,
                               {reinterpret_cast<const uint8_t*>(v.v.data()), v.v.size() * 4},
@@ -68,6 +71,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   t.set_layer(m.layer);
   const size_t rpb = std::clamp<size_t>(s.o.block_bytes / m.cols, 1, m.rows);
   t.set_rows_per_block(static_cast<int64_t>(rpb));
+  t.set_bits(m.q.bits);
   pb::QuantInfo* qi = t.mutable_quant();
   qi->set_alpha(m.alpha);
   qi->set_step_multiplier(m.step);
@@ -82,6 +86,10 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.params = static_cast<int64_t>(m.rows * m.cols);
   tr.quantized = true;
   tr.int8_bytes = m.rows * m.cols + m.rows * 4;
+  tr.bits = m.q.bits;
+  tr.ram_bytes = (IsPackedBits(m.q.bits) ? m.rows * PackedRowBytes(m.cols, m.q.bits)
+                                         : m.rows * m.cols) +
+                 m.rows * 4;
   tr.alpha = m.alpha;
   tr.step_multiplier = m.step;
   tr.prune = m.prune;
@@ -93,7 +101,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
                               m.rows * 4, m.rows));
   RETURN_IF_ERROR(WriteBlocks(
       s, tr, used, {reinterpret_cast<const uint8_t*>(m.q.codes.data()), m.q.codes.size()}, m.cols,
-      rpb));
+      rpb, IsPackedBits(m.q.bits) ? m.q.bits : 0));
   tr.codecs = Join(used);
   s.rep.tensors.push_back(tr);
   s.done_bytes += m.rows * m.cols;
@@ -133,6 +141,8 @@ Status WriteContainer(PackState& s) {
   for (const TensorReport& t : rep.tensors) {
     rep.f32_bytes += static_cast<uint64_t>(t.params) * 4;
     rep.int8_bytes += t.int8_bytes;
+    rep.ram_bytes += t.ram_bytes;
+    rep.params += t.params;
     rep.stored_bytes += t.stored_bytes;
   }
   rep.file_bytes = s.writer->file_bytes();

@@ -16,6 +16,7 @@ const char* TierName(Tier t) {
     case Tier::kDecoded: return "decoded";
     case Tier::kCompressed: return "compressed";
     case Tier::kFlash: return "flash";
+    case Tier::kPacked: return "packed";
   }
   return "?";
 }
@@ -27,18 +28,19 @@ const char* PolicyName(Policy p) {
     case Policy::kStreamAll: return "stream-all";
     case Policy::kStaticSplit: return "static-split";
     case Policy::kAllDecoded: return "all-decoded";
+    case Policy::kAllPacked: return "all-packed";
   }
   return "?";
 }
 
 Result<Policy> ParsePolicy(const std::string& s) {
   for (Policy p : {Policy::kAdaptive, Policy::kAllCompressed, Policy::kStreamAll,
-                   Policy::kStaticSplit, Policy::kAllDecoded}) {
+                   Policy::kStaticSplit, Policy::kAllDecoded, Policy::kAllPacked}) {
     if (s == PolicyName(p)) return p;
   }
   return InvalidArgumentError("policy '" + s +
-                              "': expected adaptive, all-compressed, stream-all, static-split or "
-                              "all-decoded");
+                              "': expected adaptive, all-compressed, stream-all, static-split, "
+                              "all-decoded or all-packed");
 }
 
 const char* DecodeName(Decode d) { return d == Decode::kInline ? "inline" : "ahead"; }
@@ -58,11 +60,12 @@ int Plan::count(Tier t) const {
 std::string Plan::Summary() const {
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "%s: %d decoded (%s), %d compressed (%s), %d on flash (%s/token); decode %s; "
+                "%s: %d decoded (%s), %d packed (%s), %d compressed (%s), %d on flash (%s/token); "
+                "decode %s; "
                 "%d slots x %s, %d staging x %s; %d compute + %d decode threads; total %s; "
                 "est %.1f ms/token",
                 PolicyName(policy), count(Tier::kDecoded), FormatBytes(decoded_bytes).c_str(),
-                count(Tier::kCompressed), FormatBytes(compressed_bytes).c_str(),
+                count(Tier::kPacked), FormatBytes(packed_bytes).c_str(), count(Tier::kCompressed), FormatBytes(compressed_bytes).c_str(),
                 count(Tier::kFlash), FormatBytes(flash_bytes_per_token).c_str(), DecodeName(decode),
                 slots, FormatBytes(slot_bytes).c_str(), staging, FormatBytes(staging_bytes).c_str(),
                 compute_threads, decode_threads, FormatBytes(total_bytes).c_str(),
@@ -81,6 +84,7 @@ void Plan::ToJson(JsonWriter& j) const {
   j.Int("slot_bytes", static_cast<int64_t>(slot_bytes));
   j.Int("staging_bytes", static_cast<int64_t>(staging_bytes));
   j.Int("decoded_bytes", static_cast<int64_t>(decoded_bytes));
+  j.Int("packed_bytes", static_cast<int64_t>(packed_bytes));
   j.Int("compressed_bytes", static_cast<int64_t>(compressed_bytes));
   j.Int("flash_bytes_per_token", static_cast<int64_t>(flash_bytes_per_token));
   j.Int("decode_bytes_per_token", static_cast<int64_t>(decode_bytes_per_token));
@@ -90,16 +94,17 @@ void Plan::ToJson(JsonWriter& j) const {
 }
 
 uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed, Plan& p) {
-  p.slot_bytes = p.staging_bytes = p.decoded_bytes = p.compressed_bytes = 0;
+  p.slot_bytes = p.staging_bytes = p.decoded_bytes = p.packed_bytes = p.compressed_bytes = 0;
   p.flash_bytes_per_token = p.decode_bytes_per_token = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     const UnitInfo& U = units[u];
     // Decoding ahead, every compressed or flash unit passes through a decoded slot.
-    if (p.decode == Decode::kAhead && p.tiers[u] != Tier::kDecoded) {
+    if (p.decode == Decode::kAhead && !IsResident(p.tiers[u])) {
       p.slot_bytes = std::max(p.slot_bytes, U.decoded_bytes);
     }
     switch (p.tiers[u]) {
       case Tier::kDecoded: p.decoded_bytes += U.decoded_bytes; break;
+      case Tier::kPacked: p.packed_bytes += U.packed_bytes; break;
       case Tier::kCompressed:
         p.compressed_bytes += U.compressed_bytes;
         p.decode_bytes_per_token += U.raw_bytes;
@@ -112,7 +117,7 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
     }
   }
   p.fixed_bytes = fixed.total();
-  p.total_bytes = p.fixed_bytes + p.decoded_bytes + p.compressed_bytes +
+  p.total_bytes = p.fixed_bytes + p.decoded_bytes + p.packed_bytes + p.compressed_bytes +
                   static_cast<uint64_t>(p.slots) * p.slot_bytes +
                   static_cast<uint64_t>(p.staging) * p.staging_bytes;
   return p.total_bytes;
@@ -126,8 +131,9 @@ double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, const 
   const double speedup = 1.0 + (p.compute_threads - 1) * r.compute_parallel_efficiency;
   double cpu = 0, io = 0, flash_cpu = 0;
   for (size_t u = 0; u < units.size(); ++u) {
-    double c = static_cast<double>(units[u].macs_per_token) / r.compute_macs_per_s;
-    if (p.tiers[u] != Tier::kDecoded) {
+    double c = static_cast<double>(units[u].macs_per_token) / r.compute_macs_per_s *
+               (p.tiers[u] == Tier::kPacked ? r.packed_compute_ratio : 1.0);
+    if (!IsResident(p.tiers[u])) {
       c += static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
     }
     cpu += c / speedup;
@@ -150,8 +156,9 @@ double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan&
   }
   double macs = 0, decode = 0, io = 0, flash_decode = 0;
   for (size_t u = 0; u < units.size(); ++u) {
-    macs += static_cast<double>(units[u].macs_per_token);
-    if (p.tiers[u] == Tier::kDecoded) continue;
+    macs += static_cast<double>(units[u].macs_per_token) *
+            (p.tiers[u] == Tier::kPacked ? r.packed_compute_ratio : 1.0);
+    if (IsResident(p.tiers[u])) continue;
     const double d = static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
     decode += d;
     if (p.tiers[u] == Tier::kFlash) {
@@ -194,7 +201,7 @@ double ReloadSeconds(const std::vector<UnitInfo>& units, const Rates& r, const P
     const Tier t = to.tiers[u];
     if (t == Tier::kFlash || (u < from.tiers.size() && from.tiers[u] == t)) continue;
     s += static_cast<double>(units[u].compressed_bytes) / r.io_bytes_per_s;
-    if (t == Tier::kDecoded) s += static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
+    if (IsResident(t)) s += static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
   }
   return s;
 }
@@ -209,9 +216,10 @@ uint64_t MinimumBudget(const std::vector<UnitInfo>& units, const FixedMemory& fi
 
 namespace {
 
-// Spreads n_d decoded, n_c compressed and the rest flash over `n` layers so that streamed layers
-// are evenly interleaved with resident ones (the prefetcher reads while resident layers compute).
-std::vector<Tier> Interleave(int n, int n_d, int n_c) {
+// Spreads n_d resident (tier `res`), n_c compressed and the rest flash over `n` layers so that
+// streamed layers are evenly interleaved with resident ones (the prefetcher reads while resident
+// layers compute).
+std::vector<Tier> Interleave(int n, int n_d, int n_c, Tier res = Tier::kDecoded) {
   std::vector<Tier> t(static_cast<size_t>(n));
   const int n_f = n - n_d - n_c;
   const int want[3] = {n_d, n_c, n_f};
@@ -229,7 +237,7 @@ std::vector<Tier> Interleave(int n, int n_d, int n_c) {
       }
     }
     ++got[best];
-    t[static_cast<size_t>(i)] = best == 0   ? Tier::kDecoded
+    t[static_cast<size_t>(i)] = best == 0   ? res
                                 : best == 1 ? Tier::kCompressed
                                             : Tier::kFlash;
   }
@@ -269,7 +277,7 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
     } else {
       p.slots = p.decode_threads = 0;
     }
-    const bool streamed = p.count(Tier::kDecoded) < n;
+    const bool streamed = p.count(Tier::kDecoded) + p.count(Tier::kPacked) < n;
     if (!streamed) {
       p.slots = p.staging = p.decode_threads = 0;
     }
@@ -304,6 +312,9 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
     case Policy::kAllDecoded:
       fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kDecoded));
       break;
+    case Policy::kAllPacked:
+      fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kPacked));
+      break;
     case Policy::kAllCompressed:
       fixed_plan(std::vector<Tier>(static_cast<size_t>(n), Tier::kCompressed));
       break;
@@ -319,12 +330,14 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
       }
       break;
     case Policy::kAdaptive:
-      for (Tier head : {Tier::kDecoded, Tier::kCompressed, Tier::kFlash}) {
+      for (Tier res : {Tier::kDecoded, Tier::kPacked}) {
+      for (Tier head : {res, Tier::kCompressed, Tier::kFlash}) {
         for (int nd = 0; nd <= layers; ++nd) {
+          if (nd == 0 && res == Tier::kPacked && head != res) continue;  // searched with kDecoded
           for (int nc = 0; nc + nd <= layers; ++nc) {
-            std::vector<Tier> tiers = Interleave(layers, nd, nc);
+            std::vector<Tier> tiers = Interleave(layers, nd, nc, res);
             tiers.push_back(head);
-            const bool all_decoded = nd == layers && head == Tier::kDecoded;
+            const bool all_decoded = nd == layers && IsResident(head);
             const bool any_flash = nd + nc < layers || head == Tier::kFlash;
             for (int staging = 1; staging <= (any_flash ? 3 : 1); ++staging) {
               for (int c = 1; c <= cores; ++c) {
@@ -355,6 +368,7 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
             }
           }
         }
+      }
       }
       break;
   }

@@ -20,8 +20,13 @@
 
 namespace dcomp::runtime {
 
-enum class Tier { kDecoded, kCompressed, kFlash };
+// Where a unit lives: decoded (INT8 codes, as the kernels read them), packed (its codes at their
+// packed width, which the kernels read directly; 8-bit tensors as INT8), compressed (its stored
+// blocks in RAM, entropy-decoded every token), or on flash (read and decoded every token).
+enum class Tier { kDecoded, kCompressed, kFlash, kPacked };
 const char* TierName(Tier t);
+// Decoded and packed units are held ready for the kernels: nothing is read or decoded per token.
+inline bool IsResident(Tier t) { return t == Tier::kDecoded || t == Tier::kPacked; }
 
 struct UnitInfo {
   std::string name;               // "layer 3", "output"
@@ -29,6 +34,7 @@ struct UnitInfo {
   uint64_t compressed_bytes = 0;  // its 4 KiB-aligned file range
   uint64_t raw_bytes = 0;         // bytes the decoders produce (codes + scales)
   uint64_t macs_per_token = 0;    // multiply-adds of one decode step
+  uint64_t packed_bytes = 0;      // as decoded_bytes with the codes at their packed widths
 };
 
 // Memory that does not depend on the plan.
@@ -51,6 +57,7 @@ struct Rates {
   double compute_macs_per_s = 2e10;           // one compute thread
   double compute_parallel_efficiency = 0.85;  // speed-up of n threads = 1 + (n - 1) * this
   double decode_bytes_per_s = 1e9;            // raw bytes per second, one decode thread
+  double packed_compute_ratio = 1.0;          // time of a packed unit's products / INT8's
   double io_bytes_per_s = 1e9;                // flash read throughput (sustained)
   // The device serves reads that follow idle time faster, as a token bucket does (a cgroup blkio
   // throttle, burst-credit volumes): time it spends idle is not lost, so a single staging buffer
@@ -65,6 +72,7 @@ enum class Policy {
   kStreamAll,      // every unit read from flash for every token
   kStaticSplit,    // first units compressed in RAM as far as the budget allows, the rest streamed
   kAllDecoded,     // the resident engine: every unit decoded
+  kAllPacked,      // every unit packed
 };
 const char* PolicyName(Policy p);
 Result<Policy> ParsePolicy(const std::string& s);
@@ -88,7 +96,7 @@ struct Plan {
   int compute_threads = 1;
   int decode_threads = 0;
   uint64_t slot_bytes = 0, staging_bytes = 0;
-  uint64_t decoded_bytes = 0, compressed_bytes = 0;  // the two RAM tiers
+  uint64_t decoded_bytes = 0, packed_bytes = 0, compressed_bytes = 0;  // the RAM tiers
   uint64_t flash_bytes_per_token = 0;                // compressed bytes read per token
   uint64_t decode_bytes_per_token = 0;               // raw bytes decoded per token
   uint64_t fixed_bytes = 0;
@@ -122,7 +130,8 @@ struct PlanConstraints {
 };
 
 // The fastest plan of `policy` within `budget`, or RESOURCE_EXHAUSTED naming the smallest budget
-// that works (for kAllCompressed / kAllDecoded: the budget that policy needs).
+// that works (for kAllCompressed / kAllDecoded / kAllPacked: the budget that policy needs). The
+// adaptive search holds its resident layers all decoded or all packed (not a mix of the two).
 Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
                         const Rates& rates, uint64_t budget, Policy policy,
                         const PlanConstraints& constraints = {});

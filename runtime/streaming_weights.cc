@@ -7,6 +7,7 @@
 
 #include "base/clock.h"
 #include "base/mutex.h"
+#include "base/packed_codes.h"
 #include "base/page_buffer.h"
 #include "engine/transformer.h"
 #include "runtime/block_lookup.h"
@@ -24,8 +25,8 @@ struct StreamingWeights::Impl {
   // A unit's residency: its tier and the RAM it holds there (compute thread).
   struct Resident {
     Tier tier = Tier::kFlash;
-    PageBuffer decoded, compressed;
-    LayerWeights layer_view;  // kDecoded
+    PageBuffer decoded, compressed;  // kDecoded and kPacked use `decoded`
+    LayerWeights layer_view;         // kDecoded, kPacked
     LinearWeights head_view;
     InlineViews compressed_views;  // kCompressed, decoded inline
   };
@@ -53,10 +54,14 @@ struct StreamingWeights::Impl {
   Clock::time_point held_since;
   double token_compute = 0, token_inline = 0;
   uint64_t token_macs = 0, token_inline_macs = 0;
+  // Packed units' multiply-adds count as this many INT8 ones (Rates::packed_compute_ratio, fixed
+  // at calibration), so the compute rate measured on any mix of tiers stays an INT8 rate.
+  double packed_ratio = 1.0;
 
   Status Open(const DcmModelFile& file);
   void Account(const ProcMemory& before, int32_t context_length, const ModelConfig& config);
   Status LoadDecoded(int u);
+  Status LoadPacked(int u);
   Status LoadCompressed(int u);
   Status ApplyPlan(Plan np);
   Status MaybeReplan();
@@ -153,6 +158,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
         Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim), &rates, &probe));
   }
   rates.cores = m.cores;
+  m.packed_ratio = rates.packed_compute_ratio;
   const ControllerOptions co{options.policy,
                              {options.force_slots, options.force_compute_threads,
                               options.force_decode_threads, options.force_decode},
@@ -188,6 +194,26 @@ Status StreamingWeights::Impl::LoadDecoded(int u) {
   return Status::Ok();
 }
 
+Status StreamingWeights::Impl::LoadPacked(int u) {
+  Resident& R = resident[static_cast<size_t>(u)];
+  const UnitLayout& U = decoder->unit(u);
+  ASSIGN_OR_RETURN(R.decoded, PageBuffer::Allocate(U.packed_size, "a packed unit"));
+  std::vector<int8_t> q(layout.max_padded_block);  // one block of rows, decoded before packing
+  for (const WorkBlock& w : U.work) {
+    const uint8_t* range = nullptr;
+    if (!w.scale) {
+      Result<const uint8_t*> stored = lookup->ReadBlockPages(w.block);
+      if (!stored.ok()) return decoder->BlockError(U, stored.status());
+      range = *stored - (reader->block(w.block).offset() - U.range_begin);
+    }
+    RETURN_IF_ERROR(decoder->DecodeWorkPacked(U, w, range, R.decoded.data(), lookup->decoder(),
+                                              lookup->raw(), q.data()));
+  }
+  lookup->reader()->DropCache(U.range_begin, U.range_end - U.range_begin);
+  decoder->BuildPackedViews(u, R.decoded.data(), &R.layer_view, &R.head_view);
+  return Status::Ok();
+}
+
 Status StreamingWeights::Impl::LoadCompressed(int u) {
   Resident& R = resident[static_cast<size_t>(u)];
   const UnitLayout& U = decoder->unit(u);
@@ -215,8 +241,9 @@ Status StreamingWeights::Impl::ApplyPlan(Plan np) {
   }
   for (size_t u = 0; u < resident.size() && status.ok(); ++u) {
     if (resident[u].tier == np.tiers[u]) continue;
-    Status s = np.tiers[u] == Tier::kDecoded ? LoadDecoded(static_cast<int>(u))
-                                             : LoadCompressed(static_cast<int>(u));
+    Status s = np.tiers[u] == Tier::kDecoded  ? LoadDecoded(static_cast<int>(u))
+               : np.tiers[u] == Tier::kPacked ? LoadPacked(static_cast<int>(u))
+                                              : LoadCompressed(static_cast<int>(u));
     if (s.ok()) {
       resident[u].tier = np.tiers[u];
     } else {
@@ -231,7 +258,7 @@ Status StreamingWeights::Impl::ApplyPlan(Plan np) {
   // Units that go through the pipeline: decoding ahead, every unit not decoded; inline, flash
   // units only (compressed ones are decoded by the compute threads from RAM).
   auto piped = [&](const Resident& R) {
-    return ahead ? R.tier != Tier::kDecoded : R.tier == Tier::kFlash;
+    return ahead ? !IsResident(R.tier) : R.tier == Tier::kFlash;
   };
   const bool streamed = std::any_of(resident.begin(), resident.end(), piped);
   if (streamed && ahead) {
@@ -312,7 +339,7 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
   Impl::Resident& R = m.resident[static_cast<size_t>(u)];
   const bool head = u == config_.n_layers;
   const bool inline_decode = m.current.decode == Decode::kInline;
-  if (R.tier == Tier::kDecoded) {
+  if (IsResident(R.tier)) {
     m.held_since = Clock::now();
     return head ? static_cast<const void*>(&R.head_view) : &R.layer_view;
   }
@@ -336,8 +363,11 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
 void StreamingWeights::ReleaseUnit(int u) {
   Impl& m = *impl_;
   const double secs = Seconds(m.held_since, Clock::now());
-  const uint64_t macs = m.layout.infos[static_cast<size_t>(u)].macs_per_token;
-  if (m.resident[static_cast<size_t>(u)].tier != Tier::kDecoded &&
+  uint64_t macs = m.layout.infos[static_cast<size_t>(u)].macs_per_token;
+  if (m.resident[static_cast<size_t>(u)].tier == Tier::kPacked) {
+    macs = static_cast<uint64_t>(static_cast<double>(macs) * m.packed_ratio);
+  }
+  if (!IsResident(m.resident[static_cast<size_t>(u)].tier) &&
       m.current.decode == Decode::kInline) {
     m.token_inline += secs;
     m.token_inline_macs += macs;
@@ -353,9 +383,20 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
   const storage::ContainerReader& r = *m.reader;
   const size_t dim = static_cast<size_t>(config_.dim);
   const Impl::Resident& H = m.resident.back();
-  if (m.layout.tied && H.tier == Tier::kDecoded) {
+  if (m.layout.tied && IsResident(H.tier) && H.head_view.packed.data == nullptr) {
     const kernels::Q8MatrixView& v = H.head_view.q8;
     DequantizeRow(v.q + static_cast<size_t>(token) * v.stride, v.scale[token], dim, out);
+    return Status::Ok();
+  }
+  if (m.layout.tied && IsResident(H.tier)) {  // packed: unpack the row
+    const kernels::PackedMatrixView& v = H.head_view.packed;
+    m.lookup->cached_block = -1;  // raw() is reused for the row
+    int8_t* row = reinterpret_cast<int8_t*>(m.lookup->raw());
+    if (UnpackRows(v.data + static_cast<size_t>(token) * v.row_bytes, 1, dim, v.bits, row, dim) !=
+        1) {
+      return InternalError("embedding lookup: packed row " + std::to_string(token) + " is invalid");
+    }
+    DequantizeRow(row, v.scale[token], dim, out);
     return Status::Ok();
   }
   const pb::Tensor& E = r.manifest().tensors(m.layout.embd_tensor);

@@ -52,6 +52,30 @@ Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w, const ui
                         reinterpret_cast<int32_t*>(dst + T.rowsum_off) + w.row0, dec, scratch);
 }
 
+Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,
+                                     const uint8_t* stored_range, uint8_t* dst,
+                                     storage::BlockDecoder* dec, uint8_t* scratch,
+                                     int8_t* q) const {
+  const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
+  if (w.scale) {
+    std::memcpy(dst + T.p_scale_off, U.scales[static_cast<size_t>(w.t)].data(),
+                T.rows * sizeof(float));
+    return Status::Ok();
+  }
+  int32_t* row_sum = reinterpret_cast<int32_t*>(dst + T.p_rowsum_off) + w.row0;
+  RETURN_IF_ERROR(
+      DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows, q, row_sum, dec, scratch));
+  uint8_t* out = dst + T.p_off + w.row0 * T.packed_row_bytes;
+  if (T.bits == 8) {
+    std::memcpy(out, q, w.rows * T.stride);
+  } else if (PackRows(q, w.rows, T.cols, T.stride, T.bits, out) != w.rows) {
+    // The reader checks every code against the declared width; this cannot pass it.
+    return DataLossError(reader_->path() + ": " + reader_->DescribeBlock(w.block) +
+                         ": a code exceeds the tensor's " + std::to_string(T.bits) + "-bit width");
+  }
+  return Status::Ok();
+}
+
 Status UnitDecoder::DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range,
                                  size_t k, int8_t* q, int32_t* row_sum) const {
   thread_local storage::BlockDecoder dec;
@@ -96,6 +120,27 @@ void UnitDecoder::BuildViews(int u, const uint8_t* base, LayerWeights* layer,
             T.rows,
             T.cols,
             T.stride};
+    return v;
+  };
+  AssembleViews(u, view, layer, head);
+}
+
+void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* layer,
+                                   LinearWeights* head) const {
+  const UnitLayout& U = unit(u);
+  auto view = [&](size_t t) {
+    const TensorLayout& T = U.tensors[t];
+    LinearWeights v;
+    v.quantized = true;
+    const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
+    const int32_t* row_sum = reinterpret_cast<const int32_t*>(base + T.p_rowsum_off);
+    if (T.bits == 8) {
+      v.q8 = {reinterpret_cast<const int8_t*>(base + T.p_off), scale, row_sum, T.rows, T.cols,
+              T.stride};
+    } else {
+      v.q8 = {nullptr, scale, row_sum, T.rows, T.cols, T.stride};
+      v.packed = {base + T.p_off, scale, row_sum, T.rows, T.cols, T.packed_row_bytes, T.bits};
+    }
     return v;
   };
   AssembleViews(u, view, layer, head);

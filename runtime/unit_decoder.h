@@ -66,6 +66,11 @@ class UnitDecoder {
   // and checked at open.
   Status DecodeWork(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
                     uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch) const;
+  // The same into the unit's packed layout at dst: the rows are decoded (checked) into `q`
+  // (rows_per_block x stride bytes), then packed to the tensor's width (copied at 8 bits).
+  Status DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
+                          uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch,
+                          int8_t* q) const;
   // Block k of tensor T's rows, from the unit's stored range in RAM (any compute thread).
   Status DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range, size_t k,
                       int8_t* q, int32_t* row_sum) const;
@@ -73,6 +78,8 @@ class UnitDecoder {
   // Unit u's views over its decoded layout at `base`: the output matrix into *head, or a layer's
   // matrices into *layer with its pinned norms and biases.
   void BuildViews(int u, const uint8_t* base, LayerWeights* layer, LinearWeights* head) const;
+  // The same over its packed layout at `base`.
+  void BuildPackedViews(int u, const uint8_t* base, LayerWeights* layer, LinearWeights* head) const;
   // Views of unit u decoded inline from its stored range at `range`.
   void BuildInlineViews(int u, const uint8_t* range, InlineViews* v) const;
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "base/packed_codes.h"
 #include "base/page_buffer.h"
 #include "engine/layer_schema.h"
 #include "kernels/kernels.h"
@@ -71,6 +72,14 @@ class LayoutBuilder {
     U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
     L.rowsum_off = U.decoded_size;
     U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
+    L.bits = IsPackedBits(T.bits()) ? T.bits() : 8;
+    L.packed_row_bytes = L.bits < 8 ? PackedRowBytes(L.cols, L.bits) : L.stride;
+    L.p_off = U.packed_size;
+    U.packed_size += (L.rows * L.packed_row_bytes + 63) / 64 * 64;
+    L.p_scale_off = U.packed_size;
+    U.packed_size += (L.rows * 4 + 63) / 64 * 64;
+    L.p_rowsum_off = U.packed_size;
+    U.packed_size += (L.rows * 4 + 63) / 64 * 64;
     const size_t rpb = static_cast<size_t>(T.rows_per_block());
     L.first_block = T.first_block();
     L.rows_per_block = rpb;
@@ -159,6 +168,7 @@ class LayoutBuilder {
       const UnitLayout& U = m_.units[u];
       UnitInfo& I = m_.infos[u];
       I.decoded_bytes = RoundUpToPage(U.decoded_size);
+      I.packed_bytes = RoundUpToPage(U.packed_size);
       I.compressed_bytes = U.range_end - U.range_begin;
       for (const TensorLayout& T : U.tensors) I.macs_per_token += T.rows * T.cols;
       m_.int8_bytes += I.decoded_bytes;

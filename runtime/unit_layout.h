@@ -2,7 +2,7 @@
 // seven matrices (in LayerWeights order), or the output matrix (the last unit). For each unit: its
 // tensors' blocks (a row-scale block, then blocks of whole rows), its page-aligned range on flash,
 // and where each tensor sits in the unit's decoded form (codes padded to the kernels' stride, row
-// scales, row sums). Also what is always held decoded: norms, biases, row scales (checked once at
+// scales, row sums) and in its packed form (codes at their width, row scales, row sums). Also what is always held decoded: norms, biases, row scales (checked once at
 // open) and the embedding's row scales; and the planner's view of each unit (UnitInfo).
 //
 // Built once at open and immutable afterwards; safe to read from any thread.
@@ -24,6 +24,9 @@ struct TensorLayout {
   int tensor = -1;  // in the manifest
   size_t rows = 0, cols = 0, stride = 0;
   size_t q_off = 0, scale_off = 0, rowsum_off = 0;  // in the unit's decoded layout
+  int bits = 8;                                     // the codes' width (manifest)
+  size_t packed_row_bytes = 0;                      // PackedRowBytes, or stride at 8 bits
+  size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;  // in the unit's packed layout
   uint32_t first_block = 0;                         // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
 };
@@ -42,6 +45,7 @@ struct UnitLayout {
   uint64_t range_begin = 0, range_end = 0;   // page-aligned, in the file
   uint32_t first_block = 0, last_block = 0;  // of the range
   size_t decoded_size = 0;
+  size_t packed_size = 0;
   std::vector<std::vector<float>> scales;  // per tensor, always decoded (for decoding inline)
   LayerWeights pinned;                     // a layer's norms and biases (matrices are set per tier)
 };

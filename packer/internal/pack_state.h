@@ -39,6 +39,8 @@ struct Matrix {
   std::vector<float> col_scale;   // s_j (empty = 1)
   std::vector<float> importance;  // max|x'_j| (empty = unknown)
   float alpha = 0, step = 1, prune = 0;
+  int bits = 8;      // code width (rate allocation)
+  float clip = 1;    // bits < 8: the quantizer's clip
   QuantizedMatrix q;
   double err = -1, entropy = 0;
   // Calibration inputs of this matrix, for the output error (null: none).
@@ -187,8 +189,10 @@ struct EncodedBlocks {
 };
 
 // Encodes `data` (whole rows of `row_bytes`) in blocks of rows_per_block rows, in parallel, each
-// with the smallest of raw and s.codec_candidates.
+// with the smallest of raw and s.codec_candidates. With `packed_bits` (4..7; data = INT8 codes,
+// row_bytes = cols) a block is stored packed unless entropy coding its codes saves at least
+// --min-coding-gain of the packed size.
 EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t row_bytes,
-                           size_t rows_per_block);
+                           size_t rows_per_block, int packed_bits = 0);
 
 }  // namespace dcomp::packer::internal

@@ -90,6 +90,8 @@ QuantParams ParamsOf(const Matrix& m) {
   p.importance = m.importance;
   p.step_multiplier = m.step;
   p.prune = m.prune;
+  p.bits = m.bits;
+  p.clip = m.clip;
   return p;
 }
 

@@ -124,8 +124,10 @@ TEST(CliTest, PackInspectAndRunADcm) {
   r = Dcomp("inspect " + out + " --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   testing::Json j = testing::ParseJson(r.out);
-  EXPECT_EQ(j["format_version"].str, "1.0");
+  EXPECT_EQ(j["format_version"].str, "2.0");
   EXPECT_GT(j["ratio"].num, 1.0);
+  // Without rate allocation every code is 8 bits: the packed tier holds INT8 codes.
+  EXPECT_EQ(j["ram_bytes"].num, j["raw_bytes"].num);
   // generate / eval / tokenize accept the .dcm with the same contract.
   r = Dcomp("generate " + out + " --prompt 'Once upon a time' -n 8 --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
@@ -133,6 +135,45 @@ TEST(CliTest, PackInspectAndRunADcm) {
   r = Dcomp("tokenize " + out + " --text 'Once upon a time' --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_EQ(testing::ParseJson(r.out)["ids"].ints(), (std::vector<int>{1, 403, 407, 261, 378}));
+}
+
+// The packed tier's contract: inspect reports params, raw/ram/stored bytes and each tensor's
+// width; generate names each unit's tier; every policy gives the same tokens.
+TEST(CliTest, PackedTierContract) {
+  const std::string out = TempFile("s260_packed.dcm");
+  ProcResult r = Dcomp("pack " + kModel + " " + out + " --calib-tokens 1024");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = Dcomp("inspect " + out + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  testing::Json j = testing::ParseJson(r.out);
+  double params = 0, ram = 0;
+  bool narrow = false;
+  for (const testing::Json& t : j["tensors"].arr) {
+    params += t["params"].num;
+    ram += t["ram_bytes"].num;
+    const int bits = static_cast<int>(t["bits"].num);
+    EXPECT_TRUE((bits >= 4 && bits <= 8) || bits == 32) << t["name"].str;
+    narrow |= bits < 8;
+  }
+  EXPECT_EQ(params, j["params"].num);
+  EXPECT_EQ(ram, j["ram_bytes"].num);
+  EXPECT_TRUE(narrow) << "rate allocation chose no width below 8 bits:\n" << r.out;
+  EXPECT_LT(j["ram_bytes"].num, j["raw_bytes"].num);
+  std::string ids;
+  for (const char* policy : {"all-decoded", "all-packed", "all-compressed", "stream-all"}) {
+    r = Dcomp("generate " + out + " --prompt 'Once upon a time' -n 24 --json --policy " + policy);
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    testing::Json g = testing::ParseJson(r.out);
+    std::string got;
+    for (int id : g["ids"].ints()) got += std::to_string(id) + " ";
+    if (ids.empty()) ids = got;
+    EXPECT_EQ(got, ids) << policy;
+    const std::string want = std::string(policy) == "all-decoded"      ? "decoded"
+                             : std::string(policy) == "all-packed"     ? "packed"
+                             : std::string(policy) == "all-compressed" ? "compressed"
+                                                                       : "flash";
+    for (const testing::Json& t : g["runtime"]["plan"]["tiers"].arr) EXPECT_EQ(t.str, want);
+  }
 }
 
 TEST(CliTest, PackInspectAndSynthBadInput) {

@@ -8,9 +8,12 @@ namespace dcomp::runtime {
 namespace {
 
 // A TinyLlama-like model: 22 layers of 44 MB (34 MB compressed) and a 65 MB output matrix.
-std::vector<UnitInfo> TinyLlamaUnits() {
-  std::vector<UnitInfo> u(22, UnitInfo{"layer", 44'040'192, 33'800'000, 44'000'000, 44'040'192});
-  u.push_back({"output", 65'792'000, 50'400'000, 65'700'000, 65'536'000});
+// An INT8 model (its packed form is its decoded form), or with every code at 6 bits.
+std::vector<UnitInfo> TinyLlamaUnits(bool six_bits = false) {
+  const uint64_t lp = six_bits ? 33'226'752 : 44'040'192, op = six_bits ? 49'545'216 : 65'792'000;
+  std::vector<UnitInfo> u(22,
+                          UnitInfo{"layer", 44'040'192, 33'800'000, 44'000'000, 44'040'192, lp});
+  u.push_back({"output", 65'792'000, 50'400'000, 65'700'000, 65'536'000, op});
   return u;
 }
 
@@ -147,6 +150,35 @@ TEST(ResidencyTest, ADeviceThatCreditsIdleTimeDoesNotSerialiseOneStagingBuffer) 
   r.io_credits_idle = true;
   p.staging = 1;
   EXPECT_DOUBLE_EQ(EstimateSeconds(units, r, p), overlapped);
+}
+
+// Packed units cost no decoding: when they are as fast as decoded ones the controller packs
+// everything (fewer bytes); when they are slower it decodes what fits, and packs when the budget
+// holds the packed model but not the decoded one; all-packed is a fixed policy.
+TEST(ResidencyTest, PackedWhenItIsAsFastOrWhenOnlyItFits) {
+  const auto units = TinyLlamaUnits(true);
+  uint64_t packed = 0, decoded = 0;
+  for (const UnitInfo& u : units) packed += u.packed_bytes, decoded += u.decoded_bytes;
+  Rates r;
+  Result<Plan> p = ChoosePlan(units, Fixed(), r, 4ull << 30, Policy::kAdaptive);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->count(Tier::kPacked), static_cast<int>(units.size()));
+  EXPECT_EQ(p->packed_bytes, packed);
+  r.packed_compute_ratio = 1.3;
+  p = ChoosePlan(units, Fixed(), r, 4ull << 30, Policy::kAdaptive);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->count(Tier::kDecoded), static_cast<int>(units.size()));
+  const uint64_t between = Fixed().total() + (packed + decoded) / 2;
+  p = ChoosePlan(units, Fixed(), r, between, Policy::kAdaptive);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->count(Tier::kPacked), static_cast<int>(units.size())) << p->Summary();
+  p = ChoosePlan(units, Fixed(), r, between, Policy::kAllPacked);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->count(Tier::kPacked), static_cast<int>(units.size()));
+  EXPECT_EQ(ChoosePlan(units, Fixed(), r, between, Policy::kAllDecoded).status().code(),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(*ParsePolicy("all-packed"), Policy::kAllPacked);
+  EXPECT_STREQ(TierName(Tier::kPacked), "packed");
 }
 
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
