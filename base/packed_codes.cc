@@ -22,7 +22,7 @@ void UnpackPackedChunk(const uint8_t* c, int bits, uint8_t* u) {
   if (bits & 1) {
     const uint8_t* t = c + 8 * static_cast<size_t>(bits) - 8;
     const int shift = bits == 5 ? 4 : 6;
-    for (size_t i = 0; i < kChunk; ++i) u[i] |= ((t[i / 8] >> (i % 8)) & 1) << shift;
+    for (size_t i = 0; i < kChunk; ++i) u[i] |= ((t[i % 8] >> (i / 8)) & 1) << shift;
   }
 }
 
@@ -39,7 +39,7 @@ void PackChunk(const uint8_t* u, int bits, uint8_t* c) {
   if (bits & 1) {
     uint8_t* t = c + 8 * static_cast<size_t>(bits) - 8;
     const int shift = bits == 5 ? 4 : 6;
-    for (size_t i = 0; i < kChunk; ++i) t[i / 8] |= ((u[i] >> shift) & 1) << (i % 8);
+    for (size_t i = 0; i < kChunk; ++i) t[i % 8] |= ((u[i] >> shift) & 1) << (i / 8);
   }
 }
 

@@ -7,9 +7,10 @@
 // 8 * bits bytes:
 //   bytes [0, 32)   low nibbles: byte j = (u[j] & 15) | (u[j + 32] & 15) << 4
 //   bytes [32, 48)  when bits >= 6, bits 4-5: byte j = sum_k ((u[j + 16k] >> 4) & 3) << 2k
-//   last 8 bytes    when bits is odd, the top bit (bit 4 for 5 bits, bit 6 for 7): code i at
-//                   bit i of the little-endian 64-bit word
-// so every ISA unpacks a chunk with shifts, masks and one bit expansion, no tables.
+//   last 8 bytes    when bits is odd, the top bit (bit 4 for 5 bits, bit 6 for 7): byte j holds
+//                   it for codes j, j + 8, ..., j + 56 (code j + 8k at bit k)
+// so every ISA unpacks a chunk with per-lane shifts (or rotates) and masks, no tables: the
+// nibble and 2-bit planes repeat across 16-byte lanes, the top-bit plane across 8-byte lanes.
 #pragma once
 
 #include <cstddef>

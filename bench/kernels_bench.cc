@@ -89,12 +89,13 @@ void BM_GemvQ8Dram(benchmark::State& state, const KernelTable* k, size_t rows, s
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows * cols));
 }
 
-// The same out of cache, with the matrix's codes packed to `bits` (items/s: weights per second,
-// comparable with BM_GemvQ8Dram; bytes/s: packed bytes streamed).
+// The same out of cache (argument 1; 0: one copy, in cache), with the matrix's codes packed to
+// `bits` (items/s: weights per second, comparable with BM_GemvQ8Dram; bytes/s: packed bytes).
 void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols,
                        int bits) {
   const size_t row_bytes = PackedRowBytes(cols, bits);
-  const size_t copies = std::max<size_t>(2, (size_t{512} << 20) / (rows * row_bytes) + 1);
+  const size_t copies =
+      state.range(0) ? std::max<size_t>(2, (size_t{512} << 20) / (rows * row_bytes) + 1) : 1;
   const size_t stride = PaddedCols(cols);
   std::mt19937 rng(1);
   std::vector<int8_t> q(rows * stride, 0);
@@ -155,6 +156,13 @@ void Register() {
                                     std::to_string(bits) + "bit/tinyllama_w1_5632x2048")
                                        .c_str(),
                                    BM_GemvPackedDram, k, 5632, 2048, bits)
+          ->Arg(1)
+          ->Unit(benchmark::kMicrosecond);
+      benchmark::RegisterBenchmark((std::string("BM_GemvPackedCache/") + k->name + "/" +
+                                    std::to_string(bits) + "bit/512x2048")
+                                       .c_str(),
+                                   BM_GemvPackedDram, k, 512, 2048, bits)
+          ->Arg(0)
           ->Unit(benchmark::kMicrosecond);
     }
     benchmark::RegisterBenchmark(

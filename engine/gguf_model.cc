@@ -87,6 +87,16 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
   c.qkv_bias = c.arch == "qwen2";
   c.tied_output = g.FindTensor("output.weight") == nullptr;
   if (auto syn = g.GetBool("dcomp.synthetic"); syn.ok()) c.synthetic = *syn;
+  const std::string bits_key = "dcomp.synthetic.bits.";
+  for (const auto& [key, value] : g.metadata()) {
+    if (!c.synthetic || key.rfind(bits_key, 0) != 0) continue;
+    ASSIGN_OR_RETURN(int64_t b, g.GetInt(key));
+    if (b < 4 || b > 8) {
+      return InvalidArgumentError("GGUF " + path + ": " + key + " = " + std::to_string(b) +
+                                  ", expected a code width in 4..8");
+    }
+    c.synthetic_bits[key.substr(bits_key.size())] = static_cast<int>(b);
+  }
 
   ASSIGN_OR_RETURN(m->tokenizer_, GgufTokenizerSpec(g));
   c.vocab_size = static_cast<int32_t>(m->tokenizer_.tokens.size());

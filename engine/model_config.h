@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "base/status.h"
@@ -31,6 +32,9 @@ struct ModelConfig {
   bool tied_output = true;  // the output matrix is the token embedding
   bool qkv_bias = false;    // q/k/v projections have biases (qwen2)
   bool synthetic = false;   // weights are synthetic (speed/memory benchmarks only)
+  // Synthetic models: the code width `dcomp synth` drew each matrix role at ("attn_q",
+  // "token_embd", ...), which `dcomp pack` keeps (GGUF dcomp.synthetic.bits.<role>).
+  std::map<std::string, int> synthetic_bits;
 
   int32_t kv_dim() const { return n_kv_heads * head_dim; }
   // Checks positivity, divisibility (dim = n_heads * head_dim, n_heads % n_kv_heads == 0, even

@@ -35,7 +35,8 @@ commands:
        [--min-decode-speed MBPS] [--min-coding-gain F] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
        [--no-scaling] [--no-rate-alloc] [--calib-tokens N]
   inspect FILE.dcm [--verify] [--json]
-  synth --shape tinyllama-1.1b|llama-3.2-1b OUT.gguf [--entropy BITS] [--seed S]
+  synth --shape tinyllama-1.1b|llama-3.2-1b OUT.gguf [--widths stories3m|int8] [--entropy BITS]
+        [--seed S]
   generate MODEL --prompt TEXT [-n N] [--temperature T] [--seed S] [--weights f32|w8a8] [--json]
   eval MODEL --text FILE [--weights f32|w8a8] [--json]
     (.dcm models: --budget BYTES|PCT% [--policy P] [--decode auto|inline|ahead]
@@ -335,6 +336,9 @@ Status CmdInspect(const std::vector<std::string>& args) {
 Status CmdSynth(const std::vector<std::string>& args) {
   Flags f;
   f.Value("shape", "model shape").Value("entropy", "bits per weight of the INT8 codes (default 6)");
+  f.Value("widths",
+          "int8 (every matrix at --entropy) | stories3m (each matrix role at the width and "
+          "entropy of the stories3M default pack; default)");
   f.Value("seed", "random seed (default 1)").Value("threads", "threads (default: all cores)");
   RETURN_IF_ERROR(f.Parse(args));
   if (f.positional().size() != 1) return InvalidArgumentError("synth: expected OUT.gguf");
@@ -347,13 +351,21 @@ Status CmdSynth(const std::vector<std::string>& args) {
   o.shape = *f.Get("shape");
   o.output = f.positional()[0];
   ASSIGN_OR_RETURN(o.entropy_bits, f.GetDouble("entropy", 6.0));
+  o.widths = f.GetOr("widths", f.Has("entropy") ? "int8" : "stories3m");
   ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed", 1));
   o.seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
   o.threads = static_cast<int>(std::clamp<int64_t>(threads, 1, 256));
   RETURN_IF_ERROR(packer::Synthesize(o));
-  std::fprintf(stderr, "wrote %s: SYNTHETIC %s (codes ~%.2f bits/weight; benchmarks only)\n",
-               o.output.c_str(), o.shape.c_str(), o.entropy_bits);
+  if (o.widths == "int8") {
+    std::fprintf(stderr, "wrote %s: SYNTHETIC %s (INT8 codes ~%.2f bits/weight; benchmarks only)\n",
+                 o.output.c_str(), o.shape.c_str(), o.entropy_bits);
+  } else {
+    std::fprintf(stderr,
+                 "wrote %s: SYNTHETIC %s (code widths and entropies of the stories3M default "
+                 "pack; benchmarks only)\n",
+                 o.output.c_str(), o.shape.c_str());
+  }
   return Status::Ok();
 }
 

@@ -4,6 +4,7 @@
 // packer/quantize.h). The runnable INT8 copy of the model is built for the stages that run it.
 
 #include <memory>
+#include <string>
 
 #include "packer/internal/pack_state.h"
 #include "packer/internal/pack_util.h"
@@ -14,6 +15,15 @@ Status QuantizeAndPrune(PackState& s) {
   // ----- quantize at step 1 ----------------------------------------------------------------------
   std::vector<Matrix>& mats = s.mats;
   for (size_t i = 0; i < mats.size(); ++i) {
+    // A synthetic model keeps the width `dcomp synth` drew its codes at (no rate allocation runs
+    // on synthetic weights), so that it packs as a real model of that shape would.
+    if (s.cfg.synthetic) {
+      const std::string& n = mats[i].name;
+      std::string role = n.substr(0, n.rfind(".weight"));
+      if (role.rfind("blk.", 0) == 0) role = role.substr(role.find('.', 4) + 1);
+      auto it = s.cfg.synthetic_bits.find(role);
+      if (it != s.cfg.synthetic_bits.end()) mats[i].bits = it->second;
+    }
     Quantize(mats[i]);
     s.Progress("quantize", static_cast<double>(i + 1) / static_cast<double>(mats.size()));
   }

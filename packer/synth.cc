@@ -28,14 +28,27 @@ constexpr Shape kShapes[] = {
     {"small", 512, 1536, 12, 8, 4, 4096, 512, 10000.0f, false},
 };
 
+// Per matrix role, the width and code entropy of the stories3M default pack (the width holding
+// most of the role's weights, and the mean entropy of the codes at that width).
+struct RoleWidth {
+  const char* role;
+  int bits;
+  double entropy;
+};
+constexpr RoleWidth kStories3MWidths[] = {
+    {"attn_q", 6, 5.29},    {"attn_k", 8, 7.24},   {"attn_v", 8, 7.42},
+    {"attn_output", 7, 6.41}, {"ffn_gate", 7, 6.42}, {"ffn_up", 7, 6.44},
+    {"ffn_down", 7, 6.04},  {"token_embd", 7, 6.27}, {"output", 7, 6.27},
+};
+
 // Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and
-// clipped to [-127, 127].
-double DiscreteGaussianEntropy(double sigma) {
+// clipped to [-max_code, max_code].
+double DiscreteGaussianEntropy(double sigma, int max_code) {
   double h = 0;
   auto cdf = [&](double x) { return 0.5 * std::erfc(-x / (sigma * std::sqrt(2.0))); };
-  for (int k = -127; k <= 127; ++k) {
-    const double lo = k == -127 ? 0.0 : cdf(k - 0.5);
-    const double hi = k == 127 ? 1.0 : cdf(k + 0.5);
+  for (int k = -max_code; k <= max_code; ++k) {
+    const double lo = k == -max_code ? 0.0 : cdf(k - 0.5);
+    const double hi = k == max_code ? 1.0 : cdf(k + 0.5);
     const double p = hi - lo;
     if (p > 0) h -= p * std::log2(p);
   }
@@ -82,12 +95,12 @@ std::vector<std::string> SynthShapes() {
   return v;
 }
 
-double ClipForEntropy(double bits) {
+double ClipForEntropy(double bits, int max_code) {
   // Entropy decreases as K grows (codes narrower); bisect on log K.
   double lo = std::log(0.5), hi = std::log(200.0);
   for (int i = 0; i < 80; ++i) {
     const double mid = 0.5 * (lo + hi);
-    const double h = DiscreteGaussianEntropy(127.0 / std::exp(mid));
+    const double h = DiscreteGaussianEntropy(max_code / std::exp(mid), max_code);
     if (h > bits) {
       lo = mid;
     } else {
@@ -110,6 +123,10 @@ Status Synthesize(const SynthOptions& o) {
   if (!(o.entropy_bits >= 1.0 && o.entropy_bits <= 7.9)) {
     return InvalidArgumentError("--entropy: expected bits per weight in [1, 7.9]");
   }
+  if (o.widths != "int8" && o.widths != "stories3m") {
+    return InvalidArgumentError("--widths '" + o.widths + "': expected int8 or stories3m");
+  }
+  const bool profiled = o.widths == "stories3m";
   const double k = ClipForEntropy(o.entropy_bits);
   ThreadPool pool(std::max(1, o.threads));
   GgufWriter w;
@@ -117,7 +134,13 @@ Status Synthesize(const SynthOptions& o) {
   w.SetString("general.architecture", "llama");
   w.SetString("general.name", std::string("synthetic-") + sh->name);
   w.SetBool("dcomp.synthetic", true);
-  w.SetF32("dcomp.synthetic.code_entropy_bits", static_cast<float>(o.entropy_bits));
+  if (profiled) {
+    for (const RoleWidth& r : kStories3MWidths) {
+      w.SetU32(std::string("dcomp.synthetic.bits.") + r.role, static_cast<uint32_t>(r.bits));
+    }
+  } else {
+    w.SetF32("dcomp.synthetic.code_entropy_bits", static_cast<float>(o.entropy_bits));
+  }
   w.SetU32(a + "embedding_length", static_cast<uint32_t>(sh->dim));
   w.SetU32(a + "feed_forward_length", static_cast<uint32_t>(sh->hidden));
   w.SetU32(a + "block_count", static_cast<uint32_t>(sh->layers));
@@ -151,7 +174,15 @@ Status Synthesize(const SynthOptions& o) {
   const float sigma = 0.02f;
   auto matrix = [&](const std::string& name, size_t rows, size_t cols) -> Status {
     std::vector<float> m(rows * cols);
-    FillMatrix(m, rows, cols, k, sigma, Mix(++seed), pool);
+    double clip = k;
+    if (profiled) {  // the role's width and entropy; its largest code is the width's
+      std::string role = name.substr(0, name.rfind(".weight"));
+      if (role.rfind("blk.", 0) == 0) role = role.substr(role.find('.', 4) + 1);
+      for (const RoleWidth& r : kStories3MWidths) {
+        if (role == r.role) clip = ClipForEntropy(r.entropy, (1 << (r.bits - 1)) - 1);
+      }
+    }
+    FillMatrix(m, rows, cols, clip, sigma, Mix(++seed), pool);
     return w.AddTensor(name, static_cast<int64_t>(rows), static_cast<int64_t>(cols),
                        GgmlType::kQ8_0, m);
   };

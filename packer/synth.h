@@ -17,10 +17,15 @@
 
 namespace dcomp::packer {
 
+// Code widths: "int8" draws every matrix's per-row INT8 codes at `entropy_bits`; "stories3m"
+// draws each matrix role at the width and code entropy that the stories3M default pack chose for
+// that role (BENCHMARKS.md), records the widths in the GGUF (dcomp.synthetic.bits.<role>) and
+// `dcomp pack` keeps them, so a synthetic shape packs as a real model would.
 struct SynthOptions {
   std::string shape;  // tinyllama-1.1b | llama-3.2-1b | tiny, small (tests)
   std::string output;
-  double entropy_bits = 6.0;  // target order-0 entropy of the per-row INT8 codes
+  std::string widths = "int8";  // int8 | stories3m
+  double entropy_bits = 6.0;    // int8: target order-0 entropy of the per-row INT8 codes
   uint64_t seed = 1;
   int threads = 2;
 };
@@ -28,7 +33,8 @@ struct SynthOptions {
 std::vector<std::string> SynthShapes();
 Status Synthesize(const SynthOptions& o);
 
-// The clipping K (in standard deviations) whose per-row INT8 codes have `bits` of entropy.
-double ClipForEntropy(double bits);
+// The clipping K (in standard deviations) whose per-row codes (max |code| = max_code) have `bits`
+// of entropy.
+double ClipForEntropy(double bits, int max_code = 127);
 
 }  // namespace dcomp::packer

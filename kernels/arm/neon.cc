@@ -93,13 +93,6 @@ bool RowSumsQ8Neon(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
 
 // ----- packed codes (layout in kernels.h): a chunk of 64 codes is four vectors ------------------
 
-// 0xFF in lane i where bit i of the 16-bit value (lo, hi) is set, then `value` there.
-inline uint8x16_t ExpandBits(uint8_t lo, uint8_t hi, uint8_t value) {
-  static const uint8_t kMask[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-  const uint8x16_t v = vcombine_u8(vdup_n_u8(lo), vdup_n_u8(hi));
-  return vandq_u8(vtstq_u8(v, vld1q_u8(kMask)), vdupq_n_u8(value));
-}
-
 template <int kBits>
 inline void UnpackChunk(const uint8_t* c, int8x16_t u[4]) {
   const uint8x16_t m4 = vdupq_n_u8(15);
@@ -115,12 +108,19 @@ inline void UnpackChunk(const uint8_t* c, int8x16_t u[4]) {
     e3 = vorrq_u8(e3, vshlq_n_u8(vshrq_n_u8(p, 6), 4));
   }
   if constexpr (kBits % 2 == 1) {
-    const uint8_t* t = c + 8 * kBits - 8;
-    constexpr uint8_t kTop = kBits == 5 ? 0x10 : 0x40;
-    e0 = vorrq_u8(e0, ExpandBits(t[0], t[1], kTop));
-    e1 = vorrq_u8(e1, ExpandBits(t[2], t[3], kTop));
-    e2 = vorrq_u8(e2, ExpandBits(t[4], t[5], kTop));
-    e3 = vorrq_u8(e3, ExpandBits(t[6], t[7], kTop));
+    // Code j + 8k holds bit k of byte j: lanes 16m + i test bit 2m + i / 8 of byte i % 8.
+    static const uint8_t kBit[64] = {
+        1,  1,  1,  1,  1,  1,  1,  1,  2,  2,  2,  2,  2,  2,  2,  2,
+        4,  4,  4,  4,  4,  4,  4,  4,  8,  8,  8,  8,  8,  8,  8,  8,
+        16, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32, 32, 32, 32,
+        64, 64, 64, 64, 64, 64, 64, 64, 128, 128, 128, 128, 128, 128, 128, 128};
+    const uint8x8_t t8 = vld1_u8(c + 8 * kBits - 8);
+    const uint8x16_t t = vcombine_u8(t8, t8);
+    const uint8x16_t top = vdupq_n_u8(kBits == 5 ? 0x10 : 0x40);
+    e0 = vorrq_u8(e0, vandq_u8(vtstq_u8(t, vld1q_u8(kBit)), top));
+    e1 = vorrq_u8(e1, vandq_u8(vtstq_u8(t, vld1q_u8(kBit + 16)), top));
+    e2 = vorrq_u8(e2, vandq_u8(vtstq_u8(t, vld1q_u8(kBit + 32)), top));
+    e3 = vorrq_u8(e3, vandq_u8(vtstq_u8(t, vld1q_u8(kBit + 48)), top));
   }
   u[0] = vreinterpretq_s8_u8(e0);  // codes <= 127: the same bytes as signed
   u[1] = vreinterpretq_s8_u8(e1);
@@ -140,6 +140,8 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     const uint8_t* p1 = p0 + w.row_bytes;
     int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
     for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
+      __builtin_prefetch(p0 + 512);  // as on x86: the unpacking keeps few loads in flight
+      __builtin_prefetch(p1 + 512);
       int8x16_t u[4], v[4];
       UnpackChunk<kBits>(p0, u);
       UnpackChunk<kBits>(p1, v);

@@ -120,41 +120,46 @@ bool RowSumsQ8Avx2(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
 
 // ----- packed codes (layout in kernels.h) -----------------------------------------------------
 
-// 0xFF in byte i where bit i of `bits` is set (bytes 0-7 from bits 0-7, ...), then `value` there.
-inline __m256i ExpandBits(uint32_t bits, char value) {
-  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
-                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-  const __m256i mask = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ULL));
-  const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread);
-  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask),
-                          _mm256_set1_epi8(value));
-}
-
-// The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b.
+// The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b. Each plane repeats
+// across lanes, so one broadcast load and one per-lane variable shift place its bits.
 template <int kBits>
 inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
   const __m256i m4 = _mm256_set1_epi8(15);
   const __m256i n = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
   __m256i lo = _mm256_and_si256(n, m4), hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), m4);
   if constexpr (kBits >= 6) {
-    const __m256i m3 = _mm256_set1_epi8(3);
+    // Codes 16k + j hold bits 2k, 2k + 1 of byte j: k = 0, 1 shift left by 4, 2; k = 2, 3
+    // right by 0, 2, landing on bits 4-5.
+    const __m256i m30 = _mm256_set1_epi8(0x30);
     const __m256i p =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32)));
-    const __m256i pa = _mm256_and_si256(_mm256_srlv_epi32(p, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m3);
-    const __m256i pb = _mm256_and_si256(_mm256_srlv_epi32(p, _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)), m3);
-    lo = _mm256_or_si256(lo, _mm256_slli_epi16(pa, 4));
-    hi = _mm256_or_si256(hi, _mm256_slli_epi16(pb, 4));
+    lo = _mm256_or_si256(
+        lo, _mm256_and_si256(_mm256_sllv_epi32(p, _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2)), m30));
+    hi = _mm256_or_si256(
+        hi, _mm256_and_si256(_mm256_srlv_epi32(p, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m30));
   }
   if constexpr (kBits % 2 == 1) {
-    uint32_t t[2];
-    std::memcpy(t, c + 8 * kBits - 8, 8);
-    constexpr char kTop = kBits == 5 ? 0x10 : 0x40;
-    lo = _mm256_or_si256(lo, ExpandBits(t[0], kTop));
-    hi = _mm256_or_si256(hi, ExpandBits(t[1], kTop));
+    // Code j + 8k holds bit k of byte j: the 8 bytes broadcast to every 64-bit lane; lane L of
+    // *a needs bit L (shifted left to the top position), lane L of *b bit 4 + L (shifted right
+    // to bit 4, then up for 7 bits).
+    constexpr int kTop = kBits == 5 ? 4 : 6;
+    int64_t t;
+    std::memcpy(&t, c + 8 * kBits - 8, 8);
+    const __m256i v = _mm256_set1_epi64x(t);
+    const __m256i mt = _mm256_set1_epi8(static_cast<char>(1 << kTop));
+    lo = _mm256_or_si256(
+        lo, _mm256_and_si256(
+                _mm256_sllv_epi64(v, _mm256_setr_epi64x(kTop, kTop - 1, kTop - 2, kTop - 3)), mt));
+    __m256i top = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 1, 2, 3));
+    if constexpr (kTop == 6) top = _mm256_slli_epi64(top, 2);
+    hi = _mm256_or_si256(hi, _mm256_and_si256(top, mt));
   }
   *a = lo;
   *b = hi;
 }
+
+// Bytes ahead of each packed row's read position prefetched (a few cache lines).
+constexpr size_t kPrefetch = 512;
 
 // u (unsigned, <= 127) times x (signed): vpmaddubsw cannot saturate (2 * 127 * 127 < 32767).
 inline __m256i DotU(__m256i acc, __m256i u, __m256i x, __m256i ones) {
@@ -174,6 +179,9 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     const uint8_t* p1 = p0 + w.row_bytes;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
     for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
+      // The unpacking keeps too few loads in flight for the hardware prefetchers alone.
+      _mm_prefetch(reinterpret_cast<const char*>(p0 + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p1 + kPrefetch), _MM_HINT_T0);
       const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
       const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
       __m256i ua, ub;

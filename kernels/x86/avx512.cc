@@ -138,26 +138,39 @@ bool RowSumsQ8Avx512(const int8_t* q, size_t rows, size_t stride, int32_t* row_s
 
 // ----- packed codes (layout in kernels.h): one chunk of 64 codes is one vector ------------------
 
+// ternarylogic immediates: A | (B & C), and C ? A : B.
+constexpr int kOrAnd = 0xF8;
+
 template <int kBits>
 inline __m512i UnpackChunk(const uint8_t* c) {
-  const __m256i m4 = _mm256_set1_epi8(15);
-  const __m256i n = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
-  __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(n, m4)),
-                                 _mm256_and_si256(_mm256_srli_epi16(n, 4), m4), 1);
+  // Nibbles: the 32 bytes in both halves, the upper half shifted right by 4.
+  const __m512i n = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
+  __m512i u = _mm512_and_si512(_mm512_srlv_epi64(n, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4)),
+                               _mm512_set1_epi8(15));
   if constexpr (kBits >= 6) {
+    // 16-byte lane k holds bits 2k, 2k + 1 of each byte: rotate them to bits 4-5.
     const __m512i p =
         _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32)));
-    const __m512i shifts = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
-    const __m512i two = _mm512_and_si512(_mm512_srlv_epi32(p, shifts), _mm512_set1_epi8(3));
-    u = _mm512_or_si512(u, _mm512_slli_epi16(two, 4));
+    const __m512i rot = _mm512_rolv_epi32(
+        p, _mm512_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0, 30, 30, 30, 30));
+    u = _mm512_ternarylogic_epi32(u, rot, _mm512_set1_epi8(0x30), kOrAnd);
   }
   if constexpr (kBits % 2 == 1) {
-    uint64_t t;
+    // 8-byte lane L holds bit L of each byte: rotate it to the top position.
+    constexpr int kTop = kBits == 5 ? 4 : 6;
+    int64_t t;
     std::memcpy(&t, c + 8 * kBits - 8, 8);
-    u = _mm512_or_si512(u, _mm512_maskz_mov_epi8(t, _mm512_set1_epi8(kBits == 5 ? 0x10 : 0x40)));
+    const __m512i rot = _mm512_rolv_epi64(
+        _mm512_set1_epi64(t),
+        _mm512_setr_epi64(kTop, kTop - 1, kTop - 2, kTop - 3, kTop - 4, (kTop + 59) % 64,
+                          (kTop + 58) % 64, (kTop + 57) % 64));
+    u = _mm512_ternarylogic_epi32(u, rot, _mm512_set1_epi8(1 << kTop), kOrAnd);
   }
   return u;
 }
+
+// Bytes ahead of each packed row's read position prefetched (a few cache lines).
+constexpr size_t kPrefetch = 512;
 
 // vpdpbusd multiplies the unsigned codes by the signed activations directly.
 template <int kBits>
@@ -172,6 +185,11 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
     const size_t rb = w.row_bytes;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
+      // The unpacking keeps too few loads in flight for the hardware prefetchers alone.
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + rb + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 2 * rb + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + kPrefetch), _MM_HINT_T0);
       const __m512i xv = _mm512_loadu_si512(x + k);
       a0 = _mm512_dpbusd_epi32(a0, UnpackChunk<kBits>(p), xv);
       a1 = _mm512_dpbusd_epi32(a1, UnpackChunk<kBits>(p + rb), xv);
