@@ -9,6 +9,17 @@ constexpr size_t kChunk = kPackedChunk;
 
 }  // namespace
 
+bool CodesFit(const int8_t* q, size_t n, int bits) {
+  // code + lim in [0, 2 lim] as an unsigned byte: one add and one compare per code.
+  const uint8_t lim = static_cast<uint8_t>(MaxCode(bits));
+  const uint8_t span = static_cast<uint8_t>(2 * lim);
+  uint8_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    bad |= static_cast<uint8_t>(static_cast<uint8_t>(static_cast<uint8_t>(q[i]) + lim) > span);
+  }
+  return bad == 0;
+}
+
 void UnpackPackedChunk(const uint8_t* c, int bits, uint8_t* u) {
   for (size_t j = 0; j < 32; ++j) {
     u[j] = c[j] & 15;
@@ -72,7 +83,8 @@ size_t UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int
   uint8_t u[kChunk];
   for (size_t r = 0; r < rows; ++r) {
     for (size_t k = 0; k < stride; k += kChunk) {
-      UnpackPackedChunk(packed + r * row_bytes + k / kChunk * 8 * static_cast<size_t>(bits), bits, u);
+      UnpackPackedChunk(packed + r * row_bytes + k / kChunk * 8 * static_cast<size_t>(bits), bits,
+                        u);
       for (size_t i = 0; i < kChunk; ++i) {
         if (u[i] == 0 || (k + i >= cols && u[i] != off)) return r;
         if (k + i < cols) q[r * q_stride + k + i] = static_cast<int8_t>(u[i] - off);

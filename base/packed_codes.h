@@ -42,6 +42,10 @@ inline constexpr size_t PackedRowBytes(size_t cols, int bits) {
   return PaddedCols(cols) / kPackedChunk * 8 * static_cast<size_t>(bits);
 }
 
+// Whether every one of n INT8 codes lies in [-MaxCode(bits), MaxCode(bits)] (vectorised: it runs
+// over every byte a reader decodes).
+bool CodesFit(const int8_t* q, size_t n, int bits);
+
 // The 64 unsigned codes u of the chunk at c.
 void UnpackPackedChunk(const uint8_t* c, int bits, uint8_t* u);
 
@@ -49,8 +53,7 @@ void UnpackPackedChunk(const uint8_t* c, int bits, uint8_t* u);
 // `bits` (kMinPackedBits..kMaxPackedBits) into out (rows x PackedRowBytes(cols, bits)). Returns
 // the index of the first row holding a code outside [-MaxCode(bits), MaxCode(bits)] (nothing is
 // written for it or after it), or `rows` when every row fits.
-size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits,
-                uint8_t* out);
+size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits, uint8_t* out);
 // The inverse: row r's cols codes to q + r * q_stride (q_stride >= cols; bytes past cols are
 // left alone). Returns the index of the first row holding an invalid code (u = 0, or a padding
 // code that is not 0), or `rows`.

@@ -101,8 +101,8 @@ void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t row
   std::vector<int8_t> q(rows * stride, 0);
   for (size_t r = 0; r < rows; ++r)
     for (size_t c = 0; c < cols; ++c)
-      q[r * stride + c] = static_cast<int8_t>(static_cast<int>(rng() % (2 * MaxCode(bits) + 1)) -
-                                              MaxCode(bits));
+      q[r * stride + c] =
+          static_cast<int8_t>(static_cast<int>(rng() % (2 * MaxCode(bits) + 1)) - MaxCode(bits));
   std::vector<std::vector<uint8_t>> packed(copies, std::vector<uint8_t>(rows * row_bytes));
   for (auto& p : packed) PackRows(q.data(), rows, cols, stride, bits, p.data());
   std::vector<float> scale(rows, 0.01f), y(rows);
@@ -111,8 +111,8 @@ void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t row
   std::vector<int8_t> x(stride, 3);
   size_t i = 0;
   for (auto _ : state) {
-    const PackedMatrixView v{packed[i++ % copies].data(), scale.data(), row_sum.data(), rows,
-                             cols, row_bytes, bits};
+    const PackedMatrixView v{
+        packed[i++ % copies].data(), scale.data(), row_sum.data(), rows, cols, row_bytes, bits};
     k->gemv_packed_q8(v, x.data(), 0.01f, y.data(), 0, rows);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();

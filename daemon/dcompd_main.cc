@@ -34,7 +34,8 @@ void DeclareFlags(Flags* f) {
       .Value("threads", "compute + decode threads (default: all CPUs)")
       .Value("ctx", "context length (default: the model's)")
       .Value("queue-depth", "requests waiting or running at most")
-      .Value("policy", "adaptive | all-compressed | stream-all | static-split | all-decoded | all-packed")
+      .Value("policy",
+             "adaptive | all-compressed | stream-all | static-split | all-decoded | all-packed")
       .Value("reader", "auto | io_uring | pread")
       .Switch("direct", "O_DIRECT block reads")
       .Value("shutdown-grace", "seconds SIGTERM lets running requests finish")

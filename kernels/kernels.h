@@ -25,8 +25,8 @@ namespace dcomp::kernels {
 inline constexpr size_t kQ8RowAlign = kPackedChunk;
 using dcomp::MaxCode;
 using dcomp::PackedRowBytes;
-using dcomp::PaddedCols;
 using dcomp::PackRows;
+using dcomp::PaddedCols;
 using dcomp::UnpackRows;
 
 // An int8 weight matrix [rows][cols] with per-row scales: w[r][c] ~= q[r*stride + c] * scale[r].
@@ -107,6 +107,5 @@ const KernelTable& RefKernels();
 void QuantizeMatrixQ8(const float* w, size_t rows, size_t cols, int8_t* q, float* scale,
                       int32_t* row_sum);
 void ComputeRowSums(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
-
 
 }  // namespace dcomp::kernels

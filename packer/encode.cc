@@ -1,8 +1,8 @@
 // Pack stage 6: entropy coding. Every block is coded with each candidate codec, decoded and
 // compared, and stored in the smallest coding (raw if none is smaller). Blocks of a tensor with
 // codes narrower than 8 bits are stored packed (the packed tier reads them as they are, with no
-// decoding) unless entropy coding saves at least --min-coding-gain of their size. With --codec auto the
-// candidates are the codecs fast enough on every target by the decode-speed model
+// decoding) unless entropy coding saves at least --min-coding-gain of their size. With --codec auto
+// the candidates are the codecs fast enough on every target by the decode-speed model
 // (packer/codec_model.h), so the choice does not depend on the CPU that packs.
 
 #include <algorithm>
@@ -77,8 +77,8 @@ EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t r
         packed.codec = storage::Codec::kPacked;
         packed.bytes.resize(len / row_bytes * PackedRowBytes(row_bytes, packed_bits));
         const size_t rows = len / row_bytes;
-        if (PackRows(reinterpret_cast<const int8_t*>(data.data() + off), rows, row_bytes,
-                     row_bytes, packed_bits, packed.bytes.data()) != rows) {
+        if (PackRows(reinterpret_cast<const int8_t*>(data.data() + off), rows, row_bytes, row_bytes,
+                     packed_bits, packed.bytes.data()) != rows) {
           e = InternalError("codes wider than " + std::to_string(packed_bits) + " bits");
         } else if (e->codec == storage::Codec::kRaw ||
                    static_cast<double>(e->bytes.size()) >

@@ -17,20 +17,26 @@ namespace dcomp::packer {
 
 namespace pb = storage::pb;
 
-Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
-  ASSIGN_OR_RETURN(auto file, DcmModelFile::Open(path));
-  const storage::ContainerReader& r = file->reader();
-  const pb::Manifest& m = r.manifest();
-  const ModelConfig& c = file->config();
+namespace {
 
-  struct Range {
-    uint64_t raw = 0, ram = 0, stored = 0, params = 0, begin = ~0ull;
-    std::set<std::string> codecs;
-  };
+struct Range {
+  uint64_t raw = 0, ram = 0, stored = 0, params = 0, begin = ~0ull;
+  std::set<std::string> codecs;
+};
+
+// Sizes per tensor, per layer range and in total; blocks per codec.
+struct Tally {
   std::map<int, Range> layers;
-  std::vector<Range> tensors(static_cast<size_t>(m.tensors_size()));
+  std::vector<Range> tensors;
   std::map<std::string, uint64_t> codec_blocks;
   uint64_t raw_total = 0, ram_total = 0, stored_total = 0, params = 0;
+};
+
+Tally Count(const storage::ContainerReader& r) {
+  const pb::Manifest& m = r.manifest();
+  Tally tl;
+  auto& [layers, tensors, codec_blocks, raw_total, ram_total, stored_total, params] = tl;
+  tensors.resize(static_cast<size_t>(m.tensors_size()));
   for (int t = 0; t < m.tensors_size(); ++t) {
     const pb::Tensor& T = m.tensors(t);
     Range& R = tensors[static_cast<size_t>(t)];
@@ -62,6 +68,44 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
     ram_total += R.ram;
     stored_total += R.stored;
   }
+  return tl;
+}
+
+// "bits/weight: INT8 .., packed in RAM .., stored ..; weights by code width: ..".
+std::string BitsLine(const pb::Manifest& m, const Tally& tl) {
+  char line[512];
+  std::map<int, uint64_t> by_bits;
+  for (int t = 0; t < m.tensors_size(); ++t) {
+    const pb::Tensor& T = m.tensors(t);
+    if (T.type() == pb::TENSOR_Q8_ROW) {
+      by_bits[IsPackedBits(T.bits()) ? T.bits() : 8] += tl.tensors[static_cast<size_t>(t)].params;
+    }
+  }
+  std::string widths;
+  for (const auto& [b, n] : by_bits) {
+    widths += (widths.empty() ? "" : ", ") + std::to_string(b) + " bits " + std::to_string(n);
+  }
+  const double pw = static_cast<double>(std::max<uint64_t>(tl.params, 1));
+  std::snprintf(line, sizeof(line),
+                "bits/weight: INT8 %.3f, packed in RAM %.3f (%llu B), stored %.3f; weights by code "
+                "width: %s\n",
+                8.0 * static_cast<double>(tl.raw_total) / pw,
+                8.0 * static_cast<double>(tl.ram_total) / pw,
+                static_cast<unsigned long long>(tl.ram_total),
+                8.0 * static_cast<double>(tl.stored_total) / pw, widths.c_str());
+  return line;
+}
+
+}  // namespace
+
+Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
+  ASSIGN_OR_RETURN(auto file, DcmModelFile::Open(path));
+  const storage::ContainerReader& r = file->reader();
+  const pb::Manifest& m = r.manifest();
+  const ModelConfig& c = file->config();
+
+  Tally tl = Count(r);
+  auto& [layers, tensors, codec_blocks, raw_total, ram_total, stored_total, params] = tl;
   double verify_seconds = 0;
   if (verify) {
     storage::BlockDecoder dec;
@@ -100,7 +144,8 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
         .Int("raw_bytes", static_cast<int64_t>(raw_total))
         .Int("ram_bytes", static_cast<int64_t>(ram_total))
         .Int("stored_bytes", static_cast<int64_t>(stored_total))
-        .Double("ram_bits_per_weight", 8.0 * static_cast<double>(ram_total) / std::max<uint64_t>(params, 1))
+        .Double("ram_bits_per_weight",
+                8.0 * static_cast<double>(ram_total) / std::max<uint64_t>(params, 1))
         .Double("stored_bits_per_weight",
                 8.0 * static_cast<double>(stored_total) / std::max<uint64_t>(params, 1))
         .Double("ratio", stored_total ? static_cast<double>(raw_total) / stored_total : 0)
@@ -186,25 +231,7 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
                 static_cast<unsigned long long>(stored_total),
                 stored_total ? static_cast<double>(raw_total) / stored_total : 0.0);
   s += line;
-  std::map<int, uint64_t> by_bits;
-  for (int t = 0; t < m.tensors_size(); ++t) {
-    const pb::Tensor& T = m.tensors(t);
-    if (T.type() == pb::TENSOR_Q8_ROW) {
-      by_bits[IsPackedBits(T.bits()) ? T.bits() : 8] += tensors[static_cast<size_t>(t)].params;
-    }
-  }
-  std::string widths;
-  for (const auto& [b, n] : by_bits) {
-    widths += (widths.empty() ? "" : ", ") + std::to_string(b) + " bits " + std::to_string(n);
-  }
-  const double pw = static_cast<double>(std::max<uint64_t>(params, 1));
-  std::snprintf(line, sizeof(line),
-                "bits/weight: INT8 %.3f, packed in RAM %.3f (%llu B), stored %.3f; weights by code "
-                "width: %s\n",
-                8.0 * static_cast<double>(raw_total) / pw, 8.0 * static_cast<double>(ram_total) / pw,
-                static_cast<unsigned long long>(ram_total),
-                8.0 * static_cast<double>(stored_total) / pw, widths.c_str());
-  s += line;
+  s += BitsLine(r.manifest(), tl);
   if (verify) {
     std::snprintf(line, sizeof(line),
                   "verify: all %zu block CRCs match and every block decodes (%.1f MB in %.3f s)\n",

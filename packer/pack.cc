@@ -67,9 +67,9 @@ Result<PackReport> Pack(const PackOptions& o) {
 std::string FormatPackReport(const PackReport& r) {
   std::string s;
   char line[256];
-  std::snprintf(line, sizeof(line), "%-28s %10s %10s %10s %6s %-11s %5s %4s %5s %8s %6s\n", "tensor",
-                "params", "int8 B", "stored B", "ratio", "codec", "alpha", "bits", "prune",
-                "out err", "H/w");
+  std::snprintf(line, sizeof(line), "%-28s %10s %10s %10s %6s %-11s %5s %4s %5s %8s %6s\n",
+                "tensor", "params", "int8 B", "stored B", "ratio", "codec", "alpha", "bits",
+                "prune", "out err", "H/w");
   s += line;
   for (const TensorReport& t : r.tensors) {
     const double ratio = t.stored_bytes ? static_cast<double>(t.int8_bytes) / t.stored_bytes : 0;
@@ -78,9 +78,9 @@ std::string FormatPackReport(const PackReport& r) {
           line, sizeof(line), "%-28s %10lld %10llu %10llu %6.3f %-11s %5.3f %4d %5.2f %8s %6.3f\n",
           t.name.c_str(), static_cast<long long>(t.params),
           static_cast<unsigned long long>(t.int8_bytes),
-          static_cast<unsigned long long>(t.stored_bytes), ratio, t.codecs.c_str(), t.alpha,
-          t.bits, t.prune,
-          t.output_rel_error < 0 ? "-" : Fmt("%.5f", t.output_rel_error).c_str(), t.entropy_bits);
+          static_cast<unsigned long long>(t.stored_bytes), ratio, t.codecs.c_str(), t.alpha, t.bits,
+          t.prune, t.output_rel_error < 0 ? "-" : Fmt("%.5f", t.output_rel_error).c_str(),
+          t.entropy_bits);
     } else {
       std::snprintf(line, sizeof(line), "%-28s %10lld %10llu %10llu %6.3f %-11s\n", t.name.c_str(),
                     static_cast<long long>(t.params), static_cast<unsigned long long>(t.int8_bytes),
@@ -99,12 +99,11 @@ std::string FormatPackReport(const PackReport& r) {
                 static_cast<double>(r.int8_bytes) / static_cast<double>(r.file_bytes));
   s += line;
   const double params = static_cast<double>(std::max<int64_t>(r.params, 1));
-  std::snprintf(line, sizeof(line),
-                "bits/weight: INT8 %.3f, packed in RAM %.3f (%llu B), stored %.3f\n",
-                8.0 * static_cast<double>(r.int8_bytes) / params,
-                8.0 * static_cast<double>(r.ram_bytes) / params,
-                static_cast<unsigned long long>(r.ram_bytes),
-                8.0 * static_cast<double>(r.stored_bytes) / params);
+  std::snprintf(
+      line, sizeof(line), "bits/weight: INT8 %.3f, packed in RAM %.3f (%llu B), stored %.3f\n",
+      8.0 * static_cast<double>(r.int8_bytes) / params,
+      8.0 * static_cast<double>(r.ram_bytes) / params, static_cast<unsigned long long>(r.ram_bytes),
+      8.0 * static_cast<double>(r.stored_bytes) / params);
   s += line;
   if (r.f32_nll > 0) {
     std::snprintf(line, sizeof(line),

@@ -20,10 +20,10 @@ namespace dcomp::packer {
 struct QuantParams {
   std::span<const float> col_scale;   // s_j, empty = all 1
   std::span<const float> importance;  // max|x'_j| for pruning, empty = all 1
-  float step_multiplier = 1.0f;  // bits == 8 only
-  float prune = 0.0f;            // fraction of each row zeroed, in [0, 1)
-  int bits = 8;                  // code width, 4..8
-  float clip = 1.0f;             // bits < 8: fraction of max|row| the largest code stands for
+  float step_multiplier = 1.0f;       // bits == 8 only
+  float prune = 0.0f;                 // fraction of each row zeroed, in [0, 1)
+  int bits = 8;                       // code width, 4..8
+  float clip = 1.0f;                  // bits < 8: fraction of max|row| the largest code stands for
 };
 
 struct QuantizedMatrix {

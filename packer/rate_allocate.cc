@@ -119,7 +119,8 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
       QuantizedMatrix q = QuantizeMatrix(m.w, m.rows, m.cols, p);
       qw.SetMatrix(m, &q);
       ASSIGN_OR_RETURN(double d, kl.Kl(&qw));
-      opts[i].push_back({bits, p.clip, bits * n, CodeEntropyBits(q) * n, std::max(0.0, d - kl_base)});
+      opts[i].push_back(
+          {bits, p.clip, bits * n, CodeEntropyBits(q) * n, std::max(0.0, d - kl_base)});
       if (d - kl_base > budget) break;  // narrower widths only cost more
     }
     qw.SetMatrix(m, &m.q);

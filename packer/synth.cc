@@ -36,9 +36,9 @@ struct RoleWidth {
   double entropy;
 };
 constexpr RoleWidth kStories3MWidths[] = {
-    {"attn_q", 6, 5.29},    {"attn_k", 8, 7.24},   {"attn_v", 8, 7.42},
-    {"attn_output", 7, 6.41}, {"ffn_gate", 7, 6.42}, {"ffn_up", 7, 6.44},
-    {"ffn_down", 7, 6.04},  {"token_embd", 7, 6.27}, {"output", 7, 6.27},
+    {"attn_q", 6, 5.29},      {"attn_k", 8, 7.24},     {"attn_v", 8, 7.42},
+    {"attn_output", 7, 6.41}, {"ffn_gate", 7, 6.42},   {"ffn_up", 7, 6.44},
+    {"ffn_down", 7, 6.04},    {"token_embd", 7, 6.27}, {"output", 7, 6.27},
 };
 
 // Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and

@@ -87,9 +87,9 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.quantized = true;
   tr.int8_bytes = m.rows * m.cols + m.rows * 4;
   tr.bits = m.q.bits;
-  tr.ram_bytes = (IsPackedBits(m.q.bits) ? m.rows * PackedRowBytes(m.cols, m.q.bits)
-                                         : m.rows * m.cols) +
-                 m.rows * 4;
+  tr.ram_bytes =
+      (IsPackedBits(m.q.bits) ? m.rows * PackedRowBytes(m.cols, m.q.bits) : m.rows * m.cols) +
+      m.rows * 4;
   tr.alpha = m.alpha;
   tr.step_multiplier = m.step;
   tr.prune = m.prune;

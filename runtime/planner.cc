@@ -65,9 +65,10 @@ std::string Plan::Summary() const {
                 "%d slots x %s, %d staging x %s; %d compute + %d decode threads; total %s; "
                 "est %.1f ms/token",
                 PolicyName(policy), count(Tier::kDecoded), FormatBytes(decoded_bytes).c_str(),
-                count(Tier::kPacked), FormatBytes(packed_bytes).c_str(), count(Tier::kCompressed), FormatBytes(compressed_bytes).c_str(),
-                count(Tier::kFlash), FormatBytes(flash_bytes_per_token).c_str(), DecodeName(decode),
-                slots, FormatBytes(slot_bytes).c_str(), staging, FormatBytes(staging_bytes).c_str(),
+                count(Tier::kPacked), FormatBytes(packed_bytes).c_str(), count(Tier::kCompressed),
+                FormatBytes(compressed_bytes).c_str(), count(Tier::kFlash),
+                FormatBytes(flash_bytes_per_token).c_str(), DecodeName(decode), slots,
+                FormatBytes(slot_bytes).c_str(), staging, FormatBytes(staging_bytes).c_str(),
                 compute_threads, decode_threads, FormatBytes(total_bytes).c_str(),
                 est_seconds_per_token * 1e3);
   return buf;
@@ -237,9 +238,7 @@ std::vector<Tier> Interleave(int n, int n_d, int n_c, Tier res = Tier::kDecoded)
       }
     }
     ++got[best];
-    t[static_cast<size_t>(i)] = best == 0   ? res
-                                : best == 1 ? Tier::kCompressed
-                                            : Tier::kFlash;
+    t[static_cast<size_t>(i)] = best == 0 ? res : best == 1 ? Tier::kCompressed : Tier::kFlash;
   }
   return t;
 }
@@ -331,44 +330,44 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
       break;
     case Policy::kAdaptive:
       for (Tier res : {Tier::kDecoded, Tier::kPacked}) {
-      for (Tier head : {res, Tier::kCompressed, Tier::kFlash}) {
-        for (int nd = 0; nd <= layers; ++nd) {
-          if (nd == 0 && res == Tier::kPacked && head != res) continue;  // searched with kDecoded
-          for (int nc = 0; nc + nd <= layers; ++nc) {
-            std::vector<Tier> tiers = Interleave(layers, nd, nc, res);
-            tiers.push_back(head);
-            const bool all_decoded = nd == layers && IsResident(head);
-            const bool any_flash = nd + nc < layers || head == Tier::kFlash;
-            for (int staging = 1; staging <= (any_flash ? 3 : 1); ++staging) {
-              for (int c = 1; c <= cores; ++c) {
-                Plan p;
-                p.policy = policy;
-                p.decode = Decode::kInline;
-                p.tiers = tiers;
-                p.staging = staging;
-                p.compute_threads = c;
-                consider(std::move(p));
-              }
-            }
-            for (int slots = 1; slots <= (all_decoded ? 1 : 4); ++slots) {
-              for (int staging = 1; staging <= (any_flash ? 2 : 1); ++staging) {
+        for (Tier head : {res, Tier::kCompressed, Tier::kFlash}) {
+          for (int nd = 0; nd <= layers; ++nd) {
+            if (nd == 0 && res == Tier::kPacked && head != res) continue;  // searched with kDecoded
+            for (int nc = 0; nc + nd <= layers; ++nc) {
+              std::vector<Tier> tiers = Interleave(layers, nd, nc, res);
+              tiers.push_back(head);
+              const bool all_decoded = nd == layers && IsResident(head);
+              const bool any_flash = nd + nc < layers || head == Tier::kFlash;
+              for (int staging = 1; staging <= (any_flash ? 3 : 1); ++staging) {
                 for (int c = 1; c <= cores; ++c) {
-                  for (int d = 1; d <= (all_decoded ? 1 : cores); ++d) {
-                    Plan p;
-                    p.policy = policy;
-                    p.tiers = tiers;
-                    p.slots = slots;
-                    p.staging = staging;
-                    p.compute_threads = c;
-                    p.decode_threads = d;
-                    consider(std::move(p));
+                  Plan p;
+                  p.policy = policy;
+                  p.decode = Decode::kInline;
+                  p.tiers = tiers;
+                  p.staging = staging;
+                  p.compute_threads = c;
+                  consider(std::move(p));
+                }
+              }
+              for (int slots = 1; slots <= (all_decoded ? 1 : 4); ++slots) {
+                for (int staging = 1; staging <= (any_flash ? 2 : 1); ++staging) {
+                  for (int c = 1; c <= cores; ++c) {
+                    for (int d = 1; d <= (all_decoded ? 1 : cores); ++d) {
+                      Plan p;
+                      p.policy = policy;
+                      p.tiers = tiers;
+                      p.slots = slots;
+                      p.staging = staging;
+                      p.compute_threads = c;
+                      p.decode_threads = d;
+                      consider(std::move(p));
+                    }
                   }
                 }
               }
             }
           }
         }
-      }
       }
       break;
   }

@@ -97,8 +97,8 @@ struct Plan {
   int decode_threads = 0;
   uint64_t slot_bytes = 0, staging_bytes = 0;
   uint64_t decoded_bytes = 0, packed_bytes = 0, compressed_bytes = 0;  // the RAM tiers
-  uint64_t flash_bytes_per_token = 0;                // compressed bytes read per token
-  uint64_t decode_bytes_per_token = 0;               // raw bytes decoded per token
+  uint64_t flash_bytes_per_token = 0;   // compressed bytes read per token
+  uint64_t decode_bytes_per_token = 0;  // raw bytes decoded per token
   uint64_t fixed_bytes = 0;
   uint64_t total_bytes = 0;  // everything: fixed + tiers + pipeline + decoder scratch
   double est_seconds_per_token = 0;

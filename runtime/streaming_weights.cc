@@ -367,8 +367,7 @@ void StreamingWeights::ReleaseUnit(int u) {
   if (m.resident[static_cast<size_t>(u)].tier == Tier::kPacked) {
     macs = static_cast<uint64_t>(static_cast<double>(macs) * m.packed_ratio);
   }
-  if (!IsResident(m.resident[static_cast<size_t>(u)].tier) &&
-      m.current.decode == Decode::kInline) {
+  if (!IsResident(m.resident[static_cast<size_t>(u)].tier) && m.current.decode == Decode::kInline) {
     m.token_inline += secs;
     m.token_inline_macs += macs;
   } else {

@@ -135,7 +135,11 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
     const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
     const int32_t* row_sum = reinterpret_cast<const int32_t*>(base + T.p_rowsum_off);
     if (T.bits == 8) {
-      v.q8 = {reinterpret_cast<const int8_t*>(base + T.p_off), scale, row_sum, T.rows, T.cols,
+      v.q8 = {reinterpret_cast<const int8_t*>(base + T.p_off),
+              scale,
+              row_sum,
+              T.rows,
+              T.cols,
               T.stride};
     } else {
       v.q8 = {nullptr, scale, row_sum, T.rows, T.cols, T.stride};

@@ -2,8 +2,9 @@
 // seven matrices (in LayerWeights order), or the output matrix (the last unit). For each unit: its
 // tensors' blocks (a row-scale block, then blocks of whole rows), its page-aligned range on flash,
 // and where each tensor sits in the unit's decoded form (codes padded to the kernels' stride, row
-// scales, row sums) and in its packed form (codes at their width, row scales, row sums). Also what is always held decoded: norms, biases, row scales (checked once at
-// open) and the embedding's row scales; and the planner's view of each unit (UnitInfo).
+// scales, row sums) and in its packed form (codes at their width, row scales, row sums). Also what
+// is always held decoded: norms, biases, row scales (checked once at open) and the embedding's row
+// scales; and the planner's view of each unit (UnitInfo).
 //
 // Built once at open and immutable afterwards; safe to read from any thread.
 #pragma once
@@ -23,11 +24,11 @@ namespace dcomp::runtime {
 struct TensorLayout {
   int tensor = -1;  // in the manifest
   size_t rows = 0, cols = 0, stride = 0;
-  size_t q_off = 0, scale_off = 0, rowsum_off = 0;  // in the unit's decoded layout
-  int bits = 8;                                     // the codes' width (manifest)
-  size_t packed_row_bytes = 0;                      // PackedRowBytes, or stride at 8 bits
+  size_t q_off = 0, scale_off = 0, rowsum_off = 0;      // in the unit's decoded layout
+  int bits = 8;                                         // the codes' width (manifest)
+  size_t packed_row_bytes = 0;                          // PackedRowBytes, or stride at 8 bits
   size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;  // in the unit's packed layout
-  uint32_t first_block = 0;                         // the scale block; rows follow
+  uint32_t first_block = 0;                             // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
 };
 

@@ -46,7 +46,8 @@ Status EncodeBlock(Codec codec, std::span<const uint8_t> raw, int zstd_level,
     case Codec::kPacked: break;
   }
   if (codec == Codec::kPacked) {
-    return InvalidArgumentError("packed blocks are made from a tensor's rows (PackRows), not bytes");
+    return InvalidArgumentError(
+        "packed blocks are made from a tensor's rows (PackRows), not bytes");
   }
   return InvalidArgumentError("unknown codec id " + std::to_string(static_cast<int>(codec)));
 }

@@ -1,7 +1,5 @@
 #include "storage/container.h"
 
-#include "base/packed_codes.h"
-
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -10,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "base/packed_codes.h"
 #include "storage/crc32c.h"
 
 namespace dcomp::storage {
@@ -261,8 +260,7 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
       }
       if (B.raw_size() != want) {
         return loss(id + ": block " + std::to_string(bi) + " raw_size " +
-                    std::to_string(B.raw_size()) +
-                    ", expected " + std::to_string(want));
+                    std::to_string(B.raw_size()) + ", expected " + std::to_string(want));
       }
       block_tensor_[bi] = t;
     }
@@ -325,7 +323,8 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
   const size_t cols = static_cast<size_t>(T.cols());
   if (b.codec() == pb::CODEC_PACKED) {
     const size_t rows = out.size() / cols;
-    const size_t bad = UnpackRows(stored.data(), rows, cols, bits, reinterpret_cast<int8_t*>(out.data()), cols);
+    const size_t bad =
+        UnpackRows(stored.data(), rows, cols, bits, reinterpret_cast<int8_t*>(out.data()), cols);
     if (bad != rows) {
       return DataLossError(name_ + ": " + DescribeBlock(i) + ": packed row " + std::to_string(bad) +
                            " of the block holds an invalid " + std::to_string(bits) +
@@ -340,17 +339,14 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
   }
   if (codes && IsPackedBits(bits)) {
     // Codes wider than the declared width would differ from what the packed tier holds.
-    const int lim = MaxCode(bits);
-    int lo = 0, hi = 0;
-    for (uint8_t v : out) {
-      lo = std::min(lo, static_cast<int>(static_cast<int8_t>(v)));
-      hi = std::max(hi, static_cast<int>(static_cast<int8_t>(v)));
-    }
-    if (lo < -lim || hi > lim) {
-      return DataLossError(name_ + ": " + DescribeBlock(i) + ": code " +
-                           std::to_string(hi > lim ? hi : lo) + " exceeds the tensor's " +
-                           std::to_string(bits) + "-bit width (|code| <= " + std::to_string(lim) +
-                           ")");
+    const int8_t* q = reinterpret_cast<const int8_t*>(out.data());
+    if (!CodesFit(q, out.size(), bits)) {
+      const int lim = MaxCode(bits);
+      size_t at = 0;
+      while (at < out.size() && q[at] >= -lim && q[at] <= lim) ++at;
+      return DataLossError(name_ + ": " + DescribeBlock(i) + ": code " + std::to_string(q[at]) +
+                           " exceeds the tensor's " + std::to_string(bits) +
+                           "-bit width (|code| <= " + std::to_string(lim) + ")");
     }
   }
   return Status::Ok();

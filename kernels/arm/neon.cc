@@ -109,11 +109,11 @@ inline void UnpackChunk(const uint8_t* c, int8x16_t u[4]) {
   }
   if constexpr (kBits % 2 == 1) {
     // Code j + 8k holds bit k of byte j: lanes 16m + i test bit 2m + i / 8 of byte i % 8.
-    static const uint8_t kBit[64] = {
-        1,  1,  1,  1,  1,  1,  1,  1,  2,  2,  2,  2,  2,  2,  2,  2,
-        4,  4,  4,  4,  4,  4,  4,  4,  8,  8,  8,  8,  8,  8,  8,  8,
-        16, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32, 32, 32, 32,
-        64, 64, 64, 64, 64, 64, 64, 64, 128, 128, 128, 128, 128, 128, 128, 128};
+    static const uint8_t kBit[64] = {1,  1,  1,  1,  1,   1,   1,   1,   2,   2,   2,   2,  2,
+                                     2,  2,  2,  4,  4,   4,   4,   4,   4,   4,   4,   8,  8,
+                                     8,  8,  8,  8,  8,   8,   16,  16,  16,  16,  16,  16, 16,
+                                     16, 32, 32, 32, 32,  32,  32,  32,  32,  64,  64,  64, 64,
+                                     64, 64, 64, 64, 128, 128, 128, 128, 128, 128, 128, 128};
     const uint8x8_t t8 = vld1_u8(c + 8 * kBits - 8);
     const uint8x16_t t = vcombine_u8(t8, t8);
     const uint8x16_t top = vdupq_n_u8(kBits == 5 ? 0x10 : 0x40);
@@ -129,8 +129,8 @@ inline void UnpackChunk(const uint8_t* c, int8x16_t u[4]) {
 }
 
 template <int kBits>
-void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
-                     size_t r0, size_t r1) {
+void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                     size_t r1) {
   const size_t stride = PaddedCols(w.cols);
   const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   constexpr size_t kChunkBytes = 8 * kBits;
@@ -204,13 +204,16 @@ void UnpackRowsNeon(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out
 namespace internal {
 #if defined(DCOMP_NEON_DOTPROD)
 const KernelTable kNeonDotprodTable = {
-    "neon_dotprod", QuantizeRowQ8Ref, GemvQ8Neon,     GemmQ8Neon,
-    GemmF32Neon,    RowSumsQ8Neon,    GemvPackedNeon,
-    GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
+    "neon_dotprod", QuantizeRowQ8Ref,
+    GemvQ8Neon,     GemmQ8Neon,
+    GemmF32Neon,    RowSumsQ8Neon,
+    GemvPackedNeon, GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
 #else
-const KernelTable kNeonTable = {"neon",         QuantizeRowQ8Ref, GemvQ8Neon,     GemmQ8Neon,
-                                GemmF32Neon,    RowSumsQ8Neon,    GemvPackedNeon,
-                                GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
+const KernelTable kNeonTable = {
+    "neon",         QuantizeRowQ8Ref,
+    GemvQ8Neon,     GemmQ8Neon,
+    GemmF32Neon,    RowSumsQ8Neon,
+    GemvPackedNeon, GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
 #endif
 }  // namespace internal
 }  // namespace dcomp::kernels

@@ -18,8 +18,8 @@ void GemvPackedRef(const PackedMatrixView& w, const int8_t* x, float x_scale, fl
   for (size_t r = r0; r < r1; ++r) {
     int32_t acc = 0;
     for (size_t k = 0; k < stride; k += kChunk) {
-      UnpackPackedChunk(w.data + r * w.row_bytes + k / kChunk * 8 * static_cast<size_t>(w.bits), w.bits,
-                  u);
+      UnpackPackedChunk(w.data + r * w.row_bytes + k / kChunk * 8 * static_cast<size_t>(w.bits),
+                        w.bits, u);
       for (size_t i = 0; i < kChunk; ++i) acc += (int32_t{u[i]} - off) * int32_t{x[k + i]};
     }
     y[r] = static_cast<float>(acc) * (x_scale * w.scale[r]);

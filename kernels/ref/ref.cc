@@ -74,8 +74,8 @@ bool RowSumsQ8Ref(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum)
   return ok;
 }
 
-const KernelTable kRefTable = {"ref",        QuantizeRowQ8Ref, GemvQ8Ref,     GemmQ8Ref,
-                               GemmF32Ref,   RowSumsQ8Ref,     GemvPackedRef, GemmPackedRef};
+const KernelTable kRefTable = {"ref",      QuantizeRowQ8Ref, GemvQ8Ref,     GemmQ8Ref,
+                               GemmF32Ref, RowSumsQ8Ref,     GemvPackedRef, GemmPackedRef};
 }  // namespace internal
 
 void ComputeRowSums(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum) {

@@ -167,8 +167,8 @@ inline __m256i DotU(__m256i acc, __m256i u, __m256i x, __m256i ones) {
 }
 
 template <int kBits>
-void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
-                     size_t r0, size_t r1) {
+void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
+                     size_t r1) {
   const __m256i ones = _mm256_set1_epi16(1);
   const size_t stride = PaddedCols(w.cols);
   const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
@@ -193,8 +193,8 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
       b1 = DotU(b1, ub, xb, ones);
     }
     y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a0, b0)) - corr) * (x_scale * w.scale[r]);
-    y[r + 1] = static_cast<float>(HsumI32(_mm256_add_epi32(a1, b1)) - corr) *
-               (x_scale * w.scale[r + 1]);
+    y[r + 1] =
+        static_cast<float>(HsumI32(_mm256_add_epi32(a1, b1)) - corr) * (x_scale * w.scale[r + 1]);
   }
   for (; r < r1; ++r) {
     const uint8_t* p = w.data + r * w.row_bytes;
@@ -247,8 +247,9 @@ void UnpackRowsAvx2(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out
 
 namespace internal {
 const KernelTable kAvx2Table = {
-    "avx2",         QuantizeRowQ8Ref, GemvQ8Avx2,     GemmQ8Avx2,
-    GemmF32Avx2,    RowSumsQ8Avx2,    GemvPackedAvx2,
-    GemmPackedVia<UnpackRowsAvx2, GemvPackedAvx2, GemmQ8Avx2>};
+    "avx2",         QuantizeRowQ8Ref,
+    GemvQ8Avx2,     GemmQ8Avx2,
+    GemmF32Avx2,    RowSumsQ8Avx2,
+    GemvPackedAvx2, GemmPackedVia<UnpackRowsAvx2, GemvPackedAvx2, GemmQ8Avx2>};
 }  // namespace internal
 }  // namespace dcomp::kernels

@@ -151,8 +151,8 @@ inline __m512i UnpackChunk(const uint8_t* c) {
     // 16-byte lane k holds bits 2k, 2k + 1 of each byte: rotate them to bits 4-5.
     const __m512i p =
         _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32)));
-    const __m512i rot = _mm512_rolv_epi32(
-        p, _mm512_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0, 30, 30, 30, 30));
+    const __m512i rot =
+        _mm512_rolv_epi32(p, _mm512_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0, 30, 30, 30, 30));
     u = _mm512_ternarylogic_epi32(u, rot, _mm512_set1_epi8(0x30), kOrAnd);
   }
   if constexpr (kBits % 2 == 1) {
@@ -160,10 +160,10 @@ inline __m512i UnpackChunk(const uint8_t* c) {
     constexpr int kTop = kBits == 5 ? 4 : 6;
     int64_t t;
     std::memcpy(&t, c + 8 * kBits - 8, 8);
-    const __m512i rot = _mm512_rolv_epi64(
-        _mm512_set1_epi64(t),
-        _mm512_setr_epi64(kTop, kTop - 1, kTop - 2, kTop - 3, kTop - 4, (kTop + 59) % 64,
-                          (kTop + 58) % 64, (kTop + 57) % 64));
+    const __m512i rot =
+        _mm512_rolv_epi64(_mm512_set1_epi64(t),
+                          _mm512_setr_epi64(kTop, kTop - 1, kTop - 2, kTop - 3, kTop - 4,
+                                            (kTop + 59) % 64, (kTop + 58) % 64, (kTop + 57) % 64));
     u = _mm512_ternarylogic_epi32(u, rot, _mm512_set1_epi8(1 << kTop), kOrAnd);
   }
   return u;
@@ -246,8 +246,9 @@ void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* o
 
 namespace internal {
 const KernelTable kAvx512VnniTable = {
-    "avx512_vnni",   QuantizeRowQ8Ref, GemvQ8Avx512Vnni, GemmQ8Avx512Vnni,
-    GemmF32Avx512,   RowSumsQ8Avx512,  GemvPackedAvx512,
-    GemmPackedVia<UnpackRowsAvx512, GemvPackedAvx512, GemmQ8Avx512Vnni>};
+    "avx512_vnni",    QuantizeRowQ8Ref,
+    GemvQ8Avx512Vnni, GemmQ8Avx512Vnni,
+    GemmF32Avx512,    RowSumsQ8Avx512,
+    GemvPackedAvx512, GemmPackedVia<UnpackRowsAvx512, GemvPackedAvx512, GemmQ8Avx512Vnni>};
 }  // namespace internal
 }  // namespace dcomp::kernels

@@ -39,8 +39,8 @@ struct Matrix {
   std::vector<float> col_scale;   // s_j (empty = 1)
   std::vector<float> importance;  // max|x'_j| (empty = unknown)
   float alpha = 0, step = 1, prune = 0;
-  int bits = 8;      // code width (rate allocation)
-  float clip = 1;    // bits < 8: the quantizer's clip
+  int bits = 8;    // code width (rate allocation)
+  float clip = 1;  // bits < 8: the quantizer's clip
   QuantizedMatrix q;
   double err = -1, entropy = 0;
   // Calibration inputs of this matrix, for the output error (null: none).

@@ -167,8 +167,13 @@ PackedPair MakePacked(size_t rows, size_t cols, int bits, uint32_t seed) {
   m.view = {m.q.data(), m.scale.data(), m.row_sum.data(), rows, cols, stride};
   p.packed.resize(rows * PackedRowBytes(cols, bits));
   EXPECT_EQ(PackRows(m.q.data(), rows, cols, stride, bits, p.packed.data()), rows);
-  p.view = {p.packed.data(), m.scale.data(), m.row_sum.data(), rows, cols,
-            PackedRowBytes(cols, bits), bits};
+  p.view = {p.packed.data(),
+            m.scale.data(),
+            m.row_sum.data(),
+            rows,
+            cols,
+            PackedRowBytes(cols, bits),
+            bits};
   return p;
 }
 
@@ -216,8 +221,7 @@ TEST_P(KernelVariantTest, PackedProductsEqualTheInt8Products) {
         std::vector<float> ya(n_tok * ys, -1.0f), yb(n_tok * ys, -1.0f), yc(n_tok * ys, -1.0f);
         // A row range not starting at 0, as the compute threads split them.
         k.gemm_packed_q8(p.view, xq.data(), pc, xs.data(), n_tok, ya.data(), ys, 1, rows);
-        RefKernels().gemm_q8_q8(p.q8.view, xq.data(), pc, xs.data(), n_tok, yb.data(), ys, 1,
-                                rows);
+        RefKernels().gemm_q8_q8(p.q8.view, xq.data(), pc, xs.data(), n_tok, yb.data(), ys, 1, rows);
         ASSERT_EQ(ya, yb) << k.name << " gemm, " << bits << " bits, n_tok=" << n_tok
                           << " rows=" << rows << " cols=" << cols;
         for (size_t t = 0; t < n_tok; ++t) {

@@ -5,13 +5,12 @@
 #include "storage/container.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
-
-#include <unistd.h>
 
 #include "base/file.h"
 #include "base/packed_codes.h"
@@ -283,8 +282,10 @@ TEST(ContainerTest, GoldenCorruptFiles) {
       {"bad_magic.dcm", "not a .dcm file"},
       {"newer_version.dcm", "is newer than this reader"},
   };
-  // valid.dcm is a format 1.0 file (written before format 2): still read.
+  // valid.dcm is a format 1.0 file (written before format 2): still read; packed_v2.dcm is a
+  // format 2.0 file with a packed block.
   EXPECT_TRUE(OpenAndDecodeAll(ReadAll(dir + "valid.dcm")).ok());
+  EXPECT_TRUE(OpenAndDecodeAll(ReadAll(dir + "packed_v2.dcm")).ok());
   for (const auto& [file, want] : cases) {
     Status s = OpenAndDecodeAll(ReadAll(dir + file));
     EXPECT_FALSE(s.ok()) << file;
@@ -320,6 +321,7 @@ TEST(ContainerTest, WriteGoldenFilesOnRequest) {
   const uint32_t crc = Crc32c(b.data(), 60);
   std::memcpy(b.data() + 60, &crc, 4);
   save("newer_version.dcm", b);
+  save("packed_v2.dcm", WritePackedToy(6).bytes);
 }
 
 }  // namespace
