@@ -1,5 +1,6 @@
 #include "base/packed_codes.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace dcomp {
@@ -10,12 +11,12 @@ constexpr size_t kChunk = kPackedChunk;
 }  // namespace
 
 bool CodesFit(const int8_t* q, size_t n, int bits) {
-  // code + lim in [0, 2 lim] as an unsigned byte: one add and one compare per code.
-  const uint8_t lim = static_cast<uint8_t>(MaxCode(bits));
-  const uint8_t span = static_cast<uint8_t>(2 * lim);
+  // code - MinCode in [0, MaxCode - MinCode] as an unsigned byte: one add and one compare.
+  const uint8_t off = static_cast<uint8_t>(-MinCode(bits));
+  const uint8_t span = static_cast<uint8_t>(MaxCode(bits) - MinCode(bits));
   uint8_t bad = 0;
   for (size_t i = 0; i < n; ++i) {
-    bad |= static_cast<uint8_t>(static_cast<uint8_t>(static_cast<uint8_t>(q[i]) + lim) > span);
+    bad |= static_cast<uint8_t>(static_cast<uint8_t>(static_cast<uint8_t>(q[i]) + off) > span);
   }
   return bad == 0;
 }
@@ -59,13 +60,11 @@ void PackChunk(const uint8_t* u, int bits, uint8_t* c) {
 size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits,
                 uint8_t* out) {
   const size_t stride = PaddedCols(cols), row_bytes = PackedRowBytes(cols, bits);
-  const int off = 1 << (bits - 1), lim = MaxCode(bits);
+  const int off = 1 << (bits - 1);
   uint8_t u[kChunk];
   for (size_t r = 0; r < rows; ++r) {
     const int8_t* row = q + r * q_stride;
-    for (size_t c = 0; c < cols; ++c) {
-      if (row[c] < -lim || row[c] > lim) return r;
-    }
+    if (!CodesFit(row, cols, bits)) return r;
     for (size_t k = 0; k < stride; k += kChunk) {
       for (size_t i = 0; i < kChunk; ++i) {
         u[i] = static_cast<uint8_t>((k + i < cols ? row[k + i] : 0) + off);
@@ -76,8 +75,8 @@ size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int 
   return rows;
 }
 
-size_t UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_t* q,
-                  size_t q_stride) {
+void UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_t* q,
+                size_t q_stride) {
   const size_t stride = PaddedCols(cols), row_bytes = PackedRowBytes(cols, bits);
   const int off = 1 << (bits - 1);
   uint8_t u[kChunk];
@@ -85,13 +84,10 @@ size_t UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int
     for (size_t k = 0; k < stride; k += kChunk) {
       UnpackPackedChunk(packed + r * row_bytes + k / kChunk * 8 * static_cast<size_t>(bits), bits,
                         u);
-      for (size_t i = 0; i < kChunk; ++i) {
-        if (u[i] == 0 || (k + i >= cols && u[i] != off)) return r;
-        if (k + i < cols) q[r * q_stride + k + i] = static_cast<int8_t>(u[i] - off);
-      }
+      const size_t n = std::min(kChunk, cols - k);
+      for (size_t i = 0; i < n; ++i) q[r * q_stride + k + i] = static_cast<int8_t>(u[i] - off);
     }
   }
-  return rows;
 }
 
 }  // namespace dcomp

@@ -106,13 +106,11 @@ void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t row
   std::vector<std::vector<uint8_t>> packed(copies, std::vector<uint8_t>(rows * row_bytes));
   for (auto& p : packed) PackRows(q.data(), rows, cols, stride, bits, p.data());
   std::vector<float> scale(rows, 0.01f), y(rows);
-  std::vector<int32_t> row_sum(rows);
-  ComputeRowSums(q.data(), rows, stride, row_sum.data());
   std::vector<int8_t> x(stride, 3);
   size_t i = 0;
   for (auto _ : state) {
     const PackedMatrixView v{
-        packed[i++ % copies].data(), scale.data(), row_sum.data(), rows, cols, row_bytes, bits};
+        packed[i++ % copies].data(), scale.data(), rows, cols, row_bytes, bits};
     k->gemv_packed_q8(v, x.data(), 0.01f, y.data(), 0, rows);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();

@@ -200,7 +200,8 @@ void Transformer::RunResidentLinears(std::span<const LinearJob> jobs, const floa
 
 Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n) {
   // Tasks: (job, block), in job order. Each decodes one block of rows into this thread's scratch
-  // (about one codec block: it stays in L2) and multiplies it for all n tokens.
+  // (about one codec block: it stays in L2) and multiplies it for all n tokens; a block stored
+  // packed is multiplied where it lies.
   blocked_tasks_.clear();
   size_t macs = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
@@ -226,9 +227,23 @@ Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n)
           const LinearWeights& w = *jobs[j].w;
           const size_t rpb = w.blocks->rows_per_block();
           const size_t r0 = k * rpb, rows = std::min(rpb, w.rows() - r0);
+          kernels::PackedMatrixView pv;
+          Result<bool> packed = w.blocks->PackedRows(k, &pv);
+          if (packed.ok() && *packed) {  // read in place: no decoding
+            pv.scale = w.q8.scale + r0;
+            pv.rows = rows;
+            pv.cols = w.q8.cols;
+            if (n == 1) {
+              kt->gemv_packed_q8(pv, xq, xs[0], jobs[j].y + r0, 0, rows);
+            } else {
+              kt->gemm_packed_q8(pv, xq, padded, xs, n, jobs[j].y + r0, jobs[j].y_stride, 0, rows);
+            }
+            continue;
+          }
           if (q.size() < rpb * w.q8.stride) q.resize(rpb * w.q8.stride);
           if (row_sum.size() < rpb) row_sum.resize(rpb);
-          Status s = w.blocks->DecodeRows(k, q.data(), row_sum.data());
+          Status s =
+              packed.ok() ? w.blocks->DecodeRows(k, q.data(), row_sum.data()) : packed.status();
           if (!s.ok()) {
             std::lock_guard<std::mutex> l(error_mu);
             if (error.ok()) error = std::move(s);

@@ -37,6 +37,12 @@ class RowBlockSource {
   // to `row_sum`. Called concurrently from the compute threads; fails with DATA_LOSS naming the
   // block when its bytes are damaged.
   virtual Status DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const = 0;
+  // When block k is stored packed (the layout the kernels read), its rows in place, checked (CRC),
+  // instead of DecodeRows: *rows gets the view's data, row_bytes and bits (the caller sets the
+  // scales and shape). Returns false when block k must be decoded; fails like DecodeRows.
+  virtual Result<bool> PackedRows(size_t /*k*/, kernels::PackedMatrixView* /*rows*/) const {
+    return false;
+  }
 };
 
 // One linear map y = W x (+ b). Exactly one of q8/f32 is set, per `quantized`. With `blocks` set

@@ -52,11 +52,13 @@ using GemvPackedFn = void (*)(const PackedMatrixView& w, const int8_t* x, float 
 using GemmQ8Fn = void (*)(const Q8MatrixView& w, const int8_t* x, size_t x_stride,
                           const float* x_scale, size_t n_tok, float* y, size_t y_stride, size_t r0,
                           size_t r1);
+using RowSumsFn = bool (*)(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
 
 // The packed GEMM of every variant: below 4 tokens one GEMV per token; otherwise tiles of 16 rows
-// are unpacked by the variant's unpacker into the thread's scratch (16 rows, in L1/L2) and the
-// variant's INT8 GEMM runs on them, so each row is unpacked once for all the tokens.
-template <UnpackRowsFn Unpack, GemvPackedFn Gemv, GemmQ8Fn Gemm>
+// are unpacked by the variant's unpacker into the thread's scratch (16 rows, in L1/L2), their row
+// sums taken, and the variant's INT8 GEMM runs on them, so each row is unpacked once for all the
+// tokens.
+template <UnpackRowsFn Unpack, GemvPackedFn Gemv, GemmQ8Fn Gemm, RowSumsFn RowSums>
 void GemmPackedVia(const PackedMatrixView& w, const int8_t* x, size_t x_stride,
                    const float* x_scale, size_t n_tok, float* y, size_t y_stride, size_t r0,
                    size_t r1) {
@@ -73,7 +75,9 @@ void GemmPackedVia(const PackedMatrixView& w, const int8_t* x, size_t x_stride,
   for (size_t rb = r0; rb < r1; rb += kTile) {
     const size_t re = std::min(rb + kTile, r1);
     Unpack(w, rb, re, tile.data());
-    const Q8MatrixView v{tile.data(), w.scale + rb, w.row_sum + rb, re - rb, w.cols, stride};
+    int32_t row_sum[kTile];
+    RowSums(tile.data(), re - rb, stride, row_sum);  // padding codes included, as in the tile
+    const Q8MatrixView v{tile.data(), w.scale + rb, row_sum, re - rb, w.cols, stride};
     Gemm(v, x, x_stride, x_scale, n_tok, y + rb, y_stride, 0, re - rb);
   }
 }

@@ -43,11 +43,11 @@ struct Q8MatrixView {
 // A packed low-bit weight matrix (the packed tier; layout in base/packed_codes.h). The products are
 // exact: sum u*x - 2^(bits-1) * sum x = sum code*x, then the same float multiply as the INT8
 // kernels, so a packed matrix gives bit-identical results to the INT8 matrix of the same codes.
-// row_sum[r] = sum of the row's codes (the GEMM unpacks tiles and runs the INT8 product on them).
+// The GEMM unpacks tiles of rows and runs the INT8 product on them (their row sums computed then),
+// so a view needs nothing but the packed rows and their scales: it can point into a file's block.
 struct PackedMatrixView {
   const uint8_t* data = nullptr;
   const float* scale = nullptr;
-  const int32_t* row_sum = nullptr;
   size_t rows = 0;
   size_t cols = 0;
   size_t row_bytes = 0;  // PackedRowBytes(cols, bits)

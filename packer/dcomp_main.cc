@@ -279,7 +279,7 @@ Status CmdPack(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t zl, f.GetInt("zstd-level", 19));
   o.zstd_level = static_cast<int>(zl);
   ASSIGN_OR_RETURN(o.min_decode_mbps, f.GetDouble("min-decode-speed", 500));
-  ASSIGN_OR_RETURN(o.min_coding_gain, f.GetDouble("min-coding-gain", 0.10));
+  ASSIGN_OR_RETURN(o.min_coding_gain, f.GetDouble("min-coding-gain", 0.20));
   if (!(o.min_coding_gain >= 0 && o.min_coding_gain < 1)) {
     return InvalidArgumentError("--min-coding-gain " + std::to_string(o.min_coding_gain) +
                                 ": expected a fraction in [0, 1)");

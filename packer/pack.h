@@ -24,7 +24,7 @@ struct PackOptions {
   std::string codec = "auto";      // auto | rans | zstd | raw
   int zstd_level = 19;
   double min_decode_mbps = 500;   // auto: fastest-decoding floor a codec must meet on its block
-  double min_coding_gain = 0.10;  // narrow codes: entropy-code a block only if it saves this much
+  double min_coding_gain = 0.20;  // narrow codes: entropy-code a block only if it saves this much
   std::string alpha = "auto";     // auto | a number in [0, 1]
   double prune = 0.0;             // fraction of each row zeroed
   double max_ppl_increase = 1.2;  // percent over the f32 model on the calibration tokens

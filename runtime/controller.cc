@@ -99,9 +99,7 @@ void CalibrateCompute(size_t dim, int bits, PageBuffer* tmp, Rates* rates) {
   const size_t prows = std::max<size_t>(1, tmp->size() / row_bytes);
   if (prows * row_bytes > tmp->size()) return;
   std::vector<float> pscale(prows, 0.01f), py(prows);
-  std::vector<int32_t> prs(prows, 0);
-  const kernels::PackedMatrixView pv{tmp->data(), pscale.data(), prs.data(), prows,
-                                     cols,        row_bytes,     bits};
+  const kernels::PackedMatrixView pv{tmp->data(), pscale.data(), prows, cols, row_bytes, bits};
   kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows);
   const auto p0 = Clock::now();
   for (int i = 0; i < kReps; ++i) kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows);

@@ -135,7 +135,8 @@ double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, const 
     double c = static_cast<double>(units[u].macs_per_token) / r.compute_macs_per_s *
                (p.tiers[u] == Tier::kPacked ? r.packed_compute_ratio : 1.0);
     if (!IsResident(p.tiers[u])) {
-      c += static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
+      c += static_cast<double>(units[u].raw_bytes - units[u].packed_raw_bytes) /
+           r.decode_bytes_per_s;
     }
     cpu += c / speedup;
     if (p.tiers[u] == Tier::kFlash) {

@@ -35,6 +35,8 @@ struct UnitInfo {
   uint64_t raw_bytes = 0;         // bytes the decoders produce (codes + scales)
   uint64_t macs_per_token = 0;    // multiply-adds of one decode step
   uint64_t packed_bytes = 0;      // as decoded_bytes with the codes at their packed widths
+  uint64_t packed_raw_bytes = 0;  // of raw_bytes, those in blocks stored packed: decoding inline
+                                  // multiplies them in place, with no decoding
 };
 
 // Memory that does not depend on the plan.

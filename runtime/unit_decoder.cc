@@ -15,6 +15,24 @@ Status InlineMatrix::DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const {
   return d_->DecodeInline(*t_, range_begin_, range_, k, q, row_sum);
 }
 
+Result<bool> InlineMatrix::PackedRows(size_t k, kernels::PackedMatrixView* rows) const {
+  return d_->PackedInline(*t_, range_begin_, range_, k, rows);
+}
+
+Result<bool> UnitDecoder::PackedInline(const TensorLayout& T, uint64_t range_begin,
+                                       const uint8_t* range, size_t k,
+                                       kernels::PackedMatrixView* rows) const {
+  const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
+  const pb::Block& b = reader_->block(i);
+  if (b.codec() != pb::CODEC_PACKED) return false;
+  std::span<const uint8_t> stored(range + (b.offset() - range_begin), b.stored_size());
+  RETURN_IF_ERROR(reader_->CheckCrc(i, stored));
+  rows->data = stored.data();
+  rows->row_bytes = T.packed_row_bytes;
+  rows->bits = T.bits;
+  return true;
+}
+
 Status UnitDecoder::DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t range_begin,
                                    const uint8_t* stored_range, size_t rows, int8_t* q,
                                    int32_t* row_sum, storage::BlockDecoder* dec,
@@ -143,7 +161,7 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
               T.stride};
     } else {
       v.q8 = {nullptr, scale, row_sum, T.rows, T.cols, T.stride};
-      v.packed = {base + T.p_off, scale, row_sum, T.rows, T.cols, T.packed_row_bytes, T.bits};
+      v.packed = {base + T.p_off, scale, T.rows, T.cols, T.packed_row_bytes, T.bits};
     }
     return v;
   };

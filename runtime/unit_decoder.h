@@ -32,6 +32,7 @@ class InlineMatrix : public RowBlockSource {
   size_t num_blocks() const override { return t_->row_blocks; }
   size_t rows_per_block() const override { return t_->rows_per_block; }
   Status DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const override;
+  Result<bool> PackedRows(size_t k, kernels::PackedMatrixView* rows) const override;
 
  private:
   const UnitDecoder* d_;
@@ -71,6 +72,10 @@ class UnitDecoder {
   Status DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
                           uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch,
                           int8_t* q) const;
+  // Block k of tensor T's rows when it is stored packed: a view into the range, its CRC checked
+  // (false when the block is entropy-coded).
+  Result<bool> PackedInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range,
+                            size_t k, kernels::PackedMatrixView* rows) const;
   // Block k of tensor T's rows, from the unit's stored range in RAM (any compute thread).
   Status DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range, size_t k,
                       int8_t* q, int32_t* row_sum) const;

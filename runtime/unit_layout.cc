@@ -103,6 +103,9 @@ class LayoutBuilder {
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const pb::Block& b = r_.block(T.first_block() + k);
       m_.infos[static_cast<size_t>(u)].raw_bytes += b.raw_size();
+      if (b.codec() == pb::CODEC_PACKED) {
+        m_.infos[static_cast<size_t>(u)].packed_raw_bytes += b.raw_size();
+      }
       NoteBlockSizes(b);
     }
     return Status::Ok();

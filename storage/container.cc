@@ -305,6 +305,19 @@ std::span<const uint8_t> ContainerReader::StoredBytes(size_t i) const {
   return bytes_.subspan(b.offset(), b.stored_size());
 }
 
+Status ContainerReader::CheckCrc(size_t i, std::span<const uint8_t> stored) const {
+  const pb::Block& b = block(i);
+  if (stored.size() != b.stored_size()) {
+    return InternalError(name_ + ": " + DescribeBlock(i) + ": buffer size does not match");
+  }
+  const uint32_t crc = Crc32c(stored);
+  if (crc != b.crc32c()) {
+    return DataLossError(name_ + ": " + DescribeBlock(i) + ": CRC32C mismatch (stored " +
+                         std::to_string(b.crc32c()) + ", computed " + std::to_string(crc) + ")");
+  }
+  return Status::Ok();
+}
+
 Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
                                     std::span<uint8_t> out, BlockDecoder* decoder) const {
   if (i >= num_blocks()) return OutOfRangeError(name_ + ": block " + std::to_string(i));
@@ -312,24 +325,14 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
   if (out.size() != b.raw_size() || stored.size() != b.stored_size()) {
     return InternalError(name_ + ": " + DescribeBlock(i) + ": buffer sizes do not match");
   }
-  const uint32_t crc = Crc32c(stored);
-  if (crc != b.crc32c()) {
-    return DataLossError(name_ + ": " + DescribeBlock(i) + ": CRC32C mismatch (stored " +
-                         std::to_string(b.crc32c()) + ", computed " + std::to_string(crc) + ")");
-  }
+  RETURN_IF_ERROR(CheckCrc(i, stored));
   const pb::Tensor& T = tensor_of_block(i);
   const int bits = T.bits();
   const bool codes = T.type() == pb::TENSOR_Q8_ROW && i != T.first_block();
   const size_t cols = static_cast<size_t>(T.cols());
-  if (b.codec() == pb::CODEC_PACKED) {
-    const size_t rows = out.size() / cols;
-    const size_t bad =
-        UnpackRows(stored.data(), rows, cols, bits, reinterpret_cast<int8_t*>(out.data()), cols);
-    if (bad != rows) {
-      return DataLossError(name_ + ": " + DescribeBlock(i) + ": packed row " + std::to_string(bad) +
-                           " of the block holds an invalid " + std::to_string(bits) +
-                           "-bit code (0, or a padding code that is not 0)");
-    }
+  if (b.codec() == pb::CODEC_PACKED) {  // every packed byte pattern is a valid code
+    UnpackRows(stored.data(), out.size() / cols, cols, bits, reinterpret_cast<int8_t*>(out.data()),
+               cols);
     return Status::Ok();
   }
   Status s = decoder->Decode(static_cast<Codec>(b.codec()), stored, out);
@@ -341,12 +344,12 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
     // Codes wider than the declared width would differ from what the packed tier holds.
     const int8_t* q = reinterpret_cast<const int8_t*>(out.data());
     if (!CodesFit(q, out.size(), bits)) {
-      const int lim = MaxCode(bits);
       size_t at = 0;
-      while (at < out.size() && q[at] >= -lim && q[at] <= lim) ++at;
+      while (at < out.size() && q[at] >= MinCode(bits) && q[at] <= MaxCode(bits)) ++at;
       return DataLossError(name_ + ": " + DescribeBlock(i) + ": code " + std::to_string(q[at]) +
-                           " exceeds the tensor's " + std::to_string(bits) +
-                           "-bit width (|code| <= " + std::to_string(lim) + ")");
+                           " exceeds the tensor's " + std::to_string(bits) + "-bit width (" +
+                           std::to_string(MinCode(bits)) + ".." + std::to_string(MaxCode(bits)) +
+                           ")");
     }
   }
   return Status::Ok();

@@ -82,6 +82,8 @@ class ContainerReader {
   // decodes them into `out` (exactly raw_size bytes). DATA_LOSS names the block and the tensor.
   Status DecodeBlock(size_t i, std::span<const uint8_t> stored, std::span<uint8_t> out,
                      BlockDecoder* decoder) const;
+  // Checks the CRC of `stored` (the bytes of block i): DATA_LOSS naming the block on a mismatch.
+  Status CheckCrc(size_t i, std::span<const uint8_t> stored) const;
   // DecodeBlock from the mapping.
   Status ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder* decoder) const {
     return DecodeBlock(i, StoredBytes(i), out, decoder);

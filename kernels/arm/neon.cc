@@ -207,13 +207,13 @@ const KernelTable kNeonDotprodTable = {
     "neon_dotprod", QuantizeRowQ8Ref,
     GemvQ8Neon,     GemmQ8Neon,
     GemmF32Neon,    RowSumsQ8Neon,
-    GemvPackedNeon, GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
+    GemvPackedNeon, GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon, RowSumsQ8Neon>};
 #else
 const KernelTable kNeonTable = {
     "neon",         QuantizeRowQ8Ref,
     GemvQ8Neon,     GemmQ8Neon,
     GemmF32Neon,    RowSumsQ8Neon,
-    GemvPackedNeon, GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon>};
+    GemvPackedNeon, GemmPackedVia<UnpackRowsNeon, GemvPackedNeon, GemmQ8Neon, RowSumsQ8Neon>};
 #endif
 }  // namespace internal
 }  // namespace dcomp::kernels

@@ -250,6 +250,6 @@ const KernelTable kAvx2Table = {
     "avx2",         QuantizeRowQ8Ref,
     GemvQ8Avx2,     GemmQ8Avx2,
     GemmF32Avx2,    RowSumsQ8Avx2,
-    GemvPackedAvx2, GemmPackedVia<UnpackRowsAvx2, GemvPackedAvx2, GemmQ8Avx2>};
+    GemvPackedAvx2, GemmPackedVia<UnpackRowsAvx2, GemvPackedAvx2, GemmQ8Avx2, RowSumsQ8Avx2>};
 }  // namespace internal
 }  // namespace dcomp::kernels

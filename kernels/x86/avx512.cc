@@ -246,9 +246,13 @@ void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* o
 
 namespace internal {
 const KernelTable kAvx512VnniTable = {
-    "avx512_vnni",    QuantizeRowQ8Ref,
-    GemvQ8Avx512Vnni, GemmQ8Avx512Vnni,
-    GemmF32Avx512,    RowSumsQ8Avx512,
-    GemvPackedAvx512, GemmPackedVia<UnpackRowsAvx512, GemvPackedAvx512, GemmQ8Avx512Vnni>};
+    "avx512_vnni",
+    QuantizeRowQ8Ref,
+    GemvQ8Avx512Vnni,
+    GemmQ8Avx512Vnni,
+    GemmF32Avx512,
+    RowSumsQ8Avx512,
+    GemvPackedAvx512,
+    GemmPackedVia<UnpackRowsAvx512, GemvPackedAvx512, GemmQ8Avx512Vnni, RowSumsQ8Avx512>};
 }  // namespace internal
 }  // namespace dcomp::kernels

@@ -176,6 +176,29 @@ TEST(CliTest, PackedTierContract) {
   }
 }
 
+// Blocks stored packed are multiplied where they lie when units are decoded inline (compressed
+// in RAM, or read from flash): the same tokens as decoding them, and as every resident tier.
+TEST(CliTest, PackedBlocksReadInPlaceGiveTheSameTokens) {
+  const std::string out = TempFile("s260_allpacked.dcm");
+  ProcResult r =
+      Dcomp("pack " + kModel + " " + out + " --calib-tokens 1024 --min-coding-gain 0.99");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = Dcomp("inspect " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("blocks by codec: packed"), std::string::npos) << r.out;
+  std::string ids;
+  for (const char* args :
+       {"--policy all-decoded", "--policy all-packed", "--policy all-compressed --decode inline",
+        "--policy all-compressed --decode ahead", "--policy stream-all --decode inline"}) {
+    r = Dcomp("generate " + out + " --prompt 'Once upon a time' -n 24 --json " + args);
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    std::string got;
+    for (int id : testing::ParseJson(r.out)["ids"].ints()) got += std::to_string(id) + " ";
+    if (ids.empty()) ids = got;
+    EXPECT_EQ(got, ids) << args;
+  }
+}
+
 TEST(CliTest, PackInspectAndSynthBadInput) {
   const std::string good = TempFile("good.dcm");
   ASSERT_EQ(Dcomp("pack " + kModel + " " + good + " --no-scaling --no-rate-alloc").exit_code, 0);
