@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -44,6 +45,18 @@ inline int32_t SumCodes(const int8_t* x, size_t n) {
 #pragma GCC unroll 8
   for (size_t i = 0; i < n; ++i) s += x[i];
   return s;
+}
+
+// Calls fn(std::integral_constant<int, bits>{}) for a packed width (4..7): the per-width
+// instantiations of every variant's packed kernels, chosen once per call.
+template <typename Fn>
+inline void ForPackedBits(int bits, Fn&& fn) {
+  switch (bits) {
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    default: return fn(std::integral_constant<int, 7>{});
+  }
 }
 
 using UnpackRowsFn = void (*)(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out);

@@ -168,12 +168,8 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
 
 void GemvPackedNeon(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                     size_t r1) {
-  switch (w.bits) {
-    case 4: return GemvPackedNeonT<4>(w, x, x_scale, y, r0, r1);
-    case 5: return GemvPackedNeonT<5>(w, x, x_scale, y, r0, r1);
-    case 6: return GemvPackedNeonT<6>(w, x, x_scale, y, r0, r1);
-    default: return GemvPackedNeonT<7>(w, x, x_scale, y, r0, r1);
-  }
+  internal::ForPackedBits(
+      w.bits, [&](auto b) { GemvPackedNeonT<decltype(b)::value>(w, x, x_scale, y, r0, r1); });
 }
 
 template <int kBits>
@@ -191,12 +187,8 @@ void UnpackRowsNeonT(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* ou
 }
 
 void UnpackRowsNeon(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  switch (w.bits) {
-    case 4: return UnpackRowsNeonT<4>(w, r0, r1, out);
-    case 5: return UnpackRowsNeonT<5>(w, r0, r1, out);
-    case 6: return UnpackRowsNeonT<6>(w, r0, r1, out);
-    default: return UnpackRowsNeonT<7>(w, r0, r1, out);
-  }
+  internal::ForPackedBits(w.bits,
+                          [&](auto b) { UnpackRowsNeonT<decltype(b)::value>(w, r0, r1, out); });
 }
 
 }  // namespace

@@ -211,12 +211,8 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
 
 void GemvPackedAvx2(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                     size_t r1) {
-  switch (w.bits) {
-    case 4: return GemvPackedAvx2T<4>(w, x, x_scale, y, r0, r1);
-    case 5: return GemvPackedAvx2T<5>(w, x, x_scale, y, r0, r1);
-    case 6: return GemvPackedAvx2T<6>(w, x, x_scale, y, r0, r1);
-    default: return GemvPackedAvx2T<7>(w, x, x_scale, y, r0, r1);
-  }
+  internal::ForPackedBits(
+      w.bits, [&](auto b) { GemvPackedAvx2T<decltype(b)::value>(w, x, x_scale, y, r0, r1); });
 }
 
 template <int kBits>
@@ -235,12 +231,8 @@ void UnpackRowsAvx2T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* ou
 }
 
 void UnpackRowsAvx2(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  switch (w.bits) {
-    case 4: return UnpackRowsAvx2T<4>(w, r0, r1, out);
-    case 5: return UnpackRowsAvx2T<5>(w, r0, r1, out);
-    case 6: return UnpackRowsAvx2T<6>(w, r0, r1, out);
-    default: return UnpackRowsAvx2T<7>(w, r0, r1, out);
-  }
+  internal::ForPackedBits(w.bits,
+                          [&](auto b) { UnpackRowsAvx2T<decltype(b)::value>(w, r0, r1, out); });
 }
 
 }  // namespace

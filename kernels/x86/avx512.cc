@@ -213,12 +213,8 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
 
 void GemvPackedAvx512(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                       size_t r0, size_t r1) {
-  switch (w.bits) {
-    case 4: return GemvPackedAvx512T<4>(w, x, x_scale, y, r0, r1);
-    case 5: return GemvPackedAvx512T<5>(w, x, x_scale, y, r0, r1);
-    case 6: return GemvPackedAvx512T<6>(w, x, x_scale, y, r0, r1);
-    default: return GemvPackedAvx512T<7>(w, x, x_scale, y, r0, r1);
-  }
+  internal::ForPackedBits(
+      w.bits, [&](auto b) { GemvPackedAvx512T<decltype(b)::value>(w, x, x_scale, y, r0, r1); });
 }
 
 template <int kBits>
@@ -234,12 +230,8 @@ void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* 
 }
 
 void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  switch (w.bits) {
-    case 4: return UnpackRowsAvx512T<4>(w, r0, r1, out);
-    case 5: return UnpackRowsAvx512T<5>(w, r0, r1, out);
-    case 6: return UnpackRowsAvx512T<6>(w, r0, r1, out);
-    default: return UnpackRowsAvx512T<7>(w, r0, r1, out);
-  }
+  internal::ForPackedBits(w.bits,
+                          [&](auto b) { UnpackRowsAvx512T<decltype(b)::value>(w, r0, r1, out); });
 }
 
 }  // namespace
