@@ -249,7 +249,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("min-decode-speed", "auto: MB/s a codec must decode a block at (default 500)")
       .Value("min-coding-gain",
              "codes below 8 bits: entropy-code a block only if that saves this fraction of its "
-             "packed size, else store it packed (default 0.10)")
+             "packed size, else store it packed (default 0.20)")
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
       .Value("max-ppl-increase",

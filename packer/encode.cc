@@ -22,7 +22,13 @@ namespace {
 Result<std::vector<storage::Codec>> CodecCandidates(const PackOptions& o, std::string* why) {
   if (o.codec == "auto") return AutoCodecs(o.min_decode_mbps, why);
   ASSIGN_OR_RETURN(storage::Codec c, storage::ParseCodecName(o.codec));
-  *why = "--codec " + o.codec + (c == storage::Codec::kRaw ? "" : " (raw where it is not smaller)");
+  if (c == storage::Codec::kPacked) {
+    return InvalidArgumentError(
+        "--codec packed: packed is not a byte codec; blocks of narrow codes are stored packed "
+        "unless entropy coding saves --min-coding-gain (use --min-coding-gain 0.99 to pack all)");
+  }
+  *why = "--codec " + o.codec +
+         (c == storage::Codec::kRaw ? " (narrow codes packed)" : " (raw where it is not smaller)");
   if (c == storage::Codec::kRaw) return std::vector<storage::Codec>{};
   return std::vector<storage::Codec>{c};
 }

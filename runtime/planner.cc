@@ -132,8 +132,15 @@ double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, const 
   const double speedup = 1.0 + (p.compute_threads - 1) * r.compute_parallel_efficiency;
   double cpu = 0, io = 0, flash_cpu = 0;
   for (size_t u = 0; u < units.size(); ++u) {
+    // Packed units, and the packed blocks of units decoded inline, run the packed products.
+    const double packed_share =
+        p.tiers[u] == Tier::kPacked ? 1.0
+        : IsResident(p.tiers[u])
+            ? 0.0
+            : static_cast<double>(units[u].packed_raw_bytes) /
+                  static_cast<double>(std::max<uint64_t>(units[u].raw_bytes, 1));
     double c = static_cast<double>(units[u].macs_per_token) / r.compute_macs_per_s *
-               (p.tiers[u] == Tier::kPacked ? r.packed_compute_ratio : 1.0);
+               (1.0 + (r.packed_compute_ratio - 1.0) * packed_share);
     if (!IsResident(p.tiers[u])) {
       c += static_cast<double>(units[u].raw_bytes - units[u].packed_raw_bytes) /
            r.decode_bytes_per_s;
