@@ -45,6 +45,11 @@ inline constexpr int BitsForMaxCode(int max_code) {
 inline constexpr size_t PackedRowBytes(size_t cols, int bits) {
   return PaddedCols(cols) / kPackedChunk * 8 * static_cast<size_t>(bits);
 }
+// Bytes of a rows x cols matrix's codes as the packed tier holds them: packed rows below 8 bits,
+// one byte per code (unpadded) at 8.
+inline constexpr uint64_t PackedCodeBytes(uint64_t rows, size_t cols, int bits) {
+  return IsPackedBits(bits) ? rows * PackedRowBytes(cols, bits) : rows * cols;
+}
 
 // Whether every one of n INT8 codes lies in [MinCode(bits), MaxCode(bits)] (vectorised: it runs
 // over every byte a reader decodes).

@@ -85,4 +85,15 @@ inline const LayerMatrix* FindLayerMatrix(std::string_view tensor_name) {
   return nullptr;
 }
 
+// A matrix's role, the same in every layer: "attn_q" for "blk.N.attn_q.weight", "token_embd" for
+// "token_embd.weight" (the tensor name without "blk.N." and ".weight").
+inline std::string_view MatrixRole(std::string_view tensor_name) {
+  if (tensor_name.ends_with(".weight")) tensor_name.remove_suffix(7);
+  if (tensor_name.starts_with("blk.")) {
+    const size_t dot = tensor_name.find('.', 4);
+    if (dot != std::string_view::npos) tensor_name.remove_prefix(dot + 1);
+  }
+  return tensor_name;
+}
+
 }  // namespace dcomp

@@ -174,15 +174,10 @@ void Transformer::RunResidentLinears(std::span<const LinearJob> jobs, const floa
           const size_t r1 = std::min<size_t>(static_cast<size_t>(end), base + rows);
           if (r1 > base && r0 < rows) {
             const size_t e = r1 - base;
-            if (quantized && j.w->packed.data != nullptr) {
-              const size_t padded = kernels::PaddedCols(cols);
-              if (n == 1) {
-                kt->gemv_packed_q8(j.w->packed, xq, xs[0], j.y, r0, e);
-              } else {
-                kt->gemm_packed_q8(j.w->packed, xq, padded, xs, n, j.y, j.y_stride, r0, e);
-              }
+            const size_t padded = kernels::PaddedCols(cols);
+            if (quantized && j.w->packed.data != nullptr) {  // one token: the GEMM's own GEMV
+              kt->gemm_packed_q8(j.w->packed, xq, padded, xs, n, j.y, j.y_stride, r0, e);
             } else if (quantized) {
-              const size_t padded = kernels::PaddedCols(cols);
               if (n == 1) {
                 kt->gemv_q8_q8(j.w->q8, xq, xs[0], j.y, r0, e);
               } else {
@@ -233,11 +228,7 @@ Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n)
             pv.scale = w.q8.scale + r0;
             pv.rows = rows;
             pv.cols = w.q8.cols;
-            if (n == 1) {
-              kt->gemv_packed_q8(pv, xq, xs[0], jobs[j].y + r0, 0, rows);
-            } else {
-              kt->gemm_packed_q8(pv, xq, padded, xs, n, jobs[j].y + r0, jobs[j].y_stride, 0, rows);
-            }
+            kt->gemm_packed_q8(pv, xq, padded, xs, n, jobs[j].y + r0, jobs[j].y_stride, 0, rows);
             continue;
           }
           if (q.size() < rpb * w.q8.stride) q.resize(rpb * w.q8.stride);

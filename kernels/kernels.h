@@ -82,7 +82,8 @@ struct KernelTable {
   // every byte the streaming runtime decodes.
   bool (*row_sums_q8)(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum);
   // gemv_q8_q8 / gemm_q8_q8 of a packed matrix, with the same results bit for bit as on the INT8
-  // matrix of the same codes. Activations as for the INT8 products (rows padded with zeros).
+  // matrix of the same codes. Activations as for the INT8 products (rows padded with zeros). The
+  // GEMM runs the GEMV itself for few tokens, so callers need not choose.
   void (*gemv_packed_q8)(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                          size_t r0, size_t r1);
   void (*gemm_packed_q8)(const PackedMatrixView& w, const int8_t* x, size_t x_stride,

@@ -53,8 +53,8 @@ Tally Count(const storage::ContainerReader& r) {
     // As the packed tier holds it: narrow codes packed (rows padded to 64 codes) + row scales;
     // INT8 codes and f32 vectors as they decode.
     const uint64_t rows = static_cast<uint64_t>(T.rows());
-    R.ram = IsPackedBits(T.bits())
-                ? rows * PackedRowBytes(static_cast<size_t>(T.cols()), T.bits()) + rows * 4
+    R.ram = T.type() == pb::TENSOR_Q8_ROW
+                ? PackedCodeBytes(rows, static_cast<size_t>(T.cols()), T.bits()) + rows * 4
                 : R.raw;
     Range& L = layers[T.layer()];
     L.params += R.params;

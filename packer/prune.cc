@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/layer_schema.h"
 #include "packer/internal/pack_state.h"
 #include "packer/internal/pack_util.h"
 
@@ -18,10 +19,7 @@ Status QuantizeAndPrune(PackState& s) {
     // A synthetic model keeps the width `dcomp synth` drew its codes at (no rate allocation runs
     // on synthetic weights), so that it packs as a real model of that shape would.
     if (s.cfg.synthetic) {
-      const std::string& n = mats[i].name;
-      std::string role = n.substr(0, n.rfind(".weight"));
-      if (role.rfind("blk.", 0) == 0) role = role.substr(role.find('.', 4) + 1);
-      auto it = s.cfg.synthetic_bits.find(role);
+      auto it = s.cfg.synthetic_bits.find(std::string(MatrixRole(mats[i].name)));
       if (it != s.cfg.synthetic_bits.end()) mats[i].bits = it->second;
     }
     Quantize(mats[i]);

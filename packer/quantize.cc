@@ -19,7 +19,6 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
   const bool narrow = p.bits < 8;
   const float m = narrow ? 1.0f : std::max(1.0f, p.step_multiplier);
   q.max_code = narrow ? MaxCode(p.bits) : static_cast<int>(std::floor(127.0f / m));
-  q.bits = narrow ? p.bits : BitsForMaxCode(q.max_code);
   const bool plain = p.col_scale.empty() && p.prune <= 0 && m == 1.0f && !narrow;
   if (plain) {  // exactly the engine's quantizer
     const size_t pc = kernels::PaddedCols(cols);

@@ -15,6 +15,8 @@
 #include <span>
 #include <vector>
 
+#include "base/packed_codes.h"
+
 namespace dcomp::packer {
 
 struct QuantParams {
@@ -31,7 +33,7 @@ struct QuantizedMatrix {
   std::vector<int8_t> codes;  // [rows][cols], unpadded, in [-127, 127]
   std::vector<float> scale;   // per row
   int max_code = 127;
-  int bits = 8;  // every code fits this width
+  int bits() const { return BitsForMaxCode(max_code); }  // every code fits this width
 };
 
 QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t cols,

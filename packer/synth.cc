@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "base/packed_codes.h"
 #include "base/thread_pool.h"
 #include "engine/gguf.h"
+#include "engine/layer_schema.h"
 #include "engine/model_file.h"
 
 namespace dcomp::packer {
@@ -176,10 +178,8 @@ Status Synthesize(const SynthOptions& o) {
     std::vector<float> m(rows * cols);
     double clip = k;
     if (profiled) {  // the role's width and entropy; its largest code is the width's
-      std::string role = name.substr(0, name.rfind(".weight"));
-      if (role.rfind("blk.", 0) == 0) role = role.substr(role.find('.', 4) + 1);
       for (const RoleWidth& r : kStories3MWidths) {
-        if (role == r.role) clip = ClipForEntropy(r.entropy, (1 << (r.bits - 1)) - 1);
+        if (MatrixRole(name) == r.role) clip = ClipForEntropy(r.entropy, MaxCode(r.bits));
       }
     }
     FillMatrix(m, rows, cols, clip, sigma, Mix(++seed), pool);

@@ -71,7 +71,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   t.set_layer(m.layer);
   const size_t rpb = std::clamp<size_t>(s.o.block_bytes / m.cols, 1, m.rows);
   t.set_rows_per_block(static_cast<int64_t>(rpb));
-  t.set_bits(m.q.bits);
+  t.set_bits(m.q.bits());
   pb::QuantInfo* qi = t.mutable_quant();
   qi->set_alpha(m.alpha);
   qi->set_step_multiplier(m.step);
@@ -86,10 +86,8 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.params = static_cast<int64_t>(m.rows * m.cols);
   tr.quantized = true;
   tr.int8_bytes = m.rows * m.cols + m.rows * 4;
-  tr.bits = m.q.bits;
-  tr.ram_bytes =
-      (IsPackedBits(m.q.bits) ? m.rows * PackedRowBytes(m.cols, m.q.bits) : m.rows * m.cols) +
-      m.rows * 4;
+  tr.bits = m.q.bits();
+  tr.ram_bytes = PackedCodeBytes(m.rows, m.cols, m.q.bits()) + m.rows * 4;
   tr.alpha = m.alpha;
   tr.step_multiplier = m.step;
   tr.prune = m.prune;
@@ -101,7 +99,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
                               m.rows * 4, m.rows));
   RETURN_IF_ERROR(WriteBlocks(
       s, tr, used, {reinterpret_cast<const uint8_t*>(m.q.codes.data()), m.q.codes.size()}, m.cols,
-      rpb, IsPackedBits(m.q.bits) ? m.q.bits : 0));
+      rpb, IsPackedBits(m.q.bits()) ? m.q.bits() : 0));
   tr.codecs = Join(used);
   s.rep.tensors.push_back(tr);
   s.done_bytes += m.rows * m.cols;

@@ -72,6 +72,17 @@ Status CalibrateReads(const ModelLayout& layout, storage::BlockReader* reader, P
   return Status::Ok();
 }
 
+// Multiply-adds per second of `product` over rows x cols (one warm-up call, then 8 timed).
+template <typename Product>
+double MacsPerSecond(size_t rows, size_t cols, Product product) {
+  product();
+  const auto t0 = Clock::now();
+  constexpr int kReps = 8;
+  for (int i = 0; i < kReps; ++i) product();
+  const double s = Seconds(t0, Clock::now());
+  return s > 0 ? static_cast<double>(rows * cols) * kReps / s : 0;
+}
+
 // Compute: int8 GEMV over the calibration buffer (in cache, so optimistic; the controller
 // corrects it from the first tokens).
 void CalibrateCompute(size_t dim, int bits, PageBuffer* tmp, Rates* rates) {
@@ -85,29 +96,21 @@ void CalibrateCompute(size_t dim, int bits, PageBuffer* tmp, Rates* rates) {
   const kernels::Q8MatrixView mv{
       reinterpret_cast<const int8_t*>(tmp->data()), scale.data(), rs.data(), rows, cols, stride};
   const kernels::KernelTable& kt = kernels::Kernels();
-  kt.gemv_q8_q8(mv, xq.data(), 1.0f, y.data(), 0, rows);
-  const auto c0 = Clock::now();
-  constexpr int kReps = 8;
-  for (int i = 0; i < kReps; ++i) kt.gemv_q8_q8(mv, xq.data(), 1.0f, y.data(), 0, rows);
-  const double cs = Seconds(c0, Clock::now());
-  if (cs > 0) rates->compute_macs_per_s = static_cast<double>(rows * cols) * kReps / cs;
+  const double int8_rate =
+      MacsPerSecond(rows, cols, [&] { kt.gemv_q8_q8(mv, xq.data(), 1.0f, y.data(), 0, rows); });
+  if (int8_rate > 0) rates->compute_macs_per_s = int8_rate;
   // The packed products at the model's most common narrow width, on the same bytes (timing
   // only). In cache, so the ratio is that of compute-bound products: out of cache the packed
   // ones read fewer bytes and are relatively faster, which this estimate leaves out.
-  if (bits == 8 || cs <= 0) return;
+  if (bits == 8 || int8_rate <= 0) return;
   const size_t row_bytes = kernels::PackedRowBytes(cols, bits);
   const size_t prows = std::max<size_t>(1, tmp->size() / row_bytes);
   if (prows * row_bytes > tmp->size()) return;
   std::vector<float> pscale(prows, 0.01f), py(prows);
   const kernels::PackedMatrixView pv{tmp->data(), pscale.data(), prows, cols, row_bytes, bits};
-  kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows);
-  const auto p0 = Clock::now();
-  for (int i = 0; i < kReps; ++i) kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows);
-  const double ps = Seconds(p0, Clock::now());
-  if (ps > 0) {
-    const double packed_rate = static_cast<double>(prows * cols) * kReps / ps;
-    rates->packed_compute_ratio = rates->compute_macs_per_s / packed_rate;
-  }
+  const double packed_rate = MacsPerSecond(
+      prows, cols, [&] { kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows); });
+  if (packed_rate > 0) rates->packed_compute_ratio = int8_rate / packed_rate;
 }
 
 // The narrow width (4..7) holding the most weights of the model's units, 8 if none.

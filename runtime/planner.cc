@@ -344,7 +344,7 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
             for (int nc = 0; nc + nd <= layers; ++nc) {
               std::vector<Tier> tiers = Interleave(layers, nd, nc, res);
               tiers.push_back(head);
-              const bool all_decoded = nd == layers && IsResident(head);
+              const bool all_resident = nd == layers && IsResident(head);
               const bool any_flash = nd + nc < layers || head == Tier::kFlash;
               for (int staging = 1; staging <= (any_flash ? 3 : 1); ++staging) {
                 for (int c = 1; c <= cores; ++c) {
@@ -357,10 +357,10 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
                   consider(std::move(p));
                 }
               }
-              for (int slots = 1; slots <= (all_decoded ? 1 : 4); ++slots) {
+              for (int slots = 1; slots <= (all_resident ? 1 : 4); ++slots) {
                 for (int staging = 1; staging <= (any_flash ? 2 : 1); ++staging) {
                   for (int c = 1; c <= cores; ++c) {
-                    for (int d = 1; d <= (all_decoded ? 1 : cores); ++d) {
+                    for (int d = 1; d <= (all_resident ? 1 : cores); ++d) {
                       Plan p;
                       p.policy = policy;
                       p.tiers = tiers;

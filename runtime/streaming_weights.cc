@@ -199,6 +199,7 @@ Status StreamingWeights::Impl::LoadPacked(int u) {
   const UnitLayout& U = decoder->unit(u);
   ASSIGN_OR_RETURN(R.decoded, PageBuffer::Allocate(U.packed_size, "a packed unit"));
   std::vector<int8_t> q(layout.max_padded_block);  // one block of rows, decoded before packing
+  std::vector<int32_t> sums(layout.max_block_rows);
   for (const WorkBlock& w : U.work) {
     const uint8_t* range = nullptr;
     if (!w.scale) {
@@ -207,7 +208,7 @@ Status StreamingWeights::Impl::LoadPacked(int u) {
       range = *stored - (reader->block(w.block).offset() - U.range_begin);
     }
     RETURN_IF_ERROR(decoder->DecodeWorkPacked(U, w, range, R.decoded.data(), lookup->decoder(),
-                                              lookup->raw(), q.data()));
+                                              lookup->raw(), q.data(), sums.data()));
   }
   lookup->reader()->DropCache(U.range_begin, U.range_end - U.range_begin);
   decoder->BuildPackedViews(u, R.decoded.data(), &R.layer_view, &R.head_view);

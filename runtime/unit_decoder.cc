@@ -11,6 +11,21 @@
 namespace dcomp::runtime {
 
 namespace pb = storage::pb;
+
+namespace {
+
+// An INT8 matrix view over a unit's buffer at `base` (codes, scales, row sums at those offsets).
+kernels::Q8MatrixView Q8View(const uint8_t* base, size_t q_off, size_t scale_off, size_t rowsum_off,
+                             const TensorLayout& T) {
+  return {reinterpret_cast<const int8_t*>(base + q_off),
+          reinterpret_cast<const float*>(base + scale_off),
+          reinterpret_cast<const int32_t*>(base + rowsum_off),
+          T.rows,
+          T.cols,
+          T.stride};
+}
+
+}  // namespace
 Status InlineMatrix::DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const {
   return d_->DecodeInline(*t_, range_begin_, range_, k, q, row_sum);
 }
@@ -19,13 +34,18 @@ Result<bool> InlineMatrix::PackedRows(size_t k, kernels::PackedMatrixView* rows)
   return d_->PackedInline(*t_, range_begin_, range_, k, rows);
 }
 
+std::span<const uint8_t> UnitDecoder::StoredIn(uint32_t i, uint64_t range_begin,
+                                               const uint8_t* range) const {
+  const pb::Block& b = reader_->block(i);
+  return {range + (b.offset() - range_begin), b.stored_size()};
+}
+
 Result<bool> UnitDecoder::PackedInline(const TensorLayout& T, uint64_t range_begin,
                                        const uint8_t* range, size_t k,
                                        kernels::PackedMatrixView* rows) const {
   const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
-  const pb::Block& b = reader_->block(i);
-  if (b.codec() != pb::CODEC_PACKED) return false;
-  std::span<const uint8_t> stored(range + (b.offset() - range_begin), b.stored_size());
+  if (reader_->block(i).codec() != pb::CODEC_PACKED) return false;
+  const std::span<const uint8_t> stored = StoredIn(i, range_begin, range);
   RETURN_IF_ERROR(reader_->CheckCrc(i, stored));
   rows->data = stored.data();
   rows->row_bytes = T.packed_row_bytes;
@@ -37,8 +57,7 @@ Status UnitDecoder::DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t r
                                    const uint8_t* stored_range, size_t rows, int8_t* q,
                                    int32_t* row_sum, storage::BlockDecoder* dec,
                                    uint8_t* scratch) const {
-  const pb::Block& b = reader_->block(i);
-  std::span<const uint8_t> stored(stored_range + (b.offset() - range_begin), b.stored_size());
+  const std::span<const uint8_t> stored = StoredIn(i, range_begin, stored_range);
   const size_t n = rows * T.cols;
   if (T.stride == T.cols) {
     RETURN_IF_ERROR(
@@ -72,18 +91,24 @@ Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w, const ui
 
 Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,
                                      const uint8_t* stored_range, uint8_t* dst,
-                                     storage::BlockDecoder* dec, uint8_t* scratch,
-                                     int8_t* q) const {
+                                     storage::BlockDecoder* dec, uint8_t* scratch, int8_t* q,
+                                     int32_t* sums) const {
   const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
   if (w.scale) {
     std::memcpy(dst + T.p_scale_off, U.scales[static_cast<size_t>(w.t)].data(),
                 T.rows * sizeof(float));
     return Status::Ok();
   }
-  int32_t* row_sum = reinterpret_cast<int32_t*>(dst + T.p_rowsum_off) + w.row0;
+  uint8_t* out = dst + T.p_off + w.row0 * T.packed_row_bytes;
+  if (reader_->block(w.block).codec() == pb::CODEC_PACKED) {  // stored as held: check and copy
+    const std::span<const uint8_t> stored = StoredIn(w.block, U.range_begin, stored_range);
+    RETURN_IF_ERROR(reader_->CheckCrc(w.block, stored));
+    std::memcpy(out, stored.data(), stored.size());
+    return Status::Ok();
+  }
+  int32_t* row_sum = T.bits == 8 ? reinterpret_cast<int32_t*>(dst + T.p_rowsum_off) + w.row0 : sums;
   RETURN_IF_ERROR(
       DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows, q, row_sum, dec, scratch));
-  uint8_t* out = dst + T.p_off + w.row0 * T.packed_row_bytes;
   if (T.bits == 8) {
     std::memcpy(out, q, w.rows * T.stride);
   } else if (PackRows(q, w.rows, T.cols, T.stride, T.bits, out) != w.rows) {
@@ -132,12 +157,7 @@ void UnitDecoder::BuildViews(int u, const uint8_t* base, LayerWeights* layer,
     const TensorLayout& T = U.tensors[t];
     LinearWeights v;
     v.quantized = true;
-    v.q8 = {reinterpret_cast<const int8_t*>(base + T.q_off),
-            reinterpret_cast<const float*>(base + T.scale_off),
-            reinterpret_cast<const int32_t*>(base + T.rowsum_off),
-            T.rows,
-            T.cols,
-            T.stride};
+    v.q8 = Q8View(base, T.q_off, T.scale_off, T.rowsum_off, T);
     return v;
   };
   AssembleViews(u, view, layer, head);
@@ -150,17 +170,11 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
     const TensorLayout& T = U.tensors[t];
     LinearWeights v;
     v.quantized = true;
-    const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
-    const int32_t* row_sum = reinterpret_cast<const int32_t*>(base + T.p_rowsum_off);
     if (T.bits == 8) {
-      v.q8 = {reinterpret_cast<const int8_t*>(base + T.p_off),
-              scale,
-              row_sum,
-              T.rows,
-              T.cols,
-              T.stride};
+      v.q8 = Q8View(base, T.p_off, T.p_scale_off, T.p_rowsum_off, T);
     } else {
-      v.q8 = {nullptr, scale, row_sum, T.rows, T.cols, T.stride};
+      const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
+      v.q8 = {nullptr, scale, nullptr, T.rows, T.cols, T.stride};
       v.packed = {base + T.p_off, scale, T.rows, T.cols, T.packed_row_bytes, T.bits};
     }
     return v;

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "engine/weights.h"
@@ -67,11 +68,13 @@ class UnitDecoder {
   // and checked at open.
   Status DecodeWork(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
                     uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch) const;
-  // The same into the unit's packed layout at dst: the rows are decoded (checked) into `q`
-  // (rows_per_block x stride bytes), then packed to the tensor's width (copied at 8 bits).
+  // The same into the unit's packed layout at dst: a block stored packed is checked (CRC) and
+  // copied; any other is decoded (checked) into `q` (rows_per_block x stride bytes, its row sums
+  // into `sums`, rows_per_block entries, unless the tensor keeps them), then packed to the
+  // tensor's width (copied at 8 bits).
   Status DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
-                          uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch,
-                          int8_t* q) const;
+                          uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch, int8_t* q,
+                          int32_t* sums) const;
   // Block k of tensor T's rows when it is stored packed: a view into the range, its CRC checked
   // (false when the block is entropy-coded).
   Result<bool> PackedInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range,
@@ -95,6 +98,8 @@ class UnitDecoder {
   void TakeInlineCounters(uint64_t* bytes, double* seconds) const;
 
  private:
+  // The stored bytes of block i in a unit range held in RAM from file offset `range_begin`.
+  std::span<const uint8_t> StoredIn(uint32_t i, uint64_t range_begin, const uint8_t* range) const;
   template <typename ViewFn>
   void AssembleViews(int u, ViewFn view, LayerWeights* layer, LinearWeights* head) const;
 

@@ -78,8 +78,10 @@ class LayoutBuilder {
     U.packed_size += (L.rows * L.packed_row_bytes + 63) / 64 * 64;
     L.p_scale_off = U.packed_size;
     U.packed_size += (L.rows * 4 + 63) / 64 * 64;
-    L.p_rowsum_off = U.packed_size;
-    U.packed_size += (L.rows * 4 + 63) / 64 * 64;
+    if (L.bits == 8) {  // the INT8 products' row sums (the packed GEMM takes its tiles' own)
+      L.p_rowsum_off = U.packed_size;
+      U.packed_size += (L.rows * 4 + 63) / 64 * 64;
+    }
     const size_t rpb = static_cast<size_t>(T.rows_per_block());
     L.first_block = T.first_block();
     L.rows_per_block = rpb;

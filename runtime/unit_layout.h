@@ -2,7 +2,7 @@
 // seven matrices (in LayerWeights order), or the output matrix (the last unit). For each unit: its
 // tensors' blocks (a row-scale block, then blocks of whole rows), its page-aligned range on flash,
 // and where each tensor sits in the unit's decoded form (codes padded to the kernels' stride, row
-// scales, row sums) and in its packed form (codes at their width, row scales, row sums). Also what
+// scales, row sums) and in its packed form (codes at their width, row scales). Also what
 // is always held decoded: norms, biases, row scales (checked once at open) and the embedding's row
 // scales; and the planner's view of each unit (UnitInfo).
 //
@@ -27,7 +27,8 @@ struct TensorLayout {
   size_t q_off = 0, scale_off = 0, rowsum_off = 0;      // in the unit's decoded layout
   int bits = 8;                                         // the codes' width (manifest)
   size_t packed_row_bytes = 0;                          // PackedRowBytes, or stride at 8 bits
-  size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;  // in the unit's packed layout
+  size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;  // in the unit's packed layout (row sums:
+                                                        // 8-bit tensors only)
   uint32_t first_block = 0;                             // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
 };

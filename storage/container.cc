@@ -234,6 +234,10 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const uint32_t bi = T.first_block() + k;
       const pb::Block& B = manifest_.blocks(static_cast<int>(bi));
+      if ((!q8 || k == 0) && B.codec() == pb::CODEC_PACKED) {
+        return loss(id + ": block " + std::to_string(bi) + " holds " +
+                    (q8 ? "row scales" : "f32 rows") + " but is marked packed");
+      }
       uint64_t want;
       if (q8 && k == 0) {
         want = rows * 4;
@@ -241,7 +245,7 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
         const uint64_t r0 = (k - (q8 ? 1 : 0)) * rpb;
         want = std::min(rpb, rows - r0) * cols * elem;
         if (B.codec() == pb::CODEC_PACKED) {
-          if (!q8 || !IsPackedBits(T.bits())) {
+          if (!IsPackedBits(T.bits())) {
             return loss(id + ": block " + std::to_string(bi) +
                         " is packed but the tensor has no packed width (bits " +
                         std::to_string(T.bits()) + ")");
@@ -253,10 +257,6 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
                         std::to_string(packed) + " (" + std::to_string(T.bits()) + "-bit rows)");
           }
         }
-      }
-      if ((!q8 || k == 0) && B.codec() == pb::CODEC_PACKED) {
-        return loss(id + ": block " + std::to_string(bi) + " holds " +
-                    (q8 ? "row scales" : "f32 rows") + " but is marked packed");
       }
       if (B.raw_size() != want) {
         return loss(id + ": block " + std::to_string(bi) + " raw_size " +
