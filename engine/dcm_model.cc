@@ -61,6 +61,7 @@ pb::Tokenizer TokenizerToProto(const TokenizerSpec& t) {
   p.set_unk_id(t.unk_id);
   p.set_add_bos(t.add_bos);
   p.set_add_space_prefix(t.add_space_prefix);
+  p.set_pre(t.pre);
   return p;
 }
 
@@ -76,6 +77,7 @@ TokenizerSpec TokenizerFromProto(const pb::Tokenizer& p) {
   t.unk_id = p.unk_id();
   t.add_bos = p.add_bos();
   t.add_space_prefix = p.add_space_prefix();
+  if (!p.pre().empty()) t.pre = p.pre();
   return t;
 }
 

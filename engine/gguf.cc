@@ -127,26 +127,6 @@ Status ReadValue(Cursor* c, GgufType type, int depth, GgufValue* v, const std::s
   return Status::Ok();
 }
 
-struct TypeTraits {
-  uint32_t block;  // elements per block
-  uint32_t bytes;  // bytes per block
-};
-
-bool Traits(uint32_t type, TypeTraits* t) {
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: *t = {1, 4}; return true;
-    case GgmlType::kF16: *t = {1, 2}; return true;
-    case GgmlType::kBF16: *t = {1, 2}; return true;
-    case GgmlType::kQ8_0: *t = {32, 34}; return true;
-    case GgmlType::kQ4_0: *t = {32, 18}; return true;
-    case GgmlType::kQ4_1: *t = {32, 20}; return true;
-    case GgmlType::kQ5_0: *t = {32, 22}; return true;
-    case GgmlType::kQ5_1: *t = {32, 24}; return true;
-    case GgmlType::kQ8_1: *t = {32, 36}; return true;
-  }
-  return false;
-}
-
 uint16_t FloatToHalf(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
@@ -172,21 +152,6 @@ uint16_t FloatToHalf(float f) {
 
 }  // namespace
 
-std::string GgmlTypeName(uint32_t type) {
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: return "F32";
-    case GgmlType::kF16: return "F16";
-    case GgmlType::kQ4_0: return "Q4_0";
-    case GgmlType::kQ4_1: return "Q4_1";
-    case GgmlType::kQ5_0: return "Q5_0";
-    case GgmlType::kQ5_1: return "Q5_1";
-    case GgmlType::kQ8_0: return "Q8_0";
-    case GgmlType::kQ8_1: return "Q8_1";
-    case GgmlType::kBF16: return "BF16";
-  }
-  return "ggml type " + std::to_string(type);
-}
-
 bool GgufValue::is_integer() const {
   switch (type) {
     case GgufType::kUint8:
@@ -198,51 +163,6 @@ bool GgufValue::is_integer() const {
     case GgufType::kUint64:
     case GgufType::kInt64: return true;
     default: return false;
-  }
-}
-
-Result<uint64_t> GgmlRowBytes(uint32_t type, int64_t ne0) {
-  TypeTraits t;
-  if (!Traits(type, &t)) return UnimplementedError("tensor type " + GgmlTypeName(type));
-  if (ne0 < 0 || ne0 % t.block != 0) {
-    return InvalidArgumentError("row of " + std::to_string(ne0) +
-                                " elements is not a multiple of " + GgmlTypeName(type) +
-                                "'s block of " + std::to_string(t.block));
-  }
-  return static_cast<uint64_t>(ne0) / t.block * t.bytes;
-}
-
-Status GgmlToF32(uint32_t type, const uint8_t* src, int64_t n, float* dst) {
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return Status::Ok();
-    case GgmlType::kF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = HalfToFloat(h);
-      }
-      return Status::Ok();
-    case GgmlType::kBF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = BFloat16ToFloat(h);
-      }
-      return Status::Ok();
-    case GgmlType::kQ8_0: {
-      if (n % 32 != 0) return InvalidArgumentError("Q8_0 element count not a multiple of 32");
-      for (int64_t b = 0; b < n / 32; ++b) {
-        const uint8_t* blk = src + b * 34;
-        uint16_t h;
-        std::memcpy(&h, blk, 2);
-        const float d = HalfToFloat(h);
-        for (int k = 0; k < 32; ++k) dst[b * 32 + k] = d * static_cast<int8_t>(blk[2 + k]);
-      }
-      return Status::Ok();
-    }
-    default:
-      return UnimplementedError("tensor type " + GgmlTypeName(type) +
-                                " (supported: F32, F16, BF16, Q8_0)");
   }
 }
 
@@ -326,8 +246,8 @@ Status GgufFile::Parse() {
   }
   const uint64_t data_start = (c.offset() + alignment - 1) / alignment * alignment;
   for (GgufTensorInfo& t : tensors_) {
-    TypeTraits tr;
-    if (Traits(t.type, &tr)) {
+    GgmlBlock block;
+    if (GgmlReadableBlock(t.type, &block)) {
       auto row = GgmlRowBytes(t.type, t.ne[0]);
       if (!row.ok()) return row.status().WithContext("tensor '" + t.name + "'");
       t.nbytes = *row;
@@ -536,6 +456,20 @@ Status GgufWriter::AddTensor(const std::string& name, int64_t rows, int64_t cols
                                 GgmlTypeName(static_cast<uint32_t>(type)));
   }
   tensors_.push_back(std::move(t));
+  return Status::Ok();
+}
+
+Status GgufWriter::AddRawTensor(const std::string& name, int64_t rows, int64_t cols, GgmlType type,
+                                std::vector<uint8_t> bytes) {
+  ASSIGN_OR_RETURN(uint64_t row_bytes, GgmlRowBytes(static_cast<uint32_t>(type), cols));
+  if (rows < 1 || bytes.size() != row_bytes * static_cast<uint64_t>(rows)) {
+    return InvalidArgumentError("tensor '" + name + "': " + std::to_string(bytes.size()) +
+                                " bytes, expected " + std::to_string(rows) + " rows of " +
+                                std::to_string(row_bytes));
+  }
+  tensors_.push_back({name,
+                      rows == 1 ? std::vector<int64_t>{cols} : std::vector<int64_t>{cols, rows},
+                      type, std::move(bytes)});
   return Status::Ok();
 }
 

@@ -15,6 +15,7 @@
 
 #include "base/file.h"
 #include "base/status.h"
+#include "engine/ggml_quants.h"
 
 namespace dcomp {
 
@@ -33,20 +34,6 @@ enum class GgufType : uint32_t {
   kInt64 = 11,
   kFloat64 = 12,
 };
-
-// ggml tensor types dcomp knows by name; others are reported by number.
-enum class GgmlType : uint32_t {
-  kF32 = 0,
-  kF16 = 1,
-  kQ4_0 = 2,
-  kQ4_1 = 3,
-  kQ5_0 = 6,
-  kQ5_1 = 7,
-  kQ8_0 = 8,
-  kQ8_1 = 9,
-  kBF16 = 30,
-};
-std::string GgmlTypeName(uint32_t type);
 
 struct GgufValue {
   GgufType type = GgufType::kUint8;
@@ -98,12 +85,6 @@ class GgufFile {
   std::map<std::string, size_t> tensor_index_;
 };
 
-// Bytes per row of `ne0` elements of a ggml type; InvalidArgument for unsupported types or a row
-// length that is not a multiple of the block size.
-Result<uint64_t> GgmlRowBytes(uint32_t type, int64_t ne0);
-// Dequantizes `n` elements of ggml `type` at `src` into `dst`.
-Status GgmlToF32(uint32_t type, const uint8_t* src, int64_t n, float* dst);
-
 class GgufWriter {
  public:
   void SetString(const std::string& key, std::string v);
@@ -117,6 +98,9 @@ class GgufWriter {
   // A tensor [rows][cols] (rows = 1 for vectors) stored as F32, F16 or Q8_0.
   Status AddTensor(const std::string& name, int64_t rows, int64_t cols, GgmlType type,
                    std::span<const float> data);
+  // A tensor [rows][cols] of any readable type, given as its ggml bytes (checked for size).
+  Status AddRawTensor(const std::string& name, int64_t rows, int64_t cols, GgmlType type,
+                      std::vector<uint8_t> bytes);
   Status Write(const std::string& path) const;
 
  private:

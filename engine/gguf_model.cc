@@ -1,6 +1,9 @@
 // ModelFile over a GGUF file (architectures llama and qwen2).
 #include <cmath>
+#include <cstdio>
+#include <set>
 
+#include "base/mutex.h"
 #include "engine/internal/model_formats.h"
 
 namespace dcomp::internal {
@@ -114,6 +117,11 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
       return UnimplementedError("GGUF " + path + ": tensor '" + t.name + "' has " +
                                 std::to_string(t.ne.size()) + " dimensions");
     }
+    if (GgmlBlock block; !GgmlReadableBlock(t.type, &block)) {
+      return UnimplementedError(
+          "GGUF " + path + ": tensor '" + t.name + "' has type " + GgmlTypeName(t.type) +
+          ", which dcomp cannot read (readable: " + GgmlReadableTypeNames() + ")");
+    }
     TensorDesc d;
     d.name = t.name;
     d.cols = t.ne[0];
@@ -180,6 +188,19 @@ Result<TokenizerSpec> GgufTokenizerSpec(const GgufFile& g) {
                      g.GetArray("tokenizer.ggml.merges", GgufType::kString));
     for (const auto& v : *merges) s.merges.push_back(v.str);
   }
+  if (g.Find("tokenizer.ggml.pre")) {
+    ASSIGN_OR_RETURN(s.pre, g.GetString("tokenizer.ggml.pre"));
+  } else if (s.model == "gpt2") {
+    // As llama.cpp does; said once per file and process.
+    static Mutex mu;
+    static std::set<std::string>* warned = new std::set<std::string>();
+    MutexLock lock(&mu);
+    if (warned->insert(g.path()).second) {
+      std::fprintf(stderr,
+                   "note: %s has no tokenizer.ggml.pre; using the default (GPT-2) pre-tokenizer\n",
+                   g.path().c_str());
+    }
+  }
   auto get_id = [&](const std::string& key, int32_t* out) -> Status {
     if (!g.Find(key)) return Status::Ok();
     ASSIGN_OR_RETURN(int64_t v, g.GetInt(key));
@@ -190,7 +211,7 @@ Result<TokenizerSpec> GgufTokenizerSpec(const GgufFile& g) {
   RETURN_IF_ERROR(get_id("tokenizer.ggml.bos_token_id", &s.bos_id));
   RETURN_IF_ERROR(get_id("tokenizer.ggml.eos_token_id", &s.eos_id));
   RETURN_IF_ERROR(get_id("tokenizer.ggml.unknown_token_id", &s.unk_id));
-  s.add_bos = s.model == "llama";
+  s.add_bos = s.model == "llama" || (s.model == "gpt2" && PreTokenizer::AddsBosByDefault(s.pre));
   if (g.Find("tokenizer.ggml.add_bos_token")) {
     ASSIGN_OR_RETURN(s.add_bos, g.GetBool("tokenizer.ggml.add_bos_token"));
   }

@@ -1,5 +1,6 @@
 #include "engine/tokenizer.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <queue>
@@ -86,6 +87,16 @@ Status Tokenizer::Init() {
       }
     }
   }
+  for (int32_t i = 0; i < n; ++i) {
+    const TokenType t = s.token_types[static_cast<size_t>(i)];
+    if ((t == TokenType::kControl || t == TokenType::kUserDefined || t == TokenType::kUnknown) &&
+        !s.tokens[static_cast<size_t>(i)].empty()) {
+      special_ids_.push_back(i);
+    }
+  }
+  std::stable_sort(special_ids_.begin(), special_ids_.end(), [&](int32_t a, int32_t b) {
+    return s.tokens[static_cast<size_t>(a)].size() > s.tokens[static_cast<size_t>(b)].size();
+  });
   token_to_id_.reserve(s.tokens.size());
   for (int32_t i = 0; i < n; ++i) token_to_id_.emplace(s.tokens[i], i);  // first wins on dups
 
@@ -107,6 +118,7 @@ Status Tokenizer::Init() {
       auto it = token_to_id_.find(byte_to_unicode_[b]);
       byte_to_id_[b] = it == token_to_id_.end() ? -1 : it->second;
     }
+    ASSIGN_OR_RETURN(pre_, PreTokenizer::Create(s.pre));
     merge_rank_.reserve(s.merges.size());
     for (size_t r = 0; r < s.merges.size(); ++r) {
       const std::string& m = s.merges[r];
@@ -126,14 +138,48 @@ bool Tokenizer::is_control(int32_t id) const {
   return t == TokenType::kControl || t == TokenType::kUnused;
 }
 
-std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos,
+                                       bool parse_special) const {
   std::vector<int32_t> out;
   if (add_bos && spec_.bos_id >= 0) out.push_back(spec_.bos_id);
   if (text.empty()) return out;
-  if (spec_.model == "llama") {
-    EncodeSpm(text, &out);
-  } else {
-    EncodeGpt2(text, &out);
+  // Special tokens split the text first (longest first); the pieces between them are encoded on
+  // their own, each llama piece with its dummy-prefix space, as after BOS.
+  struct Fragment {
+    size_t begin, len;
+    int32_t id;  // -1: text
+  };
+  std::vector<Fragment> frags = {{0, text.size(), -1}};
+  for (int32_t id : special_ids_) {
+    if (!parse_special && spec_.token_types[static_cast<size_t>(id)] != TokenType::kUserDefined) {
+      continue;
+    }
+    const std::string& t = spec_.tokens[static_cast<size_t>(id)];
+    std::vector<Fragment> next;
+    for (const Fragment& f : frags) {
+      if (f.id >= 0) {
+        next.push_back(f);
+        continue;
+      }
+      size_t pos = f.begin;
+      const size_t end = f.begin + f.len;
+      for (size_t at; (at = text.substr(0, end).find(t, pos)) != std::string_view::npos;) {
+        if (at > pos) next.push_back({pos, at - pos, -1});
+        next.push_back({at, t.size(), id});
+        pos = at + t.size();
+      }
+      if (pos < end) next.push_back({pos, end - pos, -1});
+    }
+    frags = std::move(next);
+  }
+  for (const Fragment& f : frags) {
+    if (f.id >= 0) {
+      out.push_back(f.id);
+    } else if (spec_.model == "llama") {
+      EncodeSpm(text.substr(f.begin, f.len), &out);
+    } else {
+      EncodeGpt2(text.substr(f.begin, f.len), &out);
+    }
   }
   return out;
 }
@@ -204,95 +250,23 @@ void Tokenizer::EncodeSpm(std::string_view raw, std::vector<int32_t>* out) const
   }
 }
 
-namespace {
-// GPT-2 pre-tokenizer over code points, equivalent to the regular expression
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-struct Cp {
-  uint32_t cp;
-  size_t begin, len;
-};
-
-std::vector<std::string_view> Gpt2Split(std::string_view text) {
-  std::vector<Cp> cps;
-  for (size_t i = 0; i < text.size();) {
-    size_t len;
-    uint32_t cp = unicode::DecodeUtf8(text, i, &len);
-    cps.push_back({cp, i, len});
-    i += len;
-  }
-  const size_t n = cps.size();
-  auto is_l = [&](size_t i) { return i < n && unicode::IsLetter(cps[i].cp); };
-  auto is_n = [&](size_t i) { return i < n && unicode::IsNumber(cps[i].cp); };
-  auto is_s = [&](size_t i) { return i < n && unicode::IsWhiteSpace(cps[i].cp); };
-  auto is_other = [&](size_t i) { return i < n && !is_l(i) && !is_n(i) && !is_s(i); };
-  auto lower_ascii = [&](size_t i) -> uint32_t { return i < n ? cps[i].cp : 0; };
-
-  std::vector<std::string_view> words;
-  auto emit = [&](size_t a, size_t b) {  // code points [a, b)
-    words.push_back(text.substr(cps[a].begin, cps[b - 1].begin + cps[b - 1].len - cps[a].begin));
-  };
-  size_t i = 0;
-  while (i < n) {
-    const uint32_t c = cps[i].cp;
-    if (c == '\'') {
-      const uint32_t c1 = lower_ascii(i + 1), c2 = lower_ascii(i + 2);
-      if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
-        emit(i, i + 2);
-        i += 2;
-        continue;
-      }
-      if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
-        emit(i, i + 3);
-        i += 3;
-        continue;
-      }
-    }
-    const size_t start = i;
-    const size_t j = (c == ' ') ? i + 1 : i;  // optional leading space
-    if (is_l(j)) {
-      size_t k = j;
-      while (is_l(k)) ++k;
-      emit(start, k);
-      i = k;
-    } else if (is_n(j)) {
-      size_t k = j;
-      while (is_n(k)) ++k;
-      emit(start, k);
-      i = k;
-    } else if (is_other(j)) {
-      size_t k = j;
-      while (is_other(k)) ++k;
-      emit(start, k);
-      i = k;
-    } else {
-      // Whitespace run [i, k): all of it at the end of text or before more whitespace; before a
-      // non-space, all but the last character (which then prefixes the next word), unless single.
-      size_t k = i;
-      while (is_s(k)) ++k;
-      if (k == i) k = i + 1;  // unreachable in practice: every code point is in one class
-      size_t end = (k < n && k - i > 1) ? k - 1 : k;
-      emit(i, end);
-      i = end;
-    }
-  }
-  return words;
-}
-}  // namespace
-
 void Tokenizer::EncodeGpt2(std::string_view text, std::vector<int32_t>* out) const {
-  for (std::string_view word : Gpt2Split(text)) {
+  for (std::string_view word : pre_->Split(text)) {
     std::string mapped;
     for (unsigned char b : word) mapped += byte_to_unicode_[b];
     BpeWord(mapped, out);
   }
 }
 
-// Byte-level BPE of one pre-tokenized word: merge the adjacent pair with the lowest rank.
+// Byte-level BPE of one pre-tokenized word: merge the adjacent pair with the lowest rank (the
+// leftmost of equal ranks). With ignore_merges, a word that is a token is taken whole.
 void Tokenizer::BpeWord(const std::string& word, std::vector<int32_t>* out) const {
-  auto direct = token_to_id_.find(word);
-  if (direct != token_to_id_.end()) {
-    out->push_back(direct->second);
-    return;
+  if (pre_->ignore_merges()) {
+    auto direct = token_to_id_.find(word);
+    if (direct != token_to_id_.end()) {
+      out->push_back(direct->second);
+      return;
+    }
   }
   std::vector<std::string> parts;
   for (size_t i = 0; i < word.size();) {

@@ -2,7 +2,8 @@
 //
 // Two families: "llama" (SentencePiece-style BPE: merge the adjacent pair whose concatenation has
 // the highest score, byte fallback to <0xNN> pieces, a dummy-prefix space, spaces stored as U+2581)
-// and "gpt2" (byte-level BPE by merge rank after the GPT-2 pre-tokenizer). A Tokenizer is immutable
+// and "gpt2" (byte-level BPE by merge rank within the words of the pre-tokenizer the model names:
+// engine/pretokenizer.h). A Tokenizer is immutable
 // after Create() and safe to use from many threads. Invalid UTF-8 input never fails: bad bytes are
 // encoded through byte fallback (llama) or as single bytes (gpt2).
 #pragma once
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "engine/pretokenizer.h"
 
 namespace dcomp {
 
@@ -35,6 +37,7 @@ struct TokenizerSpec {
   std::vector<float> scores;           // llama: one per token (empty allowed for gpt2)
   std::vector<TokenType> token_types;  // optional: inferred when empty
   std::vector<std::string> merges;     // gpt2: "left right", in rank order
+  std::string pre = "default";         // gpt2: the pre-tokenizer (tokenizer.ggml.pre)
   int32_t bos_id = -1;
   int32_t eos_id = -1;
   int32_t unk_id = -1;
@@ -47,8 +50,11 @@ class Tokenizer {
   // Validates the spec (ids in range, sizes consistent, byte pieces present for llama...).
   static Result<std::unique_ptr<Tokenizer>> Create(TokenizerSpec spec);
 
-  // Encodes text; prepends BOS when `add_bos` (and the model has one).
-  std::vector<int32_t> Encode(std::string_view text, bool add_bos) const;
+  // Encodes text; prepends BOS when `add_bos` (and the model has one). Text equal to a
+  // user-defined token always becomes that token; with `parse_special`, so does the text of a
+  // control token ("<|im_end|>"), as chat prompts need; otherwise such text is encoded as text.
+  std::vector<int32_t> Encode(std::string_view text, bool add_bos,
+                              bool parse_special = false) const;
   // Raw bytes of one token as it appears in text (U+2581 -> ' ', <0xNN> -> the byte, GPT-2
   // byte-level characters -> their bytes). Control tokens give "". Out-of-range ids give "".
   std::string TokenBytes(int32_t id) const;
@@ -60,6 +66,8 @@ class Tokenizer {
   int32_t eos_id() const { return spec_.eos_id; }
   bool add_bos() const { return spec_.add_bos; }
   const std::string& model() const { return spec_.model; }
+  // The pre-tokenizer's name ("" for llama tokenizers, which have none).
+  std::string pre() const { return pre_ ? pre_->name() : std::string(); }
   const std::string& piece(int32_t id) const { return spec_.tokens[static_cast<size_t>(id)]; }
   bool is_control(int32_t id) const;
   bool strips_leading_space() const { return spec_.model == "llama" && spec_.add_space_prefix; }
@@ -77,6 +85,8 @@ class Tokenizer {
   std::unordered_map<std::string, int32_t> merge_rank_;  // "left right" -> rank
   std::string byte_to_unicode_[256];                     // gpt2 byte-level alphabet (UTF-8)
   std::unordered_map<uint32_t, uint8_t> unicode_to_byte_;
+  std::unique_ptr<PreTokenizer> pre_;  // gpt2
+  std::vector<int32_t> special_ids_;   // control, user-defined and unknown; longest text first
 };
 
 // Turns a token stream into text incrementally without ever emitting a partial UTF-8 sequence:

@@ -1,24 +1,6 @@
 #include "engine/internal/unicode.h"
 
-#include <algorithm>
-
 namespace dcomp::unicode {
-namespace {
-struct CodepointRange {
-  uint32_t first;
-  uint32_t last;
-};
-#include "engine/internal/unicode_tables.inc"
-
-template <size_t N>
-bool InRanges(const CodepointRange (&ranges)[N], uint32_t cp) {
-  auto it = std::upper_bound(std::begin(ranges), std::end(ranges), cp,
-                             [](uint32_t v, const CodepointRange& r) { return v < r.first; });
-  if (it == std::begin(ranges)) return false;
-  --it;
-  return cp <= it->last;
-}
-}  // namespace
 
 size_t Utf8SeqLen(uint8_t c) {
   if (c < 0x80) return 1;
@@ -64,10 +46,6 @@ void AppendUtf8(uint32_t cp, std::string* out) {
     out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
 }
-
-bool IsLetter(uint32_t cp) { return InRanges(kLetterRanges, cp); }
-bool IsNumber(uint32_t cp) { return InRanges(kNumberRanges, cp); }
-bool IsWhiteSpace(uint32_t cp) { return InRanges(kWhiteSpaceRanges, cp); }
 
 size_t CompleteUtf8Prefix(std::string_view s) {
   // Look back at most 3 bytes for a lead byte whose sequence is not finished yet.

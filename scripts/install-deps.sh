@@ -7,7 +7,7 @@ packages=(
   liburing-dev libboost-dev libzstd-dev libspdlog-dev libfmt-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libgtest-dev libgmock-dev googletest libbenchmark-dev libsystemd-dev openssl
-  libhtscodecs-dev
+  libhtscodecs-dev libpcre2-dev
   g++-aarch64-linux-gnu qemu-user clang libclang-rt-14-dev
 )
 missing=()

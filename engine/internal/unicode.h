@@ -1,4 +1,5 @@
-// Internal to engine/: UTF-8 helpers and Unicode category lookups for the tokenizers.
+// Internal to engine/: UTF-8 helpers for the tokenizers (Unicode categories: PCRE2, in
+// engine/pretokenizer.cc).
 #pragma once
 
 #include <cstddef>
@@ -14,10 +15,6 @@ size_t Utf8SeqLen(uint8_t c);
 // Decodes one code point at `s[i]`; on invalid input returns U+FFFD with *len = 1.
 uint32_t DecodeUtf8(std::string_view s, size_t i, size_t* len);
 void AppendUtf8(uint32_t cp, std::string* out);
-
-bool IsLetter(uint32_t cp);
-bool IsNumber(uint32_t cp);
-bool IsWhiteSpace(uint32_t cp);
 
 // Length of the longest prefix of `s` that is complete, valid UTF-8 or definitely invalid (i.e. all
 // but a trailing incomplete-yet-valid-so-far sequence).

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <random>
 
@@ -179,17 +180,28 @@ TEST(GgufTest, ShapeMismatchAndMissingTensorAreNamed) {
               "missing tensor 'blk.1.attn_v.weight'");
 }
 
-TEST(GgufTest, UnsupportedTensorTypeIsNamedWhenRead) {
+// Rewrites the ggml type of tensor `name` in a GGUF file written by GgufWriter.
+void PatchTensorType(const std::string& path, const std::string& name, uint32_t type) {
+  std::string bytes = *ReadFileToString(path);
+  const size_t at = bytes.find(name);
+  ASSERT_NE(at, std::string::npos);
+  uint32_t n_dims;
+  std::memcpy(&n_dims, &bytes[at + name.size()], 4);
+  std::memcpy(&bytes[at + name.size() + 4 + 8 * n_dims], &type, 4);
+  WriteBytes(path, bytes);
+}
+
+TEST(GgufTest, UnreadableTensorTypeAndBadRowLengthAreNamed) {
   testing::TinyModelOptions o;
-  const std::string p = TinyGguf(o, "q40.gguf");
-  // Patch the type of the first tensor info (token_embd, F32) to Q4_0 is not size-compatible;
-  // instead check the dequantizer's message directly.
-  std::vector<float> out(32);
-  uint8_t blk[18] = {};
-  Status s = GgmlToF32(static_cast<uint32_t>(GgmlType::kQ4_0), blk, 32, out.data());
-  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
-  EXPECT_NE(s.message().find("Q4_0"), std::string::npos);
-  EXPECT_TRUE(OpenModelFile(p).ok());
+  const std::string p = TinyGguf(o, "types.gguf");
+  ASSERT_TRUE(OpenModelFile(p).ok());
+  PatchTensorType(p, "blk.1.attn_q.weight", 16);  // IQ2_XXS: known to ggml, not read by dcomp
+  ExpectError(OpenModelFile(p), StatusCode::kUnimplemented,
+              "tensor 'blk.1.attn_q.weight' has type IQ2_XXS, which dcomp cannot read");
+  PatchTensorType(p, "blk.1.attn_q.weight", 12);  // Q4_K needs rows of 256
+  ExpectError(OpenModelFile(p), StatusCode::kInvalidArgument,
+              "tensor 'blk.1.attn_q.weight': row of 32 elements is not a multiple of Q4_K's "
+              "block of 256");
 }
 
 TEST(Llama2cTest, TruncatedAndGarbageCheckpoints) {

@@ -11,8 +11,18 @@
 #include "base/thread_pool.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
+#include "engine/model_file.h"
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
+
+// Built with a sanitizer (GCC's macros; clang's __has_feature).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define DCOMP_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define DCOMP_SANITIZED 1
+#endif
+#endif
 
 namespace dcomp {
 namespace {
@@ -114,6 +124,42 @@ TEST_P(ReferenceTest, PerplexityF32MatchesAndW8A8Within1Percent) {
   EXPECT_GT(increase, -0.01);
   std::printf("[ %s ] ppl f32 %.4f, w8a8 %.4f (%+.2f%%)\n", GetParam().name, a->ppl, b->ppl,
               100.0 * increase);
+}
+
+// llama.cpp's own quantizations of stories3M (every legacy, K and IQ4 type the files hold):
+// dequantized at import, each reproduces the mean NLL of llama.cpp's own f32 conversion of it.
+TEST(LlamacppQuantsTest, DequantizedImportReproducesLlamacppNll) {
+  const std::string ref_path =
+      testing::SharedFile("models/gguf/llamacpp-quants/reference_ppl_dev.json");
+  const std::string text_path = testing::SharedFile("data/tinystories-valid-dev.txt");
+  if (ref_path.empty() || text_path.empty()) {
+    GTEST_SKIP() << "llama.cpp quantizations absent under " << testing::SharedDir();
+  }
+  const Json refs = testing::ParseJson(*ReadFileToString(ref_path));
+  const std::string text = *ReadFileToString(text_path);
+  ASSERT_GE(refs.obj.size(), 11u);
+  for (const auto& [file, ref] : refs.obj) {
+    SCOPED_TRACE(file);
+    const std::string path = testing::SharedFile("models/gguf/llamacpp-quants/" + file);
+    ASSERT_FALSE(path.empty());
+#if defined(DCOMP_SANITIZED)
+    // Sanitized builds dequantize every tensor (memory safety); the release build scores them.
+    auto f = OpenModelFile(path);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
+    for (const TensorDesc& t : (*f)->tensors()) {
+      ASSERT_TRUE((*f)->ReadF32(t.name).ok()) << t.name;
+    }
+    continue;
+#endif
+    LocalModel m = Open(path, WeightFormat::kF32);
+    ASSERT_NE(m.model, nullptr);
+    auto r = EvalPerplexity(*m.model, *m.tokenizer, text);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->tokens, static_cast<int64_t>(ref["tokens"].num));
+    EXPECT_NEAR(r->mean_nll, ref["mean_nll"].num, 1e-5);
+    std::printf("[ %s ] mean NLL %.6f (llama.cpp %.6f)\n", file.c_str(), r->mean_nll,
+                ref["mean_nll"].num);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest, ::testing::ValuesIn(kCases),

@@ -70,6 +70,17 @@ TEST(TokenizerTest, Gpt2VocabCases) {
   RunVocabCases(gguf);
 }
 
+// Byte-level vocabularies whose files name another pre-tokenizer than GPT-2's.
+TEST(TokenizerTest, DeepseekLlmVocabCases) {
+  DCOMP_REQUIRE_SHARED(gguf, "models/gguf/ggml-vocab-deepseek-llm.gguf");
+  RunVocabCases(gguf);
+}
+
+TEST(TokenizerTest, FalconVocabCases) {
+  DCOMP_REQUIRE_SHARED(gguf, "models/gguf/ggml-vocab-falcon.gguf");
+  RunVocabCases(gguf);
+}
+
 std::unique_ptr<Tokenizer> EmbeddedTokenizer() {
   auto spec = LoadLlama2cTokenizer(testing::SourceDir() + "/models/tok512.bin", 512);
   EXPECT_TRUE(spec.ok()) << spec.status().ToString();
@@ -164,6 +175,88 @@ TEST(TokenizerTest, WrongLlama2cTokenizerFileIsAClearError) {
   auto r3 = LoadLlama2cTokenizer(testing::SourceDir() + "/models/stories260K.bin", 512);
   ASSERT_FALSE(r3.ok());
   EXPECT_EQ(r3.status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dcomp
+
+namespace dcomp {
+namespace {
+
+std::vector<std::string> Words(const std::string& pre, const std::string& text) {
+  auto p = PreTokenizer::Create(pre);
+  EXPECT_TRUE(p.ok()) << p.status().ToString();
+  if (!p.ok()) return {};
+  std::vector<std::string> out;
+  std::string joined;
+  for (std::string_view w : (*p)->Split(text)) {
+    out.emplace_back(w);
+    joined += w;
+  }
+  EXPECT_EQ(joined, text) << pre;  // nothing dropped, nothing reordered
+  return out;
+}
+
+using W = std::vector<std::string>;
+
+// Each pre-tokenizer on text chosen to show its definition, independently of any vocabulary.
+TEST(PreTokenizerTest, SplitsFollowTheirDefinitions) {
+  EXPECT_EQ(Words("gpt-2", "Hello world's  12345!!\n\n"),
+            (W{"Hello", " world", "'s", " ", " 12345", "!!", "\n\n"}));
+  // Llama 3: numbers in threes, a letter run takes one leading non-letter (not after a space: " $"
+  // is a punctuation word), case-insensitive contractions, punctuation keeps its newlines.
+  EXPECT_EQ(Words("llama-bpe", "Hello WORLD'S 12345 $x!!\n\n  y"),
+            (W{"Hello", " WORLD", "'S", " ", "123", "45", " $", "x", "!!\n\n", " ", " y"}));
+  EXPECT_EQ(Words("qwen2", "ab 123"), (W{"ab", " ", "1", "2", "3"}));
+  // StarCoder / SmolLM: every digit alone, then GPT-2's expression.
+  EXPECT_EQ(Words("smollm", "x 42"), (W{"x", " ", "4", "2"}));
+  // Falcon: punctuation runs alone first; then GPT-2's words, each cut at digit triples.
+  EXPECT_EQ(Words("falcon", "a, b 12345"), (W{"a", ",", " b", " ", "123", "45"}));
+  // DeepSeek LLM: newlines alone, cased-letter runs, CJK runs, numbers.
+  EXPECT_EQ(Words("deepseek-llm", "Hi\n\xE4\xBD\xA0\xE5\xA5\xBD 42"),
+            (W{"Hi", "\n", "\xE4\xBD\xA0\xE5\xA5\xBD", " ", "42"}));
+  // GPT-4o: a capitalised word splits from a following capitalised word.
+  EXPECT_EQ(Words("gpt-4o", "HelloWorld"), (W{"Hello", "World"}));
+  // Invalid UTF-8 takes part as U+FFFD and comes back unchanged.
+  Words("llama-bpe",
+        "a\xFF"
+        "b \xC3");
+}
+
+TEST(PreTokenizerTest, UnknownNamesAreErrors) {
+  auto p = PreTokenizer::Create("not-a-pre");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kUnimplemented);
+  EXPECT_NE(p.status().message().find("'not-a-pre'"), std::string::npos);
+  EXPECT_NE(p.status().message().find("qwen2"), std::string::npos);  // lists the known ones
+  TokenizerSpec s;
+  s.model = "gpt2";
+  s.tokens = {"a", "b"};
+  s.pre = "not-a-pre";
+  auto t = Tokenizer::Create(s);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("'not-a-pre'"), std::string::npos);
+  s.model = "bert";
+  t = Tokenizer::Create(s);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("'bert'"), std::string::npos);
+  for (const std::string& name : PreTokenizer::KnownNames()) {
+    EXPECT_TRUE(PreTokenizer::Create(name).ok()) << name;  // every expression compiles
+  }
+}
+
+TEST(TokenizerTest, ControlTokensAreParsedOnlyWhenAsked) {
+  DCOMP_REQUIRE_SHARED(gguf, "models/gguf/ggml-vocab-gpt-2.gguf");
+  auto tok = Tokenizer::Create(*LoadTokenizerSpec(gguf));
+  ASSERT_TRUE(tok.ok());
+  const std::string text = "a<|endoftext|>b";
+  std::vector<int32_t> special = (*tok)->Encode(text, false, /*parse_special=*/true);
+  EXPECT_EQ(special, (std::vector<int32_t>{64, 50256, 65}));
+  std::vector<int32_t> plain = (*tok)->Encode(text, false, /*parse_special=*/false);
+  EXPECT_GT(plain.size(), 3u);
+  std::string back;
+  for (int32_t id : plain) back += (*tok)->TokenBytes(id);
+  EXPECT_EQ(back, text);
 }
 
 }  // namespace
