@@ -62,6 +62,8 @@ pb::Tokenizer TokenizerToProto(const TokenizerSpec& t) {
   p.set_add_bos(t.add_bos);
   p.set_add_space_prefix(t.add_space_prefix);
   p.set_pre(t.pre);
+  p.set_chat_template(t.chat_template);
+  if (t.eot_id >= 0) p.set_eot_id(t.eot_id);
   return p;
 }
 
@@ -78,6 +80,8 @@ TokenizerSpec TokenizerFromProto(const pb::Tokenizer& p) {
   t.add_bos = p.add_bos();
   t.add_space_prefix = p.add_space_prefix();
   if (!p.pre().empty()) t.pre = p.pre();
+  t.chat_template = p.chat_template();
+  t.eot_id = p.has_eot_id() ? p.eot_id() : -1;
   return t;
 }
 

@@ -26,7 +26,8 @@ Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
   }
   RETURN_IF_ERROR(req.sampling.Validate());
   GenerateResult res;
-  res.prompt_ids = req.prompt_ids ? *req.prompt_ids : tok.Encode(req.prompt, tok.add_bos());
+  res.prompt_ids =
+      req.prompt_ids ? *req.prompt_ids : tok.Encode(req.prompt, tok.add_bos(), req.parse_special);
   const int32_t ctx = model.context_length();
   if (static_cast<int64_t>(res.prompt_ids.size()) >= ctx) {
     return InvalidArgumentError("prompt is " + std::to_string(res.prompt_ids.size()) +
@@ -46,7 +47,8 @@ Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
   res.stop_reason = "length";
   for (int32_t i = 0; i < req.max_tokens; ++i) {
     const int32_t next = sampler.Sample(logits, all);
-    if (req.stop_at_eos && (next == tok.eos_id() || (next == tok.bos_id() && tok.bos_id() >= 0))) {
+    if (req.stop_at_eos &&
+        (tok.is_end_of_generation(next) || (next == tok.bos_id() && tok.bos_id() >= 0))) {
       res.stop_reason = "eos";
       break;
     }

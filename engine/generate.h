@@ -22,10 +22,13 @@ struct GenerateRequest {
   std::string prompt;
   int32_t max_tokens = 64;
   SamplingParams sampling;
-  bool stop_at_eos = true;
+  bool stop_at_eos = true;  // stop at any end-of-generation token (Tokenizer::is_end_of_generation)
+  // Parse control-token text in the prompt (a rendered chat prompt): see Tokenizer::Encode.
+  bool parse_special = false;
   // The prompt's token ids when the caller has encoded it already (dcompd's request validation):
-  // they must be tok.Encode(prompt, tok.add_bos()) with the Tokenizer given to Generate, which then
-  // uses them instead of encoding the prompt again. Unset: Generate encodes the prompt.
+  // they must be tok.Encode(prompt, tok.add_bos(), parse_special) with the Tokenizer given to
+  // Generate, which then uses them instead of encoding the prompt again. Unset: Generate encodes
+  // the prompt.
   std::optional<std::vector<int32_t>> prompt_ids;
 };
 

@@ -211,6 +211,10 @@ Result<TokenizerSpec> GgufTokenizerSpec(const GgufFile& g) {
   RETURN_IF_ERROR(get_id("tokenizer.ggml.bos_token_id", &s.bos_id));
   RETURN_IF_ERROR(get_id("tokenizer.ggml.eos_token_id", &s.eos_id));
   RETURN_IF_ERROR(get_id("tokenizer.ggml.unknown_token_id", &s.unk_id));
+  RETURN_IF_ERROR(get_id("tokenizer.ggml.eot_token_id", &s.eot_id));
+  if (g.Find("tokenizer.chat_template")) {
+    ASSIGN_OR_RETURN(s.chat_template, g.GetString("tokenizer.chat_template"));
+  }
   s.add_bos = s.model == "llama" || (s.model == "gpt2" && PreTokenizer::AddsBosByDefault(s.pre));
   if (g.Find("tokenizer.ggml.add_bos_token")) {
     ASSIGN_OR_RETURN(s.add_bos, g.GetBool("tokenizer.ggml.add_bos_token"));

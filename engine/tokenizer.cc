@@ -70,6 +70,7 @@ Status Tokenizer::Init() {
   }
   for (auto [name, id] : {std::pair<const char*, int32_t>{"bos", s.bos_id},
                           {"eos", s.eos_id},
+                          {"end-of-turn", s.eot_id},
                           {"unknown", s.unk_id}}) {
     if (id < -1 || id >= n) {
       return InvalidArgumentError(std::string("tokenizer ") + name + " token id " +
@@ -86,6 +87,20 @@ Status Tokenizer::Init() {
         s.token_types[i] = TokenType::kByte;
       }
     }
+  }
+  // End of generation: EOS, the file's end-of-turn token, and the chat families' end-of-turn and
+  // end-of-text tokens by their text (as llama.cpp finds them), which become control tokens.
+  static const char* const kEndTexts[] = {"<|eot_id|>",    "<|im_end|>",    "<|end|>",
+                                          "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+                                          "<|eom_id|>",    "<EOT>",         "_<EOT>",
+                                          "[EOT]",         "[EOS]",         "<end_of_utterance>"};
+  for (int32_t i = 0; i < n; ++i) {
+    const std::string& text = s.tokens[static_cast<size_t>(i)];
+    bool end = i == s.eos_id || i == s.eot_id;
+    for (const char* e : kEndTexts) end = end || text == e;
+    if (!end) continue;
+    end_ids_.push_back(i);
+    if (i != s.eos_id) s.token_types[static_cast<size_t>(i)] = TokenType::kControl;
   }
   for (int32_t i = 0; i < n; ++i) {
     const TokenType t = s.token_types[static_cast<size_t>(i)];
@@ -130,6 +145,10 @@ Status Tokenizer::Init() {
     }
   }
   return Status::Ok();
+}
+
+bool Tokenizer::is_end_of_generation(int32_t id) const {
+  return std::find(end_ids_.begin(), end_ids_.end(), id) != end_ids_.end();
 }
 
 bool Tokenizer::is_control(int32_t id) const {

@@ -38,9 +38,11 @@ struct TokenizerSpec {
   std::vector<TokenType> token_types;  // optional: inferred when empty
   std::vector<std::string> merges;     // gpt2: "left right", in rank order
   std::string pre = "default";         // gpt2: the pre-tokenizer (tokenizer.ggml.pre)
+  std::string chat_template;           // Jinja (tokenizer.chat_template); "" when none
   int32_t bos_id = -1;
   int32_t eos_id = -1;
   int32_t unk_id = -1;
+  int32_t eot_id = -1;  // end of turn (tokenizer.ggml.eot_token_id), when the file names one
   bool add_bos = true;
   bool add_space_prefix = true;  // llama only
 };
@@ -70,6 +72,11 @@ class Tokenizer {
   std::string pre() const { return pre_ ? pre_->name() : std::string(); }
   const std::string& piece(int32_t id) const { return spec_.tokens[static_cast<size_t>(id)]; }
   bool is_control(int32_t id) const;
+  // Whether generation ends at this token: EOS, the end-of-turn token the file names, and the
+  // end-of-turn / end-of-text tokens of the chat families found by their text (<|im_end|>,
+  // <|eot_id|>, <end_of_turn>, <|end|>, <|endoftext|>, ...), which are control tokens.
+  bool is_end_of_generation(int32_t id) const;
+  const std::string& chat_template() const { return spec_.chat_template; }
   bool strips_leading_space() const { return spec_.model == "llama" && spec_.add_space_prefix; }
 
  private:
@@ -87,6 +94,7 @@ class Tokenizer {
   std::unordered_map<uint32_t, uint8_t> unicode_to_byte_;
   std::unique_ptr<PreTokenizer> pre_;  // gpt2
   std::vector<int32_t> special_ids_;   // control, user-defined and unknown; longest text first
+  std::vector<int32_t> end_ids_;       // is_end_of_generation
 };
 
 // Turns a token stream into text incrementally without ever emitting a partial UTF-8 sequence:

@@ -1,5 +1,5 @@
-// dcomp: the offline tool. Subcommands: pack, inspect, synth, generate, eval, tokenize (in-process,
-// no daemon).
+// dcomp: the offline tool. Subcommands: pack, inspect, synth, generate, eval, chat, tokenize
+// (in-process, no daemon).
 #include <unistd.h>
 
 #include <chrono>
@@ -11,6 +11,7 @@
 #include "base/flags.h"
 #include "base/json.h"
 #include "base/thread_pool.h"
+#include "engine/chat_template.h"
 #include "engine/dcm_model.h"
 #include "engine/generate.h"
 #include "engine/local_model.h"
@@ -42,7 +43,10 @@ commands:
     (.dcm models: --budget BYTES|PCT% [--policy P] [--decode auto|inline|ahead]
      [--reader auto|io_uring|pread] [--direct]
      stream layers from flash under a RAM budget; see docs/runtime.md)
-  tokenize MODEL --text TEXT [--json]
+  chat MODEL [--message TEXT] [--system TEXT] [--chat-template FAMILY] [-n N] [sampling] [--json]
+    (an instruct model's chat, its template recognised from the model file; without --message,
+     a conversation read line by line from standard input)
+  tokenize MODEL --text TEXT [--no-bos] [--json]
 
 MODEL is a .dcm container, a .gguf file or a llama2.c .bin checkpoint (with --tokenizer FILE, or tok<vocab>.bin /
 tokenizer.bin beside it). Common options: --threads N, --ctx N (context length; default: the
@@ -127,13 +131,37 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
   return l;
 }
 
+void AddSamplingFlags(Flags& f) {
+  f.Value("temperature", "0 = greedy (default)").Value("seed", "sampling seed (default 0)");
+  f.Value("top-k", "top-k (0 = off)").Value("top-p", "top-p (1 = off)");
+  f.Value("min-p", "min-p (0 = off)").Value("repetition-penalty", "1 = off");
+}
+
+// -n and the sampling flags into `req`.
+Status ParseSampling(const Flags& f, int64_t default_tokens, GenerateRequest* req) {
+  ASSIGN_OR_RETURN(int64_t n, f.GetInt("n", default_tokens));
+  if (n < 1 || n > (1 << 20)) return InvalidArgumentError("-n must be in 1..1048576");
+  req->max_tokens = static_cast<int32_t>(n);
+  ASSIGN_OR_RETURN(double temp, f.GetDouble("temperature", 0.0));
+  ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed", 0));
+  ASSIGN_OR_RETURN(int64_t top_k, f.GetInt("top-k", 0));
+  ASSIGN_OR_RETURN(double top_p, f.GetDouble("top-p", 1.0));
+  ASSIGN_OR_RETURN(double min_p, f.GetDouble("min-p", 0.0));
+  ASSIGN_OR_RETURN(double rep, f.GetDouble("repetition-penalty", 1.0));
+  req->sampling.temperature = static_cast<float>(temp);
+  req->sampling.seed = static_cast<uint64_t>(seed);
+  req->sampling.top_k = static_cast<int32_t>(top_k);
+  req->sampling.top_p = static_cast<float>(top_p);
+  req->sampling.min_p = static_cast<float>(min_p);
+  req->sampling.repetition_penalty = static_cast<float>(rep);
+  return req->sampling.Validate();
+}
+
 Status CmdGenerate(const std::vector<std::string>& args) {
   Flags f;
   AddModelFlags(f);
   f.Value("prompt", "prompt text").Value("n", "tokens to generate (default 64)");
-  f.Value("temperature", "0 = greedy (default)").Value("seed", "sampling seed (default 0)");
-  f.Value("top-k", "top-k (0 = off)").Value("top-p", "top-p (1 = off)");
-  f.Value("min-p", "min-p (0 = off)").Value("repetition-penalty", "1 = off");
+  AddSamplingFlags(f);
   // "-n" is accepted as a synonym of "--n".
   std::vector<std::string> a;
   for (const auto& s : args) a.push_back(s == "-n" ? "--n" : s);
@@ -142,22 +170,7 @@ Status CmdGenerate(const std::vector<std::string>& args) {
   if (!f.Has("prompt")) return InvalidArgumentError("generate: --prompt TEXT is required");
   GenerateRequest req;
   req.prompt = *f.Get("prompt");
-  ASSIGN_OR_RETURN(int64_t n, f.GetInt("n", 64));
-  if (n < 1 || n > (1 << 20)) return InvalidArgumentError("-n must be in 1..1048576");
-  req.max_tokens = static_cast<int32_t>(n);
-  ASSIGN_OR_RETURN(double temp, f.GetDouble("temperature", 0.0));
-  ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed", 0));
-  ASSIGN_OR_RETURN(int64_t top_k, f.GetInt("top-k", 0));
-  ASSIGN_OR_RETURN(double top_p, f.GetDouble("top-p", 1.0));
-  ASSIGN_OR_RETURN(double min_p, f.GetDouble("min-p", 0.0));
-  ASSIGN_OR_RETURN(double rep, f.GetDouble("repetition-penalty", 1.0));
-  req.sampling.temperature = static_cast<float>(temp);
-  req.sampling.seed = static_cast<uint64_t>(seed);
-  req.sampling.top_k = static_cast<int32_t>(top_k);
-  req.sampling.top_p = static_cast<float>(top_p);
-  req.sampling.min_p = static_cast<float>(min_p);
-  req.sampling.repetition_penalty = static_cast<float>(rep);
-  RETURN_IF_ERROR(req.sampling.Validate());
+  RETURN_IF_ERROR(ParseSampling(f, 64, &req));
   ASSIGN_OR_RETURN(Loaded loaded, LoadModel(f, f.positional()[0], 1));
   LocalModel& l = loaded.model;
   const bool json = f.IsSet("json");
@@ -369,6 +382,113 @@ Status CmdSynth(const std::vector<std::string>& args) {
   return Status::Ok();
 }
 
+// The conversation so far and how to prompt the model with it.
+struct ChatSession {
+  ChatFamily family;
+  std::vector<ChatMessage> messages;
+  std::string bos, eos;  // token texts some templates write between turns
+};
+
+// Answers the conversation's last user message, streaming the answer to stdout unless `json`.
+Result<GenerateResult> ChatTurn(LocalModel& l, ChatSession& chat, GenerateRequest req, bool json) {
+  ASSIGN_OR_RETURN(req.prompt, RenderChat(chat.family, chat.messages, true, chat.bos, chat.eos));
+  req.parse_special = true;
+  ASSIGN_OR_RETURN(GenerateResult r,
+                   Generate(*l.model, *l.tokenizer, req, [&](int32_t, const std::string& text) {
+                     if (!json) {
+                       std::fputs(text.c_str(), stdout);
+                       std::fflush(stdout);
+                     }
+                     return true;
+                   }));
+  chat.messages.push_back({"assistant", r.completion});
+  return r;
+}
+
+Status CmdChat(const std::vector<std::string>& args) {
+  Flags f;
+  AddModelFlags(f);
+  f.Value("message", "one user message: print the answer and exit (default: a conversation)")
+      .Value("system", "system message")
+      .Value("chat-template",
+             "chatml | llama3 | llama2 | zephyr | gemma | phi3 (default: recognised from the "
+             "model's tokenizer.chat_template)")
+      .Value("n", "most tokens per answer (default 512)");
+  AddSamplingFlags(f);
+  std::vector<std::string> a;
+  for (const auto& s : args) a.push_back(s == "-n" ? "--n" : s);
+  RETURN_IF_ERROR(f.Parse(a));
+  if (f.positional().size() != 1) return InvalidArgumentError("chat: expected one MODEL path");
+  GenerateRequest req;
+  RETURN_IF_ERROR(ParseSampling(f, 512, &req));
+  ASSIGN_OR_RETURN(Loaded loaded, LoadModel(f, f.positional()[0], 1));
+  LocalModel& l = loaded.model;
+  const Tokenizer& tok = *l.tokenizer;
+  ChatSession chat;
+  if (f.Has("chat-template")) {
+    ASSIGN_OR_RETURN(chat.family, ParseChatFamily(*f.Get("chat-template")));
+  } else {
+    ASSIGN_OR_RETURN(chat.family, DetectChatFamily(tok.chat_template()));
+  }
+  if (tok.bos_id() >= 0) chat.bos = tok.piece(tok.bos_id());
+  if (tok.eos_id() >= 0) chat.eos = tok.piece(tok.eos_id());
+  if (f.Has("system")) chat.messages.push_back({"system", *f.Get("system")});
+  const bool json = f.IsSet("json");
+  if (f.Has("message")) {
+    chat.messages.push_back({"user", *f.Get("message")});
+    ASSIGN_OR_RETURN(GenerateResult r, ChatTurn(l, chat, req, json));
+    if (json) {
+      JsonWriter w;
+      w.BeginObject()
+          .String("template", ChatFamilyName(chat.family))
+          .String("completion", r.completion)
+          .Int("prompt_tokens", static_cast<int64_t>(r.prompt_ids.size()))
+          .Int("generated_tokens", static_cast<int64_t>(r.generated_ids.size()))
+          .String("stop_reason", r.stop_reason)
+          .EndObject();
+      std::printf("%s\n", w.str().c_str());
+    } else {
+      std::printf("\n");
+    }
+    return Status::Ok();
+  }
+  // A conversation: one user message per line until end of input or "/exit"; on a terminal, with
+  // a prompt. Each answer is generated over the whole conversation so far.
+  const bool tty = isatty(STDIN_FILENO) != 0;
+  if (tty) {
+    std::fprintf(stderr, "[chat with %s (%s template); /exit or Ctrl-D ends]\n",
+                 l.file->config().name.c_str(), ChatFamilyName(chat.family).c_str());
+  }
+  for (std::string line;;) {
+    if (tty) {
+      std::fputs("> ", stdout);
+      std::fflush(stdout);
+    }
+    if (!std::getline(std::cin, line) || line == "/exit") break;
+    if (line.empty()) continue;
+    chat.messages.push_back({"user", line});
+    auto r = ChatTurn(l, chat, req, json);
+    if (!r.ok()) {
+      // The conversation no longer fits the context (or the model failed): say so, start over.
+      std::fprintf(stderr, "\n[%s; the conversation starts over]\n", r.status().ToString().c_str());
+      chat.messages.erase(chat.messages.begin() + (f.Has("system") ? 1 : 0), chat.messages.end());
+      continue;
+    }
+    if (json) {
+      JsonWriter w;
+      w.BeginObject()
+          .String("completion", r->completion)
+          .String("stop_reason", r->stop_reason)
+          .EndObject();
+      std::printf("%s\n", w.str().c_str());
+    } else {
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  }
+  return Status::Ok();
+}
+
 Status CmdTokenize(const std::vector<std::string>& args) {
   Flags f;
   f.Value("tokenizer", "llama2.c tokenizer.bin (for .bin checkpoints)")
@@ -416,6 +536,8 @@ int main(int argc, char** argv) {
     s = CmdGenerate(args);
   } else if (cmd == "eval") {
     s = CmdEval(args);
+  } else if (cmd == "chat") {
+    s = CmdChat(args);
   } else if (cmd == "tokenize") {
     s = CmdTokenize(args);
   } else {

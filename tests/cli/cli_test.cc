@@ -1,6 +1,7 @@
 // The `dcomp` command-line contract, run as a separate process: JSON output of generate / eval /
 // tokenize, and clear errors with a non-zero exit status for bad input.
 #include <gtest/gtest.h>
+#include <pty.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
+#include "tests/util/tiny_model.h"
 
 namespace dcomp {
 namespace {
@@ -315,6 +317,68 @@ TEST(CliTest, CodecChoiceDoesNotDependOnThePackingMachine) {
       << r.out;
   std::filesystem::remove_all(da_dir);
   std::filesystem::remove_all(db_dir);
+}
+
+}  // namespace
+}  // namespace dcomp
+
+namespace dcomp {
+namespace {
+
+std::string ChatModel() {
+  testing::TinyModelOptions o;
+  o.chat_template = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n'}}{% endfor %}";
+  o.ctx = 64;
+  const std::string p = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_chat.gguf";
+  EXPECT_TRUE(testing::WriteTinyModel(p, o).ok());
+  return p;
+}
+
+TEST(CliTest, ChatOneShotRecognisesTheTemplate) {
+  const std::string model = ChatModel();
+  ProcResult r = Dcomp("chat " + model + " --message t7 -n 3 --system 'be brief' --json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  testing::Json j = testing::ParseJson(r.out);
+  EXPECT_EQ(j["template"].str, "chatml");
+  EXPECT_LE(j["generated_tokens"].num, 3);
+  // Forcing a family, and a bad one.
+  r = Dcomp("chat " + model + " --message t7 -n 2 --chat-template gemma --json");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = Dcomp("chat " + model + " --message t7 --chat-template vicuna");
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("'vicuna'"), std::string::npos) << r.out;
+  // A model without a template says how to choose one.
+  r = Dcomp("chat " + kModel + " --message hi");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.out.find("--chat-template"), std::string::npos) << r.out;
+}
+
+// An interactive conversation on a pseudo-terminal: a prompt per turn, two answers, /exit.
+TEST(CliTest, ChatConversationOnATerminal) {
+  const std::string model = ChatModel();
+  const std::string bin = testing::BinaryDir() + "/packer/dcomp";
+  int master = -1;
+  const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl(bin.c_str(), bin.c_str(), "chat", model.c_str(), "-n", "3", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const std::string input = "t7\nt9 t11\n/exit\n";
+  ASSERT_EQ(write(master, input.data(), input.size()), static_cast<ssize_t>(input.size()));
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(master, buf, sizeof(buf))) > 0;)
+    out.append(buf, static_cast<size_t>(n));
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  close(master);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << out;
+  EXPECT_NE(out.find("[chat with tiny-llama (chatml template)"), std::string::npos) << out;
+  size_t prompts = 0;
+  for (size_t at = 0; (at = out.find("> ", at)) != std::string::npos; ++at) ++prompts;
+  EXPECT_GE(prompts, 3u) << out;  // before each of the three lines
 }
 
 }  // namespace

@@ -21,6 +21,9 @@ struct TinyModelOptions {
   int wrong_ffn_rows = 0;    // if > 0: ffn_gate of layer 0 gets this many rows
   bool drop_attn_v = false;  // omit blk.1.attn_v.weight
   bool no_tensors = false;   // vocabulary only
+  // Chat: a Jinja template (tokenizer.chat_template) and ChatML's control tokens <|im_start|> and
+  // <|im_end|> as tokens 3 and 4.
+  std::string chat_template;
 };
 
 inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o) {
@@ -38,6 +41,15 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   w.SetF32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
   std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
   for (int i = 3; i < o.vocab; ++i) tokens.push_back("\xE2\x96\x81t" + std::to_string(i));
+  if (!o.chat_template.empty()) {
+    tokens[3] = "<|im_start|>";
+    tokens[4] = "<|im_end|>";
+    std::vector<int32_t> types(tokens.size(), 1);   // normal
+    types[0] = 2;                                   // unknown
+    types[1] = types[2] = types[3] = types[4] = 3;  // control
+    w.SetI32Array("tokenizer.ggml.token_type", types);
+    w.SetString("tokenizer.chat_template", o.chat_template);
+  }
   w.SetString("tokenizer.ggml.model", "llama");
   w.SetStringArray("tokenizer.ggml.tokens", tokens);
   w.SetF32Array("tokenizer.ggml.scores", std::vector<float>(tokens.size(), 0.0f));
