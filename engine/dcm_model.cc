@@ -20,6 +20,7 @@ pb::ModelConfig ModelConfigToProto(const ModelConfig& c) {
   p.set_vocab_size(c.vocab_size);
   p.set_context_length(c.context_length);
   p.set_rope_theta(c.rope_theta);
+  for (float f : c.rope_freq_factors) p.add_rope_freq_factors(f);
   p.set_rms_eps(c.rms_eps);
   p.set_rope_style(static_cast<int32_t>(c.rope_style));
   p.set_tied_output(c.tied_output);
@@ -41,6 +42,7 @@ ModelConfig ModelConfigFromProto(const pb::ModelConfig& p) {
   c.vocab_size = p.vocab_size();
   c.context_length = p.context_length();
   c.rope_theta = p.rope_theta();
+  c.rope_freq_factors.assign(p.rope_freq_factors().begin(), p.rope_freq_factors().end());
   c.rms_eps = p.rms_eps();
   c.rope_style = p.rope_style() == 1 ? RopeStyle::kNeox : RopeStyle::kInterleaved;
   c.tied_output = p.tied_output();

@@ -1,6 +1,7 @@
 // ModelFile over a GGUF file (architectures llama and qwen2).
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <set>
 
 #include "base/mutex.h"
@@ -8,6 +9,71 @@
 
 namespace dcomp::internal {
 namespace {
+
+// RoPE frequency scaling, into c->rope_freq_factors (after head_dim and rope_theta are read). A
+// rope_freqs.weight tensor gives the factors (what converters write for Llama 3.x); otherwise
+// rope.scaling.type: "none"; "linear" (every frequency divided by rope.scaling.factor); "llama3"
+// (Llama 3.1's definition: wavelengths shorter than original_context_length / high_freq_factor
+// keep their frequency, longer than original_context_length / low_freq_factor are divided by
+// factor, and those between are interpolated; the two frequency factors default to 1 and 4).
+Status ReadRopeScaling(const GgufFile& g, const std::string& a, ModelConfig* c) {
+  const int n = c->head_dim / 2;
+  if (const GgufTensorInfo* t = g.FindTensor("rope_freqs.weight")) {
+    if (t->ne.size() != 1 || t->ne[0] != n) {
+      return InvalidArgumentError("rope_freqs.weight has " + std::to_string(t->ne.size()) +
+                                  " dimensions of which the first is " +
+                                  std::to_string(t->ne.empty() ? 0 : t->ne[0]) +
+                                  ", expected one of head_dim / 2 = " + std::to_string(n));
+    }
+    c->rope_freq_factors.resize(static_cast<size_t>(n));
+    return GgmlToF32(t->type, t->data, n, c->rope_freq_factors.data())
+        .WithContext("rope_freqs.weight");
+  }
+  std::string type = "none";
+  if (g.Find(a + "rope.scaling.type")) {
+    ASSIGN_OR_RETURN(type, g.GetString(a + "rope.scaling.type"));
+  }
+  if (type == "none") return Status::Ok();
+  if (type != "linear" && type != "llama3") {
+    return UnimplementedError(a + "rope.scaling.type '" + type +
+                              "' is not supported (supported: none, linear, llama3)");
+  }
+  auto positive = [&](const std::string& key, std::optional<double> fallback) -> Result<double> {
+    if (!g.Find(a + key)) {
+      if (fallback) return *fallback;
+      return InvalidArgumentError(a + key + " is required by rope scaling '" + type + "'");
+    }
+    ASSIGN_OR_RETURN(double v, g.GetFloat(a + key));
+    if (!(v > 0.0) || !std::isfinite(v)) {
+      return InvalidArgumentError(a + key + " = " + std::to_string(v) +
+                                  ", expected a positive number");
+    }
+    return v;
+  };
+  ASSIGN_OR_RETURN(const double factor, positive("rope.scaling.factor", std::nullopt));
+  c->rope_freq_factors.assign(static_cast<size_t>(n), static_cast<float>(factor));
+  if (type == "linear") return Status::Ok();
+  ASSIGN_OR_RETURN(const double original,
+                   positive("rope.scaling.original_context_length", std::nullopt));
+  ASSIGN_OR_RETURN(const double low, positive("rope.scaling.low_freq_factor", 1.0));
+  ASSIGN_OR_RETURN(const double high, positive("rope.scaling.high_freq_factor", 4.0));
+  if (!(high > low)) {
+    return InvalidArgumentError(a + "rope.scaling.high_freq_factor must exceed low_freq_factor");
+  }
+  for (int i = 0; i < n; ++i) {
+    const double freq = std::pow(static_cast<double>(c->rope_theta), -2.0 * i / c->head_dim);
+    const double wavelen = 2.0 * M_PI / freq;
+    double scaled = freq / factor;
+    if (wavelen < original / high) {
+      scaled = freq;
+    } else if (wavelen <= original / low) {
+      const double smooth = (original / wavelen - low) / (high - low);
+      scaled = (1.0 - smooth) * freq / factor + smooth * freq;
+    }
+    c->rope_freq_factors[static_cast<size_t>(i)] = static_cast<float>(freq / scaled);
+  }
+  return Status::Ok();
+}
 
 class GgufModel : public ModelFile {
  public:
@@ -79,13 +145,7 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
     ASSIGN_OR_RETURN(double eps, g.GetFloat(a + "attention.layer_norm_rms_epsilon"));
     c.rms_eps = static_cast<float>(eps);
   }
-  if (auto s = g.GetString(a + "rope.scaling.type"); s.ok() && *s != "none") {
-    return UnimplementedError("GGUF " + path + ": rope scaling '" + *s + "' is not supported");
-  }
-  if (g.FindTensor("rope_freqs.weight") != nullptr) {
-    return UnimplementedError("GGUF " + path +
-                              ": per-frequency rope factors (rope_freqs.weight) are not supported");
-  }
+  RETURN_IF_ERROR(ReadRopeScaling(g, a, &c).WithContext("GGUF " + path));
   c.rope_style = c.arch == "qwen2" ? RopeStyle::kNeox : RopeStyle::kInterleaved;
   c.qkv_bias = c.arch == "qwen2";
   c.tied_output = g.FindTensor("output.weight") == nullptr;

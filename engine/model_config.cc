@@ -1,5 +1,7 @@
 #include "engine/model_config.h"
 
+#include <cmath>
+
 namespace dcomp {
 
 Status ModelConfig::Validate() const {
@@ -25,6 +27,19 @@ Status ModelConfig::Validate() const {
     return bad("context_length", context_length, "1..1048576");
   }
   if (!(rope_theta > 0.0f)) return InvalidArgumentError("model config: rope_theta must be > 0");
+  if (!rope_freq_factors.empty()) {
+    if (static_cast<int32_t>(rope_freq_factors.size()) * 2 != head_dim) {
+      return InvalidArgumentError(
+          "model config: " + std::to_string(rope_freq_factors.size()) +
+          " RoPE frequency factors, expected head_dim / 2 = " + std::to_string(head_dim / 2));
+    }
+    for (float f : rope_freq_factors) {
+      if (!(f > 0.0f) || !std::isfinite(f)) {
+        return InvalidArgumentError("model config: RoPE frequency factor " + std::to_string(f) +
+                                    " is not a positive finite number");
+      }
+    }
+  }
   if (!(rms_eps > 0.0f) || rms_eps > 1.0f) {
     return InvalidArgumentError("model config: rms_eps must be in (0, 1]");
   }

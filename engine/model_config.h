@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "base/status.h"
 
@@ -27,6 +28,9 @@ struct ModelConfig {
   int32_t vocab_size = 0;
   int32_t context_length = 0;
   float rope_theta = 10000.0f;
+  // Llama 3.x frequency scaling: RoPE frequency i (< head_dim / 2) is rope_theta^(-2i/head_dim)
+  // divided by rope_freq_factors[i]. Empty: no scaling.
+  std::vector<float> rope_freq_factors;
   float rms_eps = 1e-5f;
   RopeStyle rope_style = RopeStyle::kInterleaved;
   bool tied_output = true;  // the output matrix is the token embedding

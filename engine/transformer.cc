@@ -45,7 +45,8 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
   for (int32_t p = 0; p < ctx_; ++p) {
     for (size_t i = 0; i < hd / 2; ++i) {
       const double freq =
-          std::pow(static_cast<double>(cfg_.rope_theta), -2.0 * static_cast<double>(i) / hd);
+          std::pow(static_cast<double>(cfg_.rope_theta), -2.0 * static_cast<double>(i) / hd) /
+          (cfg_.rope_freq_factors.empty() ? 1.0 : cfg_.rope_freq_factors[static_cast<size_t>(i)]);
       const double angle = p * freq;
       rope_[static_cast<size_t>(p) * hd + 2 * i] = static_cast<float>(std::cos(angle));
       rope_[static_cast<size_t>(p) * hd + 2 * i + 1] = static_cast<float>(std::sin(angle));

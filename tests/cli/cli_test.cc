@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "engine/model_file.h"
 #include "tests/util/mini_json.h"
 #include "tests/util/test_paths.h"
 #include "tests/util/tiny_model.h"
@@ -379,6 +380,37 @@ TEST(CliTest, ChatConversationOnATerminal) {
   size_t prompts = 0;
   for (size_t at = 0; (at = out.find("> ", at)) != std::string::npos; ++at) ++prompts;
   EXPECT_GE(prompts, 3u) << out;  // before each of the three lines
+}
+
+}  // namespace
+}  // namespace dcomp
+
+namespace dcomp {
+namespace {
+
+// Llama 3.x RoPE factors survive packing: the .dcm gives the in-memory engine's tokens.
+TEST(CliTest, PackedModelKeepsRopeFrequencyFactors) {
+  testing::TinyModelOptions o;
+  o.dim = 64;
+  o.heads = 4;
+  o.kv_heads = 2;
+  o.hidden = 96;
+  o.vocab = 64;
+  o.ctx = 64;
+  o.rope_freqs = {1, 1, 2, 4, 8, 8, 8, 8};
+  const std::string base = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_rf";
+  ASSERT_TRUE(testing::WriteTinyModel(base + ".gguf", o).ok());
+  ProcResult r = Dcomp("pack " + base + ".gguf " + base + ".dcm --calib-tokens 256");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto packed = OpenModelFile(base + ".dcm");
+  ASSERT_TRUE(packed.ok()) << packed.status().ToString();
+  EXPECT_EQ((*packed)->config().rope_freq_factors, o.rope_freqs);
+  const std::string gen = " --prompt 't5 t9 t12' -n 16 --json";
+  ProcResult a = Dcomp("generate " + base + ".dcm" + gen);
+  ProcResult c = Dcomp("generate " + base + ".dcm --budget 12MiB --policy stream-all" + gen);
+  ASSERT_EQ(a.exit_code, 0) << a.out;
+  ASSERT_EQ(c.exit_code, 0) << c.out;
+  EXPECT_EQ(testing::ParseJson(a.out)["ids"].ints(), testing::ParseJson(c.out)["ids"].ints());
 }
 
 }  // namespace

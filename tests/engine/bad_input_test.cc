@@ -204,6 +204,28 @@ TEST(GgufTest, UnreadableTensorTypeAndBadRowLengthAreNamed) {
               "block of 256");
 }
 
+TEST(GgufTest, BadRopeScalingIsNamed) {
+  testing::TinyModelOptions o;
+  o.rope_scaling_type = "yarn";
+  o.rope_scaling_factor = 4;
+  ExpectError(OpenModelFile(TinyGguf(o, "yarn.gguf")), StatusCode::kUnimplemented,
+              "rope.scaling.type 'yarn' is not supported");
+  o.rope_scaling_type = "llama3";
+  ExpectError(OpenModelFile(TinyGguf(o, "l3.gguf")), StatusCode::kInvalidArgument,
+              "llama.rope.scaling.original_context_length is required by rope scaling 'llama3'");
+  o.rope_scaling_type = "linear";
+  o.rope_scaling_factor = -2;
+  ExpectError(OpenModelFile(TinyGguf(o, "lin.gguf")), StatusCode::kInvalidArgument,
+              "llama.rope.scaling.factor");
+  testing::TinyModelOptions f;
+  f.rope_freqs = {1, 2, 3};  // head_dim 8 needs 4
+  ExpectError(OpenModelFile(TinyGguf(f, "rf.gguf")), StatusCode::kInvalidArgument,
+              "rope_freqs.weight");
+  f.rope_freqs = {1, 2, 0, 4};
+  ExpectError(OpenModelFile(TinyGguf(f, "rf0.gguf")), StatusCode::kInvalidArgument,
+              "RoPE frequency factor");
+}
+
 TEST(Llama2cTest, TruncatedAndGarbageCheckpoints) {
   const std::string src = testing::SourceDir() + "/models/stories260K.bin";
   const std::string bytes = *ReadFileToString(src);

@@ -40,7 +40,8 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
   };
   auto rope = [&](double* v, int pos) {
     for (int i = 0; i < hd / 2; ++i) {
-      const double ang = pos * std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
+      const double factor = c.rope_freq_factors.empty() ? 1.0 : c.rope_freq_factors[i];
+      const double ang = pos * std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd) / factor;
       const int a = c.rope_style == RopeStyle::kNeox ? i : 2 * i;
       const int b = c.rope_style == RopeStyle::kNeox ? i + hd / 2 : 2 * i + 1;
       const double x0 = v[a], x1 = v[b];
@@ -120,6 +121,72 @@ Built Build(const testing::TinyModelOptions& o, WeightFormat fmt) {
 }
 
 const std::vector<int32_t> kTokens = {1, 5, 17, 3, 39, 22, 8, 8, 30, 11};
+
+// Llama 3.x frequency scaling from a rope_freqs.weight tensor: the naive forward divides each
+// frequency by its factor too, and the factors change the logits.
+TEST(ForwardRopeTest, FrequencyFactorsMatchNaiveFloat64) {
+  testing::TinyModelOptions o;
+  o.seed = 11;
+  Built plain = Build(o, WeightFormat::kF32);
+  o.rope_freqs = {1.0f, 1.5f, 4.0f, 8.0f};  // head_dim 8
+  o.seed = 11;
+  const std::string path = ::testing::TempDir() + "/tiny_" + std::to_string(getpid()) + "_rf.gguf";
+  ASSERT_TRUE(testing::WriteTinyModel(path, o).ok());
+  auto f = OpenModelFile(path);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ((*f)->config().rope_freq_factors, o.rope_freqs);
+  auto w = InMemoryWeights::Load(**f, WeightFormat::kF32);
+  ThreadPool pool(2);
+  auto t = Transformer::Create(w->get(), &pool);
+  auto t0 = Transformer::Create(plain.weights.get(), &pool);
+  std::vector<float> logits, logits0;
+  ASSERT_TRUE((*t)->Forward(kTokens, true, &logits).ok());
+  ASSERT_TRUE((*t0)->Forward(kTokens, true, &logits0).ok());
+  std::vector<Vec> ref = NaiveForward(**f, kTokens);
+  const size_t V = static_cast<size_t>(o.vocab);
+  double changed = 0;
+  for (size_t p = 0; p < kTokens.size(); ++p) {
+    for (size_t k = 0; k < V; ++k) {
+      ASSERT_NEAR(logits[p * V + k], ref[p][k], 1e-4 * (1.0 + std::fabs(ref[p][k])));
+      changed =
+          std::max(changed, static_cast<double>(std::fabs(logits[p * V + k] - logits0[p * V + k])));
+    }
+  }
+  EXPECT_GT(changed, 1e-3);
+}
+
+// rope.scaling.type llama3 computes Llama 3.1's factors: 1 for short wavelengths, `factor` for
+// long ones, smooth between.
+TEST(ForwardRopeTest, Llama3ScalingFactors) {
+  testing::TinyModelOptions o;
+  o.dim = 128;
+  o.heads = 2;
+  o.kv_heads = 1;
+  o.rope_scaling_type = "llama3";
+  o.rope_scaling_factor = 8.0f;
+  o.rope_original_context = 64;
+  const std::string path = ::testing::TempDir() + "/tiny_" + std::to_string(getpid()) + "_l3.gguf";
+  ASSERT_TRUE(testing::WriteTinyModel(path, o).ok());
+  auto f = OpenModelFile(path);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  const std::vector<float>& r = (*f)->config().rope_freq_factors;
+  ASSERT_EQ(r.size(), 32u);
+  const double theta = (*f)->config().rope_theta;
+  for (size_t i = 0; i < r.size(); ++i) {
+    const double wavelen = 2 * M_PI / std::pow(theta, -2.0 * static_cast<double>(i) / 64);
+    if (wavelen < 64.0 / 4) {
+      EXPECT_FLOAT_EQ(r[i], 1.0f) << i;
+    }
+    if (wavelen > 64.0 / 1) {
+      EXPECT_FLOAT_EQ(r[i], 8.0f) << i;
+    }
+    if (i > 0) {
+      EXPECT_GE(r[i], r[i - 1]) << i;
+    }
+  }
+  EXPECT_EQ(r.front(), 1.0f);
+  EXPECT_EQ(r.back(), 8.0f);
+}
 
 class ForwardTest : public ::testing::TestWithParam<std::string> {};
 

@@ -24,6 +24,12 @@ struct TinyModelOptions {
   // Chat: a Jinja template (tokenizer.chat_template) and ChatML's control tokens <|im_start|> and
   // <|im_end|> as tokens 3 and 4.
   std::string chat_template;
+  // RoPE scaling: a rope_freqs.weight tensor (head_dim / 2 factors), and/or rope.scaling.* keys
+  // (written when the type is not empty; factor and original context when positive).
+  std::vector<float> rope_freqs;
+  std::string rope_scaling_type;
+  float rope_scaling_factor = 0.0f;
+  int rope_original_context = 0;
 };
 
 inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o) {
@@ -56,7 +62,17 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   w.SetU32("tokenizer.ggml.bos_token_id", 1);
   w.SetU32("tokenizer.ggml.eos_token_id", 2);
   w.SetU32("tokenizer.ggml.unknown_token_id", 0);
+  if (!o.rope_scaling_type.empty()) w.SetString(a + "rope.scaling.type", o.rope_scaling_type);
+  if (o.rope_scaling_factor > 0) w.SetF32(a + "rope.scaling.factor", o.rope_scaling_factor);
+  if (o.rope_original_context > 0) {
+    w.SetU32(a + "rope.scaling.original_context_length",
+             static_cast<uint32_t>(o.rope_original_context));
+  }
   if (o.no_tensors) return w.Write(path);
+  if (!o.rope_freqs.empty()) {
+    RETURN_IF_ERROR(w.AddTensor("rope_freqs.weight", 1, static_cast<int64_t>(o.rope_freqs.size()),
+                                GgmlType::kF32, o.rope_freqs));
+  }
 
   std::mt19937 rng(o.seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
