@@ -25,6 +25,7 @@ pb::ModelConfig ModelConfigToProto(const ModelConfig& c) {
   p.set_rope_style(static_cast<int32_t>(c.rope_style));
   p.set_tied_output(c.tied_output);
   p.set_qkv_bias(c.qkv_bias);
+  p.set_qk_norm(c.qk_norm);
   p.set_synthetic(c.synthetic);
   return p;
 }
@@ -47,6 +48,7 @@ ModelConfig ModelConfigFromProto(const pb::ModelConfig& p) {
   c.rope_style = p.rope_style() == 1 ? RopeStyle::kNeox : RopeStyle::kInterleaved;
   c.tied_output = p.tied_output();
   c.qkv_bias = p.qkv_bias();
+  c.qk_norm = p.qk_norm();
   c.synthetic = p.synthetic();
   return c;
 }

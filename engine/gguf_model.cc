@@ -99,9 +99,9 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
   const GgufFile& g = *m->gguf_;
   ModelConfig& c = m->config_;
   ASSIGN_OR_RETURN(c.arch, g.GetString("general.architecture"));
-  if (c.arch != "llama" && c.arch != "qwen2") {
+  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3") {
     return UnimplementedError("GGUF " + path + ": architecture '" + c.arch +
-                              "' is not supported (supported: llama, qwen2)");
+                              "' is not supported (supported: llama, qwen2, qwen3)");
   }
   if (g.tensors().empty()) {
     return InvalidArgumentError("GGUF " + path +
@@ -127,7 +127,26 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
   c.n_kv_heads = c.n_heads;
   if (g.Find(a + "attention.head_count_kv"))
     RETURN_IF_ERROR(get_int("attention.head_count_kv", &c.n_kv_heads));
-  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+  if (g.Find(a + "attention.key_length")) {
+    // Heads of their own width (Qwen3): q is n_heads * key_length wide, not dim.
+    RETURN_IF_ERROR(get_int("attention.key_length", &c.head_dim));
+    int32_t value_length = c.head_dim;
+    if (g.Find(a + "attention.value_length")) {
+      RETURN_IF_ERROR(get_int("attention.value_length", &value_length));
+    }
+    if (value_length != c.head_dim) {
+      return UnimplementedError("GGUF " + path + ": " + a +
+                                "attention.value_length = " + std::to_string(value_length) +
+                                " differs from key_length = " + std::to_string(c.head_dim));
+    }
+  } else if (c.dim % c.n_heads != 0) {
+    return InvalidArgumentError("GGUF " + path + ": " + a +
+                                "embedding_length = " + std::to_string(c.dim) +
+                                " is not a multiple of head_count = " + std::to_string(c.n_heads) +
+                                " (and no attention.key_length)");
+  } else {
+    c.head_dim = c.dim / c.n_heads;
+  }
   if (g.Find(a + "rope.dimension_count")) {
     int32_t rope_dims = 0;
     RETURN_IF_ERROR(get_int("rope.dimension_count", &rope_dims));
@@ -146,8 +165,9 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
     c.rms_eps = static_cast<float>(eps);
   }
   RETURN_IF_ERROR(ReadRopeScaling(g, a, &c).WithContext("GGUF " + path));
-  c.rope_style = c.arch == "qwen2" ? RopeStyle::kNeox : RopeStyle::kInterleaved;
+  c.rope_style = c.arch == "llama" ? RopeStyle::kInterleaved : RopeStyle::kNeox;
   c.qkv_bias = c.arch == "qwen2";
+  c.qk_norm = c.arch == "qwen3";
   c.tied_output = g.FindTensor("output.weight") == nullptr;
   if (auto syn = g.GetBool("dcomp.synthetic"); syn.ok()) c.synthetic = *syn;
   const std::string bits_key = "dcomp.synthetic.bits.";

@@ -23,12 +23,14 @@ enum class LinearInput {
 };
 
 // A matrix dimension in terms of the config.
-enum class Extent { kDim, kKvDim, kHidden };
+enum class Extent { kDim, kKvDim, kHidden, kQDim, kHeadDim };
 inline int64_t ExtentOf(Extent e, const ModelConfig& c) {
   switch (e) {
     case Extent::kDim: return c.dim;
     case Extent::kKvDim: return c.kv_dim();
     case Extent::kHidden: return c.hidden_dim;
+    case Extent::kQDim: return c.q_dim();
+    case Extent::kHeadDim: return c.head_dim;
   }
   return 0;
 }
@@ -42,13 +44,13 @@ struct LayerMatrix {
 };
 
 inline constexpr LayerMatrix kLayerMatrices[] = {
-    {"attn_q.weight", &LayerWeights::wq, LinearInput::kAttnIn, Extent::kDim, Extent::kDim,
+    {"attn_q.weight", &LayerWeights::wq, LinearInput::kAttnIn, Extent::kQDim, Extent::kDim,
      "attn_q.bias"},
     {"attn_k.weight", &LayerWeights::wk, LinearInput::kAttnIn, Extent::kKvDim, Extent::kDim,
      "attn_k.bias"},
     {"attn_v.weight", &LayerWeights::wv, LinearInput::kAttnIn, Extent::kKvDim, Extent::kDim,
      "attn_v.bias"},
-    {"attn_output.weight", &LayerWeights::wo, LinearInput::kAttnOut, Extent::kDim, Extent::kDim,
+    {"attn_output.weight", &LayerWeights::wo, LinearInput::kAttnOut, Extent::kDim, Extent::kQDim,
      nullptr},
     {"ffn_gate.weight", &LayerWeights::w_gate, LinearInput::kFfnIn, Extent::kHidden, Extent::kDim,
      nullptr},
@@ -59,15 +61,25 @@ inline constexpr LayerMatrix kLayerMatrices[] = {
 };
 inline constexpr int kLayerMatrixCount = sizeof(kLayerMatrices) / sizeof(kLayerMatrices[0]);
 
-// A layer's norm vectors (f32, [dim]), where they go, and the input they produce.
+// A layer's norm vectors (f32), where they go, the input they lead to (stored before that input's
+// matrices), their length, and whether only models with q/k norms (qwen3) have them.
 struct LayerVector {
   const char* name;
   const float* LayerWeights::*field;
   LinearInput output;
+  Extent size;
+  bool qk_norm;
 };
 inline constexpr LayerVector kLayerNorms[] = {
-    {"attn_norm.weight", &LayerWeights::attn_norm, LinearInput::kAttnIn},
-    {"ffn_norm.weight", &LayerWeights::ffn_norm, LinearInput::kFfnIn}};
+    {"attn_norm.weight", &LayerWeights::attn_norm, LinearInput::kAttnIn, Extent::kDim, false},
+    // Per-head RMSNorm of q and k (after the projections, before RoPE).
+    {"attn_q_norm.weight", &LayerWeights::q_norm, LinearInput::kAttnOut, Extent::kHeadDim, true},
+    {"attn_k_norm.weight", &LayerWeights::k_norm, LinearInput::kAttnOut, Extent::kHeadDim, true},
+    {"ffn_norm.weight", &LayerWeights::ffn_norm, LinearInput::kFfnIn, Extent::kDim, false}};
+// Whether models of config `c` have vector `v`.
+inline bool HasLayerVector(const LayerVector& v, const ModelConfig& c) {
+  return !v.qk_norm || c.qk_norm;
+}
 
 // A layer's inputs in execution order: the order its tensors are stored in (CanonicalTensors).
 inline constexpr LinearInput kLayerInputs[] = {LinearInput::kAttnIn, LinearInput::kAttnOut,

@@ -105,7 +105,7 @@ Result<std::unique_ptr<ModelFile>> Llama2cModel::Open(const std::string& path,
   c.n_kv_heads = h[4];
   c.vocab_size = h[5];
   c.context_length = h[6];
-  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+  c.head_dim = c.n_heads > 0 && c.dim % c.n_heads == 0 ? c.dim / c.n_heads : 0;
   c.tied_output = shared;
   RETURN_IF_ERROR(c.Validate().WithContext(
       "llama2.c checkpoint " + path + " (is this a llama2.c .bin? the header does not parse)"));

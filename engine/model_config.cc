@@ -18,10 +18,10 @@ Status ModelConfig::Validate() const {
   if (n_kv_heads <= 0 || n_kv_heads > n_heads || n_heads % n_kv_heads != 0) {
     return bad("n_kv_heads", n_kv_heads, "a divisor of n_heads=" + std::to_string(n_heads));
   }
-  if (head_dim <= 0 || head_dim % 2 != 0 || head_dim * n_heads != dim) {
-    return bad("head_dim", head_dim,
-               "an even number with n_heads * head_dim == dim (" + std::to_string(dim) + ")");
+  if (head_dim <= 0 || head_dim % 2 != 0 || head_dim > 1024) {
+    return bad("head_dim", head_dim, "an even number in 2..1024");
   }
+  if (q_dim() > 4 * kMaxDim) return bad("n_heads * head_dim", q_dim(), "at most 262144");
   if (vocab_size <= 0 || vocab_size > (1 << 22)) return bad("vocab_size", vocab_size, "1..4194304");
   if (context_length <= 0 || context_length > (1 << 20)) {
     return bad("context_length", context_length, "1..1048576");

@@ -17,7 +17,7 @@ enum class RopeStyle : int32_t {
 };
 
 struct ModelConfig {
-  std::string arch;  // "llama" or "qwen2"
+  std::string arch;  // "llama", "qwen2" or "qwen3"
   std::string name;
   int32_t dim = 0;
   int32_t hidden_dim = 0;
@@ -35,14 +35,18 @@ struct ModelConfig {
   RopeStyle rope_style = RopeStyle::kInterleaved;
   bool tied_output = true;  // the output matrix is the token embedding
   bool qkv_bias = false;    // q/k/v projections have biases (qwen2)
+  bool qk_norm = false;     // per-head RMSNorm of q and k before RoPE (qwen3)
   bool synthetic = false;   // weights are synthetic (speed/memory benchmarks only)
   // Synthetic models: the code width `dcomp synth` drew each matrix role at ("attn_q",
   // "token_embd", ...), which `dcomp pack` keeps (GGUF dcomp.synthetic.bits.<role>).
   std::map<std::string, int> synthetic_bits;
 
   int32_t kv_dim() const { return n_kv_heads * head_dim; }
-  // Checks positivity, divisibility (dim = n_heads * head_dim, n_heads % n_kv_heads == 0, even
-  // head_dim) and sane upper bounds; the message names the field.
+  // Width of the attention (q and the attention output): n_heads * head_dim, which need not be
+  // dim (Qwen3, Gemma 3).
+  int32_t q_dim() const { return n_heads * head_dim; }
+  // Checks positivity, divisibility (n_heads % n_kv_heads == 0, even head_dim) and sane upper
+  // bounds; the message names the field.
   Status Validate() const;
   // "llama dim=192 hidden=512 layers=6 heads=6/2 vocab=4096 ctx=512".
   std::string Summary() const;

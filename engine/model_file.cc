@@ -65,7 +65,9 @@ std::vector<CanonicalTensor> CanonicalTensors(const ModelConfig& c) {
     // Per input in execution order: the norm producing it, its matrices, then their biases.
     for (LinearInput in : kLayerInputs) {
       for (const LayerVector& v : kLayerNorms) {
-        if (v.output == in) t.push_back({LayerTensorName(l, v.name), l, 1, dim});
+        if (v.output == in && HasLayerVector(v, c)) {
+          t.push_back({LayerTensorName(l, v.name), l, 1, ExtentOf(v.size, c)});
+        }
       }
       for (const LayerMatrix& m : kLayerMatrices) {
         if (m.input == in) {

@@ -57,13 +57,14 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
   v_cache_.assign(kv, 0.0f);
   const size_t b = static_cast<size_t>(std::min(kMaxBatch, ctx_));
   const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
+  const size_t qd = static_cast<size_t>(cfg_.q_dim());
   x_.resize(b * dim);
   xn_.resize(b * dim);
-  q_.resize(b * dim);
-  att_.resize(b * dim);
+  q_.resize(b * qd);
+  att_.resize(b * qd);
   hb_.resize(b * hid);
   hb2_.resize(b * hid);
-  xq_.resize(b * kernels::PaddedCols(std::max(dim, hid)));
+  xq_.resize(b * kernels::PaddedCols(std::max({dim, hid, qd})));
   xq_scale_.resize(b);
 }
 
@@ -76,12 +77,13 @@ size_t Transformer::KvCacheBytes(const ModelConfig& c, int32_t context_length) {
 size_t Transformer::MemoryBytes(const ModelConfig& c, int32_t context_length) {
   const size_t ctx = static_cast<size_t>(context_length == 0 ? c.context_length : context_length);
   const size_t hd = static_cast<size_t>(c.head_dim), dim = static_cast<size_t>(c.dim),
-               hid = static_cast<size_t>(c.hidden_dim);
+               hid = static_cast<size_t>(c.hidden_dim), qd = static_cast<size_t>(c.q_dim());
   const size_t b = std::min<size_t>(kMaxBatch, ctx);
-  const size_t floats = ctx * hd                          // rope
-                        + 4 * b * dim + 2 * b * hid + b;  // x, xn, q, att, hb, hb2, xq_scale
+  const size_t floats = ctx * hd  // rope
+                        + 2 * b * dim + 2 * b * qd + 2 * b * hid +
+                        b;  // x, xn, q, att, hb, hb2, xq_scale
   return KvCacheBytes(c, context_length) + floats * sizeof(float) +
-         b * kernels::PaddedCols(std::max(dim, hid));
+         b * kernels::PaddedCols(std::max({dim, hid, qd}));
 }
 
 size_t Transformer::scratch_bytes() const {
@@ -262,7 +264,7 @@ void Transformer::PerToken(size_t n, size_t cost_per_token, const std::function<
 }
 
 void Transformer::Attention(int layer, size_t n) {
-  const size_t dim = static_cast<size_t>(cfg_.dim), hd = static_cast<size_t>(cfg_.head_dim);
+  const size_t qd = static_cast<size_t>(cfg_.q_dim()), hd = static_cast<size_t>(cfg_.head_dim);
   const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim());
   const size_t heads = static_cast<size_t>(cfg_.n_heads);
   const size_t group = heads / static_cast<size_t>(cfg_.n_kv_heads);
@@ -278,8 +280,8 @@ void Transformer::Attention(int layer, size_t n) {
       const size_t p = pos0 + t;
       const size_t kvh = h / group;
       scores.resize(p + 1);
-      kernels::AttentionHead(q_.data() + t * dim + h * hd, kc + kvh * hd, vc + kvh * hd, kv_dim,
-                             p + 1, hd, inv_sqrt, scores.data(), att_.data() + t * dim + h * hd);
+      kernels::AttentionHead(q_.data() + t * qd + h * hd, kc + kvh * hd, vc + kvh * hd, kv_dim,
+                             p + 1, hd, inv_sqrt, scores.data(), att_.data() + t * qd + h * hd);
     }
   });
 }
@@ -288,6 +290,7 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
   const size_t n = tokens.size();
   const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
   const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim()), hd = static_cast<size_t>(cfg_.head_dim);
+  const size_t qd = static_cast<size_t>(cfg_.q_dim());
   const GlobalWeights& g = weights_->globals();
 
   RETURN_IF_ERROR(weights_->BeginPass(n));
@@ -307,22 +310,32 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     PerToken(n, dim * 8, [&](size_t t) {
       kernels::RmsNorm(x_.data() + t * dim, w->attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
     });
-    const LinearJob qkv[] = {{&w->wq, q_.data(), dim}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
+    const LinearJob qkv[] = {{&w->wq, q_.data(), qd}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
     Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
     RETURN_IF_ERROR(release_on_error(RunLinears(qkv, xn_.data(), dim, n)));
 
     for (size_t t = 0; t < n; ++t) {
+      float* q = q_.data() + t * qd;
+      float* k = kc + t * kv_dim;
+      if (cfg_.qk_norm) {  // per-head RMSNorm, in place
+        for (int h = 0; h < cfg_.n_heads; ++h) {
+          kernels::RmsNorm(q + h * hd, w->q_norm, hd, cfg_.rms_eps, q + h * hd);
+        }
+        for (int h = 0; h < cfg_.n_kv_heads; ++h) {
+          kernels::RmsNorm(k + h * hd, w->k_norm, hd, cfg_.rms_eps, k + h * hd);
+        }
+      }
       const float* cs = rope_.data() + (static_cast<size_t>(pos_) + t) * hd;
       auto rope =
           cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox : kernels::RopeInterleaved;
-      for (int h = 0; h < cfg_.n_heads; ++h) rope(q_.data() + t * dim + h * hd, hd, cs);
-      for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(kc + t * kv_dim + h * hd, hd, cs);
+      for (int h = 0; h < cfg_.n_heads; ++h) rope(q + h * hd, hd, cs);
+      for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(k + h * hd, hd, cs);
     }
     Attention(l, n);
 
     const LinearJob o[] = {{&w->wo, xn_.data(), dim}};
-    Observe(l, LinearInput::kAttnOut, att_.data(), n, dim);
-    RETURN_IF_ERROR(release_on_error(RunLinears(o, att_.data(), dim, n)));
+    Observe(l, LinearInput::kAttnOut, att_.data(), n, qd);
+    RETURN_IF_ERROR(release_on_error(RunLinears(o, att_.data(), qd, n)));
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
     PerToken(n, dim * 8, [&](size_t t) {

@@ -87,8 +87,11 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
   for (int l = 0; l < c.n_layers; ++l) {
     Layer& L = m->layers_[static_cast<size_t>(l)];
     auto name = [l](const char* what) { return LayerTensorName(l, what); };
-    ASSIGN_OR_RETURN(L.attn_norm, file.ReadF32(name("attn_norm.weight")));
-    ASSIGN_OR_RETURN(L.ffn_norm, file.ReadF32(name("ffn_norm.weight")));
+    L.norms.resize(std::size(kLayerNorms));
+    for (size_t i = 0; i < std::size(kLayerNorms); ++i) {
+      if (!HasLayerVector(kLayerNorms[i], c)) continue;
+      ASSIGN_OR_RETURN(L.norms[i], file.ReadF32(name(kLayerNorms[i].name)));
+    }
     LinearStorage* storage[] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_down, &L.w_up};
     for (int i = 0; i < kLayerMatrixCount; ++i) {
       const LayerMatrix& M = kLayerMatrices[i];
@@ -98,8 +101,9 @@ Result<std::unique_ptr<InMemoryWeights>> InMemoryWeights::Load(const ModelFile& 
         ASSIGN_OR_RETURN(storage[i]->bias, file.ReadF32(name(M.bias)));
       }
     }
-    L.view.attn_norm = L.attn_norm.data();
-    L.view.ffn_norm = L.ffn_norm.data();
+    for (size_t i = 0; i < std::size(kLayerNorms); ++i) {
+      if (!L.norms[i].empty()) L.view.*kLayerNorms[i].field = L.norms[i].data();
+    }
     for (int i = 0; i < kLayerMatrixCount; ++i)
       L.view.*kLayerMatrices[i].field = storage[i]->View();
   }
@@ -130,7 +134,7 @@ Result<const LayerWeights*> InMemoryWeights::AcquireLayer(int layer) {
 size_t InMemoryWeights::bytes() const {
   size_t b = embedding_.bytes() + output_.bytes() + final_norm_.size() * 4;
   for (const Layer& L : layers_) {
-    b += (L.attn_norm.size() + L.ffn_norm.size()) * 4;
+    for (const std::vector<float>& v : L.norms) b += v.size() * 4;
     for (const LinearStorage* s : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_down, &L.w_up}) {
       b += s->bytes();
     }

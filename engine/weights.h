@@ -63,6 +63,8 @@ struct LinearWeights {
 struct LayerWeights {
   const float* attn_norm = nullptr;
   const float* ffn_norm = nullptr;
+  const float* q_norm = nullptr;  // [head_dim], qwen3: applied to every q head
+  const float* k_norm = nullptr;  // [head_dim], qwen3: applied to every k head
   LinearWeights wq, wk, wv, wo;
   LinearWeights w_gate, w_down, w_up;
 };
@@ -133,7 +135,7 @@ class InMemoryWeights : public WeightSource {
 
  private:
   struct Layer {
-    std::vector<float> attn_norm, ffn_norm;
+    std::vector<std::vector<float>> norms;  // kLayerNorms' order (absent ones empty)
     LinearStorage wq, wk, wv, wo, w_gate, w_down, w_up;
     LayerWeights view;
   };

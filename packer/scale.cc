@@ -57,12 +57,11 @@ std::vector<Group> ScalingGroups(const ModelConfig& cfg) {
 }
 
 // The per-channel max|x_j| the group's scales are made from.
-std::vector<float> GroupMaxAbs(const Group& g, const InputStats& st, size_t dim, size_t hd,
-                               size_t group_q) {
+std::vector<float> GroupMaxAbs(const Group& g, const InputStats& st, size_t hd, size_t group_q) {
   std::vector<float> max_abs = st.max_abs;
   if (g.input == LinearInput::kAttnOut) {
     // Folded into wv's rows: channels fed by the same kv channel must share one scale.
-    for (size_t j = 0; j < dim; ++j) {
+    for (size_t j = 0; j < max_abs.size(); ++j) {  // the attention width, n_heads * head_dim
       const size_t kvc = (j / hd) / group_q * hd + j % hd;
       for (size_t h = 0; h < group_q; ++h) {
         const size_t other = ((kvc / hd) * group_q + h) * hd + kvc % hd;
@@ -150,13 +149,13 @@ Status Scale(PackState& state) {
   if (!state.need_calib || !state.o.scaling) return Status::Ok();
   const ModelConfig& cfg = state.cfg;
   const std::vector<Group> groups = ScalingGroups(cfg);
-  const size_t dim = static_cast<size_t>(cfg.dim), hd = static_cast<size_t>(cfg.head_dim);
+  const size_t hd = static_cast<size_t>(cfg.head_dim);
   const size_t group_q = static_cast<size_t>(cfg.n_heads / cfg.n_kv_heads);
   size_t done = 0;
   for (const Group& g : groups) {
     const InputStats* st = state.observer->Find(g.layer, g.input);
     if (st == nullptr) continue;
-    const std::vector<float> max_abs = GroupMaxAbs(g, *st, dim, hd, group_q);
+    const std::vector<float> max_abs = GroupMaxAbs(g, *st, hd, group_q);
     const float best_alpha = ChooseAlpha(state, g, *st, max_abs);
     std::vector<float> s = ScalesFor(max_abs, best_alpha);
     for (const std::string& name : g.mats) {

@@ -17,6 +17,8 @@ struct Shape {
   int dim, hidden, layers, heads, kv_heads, vocab, ctx;
   float rope_theta;
   bool tied;
+  const char* arch = "llama";
+  int head_dim = 0;  // 0: dim / heads
 };
 
 constexpr Shape kShapes[] = {
@@ -24,6 +26,9 @@ constexpr Shape kShapes[] = {
     {"tinyllama-1.1b", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0f, false},
     // Llama 3.2 1B (tied embeddings; 128256-token vocabulary, context capped at 8192 here).
     {"llama-3.2-1b", 2048, 8192, 16, 32, 8, 128256, 8192, 500000.0f, true},
+    // Qwen3 0.6B (q/k norms, 128-wide heads: attention 2048 wide on a 1024-wide model; tied
+    // embeddings; 151936-token vocabulary; context capped at 8192 here).
+    {"qwen3-0.6b", 1024, 3072, 28, 16, 8, 151936, 8192, 1000000.0f, true, "qwen3", 128},
     // A small shape for tests.
     {"tiny", 128, 384, 2, 4, 2, 512, 256, 10000.0f, false},
     // A 42 MB (INT8) model for the streaming runtime's tests: twelve 3 MB layers, untied output.
@@ -132,8 +137,8 @@ Status Synthesize(const SynthOptions& o) {
   const double k = ClipForEntropy(o.entropy_bits);
   ThreadPool pool(std::max(1, o.threads));
   GgufWriter w;
-  const std::string a = "llama.";
-  w.SetString("general.architecture", "llama");
+  const std::string a = std::string(sh->arch) + ".";
+  w.SetString("general.architecture", sh->arch);
   w.SetString("general.name", std::string("synthetic-") + sh->name);
   w.SetBool("dcomp.synthetic", true);
   if (profiled) {
@@ -151,6 +156,10 @@ Status Synthesize(const SynthOptions& o) {
   w.SetU32(a + "context_length", static_cast<uint32_t>(sh->ctx));
   w.SetF32(a + "rope.freq_base", sh->rope_theta);
   w.SetF32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  if (sh->head_dim > 0) {
+    w.SetU32(a + "attention.key_length", static_cast<uint32_t>(sh->head_dim));
+    w.SetU32(a + "attention.value_length", static_cast<uint32_t>(sh->head_dim));
+  }
   // A SentencePiece-style vocabulary: control tokens, the 256 byte tokens, then filler pieces.
   std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
   std::vector<int32_t> types = {2, 3, 3};
@@ -186,9 +195,9 @@ Status Synthesize(const SynthOptions& o) {
     return w.AddTensor(name, static_cast<int64_t>(rows), static_cast<int64_t>(cols),
                        GgmlType::kQ8_0, m);
   };
-  auto norm = [&](const std::string& name) -> Status {
-    std::vector<float> v(static_cast<size_t>(sh->dim), 1.0f);
-    return w.AddTensor(name, 1, sh->dim, GgmlType::kF32, v);
+  auto norm = [&](const std::string& name, int64_t n) -> Status {
+    std::vector<float> v(static_cast<size_t>(n), 1.0f);
+    return w.AddTensor(name, 1, n, GgmlType::kF32, v);
   };
   // The tensors in the order every model stores them (the layer schema's).
   ModelConfig c;
@@ -197,12 +206,13 @@ Status Synthesize(const SynthOptions& o) {
   c.n_layers = sh->layers;
   c.n_heads = sh->heads;
   c.n_kv_heads = sh->kv_heads;
-  c.head_dim = sh->dim / sh->heads;
+  c.head_dim = sh->head_dim > 0 ? sh->head_dim : sh->dim / sh->heads;
+  c.qk_norm = std::string(sh->arch) == "qwen3";
   c.vocab_size = sh->vocab;
   c.tied_output = sh->tied;
   for (const CanonicalTensor& t : CanonicalTensors(c)) {
     RETURN_IF_ERROR(t.rows == 1
-                        ? norm(t.name)
+                        ? norm(t.name, t.cols)
                         : matrix(t.name, static_cast<size_t>(t.rows), static_cast<size_t>(t.cols)));
   }
   return w.Write(o.output);

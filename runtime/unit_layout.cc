@@ -129,7 +129,7 @@ class LayoutBuilder {
     U.range_end = std::min<uint64_t>(RoundUpToPage(U.range_end), r_.header().file_size);
   }
 
-  Status AddLayer(int l, bool qkv_bias) {
+  Status AddLayer(int l, const ModelConfig& config) {
     UnitLayout& U = m_.units[static_cast<size_t>(l)];
     for (const LayerMatrix& M : kLayerMatrices) {
       ASSIGN_OR_RETURN(int t, Find(LayerTensorName(l, M.name), true));
@@ -137,9 +137,10 @@ class LayoutBuilder {
     }
     SetRange(U);
     for (const LayerVector& V : kLayerNorms) {
+      if (!HasLayerVector(V, config)) continue;
       ASSIGN_OR_RETURN(U.pinned.*V.field, ReadVector(LayerTensorName(l, V.name)));
     }
-    if (qkv_bias) {
+    if (config.qkv_bias) {
       for (const LayerMatrix& M : kLayerMatrices) {
         if (M.bias == nullptr) continue;
         ASSIGN_OR_RETURN((U.pinned.*M.field).bias, ReadVector(LayerTensorName(l, M.bias)));
@@ -212,7 +213,7 @@ Result<ModelLayout> BuildModelLayout(const DcmModelFile& file, const ModelConfig
   m.infos.resize(n_units);
   m.vectors.reserve(static_cast<size_t>(config.n_layers) * 5 + 2);
   LayoutBuilder b(file, &m);
-  for (int l = 0; l < config.n_layers; ++l) RETURN_IF_ERROR(b.AddLayer(l, config.qkv_bias));
+  for (int l = 0; l < config.n_layers; ++l) RETURN_IF_ERROR(b.AddLayer(l, config));
   RETURN_IF_ERROR(b.AddOutputAndEmbedding());
   b.Summarise();
   RETURN_IF_ERROR(CheckScales(m.embd_scales, file.reader().path() + ": token_embd.weight"));

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
 
 #include "engine/model_file.h"
 #include "tests/util/mini_json.h"
@@ -388,8 +389,32 @@ TEST(CliTest, ChatConversationOnATerminal) {
 namespace dcomp {
 namespace {
 
-// Llama 3.x RoPE factors survive packing: the .dcm gives the in-memory engine's tokens.
-TEST(CliTest, PackedModelKeepsRopeFrequencyFactors) {
+// Packs a tiny model and checks the .dcm gives the same tokens resident, packed and streamed.
+void PackAndCompareAcrossPolicies(const testing::TinyModelOptions& o, const std::string& tag) {
+  const std::string base = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + tag;
+  ASSERT_TRUE(testing::WriteTinyModel(base + ".gguf", o).ok());
+  ProcResult r = Dcomp("pack " + base + ".gguf " + base + ".dcm --calib-tokens 256");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto packed = OpenModelFile(base + ".dcm");
+  ASSERT_TRUE(packed.ok()) << packed.status().ToString();
+  EXPECT_EQ((*packed)->config().rope_freq_factors, o.rope_freqs);
+  EXPECT_EQ((*packed)->config().qk_norm, o.arch == "qwen3");
+  // Sampled (seeded): equal logits give equal tokens, and the tokens vary.
+  const std::string gen = " --prompt 't5 t9 t12' -n 16 --temperature 1 --seed 7 --json";
+  ProcResult a = Dcomp("generate " + base + ".dcm" + gen);
+  ASSERT_EQ(a.exit_code, 0) << a.out;
+  const std::vector<int> ids = testing::ParseJson(a.out)["ids"].ints();
+  EXPECT_GT(std::set<int>(ids.begin(), ids.end()).size(), 4u) << a.out;
+  for (const char* run : {" --policy all-packed", " --budget 12MiB --policy stream-all",
+                          " --budget 12MiB --policy all-compressed"}) {
+    ProcResult c = Dcomp("generate " + base + ".dcm" + run + gen);
+    ASSERT_EQ(c.exit_code, 0) << run << ": " << c.out;
+    EXPECT_EQ(testing::ParseJson(a.out)["ids"].ints(), testing::ParseJson(c.out)["ids"].ints())
+        << run;
+  }
+}
+
+testing::TinyModelOptions Wider() {
   testing::TinyModelOptions o;
   o.dim = 64;
   o.heads = 4;
@@ -397,21 +422,23 @@ TEST(CliTest, PackedModelKeepsRopeFrequencyFactors) {
   o.hidden = 96;
   o.vocab = 64;
   o.ctx = 64;
-  o.rope_freqs = {1, 1, 2, 4, 8, 8, 8, 8};
-  const std::string base = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_rf";
-  ASSERT_TRUE(testing::WriteTinyModel(base + ".gguf", o).ok());
-  ProcResult r = Dcomp("pack " + base + ".gguf " + base + ".dcm --calib-tokens 256");
-  ASSERT_EQ(r.exit_code, 0) << r.out;
-  auto packed = OpenModelFile(base + ".dcm");
-  ASSERT_TRUE(packed.ok()) << packed.status().ToString();
-  EXPECT_EQ((*packed)->config().rope_freq_factors, o.rope_freqs);
-  const std::string gen = " --prompt 't5 t9 t12' -n 16 --json";
-  ProcResult a = Dcomp("generate " + base + ".dcm" + gen);
-  ProcResult c = Dcomp("generate " + base + ".dcm --budget 12MiB --policy stream-all" + gen);
-  ASSERT_EQ(a.exit_code, 0) << a.out;
-  ASSERT_EQ(c.exit_code, 0) << c.out;
-  EXPECT_EQ(testing::ParseJson(a.out)["ids"].ints(), testing::ParseJson(c.out)["ids"].ints());
+  o.tied = false;  // a separate output matrix: logits of a few units, varied samples
+  return o;
 }
 
+// Llama 3.x RoPE factors survive packing.
+TEST(CliTest, PackedModelKeepsRopeFrequencyFactors) {
+  testing::TinyModelOptions o = Wider();
+  o.rope_freqs = {1, 1, 2, 4, 8, 8, 8, 8};
+  PackAndCompareAcrossPolicies(o, "rf");
+}
+
+// Qwen3: q/k norms and heads wider than dim / n_heads, packed and streamed.
+TEST(CliTest, PackedQwen3GivesTheSameTokensAtEveryBudget) {
+  testing::TinyModelOptions o = Wider();
+  o.arch = "qwen3";
+  o.head_dim = 32;  // attention 128 wide on a 64-wide model
+  PackAndCompareAcrossPolicies(o, "q3");
+}
 }  // namespace
 }  // namespace dcomp

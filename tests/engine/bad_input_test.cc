@@ -204,6 +204,19 @@ TEST(GgufTest, UnreadableTensorTypeAndBadRowLengthAreNamed) {
               "block of 256");
 }
 
+TEST(GgufTest, BadHeadGeometryIsNamed) {
+  testing::TinyModelOptions o;
+  o.arch = "qwen3";
+  o.head_dim = 15;  // odd
+  ExpectError(OpenModelFile(TinyGguf(o, "odd_head.gguf")), StatusCode::kInvalidArgument,
+              "head_dim = 15, expected an even number");
+  testing::TinyModelOptions l;
+  l.heads = 5;  // 32 is not a multiple of 5, and no key_length
+  l.kv_heads = 5;
+  ExpectError(OpenModelFile(TinyGguf(l, "heads.gguf")), StatusCode::kInvalidArgument,
+              "embedding_length = 32 is not a multiple of head_count = 5");
+}
+
 TEST(GgufTest, BadRopeScalingIsNamed) {
   testing::TinyModelOptions o;
   o.rope_scaling_type = "yarn";

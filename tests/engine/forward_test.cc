@@ -1,5 +1,6 @@
 // The transformer against a naive float64 forward pass written here from the definitions, on small
-// random llama (interleaved RoPE) and qwen2 (NeoX RoPE, q/k/v biases) models with GQA; plus
+// random llama (interleaved RoPE), qwen2 (NeoX RoPE, q/k/v biases) and qwen3 (q/k norms, heads
+// wider than dim / n_heads) models with GQA; plus
 // determinism across thread counts and between batched prefill and token-by-token decoding.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -23,7 +24,7 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
     std::vector<float> v = *f.ReadF32(n);
     return Vec(v.begin(), v.end());
   };
-  const int dim = c.dim, hd = c.head_dim, kvd = c.kv_dim(), hid = c.hidden_dim;
+  const int dim = c.dim, hd = c.head_dim, kvd = c.kv_dim(), hid = c.hidden_dim, qd = c.q_dim();
   auto matvec = [](const Vec& w, const Vec& x, int rows, int cols) {
     Vec y(static_cast<size_t>(rows), 0.0);
     for (int r = 0; r < rows; ++r)
@@ -59,7 +60,7 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
     for (int l = 0; l < c.n_layers; ++l) {
       auto n = [l](const char* w) { return LayerTensorName(l, w); };
       Vec xn = rms(x, T(n("attn_norm.weight")));
-      Vec q = matvec(T(n("attn_q.weight")), xn, dim, dim);
+      Vec q = matvec(T(n("attn_q.weight")), xn, qd, dim);
       Vec k = matvec(T(n("attn_k.weight")), xn, kvd, dim);
       Vec v = matvec(T(n("attn_v.weight")), xn, kvd, dim);
       if (c.qkv_bias) {
@@ -67,11 +68,20 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
         for (int i = 0; i < dim; ++i) q[i] += bq[i];
         for (int i = 0; i < kvd; ++i) k[i] += bk[i], v[i] += bv[i];
       }
+      if (c.qk_norm) {  // per-head RMSNorm of q and k
+        const Vec qn = T(n("attn_q_norm.weight")), kn = T(n("attn_k_norm.weight"));
+        auto head_norm = [&](double* head, const Vec& w) {
+          const Vec normed = rms(Vec(head, head + hd), w);
+          std::copy(normed.begin(), normed.end(), head);
+        };
+        for (int h = 0; h < c.n_heads; ++h) head_norm(&q[h * hd], qn);
+        for (int h = 0; h < c.n_kv_heads; ++h) head_norm(&k[h * hd], kn);
+      }
       for (int h = 0; h < c.n_heads; ++h) rope(&q[h * hd], static_cast<int>(p));
       for (int h = 0; h < c.n_kv_heads; ++h) rope(&k[h * hd], static_cast<int>(p));
       kc[l].push_back(k);
       vc[l].push_back(v);
-      Vec att(static_cast<size_t>(dim), 0.0);
+      Vec att(static_cast<size_t>(qd), 0.0);
       for (int h = 0; h < c.n_heads; ++h) {
         const int kvh = h / (c.n_heads / c.n_kv_heads);
         Vec s(p + 1);
@@ -87,7 +97,7 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
         for (size_t j = 0; j <= p; ++j)
           for (int i = 0; i < hd; ++i) att[h * hd + i] += s[j] / sum * vc[l][j][kvh * hd + i];
       }
-      Vec o = matvec(T(n("attn_output.weight")), att, dim, dim);
+      Vec o = matvec(T(n("attn_output.weight")), att, dim, qd);
       for (int i = 0; i < dim; ++i) x[i] += o[i];
       xn = rms(x, T(n("ffn_norm.weight")));
       Vec g = matvec(T(n("ffn_gate.weight")), xn, hid, dim);
@@ -193,6 +203,7 @@ class ForwardTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(ForwardTest, F32MatchesNaiveFloat64) {
   testing::TinyModelOptions o;
   o.arch = GetParam();
+  if (o.arch == "qwen3") o.head_dim = 16;  // attention 64 wide on a 32-wide model
   o.tied = GetParam() == "llama";
   Built b = Build(o, WeightFormat::kF32);
   ThreadPool pool(2);
@@ -213,6 +224,7 @@ TEST_P(ForwardTest, F32MatchesNaiveFloat64) {
 TEST_P(ForwardTest, W8A8StaysCloseToNaive) {
   testing::TinyModelOptions o;
   o.arch = GetParam();
+  if (o.arch == "qwen3") o.head_dim = 16;  // attention 64 wide on a 32-wide model
   o.dim = 64;
   o.hidden = 128;
   o.heads = 4;
@@ -236,6 +248,7 @@ TEST_P(ForwardTest, DeterministicAcrossThreadsAndBatching) {
   for (WeightFormat fmt : {WeightFormat::kF32, WeightFormat::kW8A8}) {
     testing::TinyModelOptions o;
     o.arch = GetParam();
+    if (o.arch == "qwen3") o.head_dim = 16;  // attention 64 wide on a 32-wide model
     o.matrix_type = GgmlType::kQ8_0;
     o.ctx = 200;
     Built b = Build(o, fmt);
@@ -259,7 +272,7 @@ TEST_P(ForwardTest, DeterministicAcrossThreadsAndBatching) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, ForwardTest, ::testing::Values("llama", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Archs, ForwardTest, ::testing::Values("llama", "qwen2", "qwen3"));
 
 TEST(TransformerTest, RejectsBadTokensAndContextOverflowWithoutSideEffects) {
   testing::TinyModelOptions o;

@@ -12,7 +12,8 @@
 namespace dcomp::testing {
 
 struct TinyModelOptions {
-  std::string arch = "llama";
+  std::string arch = "llama";  // llama, qwen2 (q/k/v biases), qwen3 (q/k norms)
+  int head_dim = 0;            // 0: dim / heads; otherwise written as attention.key_length
   int dim = 32, hidden = 48, layers = 2, heads = 4, kv_heads = 2, vocab = 40, ctx = 16;
   bool tied = true;
   GgmlType matrix_type = GgmlType::kF32;
@@ -45,6 +46,10 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   w.SetU32(a + "context_length", static_cast<uint32_t>(o.ctx));
   w.SetF32(a + "rope.freq_base", o.arch == "qwen2" ? 1000000.0f : 10000.0f);
   w.SetF32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
+  if (o.head_dim > 0) {
+    w.SetU32(a + "attention.key_length", static_cast<uint32_t>(o.head_dim));
+    w.SetU32(a + "attention.value_length", static_cast<uint32_t>(o.head_dim));
+  }
   std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
   for (int i = 3; i < o.vocab; ++i) tokens.push_back("\xE2\x96\x81t" + std::to_string(i));
   if (!o.chat_template.empty()) {
@@ -86,7 +91,8 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
     for (float& x : v) x = 1.0f + 0.1f * nd(rng);
     return v;
   };
-  const int hd = o.dim / o.heads, kv = o.kv_heads * hd;
+  const int hd = o.head_dim > 0 ? o.head_dim : o.dim / o.heads, kv = o.kv_heads * hd;
+  const int qd = o.heads * hd;
   auto mat = [&](const std::string& name, int rows, int cols) -> Status {
     GgmlType t = (cols % 32 == 0) ? o.matrix_type : GgmlType::kF32;
     return w.AddTensor(name, rows, cols, t,
@@ -99,10 +105,14 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   for (int l = 0; l < o.layers; ++l) {
     auto n = [l](const char* what) { return LayerTensorName(l, what); };
     RETURN_IF_ERROR(w.AddTensor(n("attn_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
-    RETURN_IF_ERROR(mat(n("attn_q.weight"), o.dim, o.dim));
+    RETURN_IF_ERROR(mat(n("attn_q.weight"), qd, o.dim));
+    if (o.arch == "qwen3") {
+      RETURN_IF_ERROR(w.AddTensor(n("attn_q_norm.weight"), 1, hd, GgmlType::kF32, norm(hd)));
+      RETURN_IF_ERROR(w.AddTensor(n("attn_k_norm.weight"), 1, hd, GgmlType::kF32, norm(hd)));
+    }
     RETURN_IF_ERROR(mat(n("attn_k.weight"), kv, o.dim));
     if (!(o.drop_attn_v && l == 1)) RETURN_IF_ERROR(mat(n("attn_v.weight"), kv, o.dim));
-    RETURN_IF_ERROR(mat(n("attn_output.weight"), o.dim, o.dim));
+    RETURN_IF_ERROR(mat(n("attn_output.weight"), o.dim, qd));
     RETURN_IF_ERROR(w.AddTensor(n("ffn_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
     RETURN_IF_ERROR(
         mat(n("ffn_gate.weight"), l == 0 && o.wrong_ffn_rows ? o.wrong_ffn_rows : o.hidden, o.dim));
