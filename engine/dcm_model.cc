@@ -26,6 +26,12 @@ pb::ModelConfig ModelConfigToProto(const ModelConfig& c) {
   p.set_tied_output(c.tied_output);
   p.set_qkv_bias(c.qkv_bias);
   p.set_qk_norm(c.qk_norm);
+  p.set_embedding_scale(c.embedding_scale);
+  p.set_activation(static_cast<int32_t>(c.activation));
+  p.set_post_norms(c.post_norms);
+  p.set_sliding_window(c.sliding_window);
+  p.set_sliding_pattern(c.sliding_pattern);
+  p.set_rope_theta_local(c.rope_theta_local);
   p.set_synthetic(c.synthetic);
   return p;
 }
@@ -49,6 +55,12 @@ ModelConfig ModelConfigFromProto(const pb::ModelConfig& p) {
   c.tied_output = p.tied_output();
   c.qkv_bias = p.qkv_bias();
   c.qk_norm = p.qk_norm();
+  c.embedding_scale = p.embedding_scale() > 0 ? p.embedding_scale() : 1.0f;
+  c.activation = static_cast<Activation>(p.activation());
+  c.post_norms = p.post_norms();
+  c.sliding_window = p.sliding_window();
+  c.sliding_pattern = p.sliding_pattern();
+  c.rope_theta_local = p.rope_theta_local() > 0 ? p.rope_theta_local() : 10000.0f;
   c.synthetic = p.synthetic();
   return c;
 }

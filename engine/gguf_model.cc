@@ -16,6 +16,36 @@ namespace {
 // (Llama 3.1's definition: wavelengths shorter than original_context_length / high_freq_factor
 // keep their frequency, longer than original_context_length / low_freq_factor are divided by
 // factor, and those between are interpolated; the two frequency factors default to 1 and 4).
+// Gemma 3 (after dim is read): embeddings scaled by sqrt(dim), GeGLU, post-norms, and interleaved
+// sliding-window layers: attention.sliding_window keys, every sliding_window_pattern-th layer
+// global (6 unless the file says), the sliding layers' RoPE base rope.freq_base_swa (10000 unless
+// the file says). As converted to GGUF, Gemma's RMSNorm weights already include their +1.
+Status ReadGemma3(const GgufFile& g, const std::string& a, ModelConfig* c) {
+  c->embedding_scale = std::sqrt(static_cast<float>(c->dim));
+  c->activation = Activation::kGeluTanh;
+  c->post_norms = true;
+  ASSIGN_OR_RETURN(int64_t window, g.GetInt(a + "attention.sliding_window"));
+  if (window < 1 || window > (1 << 20)) {
+    return InvalidArgumentError(a + "attention.sliding_window = " + std::to_string(window) +
+                                ", expected 1..1048576");
+  }
+  c->sliding_window = static_cast<int32_t>(window);
+  c->sliding_pattern = 6;
+  if (g.Find(a + "attention.sliding_window_pattern")) {
+    ASSIGN_OR_RETURN(int64_t pattern, g.GetInt(a + "attention.sliding_window_pattern"));
+    if (pattern < 1 || pattern > 1024) {
+      return InvalidArgumentError(a + "attention.sliding_window_pattern = " +
+                                  std::to_string(pattern) + ", expected 1..1024");
+    }
+    c->sliding_pattern = static_cast<int32_t>(pattern);
+  }
+  if (g.Find(a + "rope.freq_base_swa")) {
+    ASSIGN_OR_RETURN(double theta, g.GetFloat(a + "rope.freq_base_swa"));
+    c->rope_theta_local = static_cast<float>(theta);
+  }
+  return Status::Ok();
+}
+
 Status ReadRopeScaling(const GgufFile& g, const std::string& a, ModelConfig* c) {
   const int n = c->head_dim / 2;
   if (const GgufTensorInfo* t = g.FindTensor("rope_freqs.weight")) {
@@ -99,9 +129,9 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
   const GgufFile& g = *m->gguf_;
   ModelConfig& c = m->config_;
   ASSIGN_OR_RETURN(c.arch, g.GetString("general.architecture"));
-  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3") {
+  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3" && c.arch != "gemma3") {
     return UnimplementedError("GGUF " + path + ": architecture '" + c.arch +
-                              "' is not supported (supported: llama, qwen2, qwen3)");
+                              "' is not supported (supported: llama, qwen2, qwen3, gemma3)");
   }
   if (g.tensors().empty()) {
     return InvalidArgumentError("GGUF " + path +
@@ -167,7 +197,8 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
   RETURN_IF_ERROR(ReadRopeScaling(g, a, &c).WithContext("GGUF " + path));
   c.rope_style = c.arch == "llama" ? RopeStyle::kInterleaved : RopeStyle::kNeox;
   c.qkv_bias = c.arch == "qwen2";
-  c.qk_norm = c.arch == "qwen3";
+  c.qk_norm = c.arch == "qwen3" || c.arch == "gemma3";
+  if (c.arch == "gemma3") RETURN_IF_ERROR(ReadGemma3(g, a, &c).WithContext("GGUF " + path));
   c.tied_output = g.FindTensor("output.weight") == nullptr;
   if (auto syn = g.GetBool("dcomp.synthetic"); syn.ok()) c.synthetic = *syn;
   const std::string bits_key = "dcomp.synthetic.bits.";

@@ -61,24 +61,40 @@ inline constexpr LayerMatrix kLayerMatrices[] = {
 };
 inline constexpr int kLayerMatrixCount = sizeof(kLayerMatrices) / sizeof(kLayerMatrices[0]);
 
-// A layer's norm vectors (f32), where they go, the input they lead to (stored before that input's
-// matrices), their length, and whether only models with q/k norms (qwen3) have them.
+// A layer's norm vectors (f32), where they go, the input before whose matrices they are stored,
+// their length, and which models have them.
+enum class VectorPresence { kAlways, kQkNorm, kPostNorms };
 struct LayerVector {
   const char* name;
   const float* LayerWeights::*field;
   LinearInput output;
   Extent size;
-  bool qk_norm;
+  VectorPresence presence;
 };
 inline constexpr LayerVector kLayerNorms[] = {
-    {"attn_norm.weight", &LayerWeights::attn_norm, LinearInput::kAttnIn, Extent::kDim, false},
+    {"attn_norm.weight", &LayerWeights::attn_norm, LinearInput::kAttnIn, Extent::kDim,
+     VectorPresence::kAlways},
     // Per-head RMSNorm of q and k (after the projections, before RoPE).
-    {"attn_q_norm.weight", &LayerWeights::q_norm, LinearInput::kAttnOut, Extent::kHeadDim, true},
-    {"attn_k_norm.weight", &LayerWeights::k_norm, LinearInput::kAttnOut, Extent::kHeadDim, true},
-    {"ffn_norm.weight", &LayerWeights::ffn_norm, LinearInput::kFfnIn, Extent::kDim, false}};
+    {"attn_q_norm.weight", &LayerWeights::q_norm, LinearInput::kAttnOut, Extent::kHeadDim,
+     VectorPresence::kQkNorm},
+    {"attn_k_norm.weight", &LayerWeights::k_norm, LinearInput::kAttnOut, Extent::kHeadDim,
+     VectorPresence::kQkNorm},
+    // Gemma 3: RMSNorm of the attention output before the residual add.
+    {"post_attention_norm.weight", &LayerWeights::attn_post_norm, LinearInput::kFfnIn, Extent::kDim,
+     VectorPresence::kPostNorms},
+    {"ffn_norm.weight", &LayerWeights::ffn_norm, LinearInput::kFfnIn, Extent::kDim,
+     VectorPresence::kAlways},
+    // Gemma 3: RMSNorm of the FFN output before the residual add.
+    {"post_ffw_norm.weight", &LayerWeights::ffn_post_norm, LinearInput::kFfnHidden, Extent::kDim,
+     VectorPresence::kPostNorms}};
 // Whether models of config `c` have vector `v`.
 inline bool HasLayerVector(const LayerVector& v, const ModelConfig& c) {
-  return !v.qk_norm || c.qk_norm;
+  switch (v.presence) {
+    case VectorPresence::kAlways: return true;
+    case VectorPresence::kQkNorm: return c.qk_norm;
+    case VectorPresence::kPostNorms: return c.post_norms;
+  }
+  return false;
 }
 
 // A layer's inputs in execution order: the order its tensors are stored in (CanonicalTensors).

@@ -27,6 +27,17 @@ Status ModelConfig::Validate() const {
     return bad("context_length", context_length, "1..1048576");
   }
   if (!(rope_theta > 0.0f)) return InvalidArgumentError("model config: rope_theta must be > 0");
+  if (!(rope_theta_local > 0.0f)) {
+    return InvalidArgumentError("model config: rope_theta_local must be > 0");
+  }
+  if (!(embedding_scale > 0.0f) || !std::isfinite(embedding_scale)) {
+    return InvalidArgumentError("model config: embedding_scale must be a positive number");
+  }
+  if (sliding_window < 0) return bad("sliding_window", sliding_window, ">= 0");
+  if (sliding_pattern < 0) return bad("sliding_pattern", sliding_pattern, ">= 0");
+  if (activation != Activation::kSilu && activation != Activation::kGeluTanh) {
+    return bad("activation", static_cast<int64_t>(activation), "0 (silu) or 1 (gelu_tanh)");
+  }
   if (!rope_freq_factors.empty()) {
     if (static_cast<int32_t>(rope_freq_factors.size()) * 2 != head_dim) {
       return InvalidArgumentError(

@@ -11,13 +11,18 @@
 
 namespace dcomp {
 
+enum class Activation : int32_t {
+  kSilu = 0,      // SwiGLU: silu(gate) * up (llama, qwen)
+  kGeluTanh = 1,  // GeGLU: gelu_tanh(gate) * up (gemma)
+};
+
 enum class RopeStyle : int32_t {
   kInterleaved = 0,  // rotate pairs (2i, 2i+1): llama2.c and GGUF "llama"
   kNeox = 1,         // rotate pairs (i, i + head_dim/2): GGUF "qwen2"
 };
 
 struct ModelConfig {
-  std::string arch;  // "llama", "qwen2" or "qwen3"
+  std::string arch;  // "llama", "qwen2", "qwen3" or "gemma3"
   std::string name;
   int32_t dim = 0;
   int32_t hidden_dim = 0;
@@ -35,8 +40,17 @@ struct ModelConfig {
   RopeStyle rope_style = RopeStyle::kInterleaved;
   bool tied_output = true;  // the output matrix is the token embedding
   bool qkv_bias = false;    // q/k/v projections have biases (qwen2)
-  bool qk_norm = false;     // per-head RMSNorm of q and k before RoPE (qwen3)
-  bool synthetic = false;   // weights are synthetic (speed/memory benchmarks only)
+  bool qk_norm = false;     // per-head RMSNorm of q and k before RoPE (qwen3, gemma3)
+  // Gemma 3: embeddings multiplied by embedding_scale (sqrt(dim)); GeGLU; RMSNorm of the attention
+  // and FFN outputs before each residual add (post_norms); sliding-window attention on the layers
+  // IsSlidingLayer names, whose RoPE uses rope_theta_local and no frequency scaling.
+  float embedding_scale = 1.0f;
+  Activation activation = Activation::kSilu;
+  bool post_norms = false;
+  int32_t sliding_window = 0;   // keys attended by a sliding layer, the query's included; 0: none
+  int32_t sliding_pattern = 0;  // layer l is global when l % pattern == pattern - 1; 0: all slide
+  float rope_theta_local = 10000.0f;
+  bool synthetic = false;  // weights are synthetic (speed/memory benchmarks only)
   // Synthetic models: the code width `dcomp synth` drew each matrix role at ("attn_q",
   // "token_embd", ...), which `dcomp pack` keeps (GGUF dcomp.synthetic.bits.<role>).
   std::map<std::string, int> synthetic_bits;
@@ -45,6 +59,10 @@ struct ModelConfig {
   // Width of the attention (q and the attention output): n_heads * head_dim, which need not be
   // dim (Qwen3, Gemma 3).
   int32_t q_dim() const { return n_heads * head_dim; }
+  bool IsSlidingLayer(int layer) const {
+    return sliding_window > 0 &&
+           (sliding_pattern == 0 || layer % sliding_pattern < sliding_pattern - 1);
+  }
   // Checks positivity, divisibility (n_heads % n_kv_heads == 0, even head_dim) and sane upper
   // bounds; the message names the field.
   Status Validate() const;

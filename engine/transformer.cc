@@ -41,17 +41,22 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
                          const kernels::KernelTable* kt)
     : weights_(w), pool_(pool), kt_(kt), cfg_(w->config()), ctx_(ctx) {
   const size_t hd = static_cast<size_t>(cfg_.head_dim);
-  rope_.resize(static_cast<size_t>(ctx_) * hd);
-  for (int32_t p = 0; p < ctx_; ++p) {
-    for (size_t i = 0; i < hd / 2; ++i) {
-      const double freq =
-          std::pow(static_cast<double>(cfg_.rope_theta), -2.0 * static_cast<double>(i) / hd) /
-          (cfg_.rope_freq_factors.empty() ? 1.0 : cfg_.rope_freq_factors[static_cast<size_t>(i)]);
-      const double angle = p * freq;
-      rope_[static_cast<size_t>(p) * hd + 2 * i] = static_cast<float>(std::cos(angle));
-      rope_[static_cast<size_t>(p) * hd + 2 * i + 1] = static_cast<float>(std::sin(angle));
+  // RoPE tables: the global layers' (rope_theta, frequency factors) and, when the model has
+  // sliding-window layers, theirs (rope_theta_local, unscaled).
+  auto table = [&](double theta, const std::vector<float>& factors, std::vector<float>* out) {
+    out->resize(static_cast<size_t>(ctx_) * hd);
+    for (int32_t p = 0; p < ctx_; ++p) {
+      for (size_t i = 0; i < hd / 2; ++i) {
+        const double freq = std::pow(theta, -2.0 * static_cast<double>(i) / hd) /
+                            (factors.empty() ? 1.0 : factors[i]);
+        const double angle = p * freq;
+        (*out)[static_cast<size_t>(p) * hd + 2 * i] = static_cast<float>(std::cos(angle));
+        (*out)[static_cast<size_t>(p) * hd + 2 * i + 1] = static_cast<float>(std::sin(angle));
+      }
     }
-  }
+  };
+  table(cfg_.rope_theta, cfg_.rope_freq_factors, &rope_);
+  if (cfg_.sliding_window > 0) table(cfg_.rope_theta_local, {}, &rope_local_);
   const size_t kv = static_cast<size_t>(cfg_.n_layers) * ctx_ * cfg_.kv_dim();
   k_cache_.assign(kv, 0.0f);
   v_cache_.assign(kv, 0.0f);
@@ -79,7 +84,7 @@ size_t Transformer::MemoryBytes(const ModelConfig& c, int32_t context_length) {
   const size_t hd = static_cast<size_t>(c.head_dim), dim = static_cast<size_t>(c.dim),
                hid = static_cast<size_t>(c.hidden_dim), qd = static_cast<size_t>(c.q_dim());
   const size_t b = std::min<size_t>(kMaxBatch, ctx);
-  const size_t floats = ctx * hd  // rope
+  const size_t floats = ctx * hd * (c.sliding_window > 0 ? 2 : 1)  // rope tables
                         + 2 * b * dim + 2 * b * qd + 2 * b * hid +
                         b;  // x, xn, q, att, hb, hb2, xq_scale
   return KvCacheBytes(c, context_length) + floats * sizeof(float) +
@@ -88,7 +93,7 @@ size_t Transformer::MemoryBytes(const ModelConfig& c, int32_t context_length) {
 
 size_t Transformer::scratch_bytes() const {
   return (x_.size() + xn_.size() + q_.size() + att_.size() + hb_.size() + hb2_.size() +
-          xq_scale_.size() + rope_.size()) *
+          xq_scale_.size() + rope_.size() + rope_local_.size()) *
              sizeof(float) +
          xq_.size();
 }
@@ -272,16 +277,20 @@ void Transformer::Attention(int layer, size_t n) {
   const float* vc = v_cache_.data() + static_cast<size_t>(layer) * ctx_ * kv_dim;
   const float inv_sqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const size_t pos0 = static_cast<size_t>(pos_);
-  const size_t work = n * heads * (pos0 + n) * hd * 2;
+  const size_t window =
+      cfg_.IsSlidingLayer(layer) ? static_cast<size_t>(cfg_.sliding_window) : pos0 + n;
+  const size_t work = n * heads * std::min(pos0 + n, window) * hd * 2;
   Parallel(work, static_cast<int64_t>(n * heads), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     for (int64_t i = begin; i < end; ++i) {
       const size_t t = static_cast<size_t>(i) / heads, h = static_cast<size_t>(i) % heads;
       const size_t p = pos0 + t;
       const size_t kvh = h / group;
-      scores.resize(p + 1);
-      kernels::AttentionHead(q_.data() + t * qd + h * hd, kc + kvh * hd, vc + kvh * hd, kv_dim,
-                             p + 1, hd, inv_sqrt, scores.data(), att_.data() + t * qd + h * hd);
+      const size_t first = p + 1 > window ? p + 1 - window : 0;  // oldest key attended
+      scores.resize(p + 1 - first);
+      kernels::AttentionHead(q_.data() + t * qd + h * hd, kc + first * kv_dim + kvh * hd,
+                             vc + first * kv_dim + kvh * hd, kv_dim, p + 1 - first, hd, inv_sqrt,
+                             scores.data(), att_.data() + t * qd + h * hd);
     }
   });
 }
@@ -297,6 +306,14 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
   // Token embeddings.
   for (size_t t = 0; t < n; ++t)
     RETURN_IF_ERROR(weights_->EmbedToken(tokens[t], x_.data() + t * dim));
+  if (cfg_.embedding_scale != 1.0f) {
+    for (size_t i = 0; i < n * dim; ++i) x_[i] *= cfg_.embedding_scale;
+  }
+  const auto post_norm = [&](const float* w) {  // RMSNorm of each token's output in xn_
+    PerToken(n, dim * 8, [&](size_t t) {
+      kernels::RmsNorm(xn_.data() + t * dim, w, dim, cfg_.rms_eps, xn_.data() + t * dim);
+    });
+  };
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     ASSIGN_OR_RETURN(const LayerWeights* w, weights_->AcquireLayer(l));
@@ -325,7 +342,8 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
           kernels::RmsNorm(k + h * hd, w->k_norm, hd, cfg_.rms_eps, k + h * hd);
         }
       }
-      const float* cs = rope_.data() + (static_cast<size_t>(pos_) + t) * hd;
+      const float* cs = (cfg_.IsSlidingLayer(l) ? rope_local_ : rope_).data() +
+                        (static_cast<size_t>(pos_) + t) * hd;
       auto rope =
           cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox : kernels::RopeInterleaved;
       for (int h = 0; h < cfg_.n_heads; ++h) rope(q + h * hd, hd, cs);
@@ -336,6 +354,7 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     const LinearJob o[] = {{&w->wo, xn_.data(), dim}};
     Observe(l, LinearInput::kAttnOut, att_.data(), n, qd);
     RETURN_IF_ERROR(release_on_error(RunLinears(o, att_.data(), qd, n)));
+    if (cfg_.post_norms) post_norm(w->attn_post_norm);
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
     PerToken(n, dim * 8, [&](size_t t) {
@@ -344,11 +363,13 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
     const LinearJob up[] = {{&w->w_gate, hb_.data(), hid}, {&w->w_up, hb2_.data(), hid}};
     Observe(l, LinearInput::kFfnIn, xn_.data(), n, dim);
     RETURN_IF_ERROR(release_on_error(RunLinears(up, xn_.data(), dim, n)));
-    PerToken(n, hid * 16,
-             [&](size_t t) { kernels::SiluMul(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
+    const auto act =
+        cfg_.activation == Activation::kGeluTanh ? kernels::GeluTanhMul : kernels::SiluMul;
+    PerToken(n, hid * 16, [&](size_t t) { act(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
     const LinearJob down[] = {{&w->w_down, xn_.data(), dim}};
     Observe(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
     RETURN_IF_ERROR(release_on_error(RunLinears(down, hb_.data(), hid, n)));
+    if (cfg_.post_norms) post_norm(w->ffn_post_norm);
     for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
 
     weights_->ReleaseLayer(l);

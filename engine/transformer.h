@@ -94,6 +94,7 @@ class Transformer {
   ActivationObserver* observer_ = nullptr;
 
   std::vector<float> rope_;               // [ctx][head_dim/2][cos, sin]
+  std::vector<float> rope_local_;         // the same for sliding-window layers (gemma3)
   std::vector<float> k_cache_, v_cache_;  // [layer][ctx][kv_dim]
   // Activations for up to kMaxBatch tokens.
   std::vector<float> x_, xn_, q_, att_, hb_, hb2_;

@@ -63,8 +63,10 @@ struct LinearWeights {
 struct LayerWeights {
   const float* attn_norm = nullptr;
   const float* ffn_norm = nullptr;
-  const float* q_norm = nullptr;  // [head_dim], qwen3: applied to every q head
-  const float* k_norm = nullptr;  // [head_dim], qwen3: applied to every k head
+  const float* q_norm = nullptr;          // [head_dim], qwen3: applied to every q head
+  const float* k_norm = nullptr;          // [head_dim], qwen3: applied to every k head
+  const float* attn_post_norm = nullptr;  // [dim], gemma3: attention output, before the residual
+  const float* ffn_post_norm = nullptr;   // [dim], gemma3: FFN output, before the residual
   LinearWeights wq, wk, wv, wo;
   LinearWeights w_gate, w_down, w_up;
 };

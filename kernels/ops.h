@@ -23,6 +23,8 @@ void Softmax(float* x, size_t n);
 
 // gate[i] = silu(gate[i]) * up[i].
 void SiluMul(float* gate, const float* up, size_t n);
+// gate[i] = gelu(gate[i]) * up[i], GELU in its tanh approximation (GeGLU: Gemma).
+void GeluTanhMul(float* gate, const float* up, size_t n);
 
 float DotF32(const float* a, const float* b, size_t n);
 

@@ -36,7 +36,7 @@ commands:
        [--min-decode-speed MBPS] [--min-coding-gain F] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
        [--no-scaling] [--no-rate-alloc] [--calib-tokens N]
   inspect FILE.dcm [--verify] [--json]
-  synth --shape tinyllama-1.1b|llama-3.2-1b|qwen3-0.6b OUT.gguf [--widths stories3m|int8] [--entropy BITS]
+  synth --shape tinyllama-1.1b|llama-3.2-1b|qwen3-0.6b|gemma-3-1b OUT.gguf [--widths stories3m|int8] [--entropy BITS]
         [--seed S]
   generate MODEL --prompt TEXT [-n N] [--temperature T] [--seed S] [--weights f32|w8a8] [--json]
   eval MODEL --text FILE [--weights f32|w8a8] [--json]

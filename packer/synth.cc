@@ -18,7 +18,8 @@ struct Shape {
   float rope_theta;
   bool tied;
   const char* arch = "llama";
-  int head_dim = 0;  // 0: dim / heads
+  int head_dim = 0;        // 0: dim / heads
+  int sliding_window = 0;  // gemma3
 };
 
 constexpr Shape kShapes[] = {
@@ -29,6 +30,9 @@ constexpr Shape kShapes[] = {
     // Qwen3 0.6B (q/k norms, 128-wide heads: attention 2048 wide on a 1024-wide model; tied
     // embeddings; 151936-token vocabulary; context capped at 8192 here).
     {"qwen3-0.6b", 1024, 3072, 28, 16, 8, 151936, 8192, 1000000.0f, true, "qwen3", 128},
+    // Gemma 3 1B (q/k norms, post-norms, GeGLU; 4/1 heads of 256; five sliding-window layers of
+    // 512 keys per global layer; 262144-token vocabulary, tied; context capped at 8192 here).
+    {"gemma-3-1b", 1152, 6912, 26, 4, 1, 262144, 8192, 1000000.0f, true, "gemma3", 256, 512},
     // A small shape for tests.
     {"tiny", 128, 384, 2, 4, 2, 512, 256, 10000.0f, false},
     // A 42 MB (INT8) model for the streaming runtime's tests: twelve 3 MB layers, untied output.
@@ -156,6 +160,9 @@ Status Synthesize(const SynthOptions& o) {
   w.SetU32(a + "context_length", static_cast<uint32_t>(sh->ctx));
   w.SetF32(a + "rope.freq_base", sh->rope_theta);
   w.SetF32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  if (sh->sliding_window > 0) {
+    w.SetU32(a + "attention.sliding_window", static_cast<uint32_t>(sh->sliding_window));
+  }
   if (sh->head_dim > 0) {
     w.SetU32(a + "attention.key_length", static_cast<uint32_t>(sh->head_dim));
     w.SetU32(a + "attention.value_length", static_cast<uint32_t>(sh->head_dim));
@@ -207,7 +214,8 @@ Status Synthesize(const SynthOptions& o) {
   c.n_heads = sh->heads;
   c.n_kv_heads = sh->kv_heads;
   c.head_dim = sh->head_dim > 0 ? sh->head_dim : sh->dim / sh->heads;
-  c.qk_norm = std::string(sh->arch) == "qwen3";
+  c.qk_norm = std::string(sh->arch) == "qwen3" || std::string(sh->arch) == "gemma3";
+  c.post_norms = std::string(sh->arch) == "gemma3";
   c.vocab_size = sh->vocab;
   c.tied_output = sh->tied;
   for (const CanonicalTensor& t : CanonicalTensors(c)) {

@@ -51,6 +51,14 @@ void SiluMul(float* gate, const float* up, size_t n) {
   }
 }
 
+void GeluTanhMul(float* gate, const float* up, size_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (size_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    gate[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
+
 float DotF32(const float* a, const float* b, size_t n) {
   float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)

@@ -398,7 +398,9 @@ void PackAndCompareAcrossPolicies(const testing::TinyModelOptions& o, const std:
   auto packed = OpenModelFile(base + ".dcm");
   ASSERT_TRUE(packed.ok()) << packed.status().ToString();
   EXPECT_EQ((*packed)->config().rope_freq_factors, o.rope_freqs);
-  EXPECT_EQ((*packed)->config().qk_norm, o.arch == "qwen3");
+  EXPECT_EQ((*packed)->config().qk_norm, o.arch == "qwen3" || o.arch == "gemma3");
+  EXPECT_EQ((*packed)->config().post_norms, o.arch == "gemma3");
+  EXPECT_EQ((*packed)->config().sliding_window, o.arch == "gemma3" ? o.sliding_window : 0);
   // Sampled (seeded): equal logits give equal tokens, and the tokens vary.
   const std::string gen = " --prompt 't5 t9 t12' -n 16 --temperature 1 --seed 7 --json";
   ProcResult a = Dcomp("generate " + base + ".dcm" + gen);
@@ -431,6 +433,17 @@ TEST(CliTest, PackedModelKeepsRopeFrequencyFactors) {
   testing::TinyModelOptions o = Wider();
   o.rope_freqs = {1, 1, 2, 4, 8, 8, 8, 8};
   PackAndCompareAcrossPolicies(o, "rf");
+}
+
+// Gemma 3: scaled embeddings, GeGLU, post-norms, q/k norms, sliding-window layers with their own
+// RoPE base, packed and streamed.
+TEST(CliTest, PackedGemma3GivesTheSameTokensAtEveryBudget) {
+  testing::TinyModelOptions o = Wider();
+  o.arch = "gemma3";
+  o.head_dim = 32;
+  o.layers = 3;
+  o.sliding_window = 3;
+  PackAndCompareAcrossPolicies(o, "g3");
 }
 
 // Qwen3: q/k norms and heads wider than dim / n_heads, packed and streamed.

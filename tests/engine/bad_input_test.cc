@@ -217,6 +217,14 @@ TEST(GgufTest, BadHeadGeometryIsNamed) {
               "embedding_length = 32 is not a multiple of head_count = 5");
 }
 
+TEST(GgufTest, Gemma3WithoutSlidingWindowIsNamed) {
+  testing::TinyModelOptions o;
+  o.arch = "gemma3";
+  o.sliding_window = 0;
+  ExpectError(OpenModelFile(TinyGguf(o, "g3.gguf")), StatusCode::kInvalidArgument,
+              "gemma3.attention.sliding_window = 0, expected 1..1048576");
+}
+
 TEST(GgufTest, BadRopeScalingIsNamed) {
   testing::TinyModelOptions o;
   o.rope_scaling_type = "yarn";

@@ -39,10 +39,11 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
     for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * inv * w[i];
     return y;
   };
-  auto rope = [&](double* v, int pos) {
+  auto rope = [&](double* v, int pos, bool sliding) {
     for (int i = 0; i < hd / 2; ++i) {
-      const double factor = c.rope_freq_factors.empty() ? 1.0 : c.rope_freq_factors[i];
-      const double ang = pos * std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd) / factor;
+      const double factor = c.rope_freq_factors.empty() || sliding ? 1.0 : c.rope_freq_factors[i];
+      const double theta = sliding ? c.rope_theta_local : c.rope_theta;
+      const double ang = pos * std::pow(theta, -2.0 * i / hd) / factor;
       const int a = c.rope_style == RopeStyle::kNeox ? i : 2 * i;
       const int b = c.rope_style == RopeStyle::kNeox ? i + hd / 2 : 2 * i + 1;
       const double x0 = v[a], x1 = v[b];
@@ -57,6 +58,7 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
   std::vector<Vec> logits;
   for (size_t p = 0; p < tokens.size(); ++p) {
     Vec x(emb.begin() + tokens[p] * dim, emb.begin() + (tokens[p] + 1) * dim);
+    for (double& e : x) e *= c.embedding_scale;
     for (int l = 0; l < c.n_layers; ++l) {
       auto n = [l](const char* w) { return LayerTensorName(l, w); };
       Vec xn = rms(x, T(n("attn_norm.weight")));
@@ -77,33 +79,47 @@ std::vector<Vec> NaiveForward(const ModelFile& f, const std::vector<int32_t>& to
         for (int h = 0; h < c.n_heads; ++h) head_norm(&q[h * hd], qn);
         for (int h = 0; h < c.n_kv_heads; ++h) head_norm(&k[h * hd], kn);
       }
-      for (int h = 0; h < c.n_heads; ++h) rope(&q[h * hd], static_cast<int>(p));
-      for (int h = 0; h < c.n_kv_heads; ++h) rope(&k[h * hd], static_cast<int>(p));
+      const bool sliding = c.IsSlidingLayer(l);
+      for (int h = 0; h < c.n_heads; ++h) rope(&q[h * hd], static_cast<int>(p), sliding);
+      for (int h = 0; h < c.n_kv_heads; ++h) rope(&k[h * hd], static_cast<int>(p), sliding);
+      // A sliding layer's query sees the last sliding_window keys, itself included.
+      const size_t first = sliding && p + 1 > static_cast<size_t>(c.sliding_window)
+                               ? p + 1 - static_cast<size_t>(c.sliding_window)
+                               : 0;
       kc[l].push_back(k);
       vc[l].push_back(v);
       Vec att(static_cast<size_t>(qd), 0.0);
       for (int h = 0; h < c.n_heads; ++h) {
         const int kvh = h / (c.n_heads / c.n_kv_heads);
-        Vec s(p + 1);
+        Vec s(p + 1, 0.0);
         double mx = -1e300;
-        for (size_t j = 0; j <= p; ++j) {
+        for (size_t j = first; j <= p; ++j) {
           double d = 0;
           for (int i = 0; i < hd; ++i) d += q[h * hd + i] * kc[l][j][kvh * hd + i];
           s[j] = d / std::sqrt(static_cast<double>(hd));
           mx = std::max(mx, s[j]);
         }
         double sum = 0;
-        for (double& e : s) sum += (e = std::exp(e - mx));
-        for (size_t j = 0; j <= p; ++j)
+        for (size_t j = first; j <= p; ++j) sum += (s[j] = std::exp(s[j] - mx));
+        for (size_t j = first; j <= p; ++j)
           for (int i = 0; i < hd; ++i) att[h * hd + i] += s[j] / sum * vc[l][j][kvh * hd + i];
       }
       Vec o = matvec(T(n("attn_output.weight")), att, dim, qd);
+      if (c.post_norms) o = rms(o, T(n("post_attention_norm.weight")));
       for (int i = 0; i < dim; ++i) x[i] += o[i];
       xn = rms(x, T(n("ffn_norm.weight")));
       Vec g = matvec(T(n("ffn_gate.weight")), xn, hid, dim);
       Vec u = matvec(T(n("ffn_up.weight")), xn, hid, dim);
-      for (int i = 0; i < hid; ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      for (int i = 0; i < hid; ++i) {
+        g[i] = c.activation == Activation::kGeluTanh
+                   ? 0.5 * g[i] *
+                         (1.0 + std::tanh(std::sqrt(2.0 / M_PI) *
+                                          (g[i] + 0.044715 * g[i] * g[i] * g[i]))) *
+                         u[i]
+                   : g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      }
       Vec d = matvec(T(n("ffn_down.weight")), g, dim, hid);
+      if (c.post_norms) d = rms(d, T(n("post_ffw_norm.weight")));
       for (int i = 0; i < dim; ++i) x[i] += d[i];
     }
     logits.push_back(matvec(out_w, rms(x, T("output_norm.weight")), c.vocab_size, dim));
@@ -203,7 +219,8 @@ class ForwardTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(ForwardTest, F32MatchesNaiveFloat64) {
   testing::TinyModelOptions o;
   o.arch = GetParam();
-  if (o.arch == "qwen3") o.head_dim = 16;  // attention 64 wide on a 32-wide model
+  if (o.arch == "qwen3" || o.arch == "gemma3") o.head_dim = 16;  // attention 64 wide, dim 32
+  if (o.arch == "gemma3") o.layers = 3;                          // sliding, global, sliding
   o.tied = GetParam() == "llama";
   Built b = Build(o, WeightFormat::kF32);
   ThreadPool pool(2);
@@ -224,7 +241,8 @@ TEST_P(ForwardTest, F32MatchesNaiveFloat64) {
 TEST_P(ForwardTest, W8A8StaysCloseToNaive) {
   testing::TinyModelOptions o;
   o.arch = GetParam();
-  if (o.arch == "qwen3") o.head_dim = 16;  // attention 64 wide on a 32-wide model
+  if (o.arch == "qwen3" || o.arch == "gemma3") o.head_dim = 16;  // attention 64 wide, dim 32
+  if (o.arch == "gemma3") o.layers = 3;                          // sliding, global, sliding
   o.dim = 64;
   o.hidden = 128;
   o.heads = 4;
@@ -248,7 +266,8 @@ TEST_P(ForwardTest, DeterministicAcrossThreadsAndBatching) {
   for (WeightFormat fmt : {WeightFormat::kF32, WeightFormat::kW8A8}) {
     testing::TinyModelOptions o;
     o.arch = GetParam();
-    if (o.arch == "qwen3") o.head_dim = 16;  // attention 64 wide on a 32-wide model
+    if (o.arch == "qwen3" || o.arch == "gemma3") o.head_dim = 16;  // attention 64 wide, dim 32
+    if (o.arch == "gemma3") o.layers = 3;                          // sliding, global, sliding
     o.matrix_type = GgmlType::kQ8_0;
     o.ctx = 200;
     Built b = Build(o, fmt);
@@ -272,7 +291,8 @@ TEST_P(ForwardTest, DeterministicAcrossThreadsAndBatching) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, ForwardTest, ::testing::Values("llama", "qwen2", "qwen3"));
+INSTANTIATE_TEST_SUITE_P(Archs, ForwardTest,
+                         ::testing::Values("llama", "qwen2", "qwen3", "gemma3"));
 
 TEST(TransformerTest, RejectsBadTokensAndContextOverflowWithoutSideEffects) {
   testing::TinyModelOptions o;

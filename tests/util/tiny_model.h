@@ -12,8 +12,11 @@
 namespace dcomp::testing {
 
 struct TinyModelOptions {
-  std::string arch = "llama";  // llama, qwen2 (q/k/v biases), qwen3 (q/k norms)
-  int head_dim = 0;            // 0: dim / heads; otherwise written as attention.key_length
+  // llama, qwen2 (q/k/v biases), qwen3 (q/k norms), gemma3 (q/k norms, post-norms, GeGLU,
+  // scaled embeddings, sliding-window layers: `sliding_window` keys, every second layer global)
+  std::string arch = "llama";
+  int sliding_window = 4;
+  int head_dim = 0;  // 0: dim / heads; otherwise written as attention.key_length
   int dim = 32, hidden = 48, layers = 2, heads = 4, kv_heads = 2, vocab = 40, ctx = 16;
   bool tied = true;
   GgmlType matrix_type = GgmlType::kF32;
@@ -46,6 +49,11 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   w.SetU32(a + "context_length", static_cast<uint32_t>(o.ctx));
   w.SetF32(a + "rope.freq_base", o.arch == "qwen2" ? 1000000.0f : 10000.0f);
   w.SetF32(a + "attention.layer_norm_rms_epsilon", 1e-6f);
+  if (o.arch == "gemma3") {
+    w.SetU32(a + "attention.sliding_window", static_cast<uint32_t>(o.sliding_window));
+    w.SetU32(a + "attention.sliding_window_pattern", 2);
+    w.SetF32(a + "rope.freq_base_swa", 100.0f);
+  }
   if (o.head_dim > 0) {
     w.SetU32(a + "attention.key_length", static_cast<uint32_t>(o.head_dim));
     w.SetU32(a + "attention.value_length", static_cast<uint32_t>(o.head_dim));
@@ -106,9 +114,15 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
     auto n = [l](const char* what) { return LayerTensorName(l, what); };
     RETURN_IF_ERROR(w.AddTensor(n("attn_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
     RETURN_IF_ERROR(mat(n("attn_q.weight"), qd, o.dim));
-    if (o.arch == "qwen3") {
+    if (o.arch == "qwen3" || o.arch == "gemma3") {
       RETURN_IF_ERROR(w.AddTensor(n("attn_q_norm.weight"), 1, hd, GgmlType::kF32, norm(hd)));
       RETURN_IF_ERROR(w.AddTensor(n("attn_k_norm.weight"), 1, hd, GgmlType::kF32, norm(hd)));
+    }
+    if (o.arch == "gemma3") {
+      RETURN_IF_ERROR(
+          w.AddTensor(n("post_attention_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
+      RETURN_IF_ERROR(
+          w.AddTensor(n("post_ffw_norm.weight"), 1, o.dim, GgmlType::kF32, norm(o.dim)));
     }
     RETURN_IF_ERROR(mat(n("attn_k.weight"), kv, o.dim));
     if (!(o.drop_attn_v && l == 1)) RETURN_IF_ERROR(mat(n("attn_v.weight"), kv, o.dim));
