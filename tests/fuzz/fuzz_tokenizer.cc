@@ -1,12 +1,14 @@
 // libFuzzer: both tokenizers on arbitrary bytes: the SentencePiece-style one of the embedded model
 // (models/tok512.bin) and a GPT-2 byte-level BPE built here (the 256 byte symbols and a few
-// merges). Encode, Decode of the result and of arbitrary ids, and the streaming decoder. Both must
+// merges) with the pre-tokenizer the input's first byte picks among all of them (their words must
+// concatenate to the text). Encode, Decode of the result and of arbitrary ids, and the streaming decoder. Both must
 // round-trip text (SentencePiece: valid UTF-8 without a leading space or U+2581; GPT-2: any
 // bytes, through the tokens' bytes), Decode must return valid UTF-8, and nothing may crash or read
 // out of bounds.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -39,10 +41,13 @@ std::string ByteSymbol(int b) {
   return out;
 }
 
-const dcomp::Tokenizer& Gpt2() {
-  static const std::unique_ptr<dcomp::Tokenizer> tok = [] {
+const dcomp::Tokenizer& Gpt2(const std::string& pre) {
+  static std::map<std::string, std::unique_ptr<dcomp::Tokenizer>> cache;
+  std::unique_ptr<dcomp::Tokenizer>& tok = cache[pre];
+  if (tok == nullptr) {
     dcomp::TokenizerSpec spec;
     spec.model = "gpt2";
+    spec.pre = pre;
     for (int b = 0; b < 256; ++b) spec.tokens.push_back(ByteSymbol(b));
     const std::string sp = ByteSymbol(' ');
     for (const auto& [l, r] : std::vector<std::pair<std::string, std::string>>{
@@ -55,13 +60,23 @@ const dcomp::Tokenizer& Gpt2() {
     spec.add_bos = false;
     auto t = dcomp::Tokenizer::Create(std::move(spec));
     if (!t.ok()) std::abort();
-    return std::move(*t);
-  }();
+    tok = std::move(*t);
+  }
   return *tok;
 }
 
-void Gpt2RoundTrip(const std::string& text) {
-  const dcomp::Tokenizer& tok = Gpt2();
+void Gpt2RoundTrip(const std::string& text, uint8_t selector) {
+  static const std::vector<std::string> names = dcomp::PreTokenizer::KnownNames();
+  const std::string& pre = names[selector % names.size()];
+  auto split = dcomp::PreTokenizer::Create(pre);
+  if (!split.ok()) std::abort();
+  std::string joined;
+  for (std::string_view w : (*split)->Split(text)) {
+    if (w.empty()) std::abort();
+    joined += w;
+  }
+  if (joined != text) std::abort();
+  const dcomp::Tokenizer& tok = Gpt2(pre);
   const std::vector<int32_t> ids = tok.Encode(text, false);
   for (int32_t id : ids) {
     if (id < 0 || id >= tok.vocab_size()) std::abort();
@@ -100,6 +115,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   dcomp::TextStreamer streamer(&tok, true);
   for (int32_t id : raw) (void)streamer.Push(id);
   (void)streamer.Flush();
-  Gpt2RoundTrip(text);
+  Gpt2RoundTrip(text, size > 0 ? data[0] : 0);
   return 0;
 }
