@@ -131,6 +131,17 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
   return l;
 }
 
+// Prints each piece of generated text to stdout as it comes, unless `json`.
+TokenCallback PrintText(bool json) {
+  return [json](int32_t, const std::string& text) {
+    if (!json) {
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  };
+}
+
 void AddSamplingFlags(Flags& f) {
   f.Value("temperature", "0 = greedy (default)").Value("seed", "sampling seed (default 0)");
   f.Value("top-k", "top-k (0 = off)").Value("top-p", "top-p (1 = off)");
@@ -178,14 +189,7 @@ Status CmdGenerate(const std::vector<std::string>& args) {
     std::fputs(l.tokenizer->Decode(l.tokenizer->Encode(req.prompt, false)).c_str(), stdout);
     std::fflush(stdout);
   }
-  ASSIGN_OR_RETURN(GenerateResult r,
-                   Generate(*l.model, *l.tokenizer, req, [&](int32_t, const std::string& text) {
-                     if (!json) {
-                       std::fputs(text.c_str(), stdout);
-                       std::fflush(stdout);
-                     }
-                     return true;
-                   }));
+  ASSIGN_OR_RETURN(GenerateResult r, Generate(*l.model, *l.tokenizer, req, PrintText(json)));
   const double decode_tps = r.decode_tokens_per_second();
   if (json) {
     std::vector<int32_t> ids = r.prompt_ids;
@@ -393,14 +397,7 @@ struct ChatSession {
 Result<GenerateResult> ChatTurn(LocalModel& l, ChatSession& chat, GenerateRequest req, bool json) {
   ASSIGN_OR_RETURN(req.prompt, RenderChat(chat.family, chat.messages, true, chat.bos, chat.eos));
   req.parse_special = true;
-  ASSIGN_OR_RETURN(GenerateResult r,
-                   Generate(*l.model, *l.tokenizer, req, [&](int32_t, const std::string& text) {
-                     if (!json) {
-                       std::fputs(text.c_str(), stdout);
-                       std::fflush(stdout);
-                     }
-                     return true;
-                   }));
+  ASSIGN_OR_RETURN(GenerateResult r, Generate(*l.model, *l.tokenizer, req, PrintText(json)));
   chat.messages.push_back({"assistant", r.completion});
   return r;
 }

@@ -22,7 +22,8 @@ namespace dcomp::packer {
 // that role (BENCHMARKS.md), records the widths in the GGUF (dcomp.synthetic.bits.<role>) and
 // `dcomp pack` keeps them, so a synthetic shape packs as a real model would.
 struct SynthOptions {
-  std::string shape;  // tinyllama-1.1b | llama-3.2-1b | qwen3-0.6b | gemma-3-1b | tiny, small (tests)
+  std::string
+      shape;  // tinyllama-1.1b | llama-3.2-1b | qwen3-0.6b | gemma-3-1b | tiny, small (tests)
   std::string output;
   std::string widths = "int8";  // int8 | stories3m
   double entropy_bits = 6.0;    // int8: target order-0 entropy of the per-row INT8 codes

@@ -13,16 +13,8 @@
 #include "engine/local_model.h"
 #include "engine/model_file.h"
 #include "tests/util/mini_json.h"
+#include "tests/util/sanitizers.h"
 #include "tests/util/test_paths.h"
-
-// Built with a sanitizer (GCC's macros; clang's __has_feature).
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define DCOMP_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define DCOMP_SANITIZED 1
-#endif
-#endif
 
 namespace dcomp {
 namespace {

@@ -1,10 +1,10 @@
 // libFuzzer: both tokenizers on arbitrary bytes: the SentencePiece-style one of the embedded model
 // (models/tok512.bin) and a GPT-2 byte-level BPE built here (the 256 byte symbols and a few
 // merges) with the pre-tokenizer the input's first byte picks among all of them (their words must
-// concatenate to the text). Encode, Decode of the result and of arbitrary ids, and the streaming decoder. Both must
-// round-trip text (SentencePiece: valid UTF-8 without a leading space or U+2581; GPT-2: any
-// bytes, through the tokens' bytes), Decode must return valid UTF-8, and nothing may crash or read
-// out of bounds.
+// concatenate to the text). Encode, Decode of the result and of arbitrary ids, and the streaming
+// decoder. Both must round-trip text (SentencePiece: valid UTF-8 without a leading space or U+2581;
+// GPT-2: any bytes, through the tokens' bytes), Decode must return valid UTF-8, and nothing may
+// crash or read out of bounds.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

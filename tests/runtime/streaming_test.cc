@@ -21,17 +21,8 @@
 #include "storage/container.h"
 #include "storage/fault_injection.h"
 #include "tests/util/mini_json.h"
+#include "tests/util/sanitizers.h"
 #include "tests/util/test_paths.h"
-
-// Built with a sanitizer: GCC defines __SANITIZE_ADDRESS__ / __SANITIZE_THREAD__; clang (the tsan
-// preset) only answers __has_feature.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define DCOMP_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define DCOMP_SANITIZED 1
-#endif
-#endif
 
 // Under ASan, freed memory stays resident in its quarantine (256 MiB by default), so the process
 // baseline a runtime measures at open drifts by up to that much between the opens of one test:
