@@ -34,13 +34,26 @@ v1::StopReason StopReasonOf(const std::string& s) {
   return v1::STOP_REASON_UNSPECIFIED;
 }
 
+// A client's deadline fires on the client's clock, before the server's copy of it (which counts
+// from the call's arrival) passes: a cancellation this close to the server's deadline is the
+// deadline, not the client giving up.
+constexpr auto kDeadlineSkew = std::chrono::milliseconds(100);
+
+// A call that ended early (cancelled, or a write failed): at its deadline, or cancelled.
+Status EndedEarly(grpc::ServerContext* ctx, const std::string& cancelled) {
+  if (ctx->deadline() <= std::chrono::system_clock::now() + kDeadlineSkew) {
+    return DeadlineExceededError("the request's deadline passed");
+  }
+  return CancelledError(cancelled);
+}
+
 // Why a running or waiting request must stop: its deadline passed (checked first: gRPC may not
 // have flagged the call yet, or a failed write may have noticed first) or its client cancelled.
 Status Interrupted(grpc::ServerContext* ctx) {
   if (ctx->deadline() <= std::chrono::system_clock::now()) {
     return DeadlineExceededError("the request's deadline passed");
   }
-  if (ctx->IsCancelled()) return CancelledError("the client cancelled the request");
+  if (ctx->IsCancelled()) return EndedEarly(ctx, "the client cancelled the request");
   return Status::Ok();
 }
 
@@ -48,7 +61,7 @@ Status Interrupted(grpc::ServerContext* ctx) {
 // `otherwise` (a write that failed before gRPC flagged the call).
 Status StopCause(grpc::ServerContext* ctx, const std::string& otherwise) {
   Status s = Interrupted(ctx);
-  return s.ok() ? CancelledError(otherwise) : s;
+  return s.ok() ? EndedEarly(ctx, otherwise) : s;
 }
 
 std::string Peer(grpc::ServerContext* ctx) {
