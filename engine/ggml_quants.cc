@@ -41,34 +41,29 @@ void DequantQ4_1(const uint8_t* b, float* y) {  // {f16 d, m; u8 qs[16]}
   }
 }
 
-void DequantQ5(const uint8_t* qh_bytes, const uint8_t* qs, float d, float m, int offset, float* y) {
+// Q5_0 ({f16 d; u8 qh[4]; u8 qs[16]}: codes - 16) and Q5_1 ({f16 d, m; u8 qh[4]; u8 qs[16]}:
+// codes, plus m). Q5_0 adds no term, as ggml (adding 0.0f would turn -0.0 into +0.0).
+void DequantQ5(const uint8_t* b, bool has_min, float* y) {
+  const float d = Half(b), m = has_min ? Half(b + 2) : 0.0f;
+  const uint8_t* qh_bytes = b + (has_min ? 4 : 2);
+  const uint8_t* qs = qh_bytes + 4;
+  const int offset = has_min ? 0 : 16;
   uint32_t qh;
   std::memcpy(&qh, qh_bytes, 4);
   for (int j = 0; j < kQK / 2; ++j) {
     const int lo = (qs[j] & 0x0F) | static_cast<int>(((qh >> j) << 4) & 0x10);
     const int hi = (qs[j] >> 4) | static_cast<int>((qh >> (j + 12)) & 0x10);
-    y[j] = static_cast<float>(lo - offset) * d + m;
-    y[j + kQK / 2] = static_cast<float>(hi - offset) * d + m;
+    y[j] = static_cast<float>(lo - offset) * d;
+    y[j + kQK / 2] = static_cast<float>(hi - offset) * d;
+    if (has_min) {
+      y[j] += m;
+      y[j + kQK / 2] += m;
+    }
   }
 }
 
-void DequantQ5_0(const uint8_t* b, float* y) {  // {f16 d; u8 qh[4]; u8 qs[16]}
-  // ggml computes x*d with no offset term; adding 0.0f changes no value but -0.0.
-  const float d = Half(b);
-  uint32_t qh;
-  std::memcpy(&qh, b + 2, 4);
-  const uint8_t* qs = b + 6;
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int lo = (qs[j] & 0x0F) | static_cast<int>(((qh >> j) << 4) & 0x10);
-    const int hi = (qs[j] >> 4) | static_cast<int>((qh >> (j + 12)) & 0x10);
-    y[j] = static_cast<float>(lo - 16) * d;
-    y[j + kQK / 2] = static_cast<float>(hi - 16) * d;
-  }
-}
-
-void DequantQ5_1(const uint8_t* b, float* y) {  // {f16 d, m; u8 qh[4]; u8 qs[16]}
-  DequantQ5(b + 4, b + 8, Half(b), Half(b + 2), 0, y);
-}
+void DequantQ5_0(const uint8_t* b, float* y) { DequantQ5(b, false, y); }
+void DequantQ5_1(const uint8_t* b, float* y) { DequantQ5(b, true, y); }
 
 void DequantQ8_0(const uint8_t* b, float* y) {  // {f16 d; i8 qs[32]}
   const float d = Half(b);
@@ -277,11 +272,17 @@ std::string GgmlReadableTypeNames() {
   return s;
 }
 
+namespace {
+Status Unreadable(uint32_t type) {
+  return UnimplementedError("tensor type " + GgmlTypeName(type) +
+                            " is not supported (supported: " + GgmlReadableTypeNames() + ")");
+}
+}  // namespace
+
 Result<uint64_t> GgmlRowBytes(uint32_t type, int64_t ne0) {
   GgmlBlock b;
   if (!GgmlReadableBlock(type, &b)) {
-    return UnimplementedError("tensor type " + GgmlTypeName(type) +
-                              " is not supported (supported: " + GgmlReadableTypeNames() + ")");
+    return Unreadable(type);
   }
   if (ne0 < 0 || ne0 % b.elements != 0) {
     return InvalidArgumentError("row of " + std::to_string(ne0) +
@@ -294,8 +295,7 @@ Result<uint64_t> GgmlRowBytes(uint32_t type, int64_t ne0) {
 Status GgmlToF32(uint32_t type, const uint8_t* src, int64_t n, float* dst) {
   const TypeEntry* e = FindReadable(type);
   if (e == nullptr) {
-    return UnimplementedError("tensor type " + GgmlTypeName(type) +
-                              " is not supported (supported: " + GgmlReadableTypeNames() + ")");
+    return Unreadable(type);
   }
   if (n < 0 || n % e->block.elements != 0) {
     return InvalidArgumentError(std::to_string(n) + " elements are not a whole number of " +

@@ -68,10 +68,15 @@ const dcomp::Tokenizer& Gpt2(const std::string& pre) {
 void Gpt2RoundTrip(const std::string& text, uint8_t selector) {
   static const std::vector<std::string> names = dcomp::PreTokenizer::KnownNames();
   const std::string& pre = names[selector % names.size()];
-  auto split = dcomp::PreTokenizer::Create(pre);
-  if (!split.ok()) std::abort();
+  static std::map<std::string, std::unique_ptr<dcomp::PreTokenizer>> splitters;
+  std::unique_ptr<dcomp::PreTokenizer>& split = splitters[pre];
+  if (split == nullptr) {
+    auto created = dcomp::PreTokenizer::Create(pre);
+    if (!created.ok()) std::abort();
+    split = std::move(*created);
+  }
   std::string joined;
-  for (std::string_view w : (*split)->Split(text)) {
+  for (std::string_view w : split->Split(text)) {
     if (w.empty()) std::abort();
     joined += w;
   }
