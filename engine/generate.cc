@@ -1,7 +1,9 @@
 #include "engine/generate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 
 namespace dcomp {
 namespace {
@@ -18,59 +20,96 @@ std::string_view Strip(std::string_view s) {
 }
 }  // namespace
 
-Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
-                                const GenerateRequest& req, const TokenCallback& on_token) {
+GenerationStream::GenerationStream(const Tokenizer& tok, const GenerateRequest& req, int32_t ctx)
+    : tok_(&tok),
+      max_tokens_(req.max_tokens),
+      stop_at_eos_(req.stop_at_eos),
+      ctx_(ctx),
+      sampler_(req.sampling),
+      streamer_(&tok, /*at_text_start=*/false) {}  // continues the prompt
+
+Result<GenerationStream> GenerationStream::Start(const Tokenizer& tok, const GenerateRequest& req,
+                                                 int32_t context_length) {
   if (req.prompt.empty()) return InvalidArgumentError("prompt is empty");
   if (req.max_tokens < 1) {
     return InvalidArgumentError("max_tokens must be >= 1, got " + std::to_string(req.max_tokens));
   }
   RETURN_IF_ERROR(req.sampling.Validate());
-  GenerateResult res;
-  res.prompt_ids =
+  GenerationStream s(tok, req, context_length);
+  s.res_.prompt_ids =
       req.prompt_ids ? *req.prompt_ids : tok.Encode(req.prompt, tok.add_bos(), req.parse_special);
-  const int32_t ctx = model.context_length();
-  if (static_cast<int64_t>(res.prompt_ids.size()) >= ctx) {
-    return InvalidArgumentError("prompt is " + std::to_string(res.prompt_ids.size()) +
-                                " tokens; the context length is " + std::to_string(ctx) +
+  if (static_cast<int64_t>(s.res_.prompt_ids.size()) >= context_length) {
+    return InvalidArgumentError("prompt is " + std::to_string(s.res_.prompt_ids.size()) +
+                                " tokens; the context length is " +
+                                std::to_string(context_length) +
                                 " and at least one token must be generated");
   }
-  model.Reset();
-  Sampler sampler(req.sampling);
-  std::vector<int32_t> all = res.prompt_ids;
-  std::vector<float> logits;
-  TextStreamer streamer(&tok, /*at_text_start=*/false);  // continues the prompt
+  s.history_ = s.res_.prompt_ids;
+  s.res_.stop_reason = "length";
+  return s;
+}
 
-  auto t0 = std::chrono::steady_clock::now();
-  RETURN_IF_ERROR(model.Forward(res.prompt_ids, false, &logits));
-  auto t1 = std::chrono::steady_clock::now();
-  res.prefill_seconds = Seconds(t0, t1);
-  res.stop_reason = "length";
-  for (int32_t i = 0; i < req.max_tokens; ++i) {
-    const int32_t next = sampler.Sample(logits, all);
-    if (req.stop_at_eos &&
-        (tok.is_end_of_generation(next) || (next == tok.bos_id() && tok.bos_id() >= 0))) {
-      res.stop_reason = "eos";
-      break;
-    }
-    res.generated_ids.push_back(next);
-    all.push_back(next);
-    std::string piece = streamer.Push(next);
-    res.completion += piece;
-    if (on_token && !on_token(next, piece)) {
-      res.stop_reason = "callback";
-      break;
-    }
-    if (i + 1 == req.max_tokens) break;
-    if (model.position() >= ctx) {
-      res.stop_reason = "context";
-      break;
-    }
-    RETURN_IF_ERROR(model.Forward(std::span<const int32_t>(&next, 1), false, &logits));
+int32_t GenerationStream::cache_tokens() const {
+  const int64_t n = static_cast<int64_t>(res_.prompt_ids.size()) + max_tokens_ - 1;
+  return static_cast<int32_t>(std::min<int64_t>(n, ctx_));
+}
+
+std::span<const int32_t> GenerationStream::NextInput(size_t max) {
+  if (!started_) {
+    started_ = true;
+    t0_ = std::chrono::steady_clock::now();
   }
-  res.completion += streamer.Flush();
-  res.decode_seconds = Seconds(t1, std::chrono::steady_clock::now());
-  res.text = tok.Decode(all);
-  return res;
+  const size_t n = std::min(max, history_.size() - fed_);
+  return {history_.data() + fed_, n};
+}
+
+void GenerationStream::Advance(size_t n, std::span<float> logits, const TokenCallback& on_token) {
+  fed_ += n;
+  if (fed_ < history_.size() || done_) return;
+  const int32_t next = sampler_.Sample(logits, history_);
+  if (res_.generated_ids.empty()) t1_ = std::chrono::steady_clock::now();
+  if (stop_at_eos_ &&
+      (tok_->is_end_of_generation(next) || (next == tok_->bos_id() && tok_->bos_id() >= 0))) {
+    res_.stop_reason = "eos";
+    done_ = true;
+    return;
+  }
+  res_.generated_ids.push_back(next);
+  history_.push_back(next);
+  std::string piece = streamer_.Push(next);
+  res_.completion += piece;
+  if (on_token && !on_token(next, piece)) {
+    res_.stop_reason = "callback";
+    done_ = true;
+  } else if (static_cast<int32_t>(res_.generated_ids.size()) == max_tokens_) {
+    done_ = true;
+  } else if (static_cast<int64_t>(fed_) >= ctx_) {
+    res_.stop_reason = "context";
+    done_ = true;
+  }
+}
+
+GenerateResult GenerationStream::TakeResult() {
+  const auto now = std::chrono::steady_clock::now();
+  if (res_.generated_ids.empty()) t1_ = now;
+  res_.prefill_seconds = Seconds(t0_, t1_);
+  res_.decode_seconds = Seconds(t1_, now);
+  res_.completion += streamer_.Flush();
+  res_.text = tok_->Decode(history_);
+  return std::move(res_);
+}
+
+Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
+                                const GenerateRequest& req, const TokenCallback& on_token) {
+  ASSIGN_OR_RETURN(GenerationStream s, GenerationStream::Start(tok, req, model.context_length()));
+  model.Reset();
+  std::vector<float> logits;
+  while (!s.done()) {
+    const std::span<const int32_t> in = s.NextInput(SIZE_MAX);
+    RETURN_IF_ERROR(model.Forward(in, false, &logits));
+    s.Advance(in.size(), logits, on_token);
+  }
+  return s.TakeResult();
 }
 
 double LogSumExp(std::span<const float> x) {

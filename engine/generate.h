@@ -3,6 +3,7 @@
 // callback asks to stop; and perplexity with the reference protocol of the project.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -52,9 +53,54 @@ struct GenerateResult {
 // held back). Return false to stop.
 using TokenCallback = std::function<bool(int32_t id, const std::string& text)>;
 
-// Validates the request (non-empty prompt, max_tokens >= 1, sampling parameters, prompt fits the
-// context) and generates. The prompt is encoded here unless req.prompt_ids is set. The transformer
-// is Reset() first.
+// One request's generation as a sequence of inputs and logits, for a caller that runs the forward
+// passes: Generate() below, one stream at a time, or dcompd's scheduler, which steps many streams
+// together (Transformer::Step). The tokens depend only on the logits it is given.
+class GenerationStream {
+ public:
+  // Validates the request (non-empty prompt, max_tokens >= 1, sampling parameters, prompt fits a
+  // context of `context_length` tokens) and encodes the prompt unless req.prompt_ids is set.
+  // `tok` must outlive the stream.
+  static Result<GenerationStream> Start(const Tokenizer& tok, const GenerateRequest& req,
+                                        int32_t context_length);
+
+  // Positions the stream's KV cache holds at most: the prompt and every generated token but the
+  // last, within the context.
+  int32_t cache_tokens() const;
+  // The next input: up to `max` tokens of the prompt not yet fed, or the last sampled token.
+  // Starts the stream's clock (time to first token) at the first call.
+  std::span<const int32_t> NextInput(size_t max);
+  // `n` tokens of the last NextInput were fed. When they complete it, `logits` are those of its
+  // last token (modified: sampling works in place) and the next token is sampled, passed to
+  // `on_token` and checked against the stop conditions; otherwise `logits` is ignored.
+  void Advance(size_t n, std::span<float> logits, const TokenCallback& on_token);
+  // Whether the next Advance samples (the pending input ends with it).
+  bool WantsLogits(size_t n) const { return fed_ + n == history_.size(); }
+  bool done() const { return done_; }
+  size_t prompt_tokens() const { return res_.prompt_ids.size(); }
+  size_t generated_tokens() const { return res_.generated_ids.size(); }
+  // The result, complete once done(): the completion's held-back bytes flushed and the text
+  // decoded.
+  GenerateResult TakeResult();
+
+ private:
+  GenerationStream(const Tokenizer& tok, const GenerateRequest& req, int32_t ctx);
+
+  const Tokenizer* tok_;
+  int32_t max_tokens_;
+  bool stop_at_eos_;
+  int32_t ctx_;
+  Sampler sampler_;
+  TextStreamer streamer_;
+  GenerateResult res_;
+  std::vector<int32_t> history_;  // prompt and generated tokens
+  size_t fed_ = 0;                // tokens of history_ in the KV cache
+  bool done_ = false, started_ = false;
+  std::chrono::steady_clock::time_point t0_, t1_;  // first input, first token
+};
+
+// Generates with one GenerationStream over `model`'s own cache (Reset() first): the prompt in one
+// Forward, then one token per Forward.
 Result<GenerateResult> Generate(Transformer& model, const Tokenizer& tok,
                                 const GenerateRequest& req, const TokenCallback& on_token = {});
 

@@ -57,15 +57,15 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
   };
   table(cfg_.rope_theta, cfg_.rope_freq_factors, &rope_);
   if (cfg_.sliding_window > 0) table(cfg_.rope_theta_local, {}, &rope_local_);
-  const size_t kv = static_cast<size_t>(cfg_.n_layers) * ctx_ * cfg_.kv_dim();
-  k_cache_.assign(kv, 0.0f);
-  v_cache_.assign(kv, 0.0f);
   const size_t b = static_cast<size_t>(std::min(kMaxBatch, ctx_));
   const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
-  const size_t qd = static_cast<size_t>(cfg_.q_dim());
+  const size_t qd = static_cast<size_t>(cfg_.q_dim()), kvd = static_cast<size_t>(cfg_.kv_dim());
+  rows_.reserve(b);
   x_.resize(b * dim);
   xn_.resize(b * dim);
   q_.resize(b * qd);
+  k_.resize(b * kvd);
+  v_.resize(b * kvd);
   att_.resize(b * qd);
   hb_.resize(b * hid);
   hb2_.resize(b * hid);
@@ -73,33 +73,43 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
   xq_scale_.resize(b);
 }
 
+KvCache::KvCache(const ModelConfig& c, int32_t capacity) : cap_(capacity) {
+  const size_t n = static_cast<size_t>(c.n_layers) * static_cast<size_t>(capacity) *
+                   static_cast<size_t>(c.kv_dim());
+  k_.assign(n, 0.0f);
+  v_.assign(n, 0.0f);
+}
+
+size_t KvCache::Bytes(const ModelConfig& c, int32_t capacity) {
+  return 2 * static_cast<size_t>(c.n_layers) * static_cast<size_t>(capacity) *
+         static_cast<size_t>(c.kv_dim()) * sizeof(float);
+}
+
 size_t Transformer::KvCacheBytes(const ModelConfig& c, int32_t context_length) {
-  const size_t ctx = static_cast<size_t>(context_length == 0 ? c.context_length : context_length);
-  return 2 * static_cast<size_t>(c.n_layers) * ctx * static_cast<size_t>(c.kv_dim()) *
-         sizeof(float);
+  return KvCache::Bytes(c, context_length == 0 ? c.context_length : context_length);
 }
 
 size_t Transformer::MemoryBytes(const ModelConfig& c, int32_t context_length) {
   const size_t ctx = static_cast<size_t>(context_length == 0 ? c.context_length : context_length);
   const size_t hd = static_cast<size_t>(c.head_dim), dim = static_cast<size_t>(c.dim),
-               hid = static_cast<size_t>(c.hidden_dim), qd = static_cast<size_t>(c.q_dim());
+               hid = static_cast<size_t>(c.hidden_dim), qd = static_cast<size_t>(c.q_dim()),
+               kvd = static_cast<size_t>(c.kv_dim());
   const size_t b = std::min<size_t>(kMaxBatch, ctx);
   const size_t floats = ctx * hd * (c.sliding_window > 0 ? 2 : 1)  // rope tables
-                        + 2 * b * dim + 2 * b * qd + 2 * b * hid +
-                        b;  // x, xn, q, att, hb, hb2, xq_scale
+                        + 2 * b * dim + 2 * b * qd + 2 * b * kvd + 2 * b * hid +
+                        b;  // x, xn, q, att, k, v, hb, hb2, xq_scale
   return KvCacheBytes(c, context_length) + floats * sizeof(float) +
-         b * kernels::PaddedCols(std::max({dim, hid, qd}));
+         b * kernels::PaddedCols(std::max({dim, hid, qd})) + b * sizeof(Row);
 }
 
 size_t Transformer::scratch_bytes() const {
-  return (x_.size() + xn_.size() + q_.size() + att_.size() + hb_.size() + hb2_.size() +
-          xq_scale_.size() + rope_.size() + rope_local_.size()) *
+  return (x_.size() + xn_.size() + q_.size() + k_.size() + v_.size() + att_.size() + hb_.size() +
+          hb2_.size() + xq_scale_.size() + rope_.size() + rope_local_.size()) *
              sizeof(float) +
-         xq_.size();
+         xq_.size() + rows_.capacity() * sizeof(Row);
 }
 
-Status Transformer::Forward(std::span<const int32_t> tokens, bool all_logits,
-                            std::vector<float>* logits) {
+Status Transformer::ValidateTokens(std::span<const int32_t> tokens) const {
   if (tokens.empty()) return InvalidArgumentError("Forward: no tokens");
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size) {
@@ -108,26 +118,66 @@ Status Transformer::Forward(std::span<const int32_t> tokens, bool all_logits,
                                   std::to_string(cfg_.vocab_size) + ")");
     }
   }
-  if (static_cast<int64_t>(pos_) + static_cast<int64_t>(tokens.size()) > ctx_) {
-    return OutOfRangeError("context full: position " + std::to_string(pos_) + " + " +
+  return Status::Ok();
+}
+
+Status Transformer::Forward(std::span<const int32_t> tokens, bool all_logits,
+                            std::vector<float>* logits) {
+  RETURN_IF_ERROR(ValidateTokens(tokens));
+  if (static_cast<int64_t>(own_.pos_) + static_cast<int64_t>(tokens.size()) > ctx_) {
+    return OutOfRangeError("context full: position " + std::to_string(own_.pos_) + " + " +
                            std::to_string(tokens.size()) + " tokens exceeds the context length " +
                            std::to_string(ctx_));
   }
+  if (own_.capacity() == 0) own_ = KvCache(cfg_, ctx_);
   const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
   logits->resize(all_logits ? tokens.size() * vocab : vocab);
-  const int32_t start = pos_;
+  const int32_t start = own_.pos_;
   const size_t batch = x_.size() / static_cast<size_t>(cfg_.dim);
   for (size_t off = 0; off < tokens.size(); off += batch) {
     const size_t n = std::min(batch, tokens.size() - off);
     const bool last = off + n == tokens.size();
     float* out = all_logits ? logits->data() + off * vocab : (last ? logits->data() : nullptr);
-    Status s = ForwardChunk(tokens.subspan(off, n), all_logits, out);
+    const SequenceInput in{&own_, tokens.subspan(off, n), out != nullptr, all_logits};
+    Status s = StepRows({&in, 1}, out);
     if (!s.ok()) {
-      pos_ = start;
+      own_.pos_ = start;
       return s;
     }
   }
   return Status::Ok();
+}
+
+Status Transformer::Step(std::span<const SequenceInput> seqs, std::vector<float>* logits) {
+  if (seqs.empty()) return InvalidArgumentError("Step: no sequences");
+  size_t total = 0, rows = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const SequenceInput& s = seqs[i];
+    const std::string which = "sequence " + std::to_string(i) + ": ";
+    if (s.cache == nullptr) return InvalidArgumentError(which + "no KV cache");
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j].cache == s.cache) return InvalidArgumentError(which + "its cache is used twice");
+    }
+    if (Status v = ValidateTokens(s.tokens); !v.ok()) {
+      return v.WithContext("sequence " + std::to_string(i));
+    }
+    const int64_t end = static_cast<int64_t>(s.cache->pos_) + static_cast<int64_t>(s.tokens.size());
+    if (end > s.cache->cap_ || end > ctx_) {
+      return OutOfRangeError(which + "position " + std::to_string(s.cache->pos_) + " + " +
+                             std::to_string(s.tokens.size()) + " tokens exceeds its cache (" +
+                             std::to_string(s.cache->cap_) + " tokens) or the context length " +
+                             std::to_string(ctx_));
+    }
+    total += s.tokens.size();
+    rows += s.all_logits ? s.tokens.size() : (s.logits ? 1 : 0);
+  }
+  const size_t batch = x_.size() / static_cast<size_t>(cfg_.dim);
+  if (total > batch) {
+    return InvalidArgumentError("Step: " + std::to_string(total) + " tokens; at most " +
+                                std::to_string(batch) + " in one step");
+  }
+  logits->resize(rows * static_cast<size_t>(cfg_.vocab_size));
+  return StepRows(seqs, rows > 0 ? logits->data() : nullptr);
 }
 
 Status Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride,
@@ -273,39 +323,51 @@ void Transformer::Attention(int layer, size_t n) {
   const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim());
   const size_t heads = static_cast<size_t>(cfg_.n_heads);
   const size_t group = heads / static_cast<size_t>(cfg_.n_kv_heads);
-  const float* kc = k_cache_.data() + static_cast<size_t>(layer) * ctx_ * kv_dim;
-  const float* vc = v_cache_.data() + static_cast<size_t>(layer) * ctx_ * kv_dim;
   const float inv_sqrt = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const size_t pos0 = static_cast<size_t>(pos_);
-  const size_t window =
-      cfg_.IsSlidingLayer(layer) ? static_cast<size_t>(cfg_.sliding_window) : pos0 + n;
-  const size_t work = n * heads * std::min(pos0 + n, window) * hd * 2;
+  const bool sliding = cfg_.IsSlidingLayer(layer);
+  const size_t window = static_cast<size_t>(cfg_.sliding_window);
+  // Keys each row attends: its own sequence's, up to its position (within the window).
+  const auto keys = [&](size_t t) {
+    const size_t p = static_cast<size_t>(rows_[t].pos) + 1;
+    return sliding ? std::min(p, window) : p;
+  };
+  size_t work = 0;
+  for (size_t t = 0; t < n; ++t) work += heads * keys(t) * hd * 2;
   Parallel(work, static_cast<int64_t>(n * heads), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     for (int64_t i = begin; i < end; ++i) {
       const size_t t = static_cast<size_t>(i) / heads, h = static_cast<size_t>(i) % heads;
-      const size_t p = pos0 + t;
+      const KvCache& c = *rows_[t].cache;
+      const size_t layer_off = static_cast<size_t>(layer) * static_cast<size_t>(c.cap_) * kv_dim;
+      const size_t n_keys = keys(t);
+      const size_t first = static_cast<size_t>(rows_[t].pos) + 1 - n_keys;  // oldest key attended
       const size_t kvh = h / group;
-      const size_t first = p + 1 > window ? p + 1 - window : 0;  // oldest key attended
-      scores.resize(p + 1 - first);
-      kernels::AttentionHead(q_.data() + t * qd + h * hd, kc + first * kv_dim + kvh * hd,
-                             vc + first * kv_dim + kvh * hd, kv_dim, p + 1 - first, hd, inv_sqrt,
-                             scores.data(), att_.data() + t * qd + h * hd);
+      scores.resize(n_keys);
+      kernels::AttentionHead(q_.data() + t * qd + h * hd,
+                             c.k_.data() + layer_off + first * kv_dim + kvh * hd,
+                             c.v_.data() + layer_off + first * kv_dim + kvh * hd, kv_dim, n_keys,
+                             hd, inv_sqrt, scores.data(), att_.data() + t * qd + h * hd);
     }
   });
 }
 
-Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logits, float* logits) {
-  const size_t n = tokens.size();
+Status Transformer::StepRows(std::span<const SequenceInput> seqs, float* logits) {
+  size_t n = 0;
+  for (const SequenceInput& in : seqs) n += in.tokens.size();
   const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
   const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim()), hd = static_cast<size_t>(cfg_.head_dim);
   const size_t qd = static_cast<size_t>(cfg_.q_dim());
   const GlobalWeights& g = weights_->globals();
 
   RETURN_IF_ERROR(weights_->BeginPass(n));
-  // Token embeddings.
-  for (size_t t = 0; t < n; ++t)
-    RETURN_IF_ERROR(weights_->EmbedToken(tokens[t], x_.data() + t * dim));
+  // Token embeddings, one row per token in the order of `seqs`.
+  rows_.clear();
+  for (const SequenceInput& in : seqs) {
+    for (size_t i = 0; i < in.tokens.size(); ++i) {
+      RETURN_IF_ERROR(weights_->EmbedToken(in.tokens[i], x_.data() + rows_.size() * dim));
+      rows_.push_back({in.cache, in.cache->pos_ + static_cast<int32_t>(i)});
+    }
+  }
   if (cfg_.embedding_scale != 1.0f) {
     for (size_t i = 0; i < n * dim; ++i) x_[i] *= cfg_.embedding_scale;
   }
@@ -321,19 +383,17 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
       if (!s.ok()) weights_->ReleaseLayer(l);
       return s;
     };
-    float* kc = k_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
-    float* vc = v_cache_.data() + (static_cast<size_t>(l) * ctx_ + pos_) * kv_dim;
-
     PerToken(n, dim * 8, [&](size_t t) {
       kernels::RmsNorm(x_.data() + t * dim, w->attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
     });
-    const LinearJob qkv[] = {{&w->wq, q_.data(), qd}, {&w->wk, kc, kv_dim}, {&w->wv, vc, kv_dim}};
+    const LinearJob qkv[] = {
+        {&w->wq, q_.data(), qd}, {&w->wk, k_.data(), kv_dim}, {&w->wv, v_.data(), kv_dim}};
     Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
     RETURN_IF_ERROR(release_on_error(RunLinears(qkv, xn_.data(), dim, n)));
 
     for (size_t t = 0; t < n; ++t) {
       float* q = q_.data() + t * qd;
-      float* k = kc + t * kv_dim;
+      float* k = k_.data() + t * kv_dim;
       if (cfg_.qk_norm) {  // per-head RMSNorm, in place
         for (int h = 0; h < cfg_.n_heads; ++h) {
           kernels::RmsNorm(q + h * hd, w->q_norm, hd, cfg_.rms_eps, q + h * hd);
@@ -343,11 +403,18 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
         }
       }
       const float* cs = (cfg_.IsSlidingLayer(l) ? rope_local_ : rope_).data() +
-                        (static_cast<size_t>(pos_) + t) * hd;
+                        static_cast<size_t>(rows_[t].pos) * hd;
       auto rope =
           cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox : kernels::RopeInterleaved;
       for (int h = 0; h < cfg_.n_heads; ++h) rope(q + h * hd, hd, cs);
       for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(k + h * hd, hd, cs);
+      // Into the row's own cache, where attention reads it.
+      KvCache& c = *rows_[t].cache;
+      const size_t at =
+          (static_cast<size_t>(l) * static_cast<size_t>(c.cap_) + static_cast<size_t>(rows_[t].pos)) *
+          kv_dim;
+      std::memcpy(c.k_.data() + at, k, kv_dim * sizeof(float));
+      std::memcpy(c.v_.data() + at, v_.data() + t * kv_dim, kv_dim * sizeof(float));
     }
     Attention(l, n);
 
@@ -374,19 +441,30 @@ Status Transformer::ForwardChunk(std::span<const int32_t> tokens, bool all_logit
 
     weights_->ReleaseLayer(l);
   }
-  pos_ += static_cast<int32_t>(n);
-
-  if (logits == nullptr) return Status::Ok();
-  const size_t first = all_logits ? 0 : n - 1;
-  const size_t rows = n - first;
-  for (size_t t = first; t < n; ++t) {
-    kernels::RmsNorm(x_.data() + t * dim, g.final_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
+  const auto advance = [&] {
+    for (const SequenceInput& in : seqs) in.cache->pos_ += static_cast<int32_t>(in.tokens.size());
+  };
+  if (logits == nullptr) {
+    advance();
+    return Status::Ok();
   }
-  ASSIGN_OR_RETURN(const LinearWeights* head, weights_->AcquireOutput());  // Forward restores pos_
+  // The rows whose logits are wanted, gathered to the front of xn_ in order.
+  size_t out_rows = 0, row = 0;
+  for (const SequenceInput& in : seqs) {
+    const size_t k = in.tokens.size();
+    for (size_t i = 0; i < k; ++i, ++row) {
+      if (!(in.all_logits || (in.logits && i + 1 == k))) continue;
+      kernels::RmsNorm(x_.data() + row * dim, g.final_norm, dim, cfg_.rms_eps,
+                       xn_.data() + out_rows * dim);
+      ++out_rows;
+    }
+  }
+  ASSIGN_OR_RETURN(const LinearWeights* head, weights_->AcquireOutput());
   const LinearJob out[] = {{head, logits, static_cast<size_t>(cfg_.vocab_size)}};
-  Observe(cfg_.n_layers, LinearInput::kHeadIn, xn_.data() + first * dim, rows, dim);
-  Status s = RunLinears(out, xn_.data() + first * dim, dim, rows);
+  Observe(cfg_.n_layers, LinearInput::kHeadIn, xn_.data(), out_rows, dim);
+  Status s = RunLinears(out, xn_.data(), dim, out_rows);
   weights_->ReleaseOutput();
+  if (s.ok()) advance();
   return s;
 }
 

@@ -1,11 +1,22 @@
-// Transformer: the decoder forward pass (RMSNorm, RoPE, grouped-query attention, SwiGLU) with a KV
-// cache, over a WeightSource that hands out one layer at a time.
+// Transformer: the decoder forward pass (RMSNorm, RoPE, grouped-query attention, SwiGLU) over a
+// WeightSource that hands out one layer at a time, for sequences whose keys and values live in
+// KvCaches.
 //
-// Forward() appends tokens at the current position: a whole prompt at once (prefill, processed in
-// chunks of up to kMaxBatch tokens with matrix-matrix kernels) or one token (decode, matrix-vector
-// kernels). A Transformer is one generation stream: not thread-safe; it uses the ThreadPool it is
-// given (owned by the caller) for row-parallel products and attention heads. Results do not depend
-// on the number of threads.
+// Step() advances several sequences at once, each at its own position in its own cache, in one
+// pass over the weights: every layer is acquired once and its products run on all the tokens of
+// the step together (continuous batching). Forward() is the one-sequence form over the
+// transformer's own cache: a whole prompt (prefill, in chunks of up to kMaxBatch tokens) or one
+// token (decode).
+//
+// A token's results never depend on the other tokens of its step, on how a prompt is chunked or
+// on the number of threads: every per-token operation (normalization, quantization of the
+// activations, RoPE, attention over its own cache) is computed alone, and the int8 products
+// accumulate in integers and scale each row the same way whatever the number of tokens (the
+// kernels' tests hold the matrix-matrix products bit-exact against the matrix-vector ones). The
+// batch tests (tests/engine/forward_test.cc) check it for int8 and f32 weights.
+//
+// Not thread-safe: one caller steps it; it uses the ThreadPool it is given (owned by the caller)
+// for row-parallel products and attention heads.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +40,34 @@ class ActivationObserver {
   virtual void Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) = 0;
 };
 
+// One sequence's keys and values for every layer ([layer][capacity][kv_dim] each) and how many
+// positions hold them. Sized for `capacity` tokens; Reset() starts a new sequence.
+class KvCache {
+ public:
+  KvCache() = default;
+  KvCache(const ModelConfig& config, int32_t capacity);
+  int32_t position() const { return pos_; }
+  int32_t capacity() const { return cap_; }
+  void Reset() { pos_ = 0; }
+  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  // What a cache of `capacity` tokens holds.
+  static size_t Bytes(const ModelConfig& config, int32_t capacity);
+
+ private:
+  friend class Transformer;
+  std::vector<float> k_, v_;
+  int32_t cap_ = 0, pos_ = 0;
+};
+
+// One sequence's part of a Step: `tokens` are appended at cache->position().
+struct SequenceInput {
+  KvCache* cache = nullptr;
+  std::span<const int32_t> tokens;
+  // Logits wanted: of the last token (`logits`), or of every token (`all_logits`).
+  bool logits = true;
+  bool all_logits = false;
+};
+
 class Transformer {
  public:
   static constexpr int32_t kMaxBatch = 64;
@@ -38,30 +77,40 @@ class Transformer {
       WeightSource* weights, ThreadPool* pool, int32_t context_length = 0,
       const kernels::KernelTable* kernel_table = nullptr);
 
-  // Runs `tokens` at positions [position(), position() + size). On success `logits` holds
-  // vocab_size floats per token when `all_logits`, else those of the last token only.
-  // InvalidArgument for a token id outside the vocabulary, OutOfRange when the context would
-  // overflow; on error the position is unchanged.
+  // Runs `tokens` at positions [position(), position() + size) of the transformer's own cache
+  // (allocated for the whole context at the first call). On success `logits` holds vocab_size
+  // floats per token when `all_logits`, else those of the last token only. InvalidArgument for a
+  // token id outside the vocabulary, OutOfRange when the context would overflow; on error the
+  // position is unchanged.
   Status Forward(std::span<const int32_t> tokens, bool all_logits, std::vector<float>* logits);
 
-  void Reset() { pos_ = 0; }
+  // Advances every sequence of `seqs` by its tokens in one pass over the weights: at most
+  // kMaxBatch tokens in all, each sequence once, each cache with room for its tokens and within
+  // the context length. `logits` gets vocab_size floats per wanted row, in the order of `seqs`.
+  // On error (InvalidArgument, OutOfRange, or the weight source's) no cache's position changes.
+  Status Step(std::span<const SequenceInput> seqs, std::vector<float>* logits);
+
+  void Reset() { own_.Reset(); }
   // Calibration hook (null to remove); not owned.
   void set_observer(ActivationObserver* o) { observer_ = o; }
-  int32_t position() const { return pos_; }
+  int32_t position() const { return own_.position(); }
   int32_t context_length() const { return ctx_; }
   const ModelConfig& config() const { return cfg_; }
-  // Bytes held by the KV cache and by the activation scratch (for memory accounting).
-  size_t kv_cache_bytes() const { return (k_cache_.size() + v_cache_.size()) * sizeof(float); }
+  // Bytes held by the own KV cache (0 until the first Forward) and by the activation scratch.
+  size_t kv_cache_bytes() const { return own_.bytes(); }
   size_t scratch_bytes() const;
-  // What Create() allocates for `config` at `context_length` (0 = the model's): KV cache and
-  // scratch (activations, RoPE table), equal to kv_cache_bytes() + scratch_bytes() after Create.
+  // What a transformer of `config` at `context_length` (0 = the model's) holds once it has run
+  // Forward: its own KV cache and its scratch (activations, RoPE table); equal to
+  // kv_cache_bytes() + scratch_bytes() then.
   static size_t MemoryBytes(const ModelConfig& config, int32_t context_length);
   // The KV cache part of MemoryBytes.
   static size_t KvCacheBytes(const ModelConfig& config, int32_t context_length);
 
  private:
   Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx, const kernels::KernelTable* kt);
-  Status ForwardChunk(std::span<const int32_t> tokens, bool all_logits, float* logits);
+  // One pass over the weights for rows_ (at most kMaxBatch tokens, validated by the caller).
+  Status StepRows(std::span<const SequenceInput> seqs, float* logits);
+  Status ValidateTokens(std::span<const int32_t> tokens) const;
 
   struct LinearJob {
     const LinearWeights* w;
@@ -90,14 +139,20 @@ class Transformer {
   const kernels::KernelTable* kt_;
   ModelConfig cfg_;
   int32_t ctx_;
-  int32_t pos_ = 0;
   ActivationObserver* observer_ = nullptr;
+  KvCache own_;  // Forward's sequence
 
-  std::vector<float> rope_;               // [ctx][head_dim/2][cos, sin]
-  std::vector<float> rope_local_;         // the same for sliding-window layers (gemma3)
-  std::vector<float> k_cache_, v_cache_;  // [layer][ctx][kv_dim]
-  // Activations for up to kMaxBatch tokens.
-  std::vector<float> x_, xn_, q_, att_, hb_, hb2_;
+  std::vector<float> rope_;        // [ctx][head_dim/2][cos, sin]
+  std::vector<float> rope_local_;  // the same for sliding-window layers (gemma3)
+  // The step's tokens, one row each: its sequence's cache and its position there.
+  struct Row {
+    KvCache* cache;
+    int32_t pos;
+  };
+  std::vector<Row> rows_;
+  // Activations for up to kMaxBatch tokens; k_, v_ hold the step's new keys and values until
+  // they are stored in each row's cache.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, hb_, hb2_;
   std::vector<int8_t> xq_;
   std::vector<float> xq_scale_;
   struct BlockTask {

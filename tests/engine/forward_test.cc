@@ -1,13 +1,16 @@
 // The transformer against a naive float64 forward pass written here from the definitions, on small
 // random llama (interleaved RoPE), qwen2 (NeoX RoPE, q/k/v biases) and qwen3 (q/k norms, heads
 // wider than dim / n_heads) models with GQA; plus
-// determinism across thread counts and between batched prefill and token-by-token decoding.
+// determinism across thread counts and between batched prefill and token-by-token decoding, and
+// batch invariance: sequences stepped together (Transformer::Step) get the logits they get alone.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <random>
 
 #include "base/thread_pool.h"
+#include "engine/generate.h"
 #include "engine/transformer.h"
 #include "tests/util/test_paths.h"
 #include "tests/util/tiny_model.h"
@@ -317,6 +320,218 @@ TEST(TransformerTest, RejectsBadTokensAndContextOverflowWithoutSideEffects) {
   EXPECT_EQ((*t)->Forward(std::span<const int32_t>(ok.data(), 1), false, &logits).code(),
             StatusCode::kOutOfRange);
   EXPECT_EQ((*t)->Forward({}, false, &logits).code(), StatusCode::kInvalidArgument);
+}
+
+// A sequence of the batch-invariance tests: a prompt, then tokens fed one at a time (fixed here, so
+// that the logits of every step can be compared), joining the batch at step `join`.
+struct Seq {
+  std::vector<int32_t> prompt, decode;
+  int join = 0;
+};
+
+std::vector<Seq> MixedSequences(uint32_t seed, int vocab) {
+  std::mt19937 rng(seed);
+  std::vector<Seq> seqs;
+  for (int len : {1, 5, 70, 13, 2, 40, 9, 3}) {  // one prompt longer than a step
+    Seq s;
+    for (int i = 0; i < len; ++i) s.prompt.push_back(static_cast<int32_t>(rng() % vocab));
+    const int n_decode = 1 + static_cast<int>(rng() % 12);
+    for (int i = 0; i < n_decode; ++i) s.decode.push_back(static_cast<int32_t>(rng() % vocab));
+    s.join = static_cast<int>(rng() % 6);
+    seqs.push_back(std::move(s));
+  }
+  return seqs;
+}
+
+// Every logits row of `s` run alone through Forward: the prompt's last token's, then each decode
+// token's.
+std::vector<std::vector<float>> Alone(Transformer& t, const Seq& s) {
+  std::vector<std::vector<float>> rows;
+  std::vector<float> logits;
+  t.Reset();
+  EXPECT_TRUE(t.Forward(s.prompt, false, &logits).ok());
+  rows.push_back(logits);
+  for (int32_t id : s.decode) {
+    EXPECT_TRUE(t.Forward(std::span<const int32_t>(&id, 1), false, &logits).ok());
+    rows.push_back(logits);
+  }
+  return rows;
+}
+
+// The same rows with every sequence stepped together: each step takes one token of every
+// sequence past its prompt and random chunks of the prompts, at most kMaxBatch tokens in all.
+std::vector<std::vector<std::vector<float>>> Together(Transformer& t, const std::vector<Seq>& seqs,
+                                                      uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int32_t ctx = t.context_length();
+  std::vector<KvCache> caches;
+  for (size_t i = 0; i < seqs.size(); ++i) caches.emplace_back(t.config(), ctx);
+  std::vector<size_t> fed(seqs.size(), 0);
+  std::vector<std::vector<std::vector<float>>> rows(seqs.size());
+  const size_t vocab = static_cast<size_t>(t.config().vocab_size);
+  std::vector<float> logits;
+  for (int step = 0;; ++step) {
+    std::vector<SequenceInput> in;
+    std::vector<size_t> who;
+    size_t room = Transformer::kMaxBatch;
+    for (size_t i = 0; i < seqs.size() && room > 0; ++i) {
+      const Seq& s = seqs[i];
+      const size_t total = s.prompt.size() + s.decode.size();
+      if (step < s.join || fed[i] == total) continue;
+      size_t n = 1;
+      const int32_t* at = fed[i] < s.prompt.size() ? s.prompt.data() + fed[i]
+                                                   : s.decode.data() + (fed[i] - s.prompt.size());
+      if (fed[i] < s.prompt.size()) {
+        n = std::min<size_t>({s.prompt.size() - fed[i], room, 1 + rng() % 48});
+      }
+      const bool ends_prompt_or_decodes = fed[i] + n >= s.prompt.size();
+      in.push_back({&caches[i], {at, n}, ends_prompt_or_decodes, false});
+      who.push_back(i);
+      room -= n;
+    }
+    if (in.empty()) {
+      bool all_done = true;
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        all_done &= fed[i] == seqs[i].prompt.size() + seqs[i].decode.size();
+      }
+      if (all_done) break;
+      continue;
+    }
+    Status st = t.Step(in, &logits);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    if (!st.ok()) break;
+    size_t row = 0;
+    for (size_t k = 0; k < in.size(); ++k) {
+      fed[who[k]] += in[k].tokens.size();
+      EXPECT_EQ(caches[who[k]].position(), static_cast<int32_t>(fed[who[k]]));
+      if (!in[k].logits) continue;
+      rows[who[k]].emplace_back(logits.begin() + static_cast<std::ptrdiff_t>(row * vocab),
+                                logits.begin() + static_cast<std::ptrdiff_t>((row + 1) * vocab));
+      ++row;
+    }
+  }
+  return rows;
+}
+
+class BatchTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BatchTest, SequencesSteppedTogetherGetTheLogitsTheyGetAlone) {
+  for (WeightFormat fmt : {WeightFormat::kW8A8, WeightFormat::kF32}) {
+    testing::TinyModelOptions o;
+    o.arch = GetParam();
+    if (o.arch == "qwen3" || o.arch == "gemma3") o.head_dim = 16;
+    if (o.arch == "gemma3") o.layers = 3;
+    o.matrix_type = GgmlType::kQ8_0;
+    o.ctx = 128;
+    Built b = Build(o, fmt);
+    const std::vector<Seq> seqs = MixedSequences(11, o.vocab);
+    for (int threads : {1, 3}) {
+      ThreadPool pool(threads);
+      auto t = Transformer::Create(b.weights.get(), &pool);
+      ASSERT_TRUE(t.ok());
+      for (uint32_t seed : {1u, 2u}) {
+        const auto together = Together(**t, seqs, seed);
+        for (size_t i = 0; i < seqs.size(); ++i) {
+          EXPECT_EQ(together[i], Alone(**t, seqs[i]))
+              << o.arch << " " << WeightFormatName(fmt) << " threads " << threads << " sequence "
+              << i << " chunking seed " << seed;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, BatchTest, ::testing::Values("llama", "qwen2", "qwen3", "gemma3"));
+
+TEST(BatchTest, StepRejectsBadInputWithoutMovingAnyCache) {
+  testing::TinyModelOptions o;
+  Built b = Build(o, WeightFormat::kW8A8);
+  ThreadPool pool(1);
+  auto t = Transformer::Create(b.weights.get(), &pool);
+  KvCache a((*t)->config(), 8), c((*t)->config(), 4);
+  std::vector<float> logits;
+  const std::vector<int32_t> three = {1, 2, 3}, bad = {1, 40}, five = {1, 2, 3, 4, 5};
+  auto step = [&](std::vector<SequenceInput> in) { return (*t)->Step(in, &logits); };
+  EXPECT_EQ(step({}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(step({{&a, three}, {&a, three}}).code(), StatusCode::kInvalidArgument);  // same cache
+  Status s = step({{&a, three}, {&c, bad}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("sequence 1"), std::string::npos) << s.ToString();
+  s = step({{&a, three}, {&c, five}});  // c holds 4
+  EXPECT_EQ(s.code(), StatusCode::kOutOfRange);
+  EXPECT_NE(s.message().find("(4 tokens)"), std::string::npos) << s.ToString();
+  EXPECT_EQ(step({{&a, three}, {nullptr, three}}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.position(), 0);
+  EXPECT_EQ(c.position(), 0);
+  const std::vector<int32_t> many(Transformer::kMaxBatch + 1, 3);
+  KvCache big((*t)->config(), 16);
+  EXPECT_EQ(step({{&big, {many.data(), 17}}}).code(), StatusCode::kOutOfRange);  // context 16
+  ASSERT_TRUE(step({{&a, three}, {&c, three, false}}).ok());
+  EXPECT_EQ(logits.size(), static_cast<size_t>(o.vocab));  // only a's row
+  EXPECT_EQ(a.position(), 3);
+  EXPECT_EQ(c.position(), 3);
+}
+
+// Generation streams stepped together (sampled, with a seed) produce the tokens Generate produces
+// for each alone.
+TEST(BatchTest, GenerationStreamsSteppedTogetherMatchGenerate) {
+  testing::TinyModelOptions o;
+  o.ctx = 96;
+  o.vocab = 60;
+  Built b = Build(o, WeightFormat::kW8A8);
+  auto tok_or = Tokenizer::Create(b.file->tokenizer());
+  ASSERT_TRUE(tok_or.ok()) << tok_or.status().ToString();
+  const Tokenizer& tok = **tok_or;
+  ThreadPool pool(2);
+  auto t = Transformer::Create(b.weights.get(), &pool);
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < 6; ++i) {
+    GenerateRequest r;
+    r.prompt_ids = std::vector<int32_t>(static_cast<size_t>(1 + i * 7), 5 + i);
+    r.prompt = "x";
+    r.max_tokens = 5 + 3 * i;
+    r.stop_at_eos = false;
+    r.sampling.temperature = i % 2 ? 0.9f : 0.0f;
+    r.sampling.top_k = 20;
+    r.sampling.seed = 100 + static_cast<uint64_t>(i);
+    reqs.push_back(r);
+  }
+  std::vector<std::vector<int32_t>> alone;
+  for (const GenerateRequest& r : reqs) {
+    Result<GenerateResult> g = Generate(**t, tok, r);
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+    alone.push_back(g->generated_ids);
+  }
+  std::vector<GenerationStream> streams;
+  std::vector<KvCache> caches;
+  for (const GenerateRequest& r : reqs) {
+    streams.push_back(*GenerationStream::Start(tok, r, (*t)->context_length()));
+    caches.emplace_back((*t)->config(), streams.back().cache_tokens());
+  }
+  std::vector<float> logits;
+  const size_t vocab = static_cast<size_t>(o.vocab);
+  for (bool running = true; running;) {
+    std::vector<SequenceInput> in;
+    std::vector<size_t> who;
+    for (size_t i = 0; i < streams.size(); ++i) {
+      if (streams[i].done()) continue;
+      const std::span<const int32_t> next = streams[i].NextInput(9);  // prompts in chunks
+      in.push_back({&caches[i], next, streams[i].WantsLogits(next.size())});
+      who.push_back(i);
+    }
+    running = !in.empty();
+    if (!running) break;
+    ASSERT_TRUE((*t)->Step(in, &logits).ok());
+    size_t row = 0;
+    for (size_t k = 0; k < in.size(); ++k) {
+      std::span<float> l;
+      if (in[k].logits) l = {logits.data() + row++ * vocab, vocab};
+      streams[who[k]].Advance(in[k].tokens.size(), l, {});
+    }
+  }
+  for (size_t i = 0; i < streams.size(); ++i) {
+    EXPECT_EQ(streams[i].TakeResult().generated_ids, alone[i]) << "request " << i;
+  }
 }
 
 }  // namespace
