@@ -146,7 +146,18 @@ int CmdStatus(const Ctx& c) {
                 s.decode_gb_per_second());
   row("throughput", buf);
   row("queue", std::to_string(s.queue_length()) + " waiting, " + std::to_string(s.running()) +
-                   " running, depth " + std::to_string(s.queue_depth()));
+                   " running (batch of up to " + std::to_string(s.max_batch()) + "), depth " +
+                   std::to_string(s.queue_depth()) + "; wait " + lat(s.queue_wait()));
+  std::string kv = Bytes(s.kv_cache_used_bytes()) + " of " + Bytes(s.kv_cache_bytes()) + " in use";
+  if (s.running() > 0) {
+    kv += " (" + Bytes(s.kv_cache_used_bytes() / static_cast<uint64_t>(s.running())) +
+          " per request)";
+  }
+  std::snprintf(buf, sizeof(buf), "; %.2f requests per step (%llu steps)",
+                s.steps() ? static_cast<double>(s.step_requests()) / static_cast<double>(s.steps())
+                          : 0.0,
+                static_cast<unsigned long long>(s.steps()));
+  row("kv cache", kv + buf);
   std::string req;
   for (const auto& [code, n] : s.requests()) {
     if (!req.empty()) req += ", ";

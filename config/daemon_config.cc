@@ -115,6 +115,7 @@ void ApplyDefaults(v1::DaemonConfig* c) {
   if (c->policy().empty()) c->set_policy("adaptive");
   if (c->reader().empty()) c->set_reader("auto");
   if (c->queue_depth() == 0) c->set_queue_depth(kDefaultQueueDepth);
+  if (c->max_batch() == 0) c->set_max_batch(kDefaultMaxBatch);
   v1::RequestLimits* l = c->mutable_limits();
   if (l->max_prompt_bytes() == 0) l->set_max_prompt_bytes(kDefaultMaxPromptBytes);
   if (l->max_tokens() == 0) l->set_max_tokens(kDefaultMaxTokens);
@@ -147,6 +148,8 @@ Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source
   RETURN_IF_ERROR(CheckRange(source, "threads", c.threads(), 0, 256));
   RETURN_IF_ERROR(CheckRange(source, "context_length", c.context_length(), 0, 1 << 20));
   RETURN_IF_ERROR(CheckRange(source, "queue_depth", c.queue_depth(), 1, 1024));
+  RETURN_IF_ERROR(CheckRange(source, "max_batch", c.max_batch(), 1, kMaxMaxBatch));
+  RETURN_IF_ERROR(CheckRange(source, "kv_cache_tokens", c.kv_cache_tokens(), 0, 1 << 24));
   const v1::RequestLimits& l = c.limits();
   RETURN_IF_ERROR(CheckRange(source, "limits.max_prompt_bytes", l.max_prompt_bytes(), 1, 16 << 20));
   RETURN_IF_ERROR(CheckRange(source, "limits.max_tokens", l.max_tokens(), 1, 1 << 20));

@@ -14,7 +14,9 @@ namespace dcomp::config {
 
 inline constexpr const char* kDefaultListen = "unix:/run/dcompd/dcompd.sock";
 inline constexpr uint32_t kDefaultUnixSocketMode = 0660;
-inline constexpr uint32_t kDefaultQueueDepth = 8;
+inline constexpr uint32_t kDefaultQueueDepth = 16;
+inline constexpr uint32_t kDefaultMaxBatch = 8;
+inline constexpr uint32_t kMaxMaxBatch = 64;  // Transformer::kMaxBatch
 inline constexpr uint32_t kDefaultMaxPromptBytes = 16384;
 inline constexpr uint32_t kDefaultMaxTokens = 1024;
 inline constexpr uint32_t kDefaultMaxMessageBytes = 65536;

@@ -34,6 +34,8 @@ void DeclareFlags(Flags* f) {
       .Value("threads", "compute + decode threads (default: all CPUs)")
       .Value("ctx", "context length (default: the model's)")
       .Value("queue-depth", "requests waiting or running at most")
+      .Value("max-batch", "requests generating together (default 8)")
+      .Value("kv-cache-tokens", "KV-cache positions for all running requests (default 2 x ctx)")
       .Value("policy",
              "adaptive | all-compressed | stream-all | static-split | all-decoded | all-packed")
       .Value("reader", "auto | io_uring | pread")
@@ -55,6 +57,8 @@ ConfigOverrides OverridesFrom(const Flags& f) {
   o.threads = f.Get("threads");
   o.ctx = f.Get("ctx");
   o.queue_depth = f.Get("queue-depth");
+  o.max_batch = f.Get("max-batch");
+  o.kv_cache_tokens = f.Get("kv-cache-tokens");
   o.shutdown_grace = f.Get("shutdown-grace");
   o.direct = f.IsSet("direct");
   return o;

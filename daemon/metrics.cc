@@ -121,8 +121,10 @@ std::string PrometheusText(const v1::StatusResponse& s) {
   w.Summary("dcomp_token_latency_seconds", "Time between consecutive generated tokens.",
             s.token_latency());
   w.Summary("dcomp_time_to_first_token_seconds",
-            "Time from a request's turn to its first token (prefill and one sample).",
+            "Time from a request's first step to its first token (prefill and one sample).",
             s.time_to_first_token());
+  w.Summary("dcomp_queue_wait_seconds", "Time from admission to a request's first step.",
+            s.queue_wait());
   w.Gauge("dcomp_tokens_per_second", "Decode speed of the last request with two or more tokens.",
           s.tokens_per_second());
   w.Counter("dcomp_flash_read_bytes_total", "Compressed bytes read from flash while streaming.",
@@ -130,9 +132,20 @@ std::string PrometheusText(const v1::StatusResponse& s) {
   w.Gauge("dcomp_decode_bytes_per_second", "Decode throughput per decode thread, INT8 bytes/s.",
           s.decode_gb_per_second() * 1e9);
   w.Gauge("dcomp_queue_waiting", "Generate requests waiting for their turn.", s.queue_length());
-  w.Gauge("dcomp_queue_running", "Generate requests running (0 or 1).", s.running());
+  w.Gauge("dcomp_queue_running", "Generate requests running (the batch).", s.running());
   w.Gauge("dcomp_queue_depth", "Requests the queue holds at most (waiting and running).",
           s.queue_depth());
+  w.Gauge("dcomp_max_batch", "Requests that generate together at most.", s.max_batch());
+  w.Gauge("dcomp_kv_cache_bytes", "KV-cache room of all running requests, in the budget.",
+          static_cast<double>(s.kv_cache_bytes()));
+  w.Gauge("dcomp_kv_cache_used_bytes", "KV cache the running requests hold.",
+          static_cast<double>(s.kv_cache_used_bytes()));
+  w.Counter("dcomp_steps_total", "Forward steps (one pass over the weights each).",
+            static_cast<double>(s.steps()));
+  w.Counter("dcomp_step_tokens_total", "Tokens in the forward steps.",
+            static_cast<double>(s.step_tokens()));
+  w.Counter("dcomp_step_requests_total", "Requests in the forward steps (batch sizes summed).",
+            static_cast<double>(s.step_requests()));
   w.Family("dcomp_requests_total", "counter", "Finished Generate requests by gRPC status code.");
   for (const auto& [code, n] : s.requests()) {
     w.Sample("dcomp_requests_total", static_cast<double>(n), Label("code", code));

@@ -109,6 +109,10 @@ Result<v1::DaemonConfig> ResolveConfig(const ConfigOverrides& o) {
   RETURN_IF_ERROR(ApplyU32(o.ctx, "ctx", 1 << 20, [&](uint32_t v) { c.set_context_length(v); }));
   RETURN_IF_ERROR(
       ApplyU32(o.queue_depth, "queue-depth", 1024, [&](uint32_t v) { c.set_queue_depth(v); }));
+  RETURN_IF_ERROR(ApplyU32(o.max_batch, "max-batch", config::kMaxMaxBatch,
+                           [&](uint32_t v) { c.set_max_batch(v); }));
+  RETURN_IF_ERROR(ApplyU32(o.kv_cache_tokens, "kv-cache-tokens", 1 << 24,
+                           [&](uint32_t v) { c.set_kv_cache_tokens(v); }));
   RETURN_IF_ERROR(ApplyU32(o.shutdown_grace, "shutdown-grace", 3600,
                            [&](uint32_t v) { c.set_shutdown_grace_seconds(v); }));
   if (o.direct) c.set_direct(true);

@@ -48,6 +48,8 @@ struct ConfigOverrides {
   std::optional<std::string> threads;         // --threads
   std::optional<std::string> ctx;             // --ctx
   std::optional<std::string> queue_depth;     // --queue-depth
+  std::optional<std::string> max_batch;       // --max-batch
+  std::optional<std::string> kv_cache_tokens;  // --kv-cache-tokens
   std::optional<std::string> shutdown_grace;  // --shutdown-grace
   bool direct = false;                        // --direct
 };

@@ -21,11 +21,6 @@ double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
-      .count();
-}
-
 v1::StopReason StopReasonOf(const std::string& s) {
   if (s == "eos") return v1::STOP_REASON_EOS;
   if (s == "length") return v1::STOP_REASON_LENGTH;
@@ -114,11 +109,15 @@ class Daemon::Service final : public v1::Dcomp::Service {
 };
 
 Daemon::Daemon(v1::DaemonConfig config)
-    : config_(std::move(config)),
-      queue_(static_cast<int>(config_.queue_depth())),
-      service_(std::make_unique<Service>(this)) {}
+    : config_(std::move(config)), service_(std::make_unique<Service>(this)) {}
 
-Daemon::~Daemon() = default;
+Daemon::~Daemon() { scheduler_.reset(); }
+
+int Daemon::InFlight() const {
+  if (!serving()) return 0;
+  const Scheduler::Stats s = scheduler_->stats();
+  return s.waiting + s.running;
+}
 
 grpc::Service* Daemon::service() { return service_.get(); }
 
@@ -140,6 +139,10 @@ Status Daemon::Load() {
                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   o.context_length = static_cast<int32_t>(c.context_length());
   o.streaming = runtime::Streaming::kIfDcm;
+  // The KV caches of every running request, and one logits row and sampler each.
+  o.runtime.kv_cache_tokens = static_cast<int32_t>(c.kv_cache_tokens());
+  o.runtime.kv_cache_contexts = 2;
+  o.runtime.max_batch = static_cast<int32_t>(c.max_batch());
   ASSIGN_OR_RETURN(o.runtime.budget, ParseBudgetSpec(c.budget()));
   ASSIGN_OR_RETURN(o.runtime.policy, runtime::ParsePolicy(c.policy()));
   ASSIGN_OR_RETURN(o.runtime.reader.backend, storage::ParseReaderBackend(c.reader()));
@@ -150,21 +153,44 @@ Status Daemon::Load() {
     spdlog::warn("{}: budget '{}' ignored: only .dcm models stream under a budget (this is {})",
                  c.model(), c.budget(), model_.model.file->format());
   }
+  // The KV pool: what the runtime's plan reserved for it (streamed), else kv_cache_tokens or two
+  // contexts' worth.
+  const Transformer& tf = *model_.model.model;
+  const int64_t kv_tokens = c.kv_cache_tokens() != 0 ? c.kv_cache_tokens()
+                                                     : 2 * static_cast<int64_t>(tf.context_length());
+  Scheduler::Options so;
+  so.max_batch = static_cast<int>(c.max_batch());
+  so.queue_depth = static_cast<int>(c.queue_depth());
+  so.kv_cache_bytes = model_.runtime != nullptr ? model_.runtime->stats().fixed.kv_cache
+                                                : KvCache::Bytes(tf.config(), static_cast<int32_t>(kv_tokens));
+  so.kv_note = c.kv_cache_tokens() != 0
+                   ? "kv_cache_tokens " + std::to_string(kv_tokens)
+                   : std::to_string(kv_tokens) + " positions, twice the context; set kv_cache_tokens";
+  scheduler_ = std::make_unique<Scheduler>(model_.model.model.get(), model_.model.tokenizer.get(),
+                                           &engine_mu_, so);
   // Warm-up: one short greedy generation touches every code path a request takes (prefill, the
   // pipeline's first pass, sampling) before READY.
   GenerateRequest warm;
   warm.prompt = "Hello";
   warm.max_tokens = 2;
   {
-    MutexLock l(&engine_mu_);
-    Result<GenerateResult> r = Generate(transformer(), *model_.model.tokenizer, warm);
-    if (!r.ok()) return r.status().WithContext(c.model() + ": warm-up generation failed");
+    Result<std::shared_ptr<Job>> job = scheduler_->Submit(warm);
+    Status s = job.status();
+    if (job.ok()) {
+      std::vector<Job::Token> ignored;
+      while (!(*job)->Wait(std::chrono::milliseconds(100), &ignored)) ignored.clear();
+      s = (*job)->status();
+    }
+    if (!s.ok()) return s.WithContext(c.model() + ": warm-up generation failed");
   }
   spdlog::info("kernels: {}; rANS decoder: {}", kernels::KernelSelectionNote(),
                storage::RansDecoderNote());
-  spdlog::info("model {} [{}]: {}; context {}; {}; loaded and warmed up in {:.2f} s", c.model(),
-               model_.model.file->format(), model_.model.file->config().Summary(),
-               model_.model.model->context_length(),
+  spdlog::info(
+      "model {} [{}]: {}; context {}; batches of up to {} requests, KV cache {} for all ({} "
+      "positions); {}; loaded and warmed up in {:.2f} s",
+      c.model(), model_.model.file->format(), model_.model.file->config().Summary(),
+      model_.model.model->context_length(), so.max_batch, FormatBytes(so.kv_cache_bytes),
+      so.kv_cache_bytes / std::max<uint64_t>(1, KvCache::Bytes(tf.config(), 1)),
                model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
                               : "resident " + FormatBytes(model_.model.resident_weight_bytes),
                Since(t0));
@@ -180,7 +206,6 @@ Status Daemon::Load() {
           bytes ? FormatBytes(bytes) : "unlimited", FormatBytes(limit));
     }
   }
-  last_progress_ns_.store(NowNs());
   serving_.store(true, std::memory_order_release);
   return Status::Ok();
 }
@@ -194,7 +219,10 @@ Status Daemon::Reload(const v1::DaemonConfig& c) {
     }
     config_.mutable_limits()->CopyFrom(c.limits());
     config_.set_queue_depth(c.queue_depth());
-    queue_.set_depth(static_cast<int>(c.queue_depth()));
+    if (serving()) scheduler_->set_queue_depth(static_cast<int>(c.queue_depth()));
+    if (c.max_batch() != config_.max_batch() || c.kv_cache_tokens() != config_.kv_cache_tokens()) {
+      spdlog::warn("config reload: max_batch and kv_cache_tokens apply at the next start");
+    }
     changes = "queue_depth " + std::to_string(c.queue_depth()) + ", max_tokens " +
               std::to_string(c.limits().max_tokens()) + ", max_prompt_bytes " +
               std::to_string(c.limits().max_prompt_bytes());
@@ -213,8 +241,7 @@ Status Daemon::Reload(const v1::DaemonConfig& c) {
 }
 
 bool Daemon::Progressing(std::chrono::nanoseconds limit) const {
-  if (!busy_.load()) return true;
-  return NowNs() - last_progress_ns_.load() < limit.count();
+  return !serving() || scheduler_->Progressing(limit);
 }
 
 grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
@@ -223,8 +250,8 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   const uint64_t id = next_request_id_.fetch_add(1);
   const std::string peer = Peer(ctx);
   int32_t prompt_tokens = 0;
-  auto fail = [&](const Status& s) {
-    Finish(id, peer, s, prompt_tokens, nullptr, Since(t0), 0);
+  auto fail = [&](const Status& s, const Job* job = nullptr) {
+    Finish(id, peer, s, prompt_tokens, job ? &job->result() : nullptr, Since(t0), job);
     return ToGrpc(s);
   };
   if (draining()) return fail(UnavailableError("dcompd is shutting down"));
@@ -234,73 +261,71 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
       ValidateGenerateRequest(*req, limits(), *model_.model.tokenizer,
                               model_.model.model->context_length(), &prompt_tokens);
   if (!greq.ok()) return fail(greq.status());
-  Result<RequestQueue::Ticket> ticket = queue_.Admit();
-  if (!ticket.ok()) return fail(ticket.status());
-  if (Status s = queue_.WaitTurn(*ticket, [ctx] { return Interrupted(ctx); }); !s.ok()) {
-    return fail(s);
-  }
-  const double queue_seconds = Since(t0);
-
-  MutexLock engine(&engine_mu_);
-  busy_.store(true);
-  last_progress_ns_.store(NowNs());
-  const auto turn = Clock::now();
-  auto last = turn;
-  bool first = true;
-  bool write_failed = false;
-  double ttft_seconds = 0;
   // *greq carries the prompt's token ids from validation: the prompt is not encoded again.
-  Result<GenerateResult> r = Generate(
-      transformer(), *model_.model.tokenizer, *greq, [&](int32_t token, const std::string& text) {
-        const auto now = Clock::now();
-        const double dt = std::chrono::duration<double>(now - last).count();
-        if (first) {
-          ttft_seconds = dt;
-          ttft_.Add(dt);
-        } else {
-          token_latency_.Add(dt);
-        }
-        first = false;
-        last = now;
-        last_progress_ns_.store(NowNs());
-        v1::GenerateResponse msg;
-        msg.mutable_token()->set_id(token);
-        msg.mutable_token()->set_text(SanitizeUtf8(text));
-        if (!writer->Write(msg)) {
-          write_failed = true;
-          return false;
-        }
-        return !ctx->IsCancelled();
-      });
-  busy_.store(false);
-  last_progress_ns_.store(NowNs());
-  if (!r.ok()) return fail(r.status());
-  if (r->stop_reason == "callback") {
-    const Status s = StopCause(ctx, write_failed ? "the client stopped reading" : "cancelled");
-    Finish(id, peer, s, prompt_tokens, &*r, Since(t0), queue_seconds);
-    return ToGrpc(s);
-  }
+  Result<std::shared_ptr<Job>> submitted = scheduler_->Submit(*greq);
+  if (!submitted.ok()) return fail(submitted.status());
+  Job& job = **submitted;
+  if (Status s = Stream(ctx, job, writer); !s.ok()) return fail(s, &job);
+  if (!job.status().ok()) return fail(job.status(), &job);
+  const GenerateResult& r = job.result();
   v1::GenerateResponse msg;
   v1::GenerateResult* res = msg.mutable_result();
-  for (int32_t t : r->prompt_ids) res->add_prompt_ids(t);
-  for (int32_t t : r->generated_ids) res->add_generated_ids(t);
-  res->set_prompt_tokens(static_cast<int32_t>(r->prompt_ids.size()));
-  res->set_generated_tokens(static_cast<int32_t>(r->generated_ids.size()));
-  res->set_time_to_first_token_seconds(ttft_seconds);
-  res->set_tokens_per_second(r->decode_tokens_per_second());
-  res->set_stop_reason(StopReasonOf(r->stop_reason));
-  res->set_text(SanitizeUtf8(r->text));
-  res->set_completion(SanitizeUtf8(r->completion));
-  res->set_queue_seconds(queue_seconds);
+  for (int32_t t : r.prompt_ids) res->add_prompt_ids(t);
+  for (int32_t t : r.generated_ids) res->add_generated_ids(t);
+  res->set_prompt_tokens(static_cast<int32_t>(r.prompt_ids.size()));
+  res->set_generated_tokens(static_cast<int32_t>(r.generated_ids.size()));
+  res->set_time_to_first_token_seconds(r.prefill_seconds);
+  res->set_tokens_per_second(r.decode_tokens_per_second());
+  res->set_stop_reason(StopReasonOf(r.stop_reason));
+  res->set_text(SanitizeUtf8(r.text));
+  res->set_completion(SanitizeUtf8(r.completion));
+  res->set_queue_seconds(job.queue_seconds());
   res->set_request_id(id);
   Status st = Status::Ok();
   if (!writer->Write(msg)) st = StopCause(ctx, "the client stopped reading before the result");
-  Finish(id, peer, st, prompt_tokens, &*r, Since(t0), queue_seconds);
-  return ToGrpc(st);
+  return fail(st, &job);
+}
+
+Status Daemon::Stream(grpc::ServerContext* ctx, Job& job,
+                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  Status stop = Status::Ok();
+  auto last = Clock::now();
+  bool first = true;
+  std::vector<Job::Token> tokens;
+  for (bool ended = false; !ended;) {
+    tokens.clear();
+    ended = job.Wait(std::chrono::milliseconds(10), &tokens);
+    for (const Job::Token& t : tokens) {
+      const auto now = Clock::now();
+      if (!first) token_latency_.Add(std::chrono::duration<double>(now - last).count());
+      first = false;
+      last = now;
+      if (!stop.ok()) continue;
+      v1::GenerateResponse msg;
+      msg.mutable_token()->set_id(t.id);
+      msg.mutable_token()->set_text(SanitizeUtf8(t.text));
+      if (!writer->Write(msg)) {
+        stop = StopCause(ctx, "the client stopped reading");
+        job.Cancel();
+      }
+    }
+    if (!ended && stop.ok()) {
+      if (Status s = Interrupted(ctx); !s.ok()) {
+        stop = s;
+        job.Cancel();
+      }
+    }
+  }
+  // The job's own end, when the client went away in the meantime: its status is CANCELLED.
+  if (stop.ok() && job.cancelled()) stop = StopCause(ctx, "cancelled");
+  if (!job.result().generated_ids.empty()) ttft_.Add(job.result().prefill_seconds);
+  if (job.status().code() != StatusCode::kUnavailable) queue_wait_.Add(job.queue_seconds());
+  return stop;
 }
 
 void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
-                    const dcomp::GenerateResult* r, double total_seconds, double queue_seconds) {
+                    const dcomp::GenerateResult* r, double total_seconds, const Job* job) {
+  const double queue_seconds = job ? job->queue_seconds() : 0.0;
   const size_t generated = r ? r->generated_ids.size() : 0;
   const double tps = r ? r->decode_tokens_per_second() : 0.0;
   {
@@ -311,10 +336,12 @@ void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int 
   }
   const std::string line = fmt::format(
       "request {} generate peer={} status={} prompt_tokens={} generated_tokens={} stop={} "
-      "queue_ms={:.1f} ttft_ms={:.1f} tokens_per_s={:.2f} latency_ms={:.1f}{}{}",
+      "queue_ms={:.1f} ttft_ms={:.1f} tokens_per_s={:.2f} latency_ms={:.1f} kv_bytes={}{}{}",
       id, peer, StatusCodeName(st.code()), prompt_tokens, generated,
-      r ? r->stop_reason : std::string("-"), queue_seconds * 1e3,
-      r ? r->prefill_seconds * 1e3 : 0.0, tps, total_seconds * 1e3,
+      r ? (r->stop_reason == "callback" ? std::string("cancelled") : r->stop_reason)
+        : std::string("-"),
+      queue_seconds * 1e3, r ? r->prefill_seconds * 1e3 : 0.0, tps, total_seconds * 1e3,
+      job ? job->kv_bytes() : 0,
       st.ok() ? "" : " error=", st.ok() ? "" : st.message());
   if (st.ok() || st.code() == StatusCode::kCancelled ||
       st.code() == StatusCode::kDeadlineExceeded) {
@@ -386,9 +413,22 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   out->set_version(DCOMP_VERSION);
   out->set_uptime_seconds(Since(start_));
   out->set_serving(serving() && !draining());
-  out->set_queue_length(queue_.waiting());
-  out->set_running(queue_.running());
-  out->set_queue_depth(queue_.depth());
+  if (serving()) {
+    const Scheduler::Stats s = scheduler_->stats();
+    out->set_queue_length(s.waiting);
+    out->set_running(s.running);
+    out->set_queue_depth(s.queue_depth);
+    out->set_max_batch(s.max_batch);
+    out->set_kv_cache_bytes(s.kv_pool_bytes);
+    out->set_kv_cache_used_bytes(s.kv_used_bytes);
+    out->set_steps(s.steps);
+    out->set_step_tokens(s.step_tokens);
+    out->set_step_requests(s.step_requests);
+  } else {
+    MutexLock l(&config_mu_);
+    out->set_queue_depth(static_cast<int32_t>(config_.queue_depth()));
+    out->set_max_batch(static_cast<int32_t>(config_.max_batch()));
+  }
   if (Result<runtime::ProcMemory> m = runtime::ReadProcMemory(); m.ok()) {
     out->set_rss_bytes(m->rss);
     out->set_peak_rss_bytes(m->hwm);
@@ -403,6 +443,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   };
   fill(token_latency_, out->mutable_token_latency());
   fill(ttft_, out->mutable_time_to_first_token());
+  fill(queue_wait_, out->mutable_queue_wait());
   {
     MutexLock l(&stats_mu_);
     for (const auto& [code, n] : requests_by_code_) (*out->mutable_requests())[code] = n;

@@ -2,10 +2,12 @@
 // request queue, request limits and the figures of Status and the metrics endpoint, and the
 // dcomp.v1.Dcomp gRPC implementation over them.
 //
-// Requests run one at a time (one KV cache) in arrival order. A Generate call is validated, takes a
-// place in the queue (RESOURCE_EXHAUSTED when full), waits for its turn while polling its client's
-// cancellation and deadline, then generates, writing each token as it is sampled; a cancelled
-// client, a passed deadline or a shutdown past its grace stops it within one token.
+// Requests run through the Scheduler (daemon/scheduler.h): up to max_batch generate together, one
+// pass over the weights per step for all of them, each with its own KV cache; more wait in FIFO
+// order. A Generate call is validated, takes a place in the queue (RESOURCE_EXHAUSTED when full or
+// when its KV cache could never fit), then its handler thread writes each token as the scheduler
+// samples it, polling its client's cancellation and deadline; a cancelled client, a passed
+// deadline or a shutdown past its grace takes it out of the batch before the next step.
 #pragma once
 
 #include <atomic>
@@ -17,7 +19,7 @@
 #include "base/mutex.h"
 #include "base/status.h"
 #include "daemon/latency_window.h"
-#include "daemon/request_queue.h"
+#include "daemon/scheduler.h"
 #include "engine/generate.h"
 #include "proto/config.pb.h"
 #include "proto/dcomp.grpc.pb.h"
@@ -40,10 +42,10 @@ class Daemon {
   void StartDraining() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
   // Generate requests admitted and not finished (waiting or running).
-  int InFlight() const { return queue_.waiting() + queue_.running(); }
+  int InFlight() const;
   // Applies the budget, queue depth and request limits of a re-read config (SIGHUP).
   Status Reload(const v1::DaemonConfig& config) EXCLUDES(config_mu_, engine_mu_);
-  // False when a request is running and no token came within `limit` (the watchdog stops
+  // False when requests are running and no step ended within `limit` (the watchdog stops
   // pinging; systemd restarts a hung daemon).
   bool Progressing(std::chrono::nanoseconds limit) const;
 
@@ -57,8 +59,12 @@ class Daemon {
   friend class Service;
   v1::RequestLimits limits() const EXCLUDES(config_mu_);
   void Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
-              const dcomp::GenerateResult* r, double total_seconds, double queue_seconds)
+              const dcomp::GenerateResult* r, double total_seconds, const Job* job)
       EXCLUDES(stats_mu_);
+  // Writes the job's tokens as they come and waits for its end, cancelling it when the client
+  // goes away or the deadline passes: OK when it ran to its end, else why it stopped.
+  Status Stream(grpc::ServerContext* ctx, Job& job,
+                grpc::ServerWriter<v1::GenerateResponse>* writer);
   grpc::Status DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                           grpc::ServerWriter<v1::GenerateResponse>* writer)
       EXCLUDES(config_mu_, engine_mu_, stats_mu_);
@@ -70,9 +76,7 @@ class Daemon {
   void FillPlan(v1::PlanInfo* out) const;
 
   // What engine_mu_ guards in model_ (whose other parts are immutable once serving_ is set): the
-  // transformer, which generation runs (its KV cache), and applying the streamed model's pending
-  // plan.
-  Transformer& transformer() REQUIRES(engine_mu_) { return *model_.model.model; }
+  // forward steps (the scheduler's thread) and applying the streamed model's pending plan.
   Status ApplyPendingPlan() REQUIRES(engine_mu_) { return model_.runtime->ApplyPendingPlan(); }
 
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
@@ -81,17 +85,16 @@ class Daemon {
 
   std::atomic<bool> serving_{false};
   std::atomic<bool> draining_{false};
-  // Immutable once serving_ is set, except the transformer and the plan: see transformer() and
-  // ApplyPendingPlan().
+  // Immutable once serving_ is set, except the transformer and the plan: see ApplyPendingPlan().
   runtime::ServedModel model_;
-  Mutex engine_mu_;  // held while the model generates or applies a plan
-  RequestQueue queue_;
+  Mutex engine_mu_;  // held while the model steps or applies a plan
+  // Created by Load() before serving_ is set; destroyed first (its thread steps the model).
+  std::unique_ptr<Scheduler> scheduler_;
 
   std::atomic<uint64_t> next_request_id_{1};
-  std::atomic<bool> busy_{false};
-  std::atomic<int64_t> last_progress_ns_{0};  // steady clock
   LatencyWindow token_latency_;
   LatencyWindow ttft_;
+  LatencyWindow queue_wait_;
   mutable Mutex stats_mu_;
   std::map<std::string, uint64_t> requests_by_code_ GUARDED_BY(stats_mu_);
   uint64_t generated_tokens_ GUARDED_BY(stats_mu_) = 0;

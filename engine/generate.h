@@ -76,6 +76,8 @@ class GenerationStream {
   void Advance(size_t n, std::span<float> logits, const TokenCallback& on_token);
   // Whether the next Advance samples (the pending input ends with it).
   bool WantsLogits(size_t n) const { return fed_ + n == history_.size(); }
+  // Tokens of input not yet fed: the rest of the prompt, or 1 once generating.
+  size_t pending() const { return history_.size() - fed_; }
   bool done() const { return done_; }
   size_t prompt_tokens() const { return res_.prompt_ids.size(); }
   size_t generated_tokens() const { return res_.generated_ids.size(); }

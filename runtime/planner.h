@@ -43,7 +43,7 @@ struct UnitInfo {
 struct FixedMemory {
   uint64_t baseline = 0;     // resident before the runtime allocated anything (measured)
   uint64_t vectors = 0;      // norms, biases, embedding row scales (always decoded)
-  uint64_t kv_cache = 0;     // the transformer's KV cache for the context length
+  uint64_t kv_cache = 0;     // the KV caches of every sequence (RuntimeOptions::kv_cache_tokens)
   uint64_t activations = 0;  // the transformer's scratch and RoPE table
   uint64_t request = 0;      // logits and sampler buffers of one request
   uint64_t lookup = 0;       // embedding-row lookup scratch (one stored + one raw block)

@@ -47,8 +47,13 @@ struct RuntimeOptions {
   // What the whole process may hold: bytes (0: no limit) or a % of the INT8 model size.
   BudgetSpec budget;
   Policy policy = Policy::kAdaptive;
-  int32_t context_length = 0;  // the transformer's (0 = the model's); sizes the KV account
+  int32_t context_length = 0;  // the transformer's (0 = the model's)
+  // KV-cache positions held for all sequences together (the KV account): kv_cache_tokens, or
+  // kv_cache_contexts times the context length when it is 0.
+  int32_t kv_cache_tokens = 0;
+  int32_t kv_cache_contexts = 1;
   int32_t max_logit_rows = 1;  // logits rows one request holds (1: generation; eval: more)
+  int32_t max_batch = 1;       // requests stepped together (each a logits row and a sampler)
   int cores = 0;               // 0: the CPUs this process may run on
   storage::BlockReaderOptions reader;
   bool adapt = true;  // re-plan from measurements

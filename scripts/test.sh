@@ -17,7 +17,7 @@ echo "== the same suite under ASan + UBSan"
 cmake --preset asan >/dev/null
 cmake --build build/asan -j "$jobs"
 ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800
-echo "== the concurrency tests under ThreadSanitizer (thread pool, streaming runtime, request queue)"
+echo "== the concurrency tests under ThreadSanitizer (thread pool, streaming runtime, scheduler)"
 # Built with clang, whose -Wthread-safety (an error, like every warning) also checks the locking
 # annotated with base/mutex.h (GUARDED_BY, REQUIRES, ...) in everything these targets compile.
 # The daemon's gRPC paths are left out of the run: Debian's gRPC and abseil are not built with
@@ -25,7 +25,7 @@ echo "== the concurrency tests under ThreadSanitizer (thread pool, streaming run
 cmake --preset tsan >/dev/null
 cmake --build build/tsan -j "$jobs" --target base_test runtime_test server_test
 ctest --test-dir build/tsan --output-on-failure -j "$jobs" --timeout 1800 \
-  -R "ThreadPoolTest|StreamingTest|FaultTest|ResidencyTest|RequestQueueTest|LatencyWindowTest" -E "Stories3M"
+  -R "ThreadPoolTest|StreamingTest|FaultTest|ResidencyTest|SchedulerTest|LatencyWindowTest" -E "Stories3M"
 echo "== fuzzers (bounded time per target)"
 cmake --preset fuzz >/dev/null
 cmake --build build/fuzz -j "$jobs"

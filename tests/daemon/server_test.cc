@@ -1,15 +1,12 @@
 // Unit tests of the service's parts that need no running daemon: config reading and validation,
-// listen addresses, the request queue, request validation, latency quantiles, the cgroup limit.
+// listen addresses, request validation, latency quantiles, the cgroup limit.
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
 #include "daemon/config.h"
 #include "daemon/latency_window.h"
-#include "daemon/request_queue.h"
 #include "daemon/validate.h"
 #include "engine/model_file.h"
 #include "runtime/memory_stats.h"
@@ -94,65 +91,6 @@ TEST(ConfigTest, ListenAddresses) {
     EXPECT_FALSE(ParseListenAddress(bad).ok()) << bad;
   }
   EXPECT_FALSE(ParseListenAddress("unix:/" + std::string(120, 'a')).ok());
-}
-
-TEST(RequestQueueTest, AdmitsUpToDepthAndRunsInArrivalOrder) {
-  RequestQueue q(3);
-  auto a = q.Admit();
-  auto b = q.Admit();
-  auto c = q.Admit();
-  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
-  auto d = q.Admit();
-  ASSERT_FALSE(d.ok());
-  EXPECT_EQ(d.status().code(), StatusCode::kResourceExhausted);
-  EXPECT_NE(d.status().message().find("queue_depth 3"), std::string::npos);
-  const auto never = [] { return Status::Ok(); };
-  ASSERT_TRUE(q.WaitTurn(*a, never).ok());
-  EXPECT_EQ(q.running(), 1);
-  EXPECT_EQ(q.waiting(), 2);
-  // c may not run before b, nor while a runs.
-  std::atomic<int> order{0};
-  int b_at = 0, c_at = 0;
-  std::thread tc([&] {
-    EXPECT_TRUE(q.WaitTurn(*c, never).ok());
-    c_at = ++order;
-    RequestQueue::Ticket done(std::move(*c));
-  });
-  std::thread tb([&] {
-    EXPECT_TRUE(q.WaitTurn(*b, never).ok());
-    b_at = ++order;
-    RequestQueue::Ticket done(std::move(*b));
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  EXPECT_EQ(order.load(), 0);
-  { RequestQueue::Ticket done(std::move(*a)); }
-  tb.join();
-  tc.join();
-  EXPECT_EQ(b_at, 1);
-  EXPECT_EQ(c_at, 2);
-  EXPECT_EQ(q.waiting() + q.running(), 0);
-}
-
-TEST(RequestQueueTest, AStoppedWaiterLeavesAndFreesItsPlace) {
-  RequestQueue q(2);
-  auto a = q.Admit();
-  ASSERT_TRUE(q.WaitTurn(*a, [] { return Status::Ok(); }).ok());
-  auto b = q.Admit();
-  ASSERT_TRUE(b.ok());
-  EXPECT_FALSE(q.Admit().ok());
-  std::atomic<bool> cancel{false};
-  Status got;
-  std::thread t([&] {
-    got = q.WaitTurn(*b, [&] { return cancel ? CancelledError("gone") : Status::Ok(); });
-    RequestQueue::Ticket leave(std::move(*b));
-  });
-  cancel = true;
-  t.join();
-  EXPECT_EQ(got.code(), StatusCode::kCancelled);
-  EXPECT_EQ(q.waiting(), 0);
-  EXPECT_TRUE(q.Admit().ok());  // the place is free again (and released at once)
-  q.set_depth(1);
-  EXPECT_FALSE(q.Admit().ok());  // a still runs
 }
 
 TEST(LatencyWindowTest, NearestRankQuantiles) {
