@@ -124,19 +124,21 @@ TEST(SchedulerTest, AdmitsByQueueDepthAndKvRoomInArrivalOrder) {
       << msg;
   EXPECT_NE(msg.find(std::to_string(o.kv_cache_bytes) + " bytes"), std::string::npos) << msg;
   // Hold the engine: nothing steps, so admission is all there is to see.
-  engine.Lock();
   std::vector<std::shared_ptr<Job>> jobs;
-  for (int i = 0; i < 4; ++i) jobs.push_back(*s.Submit(r));
-  auto full = s.Submit(r);
-  ASSERT_FALSE(full.ok());
-  EXPECT_EQ(full.status().code(), StatusCode::kResourceExhausted);
-  EXPECT_NE(full.status().message().find("queue is full (4"), std::string::npos);
-  for (int i = 0; i < 200 && s.stats().running < 2; ++i) std::this_thread::sleep_for(milliseconds(5));
-  Scheduler::Stats st = s.stats();
-  EXPECT_EQ(st.running, 2);
-  EXPECT_EQ(st.waiting, 2);
-  EXPECT_EQ(st.kv_used_bytes, 2 * one);
-  engine.Unlock();
+  {
+    MutexLock hold(&engine);
+    for (int i = 0; i < 4; ++i) jobs.push_back(*s.Submit(r));
+    auto full = s.Submit(r);
+    EXPECT_EQ(full.status().code(), StatusCode::kResourceExhausted);
+    EXPECT_NE(full.status().message().find("queue is full (4"), std::string::npos);
+    for (int i = 0; i < 200 && s.stats().running < 2; ++i) {
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    Scheduler::Stats st = s.stats();
+    EXPECT_EQ(st.running, 2);
+    EXPECT_EQ(st.waiting, 2);
+    EXPECT_EQ(st.kv_used_bytes, 2 * one);
+  }
   for (auto& j : jobs) RunToEnd(*j);
   for (auto& j : jobs) EXPECT_TRUE(j->status().ok()) << j->status().ToString();
   // First come, first served: the later two waited for the first two.
