@@ -49,44 +49,69 @@ void GemvQ8Avx512Vnni(const Q8MatrixView& w, const int8_t* x, float x_scale, flo
   }
 }
 
-// 4 rows x 4 tokens register tile: 16 accumulators, each weight and activation load reused 4x.
+// GCC 12 reports the undefined pass-through operand inside _mm512_reduce_add_epi32 (its own header)
+// as uninitialized once the reduction is inlined into a template; the value is never used.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+// 4 rows x NT tokens register tile (NT <= 4): each weight load is reused NT times, each
+// activation load 4 times. Results are those of the GEMV (integer sums, the same final multiply).
+template <int NT>
+inline void TileQ8Avx512(const Q8MatrixView& w, const int8_t* x, size_t x_stride,
+                         const float* x_scale, float* y, size_t y_stride, size_t r,
+                         __m512i bias) {
+  const size_t stride = w.stride;
+  const int8_t* w0 = w.q + r * stride;
+  __m512i acc[4][NT];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_si512();
+  for (size_t k = 0; k < stride; k += 64) {
+    __m512i xv[NT];
+    for (int j = 0; j < NT; ++j) xv[j] = LoadBiased(x + j * x_stride + k, bias);
+    for (int i = 0; i < 4; ++i) {
+      const __m512i wv = _mm512_loadu_si512(w0 + i * stride + k);
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[j], wv);
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int32_t corr = 128 * w.row_sum[r + i];
+    for (int j = 0; j < NT; ++j) {
+      const int32_t s = _mm512_reduce_add_epi32(acc[i][j]) - corr;
+      y[j * y_stride + r + i] = static_cast<float>(s) * (x_scale[j] * w.scale[r + i]);
+    }
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// Row tiles outside, tokens inside: the weights stream from memory once whatever the number of
+// tokens (a batch of decode tokens is as cheap to read as one), the tile's rows stay in L1.
 void GemmQ8Avx512Vnni(const Q8MatrixView& w, const int8_t* x, size_t x_stride, const float* x_scale,
                       size_t n_tok, float* y, size_t y_stride, size_t r0, size_t r1) {
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-  const size_t stride = w.stride;
-  size_t t = 0;
-  for (; t + 4 <= n_tok; t += 4) {
-    const int8_t* x0 = x + t * x_stride;
-    size_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-      const int8_t* w0 = w.q + r * stride;
-      __m512i acc[4][4];
-      for (auto& row : acc)
-        for (auto& a : row) a = _mm512_setzero_si512();
-      for (size_t k = 0; k < stride; k += 64) {
-        __m512i xv[4];
-        for (int j = 0; j < 4; ++j) xv[j] = LoadBiased(x0 + j * x_stride + k, bias);
-        for (int i = 0; i < 4; ++i) {
-          const __m512i wv = _mm512_loadu_si512(w0 + i * stride + k);
-          for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[j], wv);
-        }
-      }
-      for (int i = 0; i < 4; ++i) {
-        const int32_t corr = 128 * w.row_sum[r + i];
-        for (int j = 0; j < 4; ++j) {
-          const int32_t s = _mm512_reduce_add_epi32(acc[i][j]) - corr;
-          y[(t + j) * y_stride + r + i] = static_cast<float>(s) * (x_scale[t + j] * w.scale[r + i]);
-        }
-      }
+  size_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    size_t t = 0;
+    for (; t + 4 <= n_tok; t += 4) {
+      TileQ8Avx512<4>(w, x + t * x_stride, x_stride, x_scale + t, y + t * y_stride, y_stride, r,
+                      bias);
     }
-    if (r < r1) {
-      for (size_t j = 0; j < 4; ++j) {
-        GemvQ8Avx512Vnni(w, x0 + j * x_stride, x_scale[t + j], y + (t + j) * y_stride, r, r1);
-      }
+    const int8_t* xt = x + t * x_stride;
+    float* yt = y + t * y_stride;
+    switch (n_tok - t) {
+      case 3: TileQ8Avx512<3>(w, xt, x_stride, x_scale + t, yt, y_stride, r, bias); break;
+      case 2: TileQ8Avx512<2>(w, xt, x_stride, x_scale + t, yt, y_stride, r, bias); break;
+      case 1: TileQ8Avx512<1>(w, xt, x_stride, x_scale + t, yt, y_stride, r, bias); break;
+      default: break;
     }
   }
-  for (; t < n_tok; ++t) {
-    GemvQ8Avx512Vnni(w, x + t * x_stride, x_scale[t], y + t * y_stride, r0, r1);
+  if (r < r1) {
+    for (size_t t = 0; t < n_tok; ++t) {
+      GemvQ8Avx512Vnni(w, x + t * x_stride, x_scale[t], y + t * y_stride, r, r1);
+    }
   }
 }
 
