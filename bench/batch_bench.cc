@@ -33,16 +33,27 @@ const char* kPrompts[] = {"Once upon a time",    "The little dog ran",  "Lily ha
                           "One day, Tom saw",    "The sun was hot",     "A big cat sat on",
                           "Ben and Mia went to", "There was a bird"};
 
+// Prompt `index`: one of kPrompts, or for the vocabulary of `dcomp synth` (whose text pieces are
+// "syn<N>" words; other text falls back to one token per byte) 3 to 7 of its words.
+std::string Prompt(int index, bool synthetic) {
+  if (!synthetic) return kPrompts[index % 8];
+  std::string p;
+  for (int w = 0; w < 3 + index % 5; ++w) {
+    p += (w ? " syn" : "syn") + std::to_string(300 + 37 * index + w);
+  }
+  return p;
+}
+
 struct Call {
   double ttft = 0, seconds = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0, prompt_tokens = 0;
   bool ok = false;
   std::string error;
 };
 
-Call Generate(v1::Dcomp::Stub* stub, int index, int max_tokens) {
+Call Generate(v1::Dcomp::Stub* stub, int index, int max_tokens, bool synthetic) {
   v1::GenerateRequest req;
-  req.set_prompt(kPrompts[index % 8]);
+  req.set_prompt(Prompt(index, synthetic));
   req.set_max_tokens(max_tokens);
   req.set_ignore_eos(true);
   grpc::ClientContext ctx;
@@ -52,6 +63,7 @@ Call Generate(v1::Dcomp::Stub* stub, int index, int max_tokens) {
   auto reader = stub->Generate(&ctx, req);
   v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
+    if (msg.has_result()) c.prompt_tokens = msg.result().prompt_tokens();
     if (!msg.has_token()) continue;
     if (c.tokens++ == 0) c.ttft = Since(t0);
   }
@@ -66,12 +78,13 @@ struct Run {
   double wall = 0, aggregate = 0, per_client = 0;
   std::vector<double> ttft;
   int64_t tokens = 0;
+  int64_t min_prompt = 0, max_prompt = 0;
   int failed = 0;
   std::string error;
 };
 
 // `clients` clients, each `rounds` requests back to back.
-Run Concurrent(v1::Dcomp::Stub* stub, int clients, int rounds, int max_tokens) {
+Run Concurrent(v1::Dcomp::Stub* stub, int clients, int rounds, int max_tokens, bool synthetic) {
   std::vector<std::vector<Call>> calls(static_cast<size_t>(clients));
   std::vector<double> client_seconds(static_cast<size_t>(clients));
   const auto t0 = Clock::now();
@@ -80,7 +93,8 @@ Run Concurrent(v1::Dcomp::Stub* stub, int clients, int rounds, int max_tokens) {
     threads.emplace_back([&, c] {
       const auto c0 = Clock::now();
       for (int r = 0; r < rounds; ++r) {
-        calls[static_cast<size_t>(c)].push_back(Generate(stub, c * rounds + r, max_tokens));
+        calls[static_cast<size_t>(c)].push_back(
+            Generate(stub, c * rounds + r, max_tokens, synthetic));
       }
       client_seconds[static_cast<size_t>(c)] = Since(c0);
     });
@@ -93,6 +107,8 @@ Run Concurrent(v1::Dcomp::Stub* stub, int clients, int rounds, int max_tokens) {
     for (const Call& k : calls[static_cast<size_t>(c)]) {
       n += k.tokens;
       run.ttft.push_back(k.ttft);
+      run.min_prompt = run.min_prompt ? std::min(run.min_prompt, k.prompt_tokens) : k.prompt_tokens;
+      run.max_prompt = std::max(run.max_prompt, k.prompt_tokens);
       if (!k.ok) {
         ++run.failed;
         run.error = k.error;
@@ -119,6 +135,7 @@ int Main(int argc, char** argv) {
       .Value("rounds", "requests per client, back to back (default 1)")
       .Value("max-tokens", "tokens generated per request (default 64)")
       .Value("label", "a name for this run in the output")
+      .Switch("synthetic", "prompts of `dcomp synth`'s words (its vocabulary spells text by bytes)")
       .Switch("no-sequential", "skip the sequential reference runs")
       .Switch("json", "one JSON object per line instead of the table");
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -139,16 +156,17 @@ int Main(int argc, char** argv) {
   const std::string label = f.GetOr("label", "");
   auto channel = grpc::CreateChannel(*f.Get("address"), grpc::InsecureChannelCredentials());
   auto stub = v1::Dcomp::NewStub(channel);
-  Generate(stub.get(), 0, 2);  // connect and touch the model
+  const bool synthetic = f.IsSet("synthetic");
+  Generate(stub.get(), 0, 2, synthetic);  // connect and touch the model
   if (!f.IsSet("json")) {
-    std::printf("%-14s %7s %11s %11s %10s %10s %11s %8s\n", "run", "clients", "aggr tok/s",
-                "client t/s", "ttft p50", "ttft p99", "seq tok/s", "speedup");
+    std::printf("%-14s %7s %7s %11s %11s %10s %10s %11s %8s\n", "run", "clients", "prompt",
+                "aggr tok/s", "client t/s", "ttft p50", "ttft p99", "seq tok/s", "speedup");
   }
   int failed = 0;
   for (int n : counts) {
-    const Run r = Concurrent(stub.get(), n, rounds, max_tokens);
+    const Run r = Concurrent(stub.get(), n, rounds, max_tokens, synthetic);
     Run seq;
-    if (!f.IsSet("no-sequential")) seq = Concurrent(stub.get(), 1, n * rounds, max_tokens);
+    if (!f.IsSet("no-sequential")) seq = Concurrent(stub.get(), 1, n * rounds, max_tokens, synthetic);
     failed += r.failed + seq.failed;
     const double speedup = seq.aggregate > 0 ? r.aggregate / seq.aggregate : 0;
     if (f.IsSet("json")) {
@@ -158,6 +176,8 @@ int Main(int argc, char** argv) {
           .Int("clients", n)
           .Int("requests", static_cast<int64_t>(n) * rounds)
           .Int("tokens", r.tokens)
+          .Int("prompt_tokens_min", r.min_prompt)
+          .Int("prompt_tokens_max", r.max_prompt)
           .Double("wall_seconds", r.wall)
           .Double("aggregate_tokens_per_second", r.aggregate)
           .Double("per_client_tokens_per_second", r.per_client)
@@ -169,8 +189,10 @@ int Main(int argc, char** argv) {
           .EndObject();
       std::printf("%s\n", j.str().c_str());
     } else {
-      std::printf("%-14s %7d %11.2f %11.2f %9.0fms %9.0fms %11.2f %7.2fx\n", label.c_str(), n,
-                  r.aggregate, r.per_client, Quantile(r.ttft, 0.5) * 1e3,
+      const std::string prompt =
+          std::to_string(r.min_prompt) + "-" + std::to_string(r.max_prompt);
+      std::printf("%-14s %7d %7s %11.2f %11.2f %9.0fms %9.0fms %11.2f %7.2fx\n", label.c_str(), n,
+                  prompt.c_str(), r.aggregate, r.per_client, Quantile(r.ttft, 0.5) * 1e3,
                   Quantile(r.ttft, 0.99) * 1e3, seq.aggregate, speedup);
     }
     if (r.failed + seq.failed > 0) {

@@ -58,7 +58,7 @@ stop() {
 }
 
 one_client() {  # aggregate tokens/s of one client, 2 requests back to back
-  "$BENCH" --address "$sock" --clients 1 --rounds 2 --no-sequential --json |
+  "$BENCH" --address "$sock" --clients 1 --rounds 2 --no-sequential --json $PROMPTS |
     python3 -c 'import json,sys; print("%.3f" % json.loads(sys.stdin.read())["aggregate_tokens_per_second"])'
 }
 
@@ -67,7 +67,8 @@ run_case() {  # run_case NAME PROFILE BUDGET_BYTES MODEL FLAGS...
   shift 4
   echo "## $name: $model, profile $profile, flags: --ctx $CTX $*"
   start "$DCOMPD" "$profile" "$budget" "$model" "$@" || { echo "dcompd failed to start"; return; }
-  "$BENCH" --address "$sock" --label "$name" --clients "${CLIENTS:-1,2,4,8}" --rounds "${ROUNDS:-1}"
+  "$BENCH" --address "$sock" --label "$name" --clients "${CLIENTS:-1,2,4,8}" --rounds "${ROUNDS:-1}" \
+    $PROMPTS
   "$CTL" --address "$sock" status | grep -E "memory|kv cache|queue|plan" | sed 's/^/  /'
   stop
   if [ -n "${OLD_DCOMPD:-}" ]; then
@@ -87,9 +88,9 @@ run_case() {  # run_case NAME PROFILE BUDGET_BYTES MODEL FLAGS...
 echo "# $(date -u +%F) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs"
 for c in $CASES; do
   case $c in
-    a) run_case "a stream-all" none 0 "${S3M:?S3M=stories3M.dcm}" --policy stream-all ;;
-    b) run_case "b 600MiB nvme" nvme 629145600 "${TL:?TL=tinyllama.dcm}" --budget 600MiB --direct ;;
-    c) run_case "c resident" none 0 "${TL:?TL=tinyllama.dcm}" ;;
+    a) PROMPTS= run_case "a stream-all" none 0 "${S3M:?S3M=stories3M.dcm}" --policy stream-all ;;
+    b) PROMPTS=--synthetic run_case "b 600MiB nvme" nvme 629145600 "${TL:?TL=tinyllama.dcm}" --budget 600MiB --direct ;;
+    c) PROMPTS=--synthetic run_case "c resident" none 0 "${TL:?TL=tinyllama.dcm}" ;;
   esac
 done
 [ -d "$mem_cg" ] && rmdir "$mem_cg" 2> /dev/null

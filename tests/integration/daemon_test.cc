@@ -210,6 +210,78 @@ TEST(DaemonTest, GenerateStreamsTheEnginesTokens) {
   }
 }
 
+// Concurrent requests of different lengths, greedy and sampled, generate together (continuous
+// batching) and each gets the tokens the engine gives it alone, at several budgets, thread counts
+// and batch sizes; a request whose KV cache could never fit is refused naming the bytes.
+TEST(DaemonTest, BatchedRequestsGetTheirTokensAlone) {
+  const std::string& model = models().Embedded();
+  const char* prompts[] = {"Once upon a time", "Lily", "The dog ran to the park and saw a big ball",
+                           "One day", "Tom and Sue", "A cat", "She was happy because", "The sun"};
+  std::vector<GenerateRequest> refs;
+  std::vector<std::vector<int32_t>> alone;
+  for (int i = 0; i < 8; ++i) {
+    GenerateRequest r;
+    r.prompt = prompts[i];
+    r.max_tokens = 8 + 11 * (i % 4);
+    r.stop_at_eos = i % 3 != 0;
+    if (i % 2 == 1) {
+      r.sampling.temperature = 0.9f;
+      r.sampling.top_k = 40;
+      r.sampling.seed = 1000 + static_cast<uint64_t>(i);
+    }
+    refs.push_back(r);
+    alone.push_back(EngineTokens(model, r));
+  }
+  const std::vector<std::vector<std::string>> setups = {
+      {"--threads", "2", "--max-batch", "8"},
+      {"--threads", "1", "--max-batch", "3", "--budget", MiB(24)},
+      {"--threads", "2", "--max-batch", "8", "--policy", "stream-all"},
+  };
+  for (const std::vector<std::string>& setup : setups) {
+    std::vector<std::string> args = {"--model", model};
+    args.insert(args.end(), setup.begin(), setup.end());
+    DaemonProcess d(args);
+    ASSERT_TRUE(d.WaitServing()) << d.Log();
+    std::vector<Outcome> out(refs.size());
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < refs.size(); ++i) {
+      clients.emplace_back([&, i] {
+        v1::GenerateRequest req = Request(refs[i].prompt, refs[i].max_tokens);
+        req.set_ignore_eos(!refs[i].stop_at_eos);
+        req.mutable_sampling()->set_temperature(refs[i].sampling.temperature);
+        req.mutable_sampling()->set_top_k(refs[i].sampling.top_k);
+        req.mutable_sampling()->set_seed(refs[i].sampling.seed);
+        out[i] = Generate(d.channel(), req);
+      });
+    }
+    for (auto& t : clients) t.join();
+    std::string where;
+    for (const std::string& a : setup) where += a + " ";
+    for (size_t i = 0; i < refs.size(); ++i) {
+      ASSERT_TRUE(out[i].status.ok()) << where << out[i].status.error_message();
+      EXPECT_EQ(out[i].streamed_ids, alone[i]) << where << "request " << i;
+    }
+    const v1::StatusResponse st = GetStatus(d.channel());
+    EXPECT_EQ(st.queue_length() + st.running(), 0);
+    EXPECT_EQ(st.kv_cache_used_bytes(), 0u);
+    EXPECT_GT(st.kv_cache_bytes(), 0u);
+    EXPECT_GT(st.steps(), 0u);
+    std::printf("[%s: %llu steps, %.2f requests per step]\n", where.c_str(),
+                static_cast<unsigned long long>(st.steps()),
+                static_cast<double>(st.step_requests()) / static_cast<double>(st.steps()));
+  }
+  // KV room for 64 positions: a request of 100 tokens can never run.
+  DaemonProcess d({"--model", model, "--kv-cache-tokens", "64"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  Outcome o = Generate(d.channel(), Request("Once upon a time", 100));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(o.status.error_message().find("of KV cache for"), std::string::npos)
+      << o.status.error_message();
+  EXPECT_NE(o.status.error_message().find("kv_cache_tokens 64"), std::string::npos)
+      << o.status.error_message();
+  EXPECT_TRUE(Generate(d.channel(), Request("Once upon a time", 20)).status.ok());
+}
+
 TEST(DaemonTest, TokensArriveAsTheyAreGenerated) {
   // On the small model each token takes milliseconds: the first must reach the client long before
   // the last is generated.
@@ -413,7 +485,7 @@ TEST(DaemonTest, CancellingHalfTheClientsFreesTheirPlacesPromptly) {
       out[static_cast<size_t>(i)] = Generate(d.channel(), req, ctx[static_cast<size_t>(i)].get());
     });
   }
-  // All 16 admitted: one running, fifteen waiting.
+  // All 16 admitted: eight running (the batch), eight waiting.
   const auto queued = [&] {
     const v1::StatusResponse s = GetStatus(d.channel());
     return s.queue_length() + s.running();
