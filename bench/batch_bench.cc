@@ -33,14 +33,13 @@ const char* kPrompts[] = {"Once upon a time",    "The little dog ran",  "Lily ha
                           "One day, Tom saw",    "The sun was hot",     "A big cat sat on",
                           "Ben and Mia went to", "There was a bird"};
 
-// Prompt `index`: one of kPrompts, or for the vocabulary of `dcomp synth` (whose text pieces are
-// "syn<N>" words; other text falls back to one token per byte) 3 to 7 of its words.
+// Prompt `index`: one of kPrompts, or for the vocabulary of `dcomp synth` (whose pieces never
+// merge: text is spelled by bytes, BOS + 3 bytes of the dummy prefix + 1 per letter) 1 to 4
+// letters: 5-8 tokens.
 std::string Prompt(int index, bool synthetic) {
   if (!synthetic) return kPrompts[index % 8];
   std::string p;
-  for (int w = 0; w < 3 + index % 5; ++w) {
-    p += (w ? " syn" : "syn") + std::to_string(300 + 37 * index + w);
-  }
+  for (int i = 0; i < 1 + index % 4; ++i) p += static_cast<char>('a' + (index * 3 + i) % 26);
   return p;
 }
 
@@ -135,7 +134,7 @@ int Main(int argc, char** argv) {
       .Value("rounds", "requests per client, back to back (default 1)")
       .Value("max-tokens", "tokens generated per request (default 64)")
       .Value("label", "a name for this run in the output")
-      .Switch("synthetic", "prompts of `dcomp synth`'s words (its vocabulary spells text by bytes)")
+      .Switch("synthetic", "1-4 letter prompts: 5-8 tokens in `dcomp synth`'s byte-spelled vocabulary")
       .Switch("no-sequential", "skip the sequential reference runs")
       .Switch("json", "one JSON object per line instead of the table");
   std::vector<std::string> args(argv + 1, argv + argc);

@@ -133,6 +133,29 @@ void BM_GemmQ8(benchmark::State& state, const KernelTable* k, size_t rows, size_
       benchmark::Counter::kIsRate);
 }
 
+// A batch of decode tokens (argument: tokens) against a matrix out of cache: what one step of
+// continuous batching costs per kernel, against one token (items/s: multiply-adds per second).
+void BM_GemmQ8Dram(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols) {
+  const size_t n_tok = static_cast<size_t>(state.range(0));
+  const size_t copies =
+      std::max<size_t>(2, (size_t{512} << 20) / (rows * PaddedCols(cols)) + 1);
+  std::vector<Operand> ops;
+  for (size_t i = 0; i < copies; ++i) ops.push_back(MakeOperand(rows, cols, n_tok));
+  std::vector<float> xs(n_tok, 0.01f), y(rows * n_tok);
+  size_t i = 0;
+  for (auto _ : state) {
+    const Operand& o = ops[i++ % copies];
+    if (n_tok == 1) {
+      k->gemv_q8_q8(o.view, o.x.data(), 0.01f, y.data(), 0, rows);
+    } else {
+      k->gemm_q8_q8(o.view, o.x.data(), o.view.stride, xs.data(), n_tok, y.data(), rows, 0, rows);
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows * cols * n_tok));
+}
+
 void Register() {
   const std::pair<const char*, std::pair<size_t, size_t>> shapes[] = {
       {"stories3M_w1_512x192", {512, 192}},     {"stories3M_wcls_4096x192", {4096, 192}},
@@ -163,6 +186,14 @@ void Register() {
           ->Arg(0)
           ->Unit(benchmark::kMicrosecond);
     }
+    benchmark::RegisterBenchmark(
+        (std::string("BM_GemmQ8Dram/") + k->name + "/tinyllama_w1_5632x2048").c_str(),
+        BM_GemmQ8Dram, k, 5632, 2048)
+        ->Arg(1)
+        ->Arg(2)
+        ->Arg(4)
+        ->Arg(8)
+        ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(
         (std::string("BM_GemmQ8/") + k->name + "/tinyllama_wq_x64tok").c_str(), BM_GemmQ8, k, 2048,
         2048, 64)

@@ -116,6 +116,7 @@ void ApplyDefaults(v1::DaemonConfig* c) {
   if (c->reader().empty()) c->set_reader("auto");
   if (c->queue_depth() == 0) c->set_queue_depth(kDefaultQueueDepth);
   if (c->max_batch() == 0) c->set_max_batch(kDefaultMaxBatch);
+  if (c->kv_cache_type().empty()) c->set_kv_cache_type("f32");
   v1::RequestLimits* l = c->mutable_limits();
   if (l->max_prompt_bytes() == 0) l->set_max_prompt_bytes(kDefaultMaxPromptBytes);
   if (l->max_tokens() == 0) l->set_max_tokens(kDefaultMaxTokens);
@@ -150,6 +151,10 @@ Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source
   RETURN_IF_ERROR(CheckRange(source, "queue_depth", c.queue_depth(), 1, 1024));
   RETURN_IF_ERROR(CheckRange(source, "max_batch", c.max_batch(), 1, kMaxMaxBatch));
   RETURN_IF_ERROR(CheckRange(source, "kv_cache_tokens", c.kv_cache_tokens(), 0, 1 << 24));
+  if (c.kv_cache_type() != "f32" && c.kv_cache_type() != "int8") {
+    return FieldError(source, "kv_cache_type",
+                      "expected \"f32\" or \"int8\", got \"" + c.kv_cache_type() + "\"");
+  }
   const v1::RequestLimits& l = c.limits();
   RETURN_IF_ERROR(CheckRange(source, "limits.max_prompt_bytes", l.max_prompt_bytes(), 1, 16 << 20));
   RETURN_IF_ERROR(CheckRange(source, "limits.max_tokens", l.max_tokens(), 1, 1 << 20));

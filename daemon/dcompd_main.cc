@@ -36,6 +36,7 @@ void DeclareFlags(Flags* f) {
       .Value("queue-depth", "requests waiting or running at most")
       .Value("max-batch", "requests generating together (default 8)")
       .Value("kv-cache-tokens", "KV-cache positions for all running requests (default 2 x ctx)")
+      .Value("kv-cache-type", "f32 | int8 (default f32)")
       .Value("policy",
              "adaptive | all-compressed | stream-all | static-split | all-decoded | all-packed")
       .Value("reader", "auto | io_uring | pread")
@@ -59,6 +60,7 @@ ConfigOverrides OverridesFrom(const Flags& f) {
   o.queue_depth = f.Get("queue-depth");
   o.max_batch = f.Get("max-batch");
   o.kv_cache_tokens = f.Get("kv-cache-tokens");
+  o.kv_cache_type = f.Get("kv-cache-type");
   o.shutdown_grace = f.Get("shutdown-grace");
   o.direct = f.IsSet("direct");
   return o;

@@ -60,6 +60,7 @@ Scheduler::Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu,
       engine_mu_(engine_mu),
       max_batch_(std::clamp(o.max_batch, 1, Transformer::kMaxBatch)),
       kv_pool_(o.kv_cache_bytes),
+      kv_type_(o.kv_type),
       kv_note_(o.kv_note),
       queue_depth_(o.queue_depth) {
   last_step_ns_.store(NowNs());
@@ -87,7 +88,7 @@ Result<std::shared_ptr<Job>> Scheduler::Submit(const GenerateRequest& req) {
   ASSIGN_OR_RETURN(GenerationStream stream,
                    GenerationStream::Start(*tok_, req, model_->context_length()));
   const int32_t positions = stream.cache_tokens();
-  const uint64_t need = KvCache::Bytes(model_->config(), positions);
+  const uint64_t need = KvCache::Bytes(model_->config(), positions, kv_type_);
   if (kv_pool_ != 0 && need > kv_pool_) {
     return ResourceExhaustedError(
         "the request needs " + FormatBytes(need) + " (" + std::to_string(need) +
@@ -155,7 +156,7 @@ void Scheduler::Admit() {
   while (!waiting_.empty() && running_count_ < max_batch_) {
     const std::shared_ptr<Job>& j = waiting_.front();
     if (kv_pool_ != 0 && kv_used_ + j->kv_bytes_ > kv_pool_) break;  // FIFO: nobody overtakes
-    j->cache_ = KvCache(model_->config(), j->stream_.cache_tokens());
+    j->cache_ = KvCache(model_->config(), j->stream_.cache_tokens(), kv_type_);
     j->queue_seconds_ = std::chrono::duration<double>(Clock::now() - j->submitted_).count();
     kv_used_ += j->kv_bytes_;
     ++running_count_;

@@ -87,6 +87,7 @@ class Scheduler {
     int max_batch = 8;
     int queue_depth = 16;         // waiting + running at most
     uint64_t kv_cache_bytes = 0;  // the KV pool; 0: no limit
+    KvType kv_type = KvType::kF32;
     std::string kv_note;          // how the pool was sized, for errors ("kv_cache_tokens 1024")
   };
   // `model`, `tok` and `engine_mu` must outlive the scheduler.
@@ -126,6 +127,7 @@ class Scheduler {
   Mutex* const engine_mu_;
   const int max_batch_;
   const uint64_t kv_pool_;
+  const KvType kv_type_;
   const std::string kv_note_;
 
   mutable Mutex mu_;

@@ -113,6 +113,7 @@ Result<v1::DaemonConfig> ResolveConfig(const ConfigOverrides& o) {
                            [&](uint32_t v) { c.set_max_batch(v); }));
   RETURN_IF_ERROR(ApplyU32(o.kv_cache_tokens, "kv-cache-tokens", 1 << 24,
                            [&](uint32_t v) { c.set_kv_cache_tokens(v); }));
+  if (o.kv_cache_type) c.set_kv_cache_type(*o.kv_cache_type);
   RETURN_IF_ERROR(ApplyU32(o.shutdown_grace, "shutdown-grace", 3600,
                            [&](uint32_t v) { c.set_shutdown_grace_seconds(v); }));
   if (o.direct) c.set_direct(true);

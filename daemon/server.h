@@ -50,6 +50,7 @@ struct ConfigOverrides {
   std::optional<std::string> queue_depth;     // --queue-depth
   std::optional<std::string> max_batch;       // --max-batch
   std::optional<std::string> kv_cache_tokens;  // --kv-cache-tokens
+  std::optional<std::string> kv_cache_type;    // --kv-cache-type
   std::optional<std::string> shutdown_grace;  // --shutdown-grace
   bool direct = false;                        // --direct
 };

@@ -143,6 +143,7 @@ Status Daemon::Load() {
   o.runtime.kv_cache_tokens = static_cast<int32_t>(c.kv_cache_tokens());
   o.runtime.kv_cache_contexts = 2;
   o.runtime.max_batch = static_cast<int32_t>(c.max_batch());
+  ASSIGN_OR_RETURN(o.runtime.kv_cache_type, ParseKvType(c.kv_cache_type()));
   ASSIGN_OR_RETURN(o.runtime.budget, ParseBudgetSpec(c.budget()));
   ASSIGN_OR_RETURN(o.runtime.policy, runtime::ParsePolicy(c.policy()));
   ASSIGN_OR_RETURN(o.runtime.reader.backend, storage::ParseReaderBackend(c.reader()));
@@ -161,8 +162,11 @@ Status Daemon::Load() {
   Scheduler::Options so;
   so.max_batch = static_cast<int>(c.max_batch());
   so.queue_depth = static_cast<int>(c.queue_depth());
-  so.kv_cache_bytes = model_.runtime != nullptr ? model_.runtime->stats().fixed.kv_cache
-                                                : KvCache::Bytes(tf.config(), static_cast<int32_t>(kv_tokens));
+  so.kv_type = o.runtime.kv_cache_type;
+  so.kv_cache_bytes =
+      model_.runtime != nullptr
+          ? model_.runtime->stats().fixed.kv_cache
+          : KvCache::Bytes(tf.config(), static_cast<int32_t>(kv_tokens), so.kv_type);
   so.kv_note = c.kv_cache_tokens() != 0
                    ? "kv_cache_tokens " + std::to_string(kv_tokens)
                    : std::to_string(kv_tokens) + " positions, twice the context; set kv_cache_tokens";
@@ -186,11 +190,12 @@ Status Daemon::Load() {
   spdlog::info("kernels: {}; rANS decoder: {}", kernels::KernelSelectionNote(),
                storage::RansDecoderNote());
   spdlog::info(
-      "model {} [{}]: {}; context {}; batches of up to {} requests, KV cache {} for all ({} "
+      "model {} [{}]: {}; context {}; batches of up to {} requests, {} KV cache {} for all ({} "
       "positions); {}; loaded and warmed up in {:.2f} s",
       c.model(), model_.model.file->format(), model_.model.file->config().Summary(),
-      model_.model.model->context_length(), so.max_batch, FormatBytes(so.kv_cache_bytes),
-      so.kv_cache_bytes / std::max<uint64_t>(1, KvCache::Bytes(tf.config(), 1)),
+      model_.model.model->context_length(), so.max_batch, KvTypeName(so.kv_type),
+      FormatBytes(so.kv_cache_bytes),
+      so.kv_cache_bytes / std::max<uint64_t>(1, KvCache::Bytes(tf.config(), 1, so.kv_type)),
                model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
                               : "resident " + FormatBytes(model_.model.resident_weight_bytes),
                Since(t0));

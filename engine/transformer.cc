@@ -73,16 +73,35 @@ Transformer::Transformer(WeightSource* w, ThreadPool* pool, int32_t ctx,
   xq_scale_.resize(b);
 }
 
-KvCache::KvCache(const ModelConfig& c, int32_t capacity) : cap_(capacity) {
-  const size_t n = static_cast<size_t>(c.n_layers) * static_cast<size_t>(capacity) *
-                   static_cast<size_t>(c.kv_dim());
-  k_.assign(n, 0.0f);
-  v_.assign(n, 0.0f);
+Result<KvType> ParseKvType(std::string_view name) {
+  if (name == "f32") return KvType::kF32;
+  if (name == "int8") return KvType::kInt8;
+  return InvalidArgumentError("KV cache type '" + std::string(name) + "': expected f32 or int8");
 }
 
-size_t KvCache::Bytes(const ModelConfig& c, int32_t capacity) {
-  return 2 * static_cast<size_t>(c.n_layers) * static_cast<size_t>(capacity) *
-         static_cast<size_t>(c.kv_dim()) * sizeof(float);
+const char* KvTypeName(KvType t) { return t == KvType::kInt8 ? "int8" : "f32"; }
+
+KvCache::KvCache(const ModelConfig& c, int32_t capacity, KvType type)
+    : type_(type), cap_(capacity) {
+  const size_t positions = static_cast<size_t>(c.n_layers) * static_cast<size_t>(capacity);
+  const size_t n = positions * static_cast<size_t>(c.kv_dim());
+  if (type == KvType::kF32) {
+    k_.assign(n, 0.0f);
+    v_.assign(n, 0.0f);
+  } else {
+    kq_.assign(n, 0);
+    vq_.assign(n, 0);
+    ks_.assign(positions * static_cast<size_t>(c.n_kv_heads), 0.0f);
+    vs_.assign(positions * static_cast<size_t>(c.n_kv_heads), 0.0f);
+  }
+}
+
+size_t KvCache::Bytes(const ModelConfig& c, int32_t capacity, KvType type) {
+  const size_t positions = static_cast<size_t>(c.n_layers) * static_cast<size_t>(capacity);
+  const size_t kvd = static_cast<size_t>(c.kv_dim());
+  return type == KvType::kF32
+             ? 2 * positions * kvd * sizeof(float)
+             : 2 * positions * (kvd + static_cast<size_t>(c.n_kv_heads) * sizeof(float));
 }
 
 size_t Transformer::KvCacheBytes(const ModelConfig& c, int32_t context_length) {
@@ -129,7 +148,7 @@ Status Transformer::Forward(std::span<const int32_t> tokens, bool all_logits,
                            std::to_string(tokens.size()) + " tokens exceeds the context length " +
                            std::to_string(ctx_));
   }
-  if (own_.capacity() == 0) own_ = KvCache(cfg_, ctx_);
+  if (own_.capacity() == 0) own_ = KvCache(cfg_, ctx_, own_kv_type_);
   const size_t vocab = static_cast<size_t>(cfg_.vocab_size);
   logits->resize(all_logits ? tokens.size() * vocab : vocab);
   const int32_t start = own_.pos_;
@@ -338,15 +357,24 @@ void Transformer::Attention(int layer, size_t n) {
     for (int64_t i = begin; i < end; ++i) {
       const size_t t = static_cast<size_t>(i) / heads, h = static_cast<size_t>(i) % heads;
       const KvCache& c = *rows_[t].cache;
-      const size_t layer_off = static_cast<size_t>(layer) * static_cast<size_t>(c.cap_) * kv_dim;
+      const size_t at = static_cast<size_t>(layer) * static_cast<size_t>(c.cap_);  // layer's first
       const size_t n_keys = keys(t);
       const size_t first = static_cast<size_t>(rows_[t].pos) + 1 - n_keys;  // oldest key attended
       const size_t kvh = h / group;
+      const size_t off = (at + first) * kv_dim + kvh * hd;
       scores.resize(n_keys);
-      kernels::AttentionHead(q_.data() + t * qd + h * hd,
-                             c.k_.data() + layer_off + first * kv_dim + kvh * hd,
-                             c.v_.data() + layer_off + first * kv_dim + kvh * hd, kv_dim, n_keys,
-                             hd, inv_sqrt, scores.data(), att_.data() + t * qd + h * hd);
+      if (c.type_ == KvType::kF32) {
+        kernels::AttentionHead(q_.data() + t * qd + h * hd, c.k_.data() + off, c.v_.data() + off,
+                               kv_dim, n_keys, hd, inv_sqrt, scores.data(),
+                               att_.data() + t * qd + h * hd);
+      } else {
+        const size_t kvh_n = static_cast<size_t>(cfg_.n_kv_heads);
+        const size_t soff = (at + first) * kvh_n + kvh;
+        kernels::AttentionHeadQ8(q_.data() + t * qd + h * hd, c.kq_.data() + off,
+                                 c.ks_.data() + soff, c.vq_.data() + off, c.vs_.data() + soff,
+                                 kv_dim, kvh_n, n_keys, hd, inv_sqrt, scores.data(),
+                                 att_.data() + t * qd + h * hd);
+      }
     }
   });
 }
@@ -410,11 +438,20 @@ Status Transformer::StepRows(std::span<const SequenceInput> seqs, float* logits)
       for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(k + h * hd, hd, cs);
       // Into the row's own cache, where attention reads it.
       KvCache& c = *rows_[t].cache;
-      const size_t at =
-          (static_cast<size_t>(l) * static_cast<size_t>(c.cap_) + static_cast<size_t>(rows_[t].pos)) *
-          kv_dim;
-      std::memcpy(c.k_.data() + at, k, kv_dim * sizeof(float));
-      std::memcpy(c.v_.data() + at, v_.data() + t * kv_dim, kv_dim * sizeof(float));
+      const size_t pos =
+          static_cast<size_t>(l) * static_cast<size_t>(c.cap_) + static_cast<size_t>(rows_[t].pos);
+      const float* v = v_.data() + t * kv_dim;
+      if (c.type_ == KvType::kF32) {
+        std::memcpy(c.k_.data() + pos * kv_dim, k, kv_dim * sizeof(float));
+        std::memcpy(c.v_.data() + pos * kv_dim, v, kv_dim * sizeof(float));
+      } else {
+        const size_t kvh_n = static_cast<size_t>(cfg_.n_kv_heads);
+        for (size_t h = 0; h < kvh_n; ++h) {
+          const size_t at = pos * kv_dim + h * hd;
+          c.ks_[pos * kvh_n + h] = kernels::QuantizeHeadQ8(k + h * hd, hd, c.kq_.data() + at);
+          c.vs_[pos * kvh_n + h] = kernels::QuantizeHeadQ8(v + h * hd, hd, c.vq_.data() + at);
+        }
+      }
     }
     Attention(l, n);
 

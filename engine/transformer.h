@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -40,22 +41,35 @@ class ActivationObserver {
   virtual void Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) = 0;
 };
 
+// How a KvCache stores keys and values: f32, or 8-bit codes with one scale per head and position
+// (about a quarter of the bytes; not exact: see BENCHMARKS.md for its perplexity cost).
+enum class KvType { kF32, kInt8 };
+Result<KvType> ParseKvType(std::string_view name);  // "f32" | "int8"
+const char* KvTypeName(KvType t);
+
 // One sequence's keys and values for every layer ([layer][capacity][kv_dim] each) and how many
 // positions hold them. Sized for `capacity` tokens; Reset() starts a new sequence.
 class KvCache {
  public:
   KvCache() = default;
-  KvCache(const ModelConfig& config, int32_t capacity);
+  KvCache(const ModelConfig& config, int32_t capacity, KvType type = KvType::kF32);
   int32_t position() const { return pos_; }
   int32_t capacity() const { return cap_; }
+  KvType type() const { return type_; }
   void Reset() { pos_ = 0; }
-  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  size_t bytes() const {
+    return (k_.size() + v_.size() + ks_.size() + vs_.size()) * sizeof(float) + kq_.size() +
+           vq_.size();
+  }
   // What a cache of `capacity` tokens holds.
-  static size_t Bytes(const ModelConfig& config, int32_t capacity);
+  static size_t Bytes(const ModelConfig& config, int32_t capacity, KvType type = KvType::kF32);
 
  private:
   friend class Transformer;
-  std::vector<float> k_, v_;
+  KvType type_ = KvType::kF32;
+  std::vector<float> k_, v_;      // kF32
+  std::vector<int8_t> kq_, vq_;   // kInt8: codes, [layer][capacity][kv_dim]
+  std::vector<float> ks_, vs_;    // kInt8: scales, [layer][capacity][kv_heads]
   int32_t cap_ = 0, pos_ = 0;
 };
 
@@ -91,6 +105,9 @@ class Transformer {
   Status Step(std::span<const SequenceInput> seqs, std::vector<float>* logits);
 
   void Reset() { own_.Reset(); }
+  // The type of the own cache (Forward's); takes effect when it is next allocated (before the
+  // first Forward).
+  void set_kv_type(KvType t) { own_kv_type_ = t; }
   // Calibration hook (null to remove); not owned.
   void set_observer(ActivationObserver* o) { observer_ = o; }
   int32_t position() const { return own_.position(); }
@@ -141,6 +158,7 @@ class Transformer {
   int32_t ctx_;
   ActivationObserver* observer_ = nullptr;
   KvCache own_;  // Forward's sequence
+  KvType own_kv_type_ = KvType::kF32;
 
   std::vector<float> rope_;        // [ctx][head_dim/2][cos, sin]
   std::vector<float> rope_local_;  // the same for sliding-window layers (gemma3)

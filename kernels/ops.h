@@ -32,6 +32,13 @@ float DotF32(const float* a, const float* b, size_t n);
 // floats apart), softmax, out = sum_j p_j v_j. `scores` has room for n_keys floats.
 void AttentionHead(const float* q, const float* k, const float* v, size_t kv_stride, size_t n_keys,
                    size_t head_dim, float scale, float* scores, float* out);
+// The same over an 8-bit cache: key j is k[j * kv_stride + i] * k_scale[j * scale_stride] (one
+// scale per head and position), values alike.
+void AttentionHeadQ8(const float* q, const int8_t* k, const float* k_scale, const int8_t* v,
+                     const float* v_scale, size_t kv_stride, size_t scale_stride, size_t n_keys,
+                     size_t head_dim, float scale, float* scores, float* out);
+// q[i] = round(x[i] / s) with s = max |x| / 127 (0 when x is all zeros); returns s.
+float QuantizeHeadQ8(const float* x, size_t n, int8_t* q);
 // y += a * x.
 void AxpyF32(float a, const float* x, float* y, size_t n);
 

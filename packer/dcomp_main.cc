@@ -58,6 +58,7 @@ void AddModelFlags(Flags& f) {
       .Value("threads", "threads (default: all cores)")
       .Value("ctx", "context length (default: the model's)")
       .Value("weights", "f32 | w8a8 (default w8a8)")
+      .Value("kv-cache", "f32 | int8 (default f32): how the KV cache stores keys and values")
       .Switch("json", "print one JSON object")
       .Switch("verbose", "log the model and kernel choice to stderr")
       .Value("budget", ".dcm: RAM budget, BYTES[K|M|G|KiB|MiB|GiB|KB|MB|GB] or PCT% of INT8 size")
@@ -115,7 +116,10 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
     ASSIGN_OR_RETURN(ro.reader.backend, storage::ParseReaderBackend(f.GetOr("reader", "auto")));
     ro.reader.direct = f.IsSet("direct");
   }
+  ASSIGN_OR_RETURN(const KvType kv, ParseKvType(f.GetOr("kv-cache", "f32")));
+  o.runtime.kv_cache_type = kv;
   ASSIGN_OR_RETURN(Loaded l, runtime::OpenServedModel(path, o));
+  l.model.model->set_kv_type(kv);
   if (f.IsSet("verbose")) {
     std::fprintf(stderr,
                  "model: %s [%s], %s weights %.1f MiB resident, kernels %s, rANS decoder %s, %d "

@@ -96,7 +96,7 @@ void StreamingWeights::Impl::Account(const ProcMemory& before, int32_t context_l
   const int64_t kv_tokens = opt.kv_cache_tokens > 0
                                ? opt.kv_cache_tokens
                                : static_cast<int64_t>(std::max(1, opt.kv_cache_contexts)) * ctx;
-  f.kv_cache = KvCache::Bytes(config, static_cast<int32_t>(kv_tokens));
+  f.kv_cache = KvCache::Bytes(config, static_cast<int32_t>(kv_tokens), opt.kv_cache_type);
   f.activations = Transformer::MemoryBytes(config, ctx) - Transformer::KvCacheBytes(config, ctx);
   // Logits rows, one more, and each request's sampler candidates (8 bytes per id).
   const uint64_t batch = static_cast<uint64_t>(std::max(1, opt.max_batch));

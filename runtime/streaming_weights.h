@@ -34,6 +34,7 @@
 #include "base/json.h"
 #include "base/thread_pool.h"
 #include "engine/dcm_model.h"
+#include "engine/transformer.h"
 #include "engine/weights.h"
 #include "runtime/planner.h"
 #include "storage/block_reader.h"
@@ -52,6 +53,7 @@ struct RuntimeOptions {
   // kv_cache_contexts times the context length when it is 0.
   int32_t kv_cache_tokens = 0;
   int32_t kv_cache_contexts = 1;
+  KvType kv_cache_type = KvType::kF32;
   int32_t max_logit_rows = 1;  // logits rows one request holds (1: generation; eval: more)
   int32_t max_batch = 1;       // requests stepped together (each a logits row and a sampler)
   int cores = 0;               // 0: the CPUs this process may run on

@@ -7,7 +7,9 @@
 #      memory limit budget + 64 MiB, page cache counted; O_DIRECT reads)
 #   c  the same model fully resident (no budget)
 # With OLD_DCOMPD set to a dcompd built before batching, one client alone is also measured on both
-# daemons, alternating old and new three times, and their ratio printed. Needs root (cgroups).
+# daemons, alternating old and new ALTERNATIONS times (3), and the median ratio printed. Needs root
+# (cgroups). NEW_FLAGS are given to the new daemon only (e.g. --kv-cache-tokens 512); ALONE_ONLY=1
+# runs only the alternation.
 #
 #   S3M=stories3M.dcm TL=tinyllama.dcm [OLD_DCOMPD=...] [CASES="a b c"] scripts/bench-batching.sh
 set -uo pipefail
@@ -57,31 +59,36 @@ stop() {
   wait $daemon 2> /dev/null
 }
 
-one_client() {  # aggregate tokens/s of one client, 2 requests back to back
-  "$BENCH" --address "$sock" --clients 1 --rounds 2 --no-sequential --json $PROMPTS |
-    python3 -c 'import json,sys; print("%.3f" % json.loads(sys.stdin.read())["aggregate_tokens_per_second"])'
+one_client() {  # aggregate tokens/s of one client, ALONE_REQUESTS requests back to back
+  "$BENCH" --address "$sock" --clients 1 --rounds "${ALONE_REQUESTS:-2}" --no-sequential --json \
+    $PROMPTS | python3 -c 'import json,sys; print("%.3f" % json.loads(sys.stdin.read())["aggregate_tokens_per_second"])'
 }
 
 run_case() {  # run_case NAME PROFILE BUDGET_BYTES MODEL FLAGS...
   local name=$1 profile=$2 budget=$3 model=$4
   shift 4
-  echo "## $name: $model, profile $profile, flags: --ctx $CTX $*"
-  start "$DCOMPD" "$profile" "$budget" "$model" "$@" || { echo "dcompd failed to start"; return; }
-  "$BENCH" --address "$sock" --label "$name" --clients "${CLIENTS:-1,2,4,8}" --rounds "${ROUNDS:-1}" \
-    $PROMPTS
-  "$CTL" --address "$sock" status | grep -E "memory|kv cache|queue|plan" | sed 's/^/  /'
-  stop
+  echo "## $name: $model, profile $profile, flags: --ctx $CTX $* ${NEW_FLAGS:-}"
+  if [ -z "${ALONE_ONLY:-}" ]; then
+    # shellcheck disable=SC2086
+    start "$DCOMPD" "$profile" "$budget" "$model" "$@" ${NEW_FLAGS:-} || { echo "dcompd failed to start"; return; }
+    "$BENCH" --address "$sock" --label "$name" --clients "${CLIENTS:-1,2,4,8}" --rounds "${ROUNDS:-1}" \
+      $PROMPTS
+    "$CTL" --address "$sock" status | grep -E "memory|kv cache|queue|plan" | sed 's/^/  /'
+    stop
+  fi
   if [ -n "${OLD_DCOMPD:-}" ]; then
-    echo "one client alone, before batching (old) and now (new), alternating:"
+    echo "one client alone (${ALONE_REQUESTS:-2} requests), before batching (old) and now (new), alternating:"
     local ratios=()
-    for i in 1 2 3; do
+    for i in $(seq 1 "${ALTERNATIONS:-3}"); do
       start "$OLD_DCOMPD" "$profile" "$budget" "$model" "$@" || return
       old=$(one_client); stop
-      start "$DCOMPD" "$profile" "$budget" "$model" "$@" || return
+      # shellcheck disable=SC2086
+      start "$DCOMPD" "$profile" "$budget" "$model" "$@" ${NEW_FLAGS:-} || return
       new=$(one_client); stop
       ratios+=("$(python3 -c "print('%.3f' % ($new / $old))")")
       echo "  round $i: old $old tok/s, new $new tok/s, new/old ${ratios[-1]}"
     done
+    python3 -c "import statistics,sys; print('  median new/old %.3f' % statistics.median(map(float, sys.argv[1:])))" "${ratios[@]}"
   fi
 }
 

@@ -70,6 +70,39 @@ void AxpyF32(float a, const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+void AttentionHeadQ8(const float* q, const int8_t* k, const float* k_scale, const int8_t* v,
+                     const float* v_scale, size_t kv_stride, size_t scale_stride, size_t n_keys,
+                     size_t head_dim, float scale, float* scores, float* out) {
+  for (size_t j = 0; j < n_keys; ++j) {
+    const int8_t* kj = k + j * kv_stride;
+    float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+    for (size_t i = 0; i < head_dim; ++i) d += q[i] * static_cast<float>(kj[i]);
+    scores[j] = d * k_scale[j * scale_stride] * scale;
+  }
+  Softmax(scores, n_keys);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  for (size_t j = 0; j < n_keys; ++j) {
+    const float p = scores[j] * v_scale[j * scale_stride];
+    const int8_t* vj = v + j * kv_stride;
+    for (size_t i = 0; i < head_dim; ++i) out[i] += p * static_cast<float>(vj[i]);
+  }
+}
+
+float QuantizeHeadQ8(const float* x, size_t n, int8_t* q) {
+  float m = 0.0f;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  if (m == 0.0f) {
+    for (size_t i = 0; i < n; ++i) q[i] = 0;
+    return 0.0f;
+  }
+  const float inv = 127.0f / m;
+  for (size_t i = 0; i < n; ++i) {
+    q[i] = static_cast<int8_t>(std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f));
+  }
+  return m / 127.0f;
+}
+
 }  // namespace dcomp::kernels
 
 namespace dcomp::kernels {

@@ -392,6 +392,13 @@ namespace {
 // Packs a tiny model and checks the .dcm gives the same tokens resident, packed and streamed.
 void PackAndCompareAcrossPolicies(const testing::TinyModelOptions& o, const std::string& tag) {
   const std::string base = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + tag;
+  struct Cleanup {
+    std::string base;
+    ~Cleanup() {
+      std::remove((base + ".gguf").c_str());
+      std::remove((base + ".dcm").c_str());
+    }
+  } cleanup{base};
   ASSERT_TRUE(testing::WriteTinyModel(base + ".gguf", o).ok());
   ProcResult r = Dcomp("pack " + base + ".gguf " + base + ".dcm --calib-tokens 256");
   ASSERT_EQ(r.exit_code, 0) << r.out;
