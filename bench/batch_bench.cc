@@ -29,8 +29,8 @@ double Since(Clock::time_point t) {
 }
 
 // Short prompts (4-8 tokens with BOS in the llama and stories vocabularies).
-const char* kPrompts[] = {"Once upon a time",    "The little dog ran",  "Lily had a red ball",
-                          "One day, Tom saw",    "The sun was hot",     "A big cat sat on",
+const char* kPrompts[] = {"Once upon a time",    "The little dog ran", "Lily had a red ball",
+                          "One day, Tom saw",    "The sun was hot",    "A big cat sat on",
                           "Ben and Mia went to", "There was a bird"};
 
 // Prompt `index`: one of kPrompts, or for the vocabulary of `dcomp synth` (whose pieces never
@@ -134,7 +134,8 @@ int Main(int argc, char** argv) {
       .Value("rounds", "requests per client, back to back (default 1)")
       .Value("max-tokens", "tokens generated per request (default 64)")
       .Value("label", "a name for this run in the output")
-      .Switch("synthetic", "1-4 letter prompts: 5-8 tokens in `dcomp synth`'s byte-spelled vocabulary")
+      .Switch("synthetic",
+              "1-4 letter prompts: 5-8 tokens in `dcomp synth`'s byte-spelled vocabulary")
       .Switch("no-sequential", "skip the sequential reference runs")
       .Switch("json", "one JSON object per line instead of the table");
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -165,7 +166,8 @@ int Main(int argc, char** argv) {
   for (int n : counts) {
     const Run r = Concurrent(stub.get(), n, rounds, max_tokens, synthetic);
     Run seq;
-    if (!f.IsSet("no-sequential")) seq = Concurrent(stub.get(), 1, n * rounds, max_tokens, synthetic);
+    if (!f.IsSet("no-sequential"))
+      seq = Concurrent(stub.get(), 1, n * rounds, max_tokens, synthetic);
     failed += r.failed + seq.failed;
     const double speedup = seq.aggregate > 0 ? r.aggregate / seq.aggregate : 0;
     if (f.IsSet("json")) {
@@ -188,8 +190,7 @@ int Main(int argc, char** argv) {
           .EndObject();
       std::printf("%s\n", j.str().c_str());
     } else {
-      const std::string prompt =
-          std::to_string(r.min_prompt) + "-" + std::to_string(r.max_prompt);
+      const std::string prompt = std::to_string(r.min_prompt) + "-" + std::to_string(r.max_prompt);
       std::printf("%-14s %7d %7s %11.2f %11.2f %9.0fms %9.0fms %11.2f %7.2fx\n", label.c_str(), n,
                   prompt.c_str(), r.aggregate, r.per_client, Quantile(r.ttft, 0.5) * 1e3,
                   Quantile(r.ttft, 0.99) * 1e3, seq.aggregate, speedup);

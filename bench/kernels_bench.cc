@@ -137,8 +137,7 @@ void BM_GemmQ8(benchmark::State& state, const KernelTable* k, size_t rows, size_
 // continuous batching costs per kernel, against one token (items/s: multiply-adds per second).
 void BM_GemmQ8Dram(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols) {
   const size_t n_tok = static_cast<size_t>(state.range(0));
-  const size_t copies =
-      std::max<size_t>(2, (size_t{512} << 20) / (rows * PaddedCols(cols)) + 1);
+  const size_t copies = std::max<size_t>(2, (size_t{512} << 20) / (rows * PaddedCols(cols)) + 1);
   std::vector<Operand> ops;
   for (size_t i = 0; i < copies; ++i) ops.push_back(MakeOperand(rows, cols, n_tok));
   std::vector<float> xs(n_tok, 0.01f), y(rows * n_tok);

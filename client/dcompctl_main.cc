@@ -153,10 +153,10 @@ int CmdStatus(const Ctx& c) {
     kv += " (" + Bytes(s.kv_cache_used_bytes() / static_cast<uint64_t>(s.running())) +
           " per request)";
   }
-  std::snprintf(buf, sizeof(buf), "; %.2f requests per step (%llu steps)",
-                s.steps() ? static_cast<double>(s.step_requests()) / static_cast<double>(s.steps())
-                          : 0.0,
-                static_cast<unsigned long long>(s.steps()));
+  std::snprintf(
+      buf, sizeof(buf), "; %.2f requests per step (%llu steps)",
+      s.steps() ? static_cast<double>(s.step_requests()) / static_cast<double>(s.steps()) : 0.0,
+      static_cast<unsigned long long>(s.steps()));
   row("kv cache", kv + buf);
   std::string req;
   for (const auto& [code, n] : s.requests()) {

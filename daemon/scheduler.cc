@@ -53,8 +53,7 @@ void Job::End(Status s, GenerateResult r) {
   cv_.NotifyAll();
 }
 
-Scheduler::Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu,
-                     const Options& o)
+Scheduler::Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu, const Options& o)
     : model_(model),
       tok_(tok),
       engine_mu_(engine_mu),
@@ -227,8 +226,7 @@ void Scheduler::RunStep() {
     counters_.step_requests += in.size();
   }
   if (!st.ok()) {
-    spdlog::warn("a generation step failed; ending its {} requests: {}", who.size(),
-                 st.ToString());
+    spdlog::warn("a generation step failed; ending its {} requests: {}", who.size(), st.ToString());
     for (const std::shared_ptr<Job>& j : who) Finish(j, st);
     return;
   }
@@ -242,7 +240,8 @@ void Scheduler::RunStep() {
       j->Push(id, text);
       return !j->cancelled();
     });
-    if (j->stream_.done()) Finish(who[k], j->cancelled() ? CancelledError("cancelled") : Status::Ok());
+    if (j->stream_.done())
+      Finish(who[k], j->cancelled() ? CancelledError("cancelled") : Status::Ok());
   }
 }
 

@@ -88,7 +88,7 @@ class Scheduler {
     int queue_depth = 16;         // waiting + running at most
     uint64_t kv_cache_bytes = 0;  // the KV pool; 0: no limit
     KvType kv_type = KvType::kF32;
-    std::string kv_note;          // how the pool was sized, for errors ("kv_cache_tokens 1024")
+    std::string kv_note;  // how the pool was sized, for errors ("kv_cache_tokens 1024")
   };
   // `model`, `tok` and `engine_mu` must outlive the scheduler.
   Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu, const Options& options);

@@ -38,21 +38,21 @@ namespace dcomp::server {
 // override its fields. Numbers are kept as given; ResolveConfig checks them after reading the file
 // (whose errors come first).
 struct ConfigOverrides {
-  std::optional<std::string> config_file;     // --config
-  std::optional<std::string> model;           // --model
-  std::vector<std::string> listen;            // --listen, repeatable; replaces `listen` if given
-  std::optional<std::string> budget;          // --budget
-  std::optional<std::string> policy;          // --policy
-  std::optional<std::string> reader;          // --reader
-  std::optional<std::string> metrics_port;    // --metrics-port
-  std::optional<std::string> threads;         // --threads
-  std::optional<std::string> ctx;             // --ctx
-  std::optional<std::string> queue_depth;     // --queue-depth
-  std::optional<std::string> max_batch;       // --max-batch
+  std::optional<std::string> config_file;      // --config
+  std::optional<std::string> model;            // --model
+  std::vector<std::string> listen;             // --listen, repeatable; replaces `listen` if given
+  std::optional<std::string> budget;           // --budget
+  std::optional<std::string> policy;           // --policy
+  std::optional<std::string> reader;           // --reader
+  std::optional<std::string> metrics_port;     // --metrics-port
+  std::optional<std::string> threads;          // --threads
+  std::optional<std::string> ctx;              // --ctx
+  std::optional<std::string> queue_depth;      // --queue-depth
+  std::optional<std::string> max_batch;        // --max-batch
   std::optional<std::string> kv_cache_tokens;  // --kv-cache-tokens
   std::optional<std::string> kv_cache_type;    // --kv-cache-type
-  std::optional<std::string> shutdown_grace;  // --shutdown-grace
-  bool direct = false;                        // --direct
+  std::optional<std::string> shutdown_grace;   // --shutdown-grace
+  bool direct = false;                         // --direct
 };
 
 // The config file (if any) with the overrides, defaults and validation. Errors name the file (or

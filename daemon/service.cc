@@ -157,8 +157,9 @@ Status Daemon::Load() {
   // The KV pool: what the runtime's plan reserved for it (streamed), else kv_cache_tokens or two
   // contexts' worth.
   const Transformer& tf = *model_.model.model;
-  const int64_t kv_tokens = c.kv_cache_tokens() != 0 ? c.kv_cache_tokens()
-                                                     : 2 * static_cast<int64_t>(tf.context_length());
+  const int64_t kv_tokens = c.kv_cache_tokens() != 0
+                                ? c.kv_cache_tokens()
+                                : 2 * static_cast<int64_t>(tf.context_length());
   Scheduler::Options so;
   so.max_batch = static_cast<int>(c.max_batch());
   so.queue_depth = static_cast<int>(c.queue_depth());
@@ -167,9 +168,9 @@ Status Daemon::Load() {
       model_.runtime != nullptr
           ? model_.runtime->stats().fixed.kv_cache
           : KvCache::Bytes(tf.config(), static_cast<int32_t>(kv_tokens), so.kv_type);
-  so.kv_note = c.kv_cache_tokens() != 0
-                   ? "kv_cache_tokens " + std::to_string(kv_tokens)
-                   : std::to_string(kv_tokens) + " positions, twice the context; set kv_cache_tokens";
+  so.kv_note = c.kv_cache_tokens() != 0 ? "kv_cache_tokens " + std::to_string(kv_tokens)
+                                        : std::to_string(kv_tokens) +
+                                              " positions, twice the context; set kv_cache_tokens";
   scheduler_ = std::make_unique<Scheduler>(model_.model.model.get(), model_.model.tokenizer.get(),
                                            &engine_mu_, so);
   // Warm-up: one short greedy generation touches every code path a request takes (prefill, the
@@ -196,9 +197,9 @@ Status Daemon::Load() {
       model_.model.model->context_length(), so.max_batch, KvTypeName(so.kv_type),
       FormatBytes(so.kv_cache_bytes),
       so.kv_cache_bytes / std::max<uint64_t>(1, KvCache::Bytes(tf.config(), 1, so.kv_type)),
-               model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
-                              : "resident " + FormatBytes(model_.model.resident_weight_bytes),
-               Since(t0));
+      model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
+                     : "resident " + FormatBytes(model_.model.resident_weight_bytes),
+      Since(t0));
   if (model_.runtime != nullptr) {
     // The kernel enforces the cgroup's limit (systemd MemoryMax), which also counts page cache:
     // a budget at or above it would be met by the OOM killer first.
@@ -346,8 +347,7 @@ void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int 
       r ? (r->stop_reason == "callback" ? std::string("cancelled") : r->stop_reason)
         : std::string("-"),
       queue_seconds * 1e3, r ? r->prefill_seconds * 1e3 : 0.0, tps, total_seconds * 1e3,
-      job ? job->kv_bytes() : 0,
-      st.ok() ? "" : " error=", st.ok() ? "" : st.message());
+      job ? job->kv_bytes() : 0, st.ok() ? "" : " error=", st.ok() ? "" : st.message());
   if (st.ok() || st.code() == StatusCode::kCancelled ||
       st.code() == StatusCode::kDeadlineExceeded) {
     spdlog::info("{}", line);

@@ -40,8 +40,7 @@ Result<GenerationStream> GenerationStream::Start(const Tokenizer& tok, const Gen
       req.prompt_ids ? *req.prompt_ids : tok.Encode(req.prompt, tok.add_bos(), req.parse_special);
   if (static_cast<int64_t>(s.res_.prompt_ids.size()) >= context_length) {
     return InvalidArgumentError("prompt is " + std::to_string(s.res_.prompt_ids.size()) +
-                                " tokens; the context length is " +
-                                std::to_string(context_length) +
+                                " tokens; the context length is " + std::to_string(context_length) +
                                 " and at least one token must be generated");
   }
   s.history_ = s.res_.prompt_ids;

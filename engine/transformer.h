@@ -67,9 +67,9 @@ class KvCache {
  private:
   friend class Transformer;
   KvType type_ = KvType::kF32;
-  std::vector<float> k_, v_;      // kF32
-  std::vector<int8_t> kq_, vq_;   // kInt8: codes, [layer][capacity][kv_dim]
-  std::vector<float> ks_, vs_;    // kInt8: scales, [layer][capacity][kv_heads]
+  std::vector<float> k_, v_;     // kF32
+  std::vector<int8_t> kq_, vq_;  // kInt8: codes, [layer][capacity][kv_dim]
+  std::vector<float> ks_, vs_;   // kInt8: scales, [layer][capacity][kv_heads]
   int32_t cap_ = 0, pos_ = 0;
 };
 

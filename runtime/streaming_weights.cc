@@ -94,15 +94,16 @@ void StreamingWeights::Impl::Account(const ProcMemory& before, int32_t context_l
   const int32_t ctx = context_length == 0 ? config.context_length : context_length;
   const size_t vocab = static_cast<size_t>(config.vocab_size);
   const int64_t kv_tokens = opt.kv_cache_tokens > 0
-                               ? opt.kv_cache_tokens
-                               : static_cast<int64_t>(std::max(1, opt.kv_cache_contexts)) * ctx;
+                                ? opt.kv_cache_tokens
+                                : static_cast<int64_t>(std::max(1, opt.kv_cache_contexts)) * ctx;
   f.kv_cache = KvCache::Bytes(config, static_cast<int32_t>(kv_tokens), opt.kv_cache_type);
   f.activations = Transformer::MemoryBytes(config, ctx) - Transformer::KvCacheBytes(config, ctx);
   // Logits rows, one more, and each request's sampler candidates (8 bytes per id).
   const uint64_t batch = static_cast<uint64_t>(std::max(1, opt.max_batch));
-  f.request = (std::max<uint64_t>(static_cast<uint64_t>(std::max(1, opt.max_logit_rows)), batch) +
-               1) * vocab * 4 +
-              batch * vocab * 8;
+  f.request =
+      (std::max<uint64_t>(static_cast<uint64_t>(std::max(1, opt.max_logit_rows)), batch) + 1) *
+          vocab * 4 +
+      batch * vocab * 8;
   f.lookup = lookup->bytes();
   // Per core, a decode-pool worker (a zstd context of ~160 KiB and a row scratch) and a compute
   // thread decoding inline (the same, plus a block of padded rows and their row sums).

@@ -59,8 +59,7 @@ void GemvQ8Avx512Vnni(const Q8MatrixView& w, const int8_t* x, float x_scale, flo
 // activation load 4 times. Results are those of the GEMV (integer sums, the same final multiply).
 template <int NT>
 inline void TileQ8Avx512(const Q8MatrixView& w, const int8_t* x, size_t x_stride,
-                         const float* x_scale, float* y, size_t y_stride, size_t r,
-                         __m512i bias) {
+                         const float* x_scale, float* y, size_t y_stride, size_t r, __m512i bias) {
   const size_t stride = w.stride;
   const int8_t* w0 = w.q + r * stride;
   __m512i acc[4][NT];

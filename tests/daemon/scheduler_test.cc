@@ -18,16 +18,20 @@ using std::chrono::milliseconds;
 LocalModel Open(int threads) {
   LocalModelOptions o;
   o.threads = threads;
-  Result<LocalModel> m =
-      OpenLocalModel(testing::SourceDir() + "/models/stories260K.bin", o);
+  Result<LocalModel> m = OpenLocalModel(testing::SourceDir() + "/models/stories260K.bin", o);
   EXPECT_TRUE(m.ok()) << m.status().ToString();
   return std::move(*m);
 }
 
 // Requests of different lengths, greedy and sampled.
 std::vector<GenerateRequest> MixedRequests() {
-  const char* prompts[] = {"Once upon a time", "Lily", "The dog ran to the park and saw a big red ball. He",
-                           "One day", "Tom and Sue went to the sea", "A", "She was happy because",
+  const char* prompts[] = {"Once upon a time",
+                           "Lily",
+                           "The dog ran to the park and saw a big red ball. He",
+                           "One day",
+                           "Tom and Sue went to the sea",
+                           "A",
+                           "She was happy because",
                            "The sun"};
   std::vector<GenerateRequest> reqs;
   for (int i = 0; i < 8; ++i) {
@@ -118,9 +122,9 @@ TEST(SchedulerTest, AdmitsByQueueDepthAndKvRoomInArrivalOrder) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
   const std::string msg = refused.status().message();
-  EXPECT_NE(msg.find(std::to_string(KvCache::Bytes(c, static_cast<int32_t>(prompt) + 199)) +
-                     " bytes"),
-            std::string::npos)
+  EXPECT_NE(
+      msg.find(std::to_string(KvCache::Bytes(c, static_cast<int32_t>(prompt) + 199)) + " bytes"),
+      std::string::npos)
       << msg;
   EXPECT_NE(msg.find(std::to_string(o.kv_cache_bytes) + " bytes"), std::string::npos) << msg;
   // Hold the engine: nothing steps, so admission is all there is to see.

@@ -215,8 +215,14 @@ TEST(DaemonTest, GenerateStreamsTheEnginesTokens) {
 // and batch sizes; a request whose KV cache could never fit is refused naming the bytes.
 TEST(DaemonTest, BatchedRequestsGetTheirTokensAlone) {
   const std::string& model = models().Embedded();
-  const char* prompts[] = {"Once upon a time", "Lily", "The dog ran to the park and saw a big ball",
-                           "One day", "Tom and Sue", "A cat", "She was happy because", "The sun"};
+  const char* prompts[] = {"Once upon a time",
+                           "Lily",
+                           "The dog ran to the park and saw a big ball",
+                           "One day",
+                           "Tom and Sue",
+                           "A cat",
+                           "She was happy because",
+                           "The sun"};
   std::vector<GenerateRequest> refs;
   std::vector<std::vector<int32_t>> alone;
   for (int i = 0; i < 8; ++i) {
