@@ -369,10 +369,19 @@ int Run(int argc, char** argv) {
       .Value("timeout", "generate: deadline in seconds (default none)")
       .Value("service", "health: service name ('' = the server)")
       .Value("text", "tokenize: text")
+      .Switch("version", "print the version and exit")
       .Switch("help", "this text");
   std::vector<std::string> args;
-  for (int i = 1; i < argc; ++i) args.push_back(std::string(argv[i]) == "-n" ? "--n" : argv[i]);
-  if (Status s = f.Parse(args); !s.ok() || f.IsSet("help") || f.positional().empty()) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    args.push_back(a == "-n" ? "--n" : a == "-h" ? "--help" : a);
+  }
+  const Status s = f.Parse(args);
+  if (s.ok() && f.IsSet("version")) {
+    std::printf("dcompctl %s\n", DCOMP_VERSION);
+    return 0;
+  }
+  if (!s.ok() || f.IsSet("help") || f.positional().empty()) {
     if (!s.ok()) std::fprintf(stderr, "dcompctl: %s\n", s.message().c_str());
     std::fprintf(f.IsSet("help") ? stdout : stderr, "%s\noptions:\n%s", kUsage, f.Help().c_str());
     return f.IsSet("help") && s.ok() ? 0 : 2;

@@ -43,6 +43,7 @@ void DeclareFlags(Flags* f) {
       .Switch("direct", "O_DIRECT block reads")
       .Value("shutdown-grace", "seconds SIGTERM lets running requests finish")
       .Value("log-level", "trace | debug | info | warn | error (default info)")
+      .Switch("version", "print the version and exit")
       .Switch("help", "this text");
 }
 
@@ -92,7 +93,15 @@ int main(int argc, char** argv) {
   Flags f;
   DeclareFlags(&f);
   std::vector<std::string> args(argv + 1, argv + argc);
-  if (Status s = f.Parse(args); !s.ok() || f.IsSet("help") || !f.positional().empty()) {
+  for (std::string& a : args) {
+    if (a == "-h") a = "--help";
+  }
+  const Status s = f.Parse(args);
+  if (s.ok() && f.IsSet("version")) {
+    std::printf("dcompd %s\n", DCOMP_VERSION);
+    return 0;
+  }
+  if (!s.ok() || f.IsSet("help") || !f.positional().empty()) {
     if (!s.ok()) std::fprintf(stderr, "dcompd: %s\n", s.message().c_str());
     if (s.ok() && !f.positional().empty()) {
       std::fprintf(stderr, "dcompd: unexpected argument '%s'\n", f.positional()[0].c_str());

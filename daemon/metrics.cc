@@ -81,10 +81,12 @@ std::string Label(const std::string& k, const std::string& v) {
 std::string PrometheusText(const v1::StatusResponse& s) {
   Writer w;
   w.Gauge("dcomp_up", "1 when the model is loaded and requests are served.", s.serving() ? 1 : 0);
+  // Labels that change only with a restart; the plan is in the dcomp_plan_* and dcomp_tier_*
+  // series (a label would start a new series at every re-plan).
   w.Family("dcomp_info", "gauge", "Version and model of the daemon (always 1).")
       .Sample("dcomp_info", 1,
               Label("version", s.version()) + "," + Label("model", s.model().path()) + "," +
-                  Label("format", s.model().format()) + "," + Label("plan", s.plan().summary()));
+                  Label("format", s.model().format()));
   w.Gauge("dcomp_uptime_seconds", "Seconds since the daemon started.", s.uptime_seconds());
   w.Gauge("dcomp_context_length", "Context length served, tokens.", s.model().context_length());
   w.Gauge("dcomp_model_int8_bytes", "Bytes of every weight matrix decoded to INT8.",

@@ -94,7 +94,7 @@ class Daemon::Service final : public v1::Dcomp::Service {
 
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest* req,
                       v1::StatusResponse* resp) override {
-    if (dcomp::Status s = RejectUnknownFields(*req, "request"); !s.ok()) return ToGrpc(s);
+    LogUnknownFields(*req, "Status");
     d_->FillStatus(resp);
     return grpc::Status::OK;
   }
@@ -357,7 +357,7 @@ void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int 
 }
 
 grpc::Status Daemon::DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp) {
-  if (Status s = RejectUnknownFields(*req, "request"); !s.ok()) return ToGrpc(s);
+  LogUnknownFields(*req, "SetBudget");
   if (!serving()) return ToGrpc(UnavailableError("the model is loading"));
   if (model_.runtime == nullptr) {
     return ToGrpc(FailedPreconditionError(
@@ -378,15 +378,16 @@ grpc::Status Daemon::DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetR
     }
     default: return ToGrpc(InvalidArgumentError("budget: set `bytes` or `percent`"));
   }
-  Result<uint64_t> bytes = SetBudget(spec);
+  runtime::Plan chosen;
+  Result<uint64_t> bytes = SetBudget(spec, &chosen);
   if (!bytes.ok()) return ToGrpc(bytes.status());
   resp->set_budget_bytes(*bytes);
-  FillPlan(resp->mutable_plan());
+  FillPlan(chosen, resp->mutable_plan());  // the plan for the new budget, applied or not yet
   return grpc::Status::OK;
 }
 
-Result<uint64_t> Daemon::SetBudget(const BudgetSpec& spec) {
-  RETURN_IF_ERROR(model_.runtime->SetBudget(spec));
+Result<uint64_t> Daemon::SetBudget(const BudgetSpec& spec, runtime::Plan* chosen) {
+  RETURN_IF_ERROR(model_.runtime->SetBudget(spec, chosen));
   const uint64_t bytes = spec.Resolve(model_.runtime->int8_bytes());
   // Idle: apply now so that memory is released at once; busy: the runtime applies it at the next
   // token.
@@ -396,13 +397,12 @@ Result<uint64_t> Daemon::SetBudget(const BudgetSpec& spec) {
     RETURN_IF_ERROR(applied);
   }
   spdlog::info("budget set to {} ({} bytes): {}", bytes ? FormatBytes(bytes) : "unlimited", bytes,
-               model_.runtime->plan().Summary());
+               chosen != nullptr ? chosen->Summary() : model_.runtime->plan().Summary());
   return bytes;
 }
 
-void Daemon::FillPlan(v1::PlanInfo* out) const {
+void Daemon::FillPlan(const runtime::Plan& p, v1::PlanInfo* out) const {
   if (model_.runtime == nullptr) return;
-  const runtime::Plan p = model_.runtime->plan();
   const runtime::RuntimeStats st = model_.runtime->stats();
   out->set_summary(p.Summary());
   out->set_slots(p.slots);
@@ -475,7 +475,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   const runtime::RuntimeStats st = model_.runtime->stats();
   const runtime::Plan p = model_.runtime->plan();
   out->set_budget_bytes(st.budget);
-  out->set_effective_budget_bytes(st.effective_budget);
+  out->set_effective_budget_bytes(st.budget == 0 ? 0 : st.effective_budget);  // 0: no limit
   out->set_minimum_budget_bytes(st.minimum_budget);
   out->set_flash_read_bytes(st.flash_bytes);
   if (st.decode_thread_seconds > 0) {
@@ -497,7 +497,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
        p.slot_bytes * static_cast<uint64_t>(p.slots) +
            p.staging_bytes * static_cast<uint64_t>(p.staging),
        0);
-  FillPlan(out->mutable_plan());
+  FillPlan(p, out->mutable_plan());
 }
 
 std::string Daemon::StatusLine() const {

@@ -72,8 +72,9 @@ class Daemon {
       EXCLUDES(engine_mu_);
   // The one way a budget changes (SetBudget RPC, SIGHUP): re-plans the streamed model, applies the
   // plan at once when idle, returns the budget in bytes. The model must be streamed and loaded.
-  Result<uint64_t> SetBudget(const BudgetSpec& spec) EXCLUDES(engine_mu_);
-  void FillPlan(v1::PlanInfo* out) const;
+  Result<uint64_t> SetBudget(const BudgetSpec& spec, runtime::Plan* chosen = nullptr)
+      EXCLUDES(engine_mu_);
+  void FillPlan(const runtime::Plan& plan, v1::PlanInfo* out) const;
 
   // What engine_mu_ guards in model_ (whose other parts are immutable once serving_ is set): the
   // forward steps (the scheduler's thread) and applying the streamed model's pending plan.

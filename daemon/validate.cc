@@ -1,6 +1,7 @@
 #include "daemon/validate.h"
 
 #include <google/protobuf/unknown_field_set.h>
+#include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <string>
@@ -28,17 +29,17 @@ Status CheckText(const std::string& field, const std::string& text, uint32_t max
 
 }  // namespace
 
-Status RejectUnknownFields(const google::protobuf::Message& m, const std::string& where) {
+std::string DescribeUnknownFields(const google::protobuf::Message& m, const std::string& where) {
   const google::protobuf::Reflection* r = m.GetReflection();
   const google::protobuf::UnknownFieldSet& u = r->GetUnknownFields(m);
+  std::string out;
   if (!u.empty()) {
     std::string nums;
     for (int i = 0; i < u.field_count(); ++i) {
       nums += (i ? ", " : "") + std::to_string(u.field(i).number());
     }
-    return InvalidArgumentError(where + ": unknown field number" +
-                                (u.field_count() > 1 ? "s " : " ") + nums + " (not part of " +
-                                m.GetDescriptor()->full_name() + ")");
+    out = where + ": unknown field number" + (u.field_count() > 1 ? "s " : " ") + nums +
+          " (not part of " + m.GetDescriptor()->full_name() + ")";
   }
   std::vector<const google::protobuf::FieldDescriptor*> fields;
   r->ListFields(m, &fields);
@@ -46,16 +47,24 @@ Status RejectUnknownFields(const google::protobuf::Message& m, const std::string
     if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE || f->is_repeated()) {
       continue;
     }
-    RETURN_IF_ERROR(RejectUnknownFields(r->GetMessage(m, f), where + "." + f->name()));
+    const std::string inner = DescribeUnknownFields(r->GetMessage(m, f), where + "." + f->name());
+    if (!inner.empty()) out += (out.empty() ? "" : "; ") + inner;
   }
-  return Status::Ok();
+  return out;
+}
+
+void LogUnknownFields(const google::protobuf::Message& m, const std::string& rpc) {
+  if (!spdlog::should_log(spdlog::level::debug)) return;
+  if (const std::string u = DescribeUnknownFields(m, "request"); !u.empty()) {
+    spdlog::debug("{}: ignored {} (a newer client?)", rpc, u);
+  }
 }
 
 Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
                                                 const v1::RequestLimits& limits,
                                                 const Tokenizer& tok, int32_t context_length,
                                                 int32_t* prompt_tokens) {
-  RETURN_IF_ERROR(RejectUnknownFields(req, "request"));
+  LogUnknownFields(req, "Generate");
   RETURN_IF_ERROR(CheckText("prompt", req.prompt(), limits.max_prompt_bytes(), false));
   if (req.max_tokens() < 1 || static_cast<uint32_t>(req.max_tokens()) > limits.max_tokens()) {
     return InvalidArgumentError("max_tokens: expected 1.." + std::to_string(limits.max_tokens()) +
@@ -89,7 +98,7 @@ Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
 }
 
 Status ValidateTokenizeRequest(const v1::TokenizeRequest& req, const v1::RequestLimits& limits) {
-  RETURN_IF_ERROR(RejectUnknownFields(req, "request"));
+  LogUnknownFields(req, "Tokenize");
   return CheckText("text", req.text(), limits.max_prompt_bytes(), true);
 }
 

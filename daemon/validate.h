@@ -1,6 +1,6 @@
 // Validation of Generate and Tokenize requests before they take a place in the queue. Every error
-// is INVALID_ARGUMENT and names the field ("prompt", "max_tokens", "sampling.top_p", unknown field
-// numbers) with what was expected and what was given.
+// is INVALID_ARGUMENT and names the field ("prompt", "max_tokens", "sampling.top_p") with what was
+// expected and what was given. Unknown fields are accepted and logged at debug level.
 #pragma once
 
 #include "base/status.h"
@@ -22,7 +22,11 @@ Result<GenerateRequest> ValidateGenerateRequest(const v1::GenerateRequest& req,
 
 Status ValidateTokenizeRequest(const v1::TokenizeRequest& req, const v1::RequestLimits& limits);
 
-// INVALID_ARGUMENT naming the unknown field numbers of `m` (and of its sub-messages) as `where`.
-Status RejectUnknownFields(const google::protobuf::Message& m, const std::string& where);
+// The unknown field numbers of `m` and of its sub-messages, named by path from `where`
+// ("request.sampling: unknown field number 9 (not part of dcomp.v1.Sampling)"); empty if none.
+std::string DescribeUnknownFields(const google::protobuf::Message& m, const std::string& where);
+// Unknown fields are accepted, as proto3 intends (a newer client talking to an older daemon), and
+// logged at debug level naming them and the RPC.
+void LogUnknownFields(const google::protobuf::Message& m, const std::string& rpc);
 
 }  // namespace dcomp::server

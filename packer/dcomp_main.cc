@@ -29,7 +29,8 @@
 namespace dcomp {
 namespace {
 
-constexpr const char* kUsage = R"(usage: dcomp COMMAND [options]
+constexpr const char* kUsage =
+    R"(usage: dcomp COMMAND [options]   (dcomp COMMAND --help: its options; dcomp --version)
 
 commands:
   pack IN OUT.dcm [--calib FILE] [--block-size B] [--codec auto|rans|zstd|raw] [--zstd-level L]
@@ -70,6 +71,21 @@ void AddModelFlags(Flags& f) {
              "products) | ahead (decode pool) | auto (default: the faster estimate)")
       .Value("reader", ".dcm streaming: auto | io_uring | pread (default auto)")
       .Switch("direct", ".dcm streaming: read with O_DIRECT");
+}
+
+// Parses a command's arguments, with --help / -h: prints "usage: dcomp SYNOPSIS" and the options
+// to stdout and returns true (the command then does nothing else).
+Result<bool> ParseCommand(Flags& f, const std::vector<std::string>& args, const char* synopsis) {
+  f.Switch("help", "this text");
+  std::vector<std::string> a;
+  for (const std::string& s : args) a.push_back(s == "-h" ? "--help" : s);
+  const Status parsed = f.Parse(a);
+  if (f.IsSet("help")) {
+    std::printf("usage: dcomp %s\n\noptions:\n%s", synopsis, f.Help().c_str());
+    return true;
+  }
+  RETURN_IF_ERROR(parsed);
+  return false;
 }
 
 using Loaded = runtime::ServedModel;
@@ -180,7 +196,10 @@ Status CmdGenerate(const std::vector<std::string>& args) {
   // "-n" is accepted as a synonym of "--n".
   std::vector<std::string> a;
   for (const auto& s : args) a.push_back(s == "-n" ? "--n" : s);
-  RETURN_IF_ERROR(f.Parse(a));
+  ASSIGN_OR_RETURN(
+      const bool help,
+      ParseCommand(f, a, "generate MODEL --prompt TEXT [options]: a completion, streamed"));
+  if (help) return Status::Ok();
   if (f.positional().size() != 1) return InvalidArgumentError("generate: expected one MODEL path");
   if (!f.Has("prompt")) return InvalidArgumentError("generate: --prompt TEXT is required");
   GenerateRequest req;
@@ -227,7 +246,12 @@ Status CmdEval(const std::vector<std::string>& args) {
   Flags f;
   AddModelFlags(f);
   f.Value("text", "evaluation text file (stories separated by <|endoftext|>)");
-  RETURN_IF_ERROR(f.Parse(args));
+  ASSIGN_OR_RETURN(
+      const bool help,
+      ParseCommand(
+          f, args,
+          "eval MODEL --text FILE [options]: perplexity of stories separated by <|endoftext|>"));
+  if (help) return Status::Ok();
   if (f.positional().size() != 1) return InvalidArgumentError("eval: expected one MODEL path");
   if (!f.Has("text")) return InvalidArgumentError("eval: --text FILE is required");
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(*f.Get("text")));
@@ -278,7 +302,10 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
       .Switch("quiet", "no progress or report");
-  RETURN_IF_ERROR(f.Parse(args));
+  ASSIGN_OR_RETURN(
+      const bool help,
+      ParseCommand(f, args, "pack INPUT OUTPUT.dcm [options]: quantize and entropy-code a model"));
+  if (help) return Status::Ok();
   if (f.positional().size() != 2) return InvalidArgumentError("pack: expected IN and OUT.dcm");
   packer::PackOptions o;
   o.input = f.positional()[0];
@@ -346,7 +373,10 @@ Status CmdPack(const std::vector<std::string>& args) {
 Status CmdInspect(const std::vector<std::string>& args) {
   Flags f;
   f.Switch("verify", "check every CRC and decode every block").Switch("json", "one JSON object");
-  RETURN_IF_ERROR(f.Parse(args));
+  ASSIGN_OR_RETURN(
+      const bool help,
+      ParseCommand(f, args, "inspect MODEL.dcm [options]: the container, its tensors and codecs"));
+  if (help) return Status::Ok();
   if (f.positional().size() != 1) return InvalidArgumentError("inspect: expected one .dcm path");
   ASSIGN_OR_RETURN(std::string out,
                    packer::Inspect(f.positional()[0], f.IsSet("verify"), f.IsSet("json")));
@@ -361,7 +391,10 @@ Status CmdSynth(const std::vector<std::string>& args) {
           "int8 (every matrix at --entropy) | stories3m (each matrix role at the width and "
           "entropy of the stories3M default pack; default)");
   f.Value("seed", "random seed (default 1)").Value("threads", "threads (default: all cores)");
-  RETURN_IF_ERROR(f.Parse(args));
+  ASSIGN_OR_RETURN(const bool help, ParseCommand(f, args,
+                                                 "synth --shape NAME [options] OUTPUT.gguf: a "
+                                                 "model of a real shape with synthetic weights"));
+  if (help) return Status::Ok();
   if (f.positional().size() != 1) return InvalidArgumentError("synth: expected OUT.gguf");
   if (!f.Has("shape")) {
     std::string names;
@@ -418,7 +451,10 @@ Status CmdChat(const std::vector<std::string>& args) {
   AddSamplingFlags(f);
   std::vector<std::string> a;
   for (const auto& s : args) a.push_back(s == "-n" ? "--n" : s);
-  RETURN_IF_ERROR(f.Parse(a));
+  ASSIGN_OR_RETURN(
+      const bool help,
+      ParseCommand(f, a, "chat MODEL [--message TEXT] [options]: chat with an instruct model"));
+  if (help) return Status::Ok();
   if (f.positional().size() != 1) return InvalidArgumentError("chat: expected one MODEL path");
   GenerateRequest req;
   RETURN_IF_ERROR(ParseSampling(f, 512, &req));
@@ -496,7 +532,10 @@ Status CmdTokenize(const std::vector<std::string>& args) {
       .Value("text", "text to encode")
       .Switch("no-bos", "do not prepend BOS")
       .Switch("json", "print one JSON object");
-  RETURN_IF_ERROR(f.Parse(args));
+  ASSIGN_OR_RETURN(
+      const bool help,
+      ParseCommand(f, args, "tokenize MODEL --text TEXT [options]: token ids of a text"));
+  if (help) return Status::Ok();
   if (f.positional().size() != 1) return InvalidArgumentError("tokenize: expected one MODEL path");
   if (!f.Has("text")) return InvalidArgumentError("tokenize: --text TEXT is required");
   ASSIGN_OR_RETURN(TokenizerSpec spec,
@@ -523,6 +562,10 @@ int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
+  }
+  if (std::string(argv[1]) == "--version") {
+    std::printf("dcomp %s\n", DCOMP_VERSION);
+    return 0;
   }
   const std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);

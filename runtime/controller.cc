@@ -337,7 +337,7 @@ void Controller::Adapt(const Plan& current) {
   }
 }
 
-Status Controller::SetBudget(uint64_t bytes) {
+Status Controller::SetBudget(uint64_t bytes, Plan* chosen) {
   MutexLock l(&mu_);
   const uint64_t saved = st_.budget;
   st_.budget = bytes;
@@ -351,6 +351,7 @@ Status Controller::SetBudget(uint64_t bytes) {
                                   std::to_string(st_.minimum_budget) + " bytes)");
   }
   RequestReplan("budget set to " + (bytes == 0 ? std::string("unlimited") : FormatBytes(bytes)));
+  if (chosen != nullptr) *chosen = *std::move(p);
   return Status::Ok();
 }
 

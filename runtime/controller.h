@@ -79,8 +79,9 @@ class Controller {
   // A pass ended (the compute thread, at the next pass's start); `current` is the plan it ran.
   void EndPass(const PassSample& pass, const Plan& current) EXCLUDES(mu_);
 
-  // Fails with RESOURCE_EXHAUSTED naming the smallest budget that works when none fits.
-  Status SetBudget(uint64_t bytes) EXCLUDES(mu_);
+  // Fails with RESOURCE_EXHAUSTED naming the smallest budget that works when none fits. On
+  // success `chosen` (if not null) receives the plan the re-plan will apply.
+  Status SetBudget(uint64_t bytes, Plan* chosen = nullptr) EXCLUDES(mu_);
 
   struct Replan {
     uint64_t budget = 0;

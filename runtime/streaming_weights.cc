@@ -431,8 +431,8 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
   return Status::Ok();
 }
 
-Status StreamingWeights::SetBudget(const BudgetSpec& budget) {
-  return impl_->controller->SetBudget(budget.Resolve(int8_bytes_));
+Status StreamingWeights::SetBudget(const BudgetSpec& budget, Plan* chosen) {
+  return impl_->controller->SetBudget(budget.Resolve(int8_bytes_), chosen);
 }
 
 Status StreamingWeights::ApplyPendingPlan() { return impl_->MaybeReplan(); }

@@ -106,9 +106,9 @@ class StreamingWeights : public WeightSource {
   Status BeginPass(size_t tokens) override;
 
   // Sets a new budget (a percentage is of int8_bytes()). Fails with RESOURCE_EXHAUSTED, naming
-  // the smallest budget that works, when none fits; otherwise the new plan is applied at the next
-  // token boundary.
-  Status SetBudget(const BudgetSpec& budget);
+  // the smallest budget that works, when none fits; otherwise the new plan (`chosen`, if not null)
+  // is applied at the next token boundary (or by ApplyPendingPlan).
+  Status SetBudget(const BudgetSpec& budget, Plan* chosen = nullptr);
   // Applies a pending re-plan now (the compute thread, between requests).
   Status ApplyPendingPlan();
 

@@ -42,6 +42,36 @@ ProcResult Dcomp(const std::string& args, const std::string& env = "") {
 
 const std::string kModel = testing::SourceDir() + "/models/stories260K.bin";
 
+// Every command answers --help (and -h) with its usage on stdout and exit 0; every binary answers
+// --version.
+TEST(CliTest, HelpOnEveryCommandAndVersionOnEveryBinary) {
+  for (const char* cmd : {"pack", "inspect", "synth", "generate", "eval", "chat", "tokenize"}) {
+    for (const char* flag : {"--help", "-h"}) {
+      ProcResult r = Dcomp(std::string(cmd) + " " + flag);
+      EXPECT_EQ(r.exit_code, 0) << cmd << " " << flag << ": " << r.out;
+      EXPECT_EQ(r.out.rfind(std::string("usage: dcomp ") + cmd, 0), 0u) << r.out;
+      EXPECT_NE(r.out.find("--help"), std::string::npos) << r.out;
+    }
+  }
+  ProcResult r = Dcomp("pack --help --bogus");  // help first: the rest is not checked
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = Dcomp("pack --bogus");
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("unknown option --bogus"), std::string::npos) << r.out;
+  const std::string bin = testing::BinaryDir();
+  for (const std::string& b :
+       {bin + "/packer/dcomp", bin + "/daemon/dcompd", bin + "/client/dcompctl"}) {
+    const std::string name = b.substr(b.rfind('/') + 1);
+    FILE* p = popen((b + " --version 2>&1").c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::array<char, 256> buf{};
+    const size_t n = fread(buf.data(), 1, buf.size() - 1, p);
+    const int st = pclose(p);
+    EXPECT_EQ(WEXITSTATUS(st), 0) << name;
+    EXPECT_EQ(std::string(buf.data(), n), name + " " + DCOMP_VERSION + "\n");
+  }
+}
+
 TEST(CliTest, GenerateJsonOnEmbeddedModel) {
   ProcResult r = Dcomp(kModel + " --help");  // not a command: usage error
   EXPECT_NE(r.exit_code, 0);
