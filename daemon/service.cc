@@ -154,20 +154,14 @@ Status Daemon::Load() {
     spdlog::warn("{}: budget '{}' ignored: only .dcm models stream under a budget (this is {})",
                  c.model(), c.budget(), model_.model.file->format());
   }
-  // The KV pool: what the runtime's plan reserved for it (streamed), else kv_cache_tokens or two
-  // contexts' worth.
+  // The KV pool: the positions the runtime's plan reserves (the same rule for a resident model).
   const Transformer& tf = *model_.model.model;
-  const int64_t kv_tokens = c.kv_cache_tokens() != 0
-                                ? c.kv_cache_tokens()
-                                : 2 * static_cast<int64_t>(tf.context_length());
+  const int32_t kv_tokens = runtime::KvCachePositions(o.runtime, tf.context_length());
   Scheduler::Options so;
   so.max_batch = static_cast<int>(c.max_batch());
   so.queue_depth = static_cast<int>(c.queue_depth());
   so.kv_type = o.runtime.kv_cache_type;
-  so.kv_cache_bytes =
-      model_.runtime != nullptr
-          ? model_.runtime->stats().fixed.kv_cache
-          : KvCache::Bytes(tf.config(), static_cast<int32_t>(kv_tokens), so.kv_type);
+  so.kv_cache_bytes = KvCache::Bytes(tf.config(), kv_tokens, so.kv_type);
   so.kv_note = c.kv_cache_tokens() != 0 ? "kv_cache_tokens " + std::to_string(kv_tokens)
                                         : std::to_string(kv_tokens) +
                                               " positions, twice the context; set kv_cache_tokens";
@@ -195,8 +189,7 @@ Status Daemon::Load() {
       "positions); {}; loaded and warmed up in {:.2f} s",
       c.model(), model_.model.file->format(), model_.model.file->config().Summary(),
       model_.model.model->context_length(), so.max_batch, KvTypeName(so.kv_type),
-      FormatBytes(so.kv_cache_bytes),
-      so.kv_cache_bytes / std::max<uint64_t>(1, KvCache::Bytes(tf.config(), 1, so.kv_type)),
+      FormatBytes(so.kv_cache_bytes), kv_tokens,
       model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
                      : "resident " + FormatBytes(model_.model.resident_weight_bytes),
       Since(t0));
@@ -256,23 +249,24 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   const uint64_t id = next_request_id_.fetch_add(1);
   const std::string peer = Peer(ctx);
   int32_t prompt_tokens = 0;
-  auto fail = [&](const Status& s, const Job* job = nullptr) {
-    Finish(id, peer, s, prompt_tokens, job ? &job->result() : nullptr, Since(t0), job);
+  // Logs and counts the request's end (with its job's figures once it has one).
+  auto finish = [&](const Status& s, const Job* job = nullptr) {
+    Finish(id, peer, s, prompt_tokens, Since(t0), job);
     return ToGrpc(s);
   };
-  if (draining()) return fail(UnavailableError("dcompd is shutting down"));
+  if (draining()) return finish(UnavailableError("dcompd is shutting down"));
   if (!serving())
-    return fail(UnavailableError("the model is loading; retry when health is SERVING"));
+    return finish(UnavailableError("the model is loading; retry when health is SERVING"));
   Result<GenerateRequest> greq =
       ValidateGenerateRequest(*req, limits(), *model_.model.tokenizer,
                               model_.model.model->context_length(), &prompt_tokens);
-  if (!greq.ok()) return fail(greq.status());
+  if (!greq.ok()) return finish(greq.status());
   // *greq carries the prompt's token ids from validation: the prompt is not encoded again.
   Result<std::shared_ptr<Job>> submitted = scheduler_->Submit(*greq);
-  if (!submitted.ok()) return fail(submitted.status());
+  if (!submitted.ok()) return finish(submitted.status());
   Job& job = **submitted;
-  if (Status s = Stream(ctx, job, writer); !s.ok()) return fail(s, &job);
-  if (!job.status().ok()) return fail(job.status(), &job);
+  if (Status s = Stream(ctx, job, writer); !s.ok()) return finish(s, &job);
+  if (!job.status().ok()) return finish(job.status(), &job);
   const GenerateResult& r = job.result();
   v1::GenerateResponse msg;
   v1::GenerateResult* res = msg.mutable_result();
@@ -289,7 +283,7 @@ grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequ
   res->set_request_id(id);
   Status st = Status::Ok();
   if (!writer->Write(msg)) st = StopCause(ctx, "the client stopped reading before the result");
-  return fail(st, &job);
+  return finish(st, &job);
 }
 
 Status Daemon::Stream(grpc::ServerContext* ctx, Job& job,
@@ -330,7 +324,8 @@ Status Daemon::Stream(grpc::ServerContext* ctx, Job& job,
 }
 
 void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
-                    const dcomp::GenerateResult* r, double total_seconds, const Job* job) {
+                    double total_seconds, const Job* job) {
+  const GenerateResult* r = job ? &job->result() : nullptr;
   const double queue_seconds = job ? job->queue_seconds() : 0.0;
   const size_t generated = r ? r->generated_ids.size() : 0;
   const double tps = r ? r->decode_tokens_per_second() : 0.0;

@@ -58,9 +58,9 @@ class Daemon {
   class Service;
   friend class Service;
   v1::RequestLimits limits() const EXCLUDES(config_mu_);
+  // Logs and counts a finished Generate call; `job` (null when it never got one) gives its figures.
   void Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
-              const dcomp::GenerateResult* r, double total_seconds, const Job* job)
-      EXCLUDES(stats_mu_);
+              double total_seconds, const Job* job) EXCLUDES(stats_mu_);
   // Writes the job's tokens as they come and waits for its end, cancelling it when the client
   // goes away or the deadline passes: OK when it ran to its end, else why it stopped.
   Status Stream(grpc::ServerContext* ctx, Job& job,

@@ -172,17 +172,19 @@ Status Transformer::Step(std::span<const SequenceInput> seqs, std::vector<float>
   size_t total = 0, rows = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const SequenceInput& s = seqs[i];
-    const std::string which = "sequence " + std::to_string(i) + ": ";
-    if (s.cache == nullptr) return InvalidArgumentError(which + "no KV cache");
+    const auto which = [i] { return "sequence " + std::to_string(i) + ": "; };  // errors only
+    if (s.cache == nullptr) return InvalidArgumentError(which() + "no KV cache");
     for (size_t j = 0; j < i; ++j) {
-      if (seqs[j].cache == s.cache) return InvalidArgumentError(which + "its cache is used twice");
+      if (seqs[j].cache == s.cache) {
+        return InvalidArgumentError(which() + "its cache is used twice");
+      }
     }
     if (Status v = ValidateTokens(s.tokens); !v.ok()) {
       return v.WithContext("sequence " + std::to_string(i));
     }
     const int64_t end = static_cast<int64_t>(s.cache->pos_) + static_cast<int64_t>(s.tokens.size());
     if (end > s.cache->cap_ || end > ctx_) {
-      return OutOfRangeError(which + "position " + std::to_string(s.cache->pos_) + " + " +
+      return OutOfRangeError(which() + "position " + std::to_string(s.cache->pos_) + " + " +
                              std::to_string(s.tokens.size()) + " tokens exceeds its cache (" +
                              std::to_string(s.cache->cap_) + " tokens) or the context length " +
                              std::to_string(ctx_));

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "base/clock.h"
@@ -70,6 +71,13 @@ struct StreamingWeights::Impl {
 
 StreamingWeights::~StreamingWeights() = default;
 
+int32_t KvCachePositions(const RuntimeOptions& o, int32_t context_length) {
+  if (o.kv_cache_tokens > 0) return o.kv_cache_tokens;
+  return static_cast<int32_t>(
+      std::min<int64_t>(static_cast<int64_t>(std::max(1, o.kv_cache_contexts)) * context_length,
+                        std::numeric_limits<int32_t>::max()));
+}
+
 uint64_t PeakRssBytes() {
   Result<ProcMemory> m = ReadProcMemory();
   return m.ok() ? m->hwm : 0;
@@ -93,10 +101,7 @@ void StreamingWeights::Impl::Account(const ProcMemory& before, int32_t context_l
   f.vectors = layout.vector_bytes();
   const int32_t ctx = context_length == 0 ? config.context_length : context_length;
   const size_t vocab = static_cast<size_t>(config.vocab_size);
-  const int64_t kv_tokens = opt.kv_cache_tokens > 0
-                                ? opt.kv_cache_tokens
-                                : static_cast<int64_t>(std::max(1, opt.kv_cache_contexts)) * ctx;
-  f.kv_cache = KvCache::Bytes(config, static_cast<int32_t>(kv_tokens), opt.kv_cache_type);
+  f.kv_cache = KvCache::Bytes(config, KvCachePositions(opt, ctx), opt.kv_cache_type);
   f.activations = Transformer::MemoryBytes(config, ctx) - Transformer::KvCacheBytes(config, ctx);
   // Logits rows, one more, and each request's sampler candidates (8 bytes per id).
   const uint64_t batch = static_cast<uint64_t>(std::max(1, opt.max_batch));

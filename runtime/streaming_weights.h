@@ -131,6 +131,10 @@ class StreamingWeights : public WeightSource {
   std::unique_ptr<Impl> impl_;
 };
 
+// The KV-cache positions `o` holds for all sequences at a context of `context_length` tokens:
+// o.kv_cache_tokens, or o.kv_cache_contexts contexts when it is 0.
+int32_t KvCachePositions(const RuntimeOptions& o, int32_t context_length);
+
 // Peak-resident-set helper for tools: "VmHWM" in bytes, 0 if unknown.
 uint64_t PeakRssBytes();
 

@@ -657,9 +657,9 @@ TEST(DaemonTest, NotifiesSystemdAndDrainsOnSigterm) {
   const std::string dir = MakeTempDir("notify");
   NotifySocket notify(dir + "/notify.sock");
   // One request at a time (--max-batch 1), so that one streams while the other waits.
-  DaemonProcess d({"--model", models().Small(), "--threads", "1", "--shutdown-grace", "1",
-                   "--max-batch", "1"},
-                  {"NOTIFY_SOCKET=" + dir + "/notify.sock", "WATCHDOG_USEC=400000"});
+  DaemonProcess d(
+      {"--model", models().Small(), "--threads", "1", "--shutdown-grace", "1", "--max-batch", "1"},
+      {"NOTIFY_SOCKET=" + dir + "/notify.sock", "WATCHDOG_USEC=400000"});
   EXPECT_TRUE(notify.WaitFor("READY=1", 120)) << notify.All() << d.Log();
   EXPECT_TRUE(notify.WaitFor("STATUS=serving", 5)) << notify.All();
   EXPECT_TRUE(notify.WaitFor("WATCHDOG=1", 5)) << notify.All();
