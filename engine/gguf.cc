@@ -210,6 +210,13 @@ Status GgufFile::Parse() {
     }
     alignment = a->u;
   }
+  // Each tensor record takes at least a name length, a rank, one dimension, a type and an offset
+  // (32 bytes): a count the rest of the file cannot hold is refused before anything is allocated.
+  constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;
+  if (n_tensors > c.remaining() / kMinTensorInfoBytes) {
+    return DataLossError("header declares " + std::to_string(n_tensors) + " tensors but only " +
+                         std::to_string(c.remaining()) + " bytes of tensor records follow");
+  }
   tensors_.resize(n_tensors);
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GgufTensorInfo& t = tensors_[k];

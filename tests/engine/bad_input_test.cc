@@ -150,6 +150,16 @@ TEST(GgufTest, ImplausibleCountsAndBadValues) {
   c.append(reinterpret_cast<const char*>(&len), 8);
   WriteBytes(p, c);
   ExpectError(OpenModelFile(p), StatusCode::kDataLoss, "truncated");
+  // A tensor count under the sanity bound that the file's remaining bytes cannot hold is refused
+  // before the tensor table is allocated (found by fuzz_model_file: 16M tensors in 60 bytes).
+  nt = (1ull << 24) - 1;
+  nkv = 0;
+  std::string d = b.substr(0, 8);
+  d.append(reinterpret_cast<const char*>(&nt), 8);
+  d.append(reinterpret_cast<const char*>(&nkv), 8);
+  d.append(40, '\0');
+  WriteBytes(p, d);
+  ExpectError(OpenModelFile(p), StatusCode::kDataLoss, "16777215 tensors but only 40 bytes");
 }
 
 TEST(GgufTest, UnknownArchitectureIsNamed) {
