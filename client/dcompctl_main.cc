@@ -1,10 +1,14 @@
-// dcompctl: the command-line client of dcompd. Commands: status, generate, set-budget, health,
-// tokenize; human output by default, one JSON object with --json.
+// dcompctl: the command-line client of dcompd. Commands: status, generate, chat, set-budget,
+// health, tokenize; human output by default, one JSON object with --json.
 #include <google/protobuf/util/json_util.h>
 
 #include <chrono>
+#include <unistd.h>
+
 #include <cinttypes>
 #include <cstdio>
+#include <functional>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -24,8 +28,12 @@ constexpr const char* kUsage = R"(usage: dcompctl [--address ADDR] [--config FIL
 commands:
   status [--json]                          the daemon's model, memory, plan, latency, queue
   generate --prompt TEXT [-n N] [--temperature T] [--seed S] [--top-k K] [--top-p P]
-           [--min-p P] [--repetition-penalty R] [--ignore-eos] [--timeout SECONDS] [--json]
-                                           stream a completion (--json: one final object)
+           [--min-p P] [--repetition-penalty R] [--stop S]... [--ignore-eos]
+           [--timeout SECONDS] [--json]    stream a completion (--json: one final object)
+  chat [--message TEXT] [--system TEXT] [--chat-template FAMILY] [-n N] [sampling options]
+                                           answer one message (--message) or hold a
+                                           conversation, a message per line of input (--json:
+                                           one object per answer)
   set-budget BUDGET [--json]               BYTES[K|M|G|KiB|MiB|GiB|KB|MB|GB], PCT% of the INT8
                                            size, or 0 (no limit)
   health [--service NAME] [--json]         SERVING / NOT_SERVING (exit status 0 only if SERVING)
@@ -172,14 +180,11 @@ int CmdStatus(const Ctx& c) {
   return 0;
 }
 
-int CmdGenerate(const Ctx& c, const Flags& f) {
-  if (!f.Has("prompt")) {
-    std::fprintf(stderr, "dcompctl: generate: --prompt TEXT is required\n");
-    return 2;
-  }
-  v1::GenerateRequest req;
-  req.set_prompt(*f.Get("prompt"));
-  Result<int64_t> n = f.GetInt("n", 64);
+// The options Generate and Chat share: -n, sampling, --ignore-eos, --stop. False (after an error
+// on stderr) when a number does not parse; range checks are the daemon's (it names the field).
+template <typename Req>
+bool ParseRequestOptions(const Flags& f, const char* cmd, int64_t default_tokens, Req* req) {
+  Result<int64_t> n = f.GetInt("n", default_tokens);
   Result<double> temp = f.GetDouble("temperature", 0);
   Result<int64_t> seed = f.GetInt("seed", 0);
   Result<int64_t> top_k = f.GetInt("top-k", 0);
@@ -187,66 +192,72 @@ int CmdGenerate(const Ctx& c, const Flags& f) {
   for (const Status& s :
        {n.status(), temp.status(), seed.status(), top_k.status(), timeout.status()}) {
     if (!s.ok()) {
-      std::fprintf(stderr, "dcompctl: generate: %s\n", s.message().c_str());
-      return 2;
+      std::fprintf(stderr, "dcompctl: %s: %s\n", cmd, s.message().c_str());
+      return false;
     }
   }
-  // Range checks are the daemon's: it names the field that is wrong.
-  req.set_max_tokens(static_cast<int32_t>(std::clamp<int64_t>(*n, INT32_MIN, INT32_MAX)));
-  req.mutable_sampling()->set_temperature(static_cast<float>(*temp));
-  req.mutable_sampling()->set_seed(static_cast<uint64_t>(*seed));
-  req.mutable_sampling()->set_top_k(
+  req->set_max_tokens(static_cast<int32_t>(std::clamp<int64_t>(*n, INT32_MIN, INT32_MAX)));
+  req->mutable_sampling()->set_temperature(static_cast<float>(*temp));
+  req->mutable_sampling()->set_seed(static_cast<uint64_t>(*seed));
+  req->mutable_sampling()->set_top_k(
       static_cast<int32_t>(std::clamp<int64_t>(*top_k, INT32_MIN, INT32_MAX)));
   for (const char* name : {"top-p", "min-p", "repetition-penalty"}) {
     if (!f.Has(name)) continue;
     Result<double> v = f.GetDouble(name, 0);
     if (!v.ok()) {
-      std::fprintf(stderr, "dcompctl: generate: %s\n", v.status().message().c_str());
-      return 2;
+      std::fprintf(stderr, "dcompctl: %s: %s\n", cmd, v.status().message().c_str());
+      return false;
     }
     const std::string k = name;
-    if (k == "top-p") req.mutable_sampling()->set_top_p(static_cast<float>(*v));
-    if (k == "min-p") req.mutable_sampling()->set_min_p(static_cast<float>(*v));
+    if (k == "top-p") req->mutable_sampling()->set_top_p(static_cast<float>(*v));
+    if (k == "min-p") req->mutable_sampling()->set_min_p(static_cast<float>(*v));
     if (k == "repetition-penalty") {
-      req.mutable_sampling()->set_repetition_penalty(static_cast<float>(*v));
+      req->mutable_sampling()->set_repetition_penalty(static_cast<float>(*v));
     }
   }
-  req.set_ignore_eos(f.IsSet("ignore-eos"));
-  auto stub = v1::Dcomp::NewStub(c.channel);
-  grpc::ClientContext ctx;
-  if (*timeout > 0) ctx.set_deadline(Deadline(*timeout));
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&ctx, req);
+  req->set_ignore_eos(f.IsSet("ignore-eos"));
+  for (const std::string& stop : f.GetAll("stop")) req->add_stop(stop);
+  return true;
+}
+
+// Reads a Generate or Chat stream: prints each token's text (and the tail) unless `json`, keeps
+// the final result.
+grpc::Status ReadStream(grpc::ClientReader<v1::GenerateResponse>& reader, bool json,
+                        v1::GenerateResult* result) {
   v1::GenerateResponse msg;
-  v1::GenerateResult result;
   bool have_result = false;
-  if (!c.json) {
-    std::fputs(req.prompt().c_str(), stdout);
-    std::fflush(stdout);
-  }
-  while (reader->Read(&msg)) {
-    if (msg.has_token() && !c.json) {
+  while (reader.Read(&msg)) {
+    if (msg.has_token() && !json) {
       std::fputs(msg.token().text().c_str(), stdout);
       std::fflush(stdout);
     } else if (msg.has_result()) {
-      result = msg.result();
+      *result = msg.result();
       have_result = true;
+      if (!json) std::fputs(result->tail_text().c_str(), stdout);
     }
   }
-  grpc::Status st = reader->Finish();
-  if (!c.json) std::printf("\n");
-  if (!st.ok()) return Fail(c, "generate", st);
-  if (!have_result) {
-    return Fail(c, "generate", grpc::Status(grpc::StatusCode::INTERNAL, "no final result"));
-  }
-  std::string stop_reason = v1::StopReason_Name(result.stop_reason());
-  stop_reason = stop_reason.substr(std::string("STOP_REASON_").size());
-  for (char& ch : stop_reason) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  grpc::Status st = reader.Finish();
+  if (st.ok() && !have_result) return grpc::Status(grpc::StatusCode::INTERNAL, "no final result");
+  return st;
+}
+
+std::string StopReasonName(v1::StopReason r) {
+  std::string name = v1::StopReason_Name(r).substr(std::string("STOP_REASON_").size());
+  for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return name;
+}
+
+// The figures of a result: one JSON object (`extra` adds fields) or a line on stderr.
+void PrintResult(const Ctx& c, const v1::GenerateResult& result,
+                 const std::function<void(JsonWriter&)>& extra = {}) {
+  const std::string stop_reason = StopReasonName(result.stop_reason());
   if (c.json) {
     std::vector<int32_t> ids(result.prompt_ids().begin(), result.prompt_ids().end());
     ids.insert(ids.end(), result.generated_ids().begin(), result.generated_ids().end());
     JsonWriter w;
-    w.BeginObject()
-        .IntArray("ids", ids)
+    w.BeginObject();
+    if (extra) extra(w);
+    w.IntArray("ids", ids)
         .String("text", result.text())
         .String("completion", result.completion())
         .Int("prompt_tokens", result.prompt_tokens())
@@ -266,6 +277,86 @@ int CmdGenerate(const Ctx& c, const Flags& f) {
                  result.request_id(), result.prompt_tokens(),
                  Ms(result.time_to_first_token_seconds()).c_str(), result.generated_tokens(),
                  result.tokens_per_second(), stop_reason.c_str());
+  }
+}
+
+void SetTimeout(const Flags& f, grpc::ClientContext* ctx) {
+  // Parsed (and checked) by ParseRequestOptions first.
+  if (Result<double> t = f.GetDouble("timeout", 0); t.ok() && *t > 0) {
+    ctx->set_deadline(Deadline(*t));
+  }
+}
+
+int CmdGenerate(const Ctx& c, const Flags& f) {
+  if (!f.Has("prompt")) {
+    std::fprintf(stderr, "dcompctl: generate: --prompt TEXT is required\n");
+    return 2;
+  }
+  v1::GenerateRequest req;
+  req.set_prompt(*f.Get("prompt"));
+  if (!ParseRequestOptions(f, "generate", 64, &req)) return 2;
+  auto stub = v1::Dcomp::NewStub(c.channel);
+  grpc::ClientContext ctx;
+  SetTimeout(f, &ctx);
+  if (!c.json) {
+    std::fputs(req.prompt().c_str(), stdout);
+    std::fflush(stdout);
+  }
+  v1::GenerateResult result;
+  const grpc::Status st = ReadStream(*stub->Generate(&ctx, req), c.json, &result);
+  if (!c.json) std::printf("\n");
+  if (!st.ok()) return Fail(c, "generate", st);
+  PrintResult(c, result);
+  return 0;
+}
+
+// One answer of a conversation: sends `req` (the messages so far), streams the answer, adds it to
+// the messages. Returns the exit status.
+int ChatTurn(const Ctx& c, const Flags& f, v1::ChatRequest* req) {
+  auto stub = v1::Dcomp::NewStub(c.channel);
+  grpc::ClientContext ctx;
+  SetTimeout(f, &ctx);
+  v1::GenerateResult result;
+  const grpc::Status st = ReadStream(*stub->Chat(&ctx, *req), c.json, &result);
+  if (!c.json) std::printf("\n");
+  if (!st.ok()) return Fail(c, "chat", st);
+  v1::ChatMessage* answer = req->add_messages();
+  answer->set_role("assistant");
+  answer->set_content(result.completion());
+  PrintResult(c, result, [&](JsonWriter& w) { w.String("answer", result.completion()); });
+  return 0;
+}
+
+int CmdChat(const Ctx& c, const Flags& f) {
+  v1::ChatRequest req;
+  if (!ParseRequestOptions(f, "chat", 512, &req)) return 2;
+  req.set_chat_template(f.GetOr("chat-template", ""));
+  if (f.Has("system")) {
+    v1::ChatMessage* m = req.add_messages();
+    m->set_role("system");
+    m->set_content(*f.Get("system"));
+  }
+  if (f.Has("message")) {
+    v1::ChatMessage* m = req.add_messages();
+    m->set_role("user");
+    m->set_content(*f.Get("message"));
+    return ChatTurn(c, f, &req);
+  }
+  // A conversation: one user message per line until end of input or "/exit"; on a terminal, with
+  // a prompt. Each answer is generated over the whole conversation so far.
+  const bool tty = isatty(STDIN_FILENO) != 0;
+  if (tty) std::fprintf(stderr, "[chat with dcompd at %s; /exit or Ctrl-D ends]\n", c.address.c_str());
+  for (std::string line;;) {
+    if (tty) {
+      std::fprintf(stderr, "> ");
+      std::fflush(stderr);
+    }
+    if (!std::getline(std::cin, line) || line == "/exit") break;
+    if (line.empty()) continue;
+    v1::ChatMessage* m = req.add_messages();
+    m->set_role("user");
+    m->set_content(line);
+    if (const int rc = ChatTurn(c, f, &req); rc != 0) return rc;
   }
   return 0;
 }
@@ -365,8 +456,13 @@ int Run(int argc, char** argv) {
       .Value("top-p", "generate: top-p (1 = off)")
       .Value("min-p", "generate: min-p (0 = off)")
       .Value("repetition-penalty", "generate: 1 = off")
+      .Value("stop", "generate, chat: stop string (repeatable)")
       .Switch("ignore-eos", "generate: do not stop at end of sequence")
-      .Value("timeout", "generate: deadline in seconds (default none)")
+      .Value("timeout", "generate, chat: deadline in seconds (default none)")
+      .Value("message", "chat: one user message (default: a conversation from standard input)")
+      .Value("system", "chat: system message")
+      .Value("chat-template",
+             "chat: chatml | llama3 | llama2 | zephyr | gemma | phi3 (default: the daemon's)")
       .Value("service", "health: service name ('' = the server)")
       .Value("text", "tokenize: text")
       .Switch("version", "print the version and exit")
@@ -406,6 +502,7 @@ int Run(int argc, char** argv) {
   }
   if (cmd == "status") return CmdStatus(c);
   if (cmd == "generate") return CmdGenerate(c, f);
+  if (cmd == "chat") return CmdChat(c, f);
   if (cmd == "set-budget") return CmdSetBudget(c, f);
   if (cmd == "health") return CmdHealth(c, f);
   if (cmd == "tokenize") return CmdTokenize(c, f);

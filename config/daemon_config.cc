@@ -142,6 +142,28 @@ Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source
     }
     if (!seen.insert(a->uri).second) return FieldError(source, "listen", "'" + addr + "' twice");
   }
+  if (!c.http_listen().empty()) {
+    Result<ListenAddress> a = ParseListenAddress(c.http_listen());
+    if (!a.ok()) return FieldError(source, "http_listen", a.status().message());
+    if (a->is_unix) {
+      return FieldError(source, "http_listen",
+                        "expected HOST:PORT (e.g. 127.0.0.1:8080), got '" + c.http_listen() + "'");
+    }
+    if (!a->loopback && !c.allow_remote()) {
+      return FieldError(source, "http_listen",
+                        "'" + c.http_listen() +
+                            "' is not a loopback address; set allow_remote: true (and "
+                            "api_key_file or mutual TLS) to serve other hosts");
+    }
+    for (const std::string& addr : c.listen()) {
+      Result<ListenAddress> g = ParseListenAddress(addr);
+      if (g.ok() && !g->is_unix && g->port != 0 && g->port == a->port &&
+          (g->host == a->host || g->host == "0.0.0.0" || a->host == "0.0.0.0")) {
+        return FieldError(source, "http_listen",
+                          "'" + c.http_listen() + "' is also a gRPC `listen` address");
+      }
+    }
+  }
   RETURN_IF_ERROR(CheckRange(source, "unix_socket_mode", c.unix_socket_mode(), 0, 0777));
   if (Result<BudgetSpec> b = ParseBudgetSpec(c.budget()); !b.ok()) {
     return FieldError(source, "budget", b.status().message());

@@ -1,5 +1,6 @@
 #include "daemon/config.h"
 
+#include "engine/chat_template.h"
 #include "runtime/planner.h"
 #include "storage/block_reader.h"
 
@@ -12,6 +13,11 @@ Status ValidateDaemonConfig(const v1::DaemonConfig& c, const std::string& source
   }
   if (Result<storage::ReaderBackend> r = storage::ParseReaderBackend(c.reader()); !r.ok()) {
     return config::FieldError(source, "reader", r.status().message());
+  }
+  if (!c.chat_template().empty()) {
+    if (Result<ChatFamily> f = ParseChatFamily(c.chat_template()); !f.ok()) {
+      return config::FieldError(source, "chat_template", f.status().message());
+    }
   }
   return Status::Ok();
 }

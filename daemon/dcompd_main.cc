@@ -42,6 +42,11 @@ void DeclareFlags(Flags* f) {
       .Value("reader", "auto | io_uring | pread")
       .Switch("direct", "O_DIRECT block reads")
       .Value("shutdown-grace", "seconds SIGTERM lets running requests finish")
+      .Value("chat-template",
+             "chatml | llama3 | llama2 | zephyr | gemma | phi3: Chat requests naming none (default: "
+             "recognised from the model)")
+      .Value("http-listen", "HOST:PORT of the OpenAI-compatible HTTP API (default: off)")
+      .Value("api-key-file", "file with the key HTTP clients send as 'Authorization: Bearer KEY'")
       .Value("log-level", "trace | debug | info | warn | error (default info)")
       .Switch("version", "print the version and exit")
       .Switch("help", "this text");
@@ -63,6 +68,9 @@ ConfigOverrides OverridesFrom(const Flags& f) {
   o.kv_cache_tokens = f.Get("kv-cache-tokens");
   o.kv_cache_type = f.Get("kv-cache-type");
   o.shutdown_grace = f.Get("shutdown-grace");
+  o.chat_template = f.Get("chat-template");
+  o.http_listen = f.Get("http-listen");
+  o.api_key_file = f.Get("api-key-file");
   o.direct = f.IsSet("direct");
   return o;
 }

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <functional>
 
@@ -114,6 +115,9 @@ Result<v1::DaemonConfig> ResolveConfig(const ConfigOverrides& o) {
   RETURN_IF_ERROR(ApplyU32(o.kv_cache_tokens, "kv-cache-tokens", 1 << 24,
                            [&](uint32_t v) { c.set_kv_cache_tokens(v); }));
   if (o.kv_cache_type) c.set_kv_cache_type(*o.kv_cache_type);
+  if (o.chat_template) c.set_chat_template(*o.chat_template);
+  if (o.http_listen) c.set_http_listen(*o.http_listen);
+  if (o.api_key_file) c.set_api_key_file(*o.api_key_file);
   RETURN_IF_ERROR(ApplyU32(o.shutdown_grace, "shutdown-grace", 3600,
                            [&](uint32_t v) { c.set_shutdown_grace_seconds(v); }));
   if (o.direct) c.set_direct(true);
@@ -141,6 +145,7 @@ Result<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOptions& optio
   std::unique_ptr<Server> server(new Server(options));
   RETURN_IF_ERROR(server->StartGrpc());
   RETURN_IF_ERROR(server->StartMetrics());
+  RETURN_IF_ERROR(server->StartHttp());
   server->StartLoading();
   return server;
 }
@@ -215,6 +220,41 @@ Status Server::StartMetrics() {
   if (!m.ok()) return UnavailableError(m.status().message());  // exit 1, see BuildAndStart
   metrics_ = std::move(*m);
   spdlog::info("metrics on http://127.0.0.1:{}/metrics", metrics_->port());
+  return Status::Ok();
+}
+
+Status Server::StartHttp() {
+  const v1::DaemonConfig& c = options_.config;
+  if (c.http_listen().empty()) return Status::Ok();
+  const ListenAddress a = *ParseListenAddress(c.http_listen());  // validated with the config
+  HttpServer::Options o;
+  o.host = a.host;
+  o.port = a.port;
+  o.model_name = std::filesystem::path(c.model()).filename().string();
+  o.created = static_cast<int64_t>(std::time(nullptr));
+  o.max_body_bytes = c.limits().max_message_bytes();
+  o.max_connections = static_cast<int>(std::max<uint32_t>(64, 2 * c.queue_depth()));
+  if (!c.api_key_file().empty()) {
+    Result<std::string> key = ReadApiKey(c.api_key_file());
+    if (!key.ok()) return InvalidArgumentError("api_key_file: " + key.status().message());
+    o.api_key = *key;
+  }
+  o.cert_file = c.tls().cert_file();
+  o.key_file = c.tls().key_file();
+  o.client_ca_file = c.tls().client_ca_file();
+  Result<std::unique_ptr<HttpServer>> h = HttpServer::Start(&daemon_, o);
+  if (!h.ok()) return h.status();  // a TLS file: InvalidArgument, exit 2; the address: 1
+  http_ = std::move(*h);
+  spdlog::info("HTTP API (OpenAI-compatible) on {}://{}:{} ({}; {})",
+               o.cert_file.empty() ? "http" : "https", a.host, http_->port(),
+               o.cert_file.empty()             ? "plaintext"
+               : o.client_ca_file.empty()      ? "TLS"
+                                               : "mutual TLS",
+               o.api_key.empty() ? "no API key" : "API key required");
+  if (!a.loopback && o.api_key.empty() && o.client_ca_file.empty()) {
+    spdlog::warn("{} is reachable from other hosts without authentication (set api_key_file)",
+                 c.http_listen());
+  }
   return Status::Ok();
 }
 
@@ -319,8 +359,10 @@ void Server::Drain() {
     spdlog::warn("{} request(s) still queued or running after the {} s grace period: cancelled",
                  left, options_.config.shutdown_grace_seconds());
   }
+  if (http_) http_->Stop();  // cancels what still runs over HTTP
   server_->Shutdown(std::chrono::system_clock::now());
   server_->Wait();
+  http_.reset();
   metrics_.reset();
   spdlog::info("stopped in {:.2f} s",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -1,5 +1,5 @@
 // dcompd's server: the gRPC server (dcomp.v1.Dcomp, grpc.health.v1, reflection) on a unix socket
-// and/or TCP, the Prometheus metrics endpoint and the model, which loads in the background while
+// and/or TCP, the OpenAI-compatible HTTP API, the Prometheus metrics endpoint and the model, which loads in the background while
 // the server already answers. BuildAndStart starts them; Wait serves until SIGTERM or SIGINT,
 // re-reads budget and limits on SIGHUP, keeps systemd informed (READY, STATUS, WATCHDOG, STOPPING)
 // and drains within the grace period.
@@ -24,6 +24,7 @@
 #include "base/status.h"
 #include "daemon/config.h"
 #include "daemon/health.h"
+#include "daemon/http_server.h"
 #include "daemon/metrics.h"
 #include "daemon/service.h"
 #include "proto/config.pb.h"
@@ -52,6 +53,9 @@ struct ConfigOverrides {
   std::optional<std::string> kv_cache_tokens;  // --kv-cache-tokens
   std::optional<std::string> kv_cache_type;    // --kv-cache-type
   std::optional<std::string> shutdown_grace;   // --shutdown-grace
+  std::optional<std::string> chat_template;    // --chat-template
+  std::optional<std::string> http_listen;      // --http-listen
+  std::optional<std::string> api_key_file;     // --api-key-file
   bool direct = false;                         // --direct
 };
 
@@ -92,6 +96,7 @@ class Server {
   // no port is an error.
   Status CheckListeners(const std::vector<ListenAddress>& addrs, const std::vector<int>& ports);
   Status StartMetrics();
+  Status StartHttp();
   void StartLoading();
   void LoadModel();  // the loader thread
 
@@ -109,6 +114,7 @@ class Server {
   HealthService health_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_;
+  std::unique_ptr<HttpServer> http_;
   std::atomic<int> load_state_{0};  // 0 loading, 1 serving, -1 failed
   std::thread loader_;
 

@@ -7,6 +7,7 @@
 
 #include "base/utf8.h"
 #include "daemon/validate.h"
+#include "engine/chat_template.h"
 #include "engine/generate.h"
 #include "kernels/kernels.h"
 #include "runtime/memory_stats.h"
@@ -25,6 +26,7 @@ v1::StopReason StopReasonOf(const std::string& s) {
   if (s == "eos") return v1::STOP_REASON_EOS;
   if (s == "length") return v1::STOP_REASON_LENGTH;
   if (s == "context") return v1::STOP_REASON_CONTEXT;
+  if (s == "stop") return v1::STOP_REASON_STOP;
   if (s == "callback") return v1::STOP_REASON_CANCELLED;
   return v1::STOP_REASON_UNSPECIFIED;
 }
@@ -64,47 +66,156 @@ std::string Peer(grpc::ServerContext* ctx) {
   return p.empty() ? "-" : p;
 }
 
+// A Generate or Chat call: tokens and the result as GenerateResponse messages.
+class GrpcCall final : public GenerationCall {
+ public:
+  GrpcCall(grpc::ServerContext* ctx, grpc::internal::WriterInterface<v1::GenerateResponse>* writer)
+      : ctx_(ctx), writer_(writer) {}
+
+  bool WriteToken(const Job::Token& t) override {
+    v1::GenerateResponse msg;
+    msg.mutable_token()->set_id(t.id);
+    msg.mutable_token()->set_text(SanitizeUtf8(t.text));
+    return writer_->Write(msg);
+  }
+
+  bool WriteResult(const Job& job, uint64_t id) override {
+    v1::GenerateResponse msg;
+    *msg.mutable_result() = ResultProto(job, id);
+    return writer_->Write(msg);
+  }
+
+  Status Interrupted() override { return server::Interrupted(ctx_); }
+  Status WriteFailed(const std::string& otherwise) override { return StopCause(ctx_, otherwise); }
+
+ private:
+  grpc::ServerContext* ctx_;
+  grpc::internal::WriterInterface<v1::GenerateResponse>* writer_;
+};
+
 }  // namespace
+
+v1::GenerateResult ResultProto(const Job& job, uint64_t request_id) {
+  const GenerateResult& r = job.result();
+  v1::GenerateResult res;
+  for (int32_t t : r.prompt_ids) res.add_prompt_ids(t);
+  for (int32_t t : r.generated_ids) res.add_generated_ids(t);
+  res.set_prompt_tokens(static_cast<int32_t>(r.prompt_ids.size()));
+  res.set_generated_tokens(static_cast<int32_t>(r.generated_ids.size()));
+  res.set_time_to_first_token_seconds(r.prefill_seconds);
+  res.set_tokens_per_second(r.decode_tokens_per_second());
+  res.set_stop_reason(StopReasonOf(r.stop_reason));
+  res.set_text(SanitizeUtf8(r.text));
+  res.set_completion(SanitizeUtf8(r.completion));
+  res.set_tail_text(SanitizeUtf8(r.tail));
+  res.set_queue_seconds(job.queue_seconds());
+  res.set_request_id(request_id);
+  return res;
+}
 
 grpc::Status ToGrpc(const Status& s) {
   if (s.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), s.message());
 }
 
-class Daemon::Service final : public v1::Dcomp::Service {
+// Every method reads its request itself (the streamed forms of the generated service), so that a
+// request that does not parse gets INVALID_ARGUMENT with a message and a log line, where gRPC's
+// own parsing answers INTERNAL with none.
+using StreamedService = v1::Dcomp::WithSplitStreamingMethod_Generate<
+    v1::Dcomp::WithSplitStreamingMethod_Chat<v1::Dcomp::WithStreamedUnaryMethod_Tokenize<
+        v1::Dcomp::WithStreamedUnaryMethod_Status<
+            v1::Dcomp::WithStreamedUnaryMethod_SetBudget<v1::Dcomp::Service>>>>>;
+
+class Daemon::Service final : public StreamedService {
  public:
   explicit Service(Daemon* d) : d_(d) {}
 
-  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
-    return d_->DoGenerate(ctx, req, writer);
+  grpc::Status StreamedGenerate(
+      grpc::ServerContext* ctx,
+      grpc::ServerSplitStreamer<v1::GenerateRequest, v1::GenerateResponse>* stream) override {
+    v1::GenerateRequest req;
+    if (!stream->Read(&req)) return Malformed(ctx, "generate", req);
+    GrpcCall call(ctx, stream);
+    return ToGrpc(d_->Run(call, "grpc", "generate", Peer(ctx), [&](int32_t* prompt_tokens) {
+      const runtime::ServedModel& m = d_->model();
+      return ValidateGenerateRequest(req, d_->limits(), *m.model.tokenizer,
+                                     m.model.model->context_length(), prompt_tokens);
+    }));
   }
 
-  grpc::Status Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* req,
-                        v1::TokenizeResponse* resp) override {
+  grpc::Status StreamedChat(
+      grpc::ServerContext* ctx,
+      grpc::ServerSplitStreamer<v1::ChatRequest, v1::GenerateResponse>* stream) override {
+    v1::ChatRequest req;
+    if (!stream->Read(&req)) return Malformed(ctx, "chat", req);
+    GrpcCall call(ctx, stream);
+    return ToGrpc(d_->Run(call, "grpc", "chat", Peer(ctx), [&](int32_t* prompt_tokens) {
+      const runtime::ServedModel& m = d_->model();
+      return ValidateChatRequest(req, d_->limits(), *m.model.tokenizer,
+                                 m.model.model->context_length(), d_->default_chat_family(),
+                                 prompt_tokens);
+    }));
+  }
+
+  grpc::Status StreamedTokenize(
+      grpc::ServerContext* ctx,
+      grpc::ServerUnaryStreamer<v1::TokenizeRequest, v1::TokenizeResponse>* stream) override {
+    v1::TokenizeRequest req;
+    if (!stream->Read(&req)) return Malformed(ctx, "tokenize", req);
     if (!d_->serving()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is loading");
-    if (dcomp::Status s = ValidateTokenizeRequest(*req, d_->limits()); !s.ok()) return ToGrpc(s);
+    if (dcomp::Status s = ValidateTokenizeRequest(req, d_->limits()); !s.ok()) return ToGrpc(s);
     const Tokenizer& tok = *d_->model_.model.tokenizer;
-    for (int32_t id : tok.Encode(req->text(), req->add_bos() && tok.add_bos())) {
-      resp->add_ids(id);
-      resp->add_pieces(SanitizeUtf8(tok.piece(id)));
+    v1::TokenizeResponse resp;
+    for (int32_t id : tok.Encode(req.text(), req.add_bos() && tok.add_bos())) {
+      resp.add_ids(id);
+      resp.add_pieces(SanitizeUtf8(tok.piece(id)));
     }
-    return grpc::Status::OK;
+    return Reply(ctx, stream, resp);
   }
 
-  grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest* req,
-                      v1::StatusResponse* resp) override {
-    LogUnknownFields(*req, "Status");
-    d_->FillStatus(resp);
-    return grpc::Status::OK;
+  grpc::Status StreamedStatus(
+      grpc::ServerContext* ctx,
+      grpc::ServerUnaryStreamer<v1::StatusRequest, v1::StatusResponse>* stream) override {
+    v1::StatusRequest req;
+    if (!stream->Read(&req)) return Malformed(ctx, "status", req);
+    LogUnknownFields(req, "Status");
+    v1::StatusResponse resp;
+    d_->FillStatus(&resp);
+    return Reply(ctx, stream, resp);
   }
 
-  grpc::Status SetBudget(grpc::ServerContext*, const v1::SetBudgetRequest* req,
-                         v1::SetBudgetResponse* resp) override {
-    return d_->DoSetBudget(req, resp);
+  grpc::Status StreamedSetBudget(
+      grpc::ServerContext* ctx,
+      grpc::ServerUnaryStreamer<v1::SetBudgetRequest, v1::SetBudgetResponse>* stream) override {
+    v1::SetBudgetRequest req;
+    if (!stream->Read(&req)) return Malformed(ctx, "set-budget", req);
+    v1::SetBudgetResponse resp;
+    if (grpc::Status st = d_->DoSetBudget(&req, &resp); !st.ok()) return st;
+    return Reply(ctx, stream, resp);
   }
 
  private:
+  // A request message that did not parse (or never came): logged, counted for the generation
+  // methods, INVALID_ARGUMENT naming the message type.
+  grpc::Status Malformed(grpc::ServerContext* ctx, const char* rpc,
+                         const google::protobuf::Message& m) {
+    const dcomp::Status s = InvalidArgumentError(
+        "the request is not a valid " + m.GetDescriptor()->full_name() +
+        " message (truncated, not protobuf, or a field numbered 0)");
+    if (std::string_view(rpc) == "generate" || std::string_view(rpc) == "chat") {
+      d_->CountRefused("grpc", s);
+    }
+    spdlog::warn("grpc {} peer={}: {}", rpc, Peer(ctx), s.message());
+    return ToGrpc(s);
+  }
+
+  template <typename Req, typename Resp>
+  grpc::Status Reply(grpc::ServerContext* ctx, grpc::ServerUnaryStreamer<Req, Resp>* stream,
+                     const Resp& resp) {
+    if (!stream->Write(resp)) return ToGrpc(StopCause(ctx, "the client went away"));
+    return grpc::Status::OK;
+  }
+
   Daemon* d_;
 };
 
@@ -154,6 +265,16 @@ Status Daemon::Load() {
     spdlog::warn("{}: budget '{}' ignored: only .dcm models stream under a budget (this is {})",
                  c.model(), c.budget(), model_.model.file->format());
   }
+  // The chat family of Chat requests that name none: the config's, else the model's template's.
+  if (!c.chat_template().empty()) {
+    chat_family_ = c.chat_template();
+  } else if (const std::string& t = model_.model.tokenizer->chat_template(); !t.empty()) {
+    if (Result<ChatFamily> f = DetectChatFamily(t); f.ok()) {
+      chat_family_ = ChatFamilyName(*f);
+    } else {
+      spdlog::warn("{}: {}; Chat requests must name a template", c.model(), f.status().message());
+    }
+  }
   // The KV pool: the positions the runtime's plan reserves (the same rule for a resident model).
   const Transformer& tf = *model_.model.model;
   const int32_t kv_tokens = runtime::KvCachePositions(o.runtime, tf.context_length());
@@ -186,10 +307,10 @@ Status Daemon::Load() {
                storage::RansDecoderNote());
   spdlog::info(
       "model {} [{}]: {}; context {}; batches of up to {} requests, {} KV cache {} for all ({} "
-      "positions); {}; loaded and warmed up in {:.2f} s",
+      "positions); chat template {}; {}; loaded and warmed up in {:.2f} s",
       c.model(), model_.model.file->format(), model_.model.file->config().Summary(),
       model_.model.model->context_length(), so.max_batch, KvTypeName(so.kv_type),
-      FormatBytes(so.kv_cache_bytes), kv_tokens,
+      FormatBytes(so.kv_cache_bytes), kv_tokens, chat_family_.empty() ? "none" : chat_family_,
       model_.runtime ? "streamed: " + model_.runtime->plan().Summary()
                      : "resident " + FormatBytes(model_.model.resident_weight_bytes),
       Since(t0));
@@ -243,51 +364,37 @@ bool Daemon::Progressing(std::chrono::nanoseconds limit) const {
   return !serving() || scheduler_->Progressing(limit);
 }
 
-grpc::Status Daemon::DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                                grpc::ServerWriter<v1::GenerateResponse>* writer) {
+Status Daemon::Run(GenerationCall& call, const char* protocol, const char* rpc,
+                   const std::string& peer, const Validator& validate) {
   const auto t0 = Clock::now();
-  const uint64_t id = next_request_id_.fetch_add(1);
-  const std::string peer = Peer(ctx);
+  const CallInfo info{next_request_id_.fetch_add(1), protocol, rpc, peer};
+  call.request_id = info.id;
   int32_t prompt_tokens = 0;
   // Logs and counts the request's end (with its job's figures once it has one).
   auto finish = [&](const Status& s, const Job* job = nullptr) {
-    Finish(id, peer, s, prompt_tokens, Since(t0), job);
-    return ToGrpc(s);
+    Finish(info, s, prompt_tokens, Since(t0), job);
+    return s;
   };
   if (draining()) return finish(UnavailableError("dcompd is shutting down"));
-  if (!serving())
+  if (!serving()) {
     return finish(UnavailableError("the model is loading; retry when health is SERVING"));
-  Result<GenerateRequest> greq =
-      ValidateGenerateRequest(*req, limits(), *model_.model.tokenizer,
-                              model_.model.model->context_length(), &prompt_tokens);
+  }
+  Result<GenerateRequest> greq = validate(&prompt_tokens);
   if (!greq.ok()) return finish(greq.status());
   // *greq carries the prompt's token ids from validation: the prompt is not encoded again.
   Result<std::shared_ptr<Job>> submitted = scheduler_->Submit(*greq);
   if (!submitted.ok()) return finish(submitted.status());
   Job& job = **submitted;
-  if (Status s = Stream(ctx, job, writer); !s.ok()) return finish(s, &job);
+  if (Status s = Stream(call, job); !s.ok()) return finish(s, &job);
   if (!job.status().ok()) return finish(job.status(), &job);
-  const GenerateResult& r = job.result();
-  v1::GenerateResponse msg;
-  v1::GenerateResult* res = msg.mutable_result();
-  for (int32_t t : r.prompt_ids) res->add_prompt_ids(t);
-  for (int32_t t : r.generated_ids) res->add_generated_ids(t);
-  res->set_prompt_tokens(static_cast<int32_t>(r.prompt_ids.size()));
-  res->set_generated_tokens(static_cast<int32_t>(r.generated_ids.size()));
-  res->set_time_to_first_token_seconds(r.prefill_seconds);
-  res->set_tokens_per_second(r.decode_tokens_per_second());
-  res->set_stop_reason(StopReasonOf(r.stop_reason));
-  res->set_text(SanitizeUtf8(r.text));
-  res->set_completion(SanitizeUtf8(r.completion));
-  res->set_queue_seconds(job.queue_seconds());
-  res->set_request_id(id);
   Status st = Status::Ok();
-  if (!writer->Write(msg)) st = StopCause(ctx, "the client stopped reading before the result");
+  if (!call.WriteResult(job, info.id)) {
+    st = call.WriteFailed("the client stopped reading before the result");
+  }
   return finish(st, &job);
 }
 
-Status Daemon::Stream(grpc::ServerContext* ctx, Job& job,
-                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
+Status Daemon::Stream(GenerationCall& call, Job& job) {
   Status stop = Status::Ok();
   auto last = Clock::now();
   bool first = true;
@@ -301,29 +408,31 @@ Status Daemon::Stream(grpc::ServerContext* ctx, Job& job,
       first = false;
       last = now;
       if (!stop.ok()) continue;
-      v1::GenerateResponse msg;
-      msg.mutable_token()->set_id(t.id);
-      msg.mutable_token()->set_text(SanitizeUtf8(t.text));
-      if (!writer->Write(msg)) {
-        stop = StopCause(ctx, "the client stopped reading");
+      if (!call.WriteToken(t)) {
+        stop = call.WriteFailed("the client stopped reading");
         job.Cancel();
       }
     }
     if (!ended && stop.ok()) {
-      if (Status s = Interrupted(ctx); !s.ok()) {
+      if (Status s = call.Interrupted(); !s.ok()) {
         stop = s;
         job.Cancel();
       }
     }
   }
   // The job's own end, when the client went away in the meantime: its status is CANCELLED.
-  if (stop.ok() && job.cancelled()) stop = StopCause(ctx, "cancelled");
+  if (stop.ok() && job.cancelled()) stop = call.WriteFailed("cancelled");
   if (!job.result().generated_ids.empty()) ttft_.Add(job.result().prefill_seconds);
   if (job.status().code() != StatusCode::kUnavailable) queue_wait_.Add(job.queue_seconds());
   return stop;
 }
 
-void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
+void Daemon::CountRefused(const char* protocol, const Status& s) {
+  MutexLock l(&stats_mu_);
+  ++requests_by_code_[{protocol, std::string(StatusCodeName(s.code()))}];
+}
+
+void Daemon::Finish(const CallInfo& call, const Status& st, int prompt_tokens,
                     double total_seconds, const Job* job) {
   const GenerateResult* r = job ? &job->result() : nullptr;
   const double queue_seconds = job ? job->queue_seconds() : 0.0;
@@ -331,14 +440,15 @@ void Daemon::Finish(uint64_t id, const std::string& peer, const Status& st, int 
   const double tps = r ? r->decode_tokens_per_second() : 0.0;
   {
     MutexLock l(&stats_mu_);
-    ++requests_by_code_[std::string(StatusCodeName(st.code()))];
+    ++requests_by_code_[{call.protocol, std::string(StatusCodeName(st.code()))}];
     generated_tokens_ += generated;
     if (generated > 1) last_tokens_per_second_ = tps;
   }
   const std::string line = fmt::format(
-      "request {} generate peer={} status={} prompt_tokens={} generated_tokens={} stop={} "
+      "request {} {} {} peer={} status={} prompt_tokens={} generated_tokens={} stop={} "
       "queue_ms={:.1f} ttft_ms={:.1f} tokens_per_s={:.2f} latency_ms={:.1f} kv_bytes={}{}{}",
-      id, peer, StatusCodeName(st.code()), prompt_tokens, generated,
+      call.id, call.protocol, call.rpc, call.peer, StatusCodeName(st.code()), prompt_tokens,
+      generated,
       r ? (r->stop_reason == "callback" ? std::string("cancelled") : r->stop_reason)
         : std::string("-"),
       queue_seconds * 1e3, r ? r->prefill_seconds * 1e3 : 0.0, tps, total_seconds * 1e3,
@@ -429,6 +539,10 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
     out->set_queue_depth(static_cast<int32_t>(config_.queue_depth()));
     out->set_max_batch(static_cast<int32_t>(config_.max_batch()));
   }
+  {
+    MutexLock l(&config_mu_);
+    out->set_http_listen(config_.http_listen());
+  }
   if (Result<runtime::ProcMemory> m = runtime::ReadProcMemory(); m.ok()) {
     out->set_rss_bytes(m->rss);
     out->set_peak_rss_bytes(m->hwm);
@@ -446,7 +560,13 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   fill(queue_wait_, out->mutable_queue_wait());
   {
     MutexLock l(&stats_mu_);
-    for (const auto& [code, n] : requests_by_code_) (*out->mutable_requests())[code] = n;
+    for (const auto& [key, n] : requests_by_code_) {
+      (*out->mutable_requests())[key.second] += n;
+      v1::RequestCount* c = out->add_request_counts();
+      c->set_protocol(key.first);
+      c->set_code(key.second);
+      c->set_count(n);
+    }
     out->set_generated_tokens(generated_tokens_);
     out->set_tokens_per_second(last_tokens_per_second_);
   }
@@ -462,6 +582,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   mi->set_context_length(model_.model.model->context_length());
   mi->set_vocab_size(model_.model.tokenizer->vocab_size());
   mi->set_streamed(model_.runtime != nullptr);
+  mi->set_chat_template(chat_family_);
   if (model_.runtime == nullptr) {
     mi->set_int8_bytes(model_.model.resident_weight_bytes);
     return;

@@ -1,6 +1,7 @@
 // The dcompd service: the model (served through the streaming runtime for .dcm containers), the
 // request queue, request limits and the figures of Status and the metrics endpoint, and the
-// dcomp.v1.Dcomp gRPC implementation over them.
+// dcomp.v1.Dcomp gRPC implementation over them. Other front ends (the HTTP API) run their
+// generation requests through Daemon::Run with a GenerationCall of their own.
 //
 // Requests run through the Scheduler (daemon/scheduler.h): up to max_batch generate together, one
 // pass over the weights per step for all of them, each with its own KV cache; more wait in FIFO
@@ -12,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,6 +28,24 @@
 #include "runtime/served_model.h"
 
 namespace dcomp::server {
+
+// One generation request as a front end (gRPC Generate and Chat, the HTTP API) carries it: where
+// its tokens and result go and how to tell that its client went away. Called from the thread that
+// runs Daemon::Run.
+class GenerationCall {
+ public:
+  virtual ~GenerationCall() = default;
+  // The daemon's id of the request (in its log line), set by Daemon::Run before any write.
+  uint64_t request_id = 0;
+  // Sends one token's text; false when the client is gone.
+  virtual bool WriteToken(const Job::Token& token) = 0;
+  // Sends the result of a request that ran to its end; false when the client is gone.
+  virtual bool WriteResult(const Job& job, uint64_t request_id) = 0;
+  // Why the request must stop now (its deadline passed, its client went away), else OK.
+  virtual Status Interrupted() = 0;
+  // Why a write failed: the deadline, the client cancelling, else `otherwise`.
+  virtual Status WriteFailed(const std::string& otherwise) = 0;
+};
 
 class Daemon {
  public:
@@ -54,20 +74,39 @@ class Daemon {
 
   grpc::Service* service();  // dcomp.v1.Dcomp
 
+  // Runs one generation request of any protocol: refused while loading or draining, then
+  // `validate` (which gives the engine request and its prompt's token count), the queue, the
+  // tokens and the result written to `call`; logged and counted under `protocol` ("grpc",
+  // "http") and `rpc` ("generate", "chat", ...). Returns how it ended; the call has its result
+  // when that is OK.
+  using Validator = std::function<Result<GenerateRequest>(int32_t* prompt_tokens)>;
+  Status Run(GenerationCall& call, const char* protocol, const char* rpc, const std::string& peer,
+             const Validator& validate) EXCLUDES(config_mu_, engine_mu_, stats_mu_);
+
+  // For front ends: the model (valid once serving()), the request limits and the chat family
+  // that Chat requests naming none use ("" when there is none).
+  const runtime::ServedModel& model() const { return model_; }
+  v1::RequestLimits limits() const EXCLUDES(config_mu_);
+  const std::string& default_chat_family() const { return chat_family_; }
+  // Counts a request a front end refused before Run (HTTP: bad JSON, unknown route, auth).
+  void CountRefused(const char* protocol, const Status& s) EXCLUDES(stats_mu_);
+
  private:
   class Service;
   friend class Service;
-  v1::RequestLimits limits() const EXCLUDES(config_mu_);
-  // Logs and counts a finished Generate call; `job` (null when it never got one) gives its figures.
-  void Finish(uint64_t id, const std::string& peer, const Status& st, int prompt_tokens,
-              double total_seconds, const Job* job) EXCLUDES(stats_mu_);
+  struct CallInfo {
+    uint64_t id;
+    const char* protocol;
+    const char* rpc;
+    const std::string& peer;
+  };
+  // Logs and counts a finished generation call; `job` (null when it never got one) gives its
+  // figures.
+  void Finish(const CallInfo& call, const Status& st, int prompt_tokens, double total_seconds,
+              const Job* job) EXCLUDES(stats_mu_);
   // Writes the job's tokens as they come and waits for its end, cancelling it when the client
   // goes away or the deadline passes: OK when it ran to its end, else why it stopped.
-  Status Stream(grpc::ServerContext* ctx, Job& job,
-                grpc::ServerWriter<v1::GenerateResponse>* writer);
-  grpc::Status DoGenerate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                          grpc::ServerWriter<v1::GenerateResponse>* writer)
-      EXCLUDES(config_mu_, engine_mu_, stats_mu_);
+  Status Stream(GenerationCall& call, Job& job);
   grpc::Status DoSetBudget(const v1::SetBudgetRequest* req, v1::SetBudgetResponse* resp)
       EXCLUDES(engine_mu_);
   // The one way a budget changes (SetBudget RPC, SIGHUP): re-plans the streamed model, applies the
@@ -97,12 +136,17 @@ class Daemon {
   LatencyWindow ttft_;
   LatencyWindow queue_wait_;
   mutable Mutex stats_mu_;
-  std::map<std::string, uint64_t> requests_by_code_ GUARDED_BY(stats_mu_);
+  // Finished requests by protocol and status code name.
+  std::map<std::pair<std::string, std::string>, uint64_t> requests_by_code_ GUARDED_BY(stats_mu_);
   uint64_t generated_tokens_ GUARDED_BY(stats_mu_) = 0;
   double last_tokens_per_second_ GUARDED_BY(stats_mu_) = 0;
 
+  std::string chat_family_;  // set by Load()
   std::unique_ptr<Service> service_;
 };
+
+// The final figures of a job that ran to its end, as the Generate and Chat streams end with.
+v1::GenerateResult ResultProto(const Job& job, uint64_t request_id);
 
 // Maps a dcomp Status to a gRPC status (the codes are numerically equal).
 grpc::Status ToGrpc(const Status& s);

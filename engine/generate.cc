@@ -26,7 +26,8 @@ GenerationStream::GenerationStream(const Tokenizer& tok, const GenerateRequest& 
       stop_at_eos_(req.stop_at_eos),
       ctx_(ctx),
       sampler_(req.sampling),
-      streamer_(&tok, /*at_text_start=*/false) {}  // continues the prompt
+      streamer_(&tok, /*at_text_start=*/false),  // continues the prompt
+      stop_(req.stop) {}
 
 Result<GenerationStream> GenerationStream::Start(const Tokenizer& tok, const GenerateRequest& req,
                                                  int32_t context_length) {
@@ -35,6 +36,9 @@ Result<GenerationStream> GenerationStream::Start(const Tokenizer& tok, const Gen
     return InvalidArgumentError("max_tokens must be >= 1, got " + std::to_string(req.max_tokens));
   }
   RETURN_IF_ERROR(req.sampling.Validate());
+  for (size_t i = 0; i < req.stop.size(); ++i) {
+    if (req.stop[i].empty()) return InvalidArgumentError("stop[" + std::to_string(i) + "] is empty");
+  }
   GenerationStream s(tok, req, context_length);
   s.res_.prompt_ids =
       req.prompt_ids ? *req.prompt_ids : tok.Encode(req.prompt, tok.add_bos(), req.parse_special);
@@ -62,6 +66,34 @@ std::span<const int32_t> GenerationStream::NextInput(size_t max) {
   return {history_.data() + fed_, n};
 }
 
+std::string GenerationStream::Release(const std::string& text, bool final) {
+  held_ += text;
+  size_t match = std::string::npos;
+  for (const std::string& s : stop_) match = std::min(match, held_.find(s));
+  if (match != std::string::npos) {
+    res_.stop_reason = "stop";
+    done_ = true;
+    held_.resize(match);
+    final = true;
+  }
+  // Keep the longest end of the text that is a proper start of a stop string.
+  size_t keep = 0;
+  if (!final) {
+    for (const std::string& s : stop_) {
+      for (size_t k = std::min(s.size() - 1, held_.size()); k > keep; --k) {
+        if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+          keep = k;
+          break;
+        }
+      }
+    }
+  }
+  std::string out = held_.substr(0, held_.size() - keep);
+  held_.erase(0, held_.size() - keep);
+  res_.completion += out;
+  return out;
+}
+
 void GenerationStream::Advance(size_t n, std::span<float> logits, const TokenCallback& on_token) {
   fed_ += n;
   if (fed_ < history_.size() || done_) return;
@@ -71,19 +103,23 @@ void GenerationStream::Advance(size_t n, std::span<float> logits, const TokenCal
       (tok_->is_end_of_generation(next) || (next == tok_->bos_id() && tok_->bos_id() >= 0))) {
     res_.stop_reason = "eos";
     done_ = true;
+    res_.tail = Release(streamer_.Flush(), true);  // no token carries it
     return;
   }
   res_.generated_ids.push_back(next);
   history_.push_back(next);
-  std::string piece = streamer_.Push(next);
-  res_.completion += piece;
-  if (on_token && !on_token(next, piece)) {
-    res_.stop_reason = "callback";
-    done_ = true;
-  } else if (static_cast<int32_t>(res_.generated_ids.size()) == max_tokens_) {
-    done_ = true;
-  } else if (static_cast<int64_t>(fed_) >= ctx_) {
+  // The last token releases everything (known before its callback, which then carries it).
+  bool last = static_cast<int32_t>(res_.generated_ids.size()) == max_tokens_;
+  if (static_cast<int64_t>(fed_) >= ctx_ && !last) {
     res_.stop_reason = "context";
+    last = true;
+  }
+  std::string piece = streamer_.Push(next);
+  if (last) piece += streamer_.Flush();
+  const std::string text = Release(piece, last);  // may find a stop string: done_
+  if (last) done_ = true;
+  if (on_token && !on_token(next, text)) {
+    res_.stop_reason = "callback";
     done_ = true;
   }
 }
@@ -93,8 +129,10 @@ GenerateResult GenerationStream::TakeResult() {
   if (res_.generated_ids.empty()) t1_ = now;
   res_.prefill_seconds = Seconds(t0_, t1_);
   res_.decode_seconds = Seconds(t1_, now);
-  res_.completion += streamer_.Flush();
-  res_.text = tok_->Decode(history_);
+  // Ended from outside (cancelled) or by the callback: what was held back joins the completion.
+  res_.tail += Release(streamer_.Flush(), true);
+  res_.text = res_.stop_reason == "stop" ? tok_->Decode(res_.prompt_ids) + res_.completion
+                                         : tok_->Decode(history_);
   return std::move(res_);
 }
 

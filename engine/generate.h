@@ -24,6 +24,11 @@ struct GenerateRequest {
   int32_t max_tokens = 64;
   SamplingParams sampling;
   bool stop_at_eos = true;  // stop at any end-of-generation token (Tokenizer::is_end_of_generation)
+  // Stop strings: generation stops as soon as the completion's text contains one of them; the
+  // completion ends before it (the stop string and anything after it are not part of it). Text
+  // that could be the start of a stop string is held back from the token callback until it is
+  // known not to be one (see GenerateResult::tail). Empty strings are not allowed.
+  std::vector<std::string> stop;
   // Parse control-token text in the prompt (a rendered chat prompt): see Tokenizer::Encode.
   bool parse_special = false;
   // The prompt's token ids when the caller has encoded it already (dcompd's request validation):
@@ -38,7 +43,12 @@ struct GenerateResult {
   std::vector<int32_t> generated_ids;
   std::string text;              // decoded prompt + completion
   std::string completion;        // decoded completion only
-  std::string stop_reason;       // "eos", "length", "context", "callback"
+  // The end of the completion that no token callback carried: text held back because it could
+  // have started a stop string, or an incomplete UTF-8 sequence, when generation ended without a
+  // token to carry it (at EOS, or cancelled). The callbacks' texts followed by `tail` are
+  // `completion`.
+  std::string tail;
+  std::string stop_reason;  // "eos", "stop" (a stop string), "length", "context", "callback"
   double prefill_seconds = 0.0;  // prompt forward pass (time to first token)
   double decode_seconds = 0.0;   // all decode steps after the first token
   // Tokens after the first per second of decoding (0 with fewer than two tokens).
@@ -49,8 +59,9 @@ struct GenerateResult {
   }
 };
 
-// Called for each generated token with the text it completes (possibly empty: partial UTF-8 is
-// held back). Return false to stop.
+// Called for each generated token with the completion text it releases: possibly empty while a
+// UTF-8 sequence is incomplete or the text could be the start of a stop string; the last token's
+// call releases all that is left. Return false to stop.
 using TokenCallback = std::function<bool(int32_t id, const std::string& text)>;
 
 // One request's generation as a sequence of inputs and logits, for a caller that runs the forward
@@ -93,7 +104,13 @@ class GenerationStream {
   bool stop_at_eos_;
   int32_t ctx_;
   Sampler sampler_;
+  // Completion text ready to release after `held_`, the part that could start a stop string;
+  // returns the text released (all of it when `final`) and sets stop_reason "stop" on a match.
+  std::string Release(const std::string& text, bool final);
+
   TextStreamer streamer_;
+  std::vector<std::string> stop_;
+  std::string held_;  // completion text not yet released (a possible start of a stop string)
   GenerateResult res_;
   std::vector<int32_t> history_;  // prompt and generated tokens
   size_t fed_ = 0;                // tokens of history_ in the KV cache

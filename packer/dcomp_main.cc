@@ -166,6 +166,7 @@ void AddSamplingFlags(Flags& f) {
   f.Value("temperature", "0 = greedy (default)").Value("seed", "sampling seed (default 0)");
   f.Value("top-k", "top-k (0 = off)").Value("top-p", "top-p (1 = off)");
   f.Value("min-p", "min-p (0 = off)").Value("repetition-penalty", "1 = off");
+  f.Value("stop", "stop string (repeatable): the completion ends before it");
 }
 
 // -n and the sampling flags into `req`.
@@ -185,6 +186,10 @@ Status ParseSampling(const Flags& f, int64_t default_tokens, GenerateRequest* re
   req->sampling.top_p = static_cast<float>(top_p);
   req->sampling.min_p = static_cast<float>(min_p);
   req->sampling.repetition_penalty = static_cast<float>(rep);
+  req->stop = f.GetAll("stop");
+  for (const std::string& s : req->stop) {
+    if (s.empty()) return InvalidArgumentError("--stop: empty string");
+  }
   return req->sampling.Validate();
 }
 
@@ -213,6 +218,7 @@ Status CmdGenerate(const std::vector<std::string>& args) {
     std::fflush(stdout);
   }
   ASSIGN_OR_RETURN(GenerateResult r, Generate(*l.model, *l.tokenizer, req, PrintText(json)));
+  if (!json) std::fputs(r.tail.c_str(), stdout);
   const double decode_tps = r.decode_tokens_per_second();
   if (json) {
     std::vector<int32_t> ids = r.prompt_ids;
@@ -435,6 +441,7 @@ Result<GenerateResult> ChatTurn(LocalModel& l, ChatSession& chat, GenerateReques
   ASSIGN_OR_RETURN(req.prompt, RenderChat(chat.family, chat.messages, true, chat.bos, chat.eos));
   req.parse_special = true;
   ASSIGN_OR_RETURN(GenerateResult r, Generate(*l.model, *l.tokenizer, req, PrintText(json)));
+  if (!json) std::fputs(r.tail.c_str(), stdout);
   chat.messages.push_back({"assistant", r.completion});
   return r;
 }

@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
-  liburing-dev libboost-dev libzstd-dev libspdlog-dev libfmt-dev
+  liburing-dev libboost-dev libzstd-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libssl-dev curl
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libgtest-dev libgmock-dev googletest libbenchmark-dev libsystemd-dev openssl
   libhtscodecs-dev libpcre2-dev

@@ -784,7 +784,7 @@ TEST(DaemonTest, ReflectionListsAndDescribesTheServices) {
   for (const auto& m : file.service(0).method()) methods[m.name()] = m.server_streaming();
   EXPECT_EQ(methods,
             (std::map<std::string, bool>{
-                {"Generate", true}, {"Tokenize", false}, {"Status", false}, {"SetBudget", false}}));
+                {"Generate", true}, {"Chat", true}, {"Tokenize", false}, {"Status", false}, {"SetBudget", false}}));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }
