@@ -114,8 +114,11 @@ int CmdStatus(const Ctx& c) {
     row("model", m.path() + " [" + m.format() + "]");
     row("", m.summary());
     row("context", std::to_string(m.context_length()) + " tokens; INT8 weights " +
-                       Bytes(m.int8_bytes()) + (m.streamed() ? "; streamed" : "; resident"));
+                       Bytes(m.int8_bytes()) + (m.streamed() ? "; streamed" : "; resident") +
+                       "; chat template " +
+                       (m.chat_template().empty() ? "none" : m.chat_template()));
   }
+  if (!s.http_listen().empty()) row("http api", s.http_listen() + " (OpenAI-compatible)");
   std::string mem = "RSS " + Bytes(s.rss_bytes()) + " (peak " + Bytes(s.peak_rss_bytes()) + ")";
   if (s.budget_bytes() != 0) {
     mem += "; budget " + Bytes(s.budget_bytes());
@@ -167,9 +170,9 @@ int CmdStatus(const Ctx& c) {
       static_cast<unsigned long long>(s.steps()));
   row("kv cache", kv + buf);
   std::string req;
-  for (const auto& [code, n] : s.requests()) {
+  for (const v1::RequestCount& rc : s.request_counts()) {
     if (!req.empty()) req += ", ";
-    req += code + " " + std::to_string(n);
+    req += rc.protocol() + " " + rc.code() + " " + std::to_string(rc.count());
   }
   row("requests", (req.empty() ? std::string("none") : req) + "; " +
                       std::to_string(s.generated_tokens()) + " tokens generated");

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <optional>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include "base/file.h"
@@ -412,7 +413,16 @@ void HttpServer::Impl::Accept() {
       ++active;
       fds.insert(socket.native_handle());
     }
-    std::thread([this, io, s = std::move(socket)]() mutable { Serve(io, std::move(s)); }).detach();
+    const int fd = socket.native_handle();
+    try {
+      std::thread([this, io, s = std::move(socket)]() mutable { Serve(io, std::move(s)); })
+          .detach();
+    } catch (const std::system_error& e) {  // no thread: the connection is dropped
+      spdlog::warn("http: cannot start a connection thread: {}", e.what());
+      MutexLock l(&mu);
+      fds.erase(fd);
+      --active;
+    }
   });
 }
 

@@ -148,9 +148,11 @@ std::string PrometheusText(const v1::StatusResponse& s) {
             static_cast<double>(s.step_tokens()));
   w.Counter("dcomp_step_requests_total", "Requests in the forward steps (batch sizes summed).",
             static_cast<double>(s.step_requests()));
-  w.Family("dcomp_requests_total", "counter", "Finished Generate requests by gRPC status code.");
-  for (const auto& [code, n] : s.requests()) {
-    w.Sample("dcomp_requests_total", static_cast<double>(n), Label("code", code));
+  w.Family("dcomp_requests_total", "counter",
+           "Finished generation requests by protocol (grpc, http) and status code.");
+  for (const v1::RequestCount& c : s.request_counts()) {
+    w.Sample("dcomp_requests_total", static_cast<double>(c.count()),
+             Label("protocol", c.protocol()) + "," + Label("code", c.code()));
   }
   w.Counter("dcomp_generated_tokens_total", "Tokens generated.",
             static_cast<double>(s.generated_tokens()));

@@ -202,6 +202,8 @@ Result<v1::GenerateRequest> ParseCompletionRequest(std::string_view body, Option
     req.set_prompt((*p)[0].get<std::string>());
   } else if (p->is_array() && !p->empty() && (*p)[0].is_number()) {
     return Unsupported("prompt", "token arrays are not supported; send the text");
+  } else if (p->is_array() && p->size() == 1) {
+    return Expected("prompt[0]", "a string", (*p)[0]);
   } else if (p->is_array()) {
     return Unsupported("prompt", "expected one prompt; arrays of " + std::to_string(p->size()) +
                                      " are not supported");

@@ -172,6 +172,7 @@ Status Server::StartGrpc() {
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.limits().max_message_bytes()));
   builder.RegisterService(daemon_.service());
   builder.RegisterService(&health_);
+  builder.RegisterService(&reflection_v1_);  // v1alpha: gRPC's plugin
   const mode_t old_umask = umask(~config.unix_socket_mode() & 0777);
   server_ = builder.BuildAndStart();
   umask(old_umask);

@@ -26,6 +26,7 @@
 #include "daemon/health.h"
 #include "daemon/http_server.h"
 #include "daemon/metrics.h"
+#include "daemon/reflection.h"
 #include "daemon/service.h"
 #include "proto/config.pb.h"
 
@@ -112,6 +113,9 @@ class Server {
   const ServerOptions options_;
   Daemon daemon_;
   HealthService health_;
+  ReflectionV1 reflection_v1_{{"dcomp.v1.Dcomp", "grpc.health.v1.Health",
+                               "grpc.reflection.v1.ServerReflection",
+                               "grpc.reflection.v1alpha.ServerReflection"}};
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<HttpServer> http_;

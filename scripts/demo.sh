@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: install dependencies, build, pack the embedded model (stories260K) into the doubly
 # compressed .dcm container, start dcompd on it under a RAM budget, generate text through
-# dcompctl, print dcompctl status and the Prometheus metrics, and stop the daemon (SIGTERM, graceful
-# drain). Run from anywhere, as root on a fresh Debian 12.
+# dcompctl and through the OpenAI-compatible HTTP API (curl), chat through dcompctl, print dcompctl
+# status and the Prometheus metrics, and stop the daemon (SIGTERM, graceful drain). Run from
+# anywhere, as root on a fresh Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -23,9 +24,10 @@ echo "== dcomp inspect --verify"
 $bin/packer/dcomp inspect "$packed" --verify
 
 echo
-echo "== dcompd: serve it on $socket under a 32 MiB budget (log: $work/dcompd.log)"
+echo "== dcompd: serve it on $socket and http://127.0.0.1:8080 under a 32 MiB budget (log: $work/dcompd.log)"
+# The embedded model has no chat template: --chat-template names the family chat requests use.
 $bin/daemon/dcompd --model "$packed" --listen "$socket" --budget 32MiB --metrics-port 9464 \
-  >"$work/dcompd.log" 2>&1 &
+  --http-listen 127.0.0.1:8080 --chat-template zephyr >"$work/dcompd.log" 2>&1 &
 daemon=$!
 trap 'kill $daemon 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
@@ -41,6 +43,14 @@ $ctl generate --prompt "Once upon a time" -n 128
 echo
 echo "== dcompctl generate, sampled (temperature 0.8, top-p 0.9, seed 1), --json"
 $ctl generate --prompt "The little dog" -n 64 --temperature 0.8 --top-p 0.9 --seed 1 --json
+echo
+echo "== curl POST http://127.0.0.1:8080/v1/completions (the OpenAI API; greedy)"
+curl -s http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' \
+  -d '{"model": "stories260K", "prompt": "Once upon a time", "max_tokens": 32, "temperature": 0}'
+echo
+echo
+echo "== dcompctl chat (a story model, not an instruct one: the answer is a story)"
+$ctl chat --message "Tell me about a cat." -n 48
 echo
 echo "== dcompctl status"
 $ctl status

@@ -21,3 +21,11 @@ if ((${#missing[@]})); then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# Node.js and npm for the HTTP API's client test (the OpenAI JavaScript library); Debian's unless
+# the machine already has them (another packaging of Node.js brings its own npm).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then echo "run as root (apt-get install needs it)" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends nodejs npm
+fi

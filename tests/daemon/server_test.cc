@@ -65,8 +65,21 @@ TEST(ConfigTest, DefaultsAndFieldErrors) {
               x.mutable_limits()->set_max_message_bytes(2000);
             }).find("limits.max_message_bytes"),
             std::string::npos);
+  EXPECT_NE(err([](auto& x) { x.set_chat_template("alpaca"); }).find("field `chat_template`"),
+            std::string::npos);
+  EXPECT_NE(err([](auto& x) { x.set_http_listen("10.0.0.1:8080"); }).find("`http_listen`"),
+            std::string::npos);
+  EXPECT_NE(err([](auto& x) { x.set_http_listen("unix:/tmp/h.sock"); }).find("HOST:PORT"),
+            std::string::npos);
+  EXPECT_NE(err([](auto& x) {
+              x.add_listen("127.0.0.1:8080");
+              x.set_http_listen("127.0.0.1:8080");
+            }).find("also a gRPC `listen` address"),
+            std::string::npos);
   v1::DaemonConfig remote = c;
   remote.add_listen("0.0.0.0:50051");
+  remote.set_http_listen("0.0.0.0:8080");
+  remote.set_chat_template("chatml");
   remote.set_allow_remote(true);
   EXPECT_TRUE(ValidateDaemonConfig(remote, "f").ok());
 }

@@ -2,6 +2,7 @@
 // a temp directory, driven through the gRPC API, dcompctl, signals and a fake NOTIFY_SOCKET.
 #include <arpa/inet.h>
 #include <google/protobuf/descriptor.pb.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -14,9 +15,11 @@
 #include <set>
 #include <thread>
 
+#include "engine/chat_template.h"
 #include "engine/generate.h"
 #include "packer/pack.h"
 #include "packer/synth.h"
+#include "proto/grpc/reflection/v1/reflection.grpc.pb.h"
 #include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "runtime/served_model.h"
 #include "tests/integration/daemon_process.h"
@@ -134,13 +137,17 @@ v1::GenerateRequest Request(const std::string& prompt, int n) {
   return r;
 }
 
-// The tokens the in-process engine generates for the same request.
-std::vector<int32_t> EngineTokens(const std::string& model, const GenerateRequest& req) {
+// The tokens the in-process engine generates for the same request (its prompt given by `prompt`
+// when set: a chat rendered with the model's tokenizer).
+std::vector<int32_t> EngineTokens(
+    const std::string& model, GenerateRequest req,
+    const std::function<std::string(const Tokenizer&)>& prompt = nullptr) {
   runtime::ServedModelOptions o;
   o.threads = 2;
   o.streaming = runtime::Streaming::kIfDcm;
   auto m = runtime::OpenServedModel(model, o);
   EXPECT_TRUE(m.ok()) << m.status().ToString();
+  if (prompt) req.prompt = prompt(*m->model.tokenizer);
   auto r = dcomp::Generate(*m->model.model, *m->model.tokenizer, req);
   EXPECT_TRUE(r.ok()) << r.status().ToString();
   return r->generated_ids;
@@ -755,14 +762,15 @@ TEST(DaemonTest, HealthIsServingOnlyOnceTheModelIsLoaded) {
   EXPECT_EQ(stub->Check(&ctx2, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
-TEST(DaemonTest, ReflectionListsAndDescribesTheServices) {
-  DaemonProcess d({"--model", models().Embedded()});
-  ASSERT_TRUE(d.WaitServing()) << d.Log();
-  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(d.channel());
+// Lists the services and describes dcomp.v1.Dcomp as grpcurl does, through reflection version
+// `Stub` (grpc::reflection::v1 or v1alpha).
+template <typename Stub, typename Request, typename Response>
+void CheckReflection(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = Stub::NewStub(channel);
   grpc::ClientContext ctx;
   auto stream = stub->ServerReflectionInfo(&ctx);
-  grpc::reflection::v1alpha::ServerReflectionRequest req;
-  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  Request req;
+  Response resp;
   req.set_list_services("");
   ASSERT_TRUE(stream->Write(req));
   ASSERT_TRUE(stream->Read(&resp));
@@ -771,22 +779,46 @@ TEST(DaemonTest, ReflectionListsAndDescribesTheServices) {
   EXPECT_TRUE(services.count("dcomp.v1.Dcomp"));
   EXPECT_TRUE(services.count("grpc.health.v1.Health"));
   EXPECT_TRUE(services.count("grpc.reflection.v1alpha.ServerReflection"));
+  EXPECT_TRUE(services.count("grpc.reflection.v1.ServerReflection"));
   // Describe dcomp.v1.Dcomp as grpcurl does: its file's descriptor.
   req.set_file_containing_symbol("dcomp.v1.Dcomp");
   ASSERT_TRUE(stream->Write(req));
   ASSERT_TRUE(stream->Read(&resp));
   ASSERT_GT(resp.file_descriptor_response().file_descriptor_proto_size(), 0);
-  google::protobuf::FileDescriptorProto file;
-  ASSERT_TRUE(file.ParseFromString(resp.file_descriptor_response().file_descriptor_proto(0)));
-  EXPECT_EQ(file.package(), "dcomp.v1");
-  ASSERT_EQ(file.service_size(), 1);
-  std::map<std::string, bool> methods;
-  for (const auto& m : file.service(0).method()) methods[m.name()] = m.server_streaming();
-  EXPECT_EQ(methods,
-            (std::map<std::string, bool>{
-                {"Generate", true}, {"Chat", true}, {"Tokenize", false}, {"Status", false}, {"SetBudget", false}}));
+  bool found = false;
+  for (const std::string& bytes : resp.file_descriptor_response().file_descriptor_proto()) {
+    google::protobuf::FileDescriptorProto file;
+    ASSERT_TRUE(file.ParseFromString(bytes));
+    if (file.package() != "dcomp.v1" || file.service_size() == 0) continue;
+    found = true;
+    ASSERT_EQ(file.service_size(), 1);
+    std::map<std::string, bool> methods;
+    for (const auto& m : file.service(0).method()) methods[m.name()] = m.server_streaming();
+    EXPECT_EQ(methods, (std::map<std::string, bool>{{"Generate", true},
+                                                   {"Chat", true},
+                                                   {"Tokenize", false},
+                                                   {"Status", false},
+                                                   {"SetBudget", false}}));
+  }
+  EXPECT_TRUE(found);
+  // An unknown symbol is an error response, not a broken stream.
+  req.set_file_containing_symbol("no.such.Symbol");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.error_response().error_code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST(DaemonTest, ReflectionV1AndV1AlphaListAndDescribeTheServices) {
+  DaemonProcess d({"--model", models().Embedded()});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  namespace alpha = grpc::reflection::v1alpha;
+  namespace v1r = grpc::reflection::v1;
+  CheckReflection<alpha::ServerReflection, alpha::ServerReflectionRequest,
+                  alpha::ServerReflectionResponse>(d.channel());
+  CheckReflection<v1r::ServerReflection, v1r::ServerReflectionRequest,
+                  v1r::ServerReflectionResponse>(d.channel());
 }
 
 // Checks the Prometheus text exposition format (0.0.4) strictly: HELP/TYPE before samples, one
@@ -882,7 +914,7 @@ TEST(DaemonTest, MetricsEndpointServesValidExposition) {
         "dcomp_token_latency_seconds{quantile=\"0.99\"}",
         "dcomp_time_to_first_token_seconds_count ", "dcomp_tokens_per_second ",
         "dcomp_flash_read_bytes_total ", "dcomp_decode_bytes_per_second ", "dcomp_queue_waiting 0",
-        "dcomp_requests_total{code=\"OK\"} 1", "dcomp_uptime_seconds "}) {
+        "dcomp_requests_total{protocol=\"grpc\",code=\"OK\"} 1", "dcomp_uptime_seconds "}) {
     EXPECT_NE(body.find(name), std::string::npos) << name;
   }
   EXPECT_NE(body.find("dcomp_budget_bytes " + std::to_string(MiBBytes(24)) + "\n"),
@@ -1124,6 +1156,203 @@ TEST(DaemonTest, ModelTruncatedWhileServingFailsTheRequestNotTheDaemon) {
   EXPECT_EQ(d.Stop(SIGTERM, std::chrono::seconds(10)), 0);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
+}
+
+// Streams a Chat call; like Generate's Outcome, with the token texts joined.
+Outcome Chat(const std::shared_ptr<grpc::Channel>& ch, const v1::ChatRequest& req,
+             std::string* texts = nullptr) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = v1::Dcomp::NewStub(ch)->Chat(&ctx, req);
+  Outcome o;
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.has_token()) {
+      ++o.token_messages;
+      o.streamed_ids.push_back(msg.token().id());
+      if (texts) *texts += msg.token().text();
+    } else if (msg.has_result()) {
+      o.result = msg.result();
+    }
+  }
+  o.status = reader->Finish();
+  return o;
+}
+
+v1::ChatRequest ChatRequest(const std::string& message, int n) {
+  v1::ChatRequest r;
+  v1::ChatMessage* m = r.add_messages();
+  m->set_role("user");
+  m->set_content(message);
+  r.set_max_tokens(n);
+  return r;
+}
+
+// A POST to the HTTP API over a fresh connection: the status code and the body.
+std::pair<int, std::string> HttpPost(int port, const std::string& path, const std::string& body) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string resp;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+    const std::string req = "POST " + path +
+                            " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                            "Content-Type: application/json\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    (void)!write(fd, req.data(), req.size());
+    char buf[8192];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  const size_t sp = resp.find(' ');
+  const size_t end = resp.find("\r\n\r\n");
+  if (sp == std::string::npos || end == std::string::npos) return {0, resp};
+  return {std::atoi(resp.c_str() + sp + 1), resp.substr(end + 4)};
+}
+
+// Chat renders the messages with the family the request, the config or the model names, and then
+// generates exactly as the engine does for that prompt; over gRPC and HTTP alike, greedy and
+// seeded; dcompctl chat prints the same answer.
+TEST(DaemonTest, ChatOverGrpcAndHttpMatchesTheEngine) {
+  const int port = FreeTcpPort();
+  DaemonProcess d({"--model", models().Embedded(), "--http-listen",
+                   "127.0.0.1:" + std::to_string(port)});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  // The embedded model has no template: a request must name one.
+  Outcome none = Chat(d.channel(), ChatRequest("Hello there", 8));
+  EXPECT_EQ(none.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(none.status.error_message().find("chat_template"), std::string::npos);
+  v1::ChatRequest bad = ChatRequest("Hello there", 8);
+  bad.set_chat_template("nosuch");
+  EXPECT_EQ(Chat(d.channel(), bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  for (const float temperature : {0.0f, 0.8f}) {
+    v1::ChatRequest req = ChatRequest("Hello there", 24);
+    req.set_chat_template("zephyr");
+    req.mutable_sampling()->set_temperature(temperature);
+    req.mutable_sampling()->set_seed(7);
+    std::string texts;
+    Outcome o = Chat(d.channel(), req, &texts);
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+    EXPECT_EQ(texts + o.result.tail_text(), o.result.completion());
+    GenerateRequest g;
+    g.parse_special = true;
+    g.max_tokens = 24;
+    g.sampling.temperature = temperature;
+    g.sampling.seed = 7;
+    EXPECT_EQ(o.streamed_ids, EngineTokens(models().Embedded(), g, [](const Tokenizer& tok) {
+                return *RenderChat(ChatFamily::kZephyr, {{"user", "Hello there"}}, true,
+                                   tok.piece(tok.bos_id()), tok.piece(tok.eos_id()));
+              }))
+        << temperature;
+    // The same messages and seed over HTTP.
+    const auto [code, body] = HttpPost(
+        port, "/v1/chat/completions",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello there\"}],\"max_tokens\":24,"
+        "\"chat_template\":\"zephyr\",\"seed\":7,\"temperature\":" +
+            std::to_string(temperature) + "}");
+    ASSERT_EQ(code, 200) << body;
+    const Json j = ParseJson(body);
+    EXPECT_EQ(j["choices"][0]["message"]["content"].str, o.result.completion());
+    EXPECT_EQ(static_cast<int>(j["usage"]["completion_tokens"].num), o.result.generated_tokens());
+  }
+  int exit_code = 0;
+  const std::string out =
+      RunCommand(BinaryDir() + "/client/dcompctl --address " + d.address() +
+                     " chat --message 'Hello there' --chat-template zephyr -n 24 --json",
+                 &exit_code);
+  ASSERT_EQ(exit_code, 0) << out;
+  v1::ChatRequest greedy = ChatRequest("Hello there", 24);
+  greedy.set_chat_template("zephyr");
+  EXPECT_EQ(ParseJson(out)["answer"].str, Chat(d.channel(), greedy).result.completion());
+  // Counted by protocol.
+  std::map<std::string, uint64_t> by_protocol;
+  const v1::StatusResponse status = GetStatus(d.channel());
+  for (const v1::RequestCount& c : status.request_counts()) {
+    if (c.code() == "OK") by_protocol[c.protocol()] += c.count();
+  }
+  EXPECT_EQ(by_protocol["http"], 2u);
+  EXPECT_GE(by_protocol["grpc"], 3u);
+}
+
+// Stop strings over gRPC: generation ends at the first one, the completion ends before it, and
+// the Token texts followed by tail_text are the completion.
+TEST(DaemonTest, StopStringsEndTheCompletionBeforeThem) {
+  DaemonProcess d({"--model", models().Embedded()});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  const Outcome full = Generate(d.channel(), Request("Once upon a time", 40));
+  ASSERT_TRUE(full.status.ok());
+  const std::string& text = full.result.completion();
+  const std::string stop = text.substr(text.size() / 2, 3);
+  const size_t at = text.find(stop);
+  v1::GenerateRequest req = Request("Once upon a time", 40);
+  req.add_stop("never appears \x01");
+  req.add_stop(stop);
+  grpc::ClientContext ctx;
+  auto reader = v1::Dcomp::NewStub(d.channel())->Generate(&ctx, req);
+  std::string texts;
+  v1::GenerateResult result;
+  for (v1::GenerateResponse msg; reader->Read(&msg);) {
+    if (msg.has_token()) texts += msg.token().text();
+    if (msg.has_result()) result = msg.result();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(result.stop_reason(), v1::STOP_REASON_STOP);
+  EXPECT_EQ(result.completion(), text.substr(0, at));
+  EXPECT_EQ(texts + result.tail_text(), result.completion());
+  EXPECT_LT(result.generated_tokens(), full.result.generated_tokens());
+  // Refused by name: an empty stop string, too many of them.
+  v1::GenerateRequest empty = Request("Once upon a time", 4);
+  empty.add_stop("");
+  Outcome e = Generate(d.channel(), empty);
+  EXPECT_EQ(e.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(e.status.error_message().find("stop[0]: empty"), std::string::npos);
+  v1::GenerateRequest many = Request("Once upon a time", 4);
+  for (int i = 0; i < 17; ++i) many.add_stop("s" + std::to_string(i));
+  EXPECT_EQ(Generate(d.channel(), many).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Bytes that are not the method's request message get INVALID_ARGUMENT naming the type, and a
+// log line; the daemon keeps serving.
+TEST(DaemonTest, MalformedProtobufIsInvalidArgument) {
+  DaemonProcess d({"--model", models().Embedded()});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  grpc::GenericStub stub(d.channel());
+  const auto call = [&](const std::string& method, const std::string& bytes) {
+    grpc::CompletionQueue cq;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer req(&slice, 1), resp;
+    auto rpc = stub.PrepareUnaryCall(&ctx, method, req, &cq);
+    rpc->StartCall();
+    grpc::Status st;
+    rpc->Finish(&resp, &st, reinterpret_cast<void*>(1));
+    void* tag = nullptr;
+    bool ok = false;
+    cq.Next(&tag, &ok);
+    return st;
+  };
+  const std::vector<std::pair<std::string, std::string>> garbage = {
+      {"truncated", std::string("\x0a\x10" "abc", 5)},
+      {"field 0", std::string("\x00\x01", 2)},
+      {"garbage", std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 11)},
+  };
+  for (const char* method : {"/dcomp.v1.Dcomp/Generate", "/dcomp.v1.Dcomp/Chat",
+                             "/dcomp.v1.Dcomp/Tokenize", "/dcomp.v1.Dcomp/Status",
+                             "/dcomp.v1.Dcomp/SetBudget"}) {
+    for (const auto& [what, bytes] : garbage) {
+      const grpc::Status st = call(method, bytes);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method << " " << what;
+      EXPECT_NE(st.error_message().find("is not a valid dcomp.v1."), std::string::npos)
+          << method << " " << what << ": " << st.error_message();
+    }
+  }
+  EXPECT_NE(d.Log().find("is not a valid dcomp.v1.GenerateRequest"), std::string::npos);
+  EXPECT_TRUE(Generate(d.channel(), Request("Once upon a time", 4)).status.ok());
+  EXPECT_EQ(GetStatus(d.channel()).requests().at("INVALID_ARGUMENT"), 6u);  // Generate, Chat
 }
 
 }  // namespace

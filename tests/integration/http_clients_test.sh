@@ -36,14 +36,15 @@ start() {
   local name=$1; shift
   "$dcompd" --listen "unix:$work/$name.sock" --http-listen 127.0.0.1:0 "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
-  local port=""
+  local port="" scheme=""
   for _ in $(seq 300); do
-    port=$(sed -n 's/.*HTTP API (OpenAI-compatible) on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$work/$name.log")
-    if [[ -n $port ]] && curl -sf "http://127.0.0.1:$port/health" >/dev/null; then break; fi
+    scheme=$(sed -n 's/.*HTTP API (OpenAI-compatible) on \(https*\):.*/\1/p' "$work/$name.log")
+    port=$(sed -n 's/.*HTTP API (OpenAI-compatible) on https*:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$work/$name.log")
+    if [[ -n $port ]] && grep -q "loaded and warmed up" "$work/$name.log"; then break; fi
     sleep 0.1
   done
   [[ -n $port ]] || fail "$name: no HTTP listener"
-  url=http://127.0.0.1:$port
+  url=$scheme://127.0.0.1:$port
 }
 
 # What dcomp itself generates for the same inputs.
@@ -114,4 +115,29 @@ for _ in $(seq 100); do
 done
 grep -q 'http completions .*status=CANCELLED' "$work/busy.log" || fail "abandoned stream not cancelled"
 grep -q 'http completions .*status=RESOURCE_EXHAUSTED' "$work/busy.log" || fail "429 not logged"
+
+# TLS with client certificates (mutual TLS), as for gRPC's TCP listeners.
+(
+  cd "$work"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca
+  openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
+  printf 'subjectAltName=IP:127.0.0.1\n' >san.ext
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+    -days 1 -extfile san.ext
+  openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=client
+  openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 1
+) >/dev/null 2>&1 || fail "openssl: test certificates"
+cat >"$work/tls.textproto" <<CONF
+model: "$s260"
+tls { cert_file: "$work/server.pem" key_file: "$work/server.key" client_ca_file: "$work/ca.pem" }
+CONF
+start tls --config "$work/tls.textproto"
+[[ $url == https://* ]] || fail "TLS listener not https: $url"
+tls=(--cacert "$work/ca.pem" --cert "$work/client.pem" --key "$work/client.key")
+[[ $(code "${tls[@]}" "$url/health") == 200 ]] || fail "mutual TLS: /health"
+[[ $(code "${tls[@]}" -d '{"prompt":"Once","max_tokens":4}' "$url/v1/completions") == 200 ]] ||
+  fail "mutual TLS: completion"
+curl -s --cacert "$work/ca.pem" "$url/health" >/dev/null && fail "TLS without a client certificate accepted"
+curl -s "${url/https/http}/health" >/dev/null && fail "plaintext accepted on the TLS listener"
+echo "TLS: mutual TLS required and served: ok"
 echo "http clients: all ok"
