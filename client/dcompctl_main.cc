@@ -254,6 +254,7 @@ std::string StopReasonName(v1::StopReason r) {
 void PrintResult(const Ctx& c, const v1::GenerateResult& result,
                  const std::function<void(JsonWriter&)>& extra = {}) {
   const std::string stop_reason = StopReasonName(result.stop_reason());
+  std::fflush(stdout);  // the streamed text comes first, also when both go to one file
   if (c.json) {
     std::vector<int32_t> ids(result.prompt_ids().begin(), result.prompt_ids().end());
     ids.insert(ids.end(), result.generated_ids().begin(), result.generated_ids().end());

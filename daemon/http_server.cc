@@ -85,6 +85,9 @@ struct HttpServer::Impl {
 
   void Accept();
   void Serve(std::shared_ptr<asio::io_context> io, tcp::socket socket);
+  // The requests of one connection (TLS handshake first when configured).
+  void ServeStream(asio::io_context& io, beast::tcp_stream& stream, int fd,
+                   const std::string& peer);
   void Stop();
 };
 
@@ -433,6 +436,24 @@ void HttpServer::Impl::Serve(std::shared_ptr<asio::io_context> io, tcp::socket s
   const std::string peer =
       ec ? "-" : remote.address().to_string() + ":" + std::to_string(remote.port());
   beast::tcp_stream stream(std::move(socket));
+  try {
+    ServeStream(*io, stream, fd, peer);
+  } catch (const std::exception& e) {  // never the daemon: this connection ends
+    spdlog::error("http peer={}: connection closed after an unexpected error: {}", peer, e.what());
+  }
+  stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+  {
+    MutexLock l(&mu);
+    fds.erase(fd);
+    stream.socket().close(ec);  // under mu: Stop() never shuts down a reused descriptor
+    --active;
+  }
+  cv.NotifyAll();
+}
+
+void HttpServer::Impl::ServeStream(asio::io_context& ioc, beast::tcp_stream& stream, int fd,
+                                   const std::string& peer) {
+  asio::io_context* io = &ioc;
   if (tls) {
     beast::ssl_stream<beast::tcp_stream&> tls_stream(stream, *tls);
     stream.expires_after(kIoTimeout);
@@ -449,14 +470,6 @@ void HttpServer::Impl::Serve(std::shared_ptr<asio::io_context> io, tcp::socket s
   } else {
     Connection<beast::tcp_stream>(this, *io, stream, fd, peer).Run();
   }
-  stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-  {
-    MutexLock l(&mu);
-    fds.erase(fd);
-    stream.socket().close(ec);  // under mu: Stop() never shuts down a reused descriptor
-    --active;
-  }
-  cv.NotifyAll();
 }
 
 void HttpServer::Impl::Stop() {

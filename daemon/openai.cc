@@ -80,8 +80,9 @@ Result<json> ParseObject(std::string_view body) {
   json j;
   try {
     j = json::parse(body.begin(), body.end());
-  } catch (const json::parse_error& e) {
-    // "[json.exception.parse_error.101] parse error at line 1, column 2: syntax error ..."
+  } catch (const json::exception& e) {
+    // "[json.exception.parse_error.101] parse error at line 1, column 2: syntax error ...", or
+    // out_of_range 406 for a number beyond double.
     std::string what = e.what();
     if (const size_t p = what.find("] "); p != std::string::npos) what = what.substr(p + 2);
     return InvalidArgumentError("body: not valid JSON: " + what);
