@@ -122,7 +122,12 @@ Result<std::string> RenderChat(ChatFamily family, const std::vector<ChatMessage>
           system.clear();
           first = false;
         } else {
-          out += " " + Trim(m.content) + " " + eos;
+          // Appended piece by piece: GCC 12 (aarch64, -O3) warns falsely (-Wrestrict) about
+          // `" " + std::string`.
+          out += ' ';
+          out += Trim(m.content);
+          out += ' ';
+          out += eos;
         }
       }
       break;  // the prompt ends with [/INST]: the answer follows

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: install dependencies; build and test the release build (with the aarch64
-# kernels cross-built and run under qemu-user), then build and test again under AddressSanitizer +
+# The whole test suite: install dependencies; build and test the release build, then the aarch64
+# build (everything, cross-built against Debian's arm64 packages) under qemu-aarch64
+# (scripts/run-aarch64-tests.sh says which tests it leaves out), then build and test again under AddressSanitizer +
 # UndefinedBehaviorSanitizer, then the concurrency tests under ThreadSanitizer (built with clang,
 # which also checks the thread-safety annotations), then build the libFuzzer targets (clang) and
 # run each for a bounded time on its seed corpus. Tests that need ../shared skip with a message when it is absent.
@@ -10,9 +11,11 @@ bash scripts/install-deps.sh
 jobs=$(nproc)
 cmake --preset release >/dev/null
 cmake --build build/release -j "$jobs"
+ctest --test-dir build/release --output-on-failure -j "$jobs" --timeout 900
+echo "== the aarch64 build under qemu-aarch64"
 cmake --preset aarch64 >/dev/null
 cmake --build build/aarch64 -j "$jobs"
-ctest --test-dir build/release --output-on-failure -j "$jobs" --timeout 900
+bash scripts/run-aarch64-tests.sh
 echo "== the same suite under ASan + UBSan"
 cmake --preset asan >/dev/null
 cmake --build build/asan -j "$jobs"

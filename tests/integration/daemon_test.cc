@@ -455,10 +455,11 @@ TEST(DaemonTest, SetBudgetAnswersThePlanItChose) {
   req.set_bytes(MiBBytes(30));
   v1::SetBudgetResponse resp;
   grpc::ClientContext ctx;
-  ASSERT_TRUE(stub->SetBudget(&ctx, req, &resp).ok());
+  const grpc::Status set = stub->SetBudget(&ctx, req, &resp);
+  gen.join();  // before any assertion can return
+  ASSERT_TRUE(set.ok()) << set.error_message();
   EXPECT_EQ(resp.budget_bytes(), MiBBytes(30));
   EXPECT_NE(resp.plan().summary(), before.plan().summary()) << resp.plan().summary();
-  gen.join();
   // (The plan in force later may differ again: the controller re-plans from measured rates.)
   EXPECT_EQ(GetStatus(d.channel()).effective_budget_bytes(), MiBBytes(30));
 }
