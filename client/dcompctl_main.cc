@@ -1,10 +1,9 @@
 // dcompctl: the command-line client of dcompd. Commands: status, generate, chat, set-budget,
 // health, tokenize; human output by default, one JSON object with --json.
 #include <google/protobuf/util/json_util.h>
-
-#include <chrono>
 #include <unistd.h>
 
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <functional>
@@ -349,7 +348,8 @@ int CmdChat(const Ctx& c, const Flags& f) {
   // A conversation: one user message per line until end of input or "/exit"; on a terminal, with
   // a prompt. Each answer is generated over the whole conversation so far.
   const bool tty = isatty(STDIN_FILENO) != 0;
-  if (tty) std::fprintf(stderr, "[chat with dcompd at %s; /exit or Ctrl-D ends]\n", c.address.c_str());
+  if (tty)
+    std::fprintf(stderr, "[chat with dcompd at %s; /exit or Ctrl-D ends]\n", c.address.c_str());
   for (std::string line;;) {
     if (tty) {
       std::fprintf(stderr, "> ");

@@ -42,9 +42,10 @@ void DeclareFlags(Flags* f) {
       .Value("reader", "auto | io_uring | pread")
       .Switch("direct", "O_DIRECT block reads")
       .Value("shutdown-grace", "seconds SIGTERM lets running requests finish")
-      .Value("chat-template",
-             "chatml | llama3 | llama2 | zephyr | gemma | phi3: Chat requests naming none (default: "
-             "recognised from the model)")
+      .Value(
+          "chat-template",
+          "chatml | llama3 | llama2 | zephyr | gemma | phi3: Chat requests naming none (default: "
+          "recognised from the model)")
       .Value("http-listen", "HOST:PORT of the OpenAI-compatible HTTP API (default: off)")
       .Value("api-key-file", "file with the key HTTP clients send as 'Authorization: Bearer KEY'")
       .Value("log-level", "trace | debug | info | warn | error (default info)")

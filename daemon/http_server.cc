@@ -107,9 +107,8 @@ class Connection {
       parser.header_limit(kMaxHeaderBytes);
       parser.body_limit(s_->options.max_body_bytes);
       beast::get_lowest_layer(stream_).expires_after(kIdleTimeout);
-      beast::error_code ec = RunOp(io_, [&](auto&& h) {
-        http::async_read_header(stream_, buffer_, parser, std::move(h));
-      });
+      beast::error_code ec = RunOp(
+          io_, [&](auto&& h) { http::async_read_header(stream_, buffer_, parser, std::move(h)); });
       if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
           ec == asio::error::eof || ec == asio::error::connection_reset ||
           ec == asio::error::operation_aborted || s_->stopping.load()) {
@@ -123,7 +122,8 @@ class Connection {
       }
       if (!ec && !parser.is_done()) {
         beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
-        ec = RunOp(io_, [&](auto&& h) { http::async_read(stream_, buffer_, parser, std::move(h)); });
+        ec =
+            RunOp(io_, [&](auto&& h) { http::async_read(stream_, buffer_, parser, std::move(h)); });
       }
       if (ec == http::error::body_limit) {
         Error(OutOfRangeError("body: larger than " + std::to_string(s_->options.max_body_bytes) +
@@ -165,9 +165,9 @@ class Connection {
       constexpr std::string_view kBearer = "Bearer ";
       if (auth.substr(0, kBearer.size()) != kBearer ||
           !SameKey(auth.substr(kBearer.size()), s_->options.api_key)) {
-        const Status st(StatusCode::kUnauthenticated,
-                        auth.empty() ? "missing API key: send 'Authorization: Bearer KEY'"
-                                     : "invalid API key");
+        const Status st(
+            StatusCode::kUnauthenticated,
+            auth.empty() ? "missing API key: send 'Authorization: Bearer KEY'" : "invalid API key");
         if (generation) s_->daemon->CountRefused("http", st);
         spdlog::info("http {} {} peer={}: 401 {}", std::string(req_.method_string()), path, peer_,
                      st.message());
@@ -235,8 +235,8 @@ class Connection {
       };
     }
     Call call(this, chat, opt, opt.echo ? completion.prompt() : std::string());
-    const Status st = d.Run(call, "http", chat ? "chat.completions" : "completions", peer_,
-                            validate);
+    const Status st =
+        d.Run(call, "http", chat ? "chat.completions" : "completions", peer_, validate);
     if (st.ok()) return call.ok();
     if (!call.started()) return Error(st);
     // Streaming had begun: the error as a last event, then the end of the stream.
@@ -309,9 +309,8 @@ class Connection {
       res.chunked(true);
       http::response_serializer<http::empty_body> sr{res};
       beast::get_lowest_layer(c_->stream_).expires_after(kIoTimeout);
-      if (RunOp(c_->io_, [&](auto&& h) {
-            http::async_write_header(c_->stream_, sr, std::move(h));
-          })) {
+      if (RunOp(c_->io_,
+                [&](auto&& h) { http::async_write_header(c_->stream_, sr, std::move(h)); })) {
         return false;
       }
       if (chat_) return Event(openai::ChunkBody(info_, chat_, "", true, ""));
@@ -371,9 +370,9 @@ class Connection {
   }
 
   bool NotAllowed(const char* allow) {
-    const Status s = InvalidArgumentError(std::string(req_.method_string()) + " " +
-                                          std::string(req_.target()) +
-                                          ": method not allowed (use " + allow + ")");
+    const Status s =
+        InvalidArgumentError(std::string(req_.method_string()) + " " + std::string(req_.target()) +
+                             ": method not allowed (use " + allow + ")");
     return Json(http::status::method_not_allowed, openai::ErrorBody(s),
                 {{http::field::allow, allow}});
   }
@@ -418,8 +417,9 @@ void HttpServer::Impl::Accept() {
     }
     const int fd = socket.native_handle();
     try {
-      std::thread([this, io, s = std::move(socket)]() mutable { Serve(io, std::move(s)); })
-          .detach();
+      std::thread([this, io, s = std::move(socket)]() mutable {
+        Serve(io, std::move(s));
+      }).detach();
     } catch (const std::system_error& e) {  // no thread: the connection is dropped
       spdlog::warn("http: cannot start a connection thread: {}", e.what());
       MutexLock l(&mu);
@@ -457,9 +457,8 @@ void HttpServer::Impl::ServeStream(asio::io_context& ioc, beast::tcp_stream& str
   if (tls) {
     beast::ssl_stream<beast::tcp_stream&> tls_stream(stream, *tls);
     stream.expires_after(kIoTimeout);
-    const beast::error_code hs = RunOp(*io, [&](auto&& h) {
-      tls_stream.async_handshake(ssl::stream_base::server, std::move(h));
-    });
+    const beast::error_code hs = RunOp(
+        *io, [&](auto&& h) { tls_stream.async_handshake(ssl::stream_base::server, std::move(h)); });
     if (!hs) {
       Connection<beast::ssl_stream<beast::tcp_stream&>>(this, *io, tls_stream, fd, peer).Run();
       stream.expires_after(std::chrono::seconds(2));
@@ -496,8 +495,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(Daemon* daemon, const Opti
     ssl::context& t = *impl.tls;
     beast::error_code ec;
     t.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                      ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
-                      ssl::context::no_tlsv1_1,
+                      ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1,
                   ec);
     t.use_certificate_chain_file(o.cert_file, ec);
     if (ec) return InvalidArgumentError("tls.cert_file " + o.cert_file + ": " + ec.message());
@@ -506,14 +504,14 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(Daemon* daemon, const Opti
     if (!o.client_ca_file.empty()) {
       t.load_verify_file(o.client_ca_file, ec);
       if (ec) {
-        return InvalidArgumentError("tls.client_ca_file " + o.client_ca_file + ": " +
-                                    ec.message());
+        return InvalidArgumentError("tls.client_ca_file " + o.client_ca_file + ": " + ec.message());
       }
       t.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
     }
   }
   beast::error_code ec;
-  const asio::ip::address addr = asio::ip::make_address(o.host == "localhost" ? "127.0.0.1" : o.host, ec);
+  const asio::ip::address addr =
+      asio::ip::make_address(o.host == "localhost" ? "127.0.0.1" : o.host, ec);
   if (ec) return InvalidArgumentError("http_listen: bad host '" + o.host + "'");
   const tcp::endpoint ep(addr, static_cast<uint16_t>(o.port));
   impl.acceptor.open(ep.protocol(), ec);

@@ -1,9 +1,8 @@
 #include "daemon/openai.h"
 
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 
@@ -48,10 +47,9 @@ Result<std::optional<int64_t>> Integer(const json& o, const char* key) {
   if (v == nullptr) return std::optional<int64_t>();
   if (v->is_number_unsigned()) {
     const uint64_t u = v->get<uint64_t>();
-    return std::optional<int64_t>(
-        u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
-            ? std::numeric_limits<int64_t>::max()
-            : static_cast<int64_t>(u));
+    return std::optional<int64_t>(u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
+                                      ? std::numeric_limits<int64_t>::max()
+                                      : static_cast<int64_t>(u));
   }
   if (v->is_number_integer()) return std::optional<int64_t>(v->get<int64_t>());
   if (v->is_number_float()) {
@@ -318,16 +316,15 @@ std::string ErrorBody(const Status& s) {
   json code = nullptr;
   if (http == 401) code = "invalid_api_key";
   if (http == 429) code = "rate_limit_exceeded";
-  return Dump({{"error",
-                {{"message", s.message()}, {"type", type}, {"param", param}, {"code", code}}}});
+  return Dump(
+      {{"error", {{"message", s.message()}, {"type", type}, {"param", param}, {"code", code}}}});
 }
 
 std::string CompletionBody(const ResponseInfo& info, bool chat, const std::string& text,
                            const v1::GenerateResult& result) {
   json j = Header(info, chat ? "chat.completion" : "text_completion");
-  json choice = {{"index", 0},
-                 {"logprobs", nullptr},
-                 {"finish_reason", FinishReason(result.stop_reason())}};
+  json choice = {
+      {"index", 0}, {"logprobs", nullptr}, {"finish_reason", FinishReason(result.stop_reason())}};
   if (chat) {
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   } else {
@@ -367,8 +364,8 @@ std::string ModelBody(const std::string& model, int64_t created) {
 }
 
 std::string ModelListBody(const std::string& model, int64_t created) {
-  return Dump({{"object", "list"},
-               {"data", json::array({json::parse(ModelBody(model, created))})}});
+  return Dump(
+      {{"object", "list"}, {"data", json::array({json::parse(ModelBody(model, created))})}});
 }
 
 }  // namespace dcomp::server::openai

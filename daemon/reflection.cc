@@ -62,12 +62,13 @@ grpc::Status ReflectionV1::ServerReflectionInfo(
         const pb::FieldDescriptor* ext =
             type ? pool->FindExtensionByNumber(type, e.extension_number()) : nullptr;
         if (ext != nullptr) file = ext->file();
-        missing = "extension " + std::to_string(e.extension_number()) + " of " +
-                  e.containing_type();
+        missing =
+            "extension " + std::to_string(e.extension_number()) + " of " + e.containing_type();
         break;
       }
       case refl::ServerReflectionRequest::kAllExtensionNumbersOfType: {
-        const pb::Descriptor* type = pool->FindMessageTypeByName(req.all_extension_numbers_of_type());
+        const pb::Descriptor* type =
+            pool->FindMessageTypeByName(req.all_extension_numbers_of_type());
         if (type == nullptr) {
           SetError(&resp, grpc::StatusCode::NOT_FOUND,
                    "type " + req.all_extension_numbers_of_type() + " not found");

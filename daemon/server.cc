@@ -248,9 +248,9 @@ Status Server::StartHttp() {
   http_ = std::move(*h);
   spdlog::info("HTTP API (OpenAI-compatible) on {}://{}:{} ({}; {})",
                o.cert_file.empty() ? "http" : "https", a.host, http_->port(),
-               o.cert_file.empty()             ? "plaintext"
-               : o.client_ca_file.empty()      ? "TLS"
-                                               : "mutual TLS",
+               o.cert_file.empty()        ? "plaintext"
+               : o.client_ca_file.empty() ? "TLS"
+                                          : "mutual TLS",
                o.api_key.empty() ? "no API key" : "API key required");
   if (!a.loopback && o.api_key.empty() && o.client_ca_file.empty()) {
     spdlog::warn("{} is reachable from other hosts without authentication (set api_key_file)",

@@ -1,8 +1,8 @@
 // dcompd's server: the gRPC server (dcomp.v1.Dcomp, grpc.health.v1, reflection) on a unix socket
-// and/or TCP, the OpenAI-compatible HTTP API, the Prometheus metrics endpoint and the model, which loads in the background while
-// the server already answers. BuildAndStart starts them; Wait serves until SIGTERM or SIGINT,
-// re-reads budget and limits on SIGHUP, keeps systemd informed (READY, STATUS, WATCHDOG, STOPPING)
-// and drains within the grace period.
+// and/or TCP, the OpenAI-compatible HTTP API, the Prometheus metrics endpoint and the model, which
+// loads in the background while the server already answers. BuildAndStart starts them; Wait serves
+// until SIGTERM or SIGINT, re-reads budget and limits on SIGHUP, keeps systemd informed (READY,
+// STATUS, WATCHDOG, STOPPING) and drains within the grace period.
 //
 // Ownership: the Server owns all it starts (the Daemon, the health service, the gRPC and metrics
 // servers, the loader thread) and keeps a copy of its ServerOptions. Thread-safety: none; call

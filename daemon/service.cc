@@ -121,9 +121,9 @@ grpc::Status ToGrpc(const Status& s) {
 // Every method reads its request itself (the streamed forms of the generated service), so that a
 // request that does not parse gets INVALID_ARGUMENT with a message and a log line, where gRPC's
 // own parsing answers INTERNAL with none.
-using StreamedService = v1::Dcomp::WithSplitStreamingMethod_Generate<
-    v1::Dcomp::WithSplitStreamingMethod_Chat<v1::Dcomp::WithStreamedUnaryMethod_Tokenize<
-        v1::Dcomp::WithStreamedUnaryMethod_Status<
+using StreamedService =
+    v1::Dcomp::WithSplitStreamingMethod_Generate<v1::Dcomp::WithSplitStreamingMethod_Chat<
+        v1::Dcomp::WithStreamedUnaryMethod_Tokenize<v1::Dcomp::WithStreamedUnaryMethod_Status<
             v1::Dcomp::WithStreamedUnaryMethod_SetBudget<v1::Dcomp::Service>>>>>;
 
 class Daemon::Service final : public StreamedService {
@@ -199,9 +199,9 @@ class Daemon::Service final : public StreamedService {
   // methods, INVALID_ARGUMENT naming the message type.
   grpc::Status Malformed(grpc::ServerContext* ctx, const char* rpc,
                          const google::protobuf::Message& m) {
-    const dcomp::Status s = InvalidArgumentError(
-        "the request is not a valid " + m.GetDescriptor()->full_name() +
-        " message (truncated, not protobuf, or a field numbered 0)");
+    const dcomp::Status s =
+        InvalidArgumentError("the request is not a valid " + m.GetDescriptor()->full_name() +
+                             " message (truncated, not protobuf, or a field numbered 0)");
     if (std::string_view(rpc) == "generate" || std::string_view(rpc) == "chat") {
       d_->CountRefused("grpc", s);
     }
@@ -432,8 +432,8 @@ void Daemon::CountRefused(const char* protocol, const Status& s) {
   ++requests_by_code_[{protocol, std::string(StatusCodeName(s.code()))}];
 }
 
-void Daemon::Finish(const CallInfo& call, const Status& st, int prompt_tokens,
-                    double total_seconds, const Job* job) {
+void Daemon::Finish(const CallInfo& call, const Status& st, int prompt_tokens, double total_seconds,
+                    const Job* job) {
   const GenerateResult* r = job ? &job->result() : nullptr;
   const double queue_seconds = job ? job->queue_seconds() : 0.0;
   const size_t generated = r ? r->generated_ids.size() : 0;

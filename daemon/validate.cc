@@ -20,8 +20,8 @@ Status CheckText(const std::string& field, const std::string& text, uint32_t max
   if (text.empty() && !allow_empty) return InvalidArgumentError(field + ": empty");
   if (text.size() > max_bytes) {
     return InvalidArgumentError(field + ": " + std::to_string(text.size()) +
-                                " bytes; the limit is " + std::to_string(max_bytes) + " (" +
-                                limit + ")");
+                                " bytes; the limit is " + std::to_string(max_bytes) + " (" + limit +
+                                ")");
   }
   if (auto bad = FirstInvalidUtf8(text)) {
     return InvalidArgumentError(field + ": invalid UTF-8 at byte " + std::to_string(*bad));
@@ -85,13 +85,12 @@ Result<GenerateRequest> ValidateOptions(const Req& req, const v1::RequestLimits&
     return InvalidArgumentError("sampling." + st.message());
   }
   if (req.stop_size() > kMaxStopStrings) {
-    return InvalidArgumentError("stop: " + std::to_string(req.stop_size()) +
-                                " strings; at most " + std::to_string(kMaxStopStrings));
+    return InvalidArgumentError("stop: " + std::to_string(req.stop_size()) + " strings; at most " +
+                                std::to_string(kMaxStopStrings));
   }
   for (int i = 0; i < req.stop_size(); ++i) {
-    RETURN_IF_ERROR(
-        CheckText("stop[" + std::to_string(i) + "]", req.stop(i), kMaxStopBytes, false,
-                  "stop strings"));
+    RETURN_IF_ERROR(CheckText("stop[" + std::to_string(i) + "]", req.stop(i), kMaxStopBytes, false,
+                              "stop strings"));
     g.stop.push_back(req.stop(i));
   }
   return g;
@@ -163,10 +162,9 @@ Result<GenerateRequest> ValidateChatRequest(const v1::ChatRequest& req,
     messages.push_back({m.role(), m.content()});
   }
   if (bytes > limits.max_prompt_bytes()) {
-    return InvalidArgumentError("messages: " + std::to_string(bytes) +
-                                " bytes of content; the limit is " +
-                                std::to_string(limits.max_prompt_bytes()) +
-                                " (limits.max_prompt_bytes)");
+    return InvalidArgumentError(
+        "messages: " + std::to_string(bytes) + " bytes of content; the limit is " +
+        std::to_string(limits.max_prompt_bytes()) + " (limits.max_prompt_bytes)");
   }
   ASSIGN_OR_RETURN(GenerateRequest g, ValidateOptions(req, limits));
   ASSIGN_OR_RETURN(const ChatFamily family, ResolveChatFamily(req.chat_template(), default_family));

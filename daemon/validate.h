@@ -1,6 +1,6 @@
-// Validation of Generate, Chat and Tokenize requests before they take a place in the queue. Every error
-// is INVALID_ARGUMENT and names the field ("prompt", "max_tokens", "sampling.top_p") with what was
-// expected and what was given. Unknown fields are accepted and logged at debug level.
+// Validation of Generate, Chat and Tokenize requests before they take a place in the queue. Every
+// error is INVALID_ARGUMENT and names the field ("prompt", "max_tokens", "sampling.top_p") with
+// what was expected and what was given. Unknown fields are accepted and logged at debug level.
 #pragma once
 
 #include "base/status.h"

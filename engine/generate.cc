@@ -37,7 +37,8 @@ Result<GenerationStream> GenerationStream::Start(const Tokenizer& tok, const Gen
   }
   RETURN_IF_ERROR(req.sampling.Validate());
   for (size_t i = 0; i < req.stop.size(); ++i) {
-    if (req.stop[i].empty()) return InvalidArgumentError("stop[" + std::to_string(i) + "] is empty");
+    if (req.stop[i].empty())
+      return InvalidArgumentError("stop[" + std::to_string(i) + "] is empty");
   }
   GenerationStream s(tok, req, context_length);
   s.res_.prompt_ids =

@@ -41,14 +41,14 @@ struct GenerateRequest {
 struct GenerateResult {
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> generated_ids;
-  std::string text;              // decoded prompt + completion
-  std::string completion;        // decoded completion only
+  std::string text;        // decoded prompt + completion
+  std::string completion;  // decoded completion only
   // The end of the completion that no token callback carried: text held back because it could
   // have started a stop string, or an incomplete UTF-8 sequence, when generation ended without a
   // token to carry it (at EOS, or cancelled). The callbacks' texts followed by `tail` are
   // `completion`.
   std::string tail;
-  std::string stop_reason;  // "eos", "stop" (a stop string), "length", "context", "callback"
+  std::string stop_reason;       // "eos", "stop" (a stop string), "length", "context", "callback"
   double prefill_seconds = 0.0;  // prompt forward pass (time to first token)
   double decode_seconds = 0.0;   // all decode steps after the first token
   // Tokens after the first per second of decoding (0 with fewer than two tokens).

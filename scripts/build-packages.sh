@@ -29,7 +29,7 @@ for arch in "${archs[@]}"; do
   mv "$deb" "$out/"
   deb=$out/$(basename "$deb")
   echo "== $deb"
-  dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
+  dpkg-deb --field "$deb"
   if command -v lintian >/dev/null; then
     echo "-- lintian:"
     lintian --no-tag-display-limit "$deb" || true

@@ -8,7 +8,9 @@
 #     and residency tests, and a bounded set of integration tests that start the arm64 dcompd and
 #     drive it over gRPC and HTTP, and of CLI tests; then the HTTP client test (curl and the
 #     OpenAI JavaScript client) against the arm64 dcompd;
-#   -cpu cortex-a53 (NEON without dot product): kernels and rANS decoders again.
+#   -cpu cortex-a53 (NEON without dot product): kernels and rANS decoders again;
+#   and the tokens of the aarch64 dcomp against the x86 build's (embedded model and stories3M,
+#   unpacked and packed, resident and streamed under budgets), on both cores.
 # Left out under emulation, each covered by the native suite: the real-model accuracy runs
 # (stories3M, llama.cpp's quantizations), the packer's whole pipeline, the streaming runtime's
 # sweeps over budgets and its fault injection, the soak-like daemon tests (32 clients, drains) and
@@ -76,8 +78,7 @@ if ((binfmt)); then
   run max integration "$t/integration/daemon_integration_test" --gtest_filter=$(printf '%s' \
     "DaemonTest.GenerateStreamsTheEnginesTokens:DaemonTest.TokensArriveAsTheyAreGenerated:" \
     "DaemonTest.MalformedRequestsGetTheRightCodeAndNameTheField:DaemonTest.UnknownFieldsAreAccepted:" \
-    "DaemonTest.HealthIsServingOnlyOnceTheModelIsLoaded:" \
-    "DaemonTest.ReflectionV1AndV1AlphaListAndDescribeTheServices:DaemonTest.DcompctlDrivesTheDaemon:" \
+    "DaemonTest.ReflectionV1AndV1AlphaListAndDescribeTheServices:" \
     "DaemonTest.ChatOverGrpcAndHttpMatchesTheEngine:DaemonTest.StopStringsEndTheCompletionBeforeThem:" \
     "DaemonTest.MalformedProtobufIsInvalidArgument:DaemonTest.MetricsEndpointServesValidExposition")
   run max cli "$t/cli/cli_test" --gtest_filter=$(printf '%s' \
@@ -98,6 +99,50 @@ if ((binfmt)); then
     echo "FAILED http_clients (arm64)"; tail -40 "$logs/http.log"; touch "$logs/http.failed"
   fi
 fi
+
+# The same tokens as the x86 build: the embedded model and stories3M, unpacked (imported and
+# quantized at load) and packed (on this machine: the file is the same everywhere), resident and
+# streamed under budgets, on both cores. The aarch64 dcomp logs the kernels and decoder it chose.
+echo "== tokens of the aarch64 build == the x86 build's"
+x86=build/release/packer/dcomp
+arm=$dir/packer/dcomp
+shared=${DCOMP_SHARED_DIR:-../shared}
+# Plans rather than tight budgets: under emulation the process baseline the planner measures
+# includes qemu's memory, so every case gets room and a policy that puts the weights where wanted:
+# every layer read from the file and decoded per token (stream-all), or entropy-coded in RAM and
+# decoded per token (all-compressed).
+cases=("models/stories260K.bin|" "$models/s260.dcm|"
+       "$models/s260.dcm|--budget 256MiB --policy all-compressed"
+       "$models/s260.dcm|--budget 256MiB --policy stream-all")
+if [[ -f $shared/models/gguf/stories3M-f32.gguf ]]; then
+  s3m=build/release/tests/integration/models/s3m-fast.dcm
+  if [[ ! -f $s3m ]]; then
+    "$x86" pack "$shared/models/gguf/stories3M-f32.gguf" "$s3m.tmp" --no-scaling --no-rate-alloc \
+      >/dev/null 2>&1 && mv "$s3m.tmp" "$s3m"
+  fi
+  cases+=("$shared/models/gguf/stories3M-f32.gguf|" "$s3m|"
+          "$s3m|--budget 256MiB --policy all-compressed" "$s3m|--budget 256MiB --policy stream-all")
+else
+  echo "SKIP stories3M: $shared/models/gguf/stories3M-f32.gguf is absent"
+fi
+ids() { sed -n 's/.*"ids":\[\([0-9,]*\)\].*/\1/p'; }
+for c in "${cases[@]}"; do
+  model=${c%%|*} args=${c#*|}
+  # shellcheck disable=SC2086
+  want=$("$x86" generate "$model" --prompt "Once upon a time" -n 32 $args --json 2>/dev/null | ids) ||
+    true
+  for cpu in max cortex-a53; do
+    # shellcheck disable=SC2086
+    got=$(qemu-aarch64 -L / -cpu "$cpu" "$arm" generate "$model" --prompt "Once upon a time" -n 32 \
+          $args --json --verbose 2>"$logs/verbose.txt" | ids) || true
+    if [[ -n $want && $got == "$want" ]]; then
+      echo "ok $(basename "$model") ${args:-resident} ($cpu): $(grep -o 'kernels [^,]*, rANS decoder [^,]*' "$logs/verbose.txt")"
+    else
+      echo "FAILED $(basename "$model") ${args:-resident} ($cpu): x86 [$want] aarch64 [$got]"
+      cat "$logs/verbose.txt"; touch "$logs/tokens.failed"
+    fi
+  done
+done
 echo "aarch64 under qemu: $((SECONDS - t0)) s"
 if ls "$logs"/*.failed >/dev/null 2>&1; then
   echo "FAILED: $(cd "$logs" && ls ./*.failed | sed 's|^\./||; s|\.failed$||' | tr '\n' ' ')"

@@ -4,8 +4,10 @@
 # bookworm root made by debootstrap from Debian's archive (arm64 under qemu-user through
 # binfmt_misc), with `apt-get install ./dcomp_*.deb`. In the root, dcompd starts as the packaged
 # user from the packaged config on the packaged demo model, and `dcompctl health` (which finds
-# the socket through that config) must answer SERVING; `dcompctl generate` must generate. Roots
-# are cached in build/roots/ (delete it to start over). Needs root and the network to Debian.
+# the socket through that config) must answer SERVING; `dcompctl generate` must generate. Then
+# (amd64, with systemd-nspawn) the root gets systemd and boots: the packaged unit, enabled, must
+# reach READY, get watchdog pings and serve. Roots are cached in build/roots/ (delete it to start
+# over). Needs root and the network to Debian.
 # Usage: scripts/test-packages.sh [amd64] [arm64]   (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,7 @@ stop_daemons() {
 ((${#archs[@]})) || archs=(amd64 arm64)
 [[ $(id -u) -eq 0 ]] || { echo "run as root (debootstrap, chroot)" >&2; exit 1; }
 need=()
-for p in debootstrap qemu-user-static binfmt-support; do
+for p in debootstrap qemu-user-static binfmt-support systemd-container; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -98,5 +100,42 @@ for arch in "${archs[@]}"; do
   sed 's/^/   /' "$run/tmp/dcompd.log"
   umount -l "$run/proc" 2>/dev/null || true
   ((ok)) || status=1
+
+  # Under a real systemd (amd64: systemd-nspawn boots the root): the packaged unit, enabled, must
+  # reach READY (Type=notify), get watchdog pings and serve, sandbox and all.
+  if [[ $arch == amd64 ]] && command -v systemd-nspawn >/dev/null; then
+    echo "== $arch: the packaged unit under systemd (systemd-nspawn -b)"
+    mount -t proc proc "$run/proc" && mounted+=("$run/proc")
+    chroot "$run" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends systemd systemd-sysv dbus" >>"$run.install.log" 2>&1 ||
+      { tail -20 "$run.install.log"; status=1; continue; }
+    umount -l "$run/proc" 2>/dev/null || true
+    cat >"$run/etc/systemd/system/dcomp-check.service" <<'UNIT'
+[Unit]
+Description=Check dcompd under systemd, then power off
+Wants=dcompd.service
+After=dcompd.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'for i in $(seq 120); do systemctl is-active -q dcompd && break; sleep 0.5; done; sleep 20; { systemctl show dcompd -p ActiveState -p SubState -p StatusText -p WatchdogUSec -p WatchdogTimestampMonotonic -p NRestarts; dcompctl health; dcompctl generate --prompt "Once upon a time" -n 8; journalctl -u dcompd --no-pager; } >/root/check.txt 2>&1; systemctl poweroff'
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    chroot "$run" systemctl enable dcompd dcomp-check >/dev/null 2>&1
+    # --register=no --keep-unit: no machined or D-Bus on the host side.
+    timeout 180 systemd-nspawn --register=no --keep-unit -D "$run" -b --console=pipe \
+      >"$run.nspawn.log" 2>&1 || true
+    ok=1
+    check() { if grep -q "$2" "$run/root/check.txt" 2>/dev/null; then echo "   ok: $1"; else echo "   FAILED: $1"; ok=0; fi; }
+    check "READY: dcompd.service active (running)" "^SubState=running"
+    check "the watchdog is on and pinged" "^WatchdogTimestampMonotonic=[1-9]"
+    check "STATUS= from dcompd" "^StatusText=serving"
+    check "dcompctl health: SERVING" "^SERVING"
+    check "started once, no restart" "^NRestarts=0"
+    sed 's/^/   /' "$run/root/check.txt" 2>/dev/null | grep -v "^   \(ActiveState\|SubState\|StatusText\|Watchdog\|NRestarts\|SERVING\)" | tail -8
+    ((ok)) || status=1
+  fi
 done
 exit $status

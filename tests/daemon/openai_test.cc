@@ -68,8 +68,9 @@ TEST(OpenAiTest, ErrorsNameTheField) {
   EXPECT_NE(completion("{\"prompt\":").find("body: not valid JSON: parse error at line 1"),
             std::string::npos);
   // A number beyond double is the parser's out_of_range, not a crash (found by fuzz_request).
-  EXPECT_NE(completion(R"({"prompt":"x","seed":1e99999})").find("body: not valid JSON: number overflow"),
-            std::string::npos);
+  EXPECT_NE(
+      completion(R"({"prompt":"x","seed":1e99999})").find("body: not valid JSON: number overflow"),
+      std::string::npos);
   EXPECT_EQ(completion("{}"), "prompt: required");
   EXPECT_EQ(completion(R"({"prompt":5})"), "prompt: expected a string, got number");
   EXPECT_EQ(completion(R"({"prompt":[1,2]})"),

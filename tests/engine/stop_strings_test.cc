@@ -19,8 +19,7 @@ namespace {
 
 // The tiny model's tokenizer: id i >= 3 is "▁t<i>" (text " t<i>"), 2 is EOS.
 std::unique_ptr<Tokenizer> TinyTokenizer() {
-  const std::string path =
-      ::testing::TempDir() + "/stop_" + std::to_string(getpid()) + ".gguf";
+  const std::string path = ::testing::TempDir() + "/stop_" + std::to_string(getpid()) + ".gguf";
   testing::TinyModelOptions o;
   o.vocab = 40;
   o.ctx = 32;
@@ -39,7 +38,7 @@ struct Forced {
 
 // Generates `forced` tokens greedily (one-hot logits) under `stop`, with a context of `ctx`.
 Forced Force(const Tokenizer& tok, const std::vector<int32_t>& forced,
-          const std::vector<std::string>& stop, int32_t max_tokens = 16, int32_t ctx = 32) {
+             const std::vector<std::string>& stop, int32_t max_tokens = 16, int32_t ctx = 32) {
   GenerateRequest req;
   req.prompt = "x";
   req.prompt_ids = std::vector<int32_t>{1, 7};

@@ -60,8 +60,7 @@ void Validate(const dcomp::v1::GenerateRequest& req) {
 
 void Validate(const dcomp::v1::ChatRequest& req) {
   int32_t prompt_tokens = 0;
-  auto r =
-      dcomp::server::ValidateChatRequest(req, Limits(), Tok(), 512, "chatml", &prompt_tokens);
+  auto r = dcomp::server::ValidateChatRequest(req, Limits(), Tok(), 512, "chatml", &prompt_tokens);
   if (r.ok()) {
     CheckAccepted(*r, prompt_tokens);
   } else {

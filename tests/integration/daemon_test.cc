@@ -796,10 +796,10 @@ void CheckReflection(const std::shared_ptr<grpc::Channel>& channel) {
     std::map<std::string, bool> methods;
     for (const auto& m : file.service(0).method()) methods[m.name()] = m.server_streaming();
     EXPECT_EQ(methods, (std::map<std::string, bool>{{"Generate", true},
-                                                   {"Chat", true},
-                                                   {"Tokenize", false},
-                                                   {"Status", false},
-                                                   {"SetBudget", false}}));
+                                                    {"Chat", true},
+                                                    {"Tokenize", false},
+                                                    {"Status", false},
+                                                    {"SetBudget", false}}));
   }
   EXPECT_TRUE(found);
   // An unknown symbol is an error response, not a broken stream.
@@ -1219,8 +1219,8 @@ std::pair<int, std::string> HttpPost(int port, const std::string& path, const st
 // seeded; dcompctl chat prints the same answer.
 TEST(DaemonTest, ChatOverGrpcAndHttpMatchesTheEngine) {
   const int port = FreeTcpPort();
-  DaemonProcess d({"--model", models().Embedded(), "--http-listen",
-                   "127.0.0.1:" + std::to_string(port)});
+  DaemonProcess d(
+      {"--model", models().Embedded(), "--http-listen", "127.0.0.1:" + std::to_string(port)});
   ASSERT_TRUE(d.WaitServing()) << d.Log();
   // The embedded model has no template: a request must name one.
   Outcome none = Chat(d.channel(), ChatRequest("Hello there", 8));
@@ -1243,10 +1243,13 @@ TEST(DaemonTest, ChatOverGrpcAndHttpMatchesTheEngine) {
     g.max_tokens = 24;
     g.sampling.temperature = temperature;
     g.sampling.seed = 7;
-    EXPECT_EQ(o.streamed_ids, EngineTokens(models().Embedded(), g, [](const Tokenizer& tok) {
-                return *RenderChat(ChatFamily::kZephyr, {{"user", "Hello there"}}, true,
-                                   tok.piece(tok.bos_id()), tok.piece(tok.eos_id()));
-              }))
+    EXPECT_EQ(o.streamed_ids, EngineTokens(models().Embedded(), g,
+                                           [](const Tokenizer& tok) {
+                                             return *RenderChat(ChatFamily::kZephyr,
+                                                                {{"user", "Hello there"}}, true,
+                                                                tok.piece(tok.bos_id()),
+                                                                tok.piece(tok.eos_id()));
+                                           }))
         << temperature;
     // The same messages and seed over HTTP.
     const auto [code, body] = HttpPost(
@@ -1337,13 +1340,15 @@ TEST(DaemonTest, MalformedProtobufIsInvalidArgument) {
     return st;
   };
   const std::vector<std::pair<std::string, std::string>> garbage = {
-      {"truncated", std::string("\x0a\x10" "abc", 5)},
+      {"truncated", std::string("\x0a\x10"
+                                "abc",
+                                5)},
       {"field 0", std::string("\x00\x01", 2)},
       {"garbage", std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 11)},
   };
-  for (const char* method : {"/dcomp.v1.Dcomp/Generate", "/dcomp.v1.Dcomp/Chat",
-                             "/dcomp.v1.Dcomp/Tokenize", "/dcomp.v1.Dcomp/Status",
-                             "/dcomp.v1.Dcomp/SetBudget"}) {
+  for (const char* method :
+       {"/dcomp.v1.Dcomp/Generate", "/dcomp.v1.Dcomp/Chat", "/dcomp.v1.Dcomp/Tokenize",
+        "/dcomp.v1.Dcomp/Status", "/dcomp.v1.Dcomp/SetBudget"}) {
     for (const auto& [what, bytes] : garbage) {
       const grpc::Status st = call(method, bytes);
       EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method << " " << what;
