@@ -186,6 +186,25 @@ int FreeTcpPort() {
   return ntohs(a.sin_port);
 }
 
+// One HTTP exchange with 127.0.0.1:`port` over a fresh connection that the server closes after
+// its answer: the whole response, status line and headers included ("" when nothing answers).
+std::string HttpExchange(int port, const std::string& request) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string resp;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+    (void)!write(fd, request.data(), request.size());
+    char buf[8192];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return resp;
+}
+
 TEST(DaemonTest, GenerateStreamsTheEnginesTokens) {
   const std::string& model = models().Embedded();
   DaemonProcess d({"--model", model, "--budget", MiB(24)});
@@ -889,21 +908,7 @@ TEST(DaemonTest, MetricsEndpointServesValidExposition) {
   ASSERT_TRUE(d.WaitServing()) << d.Log();
   ASSERT_TRUE(Generate(d.channel(), Request("Once upon a time", 16)).status.ok());
   const auto get = [&](const std::string& path) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    std::string resp;
-    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
-      const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-      (void)!write(fd, req.data(), req.size());
-      char buf[8192];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
-    }
-    close(fd);
-    return resp;
+    return HttpExchange(port, "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n");
   };
   const std::string resp = get("/metrics");
   ASSERT_EQ(resp.rfind("HTTP/1.0 200", 0), 0u) << resp.substr(0, 200);
@@ -1191,23 +1196,11 @@ v1::ChatRequest ChatRequest(const std::string& message, int n) {
 
 // A POST to the HTTP API over a fresh connection: the status code and the body.
 std::pair<int, std::string> HttpPost(int port, const std::string& path, const std::string& body) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string resp;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
-    const std::string req = "POST " + path +
-                            " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-                            "Content-Type: application/json\r\nContent-Length: " +
-                            std::to_string(body.size()) + "\r\n\r\n" + body;
-    (void)!write(fd, req.data(), req.size());
-    char buf[8192];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
+  const std::string resp =
+      HttpExchange(port, "POST " + path +
+                             " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                             "Content-Type: application/json\r\nContent-Length: " +
+                             std::to_string(body.size()) + "\r\n\r\n" + body);
   const size_t sp = resp.find(' ');
   const size_t end = resp.find("\r\n\r\n");
   if (sp == std::string::npos || end == std::string::npos) return {0, resp};
