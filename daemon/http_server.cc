@@ -20,7 +20,6 @@
 #include "base/mutex.h"
 #include "daemon/openai.h"
 #include "daemon/service.h"
-#include "daemon/validate.h"
 
 namespace dcomp::server {
 namespace {
@@ -201,7 +200,6 @@ class Connection {
   bool Generate(bool chat) {
     openai::Options opt;
     Daemon& d = *s_->daemon;
-    Daemon::Validator validate;
     v1::GenerateRequest completion;
     v1::ChatRequest conversation;
     Status parsed = Status::Ok();
@@ -220,23 +218,9 @@ class Connection {
                    openai::HttpStatus(parsed.code()), parsed.message());
       return Error(parsed);
     }
-    if (chat) {
-      validate = [&](int32_t* prompt_tokens) {
-        const runtime::ServedModel& m = d.model();
-        return ValidateChatRequest(conversation, d.limits(), *m.model.tokenizer,
-                                   m.model.model->context_length(), d.default_chat_family(),
-                                   prompt_tokens);
-      };
-    } else {
-      validate = [&](int32_t* prompt_tokens) {
-        const runtime::ServedModel& m = d.model();
-        return ValidateGenerateRequest(completion, d.limits(), *m.model.tokenizer,
-                                       m.model.model->context_length(), prompt_tokens);
-      };
-    }
     Call call(this, chat, opt, opt.echo ? completion.prompt() : std::string());
-    const Status st =
-        d.Run(call, "http", chat ? "chat.completions" : "completions", peer_, validate);
+    const Status st = chat ? d.Run(call, "http", "chat.completions", peer_, conversation)
+                           : d.Run(call, "http", "completions", peer_, completion);
     if (st.ok()) return call.ok();
     if (!call.started()) return Error(st);
     // Streaming had begun: the error as a last event, then the end of the stream.

@@ -184,6 +184,10 @@ json Usage(const v1::GenerateResult& r) {
           {"total_tokens", r.prompt_tokens() + r.generated_tokens()}};
 }
 
+json Model(const std::string& model, int64_t created) {
+  return {{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "dcomp"}};
+}
+
 json Header(const ResponseInfo& info, const char* object) {
   return {{"id", info.id}, {"object", object}, {"created", info.created}, {"model", info.model}};
 }
@@ -360,12 +364,11 @@ std::string UsageChunkBody(const ResponseInfo& info, bool chat, const v1::Genera
 }
 
 std::string ModelBody(const std::string& model, int64_t created) {
-  return Dump({{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "dcomp"}});
+  return Dump(Model(model, created));
 }
 
 std::string ModelListBody(const std::string& model, int64_t created) {
-  return Dump(
-      {{"object", "list"}, {"data", json::array({json::parse(ModelBody(model, created))})}});
+  return Dump({{"object", "list"}, {"data", json::array({Model(model, created)})}});
 }
 
 }  // namespace dcomp::server::openai

@@ -133,28 +133,13 @@ class Daemon::Service final : public StreamedService {
   grpc::Status StreamedGenerate(
       grpc::ServerContext* ctx,
       grpc::ServerSplitStreamer<v1::GenerateRequest, v1::GenerateResponse>* stream) override {
-    v1::GenerateRequest req;
-    if (!stream->Read(&req)) return Malformed(ctx, "generate", req);
-    GrpcCall call(ctx, stream);
-    return ToGrpc(d_->Run(call, "grpc", "generate", Peer(ctx), [&](int32_t* prompt_tokens) {
-      const runtime::ServedModel& m = d_->model();
-      return ValidateGenerateRequest(req, d_->limits(), *m.model.tokenizer,
-                                     m.model.model->context_length(), prompt_tokens);
-    }));
+    return RunStreamed<v1::GenerateRequest>(ctx, stream, "generate");
   }
 
   grpc::Status StreamedChat(
       grpc::ServerContext* ctx,
       grpc::ServerSplitStreamer<v1::ChatRequest, v1::GenerateResponse>* stream) override {
-    v1::ChatRequest req;
-    if (!stream->Read(&req)) return Malformed(ctx, "chat", req);
-    GrpcCall call(ctx, stream);
-    return ToGrpc(d_->Run(call, "grpc", "chat", Peer(ctx), [&](int32_t* prompt_tokens) {
-      const runtime::ServedModel& m = d_->model();
-      return ValidateChatRequest(req, d_->limits(), *m.model.tokenizer,
-                                 m.model.model->context_length(), d_->default_chat_family(),
-                                 prompt_tokens);
-    }));
+    return RunStreamed<v1::ChatRequest>(ctx, stream, "chat");
   }
 
   grpc::Status StreamedTokenize(
@@ -195,6 +180,17 @@ class Daemon::Service final : public StreamedService {
   }
 
  private:
+  // Reads a Generate or Chat request and runs it, its tokens written to `stream`.
+  template <typename Req>
+  grpc::Status RunStreamed(grpc::ServerContext* ctx,
+                           grpc::ServerSplitStreamer<Req, v1::GenerateResponse>* stream,
+                           const char* rpc) {
+    Req req;
+    if (!stream->Read(&req)) return Malformed(ctx, rpc, req);
+    GrpcCall call(ctx, stream);
+    return ToGrpc(d_->Run(call, "grpc", rpc, Peer(ctx), req));
+  }
+
   // A request message that did not parse (or never came): logged, counted for the generation
   // methods, INVALID_ARGUMENT naming the message type.
   grpc::Status Malformed(grpc::ServerContext* ctx, const char* rpc,
@@ -362,6 +358,22 @@ Status Daemon::Reload(const v1::DaemonConfig& c) {
 
 bool Daemon::Progressing(std::chrono::nanoseconds limit) const {
   return !serving() || scheduler_->Progressing(limit);
+}
+
+Status Daemon::Run(GenerationCall& call, const char* protocol, const char* rpc,
+                   const std::string& peer, const v1::GenerateRequest& req) {
+  return Run(call, protocol, rpc, peer, [&](int32_t* prompt_tokens) {
+    return ValidateGenerateRequest(req, limits(), *model_.model.tokenizer,
+                                   model_.model.model->context_length(), prompt_tokens);
+  });
+}
+
+Status Daemon::Run(GenerationCall& call, const char* protocol, const char* rpc,
+                   const std::string& peer, const v1::ChatRequest& req) {
+  return Run(call, protocol, rpc, peer, [&](int32_t* prompt_tokens) {
+    return ValidateChatRequest(req, limits(), *model_.model.tokenizer,
+                               model_.model.model->context_length(), chat_family_, prompt_tokens);
+  });
 }
 
 Status Daemon::Run(GenerationCall& call, const char* protocol, const char* rpc,

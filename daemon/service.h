@@ -75,25 +75,26 @@ class Daemon {
   grpc::Service* service();  // dcomp.v1.Dcomp
 
   // Runs one generation request of any protocol: refused while loading or draining, then
-  // `validate` (which gives the engine request and its prompt's token count), the queue, the
-  // tokens and the result written to `call`; logged and counted under `protocol` ("grpc",
-  // "http") and `rpc` ("generate", "chat", ...). Returns how it ended; the call has its result
-  // when that is OK.
-  using Validator = std::function<Result<GenerateRequest>(int32_t* prompt_tokens)>;
+  // validated (ValidateGenerateRequest, ValidateChatRequest with the daemon's chat family), the
+  // queue, the tokens and the result written to `call`; logged and counted under `protocol`
+  // ("grpc", "http") and `rpc` ("generate", "chat", ...). Returns how it ended; the call has its
+  // result when that is OK.
   Status Run(GenerationCall& call, const char* protocol, const char* rpc, const std::string& peer,
-             const Validator& validate) EXCLUDES(config_mu_, engine_mu_, stats_mu_);
+             const v1::GenerateRequest& req) EXCLUDES(config_mu_, engine_mu_, stats_mu_);
+  Status Run(GenerationCall& call, const char* protocol, const char* rpc, const std::string& peer,
+             const v1::ChatRequest& req) EXCLUDES(config_mu_, engine_mu_, stats_mu_);
 
-  // For front ends: the model (valid once serving()), the request limits and the chat family
-  // that Chat requests naming none use ("" when there is none).
-  const runtime::ServedModel& model() const { return model_; }
   v1::RequestLimits limits() const EXCLUDES(config_mu_);
-  const std::string& default_chat_family() const { return chat_family_; }
   // Counts a request a front end refused before Run (HTTP: bad JSON, unknown route, auth).
   void CountRefused(const char* protocol, const Status& s) EXCLUDES(stats_mu_);
 
  private:
   class Service;
   friend class Service;
+  // Run's common part: `validate` gives the engine request and its prompt's token count.
+  using Validator = std::function<Result<GenerateRequest>(int32_t* prompt_tokens)>;
+  Status Run(GenerationCall& call, const char* protocol, const char* rpc, const std::string& peer,
+             const Validator& validate) EXCLUDES(config_mu_, engine_mu_, stats_mu_);
   struct CallInfo {
     uint64_t id;
     const char* protocol;
