@@ -1,8 +1,8 @@
 // Block codecs side by side on the same blocks of INT8 weight codes: dcomp's rANS with each decoder
-// this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), htscodecs' rANS 4x16 and 32x16 order-0 (each
-// SIMD level it has here; Debian's libhtscodecs), and zstd at several levels. For each: bits per
-// weight (8 x stored / raw), encode GB/s (one thread) and decode GB/s with 1 and 2 threads, in
-// bytes of decoded codes per second.
+// this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), in stream layout 2 and in layout 1 ("/L1"),
+// htscodecs' rANS 4x16 and 32x16 order-0 (each SIMD level it has here; Debian's libhtscodecs), and
+// zstd at several levels. For each: bits per weight (8 x stored / raw), encode GB/s (one thread)
+// and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second.
 //
 // Sources: `plain`, every matrix of MODEL quantized per row (plain INT8, cut into 128 KiB blocks);
 // and for each --dcm FILE, the row-code blocks of its matrices as packed (at most --max-mib MiB,
@@ -98,17 +98,20 @@ struct Codec {
 
 std::vector<Codec> Codecs() {
   std::vector<Codec> c;
-  for (storage::RansDecoder d : storage::AvailableRansDecoders()) {
-    c.push_back({std::string("dcomp rans ") + storage::RansDecoderName(d),
-                 [](const Block& in, Block* out) {
-                   storage::RansEncode(in, out);
-                   return Status::Ok();
-                 },
-                 [d] {
-                   return [d](const Block& in, Block& out) {
-                     return storage::RansDecodeWith(d, in, out);
-                   };
-                 }});
+  // Layout 2 (64 states, what dcomp pack writes) and layout 1 (32 states, older files).
+  for (int layout : {storage::kRansLayout, 1}) {
+    for (storage::RansDecoder d : storage::AvailableRansDecoders()) {
+      c.push_back(
+          {std::string("dcomp rans") + (layout == 1 ? "/L1 " : " ") + storage::RansDecoderName(d),
+           [layout](const Block& in, Block* out) {
+             storage::RansEncodeLayout(in, layout, out);
+             return Status::Ok();
+           },
+           [d] {
+             return
+                 [d](const Block& in, Block& out) { return storage::RansDecodeWith(d, in, out); };
+           }});
+    }
   }
   struct Hts {
     const char* name;

@@ -28,8 +28,10 @@ namespace dcomp::storage {
 namespace pb = ::dcomp::container::v1;
 
 inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
-// 2.0: code widths below 8 bits (Tensor.bits) and packed blocks (CODEC_PACKED). 1.x files are read.
-inline constexpr uint16_t kDcmVersionMajor = 2;
+// 2.0: code widths below 8 bits (Tensor.bits) and packed blocks (CODEC_PACKED). 3.0: rANS blocks in
+// stream layout 2 (64 states; storage/rans.h), which 2.x readers cannot decode. 1.x and 2.x files
+// are read.
+inline constexpr uint16_t kDcmVersionMajor = 3;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
 inline constexpr uint32_t kDcmAlignment = 4096;     // start of each layer's range

@@ -50,31 +50,35 @@ class BitWriter {
 class BitReader {
  public:
   explicit BitReader(std::span<const uint8_t> in) : in_(in) {}
-  bool Get(int* bit) {
-    if (pos_ >= in_.size() * 8) return false;
-    *bit = (in_[pos_ / 8] >> (7 - pos_ % 8)) & 1;
-    ++pos_;
-    return true;
-  }
-  // Elias gamma, at most `max_bits` significant bits.
+  // Elias gamma, at most `max_bits` (<= 16) significant bits; false if the code is longer or runs
+  // past the end. Reads a 32-bit window at a time (one code is at most 31 bits).
   bool Gamma(uint32_t* v, int max_bits) {
-    int zeros = 0, bit = 0;
-    for (;;) {
-      if (!Get(&bit)) return false;
-      if (bit) break;
-      if (++zeros >= max_bits) return false;
-    }
-    uint32_t x = 1;
-    for (int i = 0; i < zeros; ++i) {
-      if (!Get(&bit)) return false;
-      x = (x << 1) | static_cast<uint32_t>(bit);
-    }
-    *v = x;
+    const uint32_t window = Peek32();
+    const int zeros = window == 0 ? 32 : __builtin_clz(window);
+    if (zeros >= max_bits) return false;
+    const int len = 2 * zeros + 1;
+    pos_ += static_cast<size_t>(len);
+    if (pos_ > in_.size() * 8) return false;
+    *v = window >> (32 - len);
     return true;
   }
   size_t bytes_used() const { return (pos_ + 7) / 8; }
 
  private:
+  // The next 32 bits, MSB first, zeros past the end.
+  uint32_t Peek32() const {
+    const size_t byte = pos_ / 8;
+    uint64_t w = 0;
+    if (in_.size() - byte >= 8) {
+      std::memcpy(&w, in_.data() + byte, 8);
+      w = __builtin_bswap64(w);
+    } else {
+      for (size_t k = 0; k < 8; ++k) {
+        w = (w << 8) | (byte + k < in_.size() ? in_[byte + k] : 0u);
+      }
+    }
+    return static_cast<uint32_t>((w << (pos_ % 8)) >> 32);
+  }
   std::span<const uint8_t> in_;
   size_t pos_ = 0;
 };
@@ -124,12 +128,15 @@ uint32_t LoadU32(const uint8_t* p) {
 
 }  // namespace
 
-Status ParseRansStream(std::span<const uint8_t> in, RansStream* s) {
+Status ParseRansStream(std::span<const uint8_t> in, size_t n, RansStream* s) {
   if (in.empty()) return DataLossError("rANS stream is empty");
-  if (in[0] != kRansStreamTag) {
-    return DataLossError("rANS stream layout " + std::to_string(in[0]) + " is unknown (expected " +
-                         std::to_string(kRansStreamTag) + ")");
+  if (in[0] != 1 && in[0] != 2) {
+    return DataLossError("rANS stream layout " + std::to_string(in[0]) +
+                         " is unknown (expected 1 or 2)");
   }
+  s->layout = in[0];
+  s->lanes = RansLanesOf(s->layout);
+  s->coded = s->layout == 1 ? n : n - std::min<size_t>(n, kRansTailPerLane * kRansMaxLanes);
   BitReader br(in.subspan(1));
   std::array<uint32_t, 256> f{};
   uint32_t sum = 0;
@@ -157,17 +164,16 @@ Status ParseRansStream(std::span<const uint8_t> in, RansStream* s) {
   }
   s->single_symbol = present == 1;
   if (!s->single_symbol) {
-    uint32_t start = 0;
+    uint32_t* slot = s->table.data();
     for (int sym = 0; sym < 256; ++sym) {
-      for (uint32_t k = 0; k < f[sym]; ++k) {
-        s->table[start + k] = static_cast<uint32_t>(sym) | (k << 8) | (f[sym] << 20);
-      }
-      start += f[sym];
+      const uint32_t entry = static_cast<uint32_t>(sym) | (f[sym] << 20);
+      for (uint32_t k = 0; k < f[sym]; ++k) *slot++ = entry | (k << 8);
     }
   }
   size_t pos = 1 + br.bytes_used();
-  if (in.size() - pos < kRansLanes * 4) return DataLossError("rANS stream truncated in its states");
-  for (int l = 0; l < kRansLanes; ++l, pos += 4) {
+  const size_t lanes = static_cast<size_t>(s->lanes);
+  if (in.size() - pos < lanes * 4) return DataLossError("rANS stream truncated in its states");
+  for (size_t l = 0; l < lanes; ++l, pos += 4) {
     s->states[l] = LoadU32(in.data() + pos);
     if (s->states[l] < kRansL) return DataLossError("rANS state below 2^16");
   }
@@ -177,13 +183,36 @@ Status ParseRansStream(std::span<const uint8_t> in, RansStream* s) {
   return Status::Ok();
 }
 
-Status CheckRansEnd(const RansStream& s, size_t words_read, const uint32_t* states) {
+namespace {
+
+// The encoder's initial states: 2^16 plus, in layout 2, the symbols [coded, in.size()) of each
+// lane (the j-th of lane l at byte j).
+void InitialStates(std::span<const uint8_t> in, size_t coded, int lanes, uint32_t* x) {
+  for (int l = 0; l < lanes; ++l) x[l] = kRansL;
+  for (size_t i = coded; i < in.size(); ++i) {
+    const size_t j = (i - coded) / kRansMaxLanes;
+    x[i % kRansMaxLanes] |= static_cast<uint32_t>(in[i]) << (8 * j);
+  }
+}
+
+}  // namespace
+
+Status FinishRansDecode(const RansStream& s, size_t words_read, const uint32_t* states,
+                        std::span<uint8_t> out) {
   if (words_read != s.num_words) {
     return DataLossError("rANS stream has " + std::to_string(s.num_words - words_read) +
                          " unread words after the last symbol");
   }
-  for (int l = 0; l < kRansLanes; ++l) {
-    if (states[l] != kRansL) return DataLossError("rANS final state mismatch (corrupt stream)");
+  for (size_t i = s.coded; i < out.size(); ++i) {
+    const size_t j = (i - s.coded) / kRansMaxLanes;
+    out[i] = static_cast<uint8_t>(states[i % kRansMaxLanes] >> (8 * j));
+  }
+  std::array<uint32_t, kRansMaxLanes> expected;
+  InitialStates(out, s.coded, s.lanes, expected.data());
+  for (int l = 0; l < s.lanes; ++l) {
+    if (states[l] != expected[static_cast<size_t>(l)]) {
+      return DataLossError("rANS final state mismatch (corrupt stream)");
+    }
   }
   return Status::Ok();
 }
@@ -193,15 +222,17 @@ Status RansDecodeTail(const RansStream& s, size_t begin, std::span<uint8_t> out,
   size_t w = *words_read;
   const uint8_t* words = s.words_bytes;
   const uint32_t* table = s.table.data();
+  const size_t lanes = static_cast<size_t>(s.lanes);
+  const size_t end = s.coded;
   size_t i = begin;
   // Whole groups while a group's worst case (one word per state) is in bounds: branchless refills
   // (whether a state refills is data, so a branch mispredicts about half the time).
-  if (i % kRansLanes == 0) {
-    for (; out.size() - i >= kRansLanes && s.num_words - w >= kRansLanes; i += kRansLanes) {
-      for (int l = 0; l < kRansLanes; ++l) {
+  if (i % lanes == 0) {
+    for (; end - i >= lanes && s.num_words - w >= lanes; i += lanes) {
+      for (size_t l = 0; l < lanes; ++l) {
         uint32_t x = states[l];
         const uint32_t e = table[x & (kProbScale - 1)];
-        out[i + static_cast<size_t>(l)] = static_cast<uint8_t>(e);
+        out[i + l] = static_cast<uint8_t>(e);
         x = (e >> 20) * (x >> kRansProbBits) + ((e >> 8) & 0xFFF);
         uint16_t v;
         std::memcpy(&v, words + 2 * w, 2);
@@ -211,8 +242,8 @@ Status RansDecodeTail(const RansStream& s, size_t begin, std::span<uint8_t> out,
       }
     }
   }
-  for (; i < out.size(); ++i) {
-    uint32_t& x = states[i % kRansLanes];
+  for (; i < end; ++i) {
+    uint32_t& x = states[i % lanes];
     const uint32_t e = table[x & (kProbScale - 1)];
     out[i] = static_cast<uint8_t>(e);
     x = (e >> 20) * (x >> kRansProbBits) + ((e >> 8) & 0xFFF);
@@ -233,16 +264,21 @@ Status RansDecodeTail(const RansStream& s, size_t begin, std::span<uint8_t> out,
 using internal::kProbScale;
 using internal::kRansL;
 
-void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out) {
+void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8_t>* out) {
+  const int lanes = internal::RansLanesOf(layout);
+  const size_t coded =
+      layout == 1
+          ? in.size()
+          : in.size() - std::min<size_t>(in.size(), internal::kRansTailPerLane * kRansMaxLanes);
   out->clear();
-  out->push_back(internal::kRansStreamTag);
+  out->push_back(static_cast<uint8_t>(layout));
   std::array<uint64_t, 256> counts{};
-  for (uint8_t b : in) ++counts[b];
+  for (size_t i = 0; i < coded; ++i) ++counts[in[i]];
   std::array<uint32_t, 256> f{};
-  if (in.empty()) {
+  if (coded == 0) {
     f[0] = kProbScale;  // a valid table for an empty stream
   } else {
-    f = internal::NormaliseFrequencies(counts, in.size());
+    f = internal::NormaliseFrequencies(counts, coded);
   }
   {
     internal::BitWriter bw(out);
@@ -260,11 +296,11 @@ void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out) {
 
   // Encode backwards; words are produced in reverse and flipped at the end.
   std::vector<uint16_t> rev;
-  rev.reserve(in.size() / 2 + 16);
-  std::array<uint32_t, kRansLanes> x;
-  x.fill(kRansL);
-  for (size_t i = in.size(); i-- > 0;) {
-    uint32_t& st = x[i % kRansLanes];
+  rev.reserve(coded / 2 + 16);
+  std::array<uint32_t, kRansMaxLanes> x;
+  internal::InitialStates(in, coded, lanes, x.data());
+  for (size_t i = coded; i-- > 0;) {
+    uint32_t& st = x[i % static_cast<size_t>(lanes)];
     const uint32_t freq = f[in[i]];
     const uint64_t x_max = static_cast<uint64_t>((kRansL >> kRansProbBits) << 16) * freq;
     if (st >= x_max) {
@@ -275,44 +311,50 @@ void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out) {
     st = (q << kRansProbBits) + (st - q * freq) + start[in[i]];
   }
   const size_t header = out->size();
-  out->resize(header + kRansLanes * 4 + rev.size() * 2);
-  std::memcpy(out->data() + header, x.data(), kRansLanes * 4);
-  uint8_t* w = out->data() + header + kRansLanes * 4;
+  const size_t state_bytes = static_cast<size_t>(lanes) * 4;
+  out->resize(header + state_bytes + rev.size() * 2);
+  std::memcpy(out->data() + header, x.data(), state_bytes);
+  uint8_t* w = out->data() + header + state_bytes;
   for (size_t k = 0; k < rev.size(); ++k) {
     std::memcpy(w + 2 * k, &rev[rev.size() - 1 - k], 2);
   }
 }
 
+void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out) {
+  RansEncodeLayout(in, kRansLayout, out);
+}
+
 namespace {
 
 Status DecodeWith(std::span<const uint8_t> in, std::span<uint8_t> out, RansDecoder d) {
-  auto s = std::make_unique<internal::RansStream>();
-  RETURN_IF_ERROR(internal::ParseRansStream(in, s.get()));
-  std::array<uint32_t, kRansLanes> states = s->states;
+  auto s = std::make_unique_for_overwrite<internal::RansStream>();  // the table is 16 KiB
+  RETURN_IF_ERROR(internal::ParseRansStream(in, out.size(), s.get()));
+  std::array<uint32_t, kRansMaxLanes> states = s->states;
   size_t words_read = 0;
+  const std::span<uint8_t> coded = out.first(s->coded);
   if (s->single_symbol) {
-    if (!out.empty()) std::memset(out.data(), s->symbol, out.size());
-    return internal::CheckRansEnd(*s, 0, states.data());
+    if (!coded.empty()) std::memset(coded.data(), s->symbol, coded.size());
+    return internal::FinishRansDecode(*s, 0, states.data(), out);
   }
   size_t done = 0;
   switch (d) {
 #if defined(__x86_64__)
     case RansDecoder::kAvx512Vbmi2:
-      done = internal::RansDecodeGroupsAvx512(*s, out, states.data(), &words_read);
+      done = internal::RansDecodeGroupsAvx512(*s, coded, states.data(), &words_read);
       break;
     case RansDecoder::kAvx2:
-      done = internal::RansDecodeGroupsAvx2(*s, out, states.data(), &words_read);
+      done = internal::RansDecodeGroupsAvx2(*s, coded, states.data(), &words_read);
       break;
 #endif
 #if defined(__aarch64__)
     case RansDecoder::kNeon:
-      done = internal::RansDecodeGroupsNeon(*s, out, states.data(), &words_read);
+      done = internal::RansDecodeGroupsNeon(*s, coded, states.data(), &words_read);
       break;
 #endif
     default: break;  // the portable loop below does everything
   }
   RETURN_IF_ERROR(internal::RansDecodeTail(*s, done, out, states.data(), &words_read));
-  return internal::CheckRansEnd(*s, words_read, states.data());
+  return internal::FinishRansDecode(*s, words_read, states.data(), out);
 }
 
 bool Supported(RansDecoder d) {

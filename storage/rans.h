@@ -2,9 +2,15 @@
 // and interleaved formulation of Giesen's rans_byte/rans_word), laid out for SIMD decoding.
 //
 //  - 12-bit normalised frequencies (sum 4096), one table per stream, stored as Elias-gamma codes;
-//  - 32 interleaved 32-bit states: symbol i belongs to state i % 32; states live in [2^16, 2^32)
-//    and renormalise by whole 16-bit words, so each symbol reads at most one word;
-//  - one shared word stream, consumed in symbol order (the encoder runs backwards).
+//  - interleaved 32-bit states (64 in layout 2, written by the encoder; 32 in layout 1, which
+//    older files hold and every decoder still reads): symbol i belongs to state i % lanes; states
+//    live in [2^16, 2^32) and renormalise by whole 16-bit words, so each symbol reads at most one
+//    word;
+//  - one shared word stream, consumed in symbol order (the encoder runs backwards);
+//  - layout 2 only: each state's last two symbols are not coded but held in the encoder's initial
+//    state (2^16 + the two bytes), which the decoder finds as its final state; this pays for the
+//    extra states, so that layout 2 is no larger than layout 1 while its 64 independent states
+//    keep twice as many table lookups in flight.
 // The exact byte layout is in docs/format.md. Decoding checks everything it reads: a table that
 // does not sum to 4096, a truncated stream, trailing words or states that do not end where the
 // encoder began all give DATA_LOSS, never a crash or an out-of-bounds access.
@@ -19,11 +25,14 @@
 
 namespace dcomp::storage {
 
-inline constexpr int kRansLanes = 32;
+inline constexpr int kRansMaxLanes = 64;
 inline constexpr int kRansProbBits = 12;
+inline constexpr int kRansLayout = 2;  // what RansEncode writes
 
-// Appends the rANS stream of `in` to `out` (cleared first).
+// Writes the rANS stream of `in` to `out` (cleared first) in the current layout.
 void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out);
+// In layout 1 or 2 (tests and benchmarks compare them; files only need the current one).
+void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8_t>* out);
 
 // The decoders, by instruction set; all decode the same format to the same bytes and verdicts.
 enum class RansDecoder { kPortable, kAvx2, kAvx512Vbmi2, kNeon };

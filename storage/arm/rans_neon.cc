@@ -1,8 +1,9 @@
-// NEON rANS decoder (AArch64 baseline, no optional extension): 32 states in eight registers of 4
-// lanes. Per register and group: the 4 table entries are loaded one by one (NEON has no gather),
-// the states advance in vector arithmetic, and the states that fell below 2^16 refill from the
-// shared word stream: the lanes that need a word take consecutive words in lane order (the
-// portable decoder's order), distributed by a byte shuffle looked up from the 4-bit lane mask.
+// NEON rANS decoder (AArch64 baseline, no optional extension): the 32 or 64 states (layout 1 or
+// 2) in eight or sixteen registers of 4 lanes. Per register and group: the 4 table entries are
+// loaded one by one (NEON has no gather), the states advance in vector arithmetic, and the states
+// that fell below 2^16 refill from the shared word stream: the lanes that need a word take
+// consecutive words in lane order (the portable decoder's order), distributed by a byte shuffle
+// looked up from the 4-bit lane mask.
 #include <arm_neon.h>
 
 #include <array>
@@ -29,26 +30,28 @@ struct RefillShuffles {
 };
 constexpr RefillShuffles kRefill;
 
-}  // namespace
-
-size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
-                            size_t* words_read) {
-  const size_t groups = out.size() / kRansLanes;
+template <int kLanes>
+size_t DecodeGroups(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
+                    size_t* words_read) {
+  const size_t groups = out.size() / kLanes;
   const uint32_t* table = s.table.data();
   const uint8_t* words = s.words_bytes;
   size_t w = *words_read;
-  constexpr int kRegs = kRansLanes / 4;
+  const size_t num_words = s.num_words;  // a local: the byte stores below may alias `s`
+  constexpr int kRegs = kLanes / 4;
   uint32x4_t x[kRegs];
+#pragma GCC unroll 16
   for (int r = 0; r < kRegs; ++r) x[r] = vld1q_u32(states + 4 * r);
   const uint32x4_t bias_mask = vdupq_n_u32(0xFFF);
   const uint32x4_t lower = vdupq_n_u32(kRansL);
   const uint32x4_t bit = {1, 2, 4, 8};
   uint8_t* o = out.data();
   size_t g = 0;
-  // A group reads at most kRansLanes words; stop while a full group is still guaranteed in bounds
+  // A group reads at most kLanes words; stop while a full group is still guaranteed in bounds
   // (each register's load of 4 words stays within the group's worst case).
-  for (; g < groups && s.num_words - w >= kRansLanes; ++g, o += kRansLanes) {
+  for (; g < groups && num_words - w >= kLanes; ++g, o += kLanes) {
     uint16x4_t sym[kRegs];
+#pragma GCC unroll 16
     for (int r = 0; r < kRegs; ++r) {
       uint32_t slot[4];
       vst1q_u32(slot, vandq_u32(x[r], bias_mask));  // the slot is the low 12 bits
@@ -58,9 +61,11 @@ size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_
       x[r] = vaddq_u32(vmulq_u32(vshrq_n_u32(e, 20), vshrq_n_u32(x[r], 12)),
                        vandq_u32(vshrq_n_u32(e, 8), bias_mask));
     }
+#pragma GCC unroll 16
     for (int r = 0; r < kRegs; r += 2) {
       vst1_u8(o + 4 * r, vmovn_u16(vcombine_u16(sym[r], sym[r + 1])));
     }
+#pragma GCC unroll 16
     for (int r = 0; r < kRegs; ++r) {
       const uint32x4_t need = vcltq_u32(x[r], lower);
       const unsigned m = vaddvq_u32(vandq_u32(need, bit));
@@ -72,9 +77,18 @@ size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_
       w += static_cast<size_t>(__builtin_popcount(m));
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < kRegs; ++r) vst1q_u32(states + 4 * r, x[r]);
   *words_read = w;
-  return g * kRansLanes;
+  return g * kLanes;
+}
+
+}  // namespace
+
+size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
+                            size_t* words_read) {
+  return s.lanes == 32 ? DecodeGroups<32>(s, out, states, words_read)
+                       : DecodeGroups<64>(s, out, states, words_read);
 }
 
 }  // namespace dcomp::storage::internal

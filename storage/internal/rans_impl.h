@@ -12,33 +12,45 @@ namespace dcomp::storage::internal {
 
 inline constexpr uint32_t kRansL = 1u << 16;  // lower bound of a normalised state
 inline constexpr uint32_t kProbScale = 1u << kRansProbBits;
-inline constexpr uint8_t kRansStreamTag = 0x01;  // layout version: 32 lanes, 12-bit frequencies
+// The layouts (the stream's first byte): 1 = 32 states, 2 = 64 states whose last two symbols each
+// are held in the final state.
+inline constexpr int kRansTailPerLane = 2;  // layout 2
+inline int RansLanesOf(int layout) { return layout == 1 ? 32 : 64; }
 
 // A parsed stream: the decode table and where the states and words are.
 struct RansStream {
+  int layout = 0;
+  int lanes = 0;
+  // Symbols [coded, n) are held in the final states (layout 2): symbol coded + 64 j + k (k < 64)
+  // is byte j of lane (coded + k) % 64's final state, which is 2^16 + those bytes.
+  size_t coded = 0;
   // Per slot: symbol | (slot - start) << 8 | freq << 20 (freq < 4096: a single-symbol stream is
   // flagged instead).
   std::array<uint32_t, kProbScale> table;
   bool single_symbol = false;
   uint8_t symbol = 0;
-  std::array<uint32_t, kRansLanes> states;
+  std::array<uint32_t, kRansMaxLanes> states;
   const uint8_t* words_bytes = nullptr;
   size_t num_words = 0;
 };
 
-// Parses the header, frequency table and states; validates them.
-Status ParseRansStream(std::span<const uint8_t> in, RansStream* s);
+// Parses the header, frequency table and states of a stream of `n` symbols; validates them.
+Status ParseRansStream(std::span<const uint8_t> in, size_t n, RansStream* s);
 
-// Checks that a stream was consumed exactly: every word read and every state back at kRansL.
-Status CheckRansEnd(const RansStream& s, size_t words_read, const uint32_t* states);
+// Checks that a stream was consumed exactly (every word read) and that each final state is where
+// the encoder began: 2^16 plus, in layout 2, the symbols [s.coded, out.size()) it holds, which it
+// writes to `out`.
+Status FinishRansDecode(const RansStream& s, size_t words_read, const uint32_t* states,
+                        std::span<uint8_t> out);
 
-// Decodes symbols [begin, out.size()) with the portable loop, continuing from `states` and word
+// Decodes symbols [begin, s.coded) with the portable loop, continuing from `states` and word
 // position `*words_read`.
 Status RansDecodeTail(const RansStream& s, size_t begin, std::span<uint8_t> out, uint32_t* states,
                       size_t* words_read);
 
-// The SIMD decoders of whole 32-symbol groups, continuing from `states` and word position
-// `*words_read`; each returns the symbols decoded (the portable loop decodes the rest).
+// The SIMD decoders of whole groups of s.lanes symbols of out (out.size() = s.coded), continuing
+// from `states` and word position `*words_read`; each returns the symbols decoded (the portable
+// loop decodes the rest).
 #if defined(__x86_64__)
 // AVX-512 (F, BW, VBMI2): storage/x86/rans_avx512.cc.
 size_t RansDecodeGroupsAvx512(const RansStream& s, std::span<uint8_t> out, uint32_t* states,

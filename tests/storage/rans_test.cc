@@ -1,7 +1,8 @@
 // Every rANS decoder this CPU has (portable, AVX2, AVX-512 VBMI2, NEON) decodes exactly what the
 // portable decoder decodes: the same bytes from valid streams, the same verdict and bytes from
 // damaged ones, DATA_LOSS and no out-of-bounds access for truncated ones. Decoders the CPU lacks
-// are skipped (the aarch64 build runs this under qemu-aarch64 for NEON).
+// are skipped (the aarch64 build runs this under qemu-aarch64 for NEON). Both stream layouts: 2,
+// which the encoder writes, and 1, which older files hold.
 #include "storage/rans.h"
 
 #include <gtest/gtest.h>
@@ -19,11 +20,13 @@ namespace {
 
 using testing::GaussianCodes;
 
-std::vector<uint8_t> Encode(const std::vector<uint8_t>& in) {
+std::vector<uint8_t> Encode(const std::vector<uint8_t>& in, int layout = kRansLayout) {
   std::vector<uint8_t> enc;
-  RansEncode(in, &enc);
+  RansEncodeLayout(in, layout, &enc);
   return enc;
 }
+
+constexpr int kLayouts[] = {1, 2};
 
 class RansDecoderTest : public ::testing::TestWithParam<RansDecoder> {
  protected:
@@ -34,10 +37,12 @@ class RansDecoderTest : public ::testing::TestWithParam<RansDecoder> {
     }
   }
   void ExpectRoundTrip(const std::vector<uint8_t>& in) {
-    const auto enc = Encode(in);
-    std::vector<uint8_t> out(in.size(), 0xAA);
-    ASSERT_TRUE(RansDecodeWith(GetParam(), enc, out).ok()) << in.size();
-    EXPECT_EQ(out, in) << in.size();
+    for (int layout : kLayouts) {
+      const auto enc = Encode(in, layout);
+      std::vector<uint8_t> out(in.size(), 0xAA);
+      ASSERT_TRUE(RansDecodeWith(GetParam(), enc, out).ok()) << in.size() << " layout " << layout;
+      EXPECT_EQ(out, in) << in.size() << " layout " << layout;
+    }
   }
   // The decoder under test and the portable one give the same verdict and the same bytes.
   void ExpectSameAsPortable(std::span<const uint8_t> stored, size_t n, const std::string& what) {
@@ -67,23 +72,49 @@ TEST_P(RansDecoderTest, RoundTripsExtremeDistributions) {
 
 TEST_P(RansDecoderTest, TruncatedStreamsFailLikeThePortableDecoder) {
   const auto v = GaussianCodes(40000, 20, 11);
-  const auto enc = Encode(v);
-  for (size_t cut = 0; cut < enc.size(); cut += 251) {
-    ExpectSameAsPortable(std::span<const uint8_t>(enc.data(), cut), v.size(),
-                         "cut at " + std::to_string(cut));
+  for (int layout : kLayouts) {
+    const auto enc = Encode(v, layout);
+    const std::string l = "layout " + std::to_string(layout) + ": ";
+    for (size_t cut = 0; cut < enc.size(); cut += 251) {
+      ExpectSameAsPortable(std::span<const uint8_t>(enc.data(), cut), v.size(),
+                           l + "cut at " + std::to_string(cut));
+    }
+    // Wrong output sizes.
+    for (size_t n : {v.size() - 1, v.size() + 1, v.size() + 32, v.size() - 32, v.size() + 64}) {
+      ExpectSameAsPortable(enc, n, l + "output of " + std::to_string(n));
+    }
   }
-  // Wrong output sizes.
-  for (size_t n : {v.size() - 1, v.size() + 1, v.size() + 32, v.size() - 32}) {
-    ExpectSameAsPortable(enc, n, "output of " + std::to_string(n));
+}
+
+// Layout 2 keeps each state's last two symbols in its final state: streams shorter than that (no
+// coded symbols at all) or ending mid-lane round-trip, and a final state that is not 2^16 plus
+// the held symbols is refused. (A held symbol of a short stream is stored as it is: like every
+// stored byte, the block's CRC32C covers it.)
+TEST_P(RansDecoderTest, SymbolsHeldInTheFinalStatesAreChecked) {
+  for (size_t n : {0, 1, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 256, 257}) {
+    ExpectRoundTrip(GaussianCodes(n, 30, n + 7));
+  }
+  const auto v = GaussianCodes(100, 20, 3);  // all held: the stream ends with the 64 states
+  const auto enc = Encode(v, 2);
+  for (size_t lane = 0; lane < 64; lane += 9) {
+    auto bad = enc;
+    bad[enc.size() - 256 + 4 * lane + 2] ^= 0x02;  // 2^17: the high half must be exactly 1
+    std::vector<uint8_t> out(v.size());
+    const Status st = RansDecodeWith(GetParam(), bad, out);
+    EXPECT_EQ(st.code(), StatusCode::kDataLoss) << lane << ": " << st.message();
+    if (lane < 100 - 64) continue;  // lanes 36.. hold one symbol: their byte 1 must be zero
+    bad = enc;
+    bad[enc.size() - 256 + 4 * lane + 1] ^= 0x01;
+    EXPECT_EQ(RansDecodeWith(GetParam(), bad, out).code(), StatusCode::kDataLoss) << lane;
   }
 }
 
 TEST_P(RansDecoderTest, DamagedStreamsDecodeLikeThePortableDecoder) {
   const auto v = GaussianCodes(30000, 15, 13);
-  const auto enc = Encode(v);
+  const std::vector<uint8_t> enc[] = {Encode(v, 1), Encode(v, 2)};
   std::mt19937 rng(4);
   for (int k = 0; k < 500; ++k) {
-    auto bad = enc;
+    auto bad = enc[k % 2];
     const int flips = 1 + static_cast<int>(rng() % 3);
     for (int f = 0; f < flips; ++f) {
       bad[rng() % bad.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
@@ -94,7 +125,7 @@ TEST_P(RansDecoderTest, DamagedStreamsDecodeLikeThePortableDecoder) {
   for (int k = 0; k < 200; ++k) {
     std::vector<uint8_t> junk(64 + rng() % 4096);
     for (auto& b : junk) b = static_cast<uint8_t>(rng());
-    junk[0] = 1;
+    junk[0] = static_cast<uint8_t>(1 + k % 2);
     ExpectSameAsPortable(junk, rng() % 5000, "junk " + std::to_string(k));
   }
 }
