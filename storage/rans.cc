@@ -49,38 +49,37 @@ class BitWriter {
 
 class BitReader {
  public:
-  explicit BitReader(std::span<const uint8_t> in) : in_(in) {}
+  explicit BitReader(std::span<const uint8_t> in) : in_(in) { Refill(); }
   // Elias gamma, at most `max_bits` (<= 16) significant bits; false if the code is longer or runs
-  // past the end. Reads a 32-bit window at a time (one code is at most 31 bits).
+  // past the end. Codes come from a 64-bit buffer refilled a byte at a time (a code is at most 31
+  // bits), so that consecutive codes depend on each other only through a count and a shift.
   bool Gamma(uint32_t* v, int max_bits) {
-    const uint32_t window = Peek32();
-    const int zeros = window == 0 ? 32 : __builtin_clz(window);
+    if (avail_ < 32) Refill();
+    const int zeros = buf_ == 0 ? 64 : __builtin_clzll(buf_);
     if (zeros >= max_bits) return false;
     const int len = 2 * zeros + 1;
-    pos_ += static_cast<size_t>(len);
-    if (pos_ > in_.size() * 8) return false;
-    *v = window >> (32 - len);
+    if (len > avail_) return false;  // runs past the end
+    *v = static_cast<uint32_t>(buf_ >> (64 - len));
+    buf_ <<= len;
+    avail_ -= len;
+    used_ += static_cast<size_t>(len);
     return true;
   }
-  size_t bytes_used() const { return (pos_ + 7) / 8; }
+  size_t bytes_used() const { return (used_ + 7) / 8; }
 
  private:
-  // The next 32 bits, MSB first, zeros past the end.
-  uint32_t Peek32() const {
-    const size_t byte = pos_ / 8;
-    uint64_t w = 0;
-    if (in_.size() - byte >= 8) {
-      std::memcpy(&w, in_.data() + byte, 8);
-      w = __builtin_bswap64(w);
-    } else {
-      for (size_t k = 0; k < 8; ++k) {
-        w = (w << 8) | (byte + k < in_.size() ? in_[byte + k] : 0u);
-      }
+  // At least 57 bits in the buffer while bytes remain; zeros behind the last one.
+  void Refill() {
+    while (avail_ <= 56 && next_ < in_.size()) {
+      buf_ |= static_cast<uint64_t>(in_[next_++]) << (56 - avail_);
+      avail_ += 8;
     }
-    return static_cast<uint32_t>((w << (pos_ % 8)) >> 32);
   }
   std::span<const uint8_t> in_;
-  size_t pos_ = 0;
+  uint64_t buf_ = 0;  // MSB first
+  int avail_ = 0;     // bits of buf_ that came from the input
+  size_t next_ = 0;   // next byte to load
+  size_t used_ = 0;   // bits consumed
 };
 
 // Frequencies summing to kProbScale, every present symbol at least 1, chosen greedily to minimise
