@@ -87,8 +87,9 @@ size_t DecodeGroups(const RansStream& s, std::span<uint8_t> out, uint32_t* state
 
 size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
                             size_t* words_read) {
-  return s.lanes == 32 ? DecodeGroups<32>(s, out, states, words_read)
-                       : DecodeGroups<64>(s, out, states, words_read);
+  return ForRansLanes(s, [&](auto lanes) {
+    return DecodeGroups<decltype(lanes)::value>(s, out, states, words_read);
+  });
 }
 
 }  // namespace dcomp::storage::internal

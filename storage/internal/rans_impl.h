@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 #include "base/status.h"
 #include "storage/rans.h"
@@ -33,6 +34,14 @@ struct RansStream {
   const uint8_t* words_bytes = nullptr;
   size_t num_words = 0;
 };
+
+// Calls f with std::integral_constant<int, N> for the stream's state count N (32 or 64): the SIMD
+// decoders are templates on it, so that their loops over registers unroll.
+template <typename F>
+size_t ForRansLanes(const RansStream& s, F&& f) {
+  return s.lanes == 32 ? f(std::integral_constant<int, 32>{})
+                       : f(std::integral_constant<int, 64>{});
+}
 
 // Parses the header, frequency table and states of a stream of `n` symbols; validates them.
 Status ParseRansStream(std::span<const uint8_t> in, size_t n, RansStream* s);

@@ -100,8 +100,9 @@ __attribute__((target("avx2,popcnt"))) size_t DecodeGroups(const RansStream& s,
 
 size_t RansDecodeGroupsAvx2(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
                             size_t* words_read) {
-  return s.lanes == 32 ? DecodeGroups<32>(s, out, states, words_read)
-                       : DecodeGroups<64>(s, out, states, words_read);
+  return ForRansLanes(s, [&](auto lanes) {
+    return DecodeGroups<decltype(lanes)::value>(s, out, states, words_read);
+  });
 }
 
 }  // namespace dcomp::storage::internal

@@ -62,8 +62,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt"))) size_t D
 
 size_t RansDecodeGroupsAvx512(const RansStream& s, std::span<uint8_t> out, uint32_t* states,
                               size_t* words_read) {
-  return s.lanes == 32 ? DecodeGroups<32>(s, out, states, words_read)
-                       : DecodeGroups<64>(s, out, states, words_read);
+  return ForRansLanes(s, [&](auto lanes) {
+    return DecodeGroups<decltype(lanes)::value>(s, out, states, words_read);
+  });
 }
 
 }  // namespace dcomp::storage::internal
