@@ -133,9 +133,8 @@ Status ParseRansStream(std::span<const uint8_t> in, size_t n, RansStream* s) {
     return DataLossError("rANS stream layout " + std::to_string(in[0]) +
                          " is unknown (expected 1 or 2)");
   }
-  s->layout = in[0];
-  s->lanes = RansLanesOf(s->layout);
-  s->coded = s->layout == 1 ? n : n - std::min<size_t>(n, kRansTailPerLane * kRansMaxLanes);
+  s->lanes = RansLanesOf(in[0]);
+  s->coded = RansCodedSymbols(in[0], n);
   BitReader br(in.subspan(1));
   std::array<uint32_t, 256> f{};
   uint32_t sum = 0;
@@ -188,9 +187,9 @@ namespace {
 // lane (the j-th of lane l at byte j).
 void InitialStates(std::span<const uint8_t> in, size_t coded, int lanes, uint32_t* x) {
   for (int l = 0; l < lanes; ++l) x[l] = kRansL;
+  const size_t n = static_cast<size_t>(lanes);
   for (size_t i = coded; i < in.size(); ++i) {
-    const size_t j = (i - coded) / kRansMaxLanes;
-    x[i % kRansMaxLanes] |= static_cast<uint32_t>(in[i]) << (8 * j);
+    x[i % n] |= static_cast<uint32_t>(in[i]) << (8 * ((i - coded) / n));
   }
 }
 
@@ -202,9 +201,9 @@ Status FinishRansDecode(const RansStream& s, size_t words_read, const uint32_t* 
     return DataLossError("rANS stream has " + std::to_string(s.num_words - words_read) +
                          " unread words after the last symbol");
   }
+  const size_t lanes = static_cast<size_t>(s.lanes);
   for (size_t i = s.coded; i < out.size(); ++i) {
-    const size_t j = (i - s.coded) / kRansMaxLanes;
-    out[i] = static_cast<uint8_t>(states[i % kRansMaxLanes] >> (8 * j));
+    out[i] = static_cast<uint8_t>(states[i % lanes] >> (8 * ((i - s.coded) / lanes)));
   }
   std::array<uint32_t, kRansMaxLanes> expected;
   InitialStates(out, s.coded, s.lanes, expected.data());
@@ -265,10 +264,7 @@ using internal::kRansL;
 
 void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8_t>* out) {
   const int lanes = internal::RansLanesOf(layout);
-  const size_t coded =
-      layout == 1
-          ? in.size()
-          : in.size() - std::min<size_t>(in.size(), internal::kRansTailPerLane * kRansMaxLanes);
+  const size_t coded = internal::RansCodedSymbols(layout, in.size());
   out->clear();
   out->push_back(static_cast<uint8_t>(layout));
   std::array<uint64_t, 256> counts{};

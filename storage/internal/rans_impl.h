@@ -1,6 +1,7 @@
 // Shared between the rANS encoder, the portable decoder and the SIMD decoders (storage/ only).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <span>
@@ -17,10 +18,13 @@ inline constexpr uint32_t kProbScale = 1u << kRansProbBits;
 // are held in the final state.
 inline constexpr int kRansTailPerLane = 2;  // layout 2
 inline int RansLanesOf(int layout) { return layout == 1 ? 32 : 64; }
+// How many of a stream's n symbols are coded; the rest (layout 2) are held in the final states.
+inline size_t RansCodedSymbols(int layout, size_t n) {
+  return layout == 1 ? n : n - std::min<size_t>(n, kRansTailPerLane * kRansMaxLanes);
+}
 
 // A parsed stream: the decode table and where the states and words are.
 struct RansStream {
-  int layout = 0;
   int lanes = 0;
   // Symbols [coded, n) are held in the final states (layout 2): symbol coded + 64 j + k (k < 64)
   // is byte j of lane (coded + k) % 64's final state, which is 2^16 + those bytes.
