@@ -76,6 +76,7 @@ void AttachInputStats(PackState& s) {
     if (const InputStats* st = s.observer->Find(layer, which)) {
       m.stats = st;
       m.importance = st->max_abs;
+      m.gptq = s.o.gptq && !st->xtx.empty();
     }
   }
 }
@@ -93,6 +94,23 @@ void StatsObserver::Observe(int layer, LinearInput which, const float* x, size_t
     for (size_t c = 0; c < cols; ++c) s.max_abs[c] = std::max(s.max_abs[c], std::fabs(r[c]));
     if (s.seen % stride_ == 0 && s.sample.size() < kSampleRows * cols) {
       s.sample.insert(s.sample.end(), r, r + cols);
+    }
+  }
+  if (cols > kMaxSecondMomentCols) return;
+  // The second moment, from the batch transposed so that each entry is one contiguous dot product.
+  if (s.xtx.empty()) s.xtx.assign(cols * cols, 0.0);
+  std::vector<double> xt(n * cols);
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t c = 0; c < cols; ++c) xt[c * n + t] = x[t * cols + c];
+  }
+  for (size_t i = 0; i < cols; ++i) {
+    const double* xi = xt.data() + i * n;
+    for (size_t j = i; j < cols; ++j) {
+      const double* xj = xt.data() + j * n;
+      double acc = 0;
+      for (size_t t = 0; t < n; ++t) acc += xi[t] * xj[t];
+      s.xtx[i * cols + j] += acc;
+      if (j != i) s.xtx[j * cols + i] += acc;
     }
   }
 }

@@ -35,7 +35,7 @@ constexpr const char* kUsage =
 commands:
   pack IN OUT.dcm [--calib FILE] [--block-size B] [--codec auto|rans|zstd|raw] [--zstd-level L]
        [--min-decode-speed MBPS] [--min-coding-gain F] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
-       [--no-scaling] [--no-rate-alloc] [--calib-tokens N]
+       [--no-scaling] [--no-rate-alloc] [--rounding gptq|nearest] [--calib-tokens N]
   inspect FILE.dcm [--verify] [--json]
   synth --shape tinyllama-1.1b|llama-3.2-1b|qwen3-0.6b|gemma-3-1b OUT.gguf [--widths stories3m|int8] [--entropy BITS]
         [--seed S]
@@ -307,6 +307,9 @@ Status CmdPack(const std::vector<std::string>& args) {
              "perplexity budget over f32 on the calibration tokens, percent (default 1.2)")
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
+      .Value("rounding",
+             "codes below 8 bits: gptq (error-compensating, from the calibration inputs) | "
+             "nearest (default gptq)")
       .Switch("quiet", "no progress or report");
   ASSIGN_OR_RETURN(
       const bool help,
@@ -343,6 +346,11 @@ Status CmdPack(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", 1.2));
   o.scaling = !f.IsSet("no-scaling");
   o.rate_alloc = !f.IsSet("no-rate-alloc");
+  const std::string rounding = f.GetOr("rounding", "gptq");
+  if (rounding != "gptq" && rounding != "nearest") {
+    return InvalidArgumentError("--rounding " + rounding + ": expected gptq or nearest");
+  }
+  o.gptq = rounding == "gptq";
   for (const auto& a : args) o.command_line += (o.command_line.empty() ? "" : " ") + a;
   const bool quiet = f.IsSet("quiet");
   const bool tty = isatty(2) == 1;

@@ -30,6 +30,7 @@ struct PackOptions {
   double max_ppl_increase = 1.2;  // percent over the f32 model on the calibration tokens
   bool scaling = true;
   bool rate_alloc = true;
+  bool gptq = true;  // codes below 8 bits: GPTQ rounding where calibration inputs allow it
   int calib_tokens = 4096;
   int threads = 2;
   std::string command_line;  // recorded in the manifest

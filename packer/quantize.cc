@@ -3,14 +3,91 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "base/packed_codes.h"
 #include "kernels/kernels.h"
 
 namespace dcomp::packer {
 
+GptqFactor MakeGptqFactor(std::span<const double> xtx, size_t n, size_t cols,
+                          std::span<const float> col_scale, double damp) {
+  GptqFactor f;
+  if (n == 0 || cols == 0 || xtx.size() != cols * cols) return f;
+  auto s = [&](size_t j) { return col_scale.empty() ? 1.0 : static_cast<double>(col_scale[j]); };
+  const double inv_n = 1.0 / static_cast<double>(n);
+  std::vector<double> diag(cols);
+  double mean = 0;
+  for (size_t j = 0; j < cols; ++j) {
+    diag[j] = xtx[j * cols + j] * inv_n / (s(j) * s(j));
+    mean += diag[j];
+  }
+  mean /= static_cast<double>(cols);
+  if (!(mean > 0) || !std::isfinite(mean)) return f;
+  std::vector<uint32_t> order(cols);
+  for (size_t j = 0; j < cols; ++j) order[j] = static_cast<uint32_t>(j);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](uint32_t a, uint32_t b) { return diag[a] > diag[b]; });
+  // a = the damped, permuted H; then its lower Cholesky factor L in place (a = L L^T).
+  std::vector<double> a(cols * cols);
+  for (size_t i = 0; i < cols; ++i) {
+    for (size_t j = 0; j < cols; ++j) {
+      const size_t oi = order[i], oj = order[j];
+      a[i * cols + j] = xtx[oi * cols + oj] * inv_n / (s(oi) * s(oj));
+    }
+    a[i * cols + i] += damp * mean;
+  }
+  auto cholesky_lower = [cols](std::vector<double>& m) {
+    for (size_t j = 0; j < cols; ++j) {
+      double d = m[j * cols + j];
+      for (size_t k = 0; k < j; ++k) d -= m[j * cols + k] * m[j * cols + k];
+      if (!(d > 0)) return false;
+      const double ljj = std::sqrt(d);
+      m[j * cols + j] = ljj;
+      for (size_t i = j + 1; i < cols; ++i) {
+        double v = m[i * cols + j];
+        for (size_t k = 0; k < j; ++k) v -= m[i * cols + k] * m[j * cols + k];
+        m[i * cols + j] = v / ljj;
+      }
+      for (size_t k = j + 1; k < cols; ++k) m[j * cols + k] = 0;  // upper part cleared
+    }
+    return true;
+  };
+  if (!cholesky_lower(a)) return f;
+  // li = L^-1 (lower), by forward substitution, column by column.
+  std::vector<double> li(cols * cols, 0.0);
+  for (size_t c = 0; c < cols; ++c) {
+    li[c * cols + c] = 1.0 / a[c * cols + c];
+    for (size_t i = c + 1; i < cols; ++i) {
+      double v = 0;
+      for (size_t k = c; k < i; ++k) v -= a[i * cols + k] * li[k * cols + c];
+      li[i * cols + c] = v / a[i * cols + i];
+    }
+  }
+  // hinv = L^-T L^-1; then its upper factor U (hinv = U^T U) = the transpose of its lower one.
+  std::vector<double>& hinv = a;
+  for (size_t i = 0; i < cols; ++i) {
+    for (size_t j = 0; j <= i; ++j) {
+      double v = 0;
+      for (size_t k = i; k < cols; ++k) v += li[k * cols + i] * li[k * cols + j];
+      hinv[i * cols + j] = hinv[j * cols + i] = v;
+    }
+  }
+  if (!cholesky_lower(hinv)) return f;
+  f.u.assign(cols * cols, 0.0);
+  for (size_t i = 0; i < cols; ++i) {
+    for (size_t j = i; j < cols; ++j) f.u[i * cols + j] = hinv[j * cols + i];
+  }
+  f.cols = cols;
+  f.order = std::move(order);
+  return f;
+}
+
 QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t cols,
-                               const QuantParams& p) {
+                               const QuantParams& p, double* hessian_error) {
+  if (hessian_error != nullptr) *hessian_error = 0;
   QuantizedMatrix q;
   q.rows = rows;
   q.cols = cols;
@@ -19,7 +96,8 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
   const bool narrow = p.bits < 8;
   const float m = narrow ? 1.0f : std::max(1.0f, p.step_multiplier);
   q.max_code = narrow ? MaxCode(p.bits) : static_cast<int>(std::floor(127.0f / m));
-  const bool plain = p.col_scale.empty() && p.prune <= 0 && m == 1.0f && !narrow;
+  const GptqFactor* g = p.gptq != nullptr && p.gptq->cols == cols ? p.gptq : nullptr;
+  const bool plain = p.col_scale.empty() && p.prune <= 0 && m == 1.0f && !narrow && g == nullptr;
   if (plain) {  // exactly the engine's quantizer
     const size_t pc = kernels::PaddedCols(cols);
     std::vector<int8_t> padded(rows * pc);
@@ -30,12 +108,15 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     }
     return q;
   }
-  std::vector<float> row(cols), score(cols);
+  std::vector<float> row(cols), score(cols), target(g ? cols : 0);
   std::vector<size_t> idx(cols);
+  std::vector<double> rest(g ? cols : 0);  // GPTQ: the row still to round, in g->order
+  std::vector<int8_t> trial(g ? cols : 0);
   for (size_t r = 0; r < rows; ++r) {
     for (size_t c = 0; c < cols; ++c) {
       row[c] = w[r * cols + c] * (p.col_scale.empty() ? 1.0f : p.col_scale[c]);
     }
+    if (g) std::copy(row.begin(), row.end(), target.begin());  // before pruning
     if (p.prune > 0) {
       const size_t k = static_cast<size_t>(std::floor(p.prune * static_cast<float>(cols)));
       if (k > 0) {
@@ -52,12 +133,45 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     }
     float amax = 0;
     for (float v : row) amax = std::max(amax, std::fabs(v));
+    const float lim = static_cast<float>(q.max_code);
+    if (g != nullptr && amax > 0) {
+      // GPTQ at each clip (the row's own choice among p.row_clips, else p.clip); pruned entries
+      // (zero in `row`) are held at code 0 and their error spread too.
+      int8_t* out = q.codes.data() + r * cols;
+      double best = -1;
+      const std::span<const float> clips =
+          narrow && !p.row_clips.empty() ? p.row_clips : std::span<const float>(&p.clip, 1);
+      for (float clip : clips) {
+        const float scale = narrow ? amax * clip / lim : amax * m / 127.0f;
+        const float inv = 1.0f / scale;
+        double loss = 0;
+        for (size_t k = 0; k < cols; ++k) rest[k] = target[g->order[k]];
+        for (size_t k = 0; k < cols; ++k) {
+          const size_t c = g->order[k];
+          const double code =
+              row[c] == 0.0f && target[c] != 0.0f
+                  ? 0.0
+                  : std::nearbyint(std::clamp(static_cast<float>(rest[k]) * inv, -lim, lim));
+          trial[c] = static_cast<int8_t>(code);
+          const double* uk = g->u.data() + k * cols;
+          const double e = (rest[k] - code * static_cast<double>(scale)) / uk[k];
+          loss += e * e;
+          for (size_t l = k + 1; l < cols; ++l) rest[l] -= e * uk[l];
+        }
+        if (best < 0 || loss < best) {
+          best = loss;
+          q.scale[r] = scale;
+          std::copy(trial.begin(), trial.end(), out);
+        }
+      }
+      if (hessian_error != nullptr) *hessian_error += best;
+      continue;
+    }
     const float scale = amax <= 0 ? 0.0f
                         : narrow  ? amax * p.clip / static_cast<float>(q.max_code)
                                   : amax * m / 127.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
     q.scale[r] = scale;
-    const float lim = static_cast<float>(q.max_code);
     for (size_t c = 0; c < cols; ++c) {
       q.codes[r * cols + c] =
           static_cast<int8_t>(std::nearbyint(std::clamp(row[c] * inv, -lim, lim)));
@@ -72,8 +186,13 @@ float ChooseClip(std::span<const float> w, size_t rows, size_t cols, QuantParams
   double best_err = -1;
   for (float clip : candidates) {
     p.clip = clip;
-    const QuantizedMatrix q = QuantizeMatrix(w, rows, cols, p);
     double err = 0;
+    const QuantizedMatrix q = QuantizeMatrix(w, rows, cols, p, &err);
+    if (p.gptq != nullptr && p.gptq->cols == cols) {
+      if (best_err < 0 || err < best_err) best_err = err, best = clip;
+      continue;
+    }
+    err = 0;
     for (size_t r = 0; r < rows; ++r) {
       for (size_t c = 0; c < cols; ++c) {
         const double ws = static_cast<double>(w[r * cols + c]) *

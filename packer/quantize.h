@@ -19,6 +19,29 @@
 
 namespace dcomp::packer {
 
+// GPTQ's rounding of one matrix input (Frantar et al., "GPTQ: Accurate Post-Training Quantization
+// for Generative Pre-trained Transformers", 2022): the weights of a row are rounded one input
+// column at a time, in order of decreasing input energy, and each rounding error is spread over the
+// columns not yet rounded so as to minimise the row's output error (w - q) H (w - q)^T on the
+// calibration inputs, H = E[x' x'^T] in the scaled domain x'_j = x_j / s_j. The factor is the
+// upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 in that column order, shared by
+// every row and every width of the matrices reading that input.
+struct GptqFactor {
+  size_t cols = 0;
+  std::vector<uint32_t> order;  // order[k] = the input column rounded k-th
+  std::vector<double> u;        // [cols][cols], upper triangle, in `order`'s order
+};
+
+// The factor of the second moment `xtx` (sum over `n` inputs of x x^T, [cols][cols]) for the
+// column scales `col_scale` (empty = 1). An empty result (cols == 0) when the damped matrix is not
+// positive definite (no input energy at all): the caller rounds to nearest instead.
+GptqFactor MakeGptqFactor(std::span<const double> xtx, size_t n, size_t cols,
+                          std::span<const float> col_scale, double damp = 0.01);
+
+// The clips tried for codes below 8 bits (per matrix, or per row with GPTQ).
+inline constexpr float kClipCandidates[] = {1.0f,  0.95f, 0.9f,  0.85f, 0.8f,
+                                            0.75f, 0.7f,  0.65f, 0.6f};
+
 struct QuantParams {
   std::span<const float> col_scale;   // s_j, empty = all 1
   std::span<const float> importance;  // max|x'_j| for pruning, empty = all 1
@@ -26,6 +49,10 @@ struct QuantParams {
   float prune = 0.0f;                 // fraction of each row zeroed, in [0, 1)
   int bits = 8;                       // code width, 4..8
   float clip = 1.0f;                  // bits < 8: fraction of max|row| the largest code stands for
+  const GptqFactor* gptq = nullptr;   // GPTQ rounding with this factor (null = nearest)
+  // bits < 8 with gptq: each row takes the clip of these whose GPTQ rounding has the least output
+  // error (w - q) H (w - q)^T (empty = `clip` for every row).
+  std::span<const float> row_clips;
 };
 
 struct QuantizedMatrix {
@@ -36,12 +63,15 @@ struct QuantizedMatrix {
   int bits() const { return BitsForMaxCode(max_code); }  // every code fits this width
 };
 
+// With `hessian_error`: the sum over rows of GPTQ's step losses (0 when rounded to nearest).
 QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t cols,
-                               const QuantParams& p);
+                               const QuantParams& p, double* hessian_error = nullptr);
 
-// The clip (of `candidates`) with the least activation-weighted squared error of width `bits`:
-// sum_r sum_j ms[j] * (W'[r][j] - deq(Q)[r][j])^2, ms[j] the mean square of input j (empty = 1),
-// the diagonal of the output error's Hessian. O(rows * cols) per candidate.
+// The clip (of `candidates`) with the least activation-weighted squared error of width `bits`.
+// Rounded to nearest: sum_r sum_j ms[j] * (W'[r][j] - deq(Q)[r][j])^2, ms[j] the mean square of
+// input j (empty = 1), the diagonal of the output error's Hessian; O(rows * cols) per candidate.
+// With p.gptq: the damped Hessian's full quadratic form of the GPTQ rounding's error, which GPTQ
+// gives as the sum of its steps' losses; O(rows * cols^2) per candidate.
 float ChooseClip(std::span<const float> w, size_t rows, size_t cols, QuantParams p,
                  std::span<const float> ms, std::span<const float> candidates);
 

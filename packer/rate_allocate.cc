@@ -15,9 +15,6 @@
 namespace dcomp::packer::internal {
 namespace {
 
-// Clip candidates per width (chosen per matrix by the activation-weighted weight error).
-constexpr float kClipCandidates[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f, 0.65f, 0.6f};
-
 // Mean KL(f32 || model) over every position of the sequences, from stored f32 log-probabilities.
 class KlEvaluator {
  public:
@@ -111,11 +108,17 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
     Matrix& m = mats[i];
     const double n = static_cast<double>(m.rows * m.cols);
     opts[i].push_back({8, 1.0f, 8 * n, m.entropy * n, 0.0});
-    const std::vector<float> ms = InputMeanSquare(m);
+    const GptqFactor g = GptqFactorOf(m);  // one factor for every width
+    const std::vector<float> ms = g.cols != 0 ? std::vector<float>() : InputMeanSquare(m);
     for (int bits = 7; bits >= kMinPackedBits; --bits) {
       QuantParams p = ParamsOf(m);
       p.bits = bits;
-      p.clip = ChooseClip(m.w, m.rows, m.cols, p, ms, kClipCandidates);
+      if (g.cols != 0) {
+        p.gptq = &g;
+        p.row_clips = kClipCandidates;  // each row its own (Quantize does the same)
+      } else {
+        p.clip = ChooseClip(m.w, m.rows, m.cols, p, ms, kClipCandidates);
+      }
       QuantizedMatrix q = QuantizeMatrix(m.w, m.rows, m.cols, p);
       qw.SetMatrix(m, &q);
       ASSIGN_OR_RETURN(double d, kl.Kl(&qw));
@@ -146,43 +149,152 @@ double Choose(const Options& opts, double lambda, std::vector<size_t>* c) {
   return total;
 }
 
-// Applies the Lagrangian choice whose predicted KL increase fits the budget, measures the
-// combination, and tightens the target until the measured KL fits the limit (at most 8 attempts).
-// Returns whether it fits.
+// The Lagrangian choice whose predicted KL increase (the sum of the single-matrix increases) is at
+// most `target`: the smallest lambda (most bits saved) that fits it.
+std::vector<size_t> ChoiceFor(const Options& opts, double target) {
+  double lo = 1e-3, hi = 1e18;
+  std::vector<size_t> choice(opts.size());
+  for (int it = 0; it < 200 && hi / lo > 1.0001; ++it) {
+    const double mid = std::sqrt(lo * hi);
+    if (Choose(opts, mid, &choice) <= target) {
+      hi = mid;
+    } else {
+      lo = mid;
+    }
+  }
+  Choose(opts, hi, &choice);
+  return choice;
+}
+
+// Sets every matrix to its option in `choice` (re-quantizing those that change) and returns the
+// measured KL of the whole combination.
+Result<double> Apply(PackState& s, const KlEvaluator& kl, const Options& opts,
+                     const std::vector<size_t>& choice) {
+  std::vector<Matrix>& mats = s.mats;
+  for (size_t i = 0; i < mats.size(); ++i) {
+    const Option& o = opts[i][choice[i]];
+    if (mats[i].bits != o.bits || mats[i].clip != o.clip) {
+      mats[i].bits = o.bits;
+      mats[i].clip = o.clip;
+      Quantize(mats[i]);
+      s.qw->SetMatrix(mats[i], &mats[i].q);
+    }
+  }
+  return kl.Kl(s.qw.get());
+}
+
+// The predicted KL increase of a choice: the sum of its options' single-matrix increases.
+double Predicted(const Options& opts, const std::vector<size_t>& choice) {
+  double sum = 0;
+  for (size_t i = 0; i < opts.size(); ++i) sum += opts[i][choice[i]].dkl;
+  return sum;
+}
+
+// The Lagrangian choices are the lower convex hull of (bits, predicted KL): between two of them
+// the budget can be left largely unspent (one large matrix changing width moves the sum a lot).
+// This spends what the measurement of `cur` left: single-width narrowing steps, fewest predicted
+// KL per bit saved first, one per matrix, while their predicted sum (scaled by measured over
+// predicted of `cur`) fits what is left; measured, kept if the whole still fits, else undone and
+// tried again with half the room. Up to 3 rounds. Returns true (the matrices stay at a choice that
+// fits).
+Result<bool> FillBudget(PackState& s, const KlEvaluator& kl, const Options& opts, double kl_base,
+                        double limit, std::vector<size_t> cur, double cur_measured) {
+  double share = 1;  // of the room left, halved after a fill that did not fit
+  bool at_cur = true;
+  for (int round = 0; round < 3; ++round) {
+    const double pred = Predicted(opts, cur);
+    const double per_pred =
+        pred > 0 && cur_measured > kl_base ? (cur_measured - kl_base) / pred : 1;
+    const double room = share * (limit - cur_measured) / per_pred;
+    struct Step {
+      size_t matrix;
+      double kl_per_bit, dkl;
+    };
+    std::vector<Step> steps;
+    for (size_t i = 0; i < opts.size(); ++i) {
+      const size_t k = cur[i];
+      if (k + 1 >= opts[i].size()) continue;
+      const double bits = opts[i][k].packed_bits - opts[i][k + 1].packed_bits;
+      const double dkl = std::max(0.0, opts[i][k + 1].dkl - opts[i][k].dkl);
+      if (bits > 0) steps.push_back({i, dkl / bits, dkl});
+    }
+    std::stable_sort(steps.begin(), steps.end(),
+                     [](const Step& a, const Step& b) { return a.kl_per_bit < b.kl_per_bit; });
+    std::vector<size_t> trial = cur;
+    double spent = 0;
+    for (const Step& st : steps) {
+      if (spent + st.dkl > room) continue;
+      spent += st.dkl;
+      ++trial[st.matrix];
+    }
+    if (trial == cur) break;
+    ASSIGN_OR_RETURN(const double measured, Apply(s, kl, opts, trial));
+    const bool fits = measured <= limit;
+    s.Log("rate allocation: filling the budget, predicted KL +" + Fmt("%.5f", pred + spent) +
+          ", measured total " + Fmt("%.5f", measured) + (fits ? " (fits)" : " (over the limit)"));
+    at_cur = fits;
+    if (!fits) {
+      share *= 0.5;
+      continue;
+    }
+    cur = std::move(trial);
+    cur_measured = measured;
+  }
+  if (!at_cur) RETURN_IF_ERROR(Apply(s, kl, opts, cur).status());
+  return true;
+}
+
+// Searches the Lagrangian choice whose measured combination fits the limit most closely. The
+// single-matrix increases do not add up exactly (interactions), so each measurement corrects the
+// next target: a secant step on the predicted increase, kept strictly between the largest
+// prediction known to fit and the smallest known not to (bisected when the step leaves that
+// interval or lands on a choice already measured). At most 10 measurements, fewer once the
+// measured increase is within 3% below the budget or no untried choice lies in the interval.
+// Leaves the matrices at the best choice that fits; returns whether one did (a choice of every
+// matrix at 8 bits always fits, since the budget is positive).
 Result<bool> ApplyChoice(PackState& s, const KlEvaluator& kl, const Options& opts, double kl_base,
                          double limit, double budget) {
-  std::vector<Matrix>& mats = s.mats;
+  double fit_pred = -1, over_pred = 1e300;  // fit_pred < 0: nothing measured fits yet
   double target = budget;
-  bool fits = false;
-  for (int attempt = 0; attempt < 8 && !fits; ++attempt) {
-    // The smallest lambda (most bits saved) whose predicted KL increase fits the target.
-    double lo = 1e-3, hi = 1e18;
-    std::vector<size_t> choice(mats.size());
-    for (int it = 0; it < 200 && hi / lo > 1.0001; ++it) {
-      const double mid = std::sqrt(lo * hi);
-      if (Choose(opts, mid, &choice) <= target) {
-        hi = mid;
-      } else {
-        lo = mid;
+  std::vector<size_t> best, last;
+  double best_measured = 0;
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    // The choice for `target`, moved inside (fit_pred, over_pred) by bisection if need be.
+    std::vector<size_t> choice = ChoiceFor(opts, target);
+    double pred = Predicted(opts, choice);
+    for (int i = 0; i < 40 && (pred >= over_pred || pred <= fit_pred); ++i) {
+      if (pred >= over_pred) {  // too high: halfway down to the largest fitting prediction
+        target = 0.5 * (std::max(fit_pred, 0.0) + std::min(target, over_pred));
+      } else {  // too low: halfway up to the smallest prediction over the limit
+        const double lo = std::max(target, fit_pred);
+        target = over_pred < 1e300 ? 0.5 * (lo + over_pred) : 2 * lo;
       }
+      choice = ChoiceFor(opts, target);
+      pred = Predicted(opts, choice);
     }
-    Choose(opts, hi, &choice);
-    for (size_t i = 0; i < mats.size(); ++i) {
-      const Option& o = opts[i][choice[i]];
-      if (mats[i].bits != o.bits || mats[i].clip != o.clip) {
-        mats[i].bits = o.bits;
-        mats[i].clip = o.clip;
-        Quantize(mats[i]);
-        s.qw->SetMatrix(mats[i], &mats[i].q);
-      }
+    if (pred >= over_pred || (pred <= fit_pred && !best.empty())) break;  // nothing untried
+    ASSIGN_OR_RETURN(const double measured, Apply(s, kl, opts, choice));
+    last = choice;
+    const bool fits = measured <= limit;
+    s.Log("rate allocation: predicted KL +" + Fmt("%.5f", pred) + ", measured total " +
+          Fmt("%.5f", measured) + (fits ? " (fits)" : " (over the limit)"));
+    if (fits) {
+      fit_pred = pred;
+      best_measured = measured;
+      best = std::move(choice);
+      if (measured - kl_base >= 0.97 * budget) break;
+    } else {
+      over_pred = pred;
     }
-    ASSIGN_OR_RETURN(double measured, kl.Kl(s.qw.get()));
-    fits = measured <= limit;
-    s.Log("rate allocation: predicted KL +" + Fmt("%.5f", target) + ", measured total " +
-          Fmt("%.5f", measured) + (fits ? " (fits)" : " (over the limit, tightening)"));
-    target *= 0.8 * budget / std::max(measured - kl_base, 1e-12);
+    target = pred * budget / std::max(measured - kl_base, 1e-12);
   }
-  return fits;
+  if (best.empty()) return false;
+  if (last != best) {
+    ASSIGN_OR_RETURN(best_measured, Apply(s, kl, opts, best));
+    s.Log("rate allocation: back to predicted KL +" + Fmt("%.5f", fit_pred) + ", measured total " +
+          Fmt("%.5f", best_measured) + " (fits)");
+  }
+  return FillBudget(s, kl, opts, kl_base, limit, std::move(best), best_measured);
 }
 
 }  // namespace
@@ -190,7 +302,7 @@ Result<bool> ApplyChoice(PackState& s, const KlEvaluator& kl, const Options& opt
 // Every matrix alone is tried at narrower widths; its cost is the increase of KL(f32 || packed) on
 // (a subset of) the calibration tokens, its gain the packed bits it saves. A Lagrangian choice
 // spends the budget ln(1 + pct/100) - KL(INT8) where it buys the most bits; the combination is
-// then measured, and tightened until the measured KL fits.
+// then measured and corrected until it fits (ApplyChoice), and what it left is spent (FillBudget).
 Status AllocateRates(PackState& s) {
   const PackOptions& o = s.o;
   PackReport& rep = s.rep;

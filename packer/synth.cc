@@ -40,16 +40,18 @@ constexpr Shape kShapes[] = {
 };
 
 // Per matrix role, the width and code entropy of the stories3M default pack (the width holding
-// most of the role's weights, and the mean entropy of the codes at that width).
+// most of the role's weights, the wider on a tie, and the mean entropy of the codes at that width;
+// `scripts/width-profile.py` on the pack's log, BENCHMARKS.md). stories3M ties its output to the
+// embedding: an untied output takes the embedding's profile.
 struct RoleWidth {
   const char* role;
   int bits;
   double entropy;
 };
 constexpr RoleWidth kStories3MWidths[] = {
-    {"attn_q", 6, 5.29},      {"attn_k", 8, 7.24},     {"attn_v", 8, 7.42},
-    {"attn_output", 7, 6.41}, {"ffn_gate", 7, 6.42},   {"ffn_up", 7, 6.44},
-    {"ffn_down", 7, 6.04},    {"token_embd", 7, 6.27}, {"output", 7, 6.27},
+    {"attn_q", 6, 5.31},      {"attn_k", 7, 6.15},     {"attn_v", 7, 6.42},
+    {"attn_output", 6, 5.36}, {"ffn_gate", 6, 5.43},   {"ffn_up", 6, 5.44},
+    {"ffn_down", 7, 6.05},    {"token_embd", 7, 6.27}, {"output", 7, 6.27},
 };
 
 // Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and

@@ -39,8 +39,9 @@ struct Matrix {
   std::vector<float> col_scale;   // s_j (empty = 1)
   std::vector<float> importance;  // max|x'_j| (empty = unknown)
   float alpha = 0, step = 1, prune = 0;
-  int bits = 8;    // code width (rate allocation)
-  float clip = 1;  // bits < 8: the quantizer's clip
+  int bits = 8;       // code width (rate allocation)
+  float clip = 1;     // bits < 8: the quantizer's clip
+  bool gptq = false;  // bits < 8: GPTQ rounding from stats->xtx (else nearest)
   QuantizedMatrix q;
   double err = -1, entropy = 0;
   // Calibration inputs of this matrix, for the output error (null: none).
@@ -53,10 +54,17 @@ struct Vector {
   std::vector<float> v;
 };
 
+// Inputs wider than this keep no second moment (GPTQ rounding is then off for their matrices): its
+// cols x cols doubles would take more than 32 MiB per input.
+inline constexpr size_t kMaxSecondMomentCols = 2048;
+
 // One linear input's calibration statistics.
 struct InputStats {
   std::vector<float> max_abs;
   std::vector<float> sample;  // up to kSampleRows rows, spread over the calibration tokens
+  // sum_t x_t x_t^T over every calibration token [cols][cols] (empty when cols is over
+  // kMaxSecondMomentCols); GPTQ's Hessian, divided by `seen`.
+  std::vector<double> xtx;
   size_t cols = 0, seen = 0;
   size_t sample_rows() const { return cols ? sample.size() / cols : 0; }
 };

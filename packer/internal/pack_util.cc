@@ -95,8 +95,19 @@ QuantParams ParamsOf(const Matrix& m) {
   return p;
 }
 
+GptqFactor GptqFactorOf(const Matrix& m) {
+  if (!m.gptq || m.stats == nullptr || m.stats->xtx.empty()) return {};
+  return MakeGptqFactor(m.stats->xtx, m.stats->seen, m.cols, m.col_scale);
+}
+
 void Quantize(Matrix& m) {
-  m.q = QuantizeMatrix(m.w, m.rows, m.cols, ParamsOf(m));
+  QuantParams p = ParamsOf(m);
+  const GptqFactor g = GptqFactorOf(m);
+  if (g.cols != 0) {
+    p.gptq = &g;
+    p.row_clips = kClipCandidates;
+  }
+  m.q = QuantizeMatrix(m.w, m.rows, m.cols, p);
   m.entropy = CodeEntropyBits(m.q);
   m.err = m.stats
               ? RelativeOutputError(m.stats->sample, m.stats->sample_rows(), m.w, m.q, m.col_scale)

@@ -28,8 +28,12 @@ Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
 // The quantizer's parameters of `m` as it stands (column scale, importance, step, prune ratio).
 QuantParams ParamsOf(const Matrix& m);
 
-// Quantizes `m` with ParamsOf(m) into m.q and measures m.entropy and m.err (the latter when it has
-// calibration inputs).
+// The GPTQ factor of `m`'s input in its scaled domain; empty (cols == 0) when m.gptq is off or the
+// second moment has no energy.
+GptqFactor GptqFactorOf(const Matrix& m);
+
+// Quantizes `m` with ParamsOf(m) (and GptqFactorOf(m) when m.bits < 8) into m.q and measures
+// m.entropy and m.err (the latter when it has calibration inputs).
 void Quantize(Matrix& m);
 
 // Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.

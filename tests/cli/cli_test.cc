@@ -250,6 +250,8 @@ TEST(CliTest, PackInspectAndSynthBadInput) {
       {"pack " + kModel + " " + good + " --alpha 1.5", "--alpha '1.5'", 2},
       {"pack " + kModel + " " + good + " --prune abc", "--prune", 2},
       {"pack " + kModel + " " + good + " --block-size 5", "--block-size 5", 2},
+      {"pack " + kModel + " " + good + " --rounding stochastic",
+       "--rounding stochastic: expected gptq or nearest", 2},
       {"pack /nonexistent.bin " + good, "/nonexistent.bin", 1},
       {"inspect " + kModel, "not a .dcm file", 2},
       {"inspect " + trunc, "(truncated)", 1},

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Per matrix role, the code width and code entropy a `dcomp pack` chose: the width holding most of
+the role's weights (the wider on a tie) and the parameter-weighted mean entropy (bits per weight)
+of the role's tensors at that width, with the histogram of widths by weights. Reads the tensor
+table `dcomp pack` prints (its log); the profile is what `dcomp synth --widths stories3m` draws
+(packer/synth.cc).
+
+usage: scripts/width-profile.py PACK.log
+"""
+import collections
+import re
+import sys
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    rows = []
+    in_table = False
+    with open(sys.argv[1], encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("tensor "):
+                in_table = True
+                continue
+            if not in_table:
+                continue
+            if line.startswith("total"):
+                break
+            fields = line.split()
+            # name params int8_B stored_B ratio codec alpha bits prune out_err H/w
+            if len(fields) < 11 or not re.fullmatch(r"[0-9]", fields[7]):
+                continue
+            name, params, bits, entropy = fields[0], int(fields[1]), int(fields[7]), float(fields[-1])
+            role = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
+            rows.append((role, params, bits, entropy))
+    if not rows:
+        sys.exit(f"{sys.argv[1]}: no tensor table (the log of `dcomp pack` without --quiet)")
+    by_role = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0.0]))
+    hist = collections.Counter()
+    for role, params, bits, entropy in rows:
+        by_role[role][bits][0] += params
+        by_role[role][bits][1] += params * entropy
+        hist[bits] += params
+    total = sum(hist.values())
+    print("role            width  entropy  weights by width")
+    for role, widths in by_role.items():
+        bits = max(widths, key=lambda b: (widths[b][0], b))  # a tie: the wider
+        n, h = widths[bits]
+        spread = ", ".join(f"{b}: {widths[b][0]}" for b in sorted(widths))
+        print(f"{role:<15} {bits:>5}  {h / n:7.2f}  {spread}")
+    print("all roles: " + ", ".join(f"{b} bits {100 * hist[b] / total:.1f}%" for b in sorted(hist)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+// The quantizer's GPTQ rounding: its factor is the Cholesky factor of the damped inverse Hessian
+// (the sum of its step losses equals the error's full quadratic form), a diagonal Hessian gives
+// round-to-nearest exactly, correlated inputs get a smaller output error than rounding to nearest,
+// codes stay within their width, pruned entries stay zero, and a row's own clip is no worse than
+// the best clip shared by every row.
+#include "packer/quantize.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "base/packed_codes.h"
+
+namespace dcomp::packer {
+namespace {
+
+struct Problem {
+  size_t rows = 0, cols = 0, n = 0;
+  std::vector<float> w, x;  // w [rows][cols], x [n][cols]
+  std::vector<double> xtx;  // sum_t x_t x_t^T
+};
+
+// Inputs mixed from fewer sources than columns (strongly correlated), with a few loud channels.
+Problem MakeProblem(size_t rows, size_t cols, size_t n, uint32_t seed) {
+  Problem p{rows,
+            cols,
+            n,
+            std::vector<float>(rows * cols),
+            std::vector<float>(n * cols),
+            std::vector<double>(cols * cols, 0.0)};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (float& v : p.w) v = nd(rng) * 0.05f;
+  const size_t src = cols / 2;
+  std::vector<float> mix(src * cols), z(src);
+  for (float& v : mix) v = nd(rng);
+  for (size_t t = 0; t < n; ++t) {
+    for (float& v : z) v = nd(rng);
+    for (size_t c = 0; c < cols; ++c) {
+      float acc = 0.1f * nd(rng);
+      for (size_t k = 0; k < src; ++k) acc += z[k] * mix[k * cols + c];
+      p.x[t * cols + c] = acc * (c % 7 == 0 ? 4.0f : 1.0f);
+    }
+  }
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t i = 0; i < cols; ++i) {
+      for (size_t j = 0; j < cols; ++j) {
+        p.xtx[i * cols + j] += static_cast<double>(p.x[t * cols + i]) * p.x[t * cols + j];
+      }
+    }
+  }
+  return p;
+}
+
+// || X (W s - deq(Q))^T ||_F^2 with x' = x / s (so X' W'^T = X W^T).
+double OutputError(const Problem& p, const QuantizedMatrix& q, const std::vector<float>& s) {
+  double err = 0;
+  for (size_t t = 0; t < p.n; ++t) {
+    for (size_t r = 0; r < p.rows; ++r) {
+      double d = 0;
+      for (size_t c = 0; c < p.cols; ++c) {
+        const double sc = s.empty() ? 1.0 : s[c];
+        const double dw = p.w[r * p.cols + c] * sc - q.codes[r * p.cols + c] * double{q.scale[r]};
+        d += dw * (p.x[t * p.cols + c] / sc);
+      }
+      err += d * d;
+    }
+  }
+  return err;
+}
+
+TEST(GptqTest, StepLossesSumToTheDampedQuadraticForm) {
+  const Problem p = MakeProblem(24, 40, 300, 1);
+  std::vector<float> s(p.cols);
+  for (size_t c = 0; c < p.cols; ++c) s[c] = 0.5f + 0.05f * static_cast<float>(c % 11);
+  const double damp = 0.01;
+  const GptqFactor f = MakeGptqFactor(p.xtx, p.n, p.cols, s, damp);
+  ASSERT_EQ(f.cols, p.cols);
+  for (int bits : {4, 6, 8}) {
+    QuantParams qp;
+    qp.col_scale = s;
+    qp.bits = bits;
+    qp.clip = 0.9f;
+    qp.gptq = &f;
+    double losses = 0;
+    const QuantizedMatrix q = QuantizeMatrix(p.w, p.rows, p.cols, qp, &losses);
+    // sum_r d_r (H' + damp * mean(diag H') I) d_r^T, H' = xtx / n / (s_i s_j).
+    double mean = 0;
+    for (size_t j = 0; j < p.cols; ++j) mean += p.xtx[j * p.cols + j] / p.n / (s[j] * s[j]);
+    mean /= static_cast<double>(p.cols);
+    double form = 0;
+    std::vector<double> d(p.cols);
+    for (size_t r = 0; r < p.rows; ++r) {
+      for (size_t c = 0; c < p.cols; ++c) {
+        d[c] = static_cast<double>(p.w[r * p.cols + c] * s[c]) -
+               q.codes[r * p.cols + c] * double{q.scale[r]};
+      }
+      for (size_t i = 0; i < p.cols; ++i) {
+        for (size_t j = 0; j < p.cols; ++j) {
+          const double h =
+              p.xtx[i * p.cols + j] / p.n / (double{s[i]} * s[j]) + (i == j ? damp * mean : 0.0);
+          form += d[i] * h * d[j];
+        }
+      }
+    }
+    EXPECT_NEAR(losses, form, 1e-6 * form) << bits << " bits";
+  }
+}
+
+TEST(GptqTest, DiagonalSecondMomentRoundsToNearest) {
+  const Problem p = MakeProblem(16, 48, 10, 2);
+  std::vector<double> diag(p.cols * p.cols, 0.0);
+  for (size_t j = 0; j < p.cols; ++j) diag[j * p.cols + j] = 1.0 + static_cast<double>(j % 5);
+  const GptqFactor f = MakeGptqFactor(diag, 1, p.cols, {});
+  ASSERT_EQ(f.cols, p.cols);
+  for (int bits = kMinPackedBits; bits <= 8; ++bits) {
+    QuantParams qp;
+    qp.bits = bits;
+    qp.clip = bits < 8 ? 0.85f : 1.0f;
+    qp.prune = 0.1f;
+    const QuantizedMatrix nearest = QuantizeMatrix(p.w, p.rows, p.cols, qp);
+    qp.gptq = &f;
+    const QuantizedMatrix gptq = QuantizeMatrix(p.w, p.rows, p.cols, qp);
+    EXPECT_EQ(gptq.codes, nearest.codes) << bits << " bits";
+    EXPECT_EQ(gptq.scale, nearest.scale) << bits << " bits";
+  }
+}
+
+TEST(GptqTest, CorrelatedInputsGetASmallerOutputErrorWithinTheWidth) {
+  const Problem p = MakeProblem(32, 64, 400, 3);
+  const GptqFactor f = MakeGptqFactor(p.xtx, p.n, p.cols, {});
+  ASSERT_EQ(f.cols, p.cols);
+  for (int bits = kMinPackedBits; bits <= 7; ++bits) {
+    QuantParams qp;
+    qp.bits = bits;
+    qp.prune = 0.2f;
+    const QuantizedMatrix nearest = QuantizeMatrix(p.w, p.rows, p.cols, qp);
+    qp.gptq = &f;
+    const QuantizedMatrix gptq = QuantizeMatrix(p.w, p.rows, p.cols, qp);
+    const double e_nearest = OutputError(p, nearest, {}), e_gptq = OutputError(p, gptq, {});
+    EXPECT_LT(e_gptq, 0.7 * e_nearest) << bits << " bits";
+    EXPECT_EQ(gptq.bits(), bits);
+    for (size_t i = 0; i < gptq.codes.size(); ++i) {
+      ASSERT_LE(std::abs(gptq.codes[i]), MaxCode(bits)) << i;
+    }
+  }
+}
+
+TEST(GptqTest, RowClipsAreNoWorseThanAnyOneClip) {
+  const Problem p = MakeProblem(32, 48, 300, 5);
+  const GptqFactor f = MakeGptqFactor(p.xtx, p.n, p.cols, {});
+  for (int bits : {4, 5, 7}) {
+    QuantParams qp;
+    qp.bits = bits;
+    qp.gptq = &f;
+    double best_single = -1;
+    for (float clip : kClipCandidates) {
+      qp.clip = clip;
+      double loss = 0;
+      QuantizeMatrix(p.w, p.rows, p.cols, qp, &loss);
+      if (best_single < 0 || loss < best_single) best_single = loss;
+    }
+    qp.row_clips = kClipCandidates;
+    double per_row = 0;
+    const QuantizedMatrix q = QuantizeMatrix(p.w, p.rows, p.cols, qp, &per_row);
+    EXPECT_LE(per_row, best_single) << bits << " bits";
+    for (size_t r = 0; r < p.rows; ++r) {  // every row's step is one of the candidates'
+      float amax = 0;
+      for (size_t c = 0; c < p.cols; ++c) amax = std::max(amax, std::fabs(p.w[r * p.cols + c]));
+      bool found = false;
+      for (float clip : kClipCandidates) {
+        found |= q.scale[r] == amax * clip / static_cast<float>(MaxCode(bits));
+      }
+      EXPECT_TRUE(found) << "row " << r;
+    }
+  }
+}
+
+TEST(GptqTest, PrunedEntriesStayZero) {
+  const Problem p = MakeProblem(8, 32, 200, 4);
+  const GptqFactor f = MakeGptqFactor(p.xtx, p.n, p.cols, {});
+  QuantParams qp;
+  qp.bits = 5;
+  qp.prune = 0.25f;
+  qp.gptq = &f;
+  const QuantizedMatrix q = QuantizeMatrix(p.w, p.rows, p.cols, qp);
+  for (size_t r = 0; r < p.rows; ++r) {
+    // The pruned entries are the 8 smallest |w| of the row (importance 1).
+    std::vector<float> mag(p.cols);
+    for (size_t c = 0; c < p.cols; ++c) mag[c] = std::fabs(p.w[r * p.cols + c]);
+    std::vector<float> sorted = mag;
+    std::nth_element(sorted.begin(), sorted.begin() + 7, sorted.end());
+    const float cut = sorted[7];
+    for (size_t c = 0; c < p.cols; ++c) {
+      if (mag[c] < cut) {
+        EXPECT_EQ(q.codes[r * p.cols + c], 0) << r << "," << c;
+      }
+    }
+  }
+}
+
+TEST(GptqTest, InputsWithoutEnergyGiveNoFactor) {
+  std::vector<double> zero(16 * 16, 0.0);
+  EXPECT_EQ(MakeGptqFactor(zero, 100, 16, {}).cols, 0u);
+  EXPECT_EQ(MakeGptqFactor(zero, 0, 16, {}).cols, 0u);
+  std::vector<double> wrong(10, 1.0);
+  EXPECT_EQ(MakeGptqFactor(wrong, 100, 16, {}).cols, 0u);
+}
+
+}  // namespace
+}  // namespace dcomp::packer
