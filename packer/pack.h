@@ -27,7 +27,7 @@ struct PackOptions {
   double min_coding_gain = 0.20;  // narrow codes: entropy-code a block only if it saves this much
   std::string alpha = "auto";     // auto | a number in [0, 1]
   double prune = 0.0;             // fraction of each row zeroed
-  double max_ppl_increase = 1.2;  // percent over the f32 model on the calibration tokens
+  double max_ppl_increase = 1.0;  // percent over the f32 model on the calibration tokens
   bool scaling = true;
   bool rate_alloc = true;
   bool gptq = true;  // codes below 8 bits: GPTQ rounding where calibration inputs allow it

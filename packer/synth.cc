@@ -49,8 +49,8 @@ struct RoleWidth {
   double entropy;
 };
 constexpr RoleWidth kStories3MWidths[] = {
-    {"attn_q", 6, 5.31},      {"attn_k", 7, 6.15},     {"attn_v", 7, 6.42},
-    {"attn_output", 6, 5.36}, {"ffn_gate", 6, 5.43},   {"ffn_up", 6, 5.44},
+    {"attn_q", 6, 5.32},      {"attn_k", 8, 7.25},     {"attn_v", 8, 7.40},
+    {"attn_output", 6, 5.39}, {"ffn_gate", 6, 5.43},   {"ffn_up", 7, 6.46},
     {"ffn_down", 7, 6.05},    {"token_embd", 7, 6.27}, {"output", 7, 6.27},
 };
 
