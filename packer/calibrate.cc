@@ -76,7 +76,6 @@ void AttachInputStats(PackState& s) {
     if (const InputStats* st = s.observer->Find(layer, which)) {
       m.stats = st;
       m.importance = st->max_abs;
-      m.gptq = s.o.gptq && !st->xtx.empty();
     }
   }
 }
@@ -96,7 +95,7 @@ void StatsObserver::Observe(int layer, LinearInput which, const float* x, size_t
       s.sample.insert(s.sample.end(), r, r + cols);
     }
   }
-  if (cols > kMaxSecondMomentCols) return;
+  if (!second_moment_ || cols > kMaxSecondMomentCols) return;
   // The second moment, from the batch transposed so that each entry is one contiguous dot product.
   if (s.xtx.empty()) s.xtx.assign(cols * cols, 0.0);
   std::vector<double> xt(n * cols);
@@ -133,7 +132,7 @@ Status Calibrate(PackState& s) {
   }
   // One f32 pass over the calibration tokens gives both the statistics and the f32 NLL.
   s.observer = std::make_unique<StatsObserver>(
-      std::max<size_t>(1, static_cast<size_t>(rep.calib_tokens) / kSampleRows));
+      std::max<size_t>(1, static_cast<size_t>(rep.calib_tokens) / kSampleRows), o.gptq);
   if (s.need_calib) {
     ASSIGN_OR_RETURN(rep.f32_nll,
                      MeanNll(s.f32w.get(), s.pool.get(), s.calib, s.seq_len, s.observer.get()));

@@ -182,17 +182,13 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
 
 float ChooseClip(std::span<const float> w, size_t rows, size_t cols, QuantParams p,
                  std::span<const float> ms, std::span<const float> candidates) {
+  p.gptq = nullptr;  // rounding to nearest only: with GPTQ each row picks its clip (row_clips)
   float best = 1.0f;
   double best_err = -1;
   for (float clip : candidates) {
     p.clip = clip;
+    const QuantizedMatrix q = QuantizeMatrix(w, rows, cols, p);
     double err = 0;
-    const QuantizedMatrix q = QuantizeMatrix(w, rows, cols, p, &err);
-    if (p.gptq != nullptr && p.gptq->cols == cols) {
-      if (best_err < 0 || err < best_err) best_err = err, best = clip;
-      continue;
-    }
-    err = 0;
     for (size_t r = 0; r < rows; ++r) {
       for (size_t c = 0; c < cols; ++c) {
         const double ws = static_cast<double>(w[r * cols + c]) *

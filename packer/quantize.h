@@ -67,11 +67,10 @@ struct QuantizedMatrix {
 QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t cols,
                                const QuantParams& p, double* hessian_error = nullptr);
 
-// The clip (of `candidates`) with the least activation-weighted squared error of width `bits`.
-// Rounded to nearest: sum_r sum_j ms[j] * (W'[r][j] - deq(Q)[r][j])^2, ms[j] the mean square of
-// input j (empty = 1), the diagonal of the output error's Hessian; O(rows * cols) per candidate.
-// With p.gptq: the damped Hessian's full quadratic form of the GPTQ rounding's error, which GPTQ
-// gives as the sum of its steps' losses; O(rows * cols^2) per candidate.
+// The clip (of `candidates`) with the least activation-weighted squared error of width `bits`,
+// rounded to nearest (p.gptq is ignored: with GPTQ each row picks its own clip, p.row_clips):
+// sum_r sum_j ms[j] * (W'[r][j] - deq(Q)[r][j])^2, ms[j] the mean square of input j (empty = 1),
+// the diagonal of the output error's Hessian. O(rows * cols) per candidate.
 float ChooseClip(std::span<const float> w, size_t rows, size_t cols, QuantParams p,
                  std::span<const float> ms, std::span<const float> candidates);
 

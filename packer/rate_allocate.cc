@@ -113,12 +113,8 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
     for (int bits = 7; bits >= kMinPackedBits; --bits) {
       QuantParams p = ParamsOf(m);
       p.bits = bits;
-      if (g.cols != 0) {
-        p.gptq = &g;
-        p.row_clips = kClipCandidates;  // each row its own (Quantize does the same)
-      } else {
-        p.clip = ChooseClip(m.w, m.rows, m.cols, p, ms, kClipCandidates);
-      }
+      UseGptq(g, &p);  // as Quantize does
+      if (g.cols == 0) p.clip = ChooseClip(m.w, m.rows, m.cols, p, ms, kClipCandidates);
       QuantizedMatrix q = QuantizeMatrix(m.w, m.rows, m.cols, p);
       qw.SetMatrix(m, &q);
       ASSIGN_OR_RETURN(double d, kl.Kl(&qw));

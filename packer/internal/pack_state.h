@@ -39,9 +39,8 @@ struct Matrix {
   std::vector<float> col_scale;   // s_j (empty = 1)
   std::vector<float> importance;  // max|x'_j| (empty = unknown)
   float alpha = 0, step = 1, prune = 0;
-  int bits = 8;       // code width (rate allocation)
-  float clip = 1;     // bits < 8: the quantizer's clip
-  bool gptq = false;  // bits < 8: GPTQ rounding from stats->xtx (else nearest)
+  int bits = 8;    // code width (rate allocation)
+  float clip = 1;  // bits < 8: the quantizer's clip
   QuantizedMatrix q;
   double err = -1, entropy = 0;
   // Calibration inputs of this matrix, for the output error (null: none).
@@ -62,8 +61,8 @@ inline constexpr size_t kMaxSecondMomentCols = 2048;
 struct InputStats {
   std::vector<float> max_abs;
   std::vector<float> sample;  // up to kSampleRows rows, spread over the calibration tokens
-  // sum_t x_t x_t^T over every calibration token [cols][cols] (empty when cols is over
-  // kMaxSecondMomentCols); GPTQ's Hessian, divided by `seen`.
+  // sum_t x_t x_t^T over every calibration token [cols][cols], GPTQ's Hessian once divided by
+  // `seen`; empty when GPTQ is off (--rounding nearest) or cols is over kMaxSecondMomentCols.
   std::vector<double> xtx;
   size_t cols = 0, seen = 0;
   size_t sample_rows() const { return cols ? sample.size() / cols : 0; }
@@ -72,7 +71,9 @@ struct InputStats {
 // Collects every linear input's InputStats during a forward pass (calibrate.cc).
 class StatsObserver : public ActivationObserver {
  public:
-  explicit StatsObserver(size_t stride) : stride_(stride) {}
+  // second_moment: accumulate InputStats::xtx (for GPTQ rounding).
+  StatsObserver(size_t stride, bool second_moment)
+      : stride_(stride), second_moment_(second_moment) {}
   void Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) override;
   const InputStats* Find(int layer, LinearInput which) const {
     auto it = stats.find({layer, which});
@@ -82,6 +83,7 @@ class StatsObserver : public ActivationObserver {
 
  private:
   size_t stride_;
+  bool second_moment_;
 };
 
 // A WeightSource over the packer's quantized (or f32) matrices; one matrix can be swapped for the

@@ -96,17 +96,20 @@ QuantParams ParamsOf(const Matrix& m) {
 }
 
 GptqFactor GptqFactorOf(const Matrix& m) {
-  if (!m.gptq || m.stats == nullptr || m.stats->xtx.empty()) return {};
+  if (m.stats == nullptr || m.stats->xtx.empty()) return {};
   return MakeGptqFactor(m.stats->xtx, m.stats->seen, m.cols, m.col_scale);
+}
+
+void UseGptq(const GptqFactor& g, QuantParams* p) {
+  if (g.cols == 0) return;
+  p->gptq = &g;
+  p->row_clips = kClipCandidates;
 }
 
 void Quantize(Matrix& m) {
   QuantParams p = ParamsOf(m);
   const GptqFactor g = GptqFactorOf(m);
-  if (g.cols != 0) {
-    p.gptq = &g;
-    p.row_clips = kClipCandidates;
-  }
+  UseGptq(g, &p);
   m.q = QuantizeMatrix(m.w, m.rows, m.cols, p);
   m.entropy = CodeEntropyBits(m.q);
   m.err = m.stats

@@ -28,12 +28,16 @@ Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
 // The quantizer's parameters of `m` as it stands (column scale, importance, step, prune ratio).
 QuantParams ParamsOf(const Matrix& m);
 
-// The GPTQ factor of `m`'s input in its scaled domain; empty (cols == 0) when m.gptq is off or the
-// second moment has no energy.
+// The GPTQ factor of `m`'s input in its scaled domain; empty (cols == 0) without a second moment
+// (GPTQ off, no calibration, a wide input) or when it has no energy.
 GptqFactor GptqFactorOf(const Matrix& m);
 
-// Quantizes `m` with ParamsOf(m) (and GptqFactorOf(m) when m.bits < 8) into m.q and measures
-// m.entropy and m.err (the latter when it has calibration inputs).
+// Makes `p` round by GPTQ with `g`, each row with its own clip (kClipCandidates), when g is a
+// factor (cols != 0); leaves it alone otherwise.
+void UseGptq(const GptqFactor& g, QuantParams* p);
+
+// Quantizes `m` with ParamsOf(m) (and UseGptq(GptqFactorOf(m))) into m.q and measures m.entropy
+// and m.err (the latter when it has calibration inputs).
 void Quantize(Matrix& m);
 
 // Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.
