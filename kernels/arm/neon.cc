@@ -140,8 +140,8 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     const uint8_t* p1 = p0 + w.row_bytes;
     int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
     for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
-      __builtin_prefetch(p0 + 512);  // as on x86: the unpacking keeps few loads in flight
-      __builtin_prefetch(p1 + 512);
+      __builtin_prefetch(p0 + internal::kPackedPrefetch);
+      __builtin_prefetch(p1 + internal::kPackedPrefetch);
       int8x16_t u[4], v[4];
       UnpackChunk<kBits>(p0, u);
       UnpackChunk<kBits>(p1, v);

@@ -158,9 +158,6 @@ inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
   *b = hi;
 }
 
-// Bytes ahead of each packed row's read position prefetched (a few cache lines).
-constexpr size_t kPrefetch = 512;
-
 // u (unsigned, <= 127) times x (signed): vpmaddubsw cannot saturate (2 * 127 * 127 < 32767).
 inline __m256i DotU(__m256i acc, __m256i u, __m256i x, __m256i ones) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
@@ -179,9 +176,8 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     const uint8_t* p1 = p0 + w.row_bytes;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
     for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
-      // The unpacking keeps too few loads in flight for the hardware prefetchers alone.
-      _mm_prefetch(reinterpret_cast<const char*>(p0 + kPrefetch), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p1 + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p0 + internal::kPackedPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p1 + internal::kPackedPrefetch), _MM_HINT_T0);
       const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
       const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
       __m256i ua, ub;

@@ -193,9 +193,6 @@ inline __m512i UnpackChunk(const uint8_t* c) {
   return u;
 }
 
-// Bytes ahead of each packed row's read position prefetched (a few cache lines).
-constexpr size_t kPrefetch = 512;
-
 // vpdpbusd multiplies the unsigned codes by the signed activations directly.
 template <int kBits>
 void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
@@ -209,11 +206,12 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
     const size_t rb = w.row_bytes;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
-      // The unpacking keeps too few loads in flight for the hardware prefetchers alone.
-      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + rb + kPrefetch), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + 2 * rb + kPrefetch), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + internal::kPackedPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + rb + internal::kPackedPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 2 * rb + internal::kPackedPrefetch),
+                   _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + internal::kPackedPrefetch),
+                   _MM_HINT_T0);
       const __m512i xv = _mm512_loadu_si512(x + k);
       a0 = _mm512_dpbusd_epi32(a0, UnpackChunk<kBits>(p), xv);
       a1 = _mm512_dpbusd_epi32(a1, UnpackChunk<kBits>(p + rb), xv);
