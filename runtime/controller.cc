@@ -100,8 +100,7 @@ void CalibrateCompute(size_t dim, int bits, PageBuffer* tmp, Rates* rates) {
       MacsPerSecond(rows, cols, [&] { kt.gemv_q8_q8(mv, xq.data(), 1.0f, y.data(), 0, rows); });
   if (int8_rate > 0) rates->compute_macs_per_s = int8_rate;
   // The packed products at the model's most common narrow width, on the same bytes (timing
-  // only). In cache, so the ratio is that of compute-bound products: out of cache the packed
-  // ones read fewer bytes and are relatively faster, which this estimate leaves out.
+  // only). In cache: the rate their unpacking allows (PackedComputeRatio adds the bytes read).
   if (bits == 8 || int8_rate <= 0) return;
   const size_t row_bytes = kernels::PackedRowBytes(cols, bits);
   const size_t prows = std::max<size_t>(1, tmp->size() / row_bytes);
@@ -110,7 +109,7 @@ void CalibrateCompute(size_t dim, int bits, PageBuffer* tmp, Rates* rates) {
   const kernels::PackedMatrixView pv{tmp->data(), pscale.data(), prows, cols, row_bytes, bits};
   const double packed_rate = MacsPerSecond(
       prows, cols, [&] { kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows); });
-  if (packed_rate > 0) rates->packed_compute_ratio = int8_rate / packed_rate;
+  if (packed_rate > 0) rates->packed_macs_per_s = packed_rate;
 }
 
 // The narrow width (4..7) holding the most weights of the model's units, 8 if none.

@@ -124,6 +124,15 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
   return p.total_bytes;
 }
 
+double PackedComputeRatio(const UnitInfo& u, const Rates& r) {
+  const double unpack = r.packed_macs_per_s > 0 ? r.compute_macs_per_s / r.packed_macs_per_s : 1.0;
+  const double bytes =
+      u.decoded_bytes > 0 && u.packed_bytes > 0
+          ? static_cast<double>(u.packed_bytes) / static_cast<double>(u.decoded_bytes)
+          : 1.0;
+  return std::max(unpack, bytes);
+}
+
 namespace {
 
 // Decoding inline: every thread decodes and multiplies; a flash unit's staging buffer is busy
@@ -140,7 +149,7 @@ double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, const 
             : static_cast<double>(units[u].packed_raw_bytes) /
                   static_cast<double>(std::max<uint64_t>(units[u].raw_bytes, 1));
     double c = static_cast<double>(units[u].macs_per_token) / r.compute_macs_per_s *
-               (1.0 + (r.packed_compute_ratio - 1.0) * packed_share);
+               (1.0 + (PackedComputeRatio(units[u], r) - 1.0) * packed_share);
     if (!IsResident(p.tiers[u])) {
       c += static_cast<double>(units[u].raw_bytes - units[u].packed_raw_bytes) /
            r.decode_bytes_per_s;
@@ -166,7 +175,7 @@ double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan&
   double macs = 0, decode = 0, io = 0, flash_decode = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     macs += static_cast<double>(units[u].macs_per_token) *
-            (p.tiers[u] == Tier::kPacked ? r.packed_compute_ratio : 1.0);
+            (p.tiers[u] == Tier::kPacked ? PackedComputeRatio(units[u], r) : 1.0);
     if (IsResident(p.tiers[u])) continue;
     const double d = static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
     decode += d;

@@ -56,17 +56,25 @@ struct FixedMemory {
 
 // Measured speeds (per thread where it says so).
 struct Rates {
-  double compute_macs_per_s = 2e10;           // one compute thread
+  double compute_macs_per_s = 2e10;           // INT8 products, one compute thread (measured on
+                                              // the model: at most the memory bandwidth)
   double compute_parallel_efficiency = 0.85;  // speed-up of n threads = 1 + (n - 1) * this
   double decode_bytes_per_s = 1e9;            // raw bytes per second, one decode thread
-  double packed_compute_ratio = 1.0;          // time of a packed unit's products / INT8's
-  double io_bytes_per_s = 1e9;                // flash read throughput (sustained)
+  double packed_macs_per_s = 0;  // packed products, one thread, as fast as their unpacking goes
+                                 // (in cache); 0: as fast as the INT8 ones
+  double io_bytes_per_s = 1e9;   // flash read throughput (sustained)
   // The device serves reads that follow idle time faster, as a token bucket does (a cgroup blkio
   // throttle, burst-credit volumes): time it spends idle is not lost, so a single staging buffer
   // does not serialise reads with the compute of the unit read before.
   bool io_credits_idle = false;
   int cores = 2;
 };
+
+// Time of unit u's packed products over its INT8 ones: the longer of the unpacking-bound time
+// (compute_macs_per_s / packed_macs_per_s) and the bytes read (packed_bytes / decoded_bytes).
+// Exact when the INT8 products are bound by memory bandwidth, as they are on a model larger than
+// the cache; an upper bound otherwise.
+double PackedComputeRatio(const UnitInfo& u, const Rates& r);
 
 enum class Policy {
   kAdaptive,       // the controller: search tiers, slots, staging and threads

@@ -60,7 +60,7 @@ void Prefetcher::Complete(const std::shared_ptr<Item>& it) {
   }
   if (it->error.ok() && !ahead) {
     it->state = Item::kReady;
-    decoder_->BuildInlineViews(it->unit, it->stored, &it->inline_views);
+    decoder_->BuildInlineViews(it->unit, it->stored, &it->inline_views, /*crc_checked=*/false);
   } else if (it->error.ok()) {
     it->state = Item::kReady;
     decoder_->BuildViews(it->unit, it->dst, &it->layer_view, &it->head_view);

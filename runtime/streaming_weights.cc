@@ -55,9 +55,10 @@ struct StreamingWeights::Impl {
   Clock::time_point held_since;
   double token_compute = 0, token_inline = 0;
   uint64_t token_macs = 0, token_inline_macs = 0;
-  // Packed units' multiply-adds count as this many INT8 ones (Rates::packed_compute_ratio, fixed
-  // at calibration), so the compute rate measured on any mix of tiers stays an INT8 rate.
-  double packed_ratio = 1.0;
+  // The controller's rates as of the last pass: a packed unit's multiply-adds count as
+  // PackedComputeRatio INT8 ones, so the compute rate measured on any mix of tiers stays an INT8
+  // rate.
+  Rates rates;
 
   Status Open(const DcmModelFile& file);
   void Account(const ProcMemory& before, int32_t context_length, const ModelConfig& config);
@@ -170,7 +171,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
         Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim), &rates, &probe));
   }
   rates.cores = m.cores;
-  m.packed_ratio = rates.packed_compute_ratio;
+  m.rates = rates;
   const ControllerOptions co{options.policy,
                              {options.force_slots, options.force_compute_threads,
                               options.force_decode_threads, options.force_decode},
@@ -235,7 +236,11 @@ Status StreamingWeights::Impl::LoadCompressed(int u) {
   if (Status s = lookup->ReadRange(U.range_begin, U.range_end, R.compressed.data()); !s.ok()) {
     return decoder->BlockError(U, s);
   }
-  decoder->BuildInlineViews(u, R.compressed.data(), &R.compressed_views);
+  // Checked once here: the products then read the blocks every token without checking again.
+  if (Status s = decoder->CheckRange(u, R.compressed.data()); !s.ok()) {
+    return decoder->BlockError(U, s);
+  }
+  decoder->BuildInlineViews(u, R.compressed.data(), &R.compressed_views, /*crc_checked=*/true);
   return Status::Ok();
 }
 
@@ -322,6 +327,7 @@ Status StreamingWeights::Impl::EndPass(size_t next_tokens) {
   p.flash_bytes = c.flash_bytes;
   p.wait_seconds = c.wait_seconds;
   controller->EndPass(p, current);
+  rates = controller->stats().rates;
   token_compute = token_inline = 0;
   token_macs = token_inline_macs = 0;
   pass_tokens = next_tokens;
@@ -376,9 +382,10 @@ Result<const void*> StreamingWeights::AcquireUnit(int u) {
 void StreamingWeights::ReleaseUnit(int u) {
   Impl& m = *impl_;
   const double secs = Seconds(m.held_since, Clock::now());
-  uint64_t macs = m.layout.infos[static_cast<size_t>(u)].macs_per_token;
+  const UnitInfo& info = m.layout.infos[static_cast<size_t>(u)];
+  uint64_t macs = info.macs_per_token;
   if (m.resident[static_cast<size_t>(u)].tier == Tier::kPacked) {
-    macs = static_cast<uint64_t>(static_cast<double>(macs) * m.packed_ratio);
+    macs = static_cast<uint64_t>(static_cast<double>(macs) * PackedComputeRatio(info, m.rates));
   }
   if (!IsResident(m.resident[static_cast<size_t>(u)].tier) && m.current.decode == Decode::kInline) {
     m.token_inline += secs;

@@ -27,11 +27,11 @@ kernels::Q8MatrixView Q8View(const uint8_t* base, size_t q_off, size_t scale_off
 
 }  // namespace
 Status InlineMatrix::DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const {
-  return d_->DecodeInline(*t_, range_begin_, range_, k, q, row_sum);
+  return d_->DecodeInline(*t_, range_begin_, range_, k, q, row_sum, crc_checked_);
 }
 
 Result<bool> InlineMatrix::PackedRows(size_t k, kernels::PackedMatrixView* rows) const {
-  return d_->PackedInline(*t_, range_begin_, range_, k, rows);
+  return d_->PackedInline(*t_, range_begin_, range_, k, rows, crc_checked_);
 }
 
 std::span<const uint8_t> UnitDecoder::StoredIn(uint32_t i, uint64_t range_begin,
@@ -42,11 +42,11 @@ std::span<const uint8_t> UnitDecoder::StoredIn(uint32_t i, uint64_t range_begin,
 
 Result<bool> UnitDecoder::PackedInline(const TensorLayout& T, uint64_t range_begin,
                                        const uint8_t* range, size_t k,
-                                       kernels::PackedMatrixView* rows) const {
+                                       kernels::PackedMatrixView* rows, bool crc_checked) const {
   const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
   if (reader_->block(i).codec() != pb::CODEC_PACKED) return false;
   const std::span<const uint8_t> stored = StoredIn(i, range_begin, range);
-  RETURN_IF_ERROR(reader_->CheckCrc(i, stored));
+  if (!crc_checked) RETURN_IF_ERROR(reader_->CheckCrc(i, stored));
   rows->data = stored.data();
   rows->row_bytes = T.packed_row_bytes;
   rows->bits = T.bits;
@@ -55,15 +55,16 @@ Result<bool> UnitDecoder::PackedInline(const TensorLayout& T, uint64_t range_beg
 
 Status UnitDecoder::DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t range_begin,
                                    const uint8_t* stored_range, size_t rows, int8_t* q,
-                                   int32_t* row_sum, storage::BlockDecoder* dec,
-                                   uint8_t* scratch) const {
+                                   int32_t* row_sum, storage::BlockDecoder* dec, uint8_t* scratch,
+                                   bool crc_checked) const {
   const std::span<const uint8_t> stored = StoredIn(i, range_begin, stored_range);
   const size_t n = rows * T.cols;
   if (T.stride == T.cols) {
-    RETURN_IF_ERROR(
-        reader_->DecodeBlock(i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), n), dec));
+    RETURN_IF_ERROR(reader_->DecodeBlock(
+        i, stored, std::span<uint8_t>(reinterpret_cast<uint8_t*>(q), n), dec, crc_checked));
   } else {
-    RETURN_IF_ERROR(reader_->DecodeBlock(i, stored, std::span<uint8_t>(scratch, n), dec));
+    RETURN_IF_ERROR(
+        reader_->DecodeBlock(i, stored, std::span<uint8_t>(scratch, n), dec, crc_checked));
     for (size_t r = 0; r < rows; ++r) {
       std::memcpy(q + r * T.stride, scratch + r * T.cols, T.cols);
       std::memset(q + r * T.stride + T.cols, 0, T.stride - T.cols);
@@ -120,14 +121,15 @@ Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,
 }
 
 Status UnitDecoder::DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range,
-                                 size_t k, int8_t* q, int32_t* row_sum) const {
+                                 size_t k, int8_t* q, int32_t* row_sum, bool crc_checked) const {
   thread_local storage::BlockDecoder dec;
   thread_local std::vector<uint8_t> scratch;
   const auto t0 = Clock::now();
   const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
   const size_t rows = std::min(T.rows_per_block, T.rows - k * T.rows_per_block);
   if (T.stride != T.cols && scratch.size() < rows * T.cols) scratch.resize(rows * T.cols);
-  RETURN_IF_ERROR(DecodeRowBlock(T, i, range_begin, range, rows, q, row_sum, &dec, scratch.data()));
+  RETURN_IF_ERROR(DecodeRowBlock(T, i, range_begin, range, rows, q, row_sum, &dec, scratch.data(),
+                                 crc_checked));
   inline_bytes_.fetch_add(reader_->block(i).raw_size(), std::memory_order_relaxed);
   inline_ns_.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - t0).count()),
                        std::memory_order_relaxed);
@@ -182,11 +184,22 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
   AssembleViews(u, view, layer, head);
 }
 
-void UnitDecoder::BuildInlineViews(int u, const uint8_t* range, InlineViews* v) const {
+Status UnitDecoder::CheckRange(int u, const uint8_t* range) const {
+  const UnitLayout& U = unit(u);
+  for (uint32_t i = U.first_block; i <= U.last_block; ++i) {
+    RETURN_IF_ERROR(reader_->CheckCrc(i, StoredIn(i, U.range_begin, range)));
+  }
+  return Status::Ok();
+}
+
+void UnitDecoder::BuildInlineViews(int u, const uint8_t* range, InlineViews* v,
+                                   bool crc_checked) const {
   const UnitLayout& U = unit(u);
   v->mats.clear();
   v->mats.reserve(U.tensors.size());
-  for (const TensorLayout& T : U.tensors) v->mats.emplace_back(this, &T, U.range_begin, range);
+  for (const TensorLayout& T : U.tensors) {
+    v->mats.emplace_back(this, &T, U.range_begin, range, crc_checked);
+  }
   auto view = [&](size_t t) {
     const TensorLayout& T = U.tensors[t];
     LinearWeights w;

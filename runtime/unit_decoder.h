@@ -25,11 +25,13 @@ namespace dcomp::runtime {
 class UnitDecoder;
 
 // One matrix of a unit, decoded inline from the unit's stored range wherever it is in RAM.
+// `crc_checked`: the range's CRCs were checked when it was read (CheckRange), so its blocks are
+// not checked again on every token.
 class InlineMatrix : public RowBlockSource {
  public:
   InlineMatrix(const UnitDecoder* d, const TensorLayout* t, uint64_t range_begin,
-               const uint8_t* range)
-      : d_(d), t_(t), range_begin_(range_begin), range_(range) {}
+               const uint8_t* range, bool crc_checked)
+      : d_(d), t_(t), range_begin_(range_begin), range_(range), crc_checked_(crc_checked) {}
   size_t num_blocks() const override { return t_->row_blocks; }
   size_t rows_per_block() const override { return t_->rows_per_block; }
   Status DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const override;
@@ -40,6 +42,7 @@ class InlineMatrix : public RowBlockSource {
   const TensorLayout* t_;
   uint64_t range_begin_;
   const uint8_t* range_;
+  bool crc_checked_;
 };
 
 // Views of a unit decoded inline (the matrices must not move while the views exist).
@@ -63,7 +66,8 @@ class UnitDecoder {
   // takes rows * cols bytes when rows need padding.
   Status DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t range_begin,
                         const uint8_t* stored_range, size_t rows, int8_t* q, int32_t* row_sum,
-                        storage::BlockDecoder* dec, uint8_t* scratch) const;
+                        storage::BlockDecoder* dec, uint8_t* scratch,
+                        bool crc_checked = false) const;
   // One work item of a unit into its decoded layout at dst. Scales come from the copy decoded
   // and checked at open.
   Status DecodeWork(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
@@ -76,20 +80,24 @@ class UnitDecoder {
                           uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch, int8_t* q,
                           int32_t* sums) const;
   // Block k of tensor T's rows when it is stored packed: a view into the range, its CRC checked
-  // (false when the block is entropy-coded).
+  // unless `crc_checked` (false when the block is entropy-coded).
   Result<bool> PackedInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range,
-                            size_t k, kernels::PackedMatrixView* rows) const;
+                            size_t k, kernels::PackedMatrixView* rows, bool crc_checked) const;
   // Block k of tensor T's rows, from the unit's stored range in RAM (any compute thread).
   Status DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range, size_t k,
-                      int8_t* q, int32_t* row_sum) const;
+                      int8_t* q, int32_t* row_sum, bool crc_checked) const;
+  // Checks the CRC of every block in unit u's stored range at `range` (DATA_LOSS naming the
+  // first that fails).
+  Status CheckRange(int u, const uint8_t* range) const;
 
   // Unit u's views over its decoded layout at `base`: the output matrix into *head, or a layer's
   // matrices into *layer with its pinned norms and biases.
   void BuildViews(int u, const uint8_t* base, LayerWeights* layer, LinearWeights* head) const;
   // The same over its packed layout at `base`.
   void BuildPackedViews(int u, const uint8_t* base, LayerWeights* layer, LinearWeights* head) const;
-  // Views of unit u decoded inline from its stored range at `range`.
-  void BuildInlineViews(int u, const uint8_t* range, InlineViews* v) const;
+  // Views of unit u decoded inline from its stored range at `range` (crc_checked: as for
+  // InlineMatrix).
+  void BuildInlineViews(int u, const uint8_t* range, InlineViews* v, bool crc_checked) const;
 
   // A read or decode failure of unit U, as DATA_LOSS naming its blocks (other codes kept).
   Status BlockError(const UnitLayout& U, const Status& s) const;

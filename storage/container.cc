@@ -319,13 +319,14 @@ Status ContainerReader::CheckCrc(size_t i, std::span<const uint8_t> stored) cons
 }
 
 Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
-                                    std::span<uint8_t> out, BlockDecoder* decoder) const {
+                                    std::span<uint8_t> out, BlockDecoder* decoder,
+                                    bool crc_checked) const {
   if (i >= num_blocks()) return OutOfRangeError(name_ + ": block " + std::to_string(i));
   const pb::Block& b = block(i);
   if (out.size() != b.raw_size() || stored.size() != b.stored_size()) {
     return InternalError(name_ + ": " + DescribeBlock(i) + ": buffer sizes do not match");
   }
-  RETURN_IF_ERROR(CheckCrc(i, stored));
+  if (!crc_checked) RETURN_IF_ERROR(CheckCrc(i, stored));
   const pb::Tensor& T = tensor_of_block(i);
   const int bits = T.bits();
   const bool codes = T.type() == pb::TENSOR_Q8_ROW && i != T.first_block();

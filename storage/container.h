@@ -82,8 +82,10 @@ class ContainerReader {
   std::span<const uint8_t> StoredBytes(size_t i) const;
   // Checks the CRC of `stored` (the bytes of block i, from anywhere: mapping, io_uring buffer) and
   // decodes them into `out` (exactly raw_size bytes). DATA_LOSS names the block and the tensor.
+  // `crc_checked`: the caller checked these bytes' CRC already (a copy in RAM checked when it was
+  // read), so only the decoding is checked.
   Status DecodeBlock(size_t i, std::span<const uint8_t> stored, std::span<uint8_t> out,
-                     BlockDecoder* decoder) const;
+                     BlockDecoder* decoder, bool crc_checked = false) const;
   // Checks the CRC of `stored` (the bytes of block i): DATA_LOSS naming the block on a mismatch.
   Status CheckCrc(size_t i, std::span<const uint8_t> stored) const;
   // DecodeBlock from the mapping.

@@ -164,7 +164,7 @@ TEST(ResidencyTest, PackedWhenItIsAsFastOrWhenOnlyItFits) {
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->count(Tier::kPacked), static_cast<int>(units.size()));
   EXPECT_EQ(p->packed_bytes, packed);
-  r.packed_compute_ratio = 1.3;
+  r.packed_macs_per_s = r.compute_macs_per_s / 1.3;  // unpacking-bound: 1.3x INT8's time
   p = ChoosePlan(units, Fixed(), r, 4ull << 30, Policy::kAdaptive);
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->count(Tier::kDecoded), static_cast<int>(units.size()));
@@ -179,6 +179,30 @@ TEST(ResidencyTest, PackedWhenItIsAsFastOrWhenOnlyItFits) {
             StatusCode::kResourceExhausted);
   EXPECT_EQ(*ParsePolicy("all-packed"), Policy::kAllPacked);
   EXPECT_STREQ(TierName(Tier::kPacked), "packed");
+}
+
+// A packed unit takes the longer of its unpacking time and its INT8 time scaled by the bytes it
+// reads: when unpacking keeps up, 6-bit codes are estimated at 3/4 of the INT8 time and the
+// search packs everything even though the budget holds the decoded model.
+TEST(ResidencyTest, PackedProductsAreBoundByUnpackingOrByBytes) {
+  const auto units = TinyLlamaUnits(true);
+  const UnitInfo& layer = units[0];
+  const double bytes = static_cast<double>(layer.packed_bytes) / layer.decoded_bytes;
+  Rates r;
+  EXPECT_DOUBLE_EQ(PackedComputeRatio(layer, r), 1.0);  // unknown: as fast as INT8
+  r.packed_macs_per_s = 3 * r.compute_macs_per_s;
+  EXPECT_DOUBLE_EQ(PackedComputeRatio(layer, r), bytes);
+  EXPECT_NEAR(bytes, 0.75, 0.01);
+  Result<Plan> packed = ChoosePlan(units, Fixed(), r, 4ull << 30, Policy::kAdaptive);
+  Result<Plan> decoded = ChoosePlan(units, Fixed(), r, 4ull << 30, Policy::kAllDecoded);
+  ASSERT_TRUE(packed.ok() && decoded.ok());
+  EXPECT_EQ(packed->count(Tier::kPacked), static_cast<int>(units.size()));
+  EXPECT_NEAR(packed->est_seconds_per_token / decoded->est_seconds_per_token, 0.75, 0.01);
+  r.packed_macs_per_s = r.compute_macs_per_s / 1.5;
+  EXPECT_DOUBLE_EQ(PackedComputeRatio(layer, r), 1.5);
+  // An INT8 unit (packed = decoded bytes) is never estimated faster packed.
+  r.packed_macs_per_s = 3 * r.compute_macs_per_s;
+  EXPECT_DOUBLE_EQ(PackedComputeRatio(TinyLlamaUnits()[0], r), 1.0);
 }
 
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {

@@ -332,6 +332,46 @@ TEST_P(FaultTest, BitFlipFailsTheCrcNamingTheBlockThenRecovers) {
   }
 }
 
+// A unit held compressed in RAM is checked (CRC) once, when it is read: the products then read
+// its blocks every token without checking them again. A bit flip in that read fails the load with
+// DATA_LOSS naming the block's tensor, never a wrong token; a clean read gives the resident tokens.
+TEST(StreamingTest, CompressedUnitsAreCheckedWhenRead) {
+  const std::vector<int32_t> want = Resident(SmallModel(), 12);
+  const char* tensor = "blk.1.ffn_down.weight";
+  for (bool flip : {true, false}) {
+    storage::FaultInjector inj;
+    storage::FaultSchedule s;
+    if (flip) s.flip_at_offset = static_cast<int64_t>(MiddleOfFirstRowBlock(SmallModel(), tensor));
+    inj.set_schedule(s);
+    RuntimeOptions ro;
+    ro.policy = Policy::kAllCompressed;
+    ro.force_decode = 1 + static_cast<int>(Decode::kInline);
+    ro.reader.backend = storage::ReaderBackend::kPread;
+    ro.reader.pread = inj.MakePread();
+    auto hooks = std::make_shared<internal::TestHooks>();
+    hooks->wrap_reader = [&inj](std::unique_ptr<storage::BlockReader> r) {
+      return inj.Wrap(std::move(r));
+    };
+    static const Rates rates;  // no calibration: the flip is in the unit's load
+    hooks->rates = &rates;
+    ro.test_hooks = hooks;
+    Result<Streamed> run = Open(SmallModel(), ro);
+    if (flip) {
+      ASSERT_FALSE(run.ok());
+      EXPECT_EQ(inj.faults(), 1);
+      EXPECT_EQ(run.status().code(), StatusCode::kDataLoss) << run.status().ToString();
+      EXPECT_NE(run.status().message().find(tensor), std::string::npos) << run.status().message();
+      continue;
+    }
+    ASSERT_TRUE(run.ok()) << run.status().ToString();
+    ASSERT_EQ(run->rt->plan().count(Tier::kCompressed),
+              static_cast<int>(run->rt->plan().tiers.size()));
+    auto got = Greedy(run->model, 12);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, want);
+  }
+}
+
 // Peak RSS of a whole dcomp process stays within budget + 4 MiB, at three budgets, one of them
 // below the compressed size of the model; tokens are the same at each.
 TEST(StreamingTest, PeakRssStaysUnderTheBudget) {
