@@ -127,6 +127,7 @@ class Controller {
   bool io_sustained_seen_ GUARDED_BY(mu_) = false;  // measured by a read-bound pass
   double io_burst_ GUARDED_BY(mu_) = 0;  // the probe's first half, the rate after idle time
   bool replan_pending_ GUARDED_BY(mu_) = false;
+  uint64_t plan_tokens0_ GUARDED_BY(mu_) = 0;  // st_.tokens when the plan in force was applied
   std::string replan_reason_ GUARDED_BY(mu_);
   // The pass in progress: when it began, and the bytes read and wait time before it.
   std::chrono::steady_clock::time_point pass_start_ GUARDED_BY(mu_){};

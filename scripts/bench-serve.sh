@@ -62,8 +62,8 @@ try:
     d = json.load(open(out))
     r = d["runtime"]; p = r["plan"]
     tps = d["decode_tokens_per_second"]
-    plan = "%dD/%dC/%dF %s s%d st%d c%d d%d" % (p["tiers"].count("decoded"), p["tiers"].count("compressed"),
-        p["tiers"].count("flash"), p.get("decode", "ahead"), p["slots"], p["staging"], p["compute_threads"], p["decode_threads"])
+    plan = "%dD/%dP/%dC/%dF %s s%d st%d c%d d%d" % (p["tiers"].count("decoded"), p["tiers"].count("packed"),
+        p["tiers"].count("compressed"), p["tiers"].count("flash"), p.get("decode", "ahead"), p["slots"], p["staging"], p["compute_threads"], p["decode_threads"])
     print("%-5s %-8s %-15s %9.3f %9.1f %10.1f  %s" % (profile, budget, policy, tps, 1e3 / tps if tps else 0,
           r["memory"]["peak_rss"] / 2**20, plan))
 except Exception:
