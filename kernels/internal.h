@@ -49,9 +49,9 @@ inline int32_t SumCodes(const int8_t* x, size_t n) {
 
 // Bytes ahead of each packed row's read position that the packed GEMVs prefetch. The rows of a
 // matrix are contiguous, so this reaches into the rows that follow. The unpacking keeps too few
-// loads in flight for the hardware prefetchers alone; one thread out of cache needs some 100 ns
-// times ~10 GB/s of reads in flight, and 512 bytes (the first choice) held 7-bit codes to 6.5
-// Gw/s against 10.8-11.8 at 8 KiB (BENCHMARKS.md, "Prefetch distance").
+// loads in flight for the hardware prefetchers alone. Measured, not derived: under AVX2, 512 bytes
+// (the first choice) and 1 KiB held 7-bit codes out of cache to 6.4-6.5 Gw/s, 8 KiB reaches 10.0-
+// 10.8 (BENCHMARKS.md, "Packed products at memory speed").
 inline constexpr size_t kPackedPrefetch = 8192;
 
 // Calls fn(std::integral_constant<int, bits>{}) for a packed width (4..7): the per-width

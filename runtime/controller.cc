@@ -327,7 +327,7 @@ void Controller::Adapt(const Plan& current) {
   const double gain = cur.est_seconds_per_token - np->est_seconds_per_token;
   const double reload = ReloadSeconds(*units_, st_.rates, cur, *np);
   // Not capped: a gain too small to repay the reload within one interval still repays it over a
-  // long run (decoded -> packed at 100% of the INT8 size: 20 ms/token against a 0.9 s reload).
+  // long run (decoded -> packed at 100% of the INT8 size: 15 ms/token against a 0.9 s reload).
   const double horizon = static_cast<double>(st_.tokens - plan_tokens0_);
   if (gain > 0.05 * cur.est_seconds_per_token && gain * horizon > reload) {
     char why[160];

@@ -124,13 +124,15 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
   return p.total_bytes;
 }
 
+double PackedBytesRatio(const UnitInfo& u) {
+  return u.decoded_bytes > 0 && u.packed_bytes > 0
+             ? static_cast<double>(u.packed_bytes) / static_cast<double>(u.decoded_bytes)
+             : 1.0;
+}
+
 double PackedComputeRatio(const UnitInfo& u, const Rates& r) {
   const double unpack = r.packed_macs_per_s > 0 ? r.compute_macs_per_s / r.packed_macs_per_s : 1.0;
-  const double bytes =
-      u.decoded_bytes > 0 && u.packed_bytes > 0
-          ? static_cast<double>(u.packed_bytes) / static_cast<double>(u.decoded_bytes)
-          : 1.0;
-  return std::max(unpack, bytes);
+  return std::max(unpack, PackedBytesRatio(u));
 }
 
 namespace {

@@ -70,10 +70,12 @@ struct Rates {
   int cores = 2;
 };
 
+// Unit u's packed bytes over its decoded bytes (1 when it has no packed form).
+double PackedBytesRatio(const UnitInfo& u);
 // Time of unit u's packed products over its INT8 ones: the longer of the unpacking-bound time
-// (compute_macs_per_s / packed_macs_per_s) and the bytes read (packed_bytes / decoded_bytes).
-// Exact when the INT8 products are bound by memory bandwidth, as they are on a model larger than
-// the cache; an upper bound otherwise.
+// (compute_macs_per_s / packed_macs_per_s) and the bytes read (PackedBytesRatio). Exact when the
+// INT8 products are bound by memory bandwidth, as they are on a model larger than the cache; an
+// upper bound otherwise.
 double PackedComputeRatio(const UnitInfo& u, const Rates& r);
 
 enum class Policy {

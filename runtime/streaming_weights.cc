@@ -55,10 +55,6 @@ struct StreamingWeights::Impl {
   Clock::time_point held_since;
   double token_compute = 0, token_inline = 0;
   uint64_t token_macs = 0, token_inline_macs = 0;
-  // The controller's rates as of the last pass: a packed unit's multiply-adds count as
-  // PackedComputeRatio INT8 ones, so the compute rate measured on any mix of tiers stays an INT8
-  // rate.
-  Rates rates;
 
   Status Open(const DcmModelFile& file);
   void Account(const ProcMemory& before, int32_t context_length, const ModelConfig& config);
@@ -171,7 +167,6 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
         Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim), &rates, &probe));
   }
   rates.cores = m.cores;
-  m.rates = rates;
   const ControllerOptions co{options.policy,
                              {options.force_slots, options.force_compute_threads,
                               options.force_decode_threads, options.force_decode},
@@ -327,7 +322,6 @@ Status StreamingWeights::Impl::EndPass(size_t next_tokens) {
   p.flash_bytes = c.flash_bytes;
   p.wait_seconds = c.wait_seconds;
   controller->EndPass(p, current);
-  rates = controller->stats().rates;
   token_compute = token_inline = 0;
   token_macs = token_inline_macs = 0;
   pass_tokens = next_tokens;
@@ -384,8 +378,13 @@ void StreamingWeights::ReleaseUnit(int u) {
   const double secs = Seconds(m.held_since, Clock::now());
   const UnitInfo& info = m.layout.infos[static_cast<size_t>(u)];
   uint64_t macs = info.macs_per_token;
+  // A packed unit's multiply-adds count as PackedBytesRatio INT8 ones: the INT8 rate the same
+  // memory bandwidth gives, so the compute rate measured on any mix of tiers stays an INT8 rate.
+  // (Not PackedComputeRatio: its unpacking term is a function of the rate being measured, and
+  // scaling by it would feed the measurement back into itself.) In cache, where packed products
+  // are bound by their unpacking instead, this reads the INT8 rate low.
   if (m.resident[static_cast<size_t>(u)].tier == Tier::kPacked) {
-    macs = static_cast<uint64_t>(static_cast<double>(macs) * PackedComputeRatio(info, m.rates));
+    macs = static_cast<uint64_t>(static_cast<double>(macs) * PackedBytesRatio(info));
   }
   if (!IsResident(m.resident[static_cast<size_t>(u)].tier) && m.current.decode == Decode::kInline) {
     m.token_inline += secs;

@@ -86,8 +86,8 @@ class UnitDecoder {
   // Block k of tensor T's rows, from the unit's stored range in RAM (any compute thread).
   Status DecodeInline(const TensorLayout& T, uint64_t range_begin, const uint8_t* range, size_t k,
                       int8_t* q, int32_t* row_sum, bool crc_checked) const;
-  // Checks the CRC of every block in unit u's stored range at `range` (DATA_LOSS naming the
-  // first that fails).
+  // Checks the CRC of every block of unit u's row codes in its stored range at `range`
+  // (DATA_LOSS naming the first that fails).
   Status CheckRange(int u, const uint8_t* range) const;
 
   // Unit u's views over its decoded layout at `base`: the output matrix into *head, or a layer's
