@@ -242,13 +242,16 @@ TEST(StreamingTest, TooSmallBudgetIsAClearError) {
   EXPECT_NE(r.status().message().find("needs at least"), std::string::npos) << r.status().message();
 }
 
-// Everything streamed through a pread reader whose system calls misbehave.
+// Everything streamed (or held as `policy` says) through a pread reader whose system calls
+// misbehave; `at_open` is the schedule while the runtime opens, `rates` (if set) skips calibration.
 struct Faulty {
   storage::FaultInjector inj;
   Result<Streamed> run = UnavailableError("not opened");
-  explicit Faulty(const std::string& path, Decode decode = Decode::kInline) {
+  explicit Faulty(const std::string& path, Decode decode = Decode::kInline,
+                  Policy policy = Policy::kStreamAll, const storage::FaultSchedule& at_open = {},
+                  const Rates* rates = nullptr) {
     RuntimeOptions ro;
-    ro.policy = Policy::kStreamAll;
+    ro.policy = policy;
     ro.force_decode = 1 + static_cast<int>(decode);
     ro.reader.backend = storage::ReaderBackend::kPread;
     ro.reader.pread = inj.MakePread();
@@ -256,7 +259,9 @@ struct Faulty {
     hooks->wrap_reader = [this](std::unique_ptr<storage::BlockReader> r) {
       return inj.Wrap(std::move(r));
     };
+    hooks->rates = rates;
     ro.test_hooks = hooks;
+    inj.set_schedule(at_open);
     run = Open(path, ro);
   }
 };
@@ -339,23 +344,12 @@ TEST(StreamingTest, CompressedUnitsAreCheckedWhenRead) {
   const std::vector<int32_t> want = Resident(SmallModel(), 12);
   const char* tensor = "blk.1.ffn_down.weight";
   for (bool flip : {true, false}) {
-    storage::FaultInjector inj;
     storage::FaultSchedule s;
     if (flip) s.flip_at_offset = static_cast<int64_t>(MiddleOfFirstRowBlock(SmallModel(), tensor));
-    inj.set_schedule(s);
-    RuntimeOptions ro;
-    ro.policy = Policy::kAllCompressed;
-    ro.force_decode = 1 + static_cast<int>(Decode::kInline);
-    ro.reader.backend = storage::ReaderBackend::kPread;
-    ro.reader.pread = inj.MakePread();
-    auto hooks = std::make_shared<internal::TestHooks>();
-    hooks->wrap_reader = [&inj](std::unique_ptr<storage::BlockReader> r) {
-      return inj.Wrap(std::move(r));
-    };
     static const Rates rates;  // no calibration: the flip is in the unit's load
-    hooks->rates = &rates;
-    ro.test_hooks = hooks;
-    Result<Streamed> run = Open(SmallModel(), ro);
+    Faulty f(SmallModel(), Decode::kInline, Policy::kAllCompressed, s, &rates);
+    storage::FaultInjector& inj = f.inj;
+    Result<Streamed>& run = f.run;
     if (flip) {
       ASSERT_FALSE(run.ok());
       EXPECT_EQ(inj.faults(), 1);
