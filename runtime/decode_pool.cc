@@ -56,7 +56,8 @@ void DecodePool::WorkerLoop(int index) {
       l.Unlock();
       const auto t0 = Clock::now();
       const UnitLayout& U = decoder_->unit(job.unit);
-      s = decoder_->DecodeWork(U, U.work[t.work], job.stored, job.dst, &dec, scratch.data());
+      s = decoder_->DecodeWork(U, U.work[t.work], job.stored, job.dst, &dec, scratch.data(),
+                               job.crc_checked);
       const double dt = Seconds(t0, Clock::now());
       l.Lock();
       job.decode_seconds += dt;

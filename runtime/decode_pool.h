@@ -28,6 +28,7 @@ class DecodePool {
   struct Job {
     int unit = 0;
     const uint8_t* stored = nullptr;  // the unit's stored range in RAM
+    bool crc_checked = false;         // stored's CRCs were checked when it was read (CheckRange)
     uint8_t* dst = nullptr;           // its decoded layout
     std::atomic<bool> cancelled{false};
     // Final when on_done is called.

@@ -139,8 +139,9 @@ void Prefetcher::Loop() {
         Complete(it);
         continue;
       }
-    } else {
+    } else {  // a compressed unit's copy in RAM, checked when it was loaded
       it->stored = in_ram;
+      it->crc_checked = true;
     }
     it->state = Item::kDecoding;
     l.Unlock();

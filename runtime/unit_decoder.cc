@@ -78,7 +78,8 @@ Status UnitDecoder::DecodeRowBlock(const TensorLayout& T, uint32_t i, uint64_t r
 }
 
 Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
-                               uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch) const {
+                               uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch,
+                               bool crc_checked) const {
   const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
   if (w.scale) {
     std::memcpy(dst + T.scale_off, U.scales[static_cast<size_t>(w.t)].data(),
@@ -87,7 +88,8 @@ Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w, const ui
   }
   return DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows,
                         reinterpret_cast<int8_t*>(dst + T.q_off) + w.row0 * T.stride,
-                        reinterpret_cast<int32_t*>(dst + T.rowsum_off) + w.row0, dec, scratch);
+                        reinterpret_cast<int32_t*>(dst + T.rowsum_off) + w.row0, dec, scratch,
+                        crc_checked);
 }
 
 Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,

@@ -69,9 +69,10 @@ class UnitDecoder {
                         storage::BlockDecoder* dec, uint8_t* scratch,
                         bool crc_checked = false) const;
   // One work item of a unit into its decoded layout at dst. Scales come from the copy decoded
-  // and checked at open.
+  // and checked at open. `crc_checked` as for DecodeRowBlock (the range was checked when read).
   Status DecodeWork(const UnitLayout& U, const WorkBlock& w, const uint8_t* stored_range,
-                    uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch) const;
+                    uint8_t* dst, storage::BlockDecoder* dec, uint8_t* scratch,
+                    bool crc_checked = false) const;
   // The same into the unit's packed layout at dst: a block stored packed is checked (CRC) and
   // copied; any other is decoded (checked) into `q` (rows_per_block x stride bytes, its row sums
   // into `sums`, rows_per_block entries, unless the tensor keeps them), then packed to the
