@@ -255,7 +255,7 @@ void Transformer::RunResidentLinears(std::span<const LinearJob> jobs, const floa
             const size_t e = r1 - base;
             const size_t padded = kernels::PaddedCols(cols);
             if (quantized && j.w->packed.data != nullptr) {  // one token: the GEMM's own GEMV
-              kt->gemm_packed_q8(j.w->packed, xq, padded, xs, n, j.y, j.y_stride, r0, e);
+              GemmPacked(*kt, *j.w, xq, padded, xs, n, j.y, j.y_stride, r0, e);
             } else if (quantized) {
               if (n == 1) {
                 kt->gemv_q8_q8(j.w->q8, xq, xs[0], j.y, r0, e);

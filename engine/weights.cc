@@ -14,6 +14,23 @@ Result<WeightFormat> ParseWeightFormat(const std::string& s) {
 
 const char* WeightFormatName(WeightFormat f) { return f == WeightFormat::kF32 ? "f32" : "w8a8"; }
 
+void GemmPacked(const kernels::KernelTable& kt, const LinearWeights& w, const int8_t* x,
+                size_t x_stride, const float* x_scale, size_t n_tok, float* y, size_t y_stride,
+                size_t r0, size_t r1) {
+  if (w.packed_blocks.empty()) {
+    kt.gemm_packed_q8(w.packed, x, x_stride, x_scale, n_tok, y, y_stride, r0, r1);
+    return;
+  }
+  const size_t rpb = w.packed_block_rows;
+  for (size_t k = r0 / rpb; k < w.packed_blocks.size() && k * rpb < r1; ++k) {
+    const size_t b0 = k * rpb, b1 = b0 + w.packed_blocks[k].rows;
+    const size_t a = std::max(r0, b0), e = std::min(r1, b1);
+    if (a < e)
+      kt.gemm_packed_q8(w.packed_blocks[k], x, x_stride, x_scale, n_tok, y + b0, y_stride, a - b0,
+                        e - b0);
+  }
+}
+
 LinearWeights LinearStorage::View() const {
   LinearWeights v;
   v.quantized = quantized;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
@@ -48,11 +49,15 @@ class RowBlockSource {
 // One linear map y = W x (+ b). Exactly one of q8/f32 is set, per `quantized`. With `blocks` set
 // (INT8 only), q8 gives the shape and the row scales; q8.q and q8.row_sum are null and the rows
 // come from `blocks`. With `packed.data` set (the packed tier), q8 gives the shape and the row
-// scales, q8.q is null and the kernels read the packed codes.
+// scales, q8.q is null and the kernels read the packed codes; when its blocks of rows have
+// different widths (format 4, Tensor.block_bits), `packed` gives the shape and the widest width and
+// `packed_blocks` one view per block of `packed_block_rows` rows (the last one fewer).
 struct LinearWeights {
   bool quantized = false;
   kernels::Q8MatrixView q8;
   kernels::PackedMatrixView packed;
+  std::vector<kernels::PackedMatrixView> packed_blocks;
+  size_t packed_block_rows = 0;
   kernels::F32MatrixView f32;
   const RowBlockSource* blocks = nullptr;
   const float* bias = nullptr;
@@ -97,6 +102,20 @@ class WeightSource {
   virtual Status BeginPass(size_t /*tokens*/) { return Status::Ok(); }
   virtual void ReleaseOutput() {}
 };
+
+// The packed view holding row `row` of w (w.packed.data set), and the row's index in it.
+inline std::pair<const kernels::PackedMatrixView*, size_t> PackedRowView(const LinearWeights& w,
+                                                                         size_t row) {
+  if (w.packed_blocks.empty()) return {&w.packed, row};
+  const size_t k = row / w.packed_block_rows;
+  return {&w.packed_blocks[k], row - k * w.packed_block_rows};
+}
+
+// Rows [r0, r1) of the packed product of w (w.packed.data set) for n_tok tokens, as
+// KernelTable::gemm_packed_q8, view by view when its blocks have different widths.
+void GemmPacked(const kernels::KernelTable& kt, const LinearWeights& w, const int8_t* x,
+                size_t x_stride, const float* x_scale, size_t n_tok, float* y, size_t y_stride,
+                size_t r0, size_t r1);
 
 // out[c] = q[c] * scale for c in [0, n): one row of an INT8 matrix (embedding lookups).
 inline void DequantizeRow(const int8_t* q, float scale, size_t n, float* out) {

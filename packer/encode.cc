@@ -63,7 +63,7 @@ Status PrepareEncoding(PackState& s) {
 }
 
 EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t row_bytes,
-                           size_t rows_per_block, int packed_bits) {
+                           size_t rows_per_block, std::span<const int> block_bits) {
   const size_t nblocks = (data.size() / row_bytes + rows_per_block - 1) / rows_per_block;
   EncodedBlocks out;
   std::vector<Encoded>& enc = out.enc;
@@ -78,6 +78,7 @@ EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t r
       const size_t off = static_cast<size_t>(b) * rows_per_block * row_bytes;
       const size_t len = std::min(data.size() - off, rows_per_block * row_bytes);
       Result<Encoded> e = EncodeBest(data.subspan(off, len), cands, o, &d);
+      const int packed_bits = block_bits.empty() ? 0 : block_bits[static_cast<size_t>(b)];
       if (e.ok() && IsPackedBits(packed_bits)) {
         Encoded packed;
         packed.codec = storage::Codec::kPacked;

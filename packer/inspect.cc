@@ -19,6 +19,22 @@ namespace pb = storage::pb;
 
 namespace {
 
+// A TENSOR_Q8_ROW tensor's rows by code width (4..8): per block with Tensor.block_bits (format 4).
+std::map<int, uint64_t> RowsByBits(const pb::Tensor& T) {
+  std::map<int, uint64_t> by;
+  const uint64_t rows = static_cast<uint64_t>(T.rows());
+  if (T.block_bits_size() == 0) {
+    by[IsPackedBits(T.bits()) ? T.bits() : 8] = rows;
+    return by;
+  }
+  const uint64_t rpb = static_cast<uint64_t>(T.rows_per_block());
+  for (int k = 0; k < T.block_bits_size(); ++k) {
+    const uint64_t r0 = static_cast<uint64_t>(k) * rpb;
+    by[T.block_bits(k)] += std::min(rpb, rows - r0);
+  }
+  return by;
+}
+
 struct Range {
   uint64_t raw = 0, ram = 0, stored = 0, params = 0, begin = ~0ull;
   std::set<std::string> codecs;
@@ -50,12 +66,17 @@ Tally Count(const storage::ContainerReader& r) {
       R.begin = std::min<uint64_t>(R.begin, B.offset());
       ++codec_blocks[codec];
     }
-    // As the packed tier holds it: narrow codes packed (rows padded to 64 codes) + row scales;
-    // INT8 codes and f32 vectors as they decode.
+    // As the packed tier holds it: narrow codes packed (rows padded to 64 codes, each block at
+    // its width) + row scales; INT8 codes and f32 vectors as they decode.
     const uint64_t rows = static_cast<uint64_t>(T.rows());
-    R.ram = T.type() == pb::TENSOR_Q8_ROW
-                ? PackedCodeBytes(rows, static_cast<size_t>(T.cols()), T.bits()) + rows * 4
-                : R.raw;
+    if (T.type() == pb::TENSOR_Q8_ROW) {
+      R.ram = rows * 4;
+      for (const auto& [bits, n] : RowsByBits(T)) {
+        R.ram += PackedCodeBytes(n, static_cast<size_t>(T.cols()), bits);
+      }
+    } else {
+      R.ram = R.raw;
+    }
     Range& L = layers[T.layer()];
     L.params += R.params;
     L.raw += R.raw;
@@ -78,7 +99,8 @@ std::string BitsLine(const pb::Manifest& m, const Tally& tl) {
   for (int t = 0; t < m.tensors_size(); ++t) {
     const pb::Tensor& T = m.tensors(t);
     if (T.type() == pb::TENSOR_Q8_ROW) {
-      by_bits[IsPackedBits(T.bits()) ? T.bits() : 8] += tl.tensors[static_cast<size_t>(t)].params;
+      for (const auto& [bits, n] : RowsByBits(T))
+        by_bits[bits] += n * static_cast<uint64_t>(T.cols());
     }
   }
   std::string widths;
@@ -179,6 +201,7 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
           .Int("cols", T.cols())
           .Int("params", static_cast<int64_t>(R.params))
           .Int("bits", q8 ? (IsPackedBits(T.bits()) ? T.bits() : 8) : 32)
+          .IntArray("block_bits", {T.block_bits().begin(), T.block_bits().end()})
           .Int("raw_bytes", static_cast<int64_t>(R.raw))
           .Int("ram_bytes", static_cast<int64_t>(R.ram))
           .Int("stored_bytes", static_cast<int64_t>(R.stored))

@@ -202,10 +202,12 @@ float ChooseClip(std::span<const float> w, size_t rows, size_t cols, QuantParams
   return best;
 }
 
-double CodeEntropyBits(const QuantizedMatrix& q) {
+double CodeEntropyBits(const QuantizedMatrix& q) { return CodeEntropyBits(q.codes); }
+
+double CodeEntropyBits(std::span<const int8_t> codes) {
   std::array<uint64_t, 256> c{};
-  for (int8_t v : q.codes) ++c[static_cast<uint8_t>(v)];
-  const double n = static_cast<double>(q.codes.size());
+  for (int8_t v : codes) ++c[static_cast<uint8_t>(v)];
+  const double n = static_cast<double>(codes.size());
   double h = 0;
   for (uint64_t k : c) {
     if (k) h -= static_cast<double>(k) / n * std::log2(static_cast<double>(k) / n);

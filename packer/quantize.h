@@ -76,6 +76,7 @@ float ChooseClip(std::span<const float> w, size_t rows, size_t cols, QuantParams
 
 // Order-0 entropy of the codes in bits per weight.
 double CodeEntropyBits(const QuantizedMatrix& q);
+double CodeEntropyBits(std::span<const int8_t> codes);
 
 // Relative output error on calibration inputs X [n][cols] of the W8A8 product:
 // || X W^T - deq(quant_token(X / s)) deq(Q)^T ||_F / || X W^T ||_F, where quant_token is the

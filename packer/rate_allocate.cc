@@ -1,6 +1,8 @@
 // Pack stage 5: rate allocation. The INT8 model's NLL is measured; then every matrix alone is tried
 // at narrower code widths (7, 6, 5, 4 bits, each with its best clip), and per-matrix widths are
-// chosen under the --max-ppl-increase budget so as to minimise the packed (RAM) size.
+// chosen under the --max-ppl-increase budget so as to minimise the packed (RAM) size. A matrix
+// whose rows are tokens (the embedding, the output) is split into groups of rows, each with its own
+// width, when its 7-bit codes cost little: rare tokens need fewer bits than common ones.
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +11,7 @@
 
 #include "base/packed_codes.h"
 #include "engine/generate.h"
+#include "engine/layer_schema.h"
 #include "packer/internal/pack_state.h"
 #include "packer/internal/pack_util.h"
 
@@ -78,7 +81,30 @@ struct Option {
   float clip;
   double packed_bits, entropy_bits, dkl;
 };
-using Options = std::vector<std::vector<Option>>;  // per matrix, 8 bits first
+// What one list of options sets: a whole matrix (group < 0) or one group of its rows.
+struct Part {
+  size_t matrix;
+  int group;
+};
+
+struct Options {
+  std::vector<std::vector<Option>> o;  // per part, widest first
+  std::vector<Part> parts;
+  size_t size() const { return o.size(); }
+  const std::vector<Option>& operator[](size_t i) const { return o[i]; }
+};
+
+// The token matrices (rows: the vocabulary) of at least kGroupMinRows rows are split into
+// kRowGroups groups of rows when their 7-bit codes cost at most kGroupShare of the budget (each
+// group's options are then measured).
+constexpr size_t kGroupMinRows = 256;
+constexpr size_t kRowGroups = 16;
+constexpr double kGroupShare = 0.5;
+
+bool IsTokenMatrix(const Matrix& m) {
+  const std::string_view role = MatrixRole(m.name);
+  return role == "token_embd" || role == "output";
+}
 
 // Mean square of each input column of `m` in its scaled domain (x_j / s_j), from the calibration
 // sample; empty without one.
@@ -103,8 +129,11 @@ std::vector<float> InputMeanSquare(const Matrix& m) {
 Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base, double budget) {
   std::vector<Matrix>& mats = s.mats;
   PackWeights& qw = *s.qw;
-  Options opts(mats.size());
+  Options o;
+  o.o.resize(mats.size());
+  std::vector<std::vector<Option>>& opts = o.o;
   for (size_t i = 0; i < mats.size(); ++i) {
+    o.parts.push_back({i, -1});
     Matrix& m = mats[i];
     const double n = static_cast<double>(m.rows * m.cols);
     opts[i].push_back({8, 1.0f, 8 * n, m.entropy * n, 0.0});
@@ -125,7 +154,74 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
     qw.SetMatrix(m, &m.q);
     s.Progress("rate allocation", static_cast<double>(i + 1) / static_cast<double>(mats.size()));
   }
-  return opts;
+  return o;
+}
+
+// The token matrices of at least kGroupMinRows rows whose 7-bit codes cost at most kGroupShare of
+// the budget are split into kRowGroups groups of rows held at 7 bits; each group alone is then
+// tried at narrower widths (the others at 7), its options' increases measured from the whole matrix
+// at 7 bits, whose own increase is shared among the groups by their rows. The matrix's options are
+// replaced by its groups'.
+Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, double budget,
+                       Options* o) {
+  Options out;
+  for (size_t i = 0; i < o->size(); ++i) {
+    Matrix& m = s.mats[o->parts[i].matrix];
+    const Option* seven = nullptr;
+    for (const Option& op : (*o)[i]) seven = op.bits == 7 ? &op : seven;
+    if (!IsTokenMatrix(m) || m.rows < kGroupMinRows || seven == nullptr ||
+        seven->dkl > kGroupShare * budget) {
+      out.o.push_back((*o)[i]);
+      out.parts.push_back(o->parts[i]);
+      continue;
+    }
+    m.group_rows = (m.rows + kRowGroups - 1) / kRowGroups;
+    const size_t groups = (m.rows + m.group_rows - 1) / m.group_rows;
+    m.group_bits.assign(groups, 7);
+    m.group_clip.assign(groups, seven->clip);
+    Quantize(m);
+    s.qw->SetMatrix(m, &m.q);
+    ASSIGN_OR_RETURN(const double kl7, kl.Kl(s.qw.get()));
+    const GptqFactor f = GptqFactorOf(m);
+    const std::vector<float> ms = f.cols != 0 ? std::vector<float>() : InputMeanSquare(m);
+    s.Log("rate allocation: " + m.name + " in " + std::to_string(groups) + " groups of " +
+          std::to_string(m.group_rows) + " rows (at 7 bits: KL +" + Fmt("%.5f", kl7 - kl_base) +
+          ")");
+    for (size_t g = 0; g < groups; ++g) {
+      const size_t r0 = g * m.group_rows, rows = std::min(m.group_rows, m.rows - r0);
+      const double n = static_cast<double>(rows * m.cols);
+      const double share =
+          std::max(0.0, kl7 - kl_base) * static_cast<double>(rows) / static_cast<double>(m.rows);
+      std::vector<Option> go;
+      const std::span<const int8_t> codes7(m.q.codes.data() + r0 * m.cols, rows * m.cols);
+      go.push_back({7, seven->clip, 7 * n, CodeEntropyBits(codes7) * n, share});
+      for (int bits = 6; bits >= kMinPackedBits; --bits) {
+        m.group_bits[g] = bits;
+        if (f.cols == 0) {
+          QuantParams p = ParamsOf(m);
+          p.bits = bits;
+          m.group_clip[g] =
+              ChooseClip(std::span<const float>(m.w).subspan(r0 * m.cols, rows * m.cols), rows,
+                         m.cols, p, ms, kClipCandidates);
+        }
+        QuantizeGroup(m, g, f);
+        s.qw->SetMatrix(m, &m.q);
+        ASSIGN_OR_RETURN(const double d, kl.Kl(s.qw.get()));
+        const std::span<const int8_t> codes(m.q.codes.data() + r0 * m.cols, rows * m.cols);
+        go.push_back({bits, m.group_clip[g], bits * n, CodeEntropyBits(codes) * n,
+                      share + std::max(0.0, d - kl7)});
+        if (d - kl7 > budget) break;
+      }
+      m.group_bits[g] = 7;
+      m.group_clip[g] = seven->clip;
+      QuantizeGroup(m, g, f);
+      s.qw->SetMatrix(m, &m.q);
+      out.o.push_back(std::move(go));
+      out.parts.push_back({o->parts[i].matrix, static_cast<int>(g)});
+    }
+  }
+  *o = std::move(out);
+  return Status::Ok();
 }
 
 // Per matrix, the option of least bits + lambda * KL increase, into *c; returns the sum of the
@@ -167,14 +263,23 @@ std::vector<size_t> ChoiceFor(const Options& opts, double target) {
 Result<double> Apply(PackState& s, const KlEvaluator& kl, const Options& opts,
                      const std::vector<size_t>& choice) {
   std::vector<Matrix>& mats = s.mats;
-  for (size_t i = 0; i < mats.size(); ++i) {
+  std::vector<bool> changed(mats.size(), false);
+  for (size_t i = 0; i < opts.size(); ++i) {
     const Option& o = opts[i][choice[i]];
-    if (mats[i].bits != o.bits || mats[i].clip != o.clip) {
-      mats[i].bits = o.bits;
-      mats[i].clip = o.clip;
-      Quantize(mats[i]);
-      s.qw->SetMatrix(mats[i], &mats[i].q);
+    Matrix& m = mats[opts.parts[i].matrix];
+    const int g = opts.parts[i].group;
+    int& bits = g < 0 ? m.bits : m.group_bits[static_cast<size_t>(g)];
+    float& clip = g < 0 ? m.clip : m.group_clip[static_cast<size_t>(g)];
+    if (bits != o.bits || clip != o.clip) {
+      bits = o.bits;
+      clip = o.clip;
+      changed[opts.parts[i].matrix] = true;
     }
+  }
+  for (size_t i = 0; i < mats.size(); ++i) {
+    if (!changed[i]) continue;
+    Quantize(mats[i]);
+    s.qw->SetMatrix(mats[i], &mats[i].q);
   }
   return kl.Kl(s.qw.get());
 }
@@ -323,12 +428,16 @@ Status AllocateRates(PackState& s) {
     s.Log("rate allocation: INT8 alone uses the budget; every matrix left at 8 bits");
     return Status::Ok();
   }
-  ASSIGN_OR_RETURN(const Options opts, WidthOptions(s, kl, kl_base, budget));
+  ASSIGN_OR_RETURN(Options opts, WidthOptions(s, kl, kl_base, budget));
+  RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, &opts));
   ASSIGN_OR_RETURN(const bool fits, ApplyChoice(s, kl, opts, kl_base, limit, budget));
   if (!fits) {
     for (Matrix& m : s.mats) {
       m.bits = 8;
       m.clip = 1;
+      m.group_rows = 0;
+      m.group_bits.clear();
+      m.group_clip.clear();
       Quantize(m);
       s.qw->SetMatrix(m, &m.q);
     }

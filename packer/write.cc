@@ -19,7 +19,7 @@ namespace pb = storage::pb;
 // Encodes `data` (whole rows) in blocks of rows_per_block rows, in parallel, and appends them.
 Status WriteBlocks(PackState& s, TensorReport& tr, std::set<std::string>& used,
                    std::span<const uint8_t> data, size_t row_bytes, size_t rows_per_block,
-                   int packed_bits = 0) {
+                   std::span<const int> packed_bits = {}) {
   const EncodedBlocks e = EncodeBlocks(s, data, row_bytes, rows_per_block, packed_bits);
   for (size_t b = 0; b < e.enc.size(); ++b) {
     RETURN_IF_ERROR(e.st[b]);
@@ -69,9 +69,22 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   t.set_rows(static_cast<int64_t>(m.rows));
   t.set_cols(static_cast<int64_t>(m.cols));
   t.set_layer(m.layer);
-  const size_t rpb = std::clamp<size_t>(s.o.block_bytes / m.cols, 1, m.rows);
+  size_t rpb = std::clamp<size_t>(s.o.block_bytes / m.cols, 1, m.rows);
+  if (m.groups() > 0) {  // blocks within groups of rows: each group's width is its blocks'
+    rpb = m.group_rows / ((m.group_rows + rpb - 1) / rpb);
+    while (m.group_rows % rpb != 0) --rpb;
+  }
   t.set_rows_per_block(static_cast<int64_t>(rpb));
   t.set_bits(m.q.bits());
+  const size_t nblocks = (m.rows + rpb - 1) / rpb;
+  std::vector<int> block_bits(nblocks, IsPackedBits(m.q.bits()) ? m.q.bits() : 0);
+  if (m.groups() > 0) {
+    for (size_t k = 0; k < nblocks; ++k) block_bits[k] = m.group_bits[k * rpb / m.group_rows];
+    if (std::any_of(block_bits.begin(), block_bits.end(),
+                    [&](int b) { return b != block_bits[0]; })) {
+      for (int b : block_bits) t.add_block_bits(b);
+    }
+  }
   pb::QuantInfo* qi = t.mutable_quant();
   qi->set_alpha(m.alpha);
   qi->set_step_multiplier(m.step);
@@ -87,7 +100,11 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.quantized = true;
   tr.int8_bytes = m.rows * m.cols + m.rows * 4;
   tr.bits = m.q.bits();
-  tr.ram_bytes = PackedCodeBytes(m.rows, m.cols, m.q.bits()) + m.rows * 4;
+  tr.ram_bytes = m.rows * 4;
+  for (size_t k = 0; k < nblocks; ++k) {
+    tr.ram_bytes +=
+        PackedCodeBytes(std::min(rpb, m.rows - k * rpb), m.cols, block_bits[k] ? block_bits[k] : 8);
+  }
   tr.alpha = m.alpha;
   tr.step_multiplier = m.step;
   tr.prune = m.prune;
@@ -99,7 +116,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
                               m.rows * 4, m.rows));
   RETURN_IF_ERROR(WriteBlocks(
       s, tr, used, {reinterpret_cast<const uint8_t*>(m.q.codes.data()), m.q.codes.size()}, m.cols,
-      rpb, IsPackedBits(m.q.bits()) ? m.q.bits() : 0));
+      rpb, block_bits));
   tr.codecs = Join(used);
   s.rep.tensors.push_back(tr);
   s.done_bytes += m.rows * m.cols;

@@ -116,7 +116,12 @@ void CalibrateCompute(size_t dim, int bits, PageBuffer* tmp, Rates* rates) {
 int CommonPackedBits(const ModelLayout& layout) {
   uint64_t by_bits[9] = {};
   for (const UnitLayout& U : layout.units) {
-    for (const TensorLayout& T : U.tensors) by_bits[T.bits] += T.rows * T.cols;
+    for (const TensorLayout& T : U.tensors) {
+      for (size_t k = 0; k < T.row_blocks; ++k) {
+        by_bits[T.BlockBits(k)] +=
+            std::min(T.rows_per_block, T.rows - k * T.rows_per_block) * T.cols;
+      }
+    }
   }
   int best = 8;
   for (int b = kMinPackedBits; b <= kMaxPackedBits; ++b) {

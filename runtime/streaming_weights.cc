@@ -407,11 +407,11 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
     return Status::Ok();
   }
   if (m.layout.tied && IsResident(H.tier)) {  // packed: unpack the row
-    const kernels::PackedMatrixView& v = H.head_view.packed;
+    const auto [v, vr] = PackedRowView(H.head_view, static_cast<size_t>(token));
     m.lookup->cached_block = -1;  // raw() is reused for the row
     int8_t* row = reinterpret_cast<int8_t*>(m.lookup->raw());
-    UnpackRows(v.data + static_cast<size_t>(token) * v.row_bytes, 1, dim, v.bits, row, dim);
-    DequantizeRow(row, v.scale[token], dim, out);
+    UnpackRows(v->data + vr * v->row_bytes, 1, dim, v->bits, row, dim);
+    DequantizeRow(row, v->scale[vr], dim, out);
     return Status::Ok();
   }
   const pb::Tensor& E = r.manifest().tensors(m.layout.embd_tensor);

@@ -48,8 +48,8 @@ Result<bool> UnitDecoder::PackedInline(const TensorLayout& T, uint64_t range_beg
   const std::span<const uint8_t> stored = StoredIn(i, range_begin, range);
   if (!crc_checked) RETURN_IF_ERROR(reader_->CheckCrc(i, stored));
   rows->data = stored.data();
-  rows->row_bytes = T.packed_row_bytes;
-  rows->bits = T.bits;
+  rows->row_bytes = T.BlockRowBytes(k);
+  rows->bits = T.BlockBits(k);
   return true;
 }
 
@@ -102,7 +102,9 @@ Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,
                 T.rows * sizeof(float));
     return Status::Ok();
   }
-  uint8_t* out = dst + T.p_off + w.row0 * T.packed_row_bytes;
+  const size_t k = w.block - T.first_block - 1;
+  const int bits = T.BlockBits(k);
+  uint8_t* out = dst + T.p_off + T.p_block_off[k];
   if (reader_->block(w.block).codec() == pb::CODEC_PACKED) {  // stored as held: check and copy
     const std::span<const uint8_t> stored = StoredIn(w.block, U.range_begin, stored_range);
     RETURN_IF_ERROR(reader_->CheckCrc(w.block, stored));
@@ -114,10 +116,10 @@ Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,
       DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows, q, row_sum, dec, scratch));
   if (T.bits == 8) {
     std::memcpy(out, q, w.rows * T.stride);
-  } else if (PackRows(q, w.rows, T.cols, T.stride, T.bits, out) != w.rows) {
+  } else if (PackRows(q, w.rows, T.cols, T.stride, bits, out) != w.rows) {
     // The reader checks every code against the declared width; this cannot pass it.
     return DataLossError(reader_->path() + ": " + reader_->DescribeBlock(w.block) +
-                         ": a code exceeds the tensor's " + std::to_string(T.bits) + "-bit width");
+                         ": a code exceeds the block's " + std::to_string(bits) + "-bit width");
   }
   return Status::Ok();
 }
@@ -180,6 +182,16 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
       const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
       v.q8 = {nullptr, scale, nullptr, T.rows, T.cols, T.stride};
       v.packed = {base + T.p_off, scale, T.rows, T.cols, T.packed_row_bytes, T.bits};
+      if (!T.block_bits.empty()) {  // one view per block, each at its own width
+        v.packed.row_bytes = 0;
+        v.packed_block_rows = T.rows_per_block;
+        for (size_t k = 0; k < T.row_blocks; ++k) {
+          const size_t r0 = k * T.rows_per_block;
+          v.packed_blocks.push_back({base + T.p_off + T.p_block_off[k], scale + r0,
+                                     std::min(T.rows_per_block, T.rows - r0), T.cols,
+                                     T.BlockRowBytes(k), T.BlockBits(k)});
+        }
+      }
     }
     return v;
   };

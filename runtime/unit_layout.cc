@@ -74,18 +74,24 @@ class LayoutBuilder {
     U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
     L.bits = IsPackedBits(T.bits()) ? T.bits() : 8;
     L.packed_row_bytes = L.bits < 8 ? PackedRowBytes(L.cols, L.bits) : L.stride;
+    L.block_bits.assign(T.block_bits().begin(), T.block_bits().end());  // checked by the reader
+    const size_t rpb = static_cast<size_t>(T.rows_per_block());
+    L.first_block = T.first_block();
+    L.rows_per_block = rpb;
+    L.row_blocks = T.num_blocks() - 1;
     L.p_off = U.packed_size;
-    U.packed_size += (L.rows * L.packed_row_bytes + 63) / 64 * 64;
+    size_t packed_bytes = 0;
+    for (size_t k = 0; k < L.row_blocks; ++k) {
+      L.p_block_off.push_back(packed_bytes);
+      packed_bytes += std::min(rpb, L.rows - k * rpb) * L.BlockRowBytes(k);
+    }
+    U.packed_size += (packed_bytes + 63) / 64 * 64;
     L.p_scale_off = U.packed_size;
     U.packed_size += (L.rows * 4 + 63) / 64 * 64;
     if (L.bits == 8) {  // the INT8 products' row sums (the packed GEMM takes its tiles' own)
       L.p_rowsum_off = U.packed_size;
       U.packed_size += (L.rows * 4 + 63) / 64 * 64;
     }
-    const size_t rpb = static_cast<size_t>(T.rows_per_block());
-    L.first_block = T.first_block();
-    L.rows_per_block = rpb;
-    L.row_blocks = T.num_blocks() - 1;
     m_.max_padded_block = std::max(m_.max_padded_block, rpb * L.stride);
     m_.max_block_rows = std::max(m_.max_block_rows, rpb);
     const int ti = static_cast<int>(U.tensors.size());

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "base/packed_codes.h"
 #include "base/status.h"
 #include "engine/dcm_model.h"
 #include "engine/weights.h"
@@ -24,13 +25,22 @@ namespace dcomp::runtime {
 struct TensorLayout {
   int tensor = -1;  // in the manifest
   size_t rows = 0, cols = 0, stride = 0;
-  size_t q_off = 0, scale_off = 0, rowsum_off = 0;      // in the unit's decoded layout
-  int bits = 8;                                         // the codes' width (manifest)
-  size_t packed_row_bytes = 0;                          // PackedRowBytes, or stride at 8 bits
+  size_t q_off = 0, scale_off = 0, rowsum_off = 0;  // in the unit's decoded layout
+  int bits = 8;  // the codes' width (manifest; the widest block's when blocks differ)
+  // Per block of codes when they differ (Tensor.block_bits), else empty: see BlockBits.
+  std::vector<int> block_bits;
+  size_t packed_row_bytes = 0;  // PackedRowBytes, or stride at 8 bits (the widest block's)
   size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;  // in the unit's packed layout (row sums:
                                                         // 8-bit tensors only)
   uint32_t first_block = 0;                             // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
+  std::vector<size_t> p_block_off;  // per block of codes: where its rows start, from p_off
+
+  // The width of block k of codes (k = 0 is the block after the scales).
+  int BlockBits(size_t k) const { return block_bits.empty() ? bits : block_bits[k]; }
+  size_t BlockRowBytes(size_t k) const {
+    return bits == 8 ? stride : PackedRowBytes(cols, BlockBits(k));
+  }
 };
 
 // One block of a unit to decode: the scale block or a block of rows.

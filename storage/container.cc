@@ -132,6 +132,41 @@ Result<std::unique_ptr<ContainerReader>> ContainerReader::FromBytes(std::span<co
   return r;
 }
 
+namespace {
+
+// What is wrong with T's block_bits (format 4), or "" when nothing is.
+std::string BlockBitsProblem(const pb::Tensor& T, uint16_t version_major) {
+  if (T.block_bits_size() == 0) return "";
+  if (version_major < 4) {
+    return "block_bits in a format " + std::to_string(version_major) +
+           ".x file (a width per block is format 4)";
+  }
+  if (T.type() != pb::TENSOR_Q8_ROW || !IsPackedBits(T.bits())) {
+    return "block_bits on a tensor without a packed width (bits " + std::to_string(T.bits()) + ")";
+  }
+  if (static_cast<int64_t>(T.block_bits_size()) + 1 != static_cast<int64_t>(T.num_blocks())) {
+    return std::to_string(T.block_bits_size()) + " block_bits for " +
+           std::to_string(T.num_blocks() == 0 ? 0 : T.num_blocks() - 1) + " blocks of codes";
+  }
+  int widest = 0;
+  for (int k = 0; k < T.block_bits_size(); ++k) {
+    const int b = T.block_bits(k);
+    if (b < kMinPackedBits || b > T.bits()) {
+      return "block_bits[" + std::to_string(k) + "] is " + std::to_string(b) + ", expected " +
+             std::to_string(kMinPackedBits) + ".." + std::to_string(T.bits()) +
+             " (the tensor's bits)";
+    }
+    widest = std::max(widest, b);
+  }
+  if (widest != T.bits()) {
+    return "bits " + std::to_string(T.bits()) + " but its widest block is " +
+           std::to_string(widest) + " bits";
+  }
+  return "";
+}
+
+}  // namespace
+
 Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
   auto fail = [this](const Status& s) { return Status(s.code(), name_ + ": " + s.message()); };
   auto loss = [&](const std::string& m) { return fail(DataLossError(m)); };
@@ -230,6 +265,9 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
       return loss(id + ": bits " + std::to_string(T.bits()) + " is unknown to this reader (" +
                   (q8 ? "4..8" : "0 for f32 tensors") + ")");
     }
+    if (std::string why = BlockBitsProblem(T, header_.version_major); !why.empty()) {
+      return loss(id + ": " + why);
+    }
     const uint64_t elem = q8 ? 1 : 4;
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const uint32_t bi = T.first_block() + k;
@@ -250,11 +288,13 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
                         " is packed but the tensor has no packed width (bits " +
                         std::to_string(T.bits()) + ")");
           }
-          const uint64_t packed = std::min(rpb, rows - r0) * PackedRowBytes(cols, T.bits());
+          const int bits =
+              T.block_bits_size() > 0 ? T.block_bits(static_cast<int>(k) - 1) : T.bits();
+          const uint64_t packed = std::min(rpb, rows - r0) * PackedRowBytes(cols, bits);
           if (B.stored_size() != packed) {
             return loss(id + ": packed block " + std::to_string(bi) + " holds " +
                         std::to_string(B.stored_size()) + " bytes, expected " +
-                        std::to_string(packed) + " (" + std::to_string(T.bits()) + "-bit rows)");
+                        std::to_string(packed) + " (" + std::to_string(bits) + "-bit rows)");
           }
         }
       }
@@ -275,6 +315,13 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
 int ContainerReader::FindTensor(const std::string& name) const {
   auto it = tensor_index_.find(name);
   return it == tensor_index_.end() ? -1 : it->second;
+}
+
+int ContainerReader::CodeBits(size_t i) const {
+  const pb::Tensor& T = tensor_of_block(i);
+  if (T.type() != pb::TENSOR_Q8_ROW || i == T.first_block() || !IsPackedBits(T.bits())) return 8;
+  const size_t k = i - T.first_block() - 1;
+  return T.block_bits_size() > 0 ? T.block_bits(static_cast<int>(k)) : T.bits();
 }
 
 std::string ContainerReader::DescribeBlock(size_t i) const {
@@ -328,7 +375,7 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
   }
   if (!crc_checked) RETURN_IF_ERROR(CheckCrc(i, stored));
   const pb::Tensor& T = tensor_of_block(i);
-  const int bits = T.bits();
+  const int bits = CodeBits(i);
   const bool codes = T.type() == pb::TENSOR_Q8_ROW && i != T.first_block();
   const size_t cols = static_cast<size_t>(T.cols());
   if (b.codec() == pb::CODEC_PACKED) {  // every packed byte pattern is a valid code
@@ -348,7 +395,7 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
       size_t at = 0;
       while (at < out.size() && q[at] >= MinCode(bits) && q[at] <= MaxCode(bits)) ++at;
       return DataLossError(name_ + ": " + DescribeBlock(i) + ": code " + std::to_string(q[at]) +
-                           " exceeds the tensor's " + std::to_string(bits) + "-bit width (" +
+                           " exceeds the block's " + std::to_string(bits) + "-bit width (" +
                            std::to_string(MinCode(bits)) + ".." + std::to_string(MaxCode(bits)) +
                            ")");
     }

@@ -29,9 +29,10 @@ namespace pb = ::dcomp::container::v1;
 
 inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 // 2.0: code widths below 8 bits (Tensor.bits) and packed blocks (CODEC_PACKED). 3.0: rANS blocks in
-// stream layout 2 (64 states; storage/rans.h), which 2.x readers cannot decode. 1.x and 2.x files
-// are read.
-inline constexpr uint16_t kDcmVersionMajor = 3;
+// stream layout 2 (64 states; storage/rans.h), which 2.x readers cannot decode. 4.0: a width per
+// block of codes (Tensor.block_bits), whose packed blocks 3.x readers would size wrongly. 1.x, 2.x
+// and 3.x files are read.
+inline constexpr uint16_t kDcmVersionMajor = 4;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
 inline constexpr uint32_t kDcmAlignment = 4096;     // start of each layer's range
@@ -75,6 +76,9 @@ class ContainerReader {
   const pb::Tensor& tensor_of_block(size_t i) const { return manifest_.tensors(block_tensor_[i]); }
   // Index into manifest().tensors(), or -1.
   int FindTensor(const std::string& name) const;
+  // The width of block i's codes: its Tensor.block_bits entry, else the tensor's bits (8 for INT8
+  // codes, and for blocks that hold no codes).
+  int CodeBits(size_t i) const;
   // "block 17 (blk.2.attn_q.weight, codes rows 0..191)".
   std::string DescribeBlock(size_t i) const;
 

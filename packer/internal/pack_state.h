@@ -39,8 +39,15 @@ struct Matrix {
   std::vector<float> col_scale;   // s_j (empty = 1)
   std::vector<float> importance;  // max|x'_j| (empty = unknown)
   float alpha = 0, step = 1, prune = 0;
-  int bits = 8;    // code width (rate allocation)
+  int bits = 8;    // code width (rate allocation); the widest group's when groups are set
   float clip = 1;  // bits < 8: the quantizer's clip
+  // Rate allocation by groups of rows (matrices of many rows, rate_allocate.cc): group g, rows
+  // [g * group_rows, (g + 1) * group_rows), has its own width and clip. Empty: `bits` and `clip`
+  // hold for every row.
+  size_t group_rows = 0;
+  std::vector<int> group_bits;
+  std::vector<float> group_clip;
+  size_t groups() const { return group_bits.size(); }
   QuantizedMatrix q;
   double err = -1, entropy = 0;
   // Calibration inputs of this matrix, for the output error (null: none).
@@ -199,10 +206,10 @@ struct EncodedBlocks {
 };
 
 // Encodes `data` (whole rows of `row_bytes`) in blocks of rows_per_block rows, in parallel, each
-// with the smallest of raw and s.codec_candidates. With `packed_bits` (4..7; data = INT8 codes,
-// row_bytes = cols) a block is stored packed unless entropy coding its codes saves at least
-// --min-coding-gain of the packed size.
+// with the smallest of raw and s.codec_candidates. Where `packed_bits` (one width per block, or
+// empty) gives block b a width of 4..7 (data = INT8 codes, row_bytes = cols), the block is stored
+// packed unless entropy coding its codes saves at least --min-coding-gain of the packed size.
 EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t row_bytes,
-                           size_t rows_per_block, int packed_bits = 0);
+                           size_t rows_per_block, std::span<const int> packed_bits = {});
 
 }  // namespace dcomp::packer::internal

@@ -1,5 +1,6 @@
 #include "packer/internal/pack_util.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 
@@ -106,11 +107,37 @@ void UseGptq(const GptqFactor& g, QuantParams* p) {
   p->row_clips = kClipCandidates;
 }
 
+int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f) {
+  QuantParams p = ParamsOf(m);
+  p.bits = m.group_bits[g];
+  p.clip = m.group_clip[g];
+  UseGptq(f, &p);
+  const size_t r0 = g * m.group_rows, rows = std::min(m.group_rows, m.rows - r0);
+  const QuantizedMatrix q = QuantizeMatrix(
+      std::span<const float>(m.w).subspan(r0 * m.cols, rows * m.cols), rows, m.cols, p);
+  std::copy(q.codes.begin(), q.codes.end(),
+            m.q.codes.begin() + static_cast<ptrdiff_t>(r0 * m.cols));
+  std::copy(q.scale.begin(), q.scale.end(), m.q.scale.begin() + static_cast<ptrdiff_t>(r0));
+  return q.max_code;
+}
+
 void Quantize(Matrix& m) {
   QuantParams p = ParamsOf(m);
   const GptqFactor g = GptqFactorOf(m);
   UseGptq(g, &p);
-  m.q = QuantizeMatrix(m.w, m.rows, m.cols, p);
+  if (m.groups() > 0) {
+    m.bits = *std::max_element(m.group_bits.begin(), m.group_bits.end());
+    m.q.rows = m.rows;
+    m.q.cols = m.cols;
+    m.q.codes.assign(m.rows * m.cols, 0);
+    m.q.scale.assign(m.rows, 0.0f);
+    m.q.max_code = 0;
+    for (size_t k = 0; k < m.groups(); ++k) {
+      m.q.max_code = std::max(m.q.max_code, QuantizeGroup(m, k, g));
+    }
+  } else {
+    m.q = QuantizeMatrix(m.w, m.rows, m.cols, p);
+  }
   m.entropy = CodeEntropyBits(m.q);
   m.err = m.stats
               ? RelativeOutputError(m.stats->sample, m.stats->sample_rows(), m.w, m.q, m.col_scale)

@@ -37,8 +37,14 @@ GptqFactor GptqFactorOf(const Matrix& m);
 void UseGptq(const GptqFactor& g, QuantParams* p);
 
 // Quantizes `m` with ParamsOf(m) (and UseGptq(GptqFactorOf(m))) into m.q and measures m.entropy
-// and m.err (the latter when it has calibration inputs).
+// and m.err (the latter when it has calibration inputs). With groups, each group's rows at the
+// group's width and clip (m.bits becomes the widest).
 void Quantize(Matrix& m);
+
+// Re-quantizes the rows of group g of `m` (m.q already holds every row) at the group's width and
+// clip, with GPTQ factor `f` (GptqFactorOf(m)); returns the largest |code| the group's width
+// allows. m.q.max_code, m.entropy and m.err are not updated.
+int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f);
 
 // Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.
 void LoadWeights(PackWeights& w, const std::vector<Matrix>& mats,

@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "engine/generate.h"
 #include "engine/local_model.h"
@@ -178,6 +179,8 @@ void ExpectDeterministic(const std::string& path) {
       {Policy::kAllCompressed, 1.5, 2, 2, 1},
       {Policy::kStaticSplit, 0.4, 4, 2, 2},
       {Policy::kAllDecoded, 2.0, 0, 0, 1},
+      {Policy::kAllPacked, 2.0, 0, 0, 1},
+      {Policy::kAllPacked, 2.0, 0, 0, 2},
       {Policy::kStreamAll, 0.0, 0, 0, 1, true},
       {Policy::kStreamAll, 0.0, 0, 0, 2, true},
       {Policy::kAllCompressed, 1.5, 0, 0, 2, true},
@@ -212,6 +215,28 @@ TEST(StreamingTest, SameTokensAsResidentOnSyntheticModel) { ExpectDeterministic(
 TEST(StreamingTest, SameTokensAsResidentOnStories3M) {
   if (Stories3M().empty()) GTEST_SKIP() << "shared data absent (stories3M)";
   ExpectDeterministic(Stories3M());
+}
+
+// stories260K (in the repository) packed with rate allocation: its embedding's groups of rows get
+// different widths (format 4, Tensor.block_bits), which every tier reads block by block.
+TEST(StreamingTest, SameTokensAsResidentWithAWidthPerBlockOfRows) {
+  packer::PackOptions o;
+  o.input = testing::SourceDir() + "/models/stories260K.bin";
+  o.tokenizer_path = testing::SourceDir() + "/models/tok512.bin";
+  o.output = Temp("grouped.dcm");
+  o.calib_tokens = 1024;
+  auto packed = packer::Pack(o);
+  ASSERT_TRUE(packed.ok()) << packed.status().ToString();
+  {
+    auto c = storage::ContainerReader::Open(o.output);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    std::set<int> widths;
+    for (const auto& T : (*c)->manifest().tensors())
+      widths.insert(T.block_bits().begin(), T.block_bits().end());
+    ASSERT_GE(widths.size(), 2u) << "no tensor with blocks of different widths: nothing tested";
+  }
+  ExpectDeterministic(o.output);
+  std::filesystem::remove(o.output);
 }
 
 TEST(StreamingTest, BudgetChangesMidGenerationKeepTheTokens) {

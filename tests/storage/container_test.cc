@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -255,7 +256,7 @@ TEST(ContainerTest, PackedBlocksDecodeToTheirCodesAndDamageIsNamed) {
   out.resize((*rw)->block(2).raw_size());
   s = (*rw)->ReadBlock(2, out, &dec);
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-  EXPECT_NE(s.message().find("block 2 (p, codes rows 3..5): code 40 exceeds the tensor's 6-bit "
+  EXPECT_NE(s.message().find("block 2 (p, codes rows 3..5): code 40 exceeds the block's 6-bit "
                              "width (-32..31)"),
             std::string::npos)
       << s.message();
@@ -270,6 +271,92 @@ TEST(ContainerTest, PackedBlocksDecodeToTheirCodesAndDamageIsNamed) {
   EXPECT_NE(s.message().find("tensor 0 (p): bits 9 is unknown to this reader (4..8)"),
             std::string::npos)
       << s.message();
+}
+
+// Format 4: a width per block of codes (Tensor.block_bits). Rows 0..2 packed at 5 bits, rows 3..5
+// entropy-coded with codes of 4 bits (or `code_at_3x0` at row 3's first code).
+std::vector<uint8_t> WriteBlockBitsToy(int bits_field, std::vector<int> block_bits,
+                                       int code_at_3x0 = 0) {
+  const std::string path = TempPath("block_bits_" + std::to_string(::getpid()) + ".dcm");
+  auto w = ContainerWriter::Create(path);
+  EXPECT_TRUE(w.ok());
+  constexpr int kRows = 6, kCols = 100;
+  std::mt19937 rng(11);
+  std::vector<int8_t> codes(kRows * kCols);
+  for (size_t i = 0; i < codes.size(); ++i) {
+    codes[i] = static_cast<int8_t>(i < 3 * kCols ? static_cast<int>(rng() % 31) - 15
+                                                 : static_cast<int>(rng() % 15) - 7);
+  }
+  if (code_at_3x0 != 0) codes[3 * kCols] = static_cast<int8_t>(code_at_3x0);
+  pb::Tensor t;
+  t.set_name("g");
+  t.set_type(pb::TENSOR_Q8_ROW);
+  t.set_rows(kRows);
+  t.set_cols(kCols);
+  t.set_layer(0);
+  t.set_rows_per_block(3);
+  t.set_bits(bits_field);
+  for (int b : block_bits) t.add_block_bits(b);
+  (*w)->BeginTensor(t);
+  std::vector<float> scales(kRows, 0.5f);
+  EXPECT_TRUE((*w)->AddBlock(Codec::kRaw, kRows * 4,
+                             {reinterpret_cast<const uint8_t*>(scales.data()), kRows * 4})
+                  .ok());
+  std::vector<uint8_t> packed(3 * PackedRowBytes(kCols, 5));
+  EXPECT_EQ(PackRows(codes.data(), 3, kCols, kCols, 5, packed.data()), 3u);
+  EXPECT_TRUE((*w)->AddBlock(Codec::kPacked, 3 * kCols, packed).ok());
+  std::vector<uint8_t> coded(codes.begin() + 3 * kCols, codes.end()), enc;
+  EXPECT_TRUE(EncodeBlock(Codec::kRans, coded, 3, &enc).ok());
+  EXPECT_TRUE((*w)->AddBlock(Codec::kRans, coded.size(), enc).ok());
+  pb::Manifest m;
+  m.mutable_config()->set_arch("toy");
+  EXPECT_TRUE((*w)->Finish(m).ok());
+  std::vector<uint8_t> bytes = ReadAll(path);
+  std::filesystem::remove(path);
+  return bytes;
+}
+
+TEST(ContainerTest, BlocksOfOneTensorHoldTheirOwnWidths) {
+  const std::vector<uint8_t> ok = WriteBlockBitsToy(5, {5, 4});
+  auto r = ContainerReader::FromBytes(ok, "g.dcm");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ((*r)->CodeBits(0), 8);  // the row scales
+  EXPECT_EQ((*r)->CodeBits(1), 5);
+  EXPECT_EQ((*r)->CodeBits(2), 4);
+  BlockDecoder dec;
+  for (size_t b = 1; b < 3; ++b) {
+    std::vector<uint8_t> out((*r)->block(b).raw_size());
+    ASSERT_TRUE((*r)->ReadBlock(b, out, &dec).ok());
+    for (uint8_t c : out) {
+      EXPECT_LE(std::abs(static_cast<int8_t>(c)), b == 1 ? 15 : 7);
+    }
+  }
+  // A code wider than its block's width (but not the tensor's) is DATA_LOSS naming the block.
+  const std::vector<uint8_t> wide = WriteBlockBitsToy(5, {5, 4}, 9);
+  auto rw = ContainerReader::FromBytes(wide, "w.dcm");
+  ASSERT_TRUE(rw.ok());
+  std::vector<uint8_t> out((*rw)->block(2).raw_size());
+  Status s = (*rw)->ReadBlock(2, out, &dec);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("block 2 (g, codes rows 3..5): code 9 exceeds the block's 4-bit "
+                             "width (-8..7)"),
+            std::string::npos)
+      << s.message();
+  // Inconsistent widths are refused at open, naming the tensor and the field.
+  const std::pair<std::pair<int, std::vector<int>>, std::string> bad[] = {
+      {{5, {5}}, "tensor 0 (g): 1 block_bits for 2 blocks of codes"},
+      {{5, {5, 6}}, "tensor 0 (g): block_bits[1] is 6, expected 4..5 (the tensor's bits)"},
+      {{5, {5, 3}}, "tensor 0 (g): block_bits[1] is 3, expected 4..5"},
+      {{6, {5, 4}}, "tensor 0 (g): bits 6 but its widest block is 5 bits"},
+      {{8, {5, 4}}, "tensor 0 (g): block_bits on a tensor without a packed width (bits 8)"},
+      {{4, {4, 4}}, "packed block 1 holds 240 bytes, expected 192 (4-bit rows)"},
+  };
+  for (const auto& [fields, want] : bad) {
+    s = ContainerReader::FromBytes(WriteBlockBitsToy(fields.first, fields.second), "b.dcm")
+            .status();
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << want;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
+  }
 }
 
 // The committed golden files and the error each must give.
