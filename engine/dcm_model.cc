@@ -171,6 +171,19 @@ Result<Q8Tensor> DcmModelFile::ReadQ8(const std::string& name) const {
   ASSIGN_OR_RETURN(q.scale, DecodeScales(t));
   ASSIGN_OR_RETURN(std::vector<uint8_t> codes, DecodeTensorData(t));
   q.q.assign(codes.begin(), codes.end());
+  if (T.row_order_size() > 0) {  // stored out of order (checked: a permutation): back in order
+    const size_t cols = static_cast<size_t>(q.cols);
+    std::vector<int8_t> in_order(q.q.size());
+    std::vector<float> scale(q.scale.size());
+    for (size_t i = 0; i < static_cast<size_t>(q.rows); ++i) {
+      const size_t r = T.row_order(static_cast<int>(i));
+      std::copy_n(q.q.begin() + static_cast<ptrdiff_t>(i * cols), cols,
+                  in_order.begin() + static_cast<ptrdiff_t>(r * cols));
+      scale[r] = q.scale[i];
+    }
+    q.q = std::move(in_order);
+    q.scale = std::move(scale);
+  }
   for (size_t i = 0; i < q.q.size(); ++i) {
     if (q.q[i] == -128) {
       return DataLossError(path() + ": tensor '" + name + "': code -128 at row " +

@@ -225,6 +225,16 @@ Status Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, 
   } else {
     RunResidentLinears(jobs, x, x_stride, n);
   }
+  for (const LinearJob& j : jobs) {  // rows stored out of order: each output to its place
+    if (j.w->row_order == nullptr) continue;
+    const size_t rows = j.w->rows();
+    row_scratch_.resize(rows);
+    for (size_t t = 0; t < n; ++t) {
+      float* y = j.y + t * j.y_stride;
+      std::copy(y, y + rows, row_scratch_.begin());
+      for (size_t r = 0; r < rows; ++r) y[j.w->row_order[r]] = row_scratch_[r];
+    }
+  }
   for (const LinearJob& j : jobs) {
     if (j.w->bias == nullptr) continue;
     for (size_t t = 0; t < n; ++t) {

@@ -173,6 +173,7 @@ class Transformer {
   std::vector<float> x_, xn_, q_, k_, v_, att_, hb_, hb2_;
   std::vector<int8_t> xq_;
   std::vector<float> xq_scale_;
+  std::vector<float> row_scratch_;  // one token's outputs, put in order (Tensor.row_order)
   struct BlockTask {
     size_t job, block;
   };

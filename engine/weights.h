@@ -58,6 +58,9 @@ struct LinearWeights {
   kernels::PackedMatrixView packed;
   std::vector<kernels::PackedMatrixView> packed_blocks;
   size_t packed_block_rows = 0;
+  // Rows stored out of order (format 4, Tensor.row_order: the token matrices): row i of the views
+  // computes output row_order[i]. Null: in order.
+  const uint32_t* row_order = nullptr;
   kernels::F32MatrixView f32;
   const RowBlockSource* blocks = nullptr;
   const float* bias = nullptr;

@@ -85,6 +85,24 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
       for (int b : block_bits) t.add_block_bits(b);
     }
   }
+  // Rows stored in m.row_order (token matrices by use: the blocks of one width are contiguous).
+  std::vector<int8_t> codes;
+  std::vector<float> scale;
+  const std::vector<int8_t>* stored_codes = &m.q.codes;
+  const std::vector<float>* stored_scale = &m.q.scale;
+  if (!m.row_order.empty()) {
+    codes.resize(m.q.codes.size());
+    scale.resize(m.rows);
+    for (size_t i = 0; i < m.rows; ++i) {
+      const size_t r = m.row_order[i];
+      std::copy_n(m.q.codes.begin() + static_cast<ptrdiff_t>(r * m.cols), m.cols,
+                  codes.begin() + static_cast<ptrdiff_t>(i * m.cols));
+      scale[i] = m.q.scale[r];
+      t.add_row_order(static_cast<uint32_t>(r));
+    }
+    stored_codes = &codes;
+    stored_scale = &scale;
+  }
   pb::QuantInfo* qi = t.mutable_quant();
   qi->set_alpha(m.alpha);
   qi->set_step_multiplier(m.step);
@@ -112,11 +130,11 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.entropy_bits = m.entropy;
   std::set<std::string> used;
   RETURN_IF_ERROR(WriteBlocks(s, tr, used,
-                              {reinterpret_cast<const uint8_t*>(m.q.scale.data()), m.rows * 4},
+                              {reinterpret_cast<const uint8_t*>(stored_scale->data()), m.rows * 4},
                               m.rows * 4, m.rows));
   RETURN_IF_ERROR(WriteBlocks(
-      s, tr, used, {reinterpret_cast<const uint8_t*>(m.q.codes.data()), m.q.codes.size()}, m.cols,
-      rpb, block_bits));
+      s, tr, used, {reinterpret_cast<const uint8_t*>(stored_codes->data()), stored_codes->size()},
+      m.cols, rpb, block_bits));
   tr.codecs = Join(used);
   s.rep.tensors.push_back(tr);
   s.done_bytes += m.rows * m.cols;

@@ -401,22 +401,25 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
   const storage::ContainerReader& r = *m.reader;
   const size_t dim = static_cast<size_t>(config_.dim);
   const Impl::Resident& H = m.resident.back();
+  // The token's row as stored (the rows of a token matrix may be stored out of order).
+  const size_t row = m.layout.embd_row.empty() ? static_cast<size_t>(token)
+                                               : m.layout.embd_row[static_cast<size_t>(token)];
   if (m.layout.tied && IsResident(H.tier) && H.head_view.packed.data == nullptr) {
     const kernels::Q8MatrixView& v = H.head_view.q8;
-    DequantizeRow(v.q + static_cast<size_t>(token) * v.stride, v.scale[token], dim, out);
+    DequantizeRow(v.q + row * v.stride, v.scale[row], dim, out);
     return Status::Ok();
   }
   if (m.layout.tied && IsResident(H.tier)) {  // packed: unpack the row
-    const auto [v, vr] = PackedRowView(H.head_view, static_cast<size_t>(token));
+    const auto [v, vr] = PackedRowView(H.head_view, row);
     m.lookup->cached_block = -1;  // raw() is reused for the row
-    int8_t* row = reinterpret_cast<int8_t*>(m.lookup->raw());
-    UnpackRows(v->data + vr * v->row_bytes, 1, dim, v->bits, row, dim);
-    DequantizeRow(row, v->scale[vr], dim, out);
+    int8_t* codes = reinterpret_cast<int8_t*>(m.lookup->raw());
+    UnpackRows(v->data + vr * v->row_bytes, 1, dim, v->bits, codes, dim);
+    DequantizeRow(codes, v->scale[vr], dim, out);
     return Status::Ok();
   }
   const pb::Tensor& E = r.manifest().tensors(m.layout.embd_tensor);
   const size_t rpb = static_cast<size_t>(E.rows_per_block());
-  const size_t k = static_cast<size_t>(token) / rpb;
+  const size_t k = row / rpb;
   const uint32_t block = E.first_block() + 1 + static_cast<uint32_t>(k);
   BlockLookup& lookup = *m.lookup;
   if (static_cast<int64_t>(block) != lookup.cached_block) {
@@ -436,9 +439,8 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
     RETURN_IF_ERROR(lookup.DecodeToRaw(block, stored));
     lookup.cached_block = block;
   }
-  DequantizeRow(
-      reinterpret_cast<const int8_t*>(lookup.raw()) + (static_cast<size_t>(token) - k * rpb) * dim,
-      m.layout.embd_scales[static_cast<size_t>(token)], dim, out);
+  DequantizeRow(reinterpret_cast<const int8_t*>(lookup.raw()) + (row - k * rpb) * dim,
+                m.layout.embd_scales[row], dim, out);
   return Status::Ok();
 }
 

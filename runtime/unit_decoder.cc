@@ -145,6 +145,7 @@ void UnitDecoder::AssembleViews(int u, ViewFn view, LayerWeights* layer,
                                 LinearWeights* head) const {
   if (u == layout_->n_layers) {
     *head = view(0);
+    if (!layout_->output_row_order.empty()) head->row_order = layout_->output_row_order.data();
     return;
   }
   *layer = unit(u).pinned;

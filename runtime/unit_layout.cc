@@ -61,6 +61,11 @@ class LayoutBuilder {
   Status AddTensor(int u, int t) {
     UnitLayout& U = m_.units[static_cast<size_t>(u)];
     const pb::Tensor& T = r_.manifest().tensors(t);
+    if (T.row_order_size() > 0 && u != m_.n_layers) {
+      return InvalidArgumentError(path_ + ": tensor '" + T.name() +
+                                  "' has a row_order; only the token matrices (embedding, "
+                                  "output) may be stored out of order");
+    }
     TensorLayout L;
     L.tensor = t;
     L.rows = static_cast<size_t>(T.rows());
@@ -171,6 +176,13 @@ class LayoutBuilder {
                                         m_.embd_scales.size() * 4),
                      &scale_decoder_));
     for (uint32_t i = 1; i < E.num_blocks(); ++i) NoteBlockSizes(r_.block(E.first_block() + i));
+    const pb::Tensor& O = r_.manifest().tensors(t);
+    m_.output_row_order.assign(O.row_order().begin(), O.row_order().end());
+    if (E.row_order_size() > 0) {  // a permutation (checked at open): its inverse
+      m_.embd_row.resize(static_cast<size_t>(E.rows()));
+      for (int i = 0; i < E.row_order_size(); ++i)
+        m_.embd_row[E.row_order(i)] = static_cast<uint32_t>(i);
+    }
     return Status::Ok();
   }
 

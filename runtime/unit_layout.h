@@ -71,7 +71,11 @@ struct ModelLayout {
   std::vector<std::vector<float>> vectors;  // norms and biases
   const float* final_norm = nullptr;        // in `vectors`
   int embd_tensor = -1;
-  std::vector<float> embd_scales;
+  std::vector<float> embd_scales;  // per stored row
+  // Token matrices stored out of order (Tensor.row_order), else empty: the output's stored row i
+  // computes token output_row_order[i]; token t's embedding is stored row embd_row[t].
+  std::vector<uint32_t> output_row_order;
+  std::vector<uint32_t> embd_row;
   size_t max_raw_block = 0, max_stored_block = 0, max_padded_block = 0, max_block_rows = 0;
 
   // Bytes of the vectors, row scales and embedding scales held decoded.

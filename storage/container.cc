@@ -165,6 +165,31 @@ std::string BlockBitsProblem(const pb::Tensor& T, uint16_t version_major) {
   return "";
 }
 
+// What is wrong with T's row_order (format 4), or "" when nothing is.
+std::string RowOrderProblem(const pb::Tensor& T, uint16_t version_major) {
+  if (T.row_order_size() == 0) return "";
+  if (version_major < 4) {
+    return "row_order in a format " + std::to_string(version_major) +
+           ".x file (a row order is format 4)";
+  }
+  if (T.type() != pb::TENSOR_Q8_ROW) return "row_order on a tensor that is not Q8_ROW";
+  if (T.row_order_size() != T.rows()) {
+    return std::to_string(T.row_order_size()) + " row_order entries for " +
+           std::to_string(T.rows()) + " rows";
+  }
+  std::vector<bool> seen(static_cast<size_t>(T.rows()), false);
+  for (int i = 0; i < T.row_order_size(); ++i) {
+    const uint32_t r = T.row_order(i);
+    if (r >= seen.size() || seen[r]) {
+      return "row_order[" + std::to_string(i) + "] is " + std::to_string(r) +
+             (r >= seen.size() ? ", past the last row" : ", a row already placed") +
+             " (expected a permutation of the rows)";
+    }
+    seen[r] = true;
+  }
+  return "";
+}
+
 }  // namespace
 
 Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
@@ -266,6 +291,9 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
                   (q8 ? "4..8" : "0 for f32 tensors") + ")");
     }
     if (std::string why = BlockBitsProblem(T, header_.version_major); !why.empty()) {
+      return loss(id + ": " + why);
+    }
+    if (std::string why = RowOrderProblem(T, header_.version_major); !why.empty()) {
       return loss(id + ": " + why);
     }
     const uint64_t elem = q8 ? 1 : 4;

@@ -47,6 +47,9 @@ struct Matrix {
   size_t group_rows = 0;
   std::vector<int> group_bits;
   std::vector<float> group_clip;
+  // With groups: the order the rows are stored in (stored row i is row row_order[i]; groups are
+  // runs of stored rows), or empty for in order. m.q keeps the rows in order.
+  std::vector<uint32_t> row_order;
   size_t groups() const { return group_bits.size(); }
   QuantizedMatrix q;
   double err = -1, entropy = 0;

@@ -107,17 +107,36 @@ void UseGptq(const GptqFactor& g, QuantParams* p) {
   p->row_clips = kClipCandidates;
 }
 
+size_t GroupRow(const Matrix& m, size_t g, size_t i) {
+  const size_t stored = g * m.group_rows + i;
+  return m.row_order.empty() ? stored : m.row_order[stored];
+}
+
+std::vector<float> GroupWeights(const Matrix& m, size_t g) {
+  const size_t rows = std::min(m.group_rows, m.rows - g * m.group_rows);
+  std::vector<float> w(rows * m.cols);
+  for (size_t i = 0; i < rows; ++i) {
+    std::copy_n(m.w.begin() + static_cast<ptrdiff_t>(GroupRow(m, g, i) * m.cols), m.cols,
+                w.begin() + static_cast<ptrdiff_t>(i * m.cols));
+  }
+  return w;
+}
+
 int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f) {
   QuantParams p = ParamsOf(m);
   p.bits = m.group_bits[g];
   p.clip = m.group_clip[g];
   UseGptq(f, &p);
-  const size_t r0 = g * m.group_rows, rows = std::min(m.group_rows, m.rows - r0);
-  const QuantizedMatrix q = QuantizeMatrix(
-      std::span<const float>(m.w).subspan(r0 * m.cols, rows * m.cols), rows, m.cols, p);
-  std::copy(q.codes.begin(), q.codes.end(),
-            m.q.codes.begin() + static_cast<ptrdiff_t>(r0 * m.cols));
-  std::copy(q.scale.begin(), q.scale.end(), m.q.scale.begin() + static_cast<ptrdiff_t>(r0));
+  // Rows are quantized independently: the group's rows gathered, quantized, put back.
+  const std::vector<float> w = GroupWeights(m, g);
+  const size_t rows = w.size() / m.cols;
+  const QuantizedMatrix q = QuantizeMatrix(w, rows, m.cols, p);
+  for (size_t i = 0; i < rows; ++i) {
+    const size_t r = GroupRow(m, g, i);
+    std::copy_n(q.codes.begin() + static_cast<ptrdiff_t>(i * m.cols), m.cols,
+                m.q.codes.begin() + static_cast<ptrdiff_t>(r * m.cols));
+    m.q.scale[r] = q.scale[i];
+  }
   return q.max_code;
 }
 

@@ -46,6 +46,11 @@ void Quantize(Matrix& m);
 // allows. m.q.max_code, m.entropy and m.err are not updated.
 int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f);
 
+// Row i of group g of `m` (groups are runs of stored rows: m.row_order applies), and the weights
+// of the group's rows in that order.
+size_t GroupRow(const Matrix& m, size_t g, size_t i);
+std::vector<float> GroupWeights(const Matrix& m, size_t g);
+
 // Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.
 void LoadWeights(PackWeights& w, const std::vector<Matrix>& mats,
                  const std::map<std::string, Vector>& vecs, bool quantized);

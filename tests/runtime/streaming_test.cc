@@ -217,8 +217,9 @@ TEST(StreamingTest, SameTokensAsResidentOnStories3M) {
   ExpectDeterministic(Stories3M());
 }
 
-// stories260K (in the repository) packed with rate allocation: its embedding's groups of rows get
-// different widths (format 4, Tensor.block_bits), which every tier reads block by block.
+// stories260K (in the repository) packed with rate allocation: its embedding's rows are stored by
+// use (Tensor.row_order) and its groups of rows get different widths (Tensor.block_bits), which
+// every tier reads block by block, the logits and embedding lookups put back in token order.
 TEST(StreamingTest, SameTokensAsResidentWithAWidthPerBlockOfRows) {
   packer::PackOptions o;
   o.input = testing::SourceDir() + "/models/stories260K.bin";
@@ -231,9 +232,13 @@ TEST(StreamingTest, SameTokensAsResidentWithAWidthPerBlockOfRows) {
     auto c = storage::ContainerReader::Open(o.output);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     std::set<int> widths;
-    for (const auto& T : (*c)->manifest().tensors())
+    bool reordered = false;
+    for (const auto& T : (*c)->manifest().tensors()) {
       widths.insert(T.block_bits().begin(), T.block_bits().end());
+      reordered = reordered || T.row_order_size() > 0;
+    }
     ASSERT_GE(widths.size(), 2u) << "no tensor with blocks of different widths: nothing tested";
+    ASSERT_TRUE(reordered) << "no tensor stored out of order: nothing tested";
   }
   ExpectDeterministic(o.output);
   std::filesystem::remove(o.output);

@@ -276,7 +276,7 @@ TEST(ContainerTest, PackedBlocksDecodeToTheirCodesAndDamageIsNamed) {
 // Format 4: a width per block of codes (Tensor.block_bits). Rows 0..2 packed at 5 bits, rows 3..5
 // entropy-coded with codes of 4 bits (or `code_at_3x0` at row 3's first code).
 std::vector<uint8_t> WriteBlockBitsToy(int bits_field, std::vector<int> block_bits,
-                                       int code_at_3x0 = 0) {
+                                       int code_at_3x0 = 0, std::vector<uint32_t> row_order = {}) {
   const std::string path = TempPath("block_bits_" + std::to_string(::getpid()) + ".dcm");
   auto w = ContainerWriter::Create(path);
   EXPECT_TRUE(w.ok());
@@ -297,6 +297,7 @@ std::vector<uint8_t> WriteBlockBitsToy(int bits_field, std::vector<int> block_bi
   t.set_rows_per_block(3);
   t.set_bits(bits_field);
   for (int b : block_bits) t.add_block_bits(b);
+  for (uint32_t r : row_order) t.add_row_order(r);
   (*w)->BeginTensor(t);
   std::vector<float> scales(kRows, 0.5f);
   EXPECT_TRUE((*w)->AddBlock(Codec::kRaw, kRows * 4,
@@ -354,6 +355,23 @@ TEST(ContainerTest, BlocksOfOneTensorHoldTheirOwnWidths) {
   for (const auto& [fields, want] : bad) {
     s = ContainerReader::FromBytes(WriteBlockBitsToy(fields.first, fields.second), "b.dcm")
             .status();
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << want;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
+  }
+}
+
+// Format 4: rows stored out of order (Tensor.row_order) must be a permutation of the rows.
+TEST(ContainerTest, ARowOrderMustBeAPermutation) {
+  EXPECT_TRUE(
+      ContainerReader::FromBytes(WriteBlockBitsToy(5, {5, 4}, 0, {5, 0, 4, 1, 3, 2}), "o.dcm")
+          .ok());
+  const std::pair<std::vector<uint32_t>, std::string> bad[] = {
+      {{5, 0, 4, 1, 3}, "tensor 0 (g): 5 row_order entries for 6 rows"},
+      {{5, 0, 4, 1, 3, 6}, "tensor 0 (g): row_order[5] is 6, past the last row"},
+      {{5, 0, 4, 1, 3, 0}, "tensor 0 (g): row_order[5] is 0, a row already placed"},
+  };
+  for (const auto& [order, want] : bad) {
+    Status s = ContainerReader::FromBytes(WriteBlockBitsToy(5, {5, 4}, 0, order), "o.dcm").status();
     EXPECT_EQ(s.code(), StatusCode::kDataLoss) << want;
     EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
   }
