@@ -216,16 +216,17 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
 // the budget are split into kRowGroups groups of rows held at 7 bits; each group alone is then
 // tried at narrower widths (the others at 7), its options' increases measured from the whole matrix
 // at 7 bits, whose own increase is shared among the groups by their rows. The matrix's options are
-// replaced by its groups'.
+// replaced by its groups'. Not when `whole` (the Lagrangian choice for the budget with every matrix
+// whole) holds the matrix narrower than kGroupMinBits: groups would only keep it wider.
 Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, double budget,
-                       Options* o) {
+                       const std::vector<size_t>& whole, Options* o) {
   Options out;
   for (size_t i = 0; i < o->size(); ++i) {
     Matrix& m = s.mats[o->parts[i].matrix];
     const Option* seven = nullptr;
     for (const Option& op : (*o)[i]) seven = op.bits == 7 ? &op : seven;
     if (!IsTokenMatrix(m) || m.rows < kGroupMinRows || seven == nullptr ||
-        seven->dkl > kGroupShare * budget) {
+        seven->dkl > kGroupShare * budget || (*o)[i][whole[i]].bits < kGroupMinBits) {
       out.o.push_back((*o)[i]);
       out.parts.push_back(o->parts[i]);
       continue;
@@ -481,7 +482,7 @@ Status AllocateRates(PackState& s) {
     return Status::Ok();
   }
   ASSIGN_OR_RETURN(Options opts, WidthOptions(s, kl, kl_base, budget));
-  RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, &opts));
+  RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, ChoiceFor(opts, budget), &opts));
   ASSIGN_OR_RETURN(const bool fits, ApplyChoice(s, kl, opts, kl_base, limit, budget));
   if (!fits) {
     for (Matrix& m : s.mats) {
