@@ -118,12 +118,14 @@ size_t Transformer::MemoryBytes(const ModelConfig& c, int32_t context_length) {
                         + 2 * b * dim + 2 * b * qd + 2 * b * kvd + 2 * b * hid +
                         b;  // x, xn, q, att, k, v, hb, hb2, xq_scale
   return KvCacheBytes(c, context_length) + floats * sizeof(float) +
+         static_cast<size_t>(c.vocab_size) * sizeof(float) +  // row_scratch_ (Tensor.row_order)
          b * kernels::PaddedCols(std::max({dim, hid, qd})) + b * sizeof(Row);
 }
 
 size_t Transformer::scratch_bytes() const {
   return (x_.size() + xn_.size() + q_.size() + k_.size() + v_.size() + att_.size() + hb_.size() +
-          hb2_.size() + xq_scale_.size() + rope_.size() + rope_local_.size()) *
+          hb2_.size() + xq_scale_.size() + rope_.size() + rope_local_.size() +
+          row_scratch_.capacity()) *
              sizeof(float) +
          xq_.size() + rows_.capacity() * sizeof(Row);
 }

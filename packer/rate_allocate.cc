@@ -218,7 +218,7 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
 // at 7 bits, whose own increase is shared among the groups by their rows. The matrix's options are
 // replaced by its groups'. Not when `whole` (the Lagrangian choice for the budget with every matrix
 // whole) holds the matrix narrower than kGroupMinBits: groups would only keep it wider.
-Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, double budget,
+Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double budget,
                        const std::vector<size_t>& whole, Options* o) {
   Options out;
   for (size_t i = 0; i < o->size(); ++i) {
@@ -231,8 +231,15 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, doub
       out.parts.push_back(o->parts[i]);
       continue;
     }
+    // The KL before this matrix goes to 7 bits (another token matrix may already be there).
+    ASSIGN_OR_RETURN(const double kl_before, kl.Kl(s.qw.get()));
     m.row_order = RowsByUse(s, kl, m);
+    // kRowGroups groups, their rows rounded up to a multiple of a power of two (up to 64), so that
+    // the blocks the writer fits inside each group can stay large whatever the vocabulary size.
     m.group_rows = (m.rows + kRowGroups - 1) / kRowGroups;
+    size_t align = 1;
+    while (align < 64 && align * 2 <= m.group_rows) align *= 2;
+    m.group_rows = (m.group_rows + align - 1) / align * align;
     const size_t groups = (m.rows + m.group_rows - 1) / m.group_rows;
     m.group_bits.assign(groups, 7);
     m.group_clip.assign(groups, seven->clip);
@@ -242,13 +249,13 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, doub
     const GptqFactor f = GptqFactorOf(m);
     const std::vector<float> ms = f.cols != 0 ? std::vector<float>() : InputMeanSquare(m);
     s.Log("rate allocation: " + m.name + " in " + std::to_string(groups) + " groups of " +
-          std::to_string(m.group_rows) + " rows (at 7 bits: KL +" + Fmt("%.5f", kl7 - kl_base) +
+          std::to_string(m.group_rows) + " rows (at 7 bits: KL +" + Fmt("%.5f", kl7 - kl_before) +
           ")");
     for (size_t g = 0; g < groups; ++g) {
       const size_t r0 = g * m.group_rows, rows = std::min(m.group_rows, m.rows - r0);
       const double n = static_cast<double>(rows * m.cols);
       const double share =
-          std::max(0.0, kl7 - kl_base) * static_cast<double>(rows) / static_cast<double>(m.rows);
+          std::max(0.0, kl7 - kl_before) * static_cast<double>(rows) / static_cast<double>(m.rows);
       std::vector<Option> go;
       go.push_back({7, seven->clip, 7 * n, CodeEntropyBits(GroupCodes(m, g)) * n, share});
       for (int bits = 6; bits >= kGroupMinBits; --bits) {
@@ -404,8 +411,9 @@ Result<bool> FillBudget(PackState& s, const KlEvaluator& kl, const Options& opts
 // prediction known to fit and the smallest known not to (bisected when the step leaves that
 // interval or lands on a choice already measured). At most 10 measurements, fewer once the
 // measured increase is within 3% below the budget or no untried choice lies in the interval.
-// Leaves the matrices at the best choice that fits; returns whether one did (a choice of every
-// matrix at 8 bits always fits, since the budget is positive).
+// Leaves the matrices at the best choice that fits; returns whether one did (the widest choice,
+// every matrix at 8 bits and every token matrix's groups at 7, costing at most half the budget
+// each, nearly always fits; when nothing does, AllocateRates puts every matrix back at 8 bits).
 Result<bool> ApplyChoice(PackState& s, const KlEvaluator& kl, const Options& opts, double kl_base,
                          double limit, double budget) {
   double fit_pred = -1, over_pred = 1e300;  // fit_pred < 0: nothing measured fits yet
@@ -482,7 +490,7 @@ Status AllocateRates(PackState& s) {
     return Status::Ok();
   }
   ASSIGN_OR_RETURN(Options opts, WidthOptions(s, kl, kl_base, budget));
-  RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, ChoiceFor(opts, budget), &opts));
+  RETURN_IF_ERROR(SplitIntoGroups(s, kl, budget, ChoiceFor(opts, budget), &opts));
   ASSIGN_OR_RETURN(const bool fits, ApplyChoice(s, kl, opts, kl_base, limit, budget));
   if (!fits) {
     for (Matrix& m : s.mats) {

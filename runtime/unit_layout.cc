@@ -219,7 +219,8 @@ uint64_t ModelLayout::vector_bytes() const {
   for (const UnitLayout& U : units) {
     for (const auto& v : U.scales) n += v.capacity() * sizeof(float);
   }
-  return n + embd_scales.capacity() * sizeof(float);
+  return n + embd_scales.capacity() * sizeof(float) +
+         (output_row_order.capacity() + embd_row.capacity()) * sizeof(uint32_t);
 }
 
 Result<ModelLayout> BuildModelLayout(const DcmModelFile& file, const ModelConfig& config) {

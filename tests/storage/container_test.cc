@@ -184,6 +184,19 @@ struct PackedToy {
   std::vector<int8_t> codes;  // 6 x 100, unpadded
 };
 
+// A 6 x 100 TENSOR_Q8_ROW tensor `name` of layer 0 in blocks of 3 rows, declaring `bits_field`.
+pb::Tensor ToyTensor(const std::string& name, int bits_field) {
+  pb::Tensor t;
+  t.set_name(name);
+  t.set_type(pb::TENSOR_Q8_ROW);
+  t.set_rows(6);
+  t.set_cols(100);
+  t.set_layer(0);
+  t.set_rows_per_block(3);
+  t.set_bits(bits_field);
+  return t;
+}
+
 PackedToy WritePackedToy(int bits_field, int coded_code_at_0 = 0, bool short_packed = false,
                          bool zero_code_in_row1 = false) {
   const std::string path = TempPath("packed_" + std::to_string(::getpid()) + ".dcm");
@@ -194,15 +207,7 @@ PackedToy WritePackedToy(int bits_field, int coded_code_at_0 = 0, bool short_pac
   std::mt19937 rng(7);
   toy.codes.resize(kRows * kCols);
   for (auto& c : toy.codes) c = static_cast<int8_t>(static_cast<int>(rng() % 63) - 31);
-  pb::Tensor t;
-  t.set_name("p");
-  t.set_type(pb::TENSOR_Q8_ROW);
-  t.set_rows(kRows);
-  t.set_cols(kCols);
-  t.set_layer(0);
-  t.set_rows_per_block(3);
-  t.set_bits(bits_field);
-  (*w)->BeginTensor(t);
+  (*w)->BeginTensor(ToyTensor("p", bits_field));
   std::vector<float> scales(kRows, 0.5f);
   EXPECT_TRUE((*w)->AddBlock(Codec::kRaw, kRows * 4,
                              {reinterpret_cast<const uint8_t*>(scales.data()), kRows * 4})
@@ -288,14 +293,7 @@ std::vector<uint8_t> WriteBlockBitsToy(int bits_field, std::vector<int> block_bi
                                                  : static_cast<int>(rng() % 15) - 7);
   }
   if (code_at_3x0 != 0) codes[3 * kCols] = static_cast<int8_t>(code_at_3x0);
-  pb::Tensor t;
-  t.set_name("g");
-  t.set_type(pb::TENSOR_Q8_ROW);
-  t.set_rows(kRows);
-  t.set_cols(kCols);
-  t.set_layer(0);
-  t.set_rows_per_block(3);
-  t.set_bits(bits_field);
+  pb::Tensor t = ToyTensor("g", bits_field);
   for (int b : block_bits) t.add_block_bits(b);
   for (uint32_t r : row_order) t.add_row_order(r);
   (*w)->BeginTensor(t);
