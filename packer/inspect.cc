@@ -35,6 +35,18 @@ std::map<int, uint64_t> RowsByBits(const pb::Tensor& T) {
   return by;
 }
 
+}  // namespace
+
+uint64_t PackedTierBytes(const pb::Tensor& T) {
+  uint64_t bytes = static_cast<uint64_t>(T.rows()) * 4;
+  for (const auto& [bits, n] : RowsByBits(T)) {
+    bytes += PackedCodeBytes(n, static_cast<size_t>(T.cols()), bits);
+  }
+  return bytes;
+}
+
+namespace {
+
 struct Range {
   uint64_t raw = 0, ram = 0, stored = 0, params = 0, begin = ~0ull;
   std::set<std::string> codecs;
@@ -68,15 +80,7 @@ Tally Count(const storage::ContainerReader& r) {
     }
     // As the packed tier holds it: narrow codes packed (rows padded to 64 codes, each block at
     // its width) + row scales; INT8 codes and f32 vectors as they decode.
-    const uint64_t rows = static_cast<uint64_t>(T.rows());
-    if (T.type() == pb::TENSOR_Q8_ROW) {
-      R.ram = rows * 4;
-      for (const auto& [bits, n] : RowsByBits(T)) {
-        R.ram += PackedCodeBytes(n, static_cast<size_t>(T.cols()), bits);
-      }
-    } else {
-      R.ram = R.raw;
-    }
+    R.ram = T.type() == pb::TENSOR_Q8_ROW ? PackedTierBytes(T) : R.raw;
     Range& L = layers[T.layer()];
     L.params += R.params;
     L.raw += R.raw;

@@ -5,8 +5,13 @@
 #include <string>
 
 #include "base/status.h"
+#include "storage/container.h"
 
 namespace dcomp::packer {
+
+// Bytes of a TENSOR_Q8_ROW tensor as the packed tier holds it: its codes packed at each block's
+// width (INT8 codes one byte each) and its f32 row scales.
+uint64_t PackedTierBytes(const storage::pb::Tensor& T);
 
 // Text (or one JSON object) describing the file. With `verify`, a corrupt block fails the call
 // with DATA_LOSS naming the block and tensor.

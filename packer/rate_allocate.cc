@@ -150,17 +150,6 @@ std::vector<uint32_t> RowsByUse(const PackState& s, const KlEvaluator& kl, const
   return order;
 }
 
-// The codes of group g of `m`, its rows in stored order.
-std::vector<int8_t> GroupCodes(const Matrix& m, size_t g) {
-  const size_t rows = std::min(m.group_rows, m.rows - g * m.group_rows);
-  std::vector<int8_t> c(rows * m.cols);
-  for (size_t i = 0; i < rows; ++i) {
-    std::copy_n(m.q.codes.begin() + static_cast<ptrdiff_t>(GroupRow(m, g, i) * m.cols), m.cols,
-                c.begin() + static_cast<ptrdiff_t>(i * m.cols));
-  }
-  return c;
-}
-
 // Mean square of each input column of `m` in its scaled domain (x_j / s_j), from the calibration
 // sample; empty without one.
 std::vector<float> InputMeanSquare(const Matrix& m) {
@@ -218,9 +207,10 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
 // at 7 bits, whose own increase is shared among the groups by their rows. The matrix's options are
 // replaced by its groups'. Not when `whole` (the Lagrangian choice for the budget with every matrix
 // whole) holds the matrix narrower than kGroupMinBits: groups would only keep it wider.
-Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double budget,
+Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, double budget,
                        const std::vector<size_t>& whole, Options* o) {
   Options out;
+  double kl_now = kl_base;  // the KL of the matrices as they stand (split ones back at 7 bits)
   for (size_t i = 0; i < o->size(); ++i) {
     Matrix& m = s.mats[o->parts[i].matrix];
     const Option* seven = nullptr;
@@ -231,8 +221,7 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double budget,
       out.parts.push_back(o->parts[i]);
       continue;
     }
-    // The KL before this matrix goes to 7 bits (another token matrix may already be there).
-    ASSIGN_OR_RETURN(const double kl_before, kl.Kl(s.qw.get()));
+    const double kl_before = kl_now;  // another token matrix may already be at 7 bits
     m.row_order = RowsByUse(s, kl, m);
     // kRowGroups groups, their rows rounded up to a multiple of a power of two (up to 64), so that
     // the blocks the writer fits inside each group can stay large whatever the vocabulary size.
@@ -252,23 +241,24 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double budget,
           std::to_string(m.group_rows) + " rows (at 7 bits: KL +" + Fmt("%.5f", kl7 - kl_before) +
           ")");
     for (size_t g = 0; g < groups; ++g) {
-      const size_t r0 = g * m.group_rows, rows = std::min(m.group_rows, m.rows - r0);
+      const size_t rows = GroupSize(m, g);
       const double n = static_cast<double>(rows * m.cols);
       const double share =
           std::max(0.0, kl7 - kl_before) * static_cast<double>(rows) / static_cast<double>(m.rows);
       std::vector<Option> go;
-      go.push_back({7, seven->clip, 7 * n, CodeEntropyBits(GroupCodes(m, g)) * n, share});
+      go.push_back({7, seven->clip, 7 * n, CodeEntropyBits(GroupRows(m, m.q.codes, g)) * n, share});
       for (int bits = 6; bits >= kGroupMinBits; --bits) {
         m.group_bits[g] = bits;
         if (f.cols == 0) {
           QuantParams p = ParamsOf(m);
           p.bits = bits;
-          m.group_clip[g] = ChooseClip(GroupWeights(m, g), rows, m.cols, p, ms, kClipCandidates);
+          m.group_clip[g] = ChooseClip(GroupRows(m, m.w, g), rows, m.cols, p, ms, kClipCandidates);
         }
         QuantizeGroup(m, g, f);
         s.qw->SetMatrix(m, &m.q);
         ASSIGN_OR_RETURN(const double d, kl.Kl(s.qw.get()));
-        go.push_back({bits, m.group_clip[g], bits * n, CodeEntropyBits(GroupCodes(m, g)) * n,
+        go.push_back({bits, m.group_clip[g], bits * n,
+                      CodeEntropyBits(GroupRows(m, m.q.codes, g)) * n,
                       share + std::max(0.0, d - kl7)});
         if (d - kl7 > budget) break;
       }
@@ -279,6 +269,7 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double budget,
       out.o.push_back(std::move(go));
       out.parts.push_back({o->parts[i].matrix, static_cast<int>(g)});
     }
+    kl_now = kl7;  // every group back at 7 bits
   }
   *o = std::move(out);
   return Status::Ok();
@@ -490,7 +481,7 @@ Status AllocateRates(PackState& s) {
     return Status::Ok();
   }
   ASSIGN_OR_RETURN(Options opts, WidthOptions(s, kl, kl_base, budget));
-  RETURN_IF_ERROR(SplitIntoGroups(s, kl, budget, ChoiceFor(opts, budget), &opts));
+  RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, ChoiceFor(opts, budget), &opts));
   ASSIGN_OR_RETURN(const bool fits, ApplyChoice(s, kl, opts, kl_base, limit, budget));
   if (!fits) {
     for (Matrix& m : s.mats) {

@@ -9,7 +9,9 @@
 
 #include "base/packed_codes.h"
 #include "engine/dcm_model.h"
+#include "packer/inspect.h"
 #include "packer/internal/pack_state.h"
+#include "packer/internal/pack_util.h"
 
 namespace dcomp::packer::internal {
 namespace {
@@ -91,15 +93,9 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   const std::vector<int8_t>* stored_codes = &m.q.codes;
   const std::vector<float>* stored_scale = &m.q.scale;
   if (!m.row_order.empty()) {
-    codes.resize(m.q.codes.size());
-    scale.resize(m.rows);
-    for (size_t i = 0; i < m.rows; ++i) {
-      const size_t r = m.row_order[i];
-      std::copy_n(m.q.codes.begin() + static_cast<ptrdiff_t>(r * m.cols), m.cols,
-                  codes.begin() + static_cast<ptrdiff_t>(i * m.cols));
-      scale[i] = m.q.scale[r];
-      t.add_row_order(static_cast<uint32_t>(r));
-    }
+    codes = StoredRows(m, m.q.codes, m.cols, 0, m.rows);
+    scale = StoredRows(m, m.q.scale, 1, 0, m.rows);
+    t.mutable_row_order()->Add(m.row_order.begin(), m.row_order.end());
     stored_codes = &codes;
     stored_scale = &scale;
   }
@@ -118,11 +114,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.quantized = true;
   tr.int8_bytes = m.rows * m.cols + m.rows * 4;
   tr.bits = m.q.bits();
-  tr.ram_bytes = m.rows * 4;
-  for (size_t k = 0; k < nblocks; ++k) {
-    tr.ram_bytes +=
-        PackedCodeBytes(std::min(rpb, m.rows - k * rpb), m.cols, block_bits[k] ? block_bits[k] : 8);
-  }
+  tr.ram_bytes = PackedTierBytes(t);
   tr.alpha = m.alpha;
   tr.step_multiplier = m.step;
   tr.prune = m.prune;

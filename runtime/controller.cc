@@ -118,8 +118,7 @@ int CommonPackedBits(const ModelLayout& layout) {
   for (const UnitLayout& U : layout.units) {
     for (const TensorLayout& T : U.tensors) {
       for (size_t k = 0; k < T.row_blocks; ++k) {
-        by_bits[T.BlockBits(k)] +=
-            std::min(T.rows_per_block, T.rows - k * T.rows_per_block) * T.cols;
+        by_bits[T.BlockBits(k)] += T.BlockRows(k) * T.cols;
       }
     }
   }

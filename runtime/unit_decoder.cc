@@ -130,7 +130,7 @@ Status UnitDecoder::DecodeInline(const TensorLayout& T, uint64_t range_begin, co
   thread_local std::vector<uint8_t> scratch;
   const auto t0 = Clock::now();
   const uint32_t i = T.first_block + 1 + static_cast<uint32_t>(k);
-  const size_t rows = std::min(T.rows_per_block, T.rows - k * T.rows_per_block);
+  const size_t rows = T.BlockRows(k);
   if (T.stride != T.cols && scratch.size() < rows * T.cols) scratch.resize(rows * T.cols);
   RETURN_IF_ERROR(DecodeRowBlock(T, i, range_begin, range, rows, q, row_sum, &dec, scratch.data(),
                                  crc_checked));
@@ -182,15 +182,14 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
     } else {
       const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
       v.q8 = {nullptr, scale, nullptr, T.rows, T.cols, T.stride};
-      v.packed = {base + T.p_off, scale, T.rows, T.cols, T.packed_row_bytes, T.bits};
+      v.packed = {base + T.p_off, scale, T.rows, T.cols, T.BlockRowBytes(0), T.bits};
       if (!T.block_bits.empty()) {  // one view per block, each at its own width
         v.packed.row_bytes = 0;
         v.packed_block_rows = T.rows_per_block;
         for (size_t k = 0; k < T.row_blocks; ++k) {
           const size_t r0 = k * T.rows_per_block;
-          v.packed_blocks.push_back({base + T.p_off + T.p_block_off[k], scale + r0,
-                                     std::min(T.rows_per_block, T.rows - r0), T.cols,
-                                     T.BlockRowBytes(k), T.BlockBits(k)});
+          v.packed_blocks.push_back({base + T.p_off + T.p_block_off[k], scale + r0, T.BlockRows(k),
+                                     T.cols, T.BlockRowBytes(k), T.BlockBits(k)});
         }
       }
     }

@@ -78,7 +78,6 @@ class LayoutBuilder {
     L.rowsum_off = U.decoded_size;
     U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
     L.bits = IsPackedBits(T.bits()) ? T.bits() : 8;
-    L.packed_row_bytes = L.bits < 8 ? PackedRowBytes(L.cols, L.bits) : L.stride;
     L.block_bits.assign(T.block_bits().begin(), T.block_bits().end());  // checked by the reader
     const size_t rpb = static_cast<size_t>(T.rows_per_block());
     L.first_block = T.first_block();
@@ -88,7 +87,7 @@ class LayoutBuilder {
     size_t packed_bytes = 0;
     for (size_t k = 0; k < L.row_blocks; ++k) {
       L.p_block_off.push_back(packed_bytes);
-      packed_bytes += std::min(rpb, L.rows - k * rpb) * L.BlockRowBytes(k);
+      packed_bytes += L.BlockRows(k) * L.BlockRowBytes(k);
     }
     U.packed_size += (packed_bytes + 63) / 64 * 64;
     L.p_scale_off = U.packed_size;

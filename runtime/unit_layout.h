@@ -9,6 +9,7 @@
 // Built once at open and immutable afterwards; safe to read from any thread.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,15 +30,16 @@ struct TensorLayout {
   int bits = 8;  // the codes' width (manifest; the widest block's when blocks differ)
   // Per block of codes when they differ (Tensor.block_bits), else empty: see BlockBits.
   std::vector<int> block_bits;
-  size_t packed_row_bytes = 0;  // PackedRowBytes, or stride at 8 bits (the widest block's)
   size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;  // in the unit's packed layout (row sums:
                                                         // 8-bit tensors only)
   uint32_t first_block = 0;                             // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
   std::vector<size_t> p_block_off;  // per block of codes: where its rows start, from p_off
 
-  // The width of block k of codes (k = 0 is the block after the scales).
+  // The width of block k of codes (k = 0 is the block after the scales), and the bytes of one of
+  // its rows in the packed layout (PackedRowBytes, or the stride at 8 bits).
   int BlockBits(size_t k) const { return block_bits.empty() ? bits : block_bits[k]; }
+  size_t BlockRows(size_t k) const { return std::min(rows_per_block, rows - k * rows_per_block); }
   size_t BlockRowBytes(size_t k) const {
     return bits == 8 ? stride : PackedRowBytes(cols, BlockBits(k));
   }

@@ -134,6 +134,11 @@ Result<std::unique_ptr<ContainerReader>> ContainerReader::FromBytes(std::span<co
 
 namespace {
 
+// The declared width of block k of T's codes (k = 0: the block after the row scales).
+int CodeBlockBits(const pb::Tensor& T, size_t k) {
+  return T.block_bits_size() > 0 ? T.block_bits(static_cast<int>(k)) : T.bits();
+}
+
 // What is wrong with T's block_bits (format 4), or "" when nothing is.
 std::string BlockBitsProblem(const pb::Tensor& T, uint16_t version_major) {
   if (T.block_bits_size() == 0) return "";
@@ -316,8 +321,7 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
                         " is packed but the tensor has no packed width (bits " +
                         std::to_string(T.bits()) + ")");
           }
-          const int bits =
-              T.block_bits_size() > 0 ? T.block_bits(static_cast<int>(k) - 1) : T.bits();
+          const int bits = CodeBlockBits(T, k - 1);
           const uint64_t packed = std::min(rpb, rows - r0) * PackedRowBytes(cols, bits);
           if (B.stored_size() != packed) {
             return loss(id + ": packed block " + std::to_string(bi) + " holds " +
@@ -348,8 +352,7 @@ int ContainerReader::FindTensor(const std::string& name) const {
 int ContainerReader::CodeBits(size_t i) const {
   const pb::Tensor& T = tensor_of_block(i);
   if (T.type() != pb::TENSOR_Q8_ROW || i == T.first_block() || !IsPackedBits(T.bits())) return 8;
-  const size_t k = i - T.first_block() - 1;
-  return T.block_bits_size() > 0 ? T.block_bits(static_cast<int>(k)) : T.bits();
+  return CodeBlockBits(T, i - T.first_block() - 1);
 }
 
 std::string ContainerReader::DescribeBlock(size_t i) const {

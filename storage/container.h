@@ -30,8 +30,8 @@ namespace pb = ::dcomp::container::v1;
 inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 // 2.0: code widths below 8 bits (Tensor.bits) and packed blocks (CODEC_PACKED). 3.0: rANS blocks in
 // stream layout 2 (64 states; storage/rans.h), which 2.x readers cannot decode. 4.0: a width per
-// block of codes (Tensor.block_bits), whose packed blocks 3.x readers would size wrongly. 1.x, 2.x
-// and 3.x files are read.
+// block of codes (Tensor.block_bits), whose packed blocks 3.x readers would size wrongly, and rows
+// stored out of order (Tensor.row_order), which they would ignore. 1.x, 2.x and 3.x files are read.
 inline constexpr uint16_t kDcmVersionMajor = 4;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;

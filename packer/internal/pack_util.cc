@@ -112,14 +112,8 @@ size_t GroupRow(const Matrix& m, size_t g, size_t i) {
   return m.row_order.empty() ? stored : m.row_order[stored];
 }
 
-std::vector<float> GroupWeights(const Matrix& m, size_t g) {
-  const size_t rows = std::min(m.group_rows, m.rows - g * m.group_rows);
-  std::vector<float> w(rows * m.cols);
-  for (size_t i = 0; i < rows; ++i) {
-    std::copy_n(m.w.begin() + static_cast<ptrdiff_t>(GroupRow(m, g, i) * m.cols), m.cols,
-                w.begin() + static_cast<ptrdiff_t>(i * m.cols));
-  }
-  return w;
+size_t GroupSize(const Matrix& m, size_t g) {
+  return std::min(m.group_rows, m.rows - g * m.group_rows);
 }
 
 int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f) {
@@ -128,8 +122,8 @@ int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f) {
   p.clip = m.group_clip[g];
   UseGptq(f, &p);
   // Rows are quantized independently: the group's rows gathered, quantized, put back.
-  const std::vector<float> w = GroupWeights(m, g);
-  const size_t rows = w.size() / m.cols;
+  const std::vector<float> w = GroupRows(m, m.w, g);
+  const size_t rows = GroupSize(m, g);
   const QuantizedMatrix q = QuantizeMatrix(w, rows, m.cols, p);
   for (size_t i = 0; i < rows; ++i) {
     const size_t r = GroupRow(m, g, i);

@@ -3,6 +3,7 @@
 // with its current parameters, and loading the packer's model into a runnable PackWeights.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -46,10 +47,30 @@ void Quantize(Matrix& m);
 // allows. m.q.max_code, m.entropy and m.err are not updated.
 int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f);
 
-// Row i of group g of `m` (groups are runs of stored rows: m.row_order applies), and the weights
-// of the group's rows in that order.
+// Row i of group g of `m` (groups are runs of stored rows: m.row_order applies), and the number
+// of rows of group g.
 size_t GroupRow(const Matrix& m, size_t g, size_t i);
-std::vector<float> GroupWeights(const Matrix& m, size_t g);
+size_t GroupSize(const Matrix& m, size_t g);
+
+// Stored rows [first, first + count) of `src` (rows of `width` elements: m.w, m.q.codes, or
+// m.q.scale with width 1), stored row i being row m.row_order[i] (i when it is empty).
+template <class T>
+std::vector<T> StoredRows(const Matrix& m, const std::vector<T>& src, size_t width, size_t first,
+                          size_t count) {
+  std::vector<T> out(count * width);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t r = m.row_order.empty() ? first + i : m.row_order[first + i];
+    std::copy_n(src.begin() + static_cast<ptrdiff_t>(r * width), width,
+                out.begin() + static_cast<ptrdiff_t>(i * width));
+  }
+  return out;
+}
+
+// The rows of group g of `src` (m.w or m.q.codes), in stored order.
+template <class T>
+std::vector<T> GroupRows(const Matrix& m, const std::vector<T>& src, size_t g) {
+  return StoredRows(m, src, m.cols, g * m.group_rows, GroupSize(m, g));
+}
 
 // Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.
 void LoadWeights(PackWeights& w, const std::vector<Matrix>& mats,
