@@ -24,6 +24,7 @@
 #include "tests/util/mini_json.h"
 #include "tests/util/sanitizers.h"
 #include "tests/util/test_paths.h"
+#include "tests/util/untied_model.h"
 
 // Under ASan, freed memory stays resident in its quarantine (256 MiB by default), so the process
 // baseline a runtime measures at open drifts by up to that much between the opens of one test:
@@ -242,6 +243,32 @@ TEST(StreamingTest, SameTokensAsResidentWithAWidthPerBlockOfRows) {
   }
   ExpectDeterministic(o.output);
   std::filesystem::remove(o.output);
+}
+
+// The same for an untied model: the embedding and the output are two token matrices, each split
+// and stored in its own order (the embedding's by input use, the output's by probability).
+TEST(StreamingTest, SameTokensAsResidentWithTwoTokenMatricesInTheirOwnOrders) {
+  packer::PackOptions o;
+  o.input = testing::WriteUntiedStories260K(Temp("untied"));
+  ASSERT_FALSE(o.input.empty()) << "could not write the untied copy";
+  o.output = Temp("untied.dcm");
+  o.calib_tokens = 1024;
+  o.max_ppl_increase = 0.3;  // so that the embedding stays at 6 bits or more and is split too
+  auto packed = packer::Pack(o);
+  ASSERT_TRUE(packed.ok()) << packed.status().ToString();
+  {
+    auto c = storage::ContainerReader::Open(o.output);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    std::vector<std::vector<uint32_t>> orders;
+    for (const auto& T : (*c)->manifest().tensors()) {
+      if (T.row_order_size() > 0) orders.emplace_back(T.row_order().begin(), T.row_order().end());
+    }
+    ASSERT_EQ(orders.size(), 2u) << "not both token matrices stored out of order: nothing tested";
+    ASSERT_NE(orders[0], orders[1]);
+  }
+  ExpectDeterministic(o.output);
+  std::filesystem::remove(o.output);
+  std::filesystem::remove_all(Temp("untied"));
 }
 
 TEST(StreamingTest, BudgetChangesMidGenerationKeepTheTokens) {
