@@ -211,6 +211,25 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
     }
     c.synthetic_bits[key.substr(bits_key.size())] = static_cast<int>(b);
   }
+  const std::string group_key = "dcomp.synthetic.group_bits.";
+  for (const auto& [key, value] : g.metadata()) {
+    if (!c.synthetic || key.rfind(group_key, 0) != 0) continue;
+    ASSIGN_OR_RETURN(const std::vector<GgufValue>* widths, g.GetArray(key, GgufType::kInt32));
+    if (widths->empty() || widths->size() > 4096) {
+      return InvalidArgumentError("GGUF " + path + ": " + key + " has " +
+                                  std::to_string(widths->size()) +
+                                  " widths, expected 1..4096 (one per group of rows)");
+    }
+    std::vector<int>& out = c.synthetic_group_bits[key.substr(group_key.size())];
+    for (size_t k = 0; k < widths->size(); ++k) {
+      const int64_t b = (*widths)[k].i;
+      if (b < 4 || b > 7) {
+        return InvalidArgumentError("GGUF " + path + ": " + key + "[" + std::to_string(k) + "] = " +
+                                    std::to_string(b) + ", expected a packed code width in 4..7");
+      }
+      out.push_back(static_cast<int>(b));
+    }
+  }
 
   ASSIGN_OR_RETURN(m->tokenizer_, GgufTokenizerSpec(g));
   c.vocab_size = static_cast<int32_t>(m->tokenizer_.tokens.size());

@@ -54,6 +54,10 @@ struct ModelConfig {
   // Synthetic models: the code width `dcomp synth` drew each matrix role at ("attn_q",
   // "token_embd", ...), which `dcomp pack` keeps (GGUF dcomp.synthetic.bits.<role>).
   std::map<std::string, int> synthetic_bits;
+  // And per role split into groups of rows, each group's width (GGUF
+  // dcomp.synthetic.group_bits.<role>, int32 array, 4..7 each): the rows are split as rate
+  // allocation splits a real model's.
+  std::map<std::string, std::vector<int>> synthetic_group_bits;
 
   int32_t kv_dim() const { return n_kv_heads * head_dim; }
   // Width of the attention (q and the attention output): n_heads * head_dim, which need not be

@@ -88,6 +88,20 @@ std::string FormatPackReport(const PackReport& r) {
     }
     s += line;
   }
+  // Groups of rows: the table's bits are the widest group's.
+  for (const TensorReport& t : r.tensors) {
+    if (t.group_bits.empty()) continue;
+    s += t.name + ": " + std::to_string(t.params / std::max<int64_t>(t.cols, 1)) + " rows in " +
+         std::to_string(t.group_bits.size()) + " groups of " + std::to_string(t.group_rows) +
+         ", bits";
+    for (int b : t.group_bits) s += " " + std::to_string(b);
+    s += ", H/w";
+    for (double h : t.group_entropy_bits) {
+      std::snprintf(line, sizeof(line), " %.3f", h);
+      s += line;
+    }
+    s += "\n";
+  }
   std::snprintf(line, sizeof(line),
                 "total: f32 %llu B, INT8 %llu B, stored blocks %llu B (%.3fx smaller than INT8), "
                 "file %llu B (%.3fx)\n",

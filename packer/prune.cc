@@ -19,8 +19,24 @@ Status QuantizeAndPrune(PackState& s) {
     // A synthetic model keeps the width `dcomp synth` drew its codes at (no rate allocation runs
     // on synthetic weights), so that it packs as a real model of that shape would.
     if (s.cfg.synthetic) {
-      auto it = s.cfg.synthetic_bits.find(std::string(MatrixRole(mats[i].name)));
-      if (it != s.cfg.synthetic_bits.end()) mats[i].bits = it->second;
+      Matrix& m = mats[i];
+      const std::string role(MatrixRole(m.name));
+      auto it = s.cfg.synthetic_bits.find(role);
+      if (it != s.cfg.synthetic_bits.end()) m.bits = it->second;
+      // Groups of rows as rate allocation would split the matrix (RowsPerGroup), in order.
+      auto g = s.cfg.synthetic_group_bits.find(role);
+      if (g != s.cfg.synthetic_group_bits.end()) {
+        const size_t n = g->second.size(), rows = RowsPerGroup(m.rows, n);
+        if ((m.rows + rows - 1) / rows != n) {
+          return InvalidArgumentError(
+              s.o.input + ": dcomp.synthetic.group_bits." + role + " has " + std::to_string(n) +
+              " widths, but " + m.name + "'s " + std::to_string(m.rows) + " rows make " +
+              std::to_string((m.rows + rows - 1) / rows) + " groups of " + std::to_string(rows));
+        }
+        m.group_rows = rows;
+        m.group_bits = g->second;
+        m.group_clip.assign(n, 1.0f);
+      }
     }
     Quantize(mats[i]);
     s.Progress("quantize", static_cast<double>(i + 1) / static_cast<double>(mats.size()));

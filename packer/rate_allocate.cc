@@ -223,12 +223,7 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, doub
     }
     const double kl_before = kl_now;  // another token matrix may already be at 7 bits
     m.row_order = RowsByUse(s, kl, m);
-    // kRowGroups groups, their rows rounded up to a multiple of a power of two (up to 64), so that
-    // the blocks the writer fits inside each group can stay large whatever the vocabulary size.
-    m.group_rows = (m.rows + kRowGroups - 1) / kRowGroups;
-    size_t align = 1;
-    while (align < 64 && align * 2 <= m.group_rows) align *= 2;
-    m.group_rows = (m.group_rows + align - 1) / align * align;
+    m.group_rows = RowsPerGroup(m.rows, kRowGroups);
     const size_t groups = (m.rows + m.group_rows - 1) / m.group_rows;
     m.group_bits.assign(groups, 7);
     m.group_clip.assign(groups, seven->clip);

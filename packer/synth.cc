@@ -8,6 +8,7 @@
 #include "engine/gguf.h"
 #include "engine/layer_schema.h"
 #include "engine/model_file.h"
+#include "packer/internal/pack_util.h"
 
 namespace dcomp::packer {
 namespace {
@@ -48,10 +49,37 @@ struct RoleWidth {
   int bits;
   double entropy;
 };
+// The roles the stories3M default pack splits into groups of rows (rate allocation), per group in
+// stored order (most used tokens first) its width and code entropy (the groups line of the pack's
+// log, `scripts/width-profile.py`). A synthetic matrix of the role is split the same way, its
+// groups in row order.
+struct RoleGroups {
+  const char* role;
+  int bits[16];
+  double entropy[16];
+};
+constexpr RoleGroups kStories3MGroups[] = {
+    {"token_embd",
+     {7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6},
+     {6.472, 6.417, 6.414, 5.407, 5.427, 5.431, 5.441, 5.429, 5.426, 5.397, 5.309, 5.237, 5.005,
+      4.840, 4.554, 3.786}},
+};
+constexpr size_t kProfileGroups = 16;
+
+// The group profile of a matrix role (an untied output takes the embedding's), or null.
+const RoleGroups* GroupsOf(std::string_view role) {
+  if (role == "output") role = "token_embd";
+  for (const RoleGroups& g : kStories3MGroups) {
+    if (role == g.role) return &g;
+  }
+  return nullptr;
+}
+
+// The token matrices' entries give their widest group (their groups: kStories3MGroups).
 constexpr RoleWidth kStories3MWidths[] = {
-    {"attn_q", 6, 5.32},      {"attn_k", 8, 7.25},     {"attn_v", 8, 7.40},
-    {"attn_output", 6, 5.39}, {"ffn_gate", 6, 5.43},   {"ffn_up", 7, 6.46},
-    {"ffn_down", 7, 6.05},    {"token_embd", 7, 6.27}, {"output", 7, 6.27},
+    {"attn_q", 6, 5.33},      {"attn_k", 7, 6.16},     {"attn_v", 8, 7.40},
+    {"attn_output", 6, 5.38}, {"ffn_gate", 6, 5.43},   {"ffn_up", 7, 6.46},
+    {"ffn_down", 7, 6.05},    {"token_embd", 7, 5.13}, {"output", 7, 5.13},
 };
 
 // Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and
@@ -76,11 +104,12 @@ uint64_t Mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Fills a matrix: each row Gaussian(0, sigma) clipped at K sigma, one entry at +-K sigma.
-void FillMatrix(std::vector<float>& w, size_t rows, size_t cols, double k, float sigma,
-                uint64_t seed, ThreadPool& pool) {
+// Fills a matrix: row r Gaussian(0, sigma) clipped at k[r] sigma, one entry at +-k[r] sigma.
+void FillMatrix(std::vector<float>& w, size_t rows, size_t cols, const std::vector<double>& clips,
+                float sigma, uint64_t seed, ThreadPool& pool) {
   pool.ParallelFor(static_cast<int64_t>(rows), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
+      const double k = clips[static_cast<size_t>(r)];
       uint64_t s = Mix(seed ^ static_cast<uint64_t>(r) * 0x2545F4914F6CDD1Dull);
       float* row = w.data() + static_cast<size_t>(r) * cols;
       for (size_t c = 0; c < cols; c += 2) {  // Box-Muller pairs
@@ -147,9 +176,28 @@ Status Synthesize(const SynthOptions& o) {
   w.SetString("general.architecture", sh->arch);
   w.SetString("general.name", std::string("synthetic-") + sh->name);
   w.SetBool("dcomp.synthetic", true);
+  // Per group of rows of a profiled role: its width (the profile's 16 spread over the groups the
+  // matrix's rows make, RowsPerGroup) and clip.
+  const size_t vocab = static_cast<size_t>(sh->vocab);
+  const size_t group_rows = internal::RowsPerGroup(vocab, kProfileGroups);
+  const size_t groups = (vocab + group_rows - 1) / group_rows;
+  auto group_profile = [&](const RoleGroups& rg, std::vector<int32_t>* bits,
+                           std::vector<double>* clips) {
+    for (size_t g = 0; g < groups; ++g) {
+      const size_t p = g * kProfileGroups / groups;
+      bits->push_back(rg.bits[p]);
+      clips->push_back(ClipForEntropy(rg.entropy[p], MaxCode(rg.bits[p])));
+    }
+  };
   if (profiled) {
     for (const RoleWidth& r : kStories3MWidths) {
       w.SetU32(std::string("dcomp.synthetic.bits.") + r.role, static_cast<uint32_t>(r.bits));
+      if (const RoleGroups* rg = GroupsOf(r.role); rg != nullptr) {
+        std::vector<int32_t> bits;
+        std::vector<double> clips;
+        group_profile(*rg, &bits, &clips);
+        w.SetI32Array(std::string("dcomp.synthetic.group_bits.") + r.role, bits);
+      }
     }
   } else {
     w.SetF32("dcomp.synthetic.code_entropy_bits", static_cast<float>(o.entropy_bits));
@@ -194,13 +242,20 @@ Status Synthesize(const SynthOptions& o) {
   const float sigma = 0.02f;
   auto matrix = [&](const std::string& name, size_t rows, size_t cols) -> Status {
     std::vector<float> m(rows * cols);
-    double clip = k;
-    if (profiled) {  // the role's width and entropy; its largest code is the width's
+    std::vector<double> clips(rows, k);
+    const RoleGroups* rg = profiled ? GroupsOf(MatrixRole(name)) : nullptr;
+    if (rg != nullptr && rows == vocab) {  // each group of rows at its width and entropy
+      std::vector<int32_t> bits;
+      std::vector<double> group_clip;
+      group_profile(*rg, &bits, &group_clip);
+      for (size_t r = 0; r < rows; ++r) clips[r] = group_clip[r / group_rows];
+    } else if (profiled) {  // the role's width and entropy; its largest code is the width's
       for (const RoleWidth& r : kStories3MWidths) {
-        if (MatrixRole(name) == r.role) clip = ClipForEntropy(r.entropy, MaxCode(r.bits));
+        if (MatrixRole(name) == r.role)
+          clips.assign(rows, ClipForEntropy(r.entropy, MaxCode(r.bits)));
       }
     }
-    FillMatrix(m, rows, cols, clip, sigma, Mix(++seed), pool);
+    FillMatrix(m, rows, cols, clips, sigma, Mix(++seed), pool);
     return w.AddTensor(name, static_cast<int64_t>(rows), static_cast<int64_t>(cols),
                        GgmlType::kQ8_0, m);
   };

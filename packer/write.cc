@@ -120,6 +120,13 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.prune = m.prune;
   tr.output_rel_error = m.err;
   tr.entropy_bits = m.entropy;
+  if (m.groups() > 0) {
+    tr.cols = static_cast<int64_t>(m.cols);
+    tr.group_rows = static_cast<int64_t>(m.group_rows);
+    tr.group_bits = m.group_bits;
+    for (size_t g = 0; g < m.groups(); ++g)
+      tr.group_entropy_bits.push_back(CodeEntropyBits(GroupRows(m, m.q.codes, g)));
+  }
   std::set<std::string> used;
   RETURN_IF_ERROR(WriteBlocks(s, tr, used,
                               {reinterpret_cast<const uint8_t*>(stored_scale->data()), m.rows * 4},

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Per matrix role, the code width and code entropy a `dcomp pack` chose: the width holding most of
 the role's weights (the wider on a tie) and the parameter-weighted mean entropy (bits per weight)
-of the role's tensors at that width, with the histogram of widths by weights. Reads the tensor
-table `dcomp pack` prints (its log); the profile is what `dcomp synth --widths stories3m` draws
-(packer/synth.cc).
+of the role's tensors at that width, with the histogram of widths by weights; and for a tensor
+split into groups of rows, each group's width and entropy. Reads the tensor table and the groups
+lines `dcomp pack` prints (its log); the profile is what `dcomp synth --widths stories3m` draws
+(packer/synth.cc: kStories3MWidths, kStories3MGroups).
 
 usage: scripts/width-profile.py PACK.log
 """
@@ -16,9 +17,16 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     rows = []
+    groups = {}  # name -> (rows, group_rows, [bits], [entropy])
     in_table = False
+    group_line = re.compile(r"(\S+): (\d+) rows in \d+ groups of (\d+), bits ([\d ]+), H/w ([\d. ]+)$")
     with open(sys.argv[1], encoding="utf-8") as f:
         for line in f:
+            g = group_line.match(line.strip())
+            if g:
+                groups[g[1]] = (int(g[2]), int(g[3]), [int(b) for b in g[4].split()],
+                                [float(h) for h in g[5].split()])
+                continue
             if line.startswith("tensor "):
                 in_table = True
                 continue
@@ -32,12 +40,21 @@ def main():
                 continue
             name, params, bits, entropy = fields[0], int(fields[1]), int(fields[7]), float(fields[-1])
             role = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
-            rows.append((role, params, bits, entropy))
+            rows.append((role, name, params, bits, entropy))
     if not rows:
         sys.exit(f"{sys.argv[1]}: no tensor table (the log of `dcomp pack` without --quiet)")
     by_role = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0.0]))
     hist = collections.Counter()
-    for role, params, bits, entropy in rows:
+    # A grouped tensor counts each group at its own width (the table's bits are the widest).
+    parts = []
+    for role, name, params, bits, entropy in rows:
+        if name not in groups:
+            parts.append((role, params, bits, entropy))
+            continue
+        n, per, gbits, gent = groups[name]
+        for k, (b, h) in enumerate(zip(gbits, gent)):
+            parts.append((role, params * min(per, n - k * per) // n, b, h))
+    for role, params, bits, entropy in parts:
         by_role[role][bits][0] += params
         by_role[role][bits][1] += params * entropy
         hist[bits] += params
@@ -49,6 +66,10 @@ def main():
         spread = ", ".join(f"{b}: {widths[b][0]}" for b in sorted(widths))
         print(f"{role:<15} {bits:>5}  {h / n:7.2f}  {spread}")
     print("all roles: " + ", ".join(f"{b} bits {100 * hist[b] / total:.1f}%" for b in sorted(hist)))
+    for name, (n, per, gbits, gent) in groups.items():
+        print(f"{name}: {n} rows in {len(gbits)} groups of {per}")
+        print("  bits " + ", ".join(str(b) for b in gbits))
+        print("  entropy " + ", ".join(f"{h:.3f}" for h in gent))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,14 @@ void UseGptq(const GptqFactor& g, QuantParams* p) {
   p->row_clips = kClipCandidates;
 }
 
+size_t RowsPerGroup(size_t rows, size_t groups) {
+  const size_t g = std::max<size_t>(groups, 1);
+  size_t n = (rows + g - 1) / g;
+  size_t align = 1;
+  while (align < 64 && align * 2 <= n) align *= 2;
+  return (n + align - 1) / align * align;
+}
+
 size_t GroupRow(const Matrix& m, size_t g, size_t i) {
   const size_t stored = g * m.group_rows + i;
   return m.row_order.empty() ? stored : m.row_order[stored];

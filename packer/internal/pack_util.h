@@ -47,6 +47,11 @@ void Quantize(Matrix& m);
 // allows. m.q.max_code, m.entropy and m.err are not updated.
 int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f);
 
+// Rows per group when `rows` rows are split into `groups` groups of rows, rounded up to a multiple
+// of a power of two (up to 64) so that the blocks the writer fits inside each group stay large
+// whatever the number of rows (rate allocation's groups, and a synthetic model's).
+size_t RowsPerGroup(size_t rows, size_t groups);
+
 // Row i of group g of `m` (groups are runs of stored rows: m.row_order applies), and the number
 // of rows of group g.
 size_t GroupRow(const Matrix& m, size_t g, size_t i);

@@ -73,6 +73,22 @@ TEST(GgufTest, WriterReaderRoundTripAllValueTypes) {
   EXPECT_EQ(back, t);  // exactly representable in f16
 }
 
+// A synthetic model's widths per group of rows (dcomp synth) are packed codes, 4..7 bits.
+TEST(GgufTest, SyntheticGroupWidthsOutOfRangeAreRefusedByKey) {
+  testing::TinyModelOptions o;
+  o.synthetic = true;
+  o.synthetic_group_bits["token_embd"] = {7, 6, 9};
+  ExpectError(OpenModelFile(TinyGguf(o, "group_bits_wide.gguf")), StatusCode::kInvalidArgument,
+              "dcomp.synthetic.group_bits.token_embd[2] = 9, expected a packed code width in 4..7");
+  o.synthetic_group_bits["token_embd"] = {};
+  ExpectError(OpenModelFile(TinyGguf(o, "group_bits_empty.gguf")), StatusCode::kInvalidArgument,
+              "dcomp.synthetic.group_bits.token_embd has 0 widths");
+  o.synthetic_group_bits["token_embd"] = {7, 6, 6, 4};
+  auto ok = OpenModelFile(TinyGguf(o, "group_bits_ok.gguf"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ((*ok)->config().synthetic_group_bits.at("token_embd"), std::vector<int>({7, 6, 6, 4}));
+}
+
 TEST(GgufTest, TruncationAtEveryByteIsAnError) {
   testing::TinyModelOptions o;
   o.dim = 8;

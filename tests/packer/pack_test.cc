@@ -11,7 +11,9 @@
 #include "base/thread_pool.h"
 #include "engine/dcm_model.h"
 #include "engine/generate.h"
+#include "engine/layer_schema.h"
 #include "engine/local_model.h"
+#include "engine/model_file.h"
 #include "packer/synth.h"
 #include "tests/util/test_paths.h"
 #include "tests/util/untied_model.h"
@@ -219,6 +221,53 @@ TEST(PackTest, SyntheticModelsAreMarkedAndSkipCalibration) {
     if (t.quantized) bits += t.entropy_bits * t.params, n += t.params;
   }
   EXPECT_NEAR(bits / n, 5.5, 0.15);
+  EXPECT_FALSE(Greedy(o.output, 8, "hello").empty());
+}
+
+// `dcomp synth --widths stories3m` records each role's width, and a width per group of rows for
+// the token matrices; pack keeps them (no rate allocation runs on synthetic weights), so the
+// synthetic shapes are split like a real model.
+TEST(PackTest, SyntheticModelsPackAtTheRecordedWidths) {
+  SynthOptions s;
+  s.shape = "tiny";
+  s.widths = "stories3m";
+  s.output = Temp("tiny_profiled.gguf");
+  ASSERT_TRUE(Synthesize(s).ok());
+  auto src = OpenModelFile(s.output);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  const ModelConfig cfg = (*src)->config();
+  ASSERT_FALSE(cfg.synthetic_group_bits.empty()) << "no groups recorded: nothing tested";
+  PackOptions o = Fast(s.output, Temp("tiny_profiled.dcm"));
+  auto r = Pack(o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto f = DcmModelFile::Open(o.output);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  int grouped = 0;
+  for (const TensorReport& t : r->tensors) {
+    if (!t.quantized) continue;
+    const std::string role(MatrixRole(t.name));
+    auto g = cfg.synthetic_group_bits.find(role);
+    if (g == cfg.synthetic_group_bits.end()) {
+      EXPECT_EQ(t.bits, cfg.synthetic_bits.at(role)) << t.name;
+      EXPECT_TRUE(t.group_bits.empty()) << t.name;
+      continue;
+    }
+    ++grouped;
+    EXPECT_EQ(t.group_bits, g->second) << t.name;
+    // Each block of the file holds the width of its group.
+    const auto& T = (*f)->reader().manifest().tensors((*f)->reader().FindTensor(t.name));
+    ASSERT_EQ(T.block_bits_size() + 1, static_cast<int>(T.num_blocks())) << t.name;
+    const int64_t rows = t.params / t.cols, blocks = T.block_bits_size();
+    const int64_t block_rows = (rows + blocks - 1) / blocks;  // all but the last block
+    for (int64_t b = 0; b < blocks; ++b) {
+      EXPECT_EQ(T.block_bits(static_cast<int>(b)), g->second[b * block_rows / t.group_rows])
+          << t.name << " block " << b;
+    }
+    // The narrower groups were drawn at lower entropy, each below its width.
+    for (size_t k = 0; k < t.group_bits.size(); ++k)
+      EXPECT_LT(t.group_entropy_bits[k], t.group_bits[k]) << t.name << " group " << k;
+  }
+  EXPECT_GT(grouped, 0);
   EXPECT_FALSE(Greedy(o.output, 8, "hello").empty());
 }
 

@@ -2,6 +2,7 @@
 // qwen2, with optional faults (wrong shapes, missing tensors, unsupported types).
 #pragma once
 
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -34,6 +35,9 @@ struct TinyModelOptions {
   std::string rope_scaling_type;
   float rope_scaling_factor = 0.0f;
   int rope_original_context = 0;
+  // Synthetic: dcomp.synthetic, with these dcomp.synthetic.group_bits.<role> arrays.
+  bool synthetic = false;
+  std::map<std::string, std::vector<int32_t>> synthetic_group_bits;
 };
 
 inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o) {
@@ -75,6 +79,9 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   w.SetU32("tokenizer.ggml.bos_token_id", 1);
   w.SetU32("tokenizer.ggml.eos_token_id", 2);
   w.SetU32("tokenizer.ggml.unknown_token_id", 0);
+  if (o.synthetic) w.SetBool("dcomp.synthetic", true);
+  for (const auto& [role, widths] : o.synthetic_group_bits)
+    w.SetI32Array("dcomp.synthetic.group_bits." + role, widths);
   if (!o.rope_scaling_type.empty()) w.SetString(a + "rope.scaling.type", o.rope_scaling_type);
   if (o.rope_scaling_factor > 0) w.SetF32(a + "rope.scaling.factor", o.rope_scaling_factor);
   if (o.rope_original_context > 0) {
