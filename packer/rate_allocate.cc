@@ -224,7 +224,7 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, doub
     const double kl_before = kl_now;  // another token matrix may already be at 7 bits
     m.row_order = RowsByUse(s, kl, m);
     m.group_rows = RowsPerGroup(m.rows, kRowGroups);
-    const size_t groups = (m.rows + m.group_rows - 1) / m.group_rows;
+    const size_t groups = GroupCount(m.rows, m.group_rows);
     m.group_bits.assign(groups, 7);
     m.group_clip.assign(groups, seven->clip);
     Quantize(m);

@@ -75,11 +75,12 @@ const RoleGroups* GroupsOf(std::string_view role) {
   return nullptr;
 }
 
-// The token matrices' entries give their widest group (their groups: kStories3MGroups).
+// The token matrices' entries give their widest groups (width and mean entropy); they are drawn
+// by groups (kStories3MGroups).
 constexpr RoleWidth kStories3MWidths[] = {
     {"attn_q", 6, 5.33},      {"attn_k", 7, 6.16},     {"attn_v", 8, 7.40},
     {"attn_output", 6, 5.38}, {"ffn_gate", 6, 5.43},   {"ffn_up", 7, 6.46},
-    {"ffn_down", 7, 6.05},    {"token_embd", 7, 5.13}, {"output", 7, 5.13},
+    {"ffn_down", 7, 6.05},    {"token_embd", 7, 6.43}, {"output", 7, 6.43},
 };
 
 // Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and
@@ -131,6 +132,21 @@ void FillMatrix(std::vector<float>& w, size_t rows, size_t cols, const std::vect
 
 }  // namespace
 
+GroupProfile SynthGroupProfile(std::string_view role, size_t rows) {
+  GroupProfile p;
+  const RoleGroups* rg = GroupsOf(role);
+  if (rg == nullptr || rows == 0) return p;
+  // The profile's 16 groups spread over the groups the rows make.
+  p.group_rows = internal::RowsPerGroup(rows, kProfileGroups);
+  const size_t groups = internal::GroupCount(rows, p.group_rows);
+  for (size_t g = 0; g < groups; ++g) {
+    const size_t k = g * kProfileGroups / groups;
+    p.bits.push_back(rg->bits[k]);
+    p.entropy.push_back(rg->entropy[k]);
+  }
+  return p;
+}
+
 std::vector<std::string> SynthShapes() {
   std::vector<std::string> v;
   for (const Shape& s : kShapes) v.push_back(s.name);
@@ -176,28 +192,12 @@ Status Synthesize(const SynthOptions& o) {
   w.SetString("general.architecture", sh->arch);
   w.SetString("general.name", std::string("synthetic-") + sh->name);
   w.SetBool("dcomp.synthetic", true);
-  // Per group of rows of a profiled role: its width (the profile's 16 spread over the groups the
-  // matrix's rows make, RowsPerGroup) and clip.
-  const size_t vocab = static_cast<size_t>(sh->vocab);
-  const size_t group_rows = internal::RowsPerGroup(vocab, kProfileGroups);
-  const size_t groups = (vocab + group_rows - 1) / group_rows;
-  auto group_profile = [&](const RoleGroups& rg, std::vector<int32_t>* bits,
-                           std::vector<double>* clips) {
-    for (size_t g = 0; g < groups; ++g) {
-      const size_t p = g * kProfileGroups / groups;
-      bits->push_back(rg.bits[p]);
-      clips->push_back(ClipForEntropy(rg.entropy[p], MaxCode(rg.bits[p])));
-    }
-  };
   if (profiled) {
     for (const RoleWidth& r : kStories3MWidths) {
       w.SetU32(std::string("dcomp.synthetic.bits.") + r.role, static_cast<uint32_t>(r.bits));
-      if (const RoleGroups* rg = GroupsOf(r.role); rg != nullptr) {
-        std::vector<int32_t> bits;
-        std::vector<double> clips;
-        group_profile(*rg, &bits, &clips);
-        w.SetI32Array(std::string("dcomp.synthetic.group_bits.") + r.role, bits);
-      }
+      const GroupProfile g = SynthGroupProfile(r.role, static_cast<size_t>(sh->vocab));
+      if (g.group_rows > 0)
+        w.SetI32Array(std::string("dcomp.synthetic.group_bits.") + r.role, g.bits);
     }
   } else {
     w.SetF32("dcomp.synthetic.code_entropy_bits", static_cast<float>(o.entropy_bits));
@@ -243,12 +243,12 @@ Status Synthesize(const SynthOptions& o) {
   auto matrix = [&](const std::string& name, size_t rows, size_t cols) -> Status {
     std::vector<float> m(rows * cols);
     std::vector<double> clips(rows, k);
-    const RoleGroups* rg = profiled ? GroupsOf(MatrixRole(name)) : nullptr;
-    if (rg != nullptr && rows == vocab) {  // each group of rows at its width and entropy
-      std::vector<int32_t> bits;
+    const GroupProfile g = profiled ? SynthGroupProfile(MatrixRole(name), rows) : GroupProfile();
+    if (g.group_rows > 0) {  // each group of rows at its width and entropy
       std::vector<double> group_clip;
-      group_profile(*rg, &bits, &group_clip);
-      for (size_t r = 0; r < rows; ++r) clips[r] = group_clip[r / group_rows];
+      for (size_t j = 0; j < g.bits.size(); ++j)
+        group_clip.push_back(ClipForEntropy(g.entropy[j], MaxCode(g.bits[j])));
+      for (size_t r = 0; r < rows; ++r) clips[r] = group_clip[r / g.group_rows];
     } else if (profiled) {  // the role's width and entropy; its largest code is the width's
       for (const RoleWidth& r : kStories3MWidths) {
         if (MatrixRole(name) == r.role)

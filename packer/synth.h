@@ -10,7 +10,9 @@
 // baseline of the same shape.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -30,6 +32,16 @@ struct SynthOptions {
   uint64_t seed = 1;
   int threads = 2;
 };
+
+// The groups of rows `--widths stories3m` splits a matrix of role `role` and `rows` rows into (the
+// token matrices; an untied output takes the embedding's profile): rows per group (RowsPerGroup),
+// and per group, in row order, its width and code entropy. Empty (group_rows 0) for other roles.
+struct GroupProfile {
+  size_t group_rows = 0;
+  std::vector<int32_t> bits;
+  std::vector<double> entropy;
+};
+GroupProfile SynthGroupProfile(std::string_view role, size_t rows);
 
 std::vector<std::string> SynthShapes();
 Status Synthesize(const SynthOptions& o);

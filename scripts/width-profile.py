@@ -53,7 +53,7 @@ def main():
             continue
         n, per, gbits, gent = groups[name]
         for k, (b, h) in enumerate(zip(gbits, gent)):
-            parts.append((role, params * min(per, n - k * per) // n, b, h))
+            parts.append((role, params // n * min(per, n - k * per), b, h))
     for role, params, bits, entropy in parts:
         by_role[role][bits][0] += params
         by_role[role][bits][1] += params * entropy

@@ -41,9 +41,9 @@ struct Matrix {
   float alpha = 0, step = 1, prune = 0;
   int bits = 8;    // code width (rate allocation); the widest group's when groups are set
   float clip = 1;  // bits < 8: the quantizer's clip
-  // Rate allocation by groups of rows (matrices of many rows, rate_allocate.cc): group g, rows
-  // [g * group_rows, (g + 1) * group_rows), has its own width and clip. Empty: `bits` and `clip`
-  // hold for every row.
+  // Groups of rows (rate allocation of matrices of many rows, rate_allocate.cc; or the groups a
+  // synthetic model records, prune.cc): group g, rows [g * group_rows, (g + 1) * group_rows), has
+  // its own width and clip. Empty: `bits` and `clip` hold for every row.
   size_t group_rows = 0;
   std::vector<int> group_bits;
   std::vector<float> group_clip;

@@ -51,6 +51,10 @@ int QuantizeGroup(Matrix& m, size_t g, const GptqFactor& f);
 // of a power of two (up to 64) so that the blocks the writer fits inside each group stay large
 // whatever the number of rows (rate allocation's groups, and a synthetic model's).
 size_t RowsPerGroup(size_t rows, size_t groups);
+// The number of groups of `group_rows` rows (the last one may be shorter) that `rows` rows make.
+inline size_t GroupCount(size_t rows, size_t group_rows) {
+  return group_rows > 0 ? (rows + group_rows - 1) / group_rows : 0;
+}
 
 // Row i of group g of `m` (groups are runs of stored rows: m.row_order applies), and the number
 // of rows of group g.

@@ -16,6 +16,7 @@
 #include "engine/model_file.h"
 #include "packer/synth.h"
 #include "tests/util/test_paths.h"
+#include "tests/util/tiny_model.h"
 #include "tests/util/untied_model.h"
 
 namespace dcomp::packer {
@@ -116,11 +117,6 @@ double Perplexity(const std::string& path, const std::string& text) {
   return r.ok() ? r->ppl : 0;
 }
 
-// The token matrix is stored by use with a width per group of rows (Tensor.row_order,
-// block_bits): the file, read back, scores text sampled from the source model as well as the
-// budget allows. Rows or scales stored in the wrong order would score far worse (an unused
-// token's row in a common token's place), which the runtime's tier comparisons cannot see: every
-// tier reads the same file.
 // Text sampled from `model` at temperature 1 (rare tokens too), stories separated.
 std::string SampledText(const std::string& model) {
   LocalModelOptions lo;
@@ -153,6 +149,11 @@ std::vector<uint32_t> RowOrder(const std::string& dcm, const std::string& name) 
   return {order.begin(), order.end()};
 }
 
+// The token matrix is stored by use with a width per group of rows (Tensor.row_order,
+// block_bits): the file, read back, scores text sampled from the source model as well as the
+// budget allows. Rows or scales stored in the wrong order would score far worse (an unused
+// token's row in a common token's place), which the runtime's tier comparisons cannot see: every
+// tier reads the same file.
 TEST(PackTest, TokenMatricesStoredByUseScoreLikeTheSourceModel) {
   const std::string model = testing::SourceDir() + "/models/stories260K.bin";
   PackOptions o = Fast(model, Temp("by_use.dcm"));
@@ -255,20 +256,42 @@ TEST(PackTest, SyntheticModelsPackAtTheRecordedWidths) {
     ++grouped;
     EXPECT_EQ(t.group_bits, g->second) << t.name;
     // Each block of the file holds the width of its group.
-    const auto& T = (*f)->reader().manifest().tensors((*f)->reader().FindTensor(t.name));
+    const int ti = (*f)->reader().FindTensor(t.name);
+    ASSERT_GE(ti, 0) << t.name;
+    const auto& T = (*f)->reader().manifest().tensors(ti);
     ASSERT_EQ(T.block_bits_size() + 1, static_cast<int>(T.num_blocks())) << t.name;
-    const int64_t rows = t.params / t.cols, blocks = T.block_bits_size();
-    const int64_t block_rows = (rows + blocks - 1) / blocks;  // all but the last block
-    for (int64_t b = 0; b < blocks; ++b) {
-      EXPECT_EQ(T.block_bits(static_cast<int>(b)), g->second[b * block_rows / t.group_rows])
+    ASSERT_GT(T.rows_per_block(), 0) << t.name;
+    for (int b = 0; b < T.block_bits_size(); ++b) {
+      EXPECT_EQ(T.block_bits(b), g->second[b * T.rows_per_block() / t.group_rows])
           << t.name << " block " << b;
     }
-    // The narrower groups were drawn at lower entropy, each below its width.
-    for (size_t k = 0; k < t.group_bits.size(); ++k)
-      EXPECT_LT(t.group_entropy_bits[k], t.group_bits[k]) << t.name << " group " << k;
+    // Each group was drawn at the profile's entropy for it.
+    const GroupProfile want = SynthGroupProfile(role, static_cast<size_t>(t.params / t.cols));
+    ASSERT_EQ(t.group_entropy_bits.size(), want.entropy.size()) << t.name;
+    for (size_t k = 0; k < want.entropy.size(); ++k) {
+      EXPECT_NEAR(t.group_entropy_bits[k], want.entropy[k], 0.15) << t.name << " group " << k;
+    }
   }
   EXPECT_GT(grouped, 0);
   EXPECT_FALSE(Greedy(o.output, 8, "hello").empty());
+  std::filesystem::remove(s.output);
+  std::filesystem::remove(o.output);
+}
+
+// Widths that do not match the groups the matrix's rows make are refused, naming the key.
+TEST(PackTest, SyntheticGroupWidthsMustMatchTheRows) {
+  testing::TinyModelOptions t;  // 40 tokens: groups of 4 rows, 10 of them, for 16 widths
+  t.synthetic = true;
+  t.synthetic_group_bits["token_embd"] = std::vector<int32_t>(16, 6);
+  const std::string gguf = Temp("tiny_mismatch.gguf");
+  ASSERT_TRUE(testing::WriteTinyModel(gguf, t).ok());
+  auto r = Pack(Fast(gguf, Temp("tiny_mismatch.dcm")));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("dcomp.synthetic.group_bits.token_embd has 16 widths, but "
+                                      "token_embd.weight's 40 rows make 10 groups of 4"),
+            std::string::npos)
+      << r.status().ToString();
+  std::filesystem::remove(gguf);
 }
 
 TEST(PackTest, BadOptionsNameTheOption) {

@@ -51,9 +51,9 @@ std::string Temp(const std::string& name) {
 // Removes this process's packed models when the test binary exits.
 struct TempFiles {
   ~TempFiles() {
-    for (const char* name : {"small.gguf", "small.dcm", "s3m.dcm"}) {
+    for (const char* name : {"small.gguf", "small.dcm", "s3m.dcm", "untied.dcm", "untied"}) {
       std::error_code ec;
-      std::filesystem::remove(Temp(name), ec);
+      std::filesystem::remove_all(Temp(name), ec);
     }
   }
 } temp_files;

@@ -1,6 +1,7 @@
 // The embedded stories260K made untied: a llama2.c v0 copy whose output matrix is its own tensor
-// (a negative vocabulary size in the header), the embedding with a little of the next token's row
-// mixed in, so that the two token matrices differ. For tests of models with two token matrices.
+// (a negative vocabulary size in the header): each token's embedding row with a little of the next
+// token's mixed in, so that the two token matrices differ. For tests of models with two token
+// matrices.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,8 @@ inline std::string WriteUntiedStories260K(const std::filesystem::path& dir) {
   int32_t h[7];
   if (bytes.size() < sizeof(h)) return "";
   std::memcpy(h, bytes.data(), sizeof(h));
-  if (h[0] <= 0 || h[5] <= 0) return "";  // not v0, or already untied
+  constexpr int32_t kVersionedMagic = 0x616b3432;  // "ak42": llama2.c v1/v2, not v0
+  if (h[0] == kVersionedMagic || h[0] <= 0 || h[5] <= 0) return "";  // not v0, or untied
   const size_t dim = static_cast<size_t>(h[0]), vocab = static_cast<size_t>(h[5]);
   if (bytes.size() < sizeof(h) + vocab * dim * sizeof(float)) return "";
   h[5] = -h[5];
@@ -48,6 +50,7 @@ inline std::string WriteUntiedStories260K(const std::filesystem::path& dir) {
   const fs::path model = dir / "untied.bin";
   std::ofstream f(model, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  f.close();
   return f.good() ? model.string() : "";
 }
 
