@@ -91,10 +91,14 @@ std::string FormatPackReport(const PackReport& r) {
   // Groups of rows: the table's bits are the widest group's.
   for (const TensorReport& t : r.tensors) {
     if (t.group_bits.empty()) continue;
-    s += t.name + ": " + std::to_string(t.params / std::max<int64_t>(t.cols, 1)) + " rows in " +
-         std::to_string(t.group_bits.size()) + " groups of " + std::to_string(t.group_rows) +
-         ", bits";
-    for (int b : t.group_bits) s += " " + std::to_string(b);
+    std::snprintf(line, sizeof(line), "%s: %lld rows in %zu groups of %lld, bits", t.name.c_str(),
+                  static_cast<long long>(t.params / std::max<int64_t>(t.cols, 1)),
+                  t.group_bits.size(), static_cast<long long>(t.group_rows));
+    s += line;
+    for (int b : t.group_bits) {
+      std::snprintf(line, sizeof(line), " %d", b);
+      s += line;
+    }
     s += ", H/w";
     for (double h : t.group_entropy_bits) {
       std::snprintf(line, sizeof(line), " %.3f", h);
