@@ -5,6 +5,7 @@
 #include <set>
 
 #include "base/mutex.h"
+#include "base/packed_codes.h"
 #include "engine/internal/model_formats.h"
 
 namespace dcomp::internal {
@@ -42,6 +43,41 @@ Status ReadGemma3(const GgufFile& g, const std::string& a, ModelConfig* c) {
   if (g.Find(a + "rope.freq_base_swa")) {
     ASSIGN_OR_RETURN(double theta, g.GetFloat(a + "rope.freq_base_swa"));
     c->rope_theta_local = static_cast<float>(theta);
+  }
+  return Status::Ok();
+}
+
+// A synthetic model's code widths (dcomp synth): per matrix role (dcomp.synthetic.bits.<role>,
+// 4..8) and per group of rows of a role (dcomp.synthetic.group_bits.<role>, int32 array, 4..7).
+Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
+  const std::string bits_key = "dcomp.synthetic.bits.", group_key = "dcomp.synthetic.group_bits.";
+  for (const auto& [key, value] : g.metadata()) {
+    if (key.rfind(bits_key, 0) == 0) {
+      ASSIGN_OR_RETURN(int64_t b, g.GetInt(key));
+      if (b < 4 || b > 8) {
+        return InvalidArgumentError(key + " = " + std::to_string(b) +
+                                    ", expected a code width in 4..8");
+      }
+      c->synthetic_bits[key.substr(bits_key.size())] = static_cast<int>(b);
+      continue;
+    }
+    if (key.rfind(group_key, 0) != 0) continue;
+    ASSIGN_OR_RETURN(const std::vector<GgufValue>* widths, g.GetArray(key, GgufType::kInt32));
+    if (widths->empty() || widths->size() > 4096) {
+      return InvalidArgumentError(key + " has " + std::to_string(widths->size()) +
+                                  " widths, expected 1..4096 (one per group of rows)");
+    }
+    std::vector<int>& out = c->synthetic_group_bits[key.substr(group_key.size())];
+    for (size_t k = 0; k < widths->size(); ++k) {
+      const int64_t b = (*widths)[k].i;
+      if (b < kMinPackedBits || b > kMaxPackedBits) {
+        return InvalidArgumentError(key + "[" + std::to_string(k) + "] = " + std::to_string(b) +
+                                    ", expected a packed code width in " +
+                                    std::to_string(kMinPackedBits) + ".." +
+                                    std::to_string(kMaxPackedBits));
+      }
+      out.push_back(static_cast<int>(b));
+    }
   }
   return Status::Ok();
 }
@@ -201,35 +237,7 @@ Result<std::unique_ptr<ModelFile>> GgufModel::Open(const std::string& path) {
   if (c.arch == "gemma3") RETURN_IF_ERROR(ReadGemma3(g, a, &c).WithContext("GGUF " + path));
   c.tied_output = g.FindTensor("output.weight") == nullptr;
   if (auto syn = g.GetBool("dcomp.synthetic"); syn.ok()) c.synthetic = *syn;
-  const std::string bits_key = "dcomp.synthetic.bits.";
-  for (const auto& [key, value] : g.metadata()) {
-    if (!c.synthetic || key.rfind(bits_key, 0) != 0) continue;
-    ASSIGN_OR_RETURN(int64_t b, g.GetInt(key));
-    if (b < 4 || b > 8) {
-      return InvalidArgumentError("GGUF " + path + ": " + key + " = " + std::to_string(b) +
-                                  ", expected a code width in 4..8");
-    }
-    c.synthetic_bits[key.substr(bits_key.size())] = static_cast<int>(b);
-  }
-  const std::string group_key = "dcomp.synthetic.group_bits.";
-  for (const auto& [key, value] : g.metadata()) {
-    if (!c.synthetic || key.rfind(group_key, 0) != 0) continue;
-    ASSIGN_OR_RETURN(const std::vector<GgufValue>* widths, g.GetArray(key, GgufType::kInt32));
-    if (widths->empty() || widths->size() > 4096) {
-      return InvalidArgumentError("GGUF " + path + ": " + key + " has " +
-                                  std::to_string(widths->size()) +
-                                  " widths, expected 1..4096 (one per group of rows)");
-    }
-    std::vector<int>& out = c.synthetic_group_bits[key.substr(group_key.size())];
-    for (size_t k = 0; k < widths->size(); ++k) {
-      const int64_t b = (*widths)[k].i;
-      if (b < 4 || b > 7) {
-        return InvalidArgumentError("GGUF " + path + ": " + key + "[" + std::to_string(k) + "] = " +
-                                    std::to_string(b) + ", expected a packed code width in 4..7");
-      }
-      out.push_back(static_cast<int>(b));
-    }
-  }
+  if (c.synthetic) RETURN_IF_ERROR(ReadSyntheticWidths(g, &c).WithContext("GGUF " + path));
 
   ASSIGN_OR_RETURN(m->tokenizer_, GgufTokenizerSpec(g));
   c.vocab_size = static_cast<int32_t>(m->tokenizer_.tokens.size());

@@ -92,8 +92,8 @@ std::string FormatPackReport(const PackReport& r) {
   for (const TensorReport& t : r.tensors) {
     if (t.group_bits.empty()) continue;
     std::snprintf(line, sizeof(line), "%s: %lld rows in %zu groups of %lld, bits", t.name.c_str(),
-                  static_cast<long long>(t.params / std::max<int64_t>(t.cols, 1)),
-                  t.group_bits.size(), static_cast<long long>(t.group_rows));
+                  static_cast<long long>(t.rows), t.group_bits.size(),
+                  static_cast<long long>(t.group_rows));
     s += line;
     for (int b : t.group_bits) {
       std::snprintf(line, sizeof(line), " %d", b);

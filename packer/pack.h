@@ -53,9 +53,9 @@ struct TensorReport {
   double output_rel_error = -1;  // -1: not measured (no calibration inputs)
   double entropy_bits = 0;       // order-0 bits per weight of the codes
   // A matrix split into groups of rows (by rate allocation, or as a synthetic model records;
-  // else empty): rows per group, and per
-  // group (in stored order) its width and the order-0 entropy of its codes.
-  int64_t cols = 0, group_rows = 0;
+  // else empty): its rows, rows per group, and per group (in stored order) its width and the
+  // order-0 entropy of its codes.
+  int64_t rows = 0, group_rows = 0;
   std::vector<int> group_bits;
   std::vector<double> group_entropy_bits;
 };

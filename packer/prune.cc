@@ -27,11 +27,11 @@ Status QuantizeAndPrune(PackState& s) {
       auto g = s.cfg.synthetic_group_bits.find(role);
       if (g != s.cfg.synthetic_group_bits.end()) {
         const size_t n = g->second.size(), rows = RowsPerGroup(m.rows, n);
-        if (GroupCount(m.rows, rows) != n) {
-          return InvalidArgumentError(
-              s.o.input + ": dcomp.synthetic.group_bits." + role + " has " + std::to_string(n) +
-              " widths, but " + m.name + "'s " + std::to_string(m.rows) + " rows make " +
-              std::to_string(GroupCount(m.rows, rows)) + " groups of " + std::to_string(rows));
+        if (const size_t made = GroupCount(m.rows, rows); made != n) {
+          return InvalidArgumentError(s.o.input + ": dcomp.synthetic.group_bits." + role + " has " +
+                                      std::to_string(n) + " widths, but " + m.name + "'s " +
+                                      std::to_string(m.rows) + " rows make " +
+                                      std::to_string(made) + " groups of " + std::to_string(rows));
         }
         m.group_rows = rows;
         m.group_bits = g->second;

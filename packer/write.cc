@@ -121,7 +121,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.output_rel_error = m.err;
   tr.entropy_bits = m.entropy;
   if (m.groups() > 0) {
-    tr.cols = static_cast<int64_t>(m.cols);
+    tr.rows = static_cast<int64_t>(m.rows);
     tr.group_rows = static_cast<int64_t>(m.group_rows);
     tr.group_bits = m.group_bits;
     for (size_t g = 0; g < m.groups(); ++g)

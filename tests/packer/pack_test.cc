@@ -266,7 +266,7 @@ TEST(PackTest, SyntheticModelsPackAtTheRecordedWidths) {
           << t.name << " block " << b;
     }
     // Each group was drawn at the profile's entropy for it.
-    const GroupProfile want = SynthGroupProfile(role, static_cast<size_t>(t.params / t.cols));
+    const GroupProfile want = SynthGroupProfile(role, static_cast<size_t>(t.rows));
     ASSERT_EQ(t.group_entropy_bits.size(), want.entropy.size()) << t.name;
     for (size_t k = 0; k < want.entropy.size(); ++k) {
       EXPECT_NEAR(t.group_entropy_bits[k], want.entropy[k], 0.15) << t.name << " group " << k;
