@@ -1,5 +1,8 @@
 #include "base/cpu_features.h"
 
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #if defined(__aarch64__)
@@ -12,6 +15,39 @@
 
 namespace dcomp {
 namespace {
+
+// Reads /sys/devices/system/cpu/cpu0/cache/index*/{level,type,size}: the size of the highest-level
+// data or unified cache ("32768K", "2M").
+uint64_t LastLevelCacheBytes() {
+  uint64_t best_bytes = 0;
+  int best_level = 0;
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    int level = 0;
+    char type[32] = {}, size[32] = {};
+    FILE* f = std::fopen((dir + "level").c_str(), "r");
+    if (f == nullptr) break;
+    const bool got_level = std::fscanf(f, "%d", &level) == 1;
+    std::fclose(f);
+    f = std::fopen((dir + "type").c_str(), "r");
+    const bool got_type = f != nullptr && std::fscanf(f, "%31s", type) == 1;
+    if (f != nullptr) std::fclose(f);
+    f = std::fopen((dir + "size").c_str(), "r");
+    const bool got_size = f != nullptr && std::fscanf(f, "%31s", size) == 1;
+    if (f != nullptr) std::fclose(f);
+    if (!got_level || !got_type || !got_size || std::string(type) == "Instruction") continue;
+    char* end = nullptr;
+    uint64_t bytes = std::strtoull(size, &end, 10);
+    if (end == size) continue;
+    if (*end == 'K') bytes <<= 10;
+    if (*end == 'M') bytes <<= 20;
+    if (level > best_level || (level == best_level && bytes > best_bytes)) {
+      best_level = level;
+      best_bytes = bytes;
+    }
+  }
+  return best_bytes;
+}
 
 CpuFeatures Detect() {
   CpuFeatures f;
@@ -31,6 +67,7 @@ CpuFeatures Detect() {
   f.asimddp = (hwcap & HWCAP_ASIMDDP) != 0;
   f.crc32 = (hwcap & HWCAP_CRC32) != 0;
 #endif
+  f.last_level_cache_bytes = LastLevelCacheBytes();
   return f;
 }
 

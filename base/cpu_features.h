@@ -1,10 +1,11 @@
 // CPU features, detected once per process: the one place that asks the CPU (cpuid on x86-64,
-// the auxiliary vector's HWCAP on aarch64). The kernels' dispatch table, the rANS decoder and
+// the auxiliary vector's HWCAP on aarch64; the cache sizes from sysfs). The kernels' dispatch table, the rANS decoder and
 // CRC32C choose their fast paths from this struct; `Describe()` is what they log.
 //
 // Thread-safe: `Cpu()` initialises a function-local static on first use.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace dcomp {
@@ -23,6 +24,9 @@ struct CpuFeatures {
   bool asimd = false;    // NEON
   bool asimddp = false;  // the dot-product extension (SDOT/UDOT)
   bool crc32 = false;    // the CRC32 instructions (CRC32C included)
+  // The largest data or unified cache of cpu0 as sysfs reports it (the last level: what a VM's
+  // vCPU shares, not the socket's total that cpuid may claim); 0 when sysfs does not say.
+  uint64_t last_level_cache_bytes = 0;
 
   // The features above that are present, space-separated ("baseline" when none).
   std::string Describe() const;

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <utility>
 
 #include "base/clock.h"
+#include "base/cpu_features.h"
 #include "kernels/kernels.h"
 #include "runtime/memory_stats.h"
 
@@ -83,30 +85,43 @@ double MacsPerSecond(size_t rows, size_t cols, Product product) {
   return s > 0 ? static_cast<double>(rows * cols) * kReps / s : 0;
 }
 
-// Compute: int8 GEMV over the calibration buffer (in cache, so optimistic; the controller
-// corrects it from the first tokens).
-void CalibrateCompute(size_t dim, int bits, PageBuffer* tmp, Rates* rates) {
+// Compute: the INT8 GEMV, and the packed GEMV at the model's most common narrow width, over one
+// buffer: out of cache (ComputeProbeBytes) for a model larger than the last-level cache, else
+// `tmp` (1 MiB, in cache; the controller corrects the INT8 rate from the first tokens).
+void CalibrateCompute(size_t dim, int bits, uint64_t model_bytes, uint64_t headroom,
+                      PageBuffer* tmp, Rates* rates) {
+  const uint64_t llc = Cpu().last_level_cache_bytes != 0 ? Cpu().last_level_cache_bytes
+                                                         : uint64_t{32} << 20;  // unknown
+  PageBuffer big;
+  if (const uint64_t want = ComputeProbeBytes(model_bytes, llc, headroom); want > 0) {
+    Result<PageBuffer> b = PageBuffer::Allocate(want, "the compute probe");
+    if (b.ok()) {
+      big = *std::move(b);
+      std::memset(big.data(), 0x11, big.size());  // untouched pages would all map one zero page
+    }
+  }
+  PageBuffer* buf = big.size() > 0 ? &big : tmp;
+  rates->compute_out_of_cache = big.size() > 0;
   const size_t cols = dim;
   const size_t stride = kernels::PaddedCols(cols);
-  const size_t rows = std::max<size_t>(1, tmp->size() / stride);
-  if (rows * stride > tmp->size()) return;
+  const size_t rows = std::max<size_t>(1, buf->size() / stride);
+  if (rows * stride > buf->size()) return;
   std::vector<float> scale(rows, 0.01f), y(rows);
   std::vector<int32_t> rs(rows, 0);
   std::vector<int8_t> xq(stride, 1);
   const kernels::Q8MatrixView mv{
-      reinterpret_cast<const int8_t*>(tmp->data()), scale.data(), rs.data(), rows, cols, stride};
+      reinterpret_cast<const int8_t*>(buf->data()), scale.data(), rs.data(), rows, cols, stride};
   const kernels::KernelTable& kt = kernels::Kernels();
   const double int8_rate =
       MacsPerSecond(rows, cols, [&] { kt.gemv_q8_q8(mv, xq.data(), 1.0f, y.data(), 0, rows); });
   if (int8_rate > 0) rates->compute_macs_per_s = int8_rate;
-  // The packed products at the model's most common narrow width, on the same bytes (timing
-  // only). In cache: the rate their unpacking allows (PackedComputeRatio adds the bytes read).
+  // The packed product on the same bytes (timing only; PackedComputeRatio adds the bytes read).
   if (bits == 8 || int8_rate <= 0) return;
   const size_t row_bytes = kernels::PackedRowBytes(cols, bits);
-  const size_t prows = std::max<size_t>(1, tmp->size() / row_bytes);
-  if (prows * row_bytes > tmp->size()) return;
+  const size_t prows = std::max<size_t>(1, buf->size() / row_bytes);
+  if (prows * row_bytes > buf->size()) return;
   std::vector<float> pscale(prows, 0.01f), py(prows);
-  const kernels::PackedMatrixView pv{tmp->data(), pscale.data(), prows, cols, row_bytes, bits};
+  const kernels::PackedMatrixView pv{buf->data(), pscale.data(), prows, cols, row_bytes, bits};
   const double packed_rate = MacsPerSecond(
       prows, cols, [&] { kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows); });
   if (packed_rate > 0) rates->packed_macs_per_s = packed_rate;
@@ -131,8 +146,14 @@ int CommonPackedBits(const ModelLayout& layout) {
 
 }  // namespace
 
-Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, Rates* rates,
-                 IoProbe* probe) {
+uint64_t ComputeProbeBytes(uint64_t model_bytes, uint64_t llc_bytes, uint64_t headroom) {
+  if (model_bytes <= llc_bytes) return 0;
+  const uint64_t want = std::clamp<uint64_t>(3 * llc_bytes, uint64_t{8} << 20, uint64_t{256} << 20);
+  return want <= headroom / 2 ? want : 0;
+}
+
+Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, uint64_t headroom,
+                 Rates* rates, IoProbe* probe) {
   RETURN_IF_ERROR(CalibrateDecode(decoder, lookup, rates));
   const ModelLayout& layout = decoder.layout();
   uint64_t begin = std::numeric_limits<uint64_t>::max(), end = 0;
@@ -144,7 +165,9 @@ Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, Ra
   ASSIGN_OR_RETURN(PageBuffer tmp,
                    PageBuffer::Allocate(std::min<uint64_t>(total, 1u << 20), "calibration"));
   RETURN_IF_ERROR(CalibrateReads(layout, lookup->reader(), &tmp, total, rates, probe));
-  CalibrateCompute(dim, CommonPackedBits(layout), &tmp, rates);
+  uint64_t model_bytes = 0;
+  for (const UnitInfo& u : layout.infos) model_bytes += u.decoded_bytes;
+  CalibrateCompute(dim, CommonPackedBits(layout), model_bytes, headroom, &tmp, rates);
   return Status::Ok();
 }
 

@@ -2,7 +2,7 @@
 // estimates the planner works from (compute per thread, decode per thread, flash reads), the budget
 // and its scaling under memory pressure, and the pending re-plan with its reason:
 //  - Calibrate (at open): decode speed on layer 0's blocks, a read probe over the units' ranges,
-//    and the int8 product's speed;
+//    and the int8 and packed products' speeds (out of cache for a model larger than the cache);
 //  - observations: every read of the prefetcher (OnRead), every unit the decode pool decoded
 //    (OnUnitDecoded), every forward pass (EndPass: compute rate, inline decode rate, the read rate
 //    that read-bound passes sustained);
@@ -38,9 +38,18 @@ struct IoProbe {
 };
 
 // Measures decode, read and compute speed (see the header comment). Fills *rates; *probe gets
-// the read probe's halves.
-Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, Rates* rates,
-                 IoProbe* probe);
+// the read probe's halves. `headroom`: bytes the budget leaves beyond the fixed memory, of which
+// the compute probe may borrow up to half for the time it runs (out of cache; CalibrateCompute).
+Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, uint64_t headroom,
+                 Rates* rates, IoProbe* probe);
+
+// The bytes of the compute probe's buffer (Calibrate). A model larger than the last-level cache
+// streams its weights from DRAM every token, and there the INT8 and packed products run at other
+// ratios than in cache (INT8 bound by bandwidth; packed by its unpacking or by its fewer bytes):
+// measured in cache, the packed tier looks slower than decoded INT8 on machines where it is faster.
+// So for such a model the probe runs over 3x the cache, within [8 MiB, 256 MiB], when that is at
+// most half of `headroom`; it is freed before the plan allocates. 0: in cache (a 1 MiB buffer).
+uint64_t ComputeProbeBytes(uint64_t model_bytes, uint64_t llc_bytes, uint64_t headroom);
 
 // One forward pass as the front measured it.
 struct PassSample {

@@ -60,8 +60,10 @@ struct Rates {
                                               // the model: at most the memory bandwidth)
   double compute_parallel_efficiency = 0.85;  // speed-up of n threads = 1 + (n - 1) * this
   double decode_bytes_per_s = 1e9;            // raw bytes per second, one decode thread
-  double packed_macs_per_s = 0;  // packed products, one thread, as fast as their unpacking goes
-                                 // (in cache); 0: as fast as the INT8 ones
+  double packed_macs_per_s = 0;  // packed products, one thread (0: as fast as the INT8 ones)
+  // Both product rates were measured out of cache (a model larger than the last-level cache):
+  // packed_macs_per_s then includes its bytes read. In cache it is its unpacking's speed alone.
+  bool compute_out_of_cache = false;
   double io_bytes_per_s = 1e9;   // flash read throughput (sustained)
   // The device serves reads that follow idle time faster, as a token bucket does (a cgroup blkio
   // throttle, burst-credit volumes): time it spends idle is not lost, so a single staging buffer

@@ -160,11 +160,16 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
 
   Rates rates;
   IoProbe probe;
+  const uint64_t budget = options.budget.Resolve(int8_bytes_);
   if (hooks.rates != nullptr) {
     rates = *hooks.rates;
   } else {
-    RETURN_IF_ERROR(
-        Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim), &rates, &probe));
+    const uint64_t fixed = m.fixed.total();
+    const uint64_t headroom = budget == 0                ? std::numeric_limits<uint64_t>::max()
+                              : budget > fixed ? budget - fixed
+                                               : 0;
+    RETURN_IF_ERROR(Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim),
+                              headroom, &rates, &probe));
   }
   rates.cores = m.cores;
   const ControllerOptions co{options.policy,
@@ -172,7 +177,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
                               options.force_decode_threads, options.force_decode},
                              options.adapt};
   m.controller = std::make_unique<Controller>(&m.layout.infos, m.fixed, co,
-                                              options.budget.Resolve(int8_bytes_), rates, probe);
+                                              budget, rates, probe);
   ASSIGN_OR_RETURN(Plan first, m.controller->FirstPlan());
   m.prefetcher = std::make_unique<Prefetcher>(m.decoder.get(), std::move(io_reader),
                                               m.controller.get(), m.cores);
@@ -520,6 +525,8 @@ void StreamingWeights::ToJson(JsonWriter& j) const {
   j.Double("pressure_some_avg10", s.pressure_some_avg10);
   j.Double("budget_factor", s.budget_factor);
   j.Double("rate_compute_gmacs", s.rates.compute_macs_per_s / 1e9);
+  j.Double("rate_packed_gmacs", s.rates.packed_macs_per_s / 1e9);
+  j.Bool("rates_out_of_cache", s.rates.compute_out_of_cache);
   j.Double("rate_decode_mbps", s.rates.decode_bytes_per_s / 1e6);
   j.Double("rate_io_mbps", s.rates.io_bytes_per_s / 1e6);
   j.Bool("io_credits_idle", s.rates.io_credits_idle);

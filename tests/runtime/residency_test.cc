@@ -2,6 +2,7 @@
 // none fits, and the adaptive search is never estimated slower than a fixed policy.
 #include <gtest/gtest.h>
 
+#include "runtime/controller.h"
 #include "runtime/planner.h"
 
 namespace dcomp::runtime {
@@ -203,6 +204,18 @@ TEST(ResidencyTest, PackedProductsAreBoundByUnpackingOrByBytes) {
   // An INT8 unit (packed = decoded bytes) is never estimated faster packed.
   r.packed_macs_per_s = 3 * r.compute_macs_per_s;
   EXPECT_DOUBLE_EQ(PackedComputeRatio(TinyLlamaUnits()[0], r), 1.0);
+}
+
+// The compute probe runs out of cache only for a model larger than the last-level cache, over 3x
+// the cache within [8 MiB, 256 MiB], and only when the budget's headroom holds twice that.
+TEST(ResidencyTest, ComputeProbeLeavesTheCacheOnlyForALargerModelAndWithinTheBudget) {
+  constexpr uint64_t MiB = 1 << 20;
+  EXPECT_EQ(ComputeProbeBytes(30 * MiB, 32 * MiB, 1ull << 40), 0u);    // fits the cache
+  EXPECT_EQ(ComputeProbeBytes(33 * MiB, 32 * MiB, 1ull << 40), 96 * MiB);
+  EXPECT_EQ(ComputeProbeBytes(1ull << 30, 32 * MiB, 192 * MiB), 96 * MiB);
+  EXPECT_EQ(ComputeProbeBytes(1ull << 30, 32 * MiB, 192 * MiB - 1), 0u);  // the budget is short
+  EXPECT_EQ(ComputeProbeBytes(1ull << 30, 2 * MiB, 1ull << 40), 8 * MiB);  // a Pi 5's 2 MiB L3
+  EXPECT_EQ(ComputeProbeBytes(1ull << 30, 128 * MiB, 1ull << 40), 256 * MiB);
 }
 
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
