@@ -1,6 +1,7 @@
 // CPU features, detected once per process: the one place that asks the CPU (cpuid on x86-64,
-// the auxiliary vector's HWCAP on aarch64; the cache sizes from sysfs). The kernels' dispatch table, the rANS decoder and
-// CRC32C choose their fast paths from this struct; `Describe()` is what they log.
+// the auxiliary vector's HWCAP on aarch64; the cache sizes from sysfs). The kernels' dispatch
+// table, the rANS decoder and CRC32C choose their fast paths from this struct; `Describe()` is what
+// they log.
 //
 // Thread-safe: `Cpu()` initialises a function-local static on first use.
 #pragma once

@@ -64,7 +64,7 @@ struct Rates {
   // Both product rates were measured out of cache (a model larger than the last-level cache):
   // packed_macs_per_s then includes its bytes read. In cache it is its unpacking's speed alone.
   bool compute_out_of_cache = false;
-  double io_bytes_per_s = 1e9;   // flash read throughput (sustained)
+  double io_bytes_per_s = 1e9;  // flash read throughput (sustained)
   // The device serves reads that follow idle time faster, as a token bucket does (a cgroup blkio
   // throttle, burst-credit volumes): time it spends idle is not lost, so a single staging buffer
   // does not serialise reads with the compute of the unit read before.

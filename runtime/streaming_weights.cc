@@ -165,7 +165,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
     rates = *hooks.rates;
   } else {
     const uint64_t fixed = m.fixed.total();
-    const uint64_t headroom = budget == 0                ? std::numeric_limits<uint64_t>::max()
+    const uint64_t headroom = budget == 0      ? std::numeric_limits<uint64_t>::max()
                               : budget > fixed ? budget - fixed
                                                : 0;
     RETURN_IF_ERROR(Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim),
@@ -176,8 +176,7 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
                              {options.force_slots, options.force_compute_threads,
                               options.force_decode_threads, options.force_decode},
                              options.adapt};
-  m.controller = std::make_unique<Controller>(&m.layout.infos, m.fixed, co,
-                                              budget, rates, probe);
+  m.controller = std::make_unique<Controller>(&m.layout.infos, m.fixed, co, budget, rates, probe);
   ASSIGN_OR_RETURN(Plan first, m.controller->FirstPlan());
   m.prefetcher = std::make_unique<Prefetcher>(m.decoder.get(), std::move(io_reader),
                                               m.controller.get(), m.cores);

@@ -210,10 +210,10 @@ TEST(ResidencyTest, PackedProductsAreBoundByUnpackingOrByBytes) {
 // the cache within [8 MiB, 256 MiB], and only when the budget's headroom holds twice that.
 TEST(ResidencyTest, ComputeProbeLeavesTheCacheOnlyForALargerModelAndWithinTheBudget) {
   constexpr uint64_t MiB = 1 << 20;
-  EXPECT_EQ(ComputeProbeBytes(30 * MiB, 32 * MiB, 1ull << 40), 0u);    // fits the cache
+  EXPECT_EQ(ComputeProbeBytes(30 * MiB, 32 * MiB, 1ull << 40), 0u);  // fits the cache
   EXPECT_EQ(ComputeProbeBytes(33 * MiB, 32 * MiB, 1ull << 40), 96 * MiB);
   EXPECT_EQ(ComputeProbeBytes(1ull << 30, 32 * MiB, 192 * MiB), 96 * MiB);
-  EXPECT_EQ(ComputeProbeBytes(1ull << 30, 32 * MiB, 192 * MiB - 1), 0u);  // the budget is short
+  EXPECT_EQ(ComputeProbeBytes(1ull << 30, 32 * MiB, 192 * MiB - 1), 0u);   // the budget is short
   EXPECT_EQ(ComputeProbeBytes(1ull << 30, 2 * MiB, 1ull << 40), 8 * MiB);  // a Pi 5's 2 MiB L3
   EXPECT_EQ(ComputeProbeBytes(1ull << 30, 128 * MiB, 1ull << 40), 256 * MiB);
 }
