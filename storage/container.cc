@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "base/packed_codes.h"
 #include "storage/crc32c.h"
@@ -376,6 +377,25 @@ void ContainerReader::DropMappedPages() const {
   if (file_ != nullptr && file_->size() > 0) {
     madvise(const_cast<uint8_t*>(file_->data()), file_->size(), MADV_DONTNEED);
   }
+}
+
+Status ContainerReader::ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder* decoder) const {
+  if (i >= num_blocks()) return OutOfRangeError(name_ + ": block " + std::to_string(i));
+  if (file_ == nullptr) return DecodeBlock(i, StoredBytes(i), out, decoder);
+  const pb::Block& b = block(i);
+  std::vector<uint8_t> stored(b.stored_size());
+  size_t done = 0;
+  while (done < stored.size()) {
+    const ssize_t n = ::pread(file_->fd(), stored.data() + done, stored.size() - done,
+                              static_cast<off_t>(b.offset() + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoToStatus(errno, name_ + ": reading " + DescribeBlock(i));
+    if (n == 0) {
+      return DataLossError(name_ + ": " + DescribeBlock(i) + " ends past the end of the file");
+    }
+    done += static_cast<size_t>(n);
+  }
+  return DecodeBlock(i, stored, out, decoder);
 }
 
 std::span<const uint8_t> ContainerReader::StoredBytes(size_t i) const {

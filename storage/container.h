@@ -92,10 +92,12 @@ class ContainerReader {
                      BlockDecoder* decoder, bool crc_checked = false) const;
   // Checks the CRC of `stored` (the bytes of block i): DATA_LOSS naming the block on a mismatch.
   Status CheckCrc(size_t i, std::span<const uint8_t> stored) const;
-  // DecodeBlock from the mapping.
-  Status ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder* decoder) const {
-    return DecodeBlock(i, StoredBytes(i), out, decoder);
-  }
+  // DecodeBlock of block i as stored in the file: read with pread into a temporary buffer (for an
+  // in-memory image, from the image), never through the mapping. A read fault on a mapped page
+  // maps what the page cache holds around it, whole large folios on recent kernels: megabytes of
+  // file pages in the resident set for a block of a few KiB, which counted against the runtime's
+  // budget in its peak (VmHWM).
+  Status ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder* decoder) const;
   // The file range [begin, end) of a tensor's blocks (for streaming and page-cache advice).
   std::pair<uint64_t, uint64_t> TensorRange(int tensor) const;
   // Unmaps the pages of the mapping this process has touched (they stay in the page cache), so
