@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -85,13 +86,23 @@ double MacsPerSecond(size_t rows, size_t cols, Product product) {
   return s > 0 ? static_cast<double>(rows * cols) * kReps / s : 0;
 }
 
+// The last-level cache the compute probe sizes itself by: DCOMP_CACHE_BYTES when set (a positive
+// integer; for tests, and for a machine whose sysfs does not tell), else sysfs, else 32 MiB.
+uint64_t LastLevelCacheBytes() {
+  if (const char* env = std::getenv("DCOMP_CACHE_BYTES"); env != nullptr) {
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(env, &end, 10);
+    if (end != env && *end == '\0' && v > 0) return v;
+  }
+  return Cpu().last_level_cache_bytes != 0 ? Cpu().last_level_cache_bytes : uint64_t{32} << 20;
+}
+
 // Compute: the INT8 GEMV, and the packed GEMV at the model's most common narrow width, over one
 // buffer: out of cache (ComputeProbeBytes) for a model larger than the last-level cache, else
 // `tmp` (1 MiB, in cache; the controller corrects the INT8 rate from the first tokens).
 void CalibrateCompute(size_t dim, int bits, uint64_t model_bytes, uint64_t headroom,
                       PageBuffer* tmp, Rates* rates) {
-  const uint64_t llc = Cpu().last_level_cache_bytes != 0 ? Cpu().last_level_cache_bytes
-                                                         : uint64_t{32} << 20;  // unknown
+  const uint64_t llc = LastLevelCacheBytes();
   PageBuffer big;
   if (const uint64_t want = ComputeProbeBytes(model_bytes, llc, headroom); want > 0) {
     Result<PageBuffer> b = PageBuffer::Allocate(want, "the compute probe");

@@ -456,6 +456,42 @@ TEST(StreamingTest, PeakRssStaysUnderTheBudget) {
   }
 }
 
+// The start-up compute probe borrows memory out of cache (DCOMP_CACHE_BYTES makes this small
+// model larger than the "cache") only when the budget leaves twice the probe beyond the fixed
+// memory, and the peak stays within the budget either way.
+TEST(StreamingTest, ComputeProbeStaysWithinTheBudget) {
+#if defined(DCOMP_SANITIZED)
+  GTEST_SKIP() << "sanitizer shadow memory counts in RSS; the release build runs this test";
+#endif
+  const std::string model = SmallModel();
+  auto run = [&](const std::string& budget) {
+    const std::string cmd = "DCOMP_CACHE_BYTES=65536 " + testing::BinaryDir() +
+                            "/packer/dcomp generate " + model +
+                            " --prompt 'Once upon a time' -n 4 --ctx 128 --threads 2 --json " +
+                            "--budget " + budget + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    EXPECT_NE(p, nullptr);
+    std::string out;
+    std::array<char, 4096> buf;
+    size_t n;
+    while (p != nullptr && (n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+    EXPECT_EQ(p != nullptr ? pclose(p) : -1, 0) << out;
+    return out;
+  };
+  // Room for the 8 MiB probe twice over beyond everything else: it runs out of cache.
+  std::string out = run("64MiB");
+  testing::Json j = testing::ParseJson(out);
+  EXPECT_TRUE(j["runtime"]["runtime"]["rates_out_of_cache"].b) << out;
+  EXPECT_LE(j["runtime"]["memory"]["peak_rss"].num, 64 * 1048576.0 + 4 * 1048576.0) << out;
+  // The smallest budget that works leaves no such room: in cache, and within the budget.
+  const double minimum = j["runtime"]["memory"]["minimum_budget"].num;
+  const std::string tight = std::to_string(static_cast<uint64_t>(minimum) + (1u << 20));
+  out = run(tight);
+  j = testing::ParseJson(out);
+  EXPECT_FALSE(j["runtime"]["runtime"]["rates_out_of_cache"].b) << out;
+  EXPECT_LE(j["runtime"]["memory"]["peak_rss"].num, minimum + 5 * 1048576.0) << out;
+}
+
 }  // namespace
 }  // namespace dcomp::runtime
 
