@@ -423,6 +423,23 @@ TEST(StreamingTest, CompressedUnitsAreCheckedWhenRead) {
   }
 }
 
+// Runs `dcomp generate MODEL ARGS --json` (after the environment assignments in `env`) and
+// returns its output; *exit gets the exit status.
+std::string RunGenerate(const std::string& env, const std::string& model, const std::string& args,
+                        int* exit) {
+  const std::string cmd = env + " " + testing::BinaryDir() + "/packer/dcomp generate " + model +
+                          " --prompt 'Once upon a time' --json " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  *exit = -1;
+  if (p == nullptr) return "popen failed: " + cmd;
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  *exit = pclose(p);
+  return out;
+}
+
 // Peak RSS of a whole dcomp process stays within budget + 4 MiB, at three budgets, one of them
 // below the compressed size of the model; tokens are the same at each.
 TEST(StreamingTest, PeakRssStaysUnderTheBudget) {
@@ -433,16 +450,10 @@ TEST(StreamingTest, PeakRssStaysUnderTheBudget) {
   const uint64_t file_size = std::filesystem::file_size(model);
   std::vector<int> first;
   for (const char* budget : {"100%", "75%", "58%"}) {
-    const std::string cmd = testing::BinaryDir() + "/packer/dcomp generate " + model +
-                            " --prompt 'Once upon a time' -n 16 --ctx 128 --threads 2 --json " +
-                            "--budget " + budget + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    ASSERT_NE(p, nullptr);
-    std::string out;
-    std::array<char, 4096> buf;
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-    ASSERT_EQ(pclose(p), 0) << out;
+    int exit = 0;
+    const std::string out = RunGenerate(
+        "", model, std::string("-n 16 --ctx 128 --threads 2 --budget ") + budget, &exit);
+    ASSERT_EQ(exit, 0) << out;
     testing::Json j = testing::ParseJson(out);
     const testing::Json& mem = j["runtime"]["memory"];
     const double b = mem["budget"].num, peak = mem["peak_rss"].num;
@@ -465,17 +476,10 @@ TEST(StreamingTest, ComputeProbeStaysWithinTheBudget) {
 #endif
   const std::string model = SmallModel();
   auto run = [&](const std::string& budget) {
-    const std::string cmd = "DCOMP_CACHE_BYTES=65536 " + testing::BinaryDir() +
-                            "/packer/dcomp generate " + model +
-                            " --prompt 'Once upon a time' -n 4 --ctx 128 --threads 2 --json " +
-                            "--budget " + budget + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    EXPECT_NE(p, nullptr);
-    std::string out;
-    std::array<char, 4096> buf;
-    size_t n;
-    while (p != nullptr && (n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-    EXPECT_EQ(p != nullptr ? pclose(p) : -1, 0) << out;
+    int exit = 0;
+    std::string out = RunGenerate("DCOMP_CACHE_BYTES=65536", model,
+                                  "-n 4 --ctx 128 --threads 2 --budget " + budget, &exit);
+    EXPECT_EQ(exit, 0) << out;
     return out;
   };
   // Room for the 8 MiB probe twice over beyond everything else: it runs out of cache.
