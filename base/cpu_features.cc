@@ -38,9 +38,15 @@ uint64_t LastLevelCacheBytes() {
     if (!got_level || !got_type || !got_size || std::string(type) == "Instruction") continue;
     char* end = nullptr;
     uint64_t bytes = std::strtoull(size, &end, 10);
-    if (end == size) continue;
-    if (*end == 'K') bytes <<= 10;
-    if (*end == 'M') bytes <<= 20;
+    // The kernel writes "<n>K"; a size of 0, an unknown suffix or an absurd value is skipped.
+    if (end == size || bytes == 0 || bytes > (uint64_t{1} << 30)) continue;
+    if (*end == 'K') {
+      bytes <<= 10;
+    } else if (*end == 'M') {
+      bytes <<= 20;
+    } else if (*end != '\0') {
+      continue;
+    }
     if (level > best_level || (level == best_level && bytes > best_bytes)) {
       best_level = level;
       best_bytes = bytes;

@@ -25,8 +25,8 @@ struct CpuFeatures {
   bool asimd = false;    // NEON
   bool asimddp = false;  // the dot-product extension (SDOT/UDOT)
   bool crc32 = false;    // the CRC32 instructions (CRC32C included)
-  // The largest data or unified cache of cpu0 as sysfs reports it (the last level: what a VM's
-  // vCPU shares, not the socket's total that cpuid may claim); 0 when sysfs does not say.
+  // The largest data or unified cache of cpu0's highest level as sysfs reports it (on one VM here
+  // glibc's sysconf said 384 MiB where sysfs said 32 MiB); 0 when sysfs does not say.
   uint64_t last_level_cache_bytes = 0;
 
   // The features above that are present, space-separated ("baseline" when none).

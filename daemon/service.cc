@@ -313,11 +313,14 @@ Status Daemon::Load() {
   if (model_.runtime != nullptr) {
     const runtime::Rates r = model_.runtime->stats().rates;
     spdlog::info(
-        "rates after warm-up, per thread: INT8 products {:.1f} GMAC/s, packed {:.1f} GMAC/s "
+        "rates after warm-up, per thread: INT8 products {:.1f} GMAC/s, packed {} "
         "(probed {}), decoding {:.0f} MB/s; reads {:.0f} MB/s",
-        r.compute_macs_per_s / 1e9, r.packed_macs_per_s / 1e9,
-        r.compute_out_of_cache ? "out of cache: the model exceeds the last-level cache"
-                               : "in cache",
+        r.compute_macs_per_s / 1e9,
+        r.packed_macs_per_s > 0 ? fmt::format("{:.1f} GMAC/s", r.packed_macs_per_s / 1e9)
+                                : std::string("n/a (not probed: no narrow codes)"),
+        r.compute_out_of_cache
+            ? "out of cache: the model exceeds the last-level cache"
+            : "in cache: the model fits the last-level cache or the budget leaves no room",
         r.decode_bytes_per_s / 1e6, r.io_bytes_per_s / 1e6);
     // The kernel enforces the cgroup's limit (systemd MemoryMax), which also counts page cache:
     // a budget at or above it would be met by the OOM killer first.

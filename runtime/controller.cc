@@ -1,10 +1,13 @@
 #include "runtime/controller.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <utility>
 
 #include "base/clock.h"
@@ -91,8 +94,17 @@ double MacsPerSecond(size_t rows, size_t cols, Product product) {
 uint64_t LastLevelCacheBytes() {
   if (const char* env = std::getenv("DCOMP_CACHE_BYTES"); env != nullptr) {
     char* end = nullptr;
+    errno = 0;
     const unsigned long long v = std::strtoull(env, &end, 10);
-    if (end != env && *end == '\0' && v > 0) return v;
+    if (std::isdigit(static_cast<unsigned char>(env[0])) && *end == '\0' && errno == 0 && v > 0) {
+      return v;
+    }
+    static std::once_flag warned;
+    std::call_once(warned, [env] {
+      std::fprintf(stderr,
+                   "dcomp: DCOMP_CACHE_BYTES='%s' ignored: expected a positive number of bytes\n",
+                   env);
+    });
   }
   return Cpu().last_level_cache_bytes != 0 ? Cpu().last_level_cache_bytes : uint64_t{32} << 20;
 }
@@ -108,7 +120,7 @@ void CalibrateCompute(size_t dim, int bits, uint64_t model_bytes, uint64_t headr
     Result<PageBuffer> b = PageBuffer::Allocate(want, "the compute probe");
     if (b.ok()) {
       big = *std::move(b);
-      std::memset(big.data(), 0x11, big.size());  // untouched pages would all map one zero page
+      std::memset(big.data(), 0x11, big.size());  // codes that are not all zero
     }
   }
   PageBuffer* buf = big.size() > 0 ? &big : tmp;
@@ -159,7 +171,8 @@ int CommonPackedBits(const ModelLayout& layout) {
 
 uint64_t ComputeProbeBytes(uint64_t model_bytes, uint64_t llc_bytes, uint64_t headroom) {
   if (model_bytes <= llc_bytes) return 0;
-  const uint64_t want = std::clamp<uint64_t>(3 * llc_bytes, uint64_t{8} << 20, uint64_t{256} << 20);
+  const uint64_t want = std::clamp<uint64_t>(3 * std::min<uint64_t>(llc_bytes, uint64_t{256} << 20),
+                                             uint64_t{8} << 20, uint64_t{256} << 20);
   return want <= headroom / 2 ? want : 0;
 }
 

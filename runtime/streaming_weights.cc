@@ -1,6 +1,7 @@
 #include "runtime/streaming_weights.h"
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <limits>
@@ -22,6 +23,22 @@
 namespace dcomp::runtime {
 
 namespace pb = storage::pb;
+
+namespace {
+
+// What a run without a budget may count on: the memory free now plus what the process already
+// holds (`fixed`), within the cgroup's limit if there is one. Only the start-up compute probe uses
+// it (it takes at most half of what is left above `fixed`).
+uint64_t UnbudgetedCeiling(uint64_t fixed) {
+  const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  uint64_t c = pages > 0 && page > 0
+                   ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) + fixed
+                   : std::numeric_limits<uint64_t>::max();
+  if (const uint64_t limit = CgroupMemoryLimit(); limit != 0) c = std::min(c, limit);
+  return c;
+}
+
+}  // namespace
 struct StreamingWeights::Impl {
   // A unit's residency: its tier and the RAM it holds there (compute thread).
   struct Resident {
@@ -164,10 +181,10 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
   if (hooks.rates != nullptr) {
     rates = *hooks.rates;
   } else {
+    // Without a budget the probe borrows from what the machine (or the cgroup) has free.
     const uint64_t fixed = m.fixed.total();
-    const uint64_t headroom = budget == 0      ? std::numeric_limits<uint64_t>::max()
-                              : budget > fixed ? budget - fixed
-                                               : 0;
+    const uint64_t ceiling = budget != 0 ? budget : UnbudgetedCeiling(fixed);
+    const uint64_t headroom = ceiling > fixed ? ceiling - fixed : 0;
     RETURN_IF_ERROR(Calibrate(*m.decoder, m.lookup.get(), static_cast<size_t>(config_.dim),
                               headroom, &rates, &probe));
   }

@@ -100,7 +100,7 @@ class LayoutBuilder {
     m_.max_block_rows = std::max(m_.max_block_rows, rpb);
     const int ti = static_cast<int>(U.tensors.size());
     U.tensors.push_back(L);
-    // The row scales, kept decoded for decoding inline (from the mapping, checked here once).
+    // The row scales, kept decoded for decoding inline (read and checked here once).
     std::vector<float>& sc = U.scales.emplace_back(L.rows);
     RETURN_IF_ERROR(r_.ReadBlock(
         T.first_block(),

@@ -389,7 +389,10 @@ Status ContainerReader::ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder
     const ssize_t n = ::pread(file_->fd(), stored.data() + done, stored.size() - done,
                               static_cast<off_t>(b.offset() + done));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoToStatus(errno, name_ + ": reading " + DescribeBlock(i));
+    if (n < 0) {
+      const int e = errno;
+      return ErrnoToStatus(e, name_ + ": reading " + DescribeBlock(i));
+    }
     if (n == 0) {
       return DataLossError(name_ + ": " + DescribeBlock(i) + " ends past the end of the file");
     }
