@@ -35,11 +35,11 @@ Result<std::vector<std::vector<int32_t>>> CalibrationTokens(const PackOptions& o
             std::to_string(std::min(ids.size(), want)) + " used)";
     return seqs;
   }
-  // Self-generated: temperature-1 samples from BOS with a fixed seed.
+  // Self-generated: temperature-1 samples from BOS with a fixed seed (--calib-seed).
   ASSIGN_OR_RETURN(auto tf, Transformer::Create(f32, pool, seq_len));
   SamplingParams sp;
   sp.temperature = 1.0f;
-  sp.seed = 20240601;
+  sp.seed = o.calib_seed;
   Sampler sampler(sp);
   const int32_t start = tok.bos_id() >= 0 ? tok.bos_id() : 0;
   std::vector<float> logits;
@@ -57,7 +57,8 @@ Result<std::vector<std::vector<int32_t>>> CalibrationTokens(const PackOptions& o
       o.on_progress("calibration text", static_cast<double>(seqs.size() * seq_len) / want);
   }
   *what = "self-generated (" + std::to_string(seqs.size()) + " x " + std::to_string(seq_len) +
-          " tokens sampled at temperature 1 from " + file.path() + ")";
+          " tokens sampled at temperature 1, seed " + std::to_string(o.calib_seed) + ", from " +
+          file.path() + ")";
   return seqs;
 }
 

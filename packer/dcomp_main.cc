@@ -36,6 +36,7 @@ commands:
   pack IN OUT.dcm [--calib FILE] [--block-size B] [--codec auto|rans|zstd|raw] [--zstd-level L]
        [--min-decode-speed MBPS] [--min-coding-gain F] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
        [--no-scaling] [--no-rate-alloc] [--rounding gptq|nearest] [--calib-tokens N]
+       [--calib-seed N]
   inspect FILE.dcm [--verify] [--json]
   synth --shape tinyllama-1.1b|llama-3.2-1b|qwen3-0.6b|gemma-3-1b OUT.gguf [--widths stories3m|int8] [--entropy BITS]
         [--seed S]
@@ -294,6 +295,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("threads", "threads (default: all cores)")
       .Value("calib", "calibration text (default: text sampled from the model itself)")
       .Value("calib-tokens", "calibration tokens (default 4096)")
+      .Value("calib-seed", "self-generated calibration: the sampler's seed (default 20240601)")
       .Value("block-size", "raw bytes per block, whole rows (default 131072)")
       .Value("codec", "auto | rans | zstd | raw (default auto: the smallest fast enough)")
       .Value("zstd-level", "zstd level (default 19)")
@@ -327,6 +329,14 @@ Status CmdPack(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t ct, f.GetInt("calib-tokens", 4096));
   if (ct < 16 || ct > (1 << 22)) return InvalidArgumentError("--calib-tokens must be in 16..4M");
   o.calib_tokens = static_cast<int>(ct);
+  ASSIGN_OR_RETURN(int64_t seed,
+                   f.GetInt("calib-seed", static_cast<int64_t>(packer::kDefaultCalibSeed)));
+  if (seed < 0) return InvalidArgumentError("--calib-seed must be a non-negative integer");
+  if (f.Has("calib-seed") && f.Has("calib")) {
+    return InvalidArgumentError(
+        "--calib-seed: the calibration text is given (--calib), not sampled");
+  }
+  o.calib_seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(int64_t bs, f.GetInt("block-size", 128 << 10));
   if (bs < 1024 || bs > (64 << 20)) {
     return InvalidArgumentError("--block-size " + std::to_string(bs) + ": expected 1024..64 MiB");

@@ -15,6 +15,8 @@
 
 namespace dcomp::packer {
 
+inline constexpr uint64_t kDefaultCalibSeed = 20240601;
+
 struct PackOptions {
   std::string input;
   std::string output;
@@ -32,6 +34,9 @@ struct PackOptions {
   bool rate_alloc = true;
   bool gptq = true;  // codes below 8 bits: GPTQ rounding where calibration inputs allow it
   int calib_tokens = 4096;
+  // Self-generated calibration: the sampler's seed (another seed, another sample: how much a pack
+  // depends on its calibration text; BENCHMARKS.md).
+  uint64_t calib_seed = kDefaultCalibSeed;
   int threads = 2;
   std::string command_line;  // recorded in the manifest
   // Progress: a stage name and a fraction in [0, 1]; log lines for stage results.

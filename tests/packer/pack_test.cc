@@ -105,6 +105,27 @@ TEST(PackTest, FullPipelineIsLosslessOverItsOwnInt8) {
   }
 }
 
+// --calib-seed chooses the self-generated sample: the same seed gives the same file, another seed
+// another calibration text (its f32 NLL differs), and the report names the seed.
+TEST(PackTest, CalibSeedChoosesTheCalibrationSample) {
+  const std::string model = testing::SourceDir() + "/models/stories260K.bin";
+  PackOptions a = Fast(model, Temp("seed7a.dcm"));
+  a.calib_tokens = 256;
+  a.calib_seed = 7;
+  PackOptions b = a;
+  b.output = Temp("seed7b.dcm");
+  PackOptions c = a;
+  c.output = Temp("seed8.dcm");
+  c.calib_seed = 8;
+  auto ra = Pack(a), rb = Pack(b), rc = Pack(c);
+  ASSERT_TRUE(ra.ok() && rb.ok() && rc.ok());
+  ExpectSameCodes(a.output, b.output);
+  EXPECT_EQ(ra->f32_nll, rb->f32_nll);
+  EXPECT_NE(ra->f32_nll, rc->f32_nll);
+  EXPECT_NE(ra->calibration.find("seed 7,"), std::string::npos) << ra->calibration;
+  EXPECT_NE(rc->calibration.find("seed 8,"), std::string::npos) << rc->calibration;
+}
+
 // Perplexity of `path` on `text` (stories separated by <|endoftext|>).
 double Perplexity(const std::string& path, const std::string& text) {
   LocalModelOptions o;
