@@ -1,8 +1,6 @@
 #include "runtime/controller.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +10,7 @@
 
 #include "base/clock.h"
 #include "base/cpu_features.h"
+#include "base/flags.h"
 #include "kernels/kernels.h"
 #include "runtime/memory_stats.h"
 
@@ -93,12 +92,8 @@ double MacsPerSecond(size_t rows, size_t cols, Product product) {
 // integer; for tests, and for a machine whose sysfs does not tell), else sysfs, else 32 MiB.
 uint64_t LastLevelCacheBytes() {
   if (const char* env = std::getenv("DCOMP_CACHE_BYTES"); env != nullptr) {
-    char* end = nullptr;
-    errno = 0;
-    const unsigned long long v = std::strtoull(env, &end, 10);
-    if (std::isdigit(static_cast<unsigned char>(env[0])) && *end == '\0' && errno == 0 && v > 0) {
-      return v;
-    }
+    const Result<int64_t> v = ParseInt(env, "DCOMP_CACHE_BYTES");
+    if (v.ok() && *v > 0) return static_cast<uint64_t>(*v);
     static std::once_flag warned;
     std::call_once(warned, [env] {
       std::fprintf(stderr,

@@ -39,6 +39,7 @@ uint64_t UnbudgetedCeiling(uint64_t fixed) {
 }
 
 }  // namespace
+
 struct StreamingWeights::Impl {
   // A unit's residency: its tier and the RAM it holds there (compute thread).
   struct Resident {
