@@ -1,6 +1,7 @@
 #include "base/packed_codes.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace dcomp {
@@ -10,7 +11,70 @@ constexpr size_t kChunk = kPackedChunk;
 
 }  // namespace
 
-bool CodesFit(const int8_t* q, size_t n, int bits) {
+std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag) {
+  if (!IsPackedBits(bits)) {
+    return "a level table for " + std::to_string(bits) + " bits (expected " +
+           std::to_string(kMinPackedBits) + ".." + std::to_string(kMaxPackedBits) + ")";
+  }
+  const size_t n = size_t{1} << (bits - 1);
+  if (mag.size() != n) {
+    return std::to_string(mag.size()) + " levels for " + std::to_string(bits) + " bits (expected " +
+           std::to_string(n) + ")";
+  }
+  if (mag[0] != 0) return "level 0 is " + std::to_string(mag[0]) + " (expected 0)";
+  for (size_t k = 1; k < n; ++k) {
+    if (mag[k] <= mag[k - 1] || mag[k] > 127) {
+      return "level " + std::to_string(k) + " is " + std::to_string(mag[k]) + " after " +
+             std::to_string(mag[k - 1]) + " (expected strictly increasing, at most 127)";
+    }
+  }
+  return "";
+}
+
+CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag) {
+  CodeLevels l;
+  l.bits = bits;
+  const int half = 1 << (bits - 1);
+  std::copy(mag.begin(), mag.end(), l.mag);
+  std::fill(std::begin(l.u_of), std::end(l.u_of), int16_t{-1});
+  for (int u = 0; u < 2 * half; ++u) {
+    const int c = u - half;
+    const int v =
+        c == -half ? 0 : (c < 0 ? -mag[static_cast<size_t>(-c)] : mag[static_cast<size_t>(c)]);
+    l.value[u] = static_cast<int8_t>(v);
+    if (c != -half) l.u_of[static_cast<uint8_t>(v)] = static_cast<int16_t>(u);
+  }
+  return l;
+}
+
+std::vector<uint8_t> SinhLevels(int bits, double a) {
+  const int k_max = (1 << (bits - 1)) - 1;
+  std::vector<uint8_t> t(static_cast<size_t>(k_max) + 1);
+  for (int k = 0; k <= k_max; ++k) {
+    t[static_cast<size_t>(k)] =
+        static_cast<uint8_t>(std::lround(127.0 * std::sinh(a * k / k_max) / std::sinh(a)));
+  }
+  return t;
+}
+
+size_t FirstMisfit(const int8_t* q, size_t n, int bits, const CodeLevels* levels) {
+  for (size_t i = 0; i < n; ++i) {
+    if (levels != nullptr ? levels->u_of[static_cast<uint8_t>(q[i])] < 0
+                          : q[i] < MinCode(bits) || q[i] > MaxCode(bits)) {
+      return i;
+    }
+  }
+  return n;
+}
+
+bool CodesFit(const int8_t* q, size_t n, int bits, const CodeLevels* levels) {
+  if (levels != nullptr) {
+    // One table load per value (levels->u_of holds -1, i.e. the top bit, for a non-level).
+    uint16_t bad = 0;
+    for (size_t i = 0; i < n; ++i)
+      bad |= static_cast<uint16_t>(levels->u_of[static_cast<uint8_t>(q[i])]);
+    return (bad & 0x8000) == 0;
+  }
   // code - MinCode in [0, MaxCode - MinCode] as an unsigned byte: one add and one compare.
   const uint8_t off = static_cast<uint8_t>(-MinCode(bits));
   const uint8_t span = static_cast<uint8_t>(MaxCode(bits) - MinCode(bits));
@@ -57,17 +121,19 @@ void PackChunk(const uint8_t* u, int bits, uint8_t* c) {
 
 }  // namespace
 
-size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits,
-                uint8_t* out) {
+size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits, uint8_t* out,
+                const CodeLevels* levels) {
   const size_t stride = PaddedCols(cols), row_bytes = PackedRowBytes(cols, bits);
   const int off = 1 << (bits - 1);
   uint8_t u[kChunk];
   for (size_t r = 0; r < rows; ++r) {
     const int8_t* row = q + r * q_stride;
-    if (!CodesFit(row, cols, bits)) return r;
+    if (!CodesFit(row, cols, bits, levels)) return r;
     for (size_t k = 0; k < stride; k += kChunk) {
       for (size_t i = 0; i < kChunk; ++i) {
-        u[i] = static_cast<uint8_t>((k + i < cols ? row[k + i] : 0) + off);
+        const int8_t v = k + i < cols ? row[k + i] : 0;
+        u[i] = levels != nullptr ? static_cast<uint8_t>(levels->u_of[static_cast<uint8_t>(v)])
+                                 : static_cast<uint8_t>(v + off);
       }
       PackChunk(u, bits, out + r * row_bytes + k / kChunk * 8 * static_cast<size_t>(bits));
     }
@@ -76,7 +142,7 @@ size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int 
 }
 
 void UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_t* q,
-                size_t q_stride) {
+                size_t q_stride, const CodeLevels* levels) {
   const size_t stride = PaddedCols(cols), row_bytes = PackedRowBytes(cols, bits);
   const int off = 1 << (bits - 1);
   uint8_t u[kChunk];
@@ -85,7 +151,10 @@ void UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_
       UnpackPackedChunk(packed + r * row_bytes + k / kChunk * 8 * static_cast<size_t>(bits), bits,
                         u);
       const size_t n = std::min(kChunk, cols - k);
-      for (size_t i = 0; i < n; ++i) q[r * q_stride + k + i] = static_cast<int8_t>(u[i] - off);
+      for (size_t i = 0; i < n; ++i) {
+        q[r * q_stride + k + i] =
+            levels != nullptr ? levels->value[u[i]] : static_cast<int8_t>(u[i] - off);
+      }
     }
   }
 }

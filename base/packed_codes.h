@@ -17,6 +17,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace dcomp {
 
@@ -51,21 +54,53 @@ inline constexpr uint64_t PackedCodeBytes(uint64_t rows, size_t cols, int bits) 
   return IsPackedBits(bits) ? rows * PackedRowBytes(cols, bits) : rows * cols;
 }
 
+// Non-uniform code levels (format 5, docs/format.md). A width's table holds 2^(bits-1) magnitudes
+// T[0] = 0 < T[1] < ... < T[2^(bits-1) - 1] <= 127; the code c (u = c + 2^(bits-1)) stands for the
+// INT8 value sign(c) * T[|c|], and the code -2^(bits-1) (u = 0, which the packer never writes) for
+// 0, so that every packed byte pattern stays valid. The INT8 tiers and the entropy-coded blocks
+// hold the values themselves; without a table (linear levels) the value is the code, as before
+// format 5.
+struct CodeLevels {
+  int bits = 0;
+  uint8_t mag[64] = {};    // T, zero past 2^(bits-1): the kernels' lookup tables
+  int8_t value[128] = {};  // the value of each u < 2^bits
+  int16_t u_of[256] = {};  // the u of an INT8 value (indexed by its byte), -1 when not a level
+};
+// The widest codes the packer (and dcomp synth) give non-uniform levels. The format and every
+// kernel take level tables up to 7 bits, but at 7 bits the lookup costs AVX2 four byte shuffles per
+// 32 codes: the synthetic TinyLlama ran all-packed at 1.02x of all-decoded instead of 1.42x with
+// 7-bit levels, which saved 0.13 bits/weight on stories3M (BENCHMARKS.md); at 6 bits the two
+// shuffles cost little.
+inline constexpr int kMaxLevelBits = 6;
+// What is wrong with `mag` as the table of a `bits`-bit width, or "" when nothing is.
+std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag);
+// The levels of a table that CodeLevelsProblem accepts.
+CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag);
+// The table round(127 * sinh(a * k / K) / sinh(a)), k = 0..K = 2^(bits-1) - 1, a > 0: finer steps
+// near zero, where a row's weights crowd, coarser ones at the tails. Strictly increasing while its
+// smallest step 127 a / (K sinh a) exceeds one (a <= 2 at every width, <= 3.3 up to 6 bits);
+// CodeLevelsProblem says.
+std::vector<uint8_t> SinhLevels(int bits, double a);
+
 // Whether every one of n INT8 codes lies in [MinCode(bits), MaxCode(bits)] (vectorised: it runs
-// over every byte a reader decodes).
-bool CodesFit(const int8_t* q, size_t n, int bits);
+// over every byte a reader decodes), or with `levels` is one of its values.
+bool CodesFit(const int8_t* q, size_t n, int bits, const CodeLevels* levels = nullptr);
+// The index of the first of n codes that does not fit (n when all do).
+size_t FirstMisfit(const int8_t* q, size_t n, int bits, const CodeLevels* levels = nullptr);
 
 // The 64 unsigned codes u of the chunk at c.
 void UnpackPackedChunk(const uint8_t* c, int bits, uint8_t* u);
 
 // Packs `rows` rows of INT8 codes (row r at q + r * q_stride, cols codes; q_stride >= cols) to
-// `bits` (kMinPackedBits..kMaxPackedBits) into out (rows x PackedRowBytes(cols, bits)). Returns
-// the index of the first row holding a code outside [MinCode(bits), MaxCode(bits)] (nothing is
-// written for it or after it), or `rows` when every row fits.
-size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits, uint8_t* out);
-// The inverse: row r's cols codes to q + r * q_stride (q_stride >= cols; bytes past cols are
+// `bits` (kMinPackedBits..kMaxPackedBits) into out (rows x PackedRowBytes(cols, bits)); with
+// `levels` (of that width) the INT8 values are levels, packed as their codes. Returns the index
+// of the first row holding a value that does not fit (CodesFit; nothing is written for it or
+// after it), or `rows` when every row fits.
+size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int bits, uint8_t* out,
+                const CodeLevels* levels = nullptr);
+// The inverse: row r's cols values to q + r * q_stride (q_stride >= cols; bytes past cols are
 // left alone).
 void UnpackRows(const uint8_t* packed, size_t rows, size_t cols, int bits, int8_t* q,
-                size_t q_stride);
+                size_t q_stride, const CodeLevels* levels = nullptr);
 
 }  // namespace dcomp

@@ -90,9 +90,10 @@ void BM_GemvQ8Dram(benchmark::State& state, const KernelTable* k, size_t rows, s
 }
 
 // The same out of cache (argument 1; 0: one copy, in cache), with the matrix's codes packed to
-// `bits` (items/s: weights per second, comparable with BM_GemvQ8Dram; bytes/s: packed bytes).
+// `bits` (items/s: weights per second, comparable with BM_GemvQ8Dram; bytes/s: packed bytes), on
+// uniform levels or on the packer's default non-uniform ones (SinhLevels(bits, 2)).
 void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols,
-                       int bits) {
+                       int bits, bool nonuniform) {
   const size_t row_bytes = PackedRowBytes(cols, bits);
   const size_t copies =
       state.range(0) ? std::max<size_t>(2, (size_t{512} << 20) / (rows * row_bytes) + 1) : 1;
@@ -104,13 +105,22 @@ void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t row
       q[r * stride + c] =
           static_cast<int8_t>(static_cast<int>(rng() % (2 * MaxCode(bits) + 1)) - MaxCode(bits));
   std::vector<std::vector<uint8_t>> packed(copies, std::vector<uint8_t>(rows * row_bytes));
-  for (auto& p : packed) PackRows(q.data(), rows, cols, stride, bits, p.data());
+  const std::vector<uint8_t> mag = SinhLevels(bits, 2.0);
+  const CodeLevels levels = MakeCodeLevels(bits, mag);
+  if (nonuniform) {  // the same codes, as the values of the levels they index
+    for (int8_t& v : q)
+      v = static_cast<int8_t>(v < 0 ? -mag[static_cast<size_t>(-v)] : mag[static_cast<size_t>(v)]);
+  }
+  for (auto& p : packed) {
+    PackRows(q.data(), rows, cols, stride, bits, p.data(), nonuniform ? &levels : nullptr);
+  }
   std::vector<float> scale(rows, 0.01f), y(rows);
   std::vector<int8_t> x(stride, 3);
   size_t i = 0;
   for (auto _ : state) {
     const PackedMatrixView v{
-        packed[i++ % copies].data(), scale.data(), rows, cols, row_bytes, bits};
+        packed[i++ % copies].data(),   scale.data(), rows, cols, row_bytes, bits,
+        nonuniform ? &levels : nullptr};
     k->gemv_packed_q8(v, x.data(), 0.01f, y.data(), 0, rows);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
@@ -172,18 +182,20 @@ void Register() {
         BM_GemvQ8Dram, k, 5632, 2048)
         ->Unit(benchmark::kMicrosecond);
     for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
-      benchmark::RegisterBenchmark((std::string("BM_GemvPackedDram/") + k->name + "/" +
-                                    std::to_string(bits) + "bit/tinyllama_w1_5632x2048")
-                                       .c_str(),
-                                   BM_GemvPackedDram, k, 5632, 2048, bits)
-          ->Arg(1)
-          ->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark((std::string("BM_GemvPackedCache/") + k->name + "/" +
-                                    std::to_string(bits) + "bit/512x2048")
-                                       .c_str(),
-                                   BM_GemvPackedDram, k, 512, 2048, bits)
-          ->Arg(0)
-          ->Unit(benchmark::kMicrosecond);
+      for (bool nonuniform : {false, true}) {
+        const std::string tag = std::to_string(bits) + (nonuniform ? "bit-levels" : "bit");
+        benchmark::RegisterBenchmark(
+            (std::string("BM_GemvPackedDram/") + k->name + "/" + tag + "/tinyllama_w1_5632x2048")
+                .c_str(),
+            BM_GemvPackedDram, k, 5632, 2048, bits, nonuniform)
+            ->Arg(1)
+            ->Unit(benchmark::kMicrosecond);
+        benchmark::RegisterBenchmark(
+            (std::string("BM_GemvPackedCache/") + k->name + "/" + tag + "/512x2048").c_str(),
+            BM_GemvPackedDram, k, 512, 2048, bits, nonuniform)
+            ->Arg(0)
+            ->Unit(benchmark::kMicrosecond);
+      }
     }
     benchmark::RegisterBenchmark(
         (std::string("BM_GemmQ8Dram/") + k->name + "/tinyllama_w1_5632x2048").c_str(),

@@ -23,6 +23,7 @@
 namespace dcomp::kernels {
 
 inline constexpr size_t kQ8RowAlign = kPackedChunk;
+using dcomp::CodeLevels;
 using dcomp::MaxCode;
 using dcomp::PackedRowBytes;
 using dcomp::PackRows;
@@ -52,6 +53,10 @@ struct PackedMatrixView {
   size_t cols = 0;
   size_t row_bytes = 0;  // PackedRowBytes(cols, bits)
   int bits = 0;
+  // Non-uniform levels of this width (null: linear, the value is the code). The products then
+  // look each code's magnitude up in registers and multiply it by the activation carrying the
+  // code's sign: sum T[|c|] * (sign(c) x), the same sums as the INT8 product of the values.
+  const CodeLevels* levels = nullptr;
 };
 
 // An f32 matrix [rows][cols], rows `stride` floats apart.

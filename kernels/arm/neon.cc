@@ -128,12 +128,51 @@ inline void UnpackChunk(const uint8_t* c, int8x16_t u[4]) {
   u[3] = vreinterpretq_s8_u8(e3);
 }
 
+// A width's level magnitudes (CodeLevels::mag) as the table of one tbl instruction: 16 entries
+// (vqtbl1q) up to 5 bits, 32 (vqtbl2q) at 6, 64 (vqtbl4q) at 7. An index past the table reads 0:
+// a = 2^(kBits-1) (the code -2^(kBits-1)) gives 0, as does a zero entry past a 4-bit table.
 template <int kBits>
+struct LevelTables {
+  uint8x16x4_t t;
+  LevelTables() {
+    for (int i = 0; i < 4; ++i) t.val[i] = vdupq_n_u8(0);
+  }
+  explicit LevelTables(const CodeLevels& l) {
+    for (int i = 0; i < 4; ++i) t.val[i] = vld1q_u8(l.mag + 16 * i);
+  }
+  // The signed value sign(c) * T[|c|] of each code c.
+  int8x16_t Value(int8x16_t c) const {
+    const uint8x16_t a = vreinterpretq_u8_s8(vabsq_s8(c));
+    uint8x16_t m;
+    if constexpr (kBits <= 5) {
+      m = vqtbl1q_u8(t.val[0], a);
+    } else if constexpr (kBits == 6) {
+      m = vqtbl2q_u8(uint8x16x2_t{{t.val[0], t.val[1]}}, a);
+    } else {
+      m = vqtbl4q_u8(t, a);
+    }
+    const int8x16_t v = vreinterpretq_s8_u8(m);  // <= 127
+    return vbslq_s8(vcltzq_s8(c), vnegq_s8(v), v);
+  }
+};
+
+// Linear codes: u times x, the offset's sum subtracted once per row. Levels: the value of each
+// code c = u - 2^(kBits-1) looked up, times x.
+template <int kBits, bool kLevels>
 void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                      size_t r1) {
   const size_t stride = PaddedCols(w.cols);
-  const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   constexpr size_t kChunkBytes = 8 * kBits;
+  [[maybe_unused]] const LevelTables<kBits> lt =
+      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+  [[maybe_unused]] const int8x16_t off = vdupq_n_s8(static_cast<int8_t>(1 << (kBits - 1)));
+  auto unpack = [&](const uint8_t* p, int8x16_t u[4]) {
+    UnpackChunk<kBits>(p, u);
+    if constexpr (kLevels) {
+      for (int i = 0; i < 4; ++i) u[i] = lt.Value(vsubq_s8(u[i], off));
+    }
+  };
   size_t r = r0;
   for (; r + 2 <= r1; r += 2) {
     const uint8_t* p0 = w.data + r * w.row_bytes;
@@ -143,8 +182,8 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
       __builtin_prefetch(p0 + internal::kPackedPrefetch);
       __builtin_prefetch(p1 + internal::kPackedPrefetch);
       int8x16_t u[4], v[4];
-      UnpackChunk<kBits>(p0, u);
-      UnpackChunk<kBits>(p1, v);
+      unpack(p0, u);
+      unpack(p1, v);
       for (int i = 0; i < 4; ++i) {
         const int8x16_t xv = vld1q_s8(x + k + 16 * i);
         a0 = Dot16(a0, u[i], xv);
@@ -159,7 +198,7 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     int32x4_t acc = vdupq_n_s32(0);
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
       int8x16_t u[4];
-      UnpackChunk<kBits>(p, u);
+      unpack(p, u);
       for (int i = 0; i < 4; ++i) acc = Dot16(acc, u[i], vld1q_s8(x + k + 16 * i));
     }
     y[r] = static_cast<float>(vaddvq_s32(acc) - corr) * (x_scale * w.scale[r]);
@@ -168,27 +207,46 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
 
 void GemvPackedNeon(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                     size_t r1) {
-  internal::ForPackedBits(
-      w.bits, [&](auto b) { GemvPackedNeonT<decltype(b)::value>(w, x, x_scale, y, r0, r1); });
+  internal::ForPackedBits(w.bits, [&](auto b) {
+    if (w.levels != nullptr) {
+      GemvPackedNeonT<decltype(b)::value, true>(w, x, x_scale, y, r0, r1);
+    } else {
+      GemvPackedNeonT<decltype(b)::value, false>(w, x, x_scale, y, r0, r1);
+    }
+  });
 }
 
-template <int kBits>
+template <int kBits, bool kLevels>
 void UnpackRowsNeonT(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const int8x16_t off = vdupq_n_s8(static_cast<int8_t>(1 << (kBits - 1)));
+  [[maybe_unused]] const LevelTables<kBits> lt =
+      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
   for (size_t r = r0; r < r1; ++r, out += stride) {
     const uint8_t* p = w.data + r * w.row_bytes;
     for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
       int8x16_t u[4];
       UnpackChunk<kBits>(p, u);
-      for (int i = 0; i < 4; ++i) vst1q_s8(out + k + 16 * i, vsubq_s8(u[i], off));
+      for (int i = 0; i < 4; ++i) {
+        const int8x16_t c = vsubq_s8(u[i], off);
+        if constexpr (kLevels) {
+          vst1q_s8(out + k + 16 * i, lt.Value(c));
+        } else {
+          vst1q_s8(out + k + 16 * i, c);
+        }
+      }
     }
   }
 }
 
 void UnpackRowsNeon(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedBits(w.bits,
-                          [&](auto b) { UnpackRowsNeonT<decltype(b)::value>(w, r0, r1, out); });
+  internal::ForPackedBits(w.bits, [&](auto b) {
+    if (w.levels != nullptr) {
+      UnpackRowsNeonT<decltype(b)::value, true>(w, r0, r1, out);
+    } else {
+      UnpackRowsNeonT<decltype(b)::value, false>(w, r0, r1, out);
+    }
+  });
 }
 
 }  // namespace

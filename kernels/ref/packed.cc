@@ -20,7 +20,12 @@ void GemvPackedRef(const PackedMatrixView& w, const int8_t* x, float x_scale, fl
     for (size_t k = 0; k < stride; k += kChunk) {
       UnpackPackedChunk(w.data + r * w.row_bytes + k / kChunk * 8 * static_cast<size_t>(w.bits),
                         w.bits, u);
-      for (size_t i = 0; i < kChunk; ++i) acc += (int32_t{u[i]} - off) * int32_t{x[k + i]};
+      if (w.levels != nullptr) {
+        for (size_t i = 0; i < kChunk; ++i)
+          acc += int32_t{w.levels->value[u[i]]} * int32_t{x[k + i]};
+      } else {
+        for (size_t i = 0; i < kChunk; ++i) acc += (int32_t{u[i]} - off) * int32_t{x[k + i]};
+      }
     }
     y[r] = static_cast<float>(acc) * (x_scale * w.scale[r]);
   }

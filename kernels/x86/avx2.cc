@@ -163,13 +163,67 @@ inline __m256i DotU(__m256i acc, __m256i u, __m256i x, __m256i ones) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
 }
 
+// A width's level magnitudes (CodeLevels::mag) as the 16-entry tables of vpshufb, each in both
+// lanes: table t holds T[16t .. 16t + 15].
 template <int kBits>
+struct LevelTables {
+  __m256i t[kBits == 7 ? 4 : kBits == 6 ? 2 : 1];
+  LevelTables() {
+    for (__m256i& v : t) v = _mm256_setzero_si256();
+  }
+  explicit LevelTables(const CodeLevels& l) {
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); ++i) {
+      t[i] = _mm256_broadcastsi128_si256(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(l.mag + 16 * i)));
+    }
+  }
+  // T[a] for a = |code| <= 2^(kBits-1): vpshufb reads the low nibble, bits 4 and 5 choose the
+  // table (blends on the byte's top bit after a shift). a = 2^(kBits-1) (the code -2^(kBits-1))
+  // lands on T[0] = 0, or for 4 bits on a zero entry past the table.
+  __m256i Lookup(__m256i a) const {
+    const __m256i r0 = _mm256_shuffle_epi8(t[0], a);
+    if constexpr (kBits <= 5) {
+      return r0;
+    } else {
+      const __m256i b4 = _mm256_slli_epi16(a, 3);
+      const __m256i r01 = _mm256_blendv_epi8(r0, _mm256_shuffle_epi8(t[1], a), b4);
+      if constexpr (kBits == 6) {
+        return r01;
+      } else {
+        const __m256i r23 =
+            _mm256_blendv_epi8(_mm256_shuffle_epi8(t[2], a), _mm256_shuffle_epi8(t[3], a), b4);
+        return _mm256_blendv_epi8(r01, r23, _mm256_slli_epi16(a, 2));
+      }
+    }
+  }
+};
+
+// One step of the product with levels: the code c = u - 2^(kBits-1), T[|c|] (unsigned, <= 127)
+// times x carrying c's sign; vpmaddubsw cannot saturate.
+template <int kBits>
+inline __m256i DotLevels(__m256i acc, const LevelTables<kBits>& lt, __m256i u, __m256i x,
+                         __m256i ones) {
+  const __m256i c = _mm256_sub_epi8(u, _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1))));
+  return DotU(acc, lt.Lookup(_mm256_abs_epi8(c)), _mm256_sign_epi8(x, c), ones);
+}
+
+// Two rows at a time. Linear codes: u times x, the offset's sum subtracted once per row.
+template <int kBits, bool kLevels>
 void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                      size_t r1) {
   const __m256i ones = _mm256_set1_epi16(1);
   const size_t stride = PaddedCols(w.cols);
-  const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   constexpr size_t kChunkBytes = 8 * kBits;
+  [[maybe_unused]] const LevelTables<kBits> lt =
+      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+  auto dot = [&](__m256i acc, __m256i u, __m256i xv) {
+    if constexpr (kLevels) {
+      return DotLevels<kBits>(acc, lt, u, xv, ones);
+    } else {
+      return DotU(acc, u, xv, ones);
+    }
+  };
   size_t r = r0;
   for (; r + 2 <= r1; r += 2) {
     const uint8_t* p0 = w.data + r * w.row_bytes;
@@ -182,11 +236,11 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
       const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
       __m256i ua, ub;
       UnpackChunk<kBits>(p0, &ua, &ub);
-      a0 = DotU(a0, ua, xa, ones);
-      b0 = DotU(b0, ub, xb, ones);
+      a0 = dot(a0, ua, xa);
+      b0 = dot(b0, ub, xb);
       UnpackChunk<kBits>(p1, &ua, &ub);
-      a1 = DotU(a1, ua, xa, ones);
-      b1 = DotU(b1, ub, xb, ones);
+      a1 = dot(a1, ua, xa);
+      b1 = dot(b1, ub, xb);
     }
     y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a0, b0)) - corr) * (x_scale * w.scale[r]);
     y[r + 1] =
@@ -198,8 +252,8 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
       __m256i ua, ub;
       UnpackChunk<kBits>(p, &ua, &ub);
-      a = DotU(a, ua, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)), ones);
-      b = DotU(b, ub, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32)), ones);
+      a = dot(a, ua, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)));
+      b = dot(b, ub, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32)));
     }
     y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a, b)) - corr) * (x_scale * w.scale[r]);
   }
@@ -207,28 +261,48 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
 
 void GemvPackedAvx2(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                     size_t r1) {
-  internal::ForPackedBits(
-      w.bits, [&](auto b) { GemvPackedAvx2T<decltype(b)::value>(w, x, x_scale, y, r0, r1); });
+  internal::ForPackedBits(w.bits, [&](auto b) {
+    if (w.levels != nullptr) {
+      GemvPackedAvx2T<decltype(b)::value, true>(w, x, x_scale, y, r0, r1);
+    } else {
+      GemvPackedAvx2T<decltype(b)::value, false>(w, x, x_scale, y, r0, r1);
+    }
+  });
 }
 
-template <int kBits>
+template <int kBits, bool kLevels>
 void UnpackRowsAvx2T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const __m256i off = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+  [[maybe_unused]] const LevelTables<kBits> lt =
+      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+  auto value = [&](__m256i u) {
+    const __m256i c = _mm256_sub_epi8(u, off);
+    if constexpr (kLevels) {
+      return _mm256_sign_epi8(lt.Lookup(_mm256_abs_epi8(c)), c);
+    } else {
+      return c;
+    }
+  };
   for (size_t r = r0; r < r1; ++r, out += stride) {
     const uint8_t* p = w.data + r * w.row_bytes;
     for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
       __m256i ua, ub;
       UnpackChunk<kBits>(p, &ua, &ub);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), _mm256_sub_epi8(ua, off));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k + 32), _mm256_sub_epi8(ub, off));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), value(ua));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k + 32), value(ub));
     }
   }
 }
 
 void UnpackRowsAvx2(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedBits(w.bits,
-                          [&](auto b) { UnpackRowsAvx2T<decltype(b)::value>(w, r0, r1, out); });
+  internal::ForPackedBits(w.bits, [&](auto b) {
+    if (w.levels != nullptr) {
+      UnpackRowsAvx2T<decltype(b)::value, true>(w, r0, r1, out);
+    } else {
+      UnpackRowsAvx2T<decltype(b)::value, false>(w, r0, r1, out);
+    }
+  });
 }
 
 }  // namespace

@@ -193,13 +193,63 @@ inline __m512i UnpackChunk(const uint8_t* c) {
   return u;
 }
 
-// vpdpbusd multiplies the unsigned codes by the signed activations directly.
+// A width's level magnitudes (CodeLevels::mag) as the 16-entry tables of vpshufb, each in all
+// four lanes: table t holds T[16t .. 16t + 15].
 template <int kBits>
+struct LevelTables {
+  __m512i t[kBits == 7 ? 4 : kBits == 6 ? 2 : 1];
+  LevelTables() {
+    for (__m512i& v : t) v = _mm512_setzero_si512();
+  }
+  explicit LevelTables(const CodeLevels& l) {
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); ++i) {
+      // (maskz: GCC 12 warns that the unmasked form reads an undefined vector)
+      t[i] = _mm512_maskz_broadcast_i32x4(
+          0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(l.mag + 16 * i)));
+    }
+  }
+  // T[a] for a = |code| <= 2^(kBits-1): vpshufb reads the low nibble, bits 4 and 5 choose the
+  // table (masked by a test of the bit). a = 2^(kBits-1) lands on T[0] = 0, or for 4 bits on a
+  // zero entry past the table.
+  __m512i Lookup(__m512i a) const {
+    const __m512i r0 = _mm512_shuffle_epi8(t[0], a);
+    if constexpr (kBits <= 5) {
+      return r0;
+    } else {
+      const __mmask64 b4 = _mm512_test_epi8_mask(a, _mm512_set1_epi8(16));
+      const __m512i r01 = _mm512_mask_shuffle_epi8(r0, b4, t[1], a);
+      if constexpr (kBits == 6) {
+        return r01;
+      } else {
+        const __m512i r23 = _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(t[2], a), b4, t[3], a);
+        return _mm512_mask_blend_epi8(_mm512_test_epi8_mask(a, _mm512_set1_epi8(32)), r01, r23);
+      }
+    }
+  }
+};
+
+// vpdpbusd multiplies the unsigned codes by the signed activations directly (the offset's sum
+// subtracted once per row); with levels, the magnitude T[|c|] of each code c = u - 2^(kBits-1) by
+// the activation carrying c's sign.
+template <int kBits, bool kLevels>
 void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                        size_t r0, size_t r1) {
   const size_t stride = PaddedCols(w.cols);
-  const int32_t corr = (1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   constexpr size_t kChunkBytes = 8 * kBits;
+  [[maybe_unused]] const LevelTables<kBits> lt =
+      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+  auto dot = [&](__m512i acc, const uint8_t* p, __m512i xv) {
+    const __m512i u = UnpackChunk<kBits>(p);
+    if constexpr (kLevels) {
+      const __m512i c = _mm512_sub_epi8(u, _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1))));
+      const __m512i xs =
+          _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(c), _mm512_setzero_si512(), xv);
+      return _mm512_dpbusd_epi32(acc, lt.Lookup(_mm512_abs_epi8(c)), xs);
+    } else {
+      return _mm512_dpbusd_epi32(acc, u, xv);
+    }
+  };
   size_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const uint8_t* p = w.data + r * w.row_bytes;
@@ -213,10 +263,10 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
       _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + internal::kPackedPrefetch),
                    _MM_HINT_T0);
       const __m512i xv = _mm512_loadu_si512(x + k);
-      a0 = _mm512_dpbusd_epi32(a0, UnpackChunk<kBits>(p), xv);
-      a1 = _mm512_dpbusd_epi32(a1, UnpackChunk<kBits>(p + rb), xv);
-      a2 = _mm512_dpbusd_epi32(a2, UnpackChunk<kBits>(p + 2 * rb), xv);
-      a3 = _mm512_dpbusd_epi32(a3, UnpackChunk<kBits>(p + 3 * rb), xv);
+      a0 = dot(a0, p, xv);
+      a1 = dot(a1, p + rb, xv);
+      a2 = dot(a2, p + 2 * rb, xv);
+      a3 = dot(a3, p + 3 * rb, xv);
     }
     y[r] = static_cast<float>(_mm512_reduce_add_epi32(a0) - corr) * (x_scale * w.scale[r]);
     y[r + 1] = static_cast<float>(_mm512_reduce_add_epi32(a1) - corr) * (x_scale * w.scale[r + 1]);
@@ -227,7 +277,7 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
     const uint8_t* p = w.data + r * w.row_bytes;
     __m512i acc = _mm512_setzero_si512();
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
-      acc = _mm512_dpbusd_epi32(acc, UnpackChunk<kBits>(p), _mm512_loadu_si512(x + k));
+      acc = dot(acc, p, _mm512_loadu_si512(x + k));
     }
     y[r] = static_cast<float>(_mm512_reduce_add_epi32(acc) - corr) * (x_scale * w.scale[r]);
   }
@@ -235,25 +285,44 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
 
 void GemvPackedAvx512(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                       size_t r0, size_t r1) {
-  internal::ForPackedBits(
-      w.bits, [&](auto b) { GemvPackedAvx512T<decltype(b)::value>(w, x, x_scale, y, r0, r1); });
+  internal::ForPackedBits(w.bits, [&](auto b) {
+    if (w.levels != nullptr) {
+      GemvPackedAvx512T<decltype(b)::value, true>(w, x, x_scale, y, r0, r1);
+    } else {
+      GemvPackedAvx512T<decltype(b)::value, false>(w, x, x_scale, y, r0, r1);
+    }
+  });
 }
 
-template <int kBits>
+template <int kBits, bool kLevels>
 void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const __m512i off = _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+  [[maybe_unused]] const LevelTables<kBits> lt =
+      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
   for (size_t r = r0; r < r1; ++r, out += stride) {
     const uint8_t* p = w.data + r * w.row_bytes;
     for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
-      _mm512_storeu_si512(out + k, _mm512_sub_epi8(UnpackChunk<kBits>(p), off));
+      const __m512i c = _mm512_sub_epi8(UnpackChunk<kBits>(p), off);
+      if constexpr (kLevels) {
+        const __m512i m = lt.Lookup(_mm512_abs_epi8(c));
+        _mm512_storeu_si512(
+            out + k, _mm512_mask_sub_epi8(m, _mm512_movepi8_mask(c), _mm512_setzero_si512(), m));
+      } else {
+        _mm512_storeu_si512(out + k, c);
+      }
     }
   }
 }
 
 void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedBits(w.bits,
-                          [&](auto b) { UnpackRowsAvx512T<decltype(b)::value>(w, r0, r1, out); });
+  internal::ForPackedBits(w.bits, [&](auto b) {
+    if (w.levels != nullptr) {
+      UnpackRowsAvx512T<decltype(b)::value, true>(w, r0, r1, out);
+    } else {
+      UnpackRowsAvx512T<decltype(b)::value, false>(w, r0, r1, out);
+    }
+  });
 }
 
 }  // namespace

@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -215,6 +217,111 @@ TEST_P(KernelVariantTest, PackedProductsEqualTheInt8Products) {
           k.gemv_packed_q8(p.view, xq.data() + t * pc, xs[t], yc.data() + t * ys, 1, rows);
         }
         ASSERT_EQ(yc, yb) << k.name << " gemv, " << bits << " bits, rows=" << rows;
+      }
+    }
+  }
+}
+
+// A strictly increasing table from 0 with random steps, its largest entry at most 127.
+std::vector<uint8_t> RandomLevels(int bits, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const size_t n = size_t{1} << (bits - 1);
+  std::vector<uint8_t> t(n, 0);
+  const int spare = 127 - static_cast<int>(n - 1);  // steps of 1 plus this much extra
+  std::uniform_int_distribution<int> d(0, spare / static_cast<int>(n - 1) * 2);
+  int v = 0, left = spare;
+  for (size_t k = 1; k < n; ++k) {
+    const int extra = std::min(left, d(rng));
+    left -= extra;
+    v += 1 + extra;
+    t[k] = static_cast<uint8_t>(v);
+  }
+  return t;
+}
+
+TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
+  EXPECT_NE(CodeLevelsProblem(3, std::vector<uint8_t>{0, 1, 2, 3}), "");
+  EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{0, 1, 2}), "");
+  EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{1, 2, 3, 4, 5, 6, 7, 8}), "");
+  EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{0, 2, 2, 4, 5, 6, 7, 8}), "");
+  EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{0, 1, 2, 3, 4, 5, 6, 128}), "");
+  for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
+    const std::vector<uint8_t> sinh = SinhLevels(bits, 2.0);
+    ASSERT_EQ(CodeLevelsProblem(bits, sinh), "") << bits;
+    EXPECT_EQ(sinh.back(), 127);
+    const std::vector<uint8_t> t = RandomLevels(bits, static_cast<uint32_t>(bits));
+    ASSERT_EQ(CodeLevelsProblem(bits, t), "") << bits;
+    const CodeLevels l = MakeCodeLevels(bits, t);
+    const size_t cols = 172, pc = PaddedCols(cols);
+    std::mt19937 rng(static_cast<uint32_t>(bits) * 31);
+    std::vector<int8_t> q(5 * pc, 0);
+    for (size_t r = 0; r < 5; ++r) {
+      for (size_t c = 0; c < cols; ++c) {
+        const int k = static_cast<int>(rng() % t.size());
+        q[r * pc + c] =
+            static_cast<int8_t>(rng() % 2 ? t[static_cast<size_t>(k)] : -t[static_cast<size_t>(k)]);
+      }
+    }
+    ASSERT_TRUE(CodesFit(q.data(), q.size(), bits, &l));
+    std::vector<uint8_t> packed(5 * PackedRowBytes(cols, bits));
+    ASSERT_EQ(PackRows(q.data(), 5, cols, pc, bits, packed.data(), &l), 5u);
+    std::vector<int8_t> back(5 * pc, 0);
+    UnpackRows(packed.data(), 5, cols, bits, back.data(), pc, &l);
+    EXPECT_EQ(back, q) << bits << " bits";
+    // A value that is not a level is refused, naming its row.
+    int gap = 1;
+    while (std::find(t.begin(), t.end(), gap) != t.end()) ++gap;
+    q[2 * pc + 7] = static_cast<int8_t>(-gap);
+    EXPECT_FALSE(CodesFit(q.data(), q.size(), bits, &l));
+    EXPECT_EQ(FirstMisfit(q.data(), q.size(), bits, &l), 2 * pc + 7);
+    EXPECT_EQ(PackRows(q.data(), 5, cols, pc, bits, packed.data(), &l), 2u);
+  }
+}
+
+// Every packed byte pattern (the code -2^(bits-1) included) with a level table: each variant's
+// products equal the INT8 products of the values the reference unpacker gives.
+TEST_P(KernelVariantTest, PackedProductsWithLevelsEqualTheInt8Products) {
+  const KernelTable& k = *GetParam();
+  for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
+    for (int table = 0; table < 2; ++table) {
+      const CodeLevels l =
+          MakeCodeLevels(bits, table == 0 ? SinhLevels(bits, 2.0)
+                                          : RandomLevels(bits, static_cast<uint32_t>(bits + 50)));
+      for (size_t n_tok : {1u, 5u}) {
+        for (auto [rows, cols] : {std::pair<size_t, size_t>{7, 64}, {37, 172}, {40, 1024}}) {
+          const uint32_t seed = static_cast<uint32_t>(bits * 7919 + rows + cols + n_tok + table);
+          std::mt19937 rng(seed);
+          const size_t pc = PaddedCols(cols), rb = PackedRowBytes(cols, bits);
+          std::vector<uint8_t> packed(rows * rb);
+          for (uint8_t& b : packed) b = static_cast<uint8_t>(rng());
+          std::memset(packed.data(), 0, rb);  // row 0: every code -2^(bits-1)
+          Q8Matrix m;
+          m.q.assign(rows * pc, 0);
+          UnpackRows(packed.data(), rows, pc, bits, m.q.data(), pc, &l);
+          m.scale = RandomF32(rows, seed + 1);
+          m.row_sum.resize(rows);
+          ComputeRowSums(m.q.data(), rows, pc, m.row_sum.data());
+          m.view = {m.q.data(), m.scale.data(), m.row_sum.data(), rows, cols, pc};
+          const PackedMatrixView v{packed.data(), m.scale.data(), rows, cols, rb, bits, &l};
+          std::vector<int8_t> xq(n_tok * pc);
+          std::vector<float> xs(n_tok);
+          for (size_t t = 0; t < n_tok; ++t) {
+            std::vector<float> x = RandomF32(cols, seed + 100 + static_cast<uint32_t>(t), 2.0f);
+            RefKernels().quantize_row_q8(x.data(), cols, pc, xq.data() + t * pc, &xs[t]);
+          }
+          for (size_t c = 0; c < cols; ++c) xq[c] = static_cast<int8_t>(c % 3 ? 127 : -127);
+          const size_t ys = rows + 5;
+          std::vector<float> ya(n_tok * ys, -1.0f), yb(n_tok * ys, -1.0f), yc(n_tok * ys, -1.0f);
+          k.gemm_packed_q8(v, xq.data(), pc, xs.data(), n_tok, ya.data(), ys, 1, rows);
+          RefKernels().gemm_q8_q8(m.view, xq.data(), pc, xs.data(), n_tok, yb.data(), ys, 1, rows);
+          ASSERT_EQ(ya, yb) << k.name << " gemm, " << bits << " bits, table " << table
+                            << ", n_tok=" << n_tok << " rows=" << rows << " cols=" << cols;
+          for (size_t t = 0; t < n_tok; ++t) {
+            k.gemv_packed_q8(v, xq.data() + t * pc, xs[t], yc.data() + t * ys, 1, rows);
+          }
+          ASSERT_EQ(yc, yb) << k.name << " gemv, " << bits << " bits, table " << table
+                            << ", rows=" << rows;
+        }
       }
     }
   }
