@@ -52,6 +52,20 @@ Status ReadGemma3(const GgufFile& g, const std::string& a, ModelConfig* c) {
 Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
   const std::string bits_key = "dcomp.synthetic.bits.", group_key = "dcomp.synthetic.group_bits.";
   for (const auto& [key, value] : g.metadata()) {
+    if (key == "dcomp.synthetic.level_shape") {
+      ASSIGN_OR_RETURN(const double a, g.GetFloat(key));
+      bool distinct = a >= 0 && a <= 8;
+      for (int b = kMinPackedBits; b <= kMaxLevelBits && distinct && a > 0; ++b) {
+        distinct = CodeLevelsProblem(b, SinhLevels(b, a)).empty();
+      }
+      if (!distinct) {
+        return InvalidArgumentError(key + " = " + std::to_string(a) +
+                                    ", expected 0 (uniform levels) or a shape whose levels are "
+                                    "distinct at every width it applies to (up to about 3.3)");
+      }
+      c->synthetic_level_shape = a;
+      continue;
+    }
     if (key.rfind(bits_key, 0) == 0) {
       ASSIGN_OR_RETURN(int64_t b, g.GetInt(key));
       if (b < 4 || b > 8) {

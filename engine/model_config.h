@@ -58,6 +58,9 @@ struct ModelConfig {
   // dcomp.synthetic.group_bits.<role>, int32 array, 4..7 each): the rows are split as rate
   // allocation splits a real model's.
   std::map<std::string, std::vector<int>> synthetic_group_bits;
+  // And the shape of the non-uniform levels the codes below 8 bits were drawn on (GGUF
+  // dcomp.synthetic.level_shape; 0 or absent: uniform levels), which `dcomp pack` keeps.
+  double synthetic_level_shape = 0;
 
   int32_t kv_dim() const { return n_kv_heads * head_dim; }
   // Width of the attention (q and the attention output): n_heads * head_dim, which need not be

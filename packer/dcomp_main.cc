@@ -312,6 +312,9 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("rounding",
              "codes below 8 bits: gptq (error-compensating, from the calibration inputs) | "
              "nearest (default gptq)")
+      .Value("level-shape",
+             "codes below 8 bits: non-uniform levels round(127 sinh(A k/K) / sinh(A)), finer near "
+             "zero; 0 = uniform levels (default 2)")
       .Switch("quiet", "no progress or report");
   ASSIGN_OR_RETURN(
       const bool help,
@@ -361,6 +364,19 @@ Status CmdPack(const std::vector<std::string>& args) {
     return InvalidArgumentError("--rounding " + rounding + ": expected gptq or nearest");
   }
   o.gptq = rounding == "gptq";
+  ASSIGN_OR_RETURN(o.level_shape, f.GetDouble("level-shape", packer::kDefaultLevelShape));
+  if (!(o.level_shape >= 0 && o.level_shape <= 8)) {
+    return InvalidArgumentError("--level-shape " + f.GetOr("level-shape", "") +
+                                ": expected a number in [0, 8] (0: uniform levels)");
+  }
+  for (int b = kMinPackedBits; b <= kMaxLevelBits && o.level_shape > 0; ++b) {
+    const std::string why = CodeLevelsProblem(b, SinhLevels(b, o.level_shape));
+    if (!why.empty()) {
+      return InvalidArgumentError("--level-shape " + f.GetOr("level-shape", "") + ": at " +
+                                  std::to_string(b) + " bits " + why +
+                                  " (levels must be distinct: at most about 3.3)");
+    }
+  }
   for (const auto& a : args) o.command_line += (o.command_line.empty() ? "" : " ") + a;
   const bool quiet = f.IsSet("quiet");
   const bool tty = isatty(2) == 1;

@@ -63,7 +63,8 @@ Status PrepareEncoding(PackState& s) {
 }
 
 EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t row_bytes,
-                           size_t rows_per_block, std::span<const int> block_bits) {
+                           size_t rows_per_block, std::span<const int> block_bits,
+                           const WidthLevels& levels) {
   const size_t nblocks = (data.size() / row_bytes + rows_per_block - 1) / rows_per_block;
   EncodedBlocks out;
   std::vector<Encoded>& enc = out.enc;
@@ -85,8 +86,10 @@ EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t r
         packed.bytes.resize(len / row_bytes * PackedRowBytes(row_bytes, packed_bits));
         const size_t rows = len / row_bytes;
         if (PackRows(reinterpret_cast<const int8_t*>(data.data() + off), rows, row_bytes, row_bytes,
-                     packed_bits, packed.bytes.data()) != rows) {
-          e = InternalError("codes wider than " + std::to_string(packed_bits) + " bits");
+                     packed_bits, packed.bytes.data(),
+                     levels[static_cast<size_t>(packed_bits)]) != rows) {
+          e = InternalError("codes that do not fit " + std::to_string(packed_bits) +
+                            " bits or their levels");
         } else if (e->codec == storage::Codec::kRaw ||
                    static_cast<double>(e->bytes.size()) >
                        (1.0 - o.min_coding_gain) * static_cast<double>(packed.bytes.size())) {

@@ -30,6 +30,7 @@ Status Import(PackState& s) {
     m.rows = static_cast<size_t>(t.rows);
     m.cols = static_cast<size_t>(t.cols);
     m.prune = static_cast<float>(o.prune);
+    m.level_shape = o.level_shape;
     m.w = std::move(data);
     s.mat_index[t.name] = s.mats.size();
     s.mats.push_back(std::move(m));

@@ -198,6 +198,8 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
       const pb::Tensor& T = m.tensors(t);
       const Range& R = tensors[static_cast<size_t>(t)];
       const bool q8 = T.type() == pb::TENSOR_Q8_ROW;
+      std::vector<int32_t> level_bits;  // the widths with non-uniform levels (format 5)
+      for (const pb::CodeLevels& L : T.levels()) level_bits.push_back(L.bits());
       w.BeginObject()
           .String("name", T.name())
           .Int("layer", T.layer())
@@ -206,6 +208,7 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
           .Int("params", static_cast<int64_t>(R.params))
           .Int("bits", q8 ? (IsPackedBits(T.bits()) ? T.bits() : 8) : 32)
           .IntArray("block_bits", {T.block_bits().begin(), T.block_bits().end()})
+          .IntArray("level_bits", level_bits)
           .Int("raw_bytes", static_cast<int64_t>(R.raw))
           .Int("ram_bytes", static_cast<int64_t>(R.ram))
           .Int("stored_bytes", static_cast<int64_t>(R.stored))

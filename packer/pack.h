@@ -16,6 +16,7 @@
 namespace dcomp::packer {
 
 inline constexpr uint64_t kDefaultCalibSeed = 20240601;
+inline constexpr double kDefaultLevelShape = 2.0;
 
 struct PackOptions {
   std::string input;
@@ -37,6 +38,10 @@ struct PackOptions {
   // Self-generated calibration: the sampler's seed (another seed, another sample: how much a pack
   // depends on its calibration text; BENCHMARKS.md).
   uint64_t calib_seed = kDefaultCalibSeed;
+  // Codes below 8 bits: the shape a of the non-uniform levels round(127 sinh(a k / K) / sinh(a))
+  // (format 5; finer steps near zero) for codes of 4..kMaxLevelBits bits, 0 for uniform levels.
+  // Its levels must be distinct at every such width (up to about 3.3; `dcomp pack` checks).
+  double level_shape = kDefaultLevelShape;
   int threads = 2;
   std::string command_line;  // recorded in the manifest
   // Progress: a stage name and a fraction in [0, 1]; log lines for stage results.

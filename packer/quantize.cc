@@ -85,6 +85,10 @@ GptqFactor MakeGptqFactor(std::span<const double> xtx, size_t n, size_t cols,
   return f;
 }
 
+bool UsesLevels(int bits, double level_shape) {
+  return bits >= kMinPackedBits && bits <= kMaxLevelBits && level_shape > 0;
+}
+
 QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t cols,
                                const QuantParams& p, double* hessian_error) {
   if (hessian_error != nullptr) *hessian_error = 0;
@@ -96,6 +100,25 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
   const bool narrow = p.bits < 8;
   const float m = narrow ? 1.0f : std::max(1.0f, p.step_multiplier);
   q.max_code = narrow ? MaxCode(p.bits) : static_cast<int>(std::floor(127.0f / m));
+  // Non-uniform levels: values in units of the step are rounded to the nearest level (the
+  // midpoints between consecutive magnitudes decide).
+  std::vector<float> mid;
+  if (UsesLevels(p.bits, p.level_shape)) {
+    q.levels = SinhLevels(p.bits, p.level_shape);
+    for (size_t k = 1; k < q.levels.size(); ++k) {
+      mid.push_back(0.5f * static_cast<float>(q.levels[k - 1] + q.levels[k]));
+    }
+  }
+  const float lim =
+      q.levels.empty() ? static_cast<float>(q.max_code) : static_cast<float>(q.levels.back());
+  auto round_code = [&](float t) {
+    t = std::clamp(t, -lim, lim);
+    if (mid.empty()) return std::nearbyint(t);
+    const size_t k =
+        static_cast<size_t>(std::upper_bound(mid.begin(), mid.end(), std::fabs(t)) - mid.begin());
+    const float v = static_cast<float>(q.levels[k]);
+    return t < 0 ? -v : v;
+  };
   const GptqFactor* g = p.gptq != nullptr && p.gptq->cols == cols ? p.gptq : nullptr;
   const bool plain = p.col_scale.empty() && p.prune <= 0 && m == 1.0f && !narrow && g == nullptr;
   if (plain) {  // exactly the engine's quantizer
@@ -133,7 +156,6 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
     }
     float amax = 0;
     for (float v : row) amax = std::max(amax, std::fabs(v));
-    const float lim = static_cast<float>(q.max_code);
     if (g != nullptr && amax > 0) {
       // GPTQ at each clip (the row's own choice among p.row_clips, else p.clip); pruned entries
       // (zero in `row`) are held at code 0 and their error spread too.
@@ -148,10 +170,9 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
         for (size_t k = 0; k < cols; ++k) rest[k] = target[g->order[k]];
         for (size_t k = 0; k < cols; ++k) {
           const size_t c = g->order[k];
-          const double code =
-              row[c] == 0.0f && target[c] != 0.0f
-                  ? 0.0
-                  : std::nearbyint(std::clamp(static_cast<float>(rest[k]) * inv, -lim, lim));
+          const double code = row[c] == 0.0f && target[c] != 0.0f
+                                  ? 0.0
+                                  : round_code(static_cast<float>(rest[k]) * inv);
           trial[c] = static_cast<int8_t>(code);
           const double* uk = g->u.data() + k * cols;
           const double e = (rest[k] - code * static_cast<double>(scale)) / uk[k];
@@ -167,14 +188,11 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
       if (hessian_error != nullptr) *hessian_error += best;
       continue;
     }
-    const float scale = amax <= 0 ? 0.0f
-                        : narrow  ? amax * p.clip / static_cast<float>(q.max_code)
-                                  : amax * m / 127.0f;
+    const float scale = amax <= 0 ? 0.0f : narrow ? amax * p.clip / lim : amax * m / 127.0f;
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
     q.scale[r] = scale;
     for (size_t c = 0; c < cols; ++c) {
-      q.codes[r * cols + c] =
-          static_cast<int8_t>(std::nearbyint(std::clamp(row[c] * inv, -lim, lim)));
+      q.codes[r * cols + c] = static_cast<int8_t>(round_code(row[c] * inv));
     }
   }
   return q;

@@ -53,13 +53,24 @@ struct QuantParams {
   // bits < 8 with gptq: each row takes the clip of these whose GPTQ rounding has the least output
   // error (w - q) H (w - q)^T (empty = `clip` for every row).
   std::span<const float> row_clips;
+  // bits < 8: > 0 rounds to the width's non-uniform levels SinhLevels(bits, level_shape) where
+  // UsesLevels says (the codes then hold the level values, |value| <= 127, and the step maps 127
+  // to clip * max|row|); 0 keeps the uniform (linear) levels.
+  double level_shape = 0;
 };
+
+// Whether codes of `bits` bits are rounded to non-uniform levels of shape `level_shape`
+// (4..kMaxLevelBits bits, level_shape > 0).
+bool UsesLevels(int bits, double level_shape);
 
 struct QuantizedMatrix {
   size_t rows = 0, cols = 0;
   std::vector<int8_t> codes;  // [rows][cols], unpadded, in [-127, 127]
   std::vector<float> scale;   // per row
+  // The largest code (below 8 bits: the largest code index |c|, whose value is a level when
+  // `levels` is set).
   int max_code = 127;
+  std::vector<uint8_t> levels;  // the width's level magnitudes (QuantParams::level_shape) or empty
   int bits() const { return BitsForMaxCode(max_code); }  // every code fits this width
 };
 

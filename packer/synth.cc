@@ -61,8 +61,8 @@ struct RoleGroups {
 constexpr RoleGroups kStories3MGroups[] = {
     {"token_embd",
      {7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6},
-     {6.472, 6.417, 6.414, 5.407, 5.427, 5.431, 5.441, 5.429, 5.426, 5.397, 5.309, 5.237, 5.005,
-      4.840, 4.554, 3.786}},
+     {6.472, 6.417, 6.414, 5.781, 5.791, 5.794, 5.797, 5.797, 5.793, 5.778, 5.726, 5.682, 5.529,
+      5.411, 5.197, 4.519}},
 };
 constexpr size_t kProfileGroups = 16;
 
@@ -75,24 +75,31 @@ const RoleGroups* GroupsOf(std::string_view role) {
   return nullptr;
 }
 
+// The levels the stories3M default pack rounds codes below 8 bits to (PackOptions::level_shape).
+constexpr double kStories3MLevelShape = 2.0;
+
 // The token matrices' entries give their widest groups (width and mean entropy); they are drawn
 // by groups (kStories3MGroups).
 constexpr RoleWidth kStories3MWidths[] = {
-    {"attn_q", 6, 5.33},      {"attn_k", 7, 6.16},     {"attn_v", 8, 7.40},
-    {"attn_output", 6, 5.38}, {"ffn_gate", 6, 5.43},   {"ffn_up", 7, 6.46},
+    {"attn_q", 5, 4.72},      {"attn_k", 8, 7.25},     {"attn_v", 8, 7.40},
+    {"attn_output", 6, 5.77}, {"ffn_gate", 7, 6.44},   {"ffn_up", 6, 5.79},
     {"ffn_down", 7, 6.05},    {"token_embd", 7, 6.43}, {"output", 7, 6.43},
 };
 
-// Entropy of a Gaussian with standard deviation sigma (in code units) rounded to integers and
-// clipped to [-max_code, max_code].
-double DiscreteGaussianEntropy(double sigma, int max_code) {
+// Entropy of a Gaussian with standard deviation sigma (in units of the INT8 values) rounded to the
+// nearest of the levels +-t[k] (t[0] = 0, increasing) and clipped to [-t.back(), t.back()].
+double LevelGaussianEntropy(double sigma, const std::vector<double>& t) {
   double h = 0;
   auto cdf = [&](double x) { return 0.5 * std::erfc(-x / (sigma * std::sqrt(2.0))); };
-  for (int k = -max_code; k <= max_code; ++k) {
-    const double lo = k == -max_code ? 0.0 : cdf(k - 0.5);
-    const double hi = k == max_code ? 1.0 : cdf(k + 0.5);
-    const double p = hi - lo;
-    if (p > 0) h -= p * std::log2(p);
+  const size_t n = t.size();
+  auto cell = [&](size_t k) {  // P(|z| rounds to t[k]) for one sign (k = 0: both)
+    const double hi = k + 1 == n ? 1.0 : cdf(0.5 * (t[k] + t[k + 1]));
+    const double lo = k == 0 ? 1.0 - cdf(0.5 * t[1]) : cdf(0.5 * (t[k - 1] + t[k]));
+    return hi - lo;
+  };
+  for (size_t k = 0; k < n; ++k) {
+    const double p = cell(k);
+    if (p > 0) h -= (k == 0 ? 1.0 : 2.0) * p * std::log2(p);
   }
   return h;
 }
@@ -153,12 +160,18 @@ std::vector<std::string> SynthShapes() {
   return v;
 }
 
-double ClipForEntropy(double bits, int max_code) {
+double ClipForEntropy(double bits, int width, double level_shape) {
+  std::vector<double> t;  // the width's level magnitudes (uniform: 0..MaxCode, 127 at 8 bits)
+  if (UsesLevels(width, level_shape)) {
+    for (uint8_t v : SinhLevels(width, level_shape)) t.push_back(v);
+  } else {
+    for (int k = 0; k <= (width >= 8 ? 127 : MaxCode(width)); ++k) t.push_back(k);
+  }
   // Entropy decreases as K grows (codes narrower); bisect on log K.
   double lo = std::log(0.5), hi = std::log(200.0);
   for (int i = 0; i < 80; ++i) {
     const double mid = 0.5 * (lo + hi);
-    const double h = DiscreteGaussianEntropy(max_code / std::exp(mid), max_code);
+    const double h = LevelGaussianEntropy(t.back() / std::exp(mid), t);
     if (h > bits) {
       lo = mid;
     } else {
@@ -193,6 +206,7 @@ Status Synthesize(const SynthOptions& o) {
   w.SetString("general.name", std::string("synthetic-") + sh->name);
   w.SetBool("dcomp.synthetic", true);
   if (profiled) {
+    w.SetF32("dcomp.synthetic.level_shape", static_cast<float>(kStories3MLevelShape));
     for (const RoleWidth& r : kStories3MWidths) {
       w.SetU32(std::string("dcomp.synthetic.bits.") + r.role, static_cast<uint32_t>(r.bits));
       const GroupProfile g = SynthGroupProfile(r.role, static_cast<size_t>(sh->vocab));
@@ -247,12 +261,12 @@ Status Synthesize(const SynthOptions& o) {
     if (g.group_rows > 0) {  // each group of rows at its width and entropy
       std::vector<double> group_clip;
       for (size_t j = 0; j < g.bits.size(); ++j)
-        group_clip.push_back(ClipForEntropy(g.entropy[j], MaxCode(g.bits[j])));
+        group_clip.push_back(ClipForEntropy(g.entropy[j], g.bits[j], kStories3MLevelShape));
       for (size_t r = 0; r < rows; ++r) clips[r] = group_clip[r / g.group_rows];
     } else if (profiled) {  // the role's width and entropy; its largest code is the width's
       for (const RoleWidth& r : kStories3MWidths) {
         if (MatrixRole(name) == r.role)
-          clips.assign(rows, ClipForEntropy(r.entropy, MaxCode(r.bits)));
+          clips.assign(rows, ClipForEntropy(r.entropy, r.bits, kStories3MLevelShape));
       }
     }
     FillMatrix(m, rows, cols, clips, sigma, Mix(++seed), pool);

@@ -21,8 +21,9 @@ namespace dcomp::packer {
 
 // Code widths: "int8" draws every matrix's per-row INT8 codes at `entropy_bits`; "stories3m"
 // draws each matrix role at the width and code entropy that the stories3M default pack chose for
-// that role (BENCHMARKS.md), records the widths in the GGUF (dcomp.synthetic.bits.<role>) and
-// `dcomp pack` keeps them, so a synthetic shape packs as a real model would.
+// that role (BENCHMARKS.md) on the levels that pack used, records the widths and the levels' shape
+// in the GGUF (dcomp.synthetic.bits.<role>, dcomp.synthetic.level_shape) and `dcomp pack` keeps
+// them, so a synthetic shape packs as a real model would.
 struct SynthOptions {
   std::string
       shape;  // tinyllama-1.1b | llama-3.2-1b | qwen3-0.6b | gemma-3-1b | tiny, small (tests)
@@ -46,8 +47,9 @@ GroupProfile SynthGroupProfile(std::string_view role, size_t rows);
 std::vector<std::string> SynthShapes();
 Status Synthesize(const SynthOptions& o);
 
-// The clipping K (in standard deviations) whose per-row codes (max |code| = max_code) have `bits`
-// of entropy.
-double ClipForEntropy(double bits, int max_code = 127);
+// The clipping K (in standard deviations) whose per-row codes of `width` bits (step: max|row| to
+// the largest level; 8: INT8) have `bits` of entropy, on uniform levels or (4..7 bits,
+// level_shape > 0) on the non-uniform levels SinhLevels(width, level_shape).
+double ClipForEntropy(double bits, int width = 8, double level_shape = 0);
 
 }  // namespace dcomp::packer

@@ -21,8 +21,8 @@ namespace pb = storage::pb;
 // Encodes `data` (whole rows) in blocks of rows_per_block rows, in parallel, and appends them.
 Status WriteBlocks(PackState& s, TensorReport& tr, std::set<std::string>& used,
                    std::span<const uint8_t> data, size_t row_bytes, size_t rows_per_block,
-                   std::span<const int> packed_bits = {}) {
-  const EncodedBlocks e = EncodeBlocks(s, data, row_bytes, rows_per_block, packed_bits);
+                   std::span<const int> packed_bits = {}, const WidthLevels& levels = {}) {
+  const EncodedBlocks e = EncodeBlocks(s, data, row_bytes, rows_per_block, packed_bits, levels);
   for (size_t b = 0; b < e.enc.size(); ++b) {
     RETURN_IF_ERROR(e.st[b]);
     const size_t off = b * rows_per_block * row_bytes;
@@ -87,6 +87,22 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
       for (int b : block_bits) t.add_block_bits(b);
     }
   }
+  // Non-uniform levels: one table per width the blocks use (format 5).
+  std::vector<CodeLevels> level_store;
+  WidthLevels levels{};
+  if (m.level_shape > 0 && IsPackedBits(m.q.bits())) {
+    std::set<int> widths(block_bits.begin(), block_bits.end());
+    level_store.reserve(widths.size());
+    for (int b : widths) {
+      if (!UsesLevels(b, m.level_shape)) continue;
+      const std::vector<uint8_t> mag = SinhLevels(b, m.level_shape);
+      pb::CodeLevels* L = t.add_levels();
+      L->set_bits(b);
+      L->set_magnitudes(std::string(mag.begin(), mag.end()));
+      level_store.push_back(MakeCodeLevels(b, mag));
+      levels[static_cast<size_t>(b)] = &level_store.back();
+    }
+  }
   // Rows stored in m.row_order (token matrices by use: the blocks of one width are contiguous).
   std::vector<int8_t> codes;
   std::vector<float> scale;
@@ -133,7 +149,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
                               m.rows * 4, m.rows));
   RETURN_IF_ERROR(WriteBlocks(
       s, tr, used, {reinterpret_cast<const uint8_t*>(stored_codes->data()), stored_codes->size()},
-      m.cols, rpb, block_bits));
+      m.cols, rpb, block_bits, levels));
   tr.codecs = Join(used);
   s.rep.tensors.push_back(tr);
   s.done_bytes += m.rows * m.cols;

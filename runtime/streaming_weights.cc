@@ -435,7 +435,7 @@ Status StreamingWeights::EmbedToken(int32_t token, float* out) {
     const auto [v, vr] = PackedRowView(H.head_view, row);
     m.lookup->cached_block = -1;  // raw() is reused for the row
     int8_t* codes = reinterpret_cast<int8_t*>(m.lookup->raw());
-    UnpackRows(v->data + vr * v->row_bytes, 1, dim, v->bits, codes, dim);
+    UnpackRows(v->data + vr * v->row_bytes, 1, dim, v->bits, codes, dim, v->levels);
     DequantizeRow(codes, v->scale[vr], dim, out);
     return Status::Ok();
   }

@@ -50,6 +50,7 @@ Result<bool> UnitDecoder::PackedInline(const TensorLayout& T, uint64_t range_beg
   rows->data = stored.data();
   rows->row_bytes = T.BlockRowBytes(k);
   rows->bits = T.BlockBits(k);
+  rows->levels = T.BlockLevels(k);
   return true;
 }
 
@@ -116,10 +117,11 @@ Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,
       DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows, q, row_sum, dec, scratch));
   if (T.bits == 8) {
     std::memcpy(out, q, w.rows * T.stride);
-  } else if (PackRows(q, w.rows, T.cols, T.stride, bits, out) != w.rows) {
-    // The reader checks every code against the declared width; this cannot pass it.
+  } else if (PackRows(q, w.rows, T.cols, T.stride, bits, out, T.BlockLevels(k)) != w.rows) {
+    // The reader checks every code against the declared width and levels; this cannot pass it.
     return DataLossError(reader_->path() + ": " + reader_->DescribeBlock(w.block) +
-                         ": a code exceeds the block's " + std::to_string(bits) + "-bit width");
+                         ": a code does not fit the block's " + std::to_string(bits) +
+                         "-bit width or levels");
   }
   return Status::Ok();
 }
@@ -182,14 +184,15 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
     } else {
       const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
       v.q8 = {nullptr, scale, nullptr, T.rows, T.cols, T.stride};
-      v.packed = {base + T.p_off, scale, T.rows, T.cols, T.BlockRowBytes(0), T.bits};
+      v.packed = {base + T.p_off,     scale,  T.rows,          T.cols,
+                  T.BlockRowBytes(0), T.bits, T.BlockLevels(0)};
       if (!T.block_bits.empty()) {  // one view per block, each at its own width
         v.packed.row_bytes = 0;
         v.packed_block_rows = T.rows_per_block;
         for (size_t k = 0; k < T.row_blocks; ++k) {
           const size_t r0 = k * T.rows_per_block;
           v.packed_blocks.push_back({base + T.p_off + T.p_block_off[k], scale + r0, T.BlockRows(k),
-                                     T.cols, T.BlockRowBytes(k), T.BlockBits(k)});
+                                     T.cols, T.BlockRowBytes(k), T.BlockBits(k), T.BlockLevels(k)});
         }
       }
     }

@@ -79,6 +79,9 @@ class LayoutBuilder {
     U.decoded_size += (L.rows * 4 + 63) / 64 * 64;
     L.bits = IsPackedBits(T.bits()) ? T.bits() : 8;
     L.block_bits.assign(T.block_bits().begin(), T.block_bits().end());  // checked by the reader
+    for (int b = kMinPackedBits; b <= kMaxPackedBits; ++b) {
+      L.levels[static_cast<size_t>(b)] = r_.Levels(t, b);
+    }
     const size_t rpb = static_cast<size_t>(T.rows_per_block());
     L.first_block = T.first_block();
     L.rows_per_block = rpb;

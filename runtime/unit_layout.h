@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -35,10 +36,16 @@ struct TensorLayout {
   uint32_t first_block = 0;                             // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
   std::vector<size_t> p_block_off;  // per block of codes: where its rows start, from p_off
+  // Per width, its non-uniform levels (Tensor.levels; the reader's, valid for its life) or null.
+  std::array<const CodeLevels*, kMaxPackedBits + 1> levels{};
 
   // The width of block k of codes (k = 0 is the block after the scales), and the bytes of one of
   // its rows in the packed layout (PackedRowBytes, or the stride at 8 bits).
   int BlockBits(size_t k) const { return block_bits.empty() ? bits : block_bits[k]; }
+  const CodeLevels* BlockLevels(size_t k) const {
+    const int b = BlockBits(k);
+    return IsPackedBits(b) ? levels[static_cast<size_t>(b)] : nullptr;
+  }
   size_t BlockRows(size_t k) const { return std::min(rows_per_block, rows - k * rows_per_block); }
   size_t BlockRowBytes(size_t k) const {
     return bits == 8 ? stride : PackedRowBytes(cols, BlockBits(k));

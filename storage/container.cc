@@ -171,6 +171,35 @@ std::string BlockBitsProblem(const pb::Tensor& T, uint16_t version_major) {
   return "";
 }
 
+// What is wrong with T's level tables (format 5), or "" when nothing is.
+std::string LevelsProblem(const pb::Tensor& T, uint16_t version_major) {
+  if (T.levels_size() == 0) return "";
+  if (version_major < 5) {
+    return "levels in a format " + std::to_string(version_major) +
+           ".x file (non-uniform levels are format 5)";
+  }
+  if (T.type() != pb::TENSOR_Q8_ROW || !IsPackedBits(T.bits())) {
+    return "levels on a tensor without a packed width (bits " + std::to_string(T.bits()) + ")";
+  }
+  bool seen[kMaxPackedBits + 1] = {};
+  for (int k = 0; k < T.levels_size(); ++k) {
+    const pb::CodeLevels& L = T.levels(k);
+    const std::string at = "levels[" + std::to_string(k) + "]";
+    if (L.bits() < kMinPackedBits || L.bits() > T.bits()) {
+      return at + ".bits is " + std::to_string(L.bits()) + ", expected " +
+             std::to_string(kMinPackedBits) + ".." + std::to_string(T.bits()) +
+             " (the tensor's bits)";
+    }
+    if (seen[L.bits()]) return at + ": a second table for " + std::to_string(L.bits()) + " bits";
+    seen[L.bits()] = true;
+    const std::string& m = L.magnitudes();
+    const std::string why = CodeLevelsProblem(
+        L.bits(), std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(m.data()), m.size()));
+    if (!why.empty()) return at + ": " + why;
+  }
+  return "";
+}
+
 // What is wrong with T's row_order (format 4), or "" when nothing is.
 std::string RowOrderProblem(const pb::Tensor& T, uint16_t version_major) {
   if (T.row_order_size() == 0) return "";
@@ -194,6 +223,14 @@ std::string RowOrderProblem(const pb::Tensor& T, uint16_t version_major) {
     seen[r] = true;
   }
   return "";
+}
+
+// What is wrong with T's fields of formats 4 and 5 (block_bits, row_order, levels), or "".
+std::string LaterFieldsProblem(const pb::Tensor& T, uint16_t version_major) {
+  std::string why = BlockBitsProblem(T, version_major);
+  if (why.empty()) why = RowOrderProblem(T, version_major);
+  if (why.empty()) why = LevelsProblem(T, version_major);
+  return why;
 }
 
 }  // namespace
@@ -248,6 +285,8 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
   }
   // Tensors: blocks contiguous and in order, covering every block once; sizes match the shape.
   block_tensor_.assign(num_blocks(), -1);
+  levels_.clear();
+  tensor_levels_.assign(static_cast<size_t>(manifest_.tensors_size()), {});
   uint32_t expect_block = 0;
   for (int t = 0; t < manifest_.tensors_size(); ++t) {
     const pb::Tensor& T = manifest_.tensors(t);
@@ -296,12 +335,10 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
       return loss(id + ": bits " + std::to_string(T.bits()) + " is unknown to this reader (" +
                   (q8 ? "4..8" : "0 for f32 tensors") + ")");
     }
-    if (std::string why = BlockBitsProblem(T, header_.version_major); !why.empty()) {
+    if (std::string why = LaterFieldsProblem(T, header_.version_major); !why.empty()) {
       return loss(id + ": " + why);
     }
-    if (std::string why = RowOrderProblem(T, header_.version_major); !why.empty()) {
-      return loss(id + ": " + why);
-    }
+    AddLevels(t);
     const uint64_t elem = q8 ? 1 : 4;
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const uint32_t bi = T.first_block() + k;
@@ -348,6 +385,27 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
 int ContainerReader::FindTensor(const std::string& name) const {
   auto it = tensor_index_.find(name);
   return it == tensor_index_.end() ? -1 : it->second;
+}
+
+void ContainerReader::AddLevels(int t) {
+  for (const pb::CodeLevels& L : manifest_.tensors(t).levels()) {
+    const std::string& mag = L.magnitudes();
+    levels_.push_back(std::make_unique<CodeLevels>(MakeCodeLevels(
+        L.bits(),
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(mag.data()), mag.size()))));
+    tensor_levels_[static_cast<size_t>(t)][static_cast<size_t>(L.bits())] = levels_.back().get();
+  }
+}
+
+const CodeLevels* ContainerReader::Levels(int tensor, int bits) const {
+  if (tensor < 0 || static_cast<size_t>(tensor) >= tensor_levels_.size() || !IsPackedBits(bits)) {
+    return nullptr;
+  }
+  return tensor_levels_[static_cast<size_t>(tensor)][static_cast<size_t>(bits)];
+}
+
+const CodeLevels* ContainerReader::BlockLevels(size_t i) const {
+  return i < num_blocks() ? Levels(block_tensor_[i], CodeBits(i)) : nullptr;
 }
 
 int ContainerReader::CodeBits(size_t i) const {
@@ -432,9 +490,10 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
   const int bits = CodeBits(i);
   const bool codes = T.type() == pb::TENSOR_Q8_ROW && i != T.first_block();
   const size_t cols = static_cast<size_t>(T.cols());
+  const CodeLevels* levels = codes ? BlockLevels(i) : nullptr;
   if (b.codec() == pb::CODEC_PACKED) {  // every packed byte pattern is a valid code
     UnpackRows(stored.data(), out.size() / cols, cols, bits, reinterpret_cast<int8_t*>(out.data()),
-               cols);
+               cols, levels);
     return Status::Ok();
   }
   Status s = decoder->Decode(static_cast<Codec>(b.codec()), stored, out);
@@ -445,9 +504,13 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
   if (codes && IsPackedBits(bits)) {
     // Codes wider than the declared width would differ from what the packed tier holds.
     const int8_t* q = reinterpret_cast<const int8_t*>(out.data());
-    if (!CodesFit(q, out.size(), bits)) {
-      size_t at = 0;
-      while (at < out.size() && q[at] >= MinCode(bits) && q[at] <= MaxCode(bits)) ++at;
+    if (!CodesFit(q, out.size(), bits, levels)) {
+      const size_t at = FirstMisfit(q, out.size(), bits, levels);
+      if (levels != nullptr) {
+        return DataLossError(name_ + ": " + DescribeBlock(i) + ": value " + std::to_string(q[at]) +
+                             " at byte " + std::to_string(at) + " is not one of the block's " +
+                             std::to_string(bits) + "-bit levels");
+      }
       return DataLossError(name_ + ": " + DescribeBlock(i) + ": code " + std::to_string(q[at]) +
                            " exceeds the block's " + std::to_string(bits) + "-bit width (" +
                            std::to_string(MinCode(bits)) + ".." + std::to_string(MaxCode(bits)) +

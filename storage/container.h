@@ -11,6 +11,7 @@
 // tensor; nothing in a hostile file can make the reader read out of bounds.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "base/file.h"
+#include "base/packed_codes.h"
 #include "base/status.h"
 #include "proto/manifest.pb.h"
 #include "storage/codec.h"
@@ -31,8 +33,9 @@ inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 // 2.0: code widths below 8 bits (Tensor.bits) and packed blocks (CODEC_PACKED). 3.0: rANS blocks in
 // stream layout 2 (64 states; storage/rans.h), which 2.x readers cannot decode. 4.0: a width per
 // block of codes (Tensor.block_bits), whose packed blocks 3.x readers would size wrongly, and rows
-// stored out of order (Tensor.row_order), which they would ignore. 1.x, 2.x and 3.x files are read.
-inline constexpr uint16_t kDcmVersionMajor = 4;
+// stored out of order (Tensor.row_order), which they would ignore. 5.0: non-uniform levels
+// (Tensor.levels), whose codes 4.x readers would take for values. 1.x to 4.x files are read.
+inline constexpr uint16_t kDcmVersionMajor = 5;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
 inline constexpr uint32_t kDcmAlignment = 4096;     // start of each layer's range
@@ -79,6 +82,10 @@ class ContainerReader {
   // The width of block i's codes: its Tensor.block_bits entry, else the tensor's bits (8 for INT8
   // codes, and for blocks that hold no codes).
   int CodeBits(size_t i) const;
+  // The level table of a tensor's width (Tensor.levels, format 5), null for linear levels; and
+  // that of block i's codes (its width's). Pointers stay valid for the reader's life.
+  const CodeLevels* Levels(int tensor, int bits) const;
+  const CodeLevels* BlockLevels(size_t i) const;
   // "block 17 (blk.2.attn_q.weight, codes rows 0..191)".
   std::string DescribeBlock(size_t i) const;
 
@@ -107,6 +114,8 @@ class ContainerReader {
  private:
   ContainerReader() = default;
   Status Validate(std::span<const uint8_t> bytes);
+  // Builds tensor t's level tables (checked by Validate).
+  void AddLevels(int t);
 
   std::string name_;
   std::unique_ptr<MappedFile> file_;
@@ -114,6 +123,8 @@ class ContainerReader {
   DcmHeader header_;
   pb::Manifest manifest_;
   std::vector<int> block_tensor_;
+  std::vector<std::unique_ptr<CodeLevels>> levels_;
+  std::vector<std::array<const CodeLevels*, kMaxPackedBits + 1>> tensor_levels_;
   std::unordered_map<std::string, int> tensor_index_;
 };
 

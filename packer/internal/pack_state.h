@@ -5,6 +5,7 @@
 // as it writes them, so that the coded blocks of one tensor at a time are held in memory.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -39,8 +40,9 @@ struct Matrix {
   std::vector<float> col_scale;   // s_j (empty = 1)
   std::vector<float> importance;  // max|x'_j| (empty = unknown)
   float alpha = 0, step = 1, prune = 0;
-  int bits = 8;    // code width (rate allocation); the widest group's when groups are set
-  float clip = 1;  // bits < 8: the quantizer's clip
+  int bits = 8;            // code width (rate allocation); the widest group's when groups are set
+  double level_shape = 0;  // below 8 bits: the non-uniform levels' shape (PackOptions)
+  float clip = 1;          // bits < 8: the quantizer's clip
   // Groups of rows (rate allocation of matrices of many rows, rate_allocate.cc; or the groups a
   // synthetic model records, prune.cc): group g, rows [g * group_rows, (g + 1) * group_rows), has
   // its own width and clip. Empty: `bits` and `clip` hold for every row.
@@ -212,7 +214,10 @@ struct EncodedBlocks {
 // with the smallest of raw and s.codec_candidates. Where `packed_bits` (one width per block, or
 // empty) gives block b a width of 4..7 (data = INT8 codes, row_bytes = cols), the block is stored
 // packed unless entropy coding its codes saves at least --min-coding-gain of the packed size.
+// `levels[b]`: the non-uniform levels of width b (the codes are then their values), or null.
+using WidthLevels = std::array<const CodeLevels*, kMaxPackedBits + 1>;
 EncodedBlocks EncodeBlocks(PackState& s, std::span<const uint8_t> data, size_t row_bytes,
-                           size_t rows_per_block, std::span<const int> packed_bits = {});
+                           size_t rows_per_block, std::span<const int> packed_bits = {},
+                           const WidthLevels& levels = {});
 
 }  // namespace dcomp::packer::internal

@@ -93,6 +93,7 @@ QuantParams ParamsOf(const Matrix& m) {
   p.prune = m.prune;
   p.bits = m.bits;
   p.clip = m.clip;
+  p.level_shape = m.level_shape;
   return p;
 }
 

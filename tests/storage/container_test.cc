@@ -375,6 +375,110 @@ TEST(ContainerTest, ARowOrderMustBeAPermutation) {
   }
 }
 
+// Format 5: non-uniform levels (Tensor.levels). Rows 0..2 packed at 6 bits, rows 3..5 rANS-coded
+// values; `value_at_3x0` replaces row 3's first value; `tables` are the tensor's level tables.
+std::vector<uint8_t> WriteLevelsToy(std::vector<std::pair<int, std::vector<uint8_t>>> tables,
+                                    int value_at_3x0 = 0, std::vector<int8_t>* values = nullptr) {
+  const std::string path = TempPath("levels_" + std::to_string(::getpid()) + ".dcm");
+  auto w = ContainerWriter::Create(path);
+  EXPECT_TRUE(w.ok());
+  constexpr int kRows = 6, kCols = 100, kBits = 6;
+  const std::vector<uint8_t> mag = SinhLevels(kBits, 2.0);
+  const CodeLevels l = MakeCodeLevels(kBits, mag);
+  std::mt19937 rng(5);
+  std::vector<int8_t> v(kRows * kCols);
+  for (auto& x : v) {
+    const int k = static_cast<int>(rng() % 32);
+    x = static_cast<int8_t>(rng() % 2 ? mag[static_cast<size_t>(k)] : -mag[static_cast<size_t>(k)]);
+  }
+  if (value_at_3x0 != 0) v[3 * kCols] = static_cast<int8_t>(value_at_3x0);
+  if (values != nullptr) *values = v;
+  pb::Tensor t = ToyTensor("l", kBits);
+  for (const auto& [bits, m] : tables) {
+    pb::CodeLevels* L = t.add_levels();
+    L->set_bits(bits);
+    L->set_magnitudes(std::string(m.begin(), m.end()));
+  }
+  (*w)->BeginTensor(t);
+  std::vector<float> scales(kRows, 0.5f);
+  EXPECT_TRUE((*w)->AddBlock(Codec::kRaw, kRows * 4,
+                             {reinterpret_cast<const uint8_t*>(scales.data()), kRows * 4})
+                  .ok());
+  std::vector<uint8_t> packed(3 * PackedRowBytes(kCols, kBits));
+  EXPECT_EQ(PackRows(v.data(), 3, kCols, kCols, kBits, packed.data(), &l), 3u);
+  EXPECT_TRUE((*w)->AddBlock(Codec::kPacked, 3 * kCols, packed).ok());
+  std::vector<uint8_t> coded(v.begin() + 3 * kCols, v.end()), enc;
+  EXPECT_TRUE(EncodeBlock(Codec::kRans, coded, 3, &enc).ok());
+  EXPECT_TRUE((*w)->AddBlock(Codec::kRans, coded.size(), enc).ok());
+  pb::Manifest m;
+  m.mutable_config()->set_arch("toy");
+  EXPECT_TRUE((*w)->Finish(m).ok());
+  std::vector<uint8_t> bytes = ReadAll(path);
+  std::filesystem::remove(path);
+  return bytes;
+}
+
+TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
+  const std::vector<uint8_t> sinh6 = SinhLevels(6, 2.0);
+  std::vector<int8_t> values;
+  const std::vector<uint8_t> ok = WriteLevelsToy({{6, sinh6}}, 0, &values);
+  if (std::getenv("DCOMP_WRITE_FUZZ_SEED") != nullptr) {  // the fuzz corpus' format-5 seed
+    std::ofstream(testing::SourceDir() + "/tests/fuzz/corpus/fuzz_container/levels_v5.dcm",
+                  std::ios::binary)
+        .write(reinterpret_cast<const char*>(ok.data()), static_cast<std::streamsize>(ok.size()));
+  }
+  auto r = ContainerReader::FromBytes(ok, "l.dcm");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_NE((*r)->BlockLevels(1), nullptr);
+  EXPECT_EQ((*r)->BlockLevels(0), nullptr);  // the row scales
+  EXPECT_EQ((*r)->Levels(0, 5), nullptr);    // a width without a table
+  BlockDecoder dec;
+  std::vector<int8_t> all;
+  for (size_t b = 1; b < 3; ++b) {  // packed and entropy-coded blocks decode to the values
+    std::vector<uint8_t> out((*r)->block(b).raw_size());
+    ASSERT_TRUE((*r)->ReadBlock(b, out, &dec).ok());
+    all.insert(all.end(), out.begin(), out.end());
+  }
+  EXPECT_EQ(all, values);
+  // An entropy-coded value between two levels (sinh6[1] + 1 is not a level: the steps near zero
+  // are at least one, and sinh6[2] > sinh6[1] + 1 at 6 bits).
+  ASSERT_GT(sinh6[2], sinh6[1] + 1);
+  const std::vector<uint8_t> between = WriteLevelsToy({{6, sinh6}}, sinh6[1] + 1);
+  auto rv = ContainerReader::FromBytes(between, "v.dcm");  // the bytes outlive the reader
+  ASSERT_TRUE(rv.ok());
+  std::vector<uint8_t> out((*rv)->block(2).raw_size());
+  Status s = (*rv)->ReadBlock(2, out, &dec);
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("block 2 (l, codes rows 3..5): value " + std::to_string(sinh6[1] + 1) +
+                             " at byte 0 is not one of the block's 6-bit levels"),
+            std::string::npos)
+      << s.message();
+  // Bad tables are refused at open, naming the tensor and the entry.
+  std::vector<uint8_t> flat = sinh6;
+  flat[5] = flat[4];
+  const std::pair<std::vector<std::pair<int, std::vector<uint8_t>>>, std::string> bad[] = {
+      {{{6, flat}}, "tensor 0 (l): levels[0]: level 5 is"},
+      {{{6, std::vector<uint8_t>(sinh6.begin(), sinh6.end() - 1)}},
+       "levels[0]: 31 levels for 6 bits"},
+      {{{7, SinhLevels(7, 2.0)}}, "levels[0].bits is 7, expected 4..6"},
+      {{{6, sinh6}, {6, sinh6}}, "levels[1]: a second table for 6 bits"},
+  };
+  for (const auto& [tables, want] : bad) {
+    s = ContainerReader::FromBytes(WriteLevelsToy(tables), "b.dcm").status();
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << want;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
+  }
+  // Levels in a file that says format 4 (whose readers would take codes for values).
+  std::vector<uint8_t> v4 = ok;
+  const uint16_t four = 4;
+  std::memcpy(v4.data() + 8, &four, 2);
+  const uint32_t crc = Crc32c(v4.data(), 60);
+  std::memcpy(v4.data() + 60, &crc, 4);
+  s = ContainerReader::FromBytes(v4, "4.dcm").status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("levels in a format 4.x file"), std::string::npos) << s.message();
+}
+
 // The committed golden files and the error each must give.
 TEST(ContainerTest, GoldenCorruptFiles) {
   const std::string dir = testing::SourceDir() + "/tests/storage/golden/";
