@@ -66,6 +66,19 @@ inline void ForPackedBits(int bits, Fn&& fn) {
   }
 }
 
+// Calls fn(std::integral_constant<int, bits>{}, std::bool_constant<levels>{}) for a packed view:
+// the instantiations per width and per kind of levels (uniform, or w.levels' non-uniform ones).
+template <typename Fn>
+inline void ForPackedView(const PackedMatrixView& w, Fn&& fn) {
+  ForPackedBits(w.bits, [&](auto b) {
+    if (w.levels != nullptr) {
+      fn(b, std::true_type{});
+    } else {
+      fn(b, std::false_type{});
+    }
+  });
+}
+
 using UnpackRowsFn = void (*)(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out);
 using GemvPackedFn = void (*)(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                               size_t r0, size_t r1);

@@ -207,12 +207,8 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
 
 void GemvPackedNeon(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                     size_t r1) {
-  internal::ForPackedBits(w.bits, [&](auto b) {
-    if (w.levels != nullptr) {
-      GemvPackedNeonT<decltype(b)::value, true>(w, x, x_scale, y, r0, r1);
-    } else {
-      GemvPackedNeonT<decltype(b)::value, false>(w, x, x_scale, y, r0, r1);
-    }
+  internal::ForPackedView(w, [&](auto b, auto lv) {
+    GemvPackedNeonT<decltype(b)::value, decltype(lv)::value>(w, x, x_scale, y, r0, r1);
   });
 }
 
@@ -240,12 +236,8 @@ void UnpackRowsNeonT(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* ou
 }
 
 void UnpackRowsNeon(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedBits(w.bits, [&](auto b) {
-    if (w.levels != nullptr) {
-      UnpackRowsNeonT<decltype(b)::value, true>(w, r0, r1, out);
-    } else {
-      UnpackRowsNeonT<decltype(b)::value, false>(w, r0, r1, out);
-    }
+  internal::ForPackedView(w, [&](auto b, auto lv) {
+    UnpackRowsNeonT<decltype(b)::value, decltype(lv)::value>(w, r0, r1, out);
   });
 }
 

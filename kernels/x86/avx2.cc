@@ -261,12 +261,8 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
 
 void GemvPackedAvx2(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                     size_t r1) {
-  internal::ForPackedBits(w.bits, [&](auto b) {
-    if (w.levels != nullptr) {
-      GemvPackedAvx2T<decltype(b)::value, true>(w, x, x_scale, y, r0, r1);
-    } else {
-      GemvPackedAvx2T<decltype(b)::value, false>(w, x, x_scale, y, r0, r1);
-    }
+  internal::ForPackedView(w, [&](auto b, auto lv) {
+    GemvPackedAvx2T<decltype(b)::value, decltype(lv)::value>(w, x, x_scale, y, r0, r1);
   });
 }
 
@@ -296,12 +292,8 @@ void UnpackRowsAvx2T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* ou
 }
 
 void UnpackRowsAvx2(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedBits(w.bits, [&](auto b) {
-    if (w.levels != nullptr) {
-      UnpackRowsAvx2T<decltype(b)::value, true>(w, r0, r1, out);
-    } else {
-      UnpackRowsAvx2T<decltype(b)::value, false>(w, r0, r1, out);
-    }
+  internal::ForPackedView(w, [&](auto b, auto lv) {
+    UnpackRowsAvx2T<decltype(b)::value, decltype(lv)::value>(w, r0, r1, out);
   });
 }
 

@@ -285,12 +285,8 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
 
 void GemvPackedAvx512(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                       size_t r0, size_t r1) {
-  internal::ForPackedBits(w.bits, [&](auto b) {
-    if (w.levels != nullptr) {
-      GemvPackedAvx512T<decltype(b)::value, true>(w, x, x_scale, y, r0, r1);
-    } else {
-      GemvPackedAvx512T<decltype(b)::value, false>(w, x, x_scale, y, r0, r1);
-    }
+  internal::ForPackedView(w, [&](auto b, auto lv) {
+    GemvPackedAvx512T<decltype(b)::value, decltype(lv)::value>(w, x, x_scale, y, r0, r1);
   });
 }
 
@@ -316,12 +312,8 @@ void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* 
 }
 
 void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedBits(w.bits, [&](auto b) {
-    if (w.levels != nullptr) {
-      UnpackRowsAvx512T<decltype(b)::value, true>(w, r0, r1, out);
-    } else {
-      UnpackRowsAvx512T<decltype(b)::value, false>(w, r0, r1, out);
-    }
+  internal::ForPackedView(w, [&](auto b, auto lv) {
+    UnpackRowsAvx512T<decltype(b)::value, decltype(lv)::value>(w, r0, r1, out);
   });
 }
 

@@ -190,6 +190,31 @@ TEST(PackedLayoutTest, RoundTripsAndRejectsWhatDoesNotFit) {
   }
 }
 
+// The packed view's GEMM and GEMV (rows 1.., as the compute threads split them) equal the reference
+// INT8 GEMM of `q` on n_tok random activation rows, the first with extreme values.
+void ExpectPackedProductsEqualInt8(const KernelTable& k, const PackedMatrixView& v,
+                                   const Q8MatrixView& q, size_t n_tok, uint32_t seed,
+                                   const std::string& what) {
+  const size_t rows = v.rows, cols = v.cols, pc = PaddedCols(cols);
+  std::vector<int8_t> xq(n_tok * pc);
+  std::vector<float> xs(n_tok);
+  for (size_t t = 0; t < n_tok; ++t) {
+    std::vector<float> x = RandomF32(cols, seed + 100 + static_cast<uint32_t>(t), 2.0f);
+    RefKernels().quantize_row_q8(x.data(), cols, pc, xq.data() + t * pc, &xs[t]);
+  }
+  for (size_t c = 0; c < cols; ++c) xq[c] = static_cast<int8_t>(c % 3 ? 127 : -127);
+  const size_t ys = rows + 5;
+  std::vector<float> ya(n_tok * ys, -1.0f), yb(n_tok * ys, -1.0f), yc(n_tok * ys, -1.0f);
+  k.gemm_packed_q8(v, xq.data(), pc, xs.data(), n_tok, ya.data(), ys, 1, rows);
+  RefKernels().gemm_q8_q8(q, xq.data(), pc, xs.data(), n_tok, yb.data(), ys, 1, rows);
+  ASSERT_EQ(ya, yb) << k.name << " gemm, " << what << ", n_tok=" << n_tok << " rows=" << rows
+                    << " cols=" << cols;
+  for (size_t t = 0; t < n_tok; ++t) {
+    k.gemv_packed_q8(v, xq.data() + t * pc, xs[t], yc.data() + t * ys, 1, rows);
+  }
+  ASSERT_EQ(yc, yb) << k.name << " gemv, " << what << ", rows=" << rows;
+}
+
 TEST_P(KernelVariantTest, PackedProductsEqualTheInt8Products) {
   const KernelTable& k = *GetParam();
   for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
@@ -197,26 +222,8 @@ TEST_P(KernelVariantTest, PackedProductsEqualTheInt8Products) {
       for (auto [rows, cols] : {std::pair<size_t, size_t>{7, 64}, {37, 172}, {40, 1024}}) {
         const uint32_t seed = static_cast<uint32_t>(bits * 7919 + rows + cols + n_tok);
         PackedPair p = MakePacked(rows, cols, bits, seed);
-        const size_t pc = PaddedCols(cols);
-        std::vector<int8_t> xq(n_tok * pc);
-        std::vector<float> xs(n_tok);
-        for (size_t t = 0; t < n_tok; ++t) {
-          std::vector<float> x = RandomF32(cols, seed + 100 + static_cast<uint32_t>(t), 2.0f);
-          RefKernels().quantize_row_q8(x.data(), cols, pc, xq.data() + t * pc, &xs[t]);
-        }
-        // Extreme activations too.
-        for (size_t c = 0; c < cols; ++c) xq[c] = static_cast<int8_t>(c % 3 ? 127 : -127);
-        const size_t ys = rows + 5;
-        std::vector<float> ya(n_tok * ys, -1.0f), yb(n_tok * ys, -1.0f), yc(n_tok * ys, -1.0f);
-        // A row range not starting at 0, as the compute threads split them.
-        k.gemm_packed_q8(p.view, xq.data(), pc, xs.data(), n_tok, ya.data(), ys, 1, rows);
-        RefKernels().gemm_q8_q8(p.q8.view, xq.data(), pc, xs.data(), n_tok, yb.data(), ys, 1, rows);
-        ASSERT_EQ(ya, yb) << k.name << " gemm, " << bits << " bits, n_tok=" << n_tok
-                          << " rows=" << rows << " cols=" << cols;
-        for (size_t t = 0; t < n_tok; ++t) {
-          k.gemv_packed_q8(p.view, xq.data() + t * pc, xs[t], yc.data() + t * ys, 1, rows);
-        }
-        ASSERT_EQ(yc, yb) << k.name << " gemv, " << bits << " bits, rows=" << rows;
+        ExpectPackedProductsEqualInt8(k, p.view, p.q8.view, n_tok, seed,
+                                      std::to_string(bits) + " bits");
       }
     }
   }
@@ -303,24 +310,9 @@ TEST_P(KernelVariantTest, PackedProductsWithLevelsEqualTheInt8Products) {
           ComputeRowSums(m.q.data(), rows, pc, m.row_sum.data());
           m.view = {m.q.data(), m.scale.data(), m.row_sum.data(), rows, cols, pc};
           const PackedMatrixView v{packed.data(), m.scale.data(), rows, cols, rb, bits, &l};
-          std::vector<int8_t> xq(n_tok * pc);
-          std::vector<float> xs(n_tok);
-          for (size_t t = 0; t < n_tok; ++t) {
-            std::vector<float> x = RandomF32(cols, seed + 100 + static_cast<uint32_t>(t), 2.0f);
-            RefKernels().quantize_row_q8(x.data(), cols, pc, xq.data() + t * pc, &xs[t]);
-          }
-          for (size_t c = 0; c < cols; ++c) xq[c] = static_cast<int8_t>(c % 3 ? 127 : -127);
-          const size_t ys = rows + 5;
-          std::vector<float> ya(n_tok * ys, -1.0f), yb(n_tok * ys, -1.0f), yc(n_tok * ys, -1.0f);
-          k.gemm_packed_q8(v, xq.data(), pc, xs.data(), n_tok, ya.data(), ys, 1, rows);
-          RefKernels().gemm_q8_q8(m.view, xq.data(), pc, xs.data(), n_tok, yb.data(), ys, 1, rows);
-          ASSERT_EQ(ya, yb) << k.name << " gemm, " << bits << " bits, table " << table
-                            << ", n_tok=" << n_tok << " rows=" << rows << " cols=" << cols;
-          for (size_t t = 0; t < n_tok; ++t) {
-            k.gemv_packed_q8(v, xq.data() + t * pc, xs[t], yc.data() + t * ys, 1, rows);
-          }
-          ASSERT_EQ(yc, yb) << k.name << " gemv, " << bits << " bits, table " << table
-                            << ", rows=" << rows;
+          ExpectPackedProductsEqualInt8(
+              k, v, m.view, n_tok, seed,
+              std::to_string(bits) + " bits, table " + std::to_string(table));
         }
       }
     }

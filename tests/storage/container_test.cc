@@ -278,6 +278,26 @@ TEST(ContainerTest, PackedBlocksDecodeToTheirCodesAndDamageIsNamed) {
       << s.message();
 }
 
+// Ends a toy tensor of 6 rows: its row scales (0.5), rows 0..2 as the given packed block, rows
+// 3..5 as a rANS block of `coded`; then writes the file and returns its bytes.
+std::vector<uint8_t> FinishToyTensor(ContainerWriter* w, const std::string& path, size_t cols,
+                                     const std::vector<uint8_t>& packed,
+                                     const std::vector<uint8_t>& coded) {
+  std::vector<float> scales(6, 0.5f);
+  EXPECT_TRUE(
+      w->AddBlock(Codec::kRaw, 24, {reinterpret_cast<const uint8_t*>(scales.data()), 24}).ok());
+  EXPECT_TRUE(w->AddBlock(Codec::kPacked, 3 * cols, packed).ok());
+  std::vector<uint8_t> enc;
+  EXPECT_TRUE(EncodeBlock(Codec::kRans, coded, 3, &enc).ok());
+  EXPECT_TRUE(w->AddBlock(Codec::kRans, coded.size(), enc).ok());
+  pb::Manifest m;
+  m.mutable_config()->set_arch("toy");
+  EXPECT_TRUE(w->Finish(m).ok());
+  std::vector<uint8_t> bytes = ReadAll(path);
+  std::filesystem::remove(path);
+  return bytes;
+}
+
 // Format 4: a width per block of codes (Tensor.block_bits). Rows 0..2 packed at 5 bits, rows 3..5
 // entropy-coded with codes of 4 bits (or `code_at_3x0` at row 3's first code).
 std::vector<uint8_t> WriteBlockBitsToy(int bits_field, std::vector<int> block_bits,
@@ -297,22 +317,9 @@ std::vector<uint8_t> WriteBlockBitsToy(int bits_field, std::vector<int> block_bi
   for (int b : block_bits) t.add_block_bits(b);
   for (uint32_t r : row_order) t.add_row_order(r);
   (*w)->BeginTensor(t);
-  std::vector<float> scales(kRows, 0.5f);
-  EXPECT_TRUE((*w)->AddBlock(Codec::kRaw, kRows * 4,
-                             {reinterpret_cast<const uint8_t*>(scales.data()), kRows * 4})
-                  .ok());
   std::vector<uint8_t> packed(3 * PackedRowBytes(kCols, 5));
   EXPECT_EQ(PackRows(codes.data(), 3, kCols, kCols, 5, packed.data()), 3u);
-  EXPECT_TRUE((*w)->AddBlock(Codec::kPacked, 3 * kCols, packed).ok());
-  std::vector<uint8_t> coded(codes.begin() + 3 * kCols, codes.end()), enc;
-  EXPECT_TRUE(EncodeBlock(Codec::kRans, coded, 3, &enc).ok());
-  EXPECT_TRUE((*w)->AddBlock(Codec::kRans, coded.size(), enc).ok());
-  pb::Manifest m;
-  m.mutable_config()->set_arch("toy");
-  EXPECT_TRUE((*w)->Finish(m).ok());
-  std::vector<uint8_t> bytes = ReadAll(path);
-  std::filesystem::remove(path);
-  return bytes;
+  return FinishToyTensor(w->get(), path, kCols, packed, {codes.begin() + 3 * kCols, codes.end()});
 }
 
 TEST(ContainerTest, BlocksOfOneTensorHoldTheirOwnWidths) {
@@ -400,22 +407,9 @@ std::vector<uint8_t> WriteLevelsToy(std::vector<std::pair<int, std::vector<uint8
     L->set_magnitudes(std::string(m.begin(), m.end()));
   }
   (*w)->BeginTensor(t);
-  std::vector<float> scales(kRows, 0.5f);
-  EXPECT_TRUE((*w)->AddBlock(Codec::kRaw, kRows * 4,
-                             {reinterpret_cast<const uint8_t*>(scales.data()), kRows * 4})
-                  .ok());
   std::vector<uint8_t> packed(3 * PackedRowBytes(kCols, kBits));
   EXPECT_EQ(PackRows(v.data(), 3, kCols, kCols, kBits, packed.data(), &l), 3u);
-  EXPECT_TRUE((*w)->AddBlock(Codec::kPacked, 3 * kCols, packed).ok());
-  std::vector<uint8_t> coded(v.begin() + 3 * kCols, v.end()), enc;
-  EXPECT_TRUE(EncodeBlock(Codec::kRans, coded, 3, &enc).ok());
-  EXPECT_TRUE((*w)->AddBlock(Codec::kRans, coded.size(), enc).ok());
-  pb::Manifest m;
-  m.mutable_config()->set_arch("toy");
-  EXPECT_TRUE((*w)->Finish(m).ok());
-  std::vector<uint8_t> bytes = ReadAll(path);
-  std::filesystem::remove(path);
-  return bytes;
+  return FinishToyTensor(w->get(), path, kCols, packed, {v.begin() + 3 * kCols, v.end()});
 }
 
 TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
