@@ -2,7 +2,8 @@
 // this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), in stream layout 2 and in layout 1 ("/L1"),
 // htscodecs' rANS 4x16 and 32x16 order-0 (each SIMD level it has here; Debian's libhtscodecs), and
 // zstd at several levels. For each: bits per weight (8 x stored / raw), encode GB/s (one thread)
-// and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second.
+// and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second. Then the check of
+// decoded codes against non-uniform levels, per decoder's instruction set.
 //
 // Sources: `plain`, every matrix of MODEL quantized per row (plain INT8, cut into 128 KiB blocks);
 // and for each --dcm FILE, the row-code blocks of its matrices as packed (at most --max-mib MiB,
@@ -23,6 +24,7 @@
 
 #include "base/clock.h"
 #include "base/cpu_features.h"
+#include "base/packed_codes.h"
 #include "bench/bench_model.h"
 #include "engine/model_file.h"
 #include "packer/quantize.h"
@@ -230,6 +232,45 @@ void Run(const Source& src, double seconds) {
   }
 }
 
+// The check of decoded codes against a tensor's non-uniform levels (format 5), which the reader
+// runs on every such block: each decoder's instruction set against the portable table lookup, on a
+// 128 KiB block of random level values, alternating the sides in rounds; GB/s of codes checked.
+void LevelChecks(double seconds) {
+  std::printf("\nlevel check (128 KiB blocks of sinh levels, 1 thread, GB/s)\n%-6s", "bits");
+  const std::vector<storage::RansDecoder> decoders = storage::AvailableRansDecoders();
+  for (storage::RansDecoder d : decoders) std::printf(" %14s", storage::RansDecoderName(d));
+  std::printf("\n");
+  for (int bits = kMinPackedBits; bits <= kMaxLevelBits + 1; ++bits) {
+    const std::vector<uint8_t> mag = SinhLevels(bits, 2.0);
+    const CodeLevels levels = MakeCodeLevels(bits, mag);
+    std::vector<int8_t> q(kBlock);
+    uint32_t x = 12345;
+    for (int8_t& v : q) {
+      x = x * 1664525u + 1013904223u;
+      const uint8_t m = mag[(x >> 8) % mag.size()];
+      v = static_cast<int8_t>((x >> 31) != 0 ? -m : m);
+    }
+    std::vector<double> bytes(decoders.size()), secs(decoders.size());
+    bool all_ok = true;
+    for (int round = 0; round < 10; ++round) {
+      for (size_t k = 0; k < decoders.size(); ++k) {
+        const auto t0 = Clock::now();
+        int reps = 0;
+        while (Seconds(t0, Clock::now()) < seconds / 10 / static_cast<double>(decoders.size())) {
+          for (int r = 0; r < 64; ++r, ++reps) {
+            all_ok &= storage::ValuesAreLevelsWith(decoders[k], q.data(), q.size(), levels);
+          }
+        }
+        secs[k] += Seconds(t0, Clock::now());
+        bytes[k] += static_cast<double>(reps) * static_cast<double>(q.size());
+      }
+    }
+    std::printf("%-6d", bits);
+    for (size_t k = 0; k < decoders.size(); ++k) std::printf(" %14.2f", bytes[k] / secs[k] / 1e9);
+    std::printf("%s\n", all_ok ? "" : "  CHECK FAILED");
+  }
+}
+
 int Main(int argc, char** argv) {
   std::string model = BenchModelPath();
   std::vector<std::string> dcms;
@@ -273,6 +314,7 @@ int Main(int argc, char** argv) {
     sources.push_back(std::move(*s));
   }
   for (const Source& s : sources) Run(s, seconds);
+  LevelChecks(seconds);
   return 0;
 }
 

@@ -11,6 +11,7 @@
 
 #include "base/packed_codes.h"
 #include "storage/crc32c.h"
+#include "storage/rans.h"
 
 namespace dcomp::storage {
 namespace {
@@ -504,7 +505,8 @@ Status ContainerReader::DecodeBlock(size_t i, std::span<const uint8_t> stored,
   if (codes && IsPackedBits(bits)) {
     // Codes wider than the declared width would differ from what the packed tier holds.
     const int8_t* q = reinterpret_cast<const int8_t*>(out.data());
-    if (!CodesFit(q, out.size(), bits, levels)) {
+    if (levels != nullptr ? !ValuesAreLevels(q, out.size(), *levels)
+                          : !CodesFit(q, out.size(), bits)) {
       const size_t at = FirstMisfit(q, out.size(), bits, levels);
       if (levels != nullptr) {
         return DataLossError(name_ + ": " + DescribeBlock(i) + ": value " + std::to_string(q[at]) +

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "base/cpu_features.h"
+#include "base/packed_codes.h"
 #include "storage/internal/rans_impl.h"
 
 namespace dcomp::storage {
@@ -434,6 +435,45 @@ Status RansDecodeWith(RansDecoder d, std::span<const uint8_t> in, std::span<uint
                                    " is not available on this CPU");
   }
   return DecodeWith(in, out, d);
+}
+
+namespace internal {
+
+bool ValuesAreLevelsPortable(const int8_t* q, size_t n, const uint8_t map[16]) {
+  uint8_t ok = 1;
+  for (size_t i = 0; i < n; ++i) {
+    const int v = q[i];
+    const int a = v < 0 ? -v : v;  // 128 for -128: outside the map
+    ok &= static_cast<uint8_t>(a < 128 && ((map[a >> 3] >> (a & 7)) & 1));
+  }
+  return ok != 0;
+}
+
+}  // namespace internal
+
+bool ValuesAreLevelsWith(RansDecoder d, const int8_t* q, size_t n, const CodeLevels& levels) {
+  d = Supported(d) ? d : RansDecoder::kPortable;
+  // Without byte shuffles, the 256-entry table (2.5-3.5 GB/s) beats the bitmap (0.8 GB/s), which
+  // serves the SIMD checks' tails only.
+  if (d == RansDecoder::kPortable) return CodesFit(q, n, levels.bits, &levels);
+  uint8_t map[16] = {};
+  for (size_t k = 0; k < (size_t{1} << (levels.bits - 1)); ++k) {
+    map[levels.mag[k] >> 3] |= static_cast<uint8_t>(1u << (levels.mag[k] & 7));
+  }
+  switch (d) {
+#if defined(__x86_64__)
+    case RansDecoder::kAvx512Vbmi2: return internal::ValuesAreLevelsAvx512(q, n, map);
+    case RansDecoder::kAvx2: return internal::ValuesAreLevelsAvx2(q, n, map);
+#endif
+#if defined(__aarch64__)
+    case RansDecoder::kNeon: return internal::ValuesAreLevelsNeon(q, n, map);
+#endif
+    default: return internal::ValuesAreLevelsPortable(q, n, map);
+  }
+}
+
+bool ValuesAreLevels(const int8_t* q, size_t n, const CodeLevels& levels) {
+  return ValuesAreLevelsWith(SelectedRansDecoder(), q, n, levels);
 }
 
 Status RansDecodePortable(std::span<const uint8_t> in, std::span<uint8_t> out) {

@@ -92,4 +92,18 @@ size_t RansDecodeGroupsNeon(const RansStream& s, std::span<uint8_t> out, uint32_
   });
 }
 
+bool ValuesAreLevelsNeon(const int8_t* q, size_t n, const uint8_t map[16]) {
+  static const uint8_t kBit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+  const uint8x16_t m = vld1q_u8(map), bit = vld1q_u8(kBit), seven = vdupq_n_u8(7);
+  uint8x16_t ok = vdupq_n_u8(0xFF);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    // |-128| stays 0x80, whose index 16 is past the map: tbl reads 0, not a level.
+    const uint8x16_t a = vreinterpretq_u8_s8(vabsq_s8(vld1q_s8(q + i)));
+    const uint8x16_t byte = vqtbl1q_u8(m, vshrq_n_u8(a, 3));
+    ok = vandq_u8(ok, vtstq_u8(byte, vqtbl1q_u8(bit, vandq_u8(a, seven))));
+  }
+  return vminvq_u8(ok) != 0 && ValuesAreLevelsPortable(q + i, n - i, map);
+}
+
 }  // namespace dcomp::storage::internal

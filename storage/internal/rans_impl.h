@@ -61,6 +61,17 @@ Status FinishRansDecode(const RansStream& s, size_t words_read, const uint32_t* 
 Status RansDecodeTail(const RansStream& s, size_t begin, std::span<uint8_t> out, uint32_t* states,
                       size_t* words_read);
 
+// ValuesAreLevels per instruction set: `map` holds bit m & 7 of byte m >> 3 for each level
+// magnitude m (0..127); a value v is a level when v != -128 and |v|'s bit is set.
+bool ValuesAreLevelsPortable(const int8_t* q, size_t n, const uint8_t map[16]);
+#if defined(__x86_64__)
+bool ValuesAreLevelsAvx512(const int8_t* q, size_t n, const uint8_t map[16]);
+bool ValuesAreLevelsAvx2(const int8_t* q, size_t n, const uint8_t map[16]);
+#endif
+#if defined(__aarch64__)
+bool ValuesAreLevelsNeon(const int8_t* q, size_t n, const uint8_t map[16]);
+#endif
+
 // The SIMD decoders of whole groups of s.lanes symbols of out (out.size() = s.coded), continuing
 // from `states` and word position `*words_read`; each returns the symbols decoded (the portable
 // loop decodes the rest).

@@ -105,4 +105,25 @@ size_t RansDecodeGroupsAvx2(const RansStream& s, std::span<uint8_t> out, uint32_
   });
 }
 
+__attribute__((target("avx2"))) bool ValuesAreLevelsAvx2(const int8_t* q, size_t n,
+                                                         const uint8_t map[16]) {
+  const __m256i m =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(map)));
+  const __m256i bit = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128,
+                                       1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+  const __m256i zero = _mm256_setzero_si256(), min = _mm256_set1_epi8(-128);
+  __m256i bad = zero;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i));
+    const __m256i a = _mm256_abs_epi8(v);  // -128 stays 0x80: caught below
+    const __m256i byte =
+        _mm256_shuffle_epi8(m, _mm256_and_si256(_mm256_srli_epi16(a, 3), _mm256_set1_epi8(15)));
+    const __m256i sel = _mm256_shuffle_epi8(bit, _mm256_and_si256(a, _mm256_set1_epi8(7)));
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(_mm256_and_si256(byte, sel), zero));
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(v, min));
+  }
+  return _mm256_testz_si256(bad, bad) != 0 && ValuesAreLevelsPortable(q + i, n - i, map);
+}
+
 }  // namespace dcomp::storage::internal

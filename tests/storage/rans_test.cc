@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "base/packed_codes.h"
 #include "tests/util/weight_codes.h"
 
 namespace dcomp::storage {
@@ -57,6 +58,32 @@ class RansDecoderTest : public ::testing::TestWithParam<RansDecoder> {
     }
   }
 };
+
+// The level check of each decoder's instruction set gives the portable table's verdict: values of
+// a table's levels with, at a random place, a non-level (or none), every length to 300.
+TEST_P(RansDecoderTest, LevelCheckAgreesWithThePortableOne) {
+  std::mt19937 rng(17);
+  for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
+    const std::vector<uint8_t> mag = SinhLevels(bits, 2.0);
+    const CodeLevels l = MakeCodeLevels(bits, mag);
+    std::vector<int> outside = {-128};  // values that are not levels
+    for (int v = -127; v <= 127; ++v) {
+      if (l.u_of[static_cast<uint8_t>(v)] < 0) outside.push_back(v);
+    }
+    for (size_t n = 0; n <= 300; ++n) {
+      for (int trial = 0; trial < 3; ++trial) {
+        std::vector<int8_t> q(n);
+        for (int8_t& v : q) {
+          const uint8_t m = mag[rng() % mag.size()];
+          v = static_cast<int8_t>(rng() % 2 ? -m : m);
+        }
+        if (n > 0 && trial > 0) q[rng() % n] = static_cast<int8_t>(outside[rng() % outside.size()]);
+        ASSERT_EQ(ValuesAreLevelsWith(GetParam(), q.data(), n, l), CodesFit(q.data(), n, bits, &l))
+            << RansDecoderName(GetParam()) << ", " << bits << " bits, n " << n;
+      }
+    }
+  }
+}
 
 TEST_P(RansDecoderTest, RoundTripsEverySizeAroundTheGroupSize) {
   for (size_t n = 0; n <= 300; ++n) ExpectRoundTrip(GaussianCodes(n, 20, n));
