@@ -3,7 +3,9 @@
 // htscodecs' rANS 4x16 and 32x16 order-0 (each SIMD level it has here; Debian's libhtscodecs), and
 // zstd at several levels. For each: bits per weight (8 x stored / raw), encode GB/s (one thread)
 // and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second. Then the check of
-// decoded codes against non-uniform levels, per decoder's instruction set.
+// decoded codes against non-uniform levels, per decoder's instruction set. Then CRC32C, which the
+// reader checks on every block it reads: dcomp's three chains of the CRC instruction against the
+// single chain it replaced and the portable table.
 //
 // Sources: `plain`, every matrix of MODEL quantized per row (plain INT8, cut into 128 KiB blocks);
 // and for each --dcm FILE, the row-code blocks of its matrices as packed (at most --max-mib MiB,
@@ -30,6 +32,7 @@
 #include "packer/quantize.h"
 #include "storage/codec.h"
 #include "storage/container.h"
+#include "storage/crc32c.h"
 #include "storage/rans.h"
 
 namespace dcomp {
@@ -271,6 +274,83 @@ void LevelChecks(double seconds) {
   }
 }
 
+// The single chain of CRC instructions that storage/crc32c.cc ran before its three chains: the
+// baseline of the CRC table below (the same value; checked).
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t CrcOneChain(const uint8_t* p, size_t n, uint32_t crc) {
+  uint64_t c = ~crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = __builtin_ia32_crc32di(c, v);
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  for (; n > 0; --n, ++p) c32 = __builtin_ia32_crc32qi(c32, *p);
+  return ~c32;
+}
+bool HaveCrcInstruction() { return Cpu().sse42; }
+#elif defined(__aarch64__)
+__attribute__((target("+crc"))) uint32_t CrcOneChain(const uint8_t* p, size_t n, uint32_t crc) {
+  uint32_t c = ~crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = __builtin_aarch64_crc32cx(c, v);
+  }
+  for (; n > 0; --n, ++p) c = __builtin_aarch64_crc32cb(c, *p);
+  return ~c;
+}
+bool HaveCrcInstruction() { return Cpu().crc32; }
+#else
+uint32_t CrcOneChain(const uint8_t* p, size_t n, uint32_t crc) {
+  return storage::Crc32cPortable(p, n, crc);
+}
+bool HaveCrcInstruction() { return false; }
+#endif
+
+// CRC32C of blocks of 4 KiB, 128 KiB and 64 MiB (in L1, in L2, out of cache), one thread, the sides
+// alternated in 10 rounds; GB/s.
+void CrcSpeeds(double seconds) {
+  struct Side {
+    const char* name;
+    uint32_t (*fn)(const uint8_t*, size_t, uint32_t);
+  };
+  const Side sides[] = {{"one chain", CrcOneChain},
+                        {"three chains", [](const uint8_t* p, size_t n,
+                                            uint32_t c) { return storage::Crc32c(p, n, c); }},
+                        {"portable", [](const uint8_t* p, size_t n, uint32_t c) {
+                           return storage::Crc32cPortable(p, n, c);
+                         }}};
+  std::printf("\ncrc32c (1 thread, GB/s; the CRC instruction %s)\n%-10s",
+              HaveCrcInstruction() ? "available" : "absent", "block");
+  for (const Side& side : sides) std::printf(" %14s", side.name);
+  std::printf("\n");
+  for (size_t size : {size_t{4} << 10, size_t{128} << 10, size_t{64} << 20}) {
+    std::vector<uint8_t> b(size);
+    uint32_t x = 777;
+    for (uint8_t& v : b) v = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
+    const uint32_t want = storage::Crc32cPortable(b.data(), b.size());
+    double bytes[3] = {}, secs[3] = {};
+    bool all_ok = true;
+    for (int round = 0; round < 10; ++round) {
+      for (size_t k = 0; k < 3; ++k) {
+        const auto t0 = Clock::now();
+        size_t reps = 0;
+        while (Seconds(t0, Clock::now()) < seconds / 30) {
+          const size_t batch = std::max<size_t>(1, (size_t{1} << 20) / size);
+          for (size_t r = 0; r < batch; ++r, ++reps)
+            all_ok &= sides[k].fn(b.data(), size, 0) == want;
+        }
+        secs[k] += Seconds(t0, Clock::now());
+        bytes[k] += static_cast<double>(reps) * static_cast<double>(size);
+      }
+    }
+    std::printf("%-10s", (std::to_string(size >> 10) + " KiB").c_str());
+    for (size_t k = 0; k < 3; ++k) std::printf(" %14.2f", bytes[k] / secs[k] / 1e9);
+    std::printf("%s\n", all_ok ? "" : "  MISMATCH");
+  }
+}
+
 int Main(int argc, char** argv) {
   std::string model = BenchModelPath();
   std::vector<std::string> dcms;
@@ -315,6 +395,7 @@ int Main(int argc, char** argv) {
   }
   for (const Source& s : sources) Run(s, seconds);
   LevelChecks(seconds);
+  CrcSpeeds(seconds);
   return 0;
 }
 

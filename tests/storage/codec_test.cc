@@ -32,6 +32,27 @@ TEST(Crc32cTest, HardwareMatchesPortableAndExtends) {
   EXPECT_EQ(Crc32c(v.data() + 100, 900, Crc32c(v.data(), 100)), Crc32c(v.data(), 1000));
 }
 
+// The hardware path runs three chains over pieces of 3 x 4096 and 3 x 256 bytes and joins them:
+// lengths around those pieces, at every alignment, and extension across their boundaries.
+TEST(Crc32cTest, ThreeChainsMatchPortableAroundPieceSizes) {
+  auto v = GaussianCodes(3 * 12288 + 2010, 60, 2);
+  for (size_t n : {767, 768, 769, 775, 1536, 12287, 12288, 12289, 12288 + 768 + 9, 24576 + 3 * 768,
+                   3 * 12288 + 1999}) {
+    for (size_t off : {0, 1, 3, 7}) {
+      ASSERT_LE(off + n, v.size());
+      EXPECT_EQ(Crc32c(v.data() + off, n), Crc32cPortable(v.data() + off, n)) << n << " @" << off;
+    }
+  }
+  for (size_t cut : {1, 768, 5000, 12288, 20000}) {
+    const size_t n = 3 * 12288 + 1999;
+    EXPECT_EQ(Crc32c(v.data() + cut, n - cut, Crc32c(v.data(), cut)), Crc32cPortable(v.data(), n))
+        << cut;
+  }
+  const std::vector<uint8_t> zeros(3 * 4096, 0);  // a piece of zeros: only the join shifts
+  EXPECT_EQ(Crc32c(zeros.data(), zeros.size(), 0x12345678u),
+            Crc32cPortable(zeros.data(), zeros.size(), 0x12345678u));
+}
+
 void ExpectRoundTrip(const std::vector<uint8_t>& in) {
   std::vector<uint8_t> enc;
   RansEncode(in, &enc);
