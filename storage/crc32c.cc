@@ -36,11 +36,17 @@ constexpr Tables kTables;
 struct ZeroShift {
   std::array<std::array<uint32_t, 256>, 4> t{};
   constexpr explicit ZeroShift(size_t n) {
-    std::array<uint32_t, 32> basis{};  // the image of each register bit
+    // basis[i] is the image of register bit i. One zero byte is a table step; n of them come from
+    // composing by binary powers (log n compositions of 32x32 bit matrices), which keeps the
+    // compile-time evaluation small for any n.
+    std::array<uint32_t, 32> basis{}, power{};
     for (size_t i = 0; i < 32; ++i) {
-      uint32_t c = 1u << i;
-      for (size_t k = 0; k < n; ++k) c = (c >> 8) ^ kTables.t[0][c & 0xFF];
-      basis[i] = c;
+      basis[i] = 1u << i;
+      power[i] = ((1u << i) >> 8) ^ kTables.t[0][(1u << i) & 0xFF];
+    }
+    for (; n > 0; n >>= 1) {
+      if (n & 1) basis = Compose(power, basis);
+      power = Compose(power, power);
     }
     for (size_t k = 0; k < 4; ++k) {
       for (uint32_t b = 0; b < 256; ++b) {
@@ -51,6 +57,17 @@ struct ZeroShift {
         t[k][b] = v;
       }
     }
+  }
+  // The matrix "g after f", both given by the images of the 32 register bits.
+  static constexpr std::array<uint32_t, 32> Compose(const std::array<uint32_t, 32>& g,
+                                                    const std::array<uint32_t, 32>& f) {
+    std::array<uint32_t, 32> r{};
+    for (size_t i = 0; i < 32; ++i) {
+      for (size_t j = 0; j < 32; ++j) {
+        if ((f[i] >> j) & 1) r[i] ^= g[j];
+      }
+    }
+    return r;
   }
   uint32_t operator()(uint32_t c) const {
     return t[0][c & 0xFF] ^ t[1][(c >> 8) & 0xFF] ^ t[2][(c >> 16) & 0xFF] ^ t[3][c >> 24];
