@@ -116,6 +116,10 @@ struct Plan {
   uint64_t fixed_bytes = 0;
   uint64_t total_bytes = 0;  // everything: fixed + tiers + pipeline + decoder scratch
   double est_seconds_per_token = 0;
+  // CPU seconds per token of products and decoding, as one thread would spend them. Between
+  // plans of the same estimate (read-bound ones) the one with less is chosen: the estimate takes
+  // reads and compute as overlapping perfectly, but a pass still puts compute on the critical path.
+  double est_cpu_seconds_per_token = 0;
   int count(Tier t) const;
   std::string Summary() const;  // one line
   void ToJson(JsonWriter& j) const;

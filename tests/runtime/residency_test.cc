@@ -218,6 +218,39 @@ TEST(ResidencyTest, ComputeProbeLeavesTheCacheOnlyForALargerModelAndWithinTheBud
   EXPECT_EQ(ComputeProbeBytes(1ull << 30, 128 * MiB, 1ull << 40), 256 * MiB);
 }
 
+// Read-bound plans tie on their estimate whatever their RAM units cost to compute. When entropy
+// coding gained little (its stored range about its packed size, 5% of its blocks entropy-coded),
+// the units held in RAM are held packed, not entropy-coded, even at a budget that would fit one
+// more entropy-coded unit than packed ones would: the estimate is the reads', and the plan with less
+// CPU work per token wins the tie (less of the pass on the critical path).
+TEST(ResidencyTest, ReadBoundPlansHoldPackedRatherThanEntropyCodedUnitsOfTheSameSize) {
+  auto units = TinyLlamaUnits(true);
+  for (UnitInfo& u : units) {
+    u.compressed_bytes = u.packed_bytes - u.packed_bytes / 200;
+    u.packed_raw_bytes = u.raw_bytes - u.raw_bytes / 20;
+  }
+  Rates r;
+  r.io_bytes_per_s = 3e8;  // the three streamed units' reads take longer than the whole pass's work
+  r.packed_macs_per_s = 3 * r.compute_macs_per_s;
+  r.io_credits_idle = true;
+  uint64_t packed = 0;
+  for (const UnitInfo& u : units) packed += u.packed_bytes;
+  const uint64_t budget = Fixed().total() + packed - 2 * units[0].packed_bytes;
+  Result<Plan> p = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->count(Tier::kCompressed), 0) << p->Summary();
+  EXPECT_GT(p->count(Tier::kPacked), 0) << p->Summary();
+  EXPECT_GT(p->count(Tier::kFlash), 0) << p->Summary();
+  // The same tiers with the packed units held entropy-coded: as fast by the estimate, more work.
+  Plan c = *p;
+  for (Tier& t : c.tiers) {
+    if (t == Tier::kPacked) t = Tier::kCompressed;
+  }
+  EstimateSeconds(units, r, c);
+  EXPECT_NEAR(c.est_seconds_per_token, p->est_seconds_per_token, 1e-3 * p->est_seconds_per_token);
+  EXPECT_GT(c.est_cpu_seconds_per_token, p->est_cpu_seconds_per_token * 1.01);
+}
+
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
   const auto units = TinyLlamaUnits();
   Result<Plan> p = ChoosePlan(units, Fixed(), Rates{}, 4ull << 30, Policy::kAdaptive);
