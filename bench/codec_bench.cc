@@ -277,30 +277,36 @@ void LevelChecks(double seconds) {
 // The single chain of CRC instructions that storage/crc32c.cc ran before its three chains: the
 // baseline of the CRC table below (the same value; checked).
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t CrcOneChain(const uint8_t* p, size_t n, uint32_t crc) {
-  uint64_t c = ~crc;
-  for (; n >= 8; n -= 8, p += 8) {
-    uint64_t v;
-    std::memcpy(&v, p, 8);
-    c = __builtin_ia32_crc32di(c, v);
-  }
-  uint32_t c32 = static_cast<uint32_t>(c);
-  for (; n > 0; --n, ++p) c32 = __builtin_ia32_crc32qi(c32, *p);
-  return ~c32;
+#define BENCH_CRC_TARGET __attribute__((target("sse4.2")))
+BENCH_CRC_TARGET inline uint32_t CrcWord(uint32_t c, uint64_t v) {
+  return static_cast<uint32_t>(__builtin_ia32_crc32di(c, v));
+}
+BENCH_CRC_TARGET inline uint32_t CrcByte(uint32_t c, uint8_t v) {
+  return __builtin_ia32_crc32qi(c, v);
 }
 bool HaveCrcInstruction() { return Cpu().sse42; }
 #elif defined(__aarch64__)
-__attribute__((target("+crc"))) uint32_t CrcOneChain(const uint8_t* p, size_t n, uint32_t crc) {
+#define BENCH_CRC_TARGET __attribute__((target("+crc")))
+BENCH_CRC_TARGET inline uint32_t CrcWord(uint32_t c, uint64_t v) {
+  return __builtin_aarch64_crc32cx(c, v);
+}
+BENCH_CRC_TARGET inline uint32_t CrcByte(uint32_t c, uint8_t v) {
+  return __builtin_aarch64_crc32cb(c, v);
+}
+bool HaveCrcInstruction() { return Cpu().crc32; }
+#endif
+
+#if defined(BENCH_CRC_TARGET)
+BENCH_CRC_TARGET uint32_t CrcOneChain(const uint8_t* p, size_t n, uint32_t crc) {
   uint32_t c = ~crc;
   for (; n >= 8; n -= 8, p += 8) {
     uint64_t v;
     std::memcpy(&v, p, 8);
-    c = __builtin_aarch64_crc32cx(c, v);
+    c = CrcWord(c, v);
   }
-  for (; n > 0; --n, ++p) c = __builtin_aarch64_crc32cb(c, *p);
+  for (; n > 0; --n, ++p) c = CrcByte(c, *p);
   return ~c;
 }
-bool HaveCrcInstruction() { return Cpu().crc32; }
 #else
 uint32_t CrcOneChain(const uint8_t* p, size_t n, uint32_t crc) {
   return storage::Crc32cPortable(p, n, crc);

@@ -221,8 +221,8 @@ TEST(ResidencyTest, ComputeProbeLeavesTheCacheOnlyForALargerModelAndWithinTheBud
 // Read-bound plans tie on their estimate whatever their RAM units cost to compute. When entropy
 // coding gained little (its stored range about its packed size, 5% of its blocks entropy-coded),
 // the units held in RAM are held packed, not entropy-coded, even at a budget that would fit one
-// more entropy-coded unit than packed ones would: the estimate is the reads', and the plan with less
-// CPU work per token wins the tie (less of the pass on the critical path).
+// more entropy-coded unit than packed ones would: the estimate is the reads', and the plan with
+// less CPU work per token wins the tie (less of the pass on the critical path).
 TEST(ResidencyTest, ReadBoundPlansHoldPackedRatherThanEntropyCodedUnitsOfTheSameSize) {
   auto units = TinyLlamaUnits(true);
   for (UnitInfo& u : units) {
