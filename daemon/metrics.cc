@@ -116,6 +116,9 @@ std::string PrometheusText(const v1::StatusResponse& s) {
           s.plan().decode_threads());
   w.Gauge("dcomp_plan_flash_bytes_per_token", "Compressed bytes the plan reads per token.",
           static_cast<double>(s.plan().flash_bytes_per_token()));
+  w.Gauge("dcomp_plan_flash_head_matrices",
+          "Matrices of each flash layer held packed in RAM (the rest is read per token).",
+          s.plan().flash_head_matrices());
   w.Gauge("dcomp_plan_estimated_seconds_per_token", "The controller's estimate for its plan.",
           s.plan().estimated_seconds_per_token());
   w.Counter("dcomp_replans_total", "Plans the controller made after the first.",

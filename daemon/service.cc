@@ -537,6 +537,7 @@ void Daemon::FillPlan(const runtime::Plan& p, v1::PlanInfo* out) const {
   out->set_compute_threads(p.compute_threads);
   out->set_decode_threads(p.decode_threads);
   out->set_flash_bytes_per_token(p.flash_bytes_per_token);
+  out->set_flash_head_matrices(p.flash_head);
   out->set_estimated_seconds_per_token(p.est_seconds_per_token);
   out->set_replans(st.replans);
   out->set_last_replan(st.last_replan);

@@ -216,16 +216,22 @@ Status Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, 
       }
     });
   }
-  const bool blocked = jobs[0].w->blocks != nullptr;
+  size_t blocked = 0;
   for (const LinearJob& j : jobs) {
-    if ((j.w->blocks != nullptr) != blocked || j.w->quantized != quantized) {
-      return InternalError("RunLinears: jobs mix resident and block-streamed matrices");
+    if (j.w->quantized != quantized) {
+      return InternalError("RunLinears: jobs mix quantized and f32 matrices");
     }
+    if (j.w->blocks != nullptr) ++blocked;
   }
-  if (blocked) {
+  if (blocked == jobs.size()) {
     RETURN_IF_ERROR(RunBlockedLinears(jobs, n));
-  } else {
+  } else if (blocked == 0) {
     RunResidentLinears(jobs, x, x_stride, n);
+  } else {  // a streamed layer that holds some matrices in RAM: each kind in its own pass
+    std::vector<LinearJob> held, streamed;
+    for (const LinearJob& j : jobs) (j.w->blocks != nullptr ? streamed : held).push_back(j);
+    RunResidentLinears(held, x, x_stride, n);
+    RETURN_IF_ERROR(RunBlockedLinears(streamed, n));
   }
   for (const LinearJob& j : jobs) {  // rows stored out of order: each output to its place
     if (j.w->row_order == nullptr) continue;

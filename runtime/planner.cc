@@ -53,24 +53,34 @@ Result<int> ParseDecodeConstraint(const std::string& s) {
   return InvalidArgumentError("decode '" + s + "': expected auto, inline or ahead");
 }
 
+const HeadSplit* FlashHead(const UnitInfo& u, int flash_head) {
+  return flash_head > 0 && static_cast<size_t>(flash_head) <= u.heads.size()
+             ? &u.heads[static_cast<size_t>(flash_head) - 1]
+             : nullptr;
+}
+
 int Plan::count(Tier t) const {
   return static_cast<int>(std::count(tiers.begin(), tiers.end(), t));
 }
 
 std::string Plan::Summary() const {
   char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "%s: %d decoded (%s), %d packed (%s), %d compressed (%s), %d on flash (%s/token); "
-                "decode %s; "
-                "%d slots x %s, %d staging x %s; %d compute + %d decode threads; total %s; "
-                "est %.1f ms/token",
-                PolicyName(policy), count(Tier::kDecoded), FormatBytes(decoded_bytes).c_str(),
-                count(Tier::kPacked), FormatBytes(packed_bytes).c_str(), count(Tier::kCompressed),
-                FormatBytes(compressed_bytes).c_str(), count(Tier::kFlash),
-                FormatBytes(flash_bytes_per_token).c_str(), DecodeName(decode), slots,
-                FormatBytes(slot_bytes).c_str(), staging, FormatBytes(staging_bytes).c_str(),
-                compute_threads, decode_threads, FormatBytes(total_bytes).c_str(),
-                est_seconds_per_token * 1e3);
+  std::snprintf(
+      buf, sizeof buf,
+      "%s: %d decoded (%s), %d packed (%s), %d compressed (%s), %d on flash (%s/token%s); "
+      "decode %s; "
+      "%d slots x %s, %d staging x %s; %d compute + %d decode threads; total %s; "
+      "est %.1f ms/token",
+      PolicyName(policy), count(Tier::kDecoded), FormatBytes(decoded_bytes).c_str(),
+      count(Tier::kPacked), FormatBytes(packed_bytes).c_str(), count(Tier::kCompressed),
+      FormatBytes(compressed_bytes).c_str(), count(Tier::kFlash),
+      FormatBytes(flash_bytes_per_token).c_str(),
+      flash_head > 0
+          ? (", first " + std::to_string(flash_head) + " matrices of each packed").c_str()
+          : "",
+      DecodeName(decode), slots, FormatBytes(slot_bytes).c_str(), staging,
+      FormatBytes(staging_bytes).c_str(), compute_threads, decode_threads,
+      FormatBytes(total_bytes).c_str(), est_seconds_per_token * 1e3);
   return buf;
 }
 
@@ -80,6 +90,7 @@ void Plan::ToJson(JsonWriter& j) const {
   j.BeginArray("tiers");
   for (Tier t : tiers) j.RawValue(JsonEscape(TierName(t)));
   j.EndArray();
+  j.Int("flash_head_matrices", flash_head);
   j.Int("slots", slots).Int("staging", staging);
   j.Int("compute_threads", compute_threads).Int("decode_threads", decode_threads);
   j.Int("slot_bytes", static_cast<int64_t>(slot_bytes));
@@ -111,9 +122,16 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
         p.decode_bytes_per_token += U.raw_bytes;
         break;
       case Tier::kFlash:
-        p.staging_bytes = std::max(p.staging_bytes, U.compressed_bytes);
-        p.flash_bytes_per_token += U.compressed_bytes;
-        p.decode_bytes_per_token += U.raw_bytes;
+        if (const HeadSplit* h = FlashHead(U, p.flash_head); h != nullptr) {
+          p.packed_bytes += h->head_packed_bytes;
+          p.staging_bytes = std::max(p.staging_bytes, h->tail_compressed_bytes);
+          p.flash_bytes_per_token += h->tail_compressed_bytes;
+          p.decode_bytes_per_token += h->tail_raw_bytes;
+        } else {
+          p.staging_bytes = std::max(p.staging_bytes, U.compressed_bytes);
+          p.flash_bytes_per_token += U.compressed_bytes;
+          p.decode_bytes_per_token += U.raw_bytes;
+        }
         break;
     }
   }
@@ -143,22 +161,27 @@ double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, Plan& 
   const double speedup = 1.0 + (p.compute_threads - 1) * r.compute_parallel_efficiency;
   double cpu = 0, io = 0, flash_cpu = 0;
   for (size_t u = 0; u < units.size(); ++u) {
+    const UnitInfo& U = units[u];
+    const double ratio = PackedComputeRatio(U, r);
+    // A flash layer's packed head runs the packed products; the rest is decoded inline.
+    const HeadSplit* h = p.tiers[u] == Tier::kFlash ? FlashHead(U, p.flash_head) : nullptr;
+    const uint64_t head_macs = h != nullptr ? h->head_macs : 0;
+    const uint64_t raw = h != nullptr ? h->tail_raw_bytes : U.raw_bytes;
+    const uint64_t packed_raw = h != nullptr ? h->tail_packed_raw_bytes : U.packed_raw_bytes;
     // Packed units, and the packed blocks of units decoded inline, run the packed products.
     const double packed_share =
         p.tiers[u] == Tier::kPacked ? 1.0
         : IsResident(p.tiers[u])
             ? 0.0
-            : static_cast<double>(units[u].packed_raw_bytes) /
-                  static_cast<double>(std::max<uint64_t>(units[u].raw_bytes, 1));
-    double c = static_cast<double>(units[u].macs_per_token) / r.compute_macs_per_s *
-               (1.0 + (PackedComputeRatio(units[u], r) - 1.0) * packed_share);
-    if (!IsResident(p.tiers[u])) {
-      c += static_cast<double>(units[u].raw_bytes - units[u].packed_raw_bytes) /
-           r.decode_bytes_per_s;
-    }
+            : static_cast<double>(packed_raw) / static_cast<double>(std::max<uint64_t>(raw, 1));
+    double c = static_cast<double>(U.macs_per_token - head_macs) / r.compute_macs_per_s *
+                   (1.0 + (ratio - 1.0) * packed_share) +
+               static_cast<double>(head_macs) / r.compute_macs_per_s * ratio;
+    if (!IsResident(p.tiers[u])) c += static_cast<double>(raw - packed_raw) / r.decode_bytes_per_s;
     cpu += c / speedup;
     if (p.tiers[u] == Tier::kFlash) {
-      io += static_cast<double>(units[u].compressed_bytes) / r.io_bytes_per_s;
+      io += static_cast<double>(h != nullptr ? h->tail_compressed_bytes : U.compressed_bytes) /
+            r.io_bytes_per_s;
       flash_cpu += c / speedup;
     }
   }
@@ -221,7 +244,17 @@ double ReloadSeconds(const std::vector<UnitInfo>& units, const Rates& r, const P
                  : 0;
   for (size_t u = 0; u < units.size() && u < to.tiers.size(); ++u) {
     const Tier t = to.tiers[u];
-    if (t == Tier::kFlash || (u < from.tiers.size() && from.tiers[u] == t)) continue;
+    const bool same = u < from.tiers.size() && from.tiers[u] == t;
+    if (t == Tier::kFlash) {
+      // A flash layer's packed head is read (and packed) again when it changes.
+      const HeadSplit* h = FlashHead(units[u], to.flash_head);
+      if (h != nullptr && !(same && from.flash_head == to.flash_head)) {
+        s += static_cast<double>(units[u].compressed_bytes - h->tail_compressed_bytes) /
+             r.io_bytes_per_s;
+      }
+      continue;
+    }
+    if (same) continue;
     s += static_cast<double>(units[u].compressed_bytes) / r.io_bytes_per_s;
     if (IsResident(t)) s += static_cast<double>(units[u].raw_bytes) / r.decode_bytes_per_s;
   }
@@ -292,10 +325,13 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
   uint64_t smallest = std::numeric_limits<uint64_t>::max();
   const bool ahead_forced =
       k.slots > 0 || k.decode_threads > 0 || k.decode == 1 + int(Decode::kAhead);
-  const bool inline_forced = k.decode == 1 + int(Decode::kInline);
+  const bool inline_forced = k.decode == 1 + int(Decode::kInline) || k.flash_head > 1;
+  int max_head = std::numeric_limits<int>::max();
   auto consider = [&](Plan p) {
     if (p.decode == Decode::kInline ? ahead_forced : inline_forced) return;
     if (k.compute_threads > 0) p.compute_threads = k.compute_threads;
+    if (k.flash_head > 0 && p.decode == Decode::kInline) p.flash_head = k.flash_head - 1;
+    if (p.decode == Decode::kAhead) p.flash_head = 0;  // slots hold whole decoded units
     if (p.decode == Decode::kAhead) {
       if (k.decode_threads > 0) p.decode_threads = k.decode_threads;
       if (k.slots > 0) p.slots = k.slots;
@@ -306,7 +342,7 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
     if (!streamed) {
       p.slots = p.staging = p.decode_threads = 0;
     }
-    if (p.count(Tier::kFlash) == 0) p.staging = 0;
+    if (p.count(Tier::kFlash) == 0) p.staging = p.flash_head = 0;
     PlanBytes(units, fixed, p);
     smallest = std::min(smallest, p.total_bytes);
     if (p.total_bytes > budget) return;
@@ -355,6 +391,11 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
       }
       break;
     case Policy::kAdaptive:
+      // Flash layers may hold a packed head of as many matrices as every layer splits into.
+      for (const UnitInfo& u : units) {
+        if (!u.heads.empty()) max_head = std::min(max_head, static_cast<int>(u.heads.size()));
+      }
+      if (max_head == std::numeric_limits<int>::max()) max_head = 0;
       for (Tier res : {Tier::kDecoded, Tier::kPacked}) {
         for (Tier head : {res, Tier::kCompressed, Tier::kFlash}) {
           for (int nd = 0; nd <= layers; ++nd) {
@@ -366,13 +407,16 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
               const bool any_flash = nd + nc < layers || head == Tier::kFlash;
               for (int staging = 1; staging <= (any_flash ? 3 : 1); ++staging) {
                 for (int c = 1; c <= cores; ++c) {
-                  Plan p;
-                  p.policy = policy;
-                  p.decode = Decode::kInline;
-                  p.tiers = tiers;
-                  p.staging = staging;
-                  p.compute_threads = c;
-                  consider(std::move(p));
+                  for (int fh = 0; fh <= (any_flash && k.flash_head == 0 ? max_head : 0); ++fh) {
+                    Plan p;
+                    p.policy = policy;
+                    p.decode = Decode::kInline;
+                    p.tiers = tiers;
+                    p.staging = staging;
+                    p.compute_threads = c;
+                    p.flash_head = fh;
+                    consider(std::move(p));
+                  }
                 }
               }
               for (int slots = 1; slots <= (all_resident ? 1 : 4); ++slots) {

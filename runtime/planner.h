@@ -28,16 +28,32 @@ const char* TierName(Tier t);
 // Decoded and packed units are held ready for the kernels: nothing is read or decoded per token.
 inline bool IsResident(Tier t) { return t == Tier::kDecoded || t == Tier::kPacked; }
 
-struct UnitInfo {
-  std::string name;               // "layer 3", "output"
-  uint64_t decoded_bytes = 0;     // INT8 codes (padded rows) + scales + row sums, as kernels use
-  uint64_t compressed_bytes = 0;  // its 4 KiB-aligned file range
-  uint64_t raw_bytes = 0;         // bytes the decoders produce (codes + scales)
-  uint64_t macs_per_token = 0;    // multiply-adds of one decode step
-  uint64_t packed_bytes = 0;      // as decoded_bytes with the codes at their packed widths
-  uint64_t packed_raw_bytes = 0;  // of raw_bytes, those in blocks stored packed: decoding inline
-                                  // multiplies them in place, with no decoding
+// A layer on flash that holds its first k matrices packed in RAM (Plan::flash_head) and reads
+// only the rest every token.
+struct HeadSplit {
+  uint64_t head_packed_bytes = 0;      // the k matrices packed (codes, scales, row sums)
+  uint64_t tail_compressed_bytes = 0;  // the 4 KiB-aligned file range of the others
+  uint64_t tail_raw_bytes = 0;         // of raw_bytes, the others'
+  uint64_t tail_packed_raw_bytes = 0;  // of packed_raw_bytes, the others'
+  uint64_t head_macs = 0;              // of macs_per_token, the k matrices'
 };
+
+struct UnitInfo {
+  std::string name;                // "layer 3", "output"
+  uint64_t decoded_bytes = 0;      // INT8 codes (padded rows) + scales + row sums, as kernels use
+  uint64_t compressed_bytes = 0;   // its 4 KiB-aligned file range
+  uint64_t raw_bytes = 0;          // bytes the decoders produce (codes + scales)
+  uint64_t macs_per_token = 0;     // multiply-adds of one decode step
+  uint64_t packed_bytes = 0;       // as decoded_bytes with the codes at their packed widths
+  uint64_t packed_raw_bytes = 0;   // of raw_bytes, those in blocks stored packed: decoding inline
+                                   // multiplies them in place, with no decoding
+  std::vector<HeadSplit> heads{};  // k = 1 .. matrices - 1 at heads[k - 1]; empty: the whole unit
+                                   // is streamed or held (the output matrix)
+};
+
+// Unit u's split when a plan's flash units hold their first `flash_head` matrices packed, or null
+// (flash_head 0, or the unit has no such split).
+const HeadSplit* FlashHead(const UnitInfo& u, int flash_head);
 
 // Memory that does not depend on the plan.
 struct FixedMemory {
@@ -105,8 +121,11 @@ struct Plan {
   Policy policy = Policy::kAdaptive;
   Decode decode = Decode::kAhead;
   std::vector<Tier> tiers;  // per unit
-  int slots = 0;            // decoded buffers in the pipeline (prefetch depth = slots - 1 ahead)
-  int staging = 0;          // compressed I/O buffers (with kInline: flash units read ahead)
+  // Flash layers hold their first flash_head matrices (LayerWeights order) packed in RAM and read
+  // only the others every token (decoding inline only; 0: the whole layer is read).
+  int flash_head = 0;
+  int slots = 0;    // decoded buffers in the pipeline (prefetch depth = slots - 1 ahead)
+  int staging = 0;  // compressed I/O buffers (with kInline: flash units read ahead)
   int compute_threads = 1;
   int decode_threads = 0;
   uint64_t slot_bytes = 0, staging_bytes = 0;
@@ -144,7 +163,8 @@ struct PlanConstraints {
   int slots = 0;
   int compute_threads = 0;
   int decode_threads = 0;
-  int decode = 0;  // 0: free; 1 + int(Decode): that one
+  int decode = 0;      // 0: free; 1 + int(Decode): that one
+  int flash_head = 0;  // 0: free; 1 + k: flash layers hold k matrices packed (Plan::flash_head)
 };
 
 // The fastest plan of `policy` within `budget`, or RESOURCE_EXHAUSTED naming the smallest budget

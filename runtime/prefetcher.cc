@@ -60,7 +60,9 @@ void Prefetcher::Complete(const std::shared_ptr<Item>& it) {
   }
   if (it->error.ok() && !ahead) {
     it->state = Item::kReady;
-    decoder_->BuildInlineViews(it->unit, it->stored, &it->inline_views, /*crc_checked=*/false);
+    const PackedHead& h = HeadOf(it->unit);
+    decoder_->BuildInlineViews(it->unit, it->stored, &it->inline_views, /*crc_checked=*/false,
+                               h.matrices, h.base);
   } else if (it->error.ok()) {
     it->state = Item::kReady;
     decoder_->BuildViews(it->unit, it->dst, &it->layer_view, &it->head_view);
@@ -77,6 +79,13 @@ void Prefetcher::OnDecoded(const std::shared_ptr<DecodePool::Job>& job) {
   Complete(std::static_pointer_cast<Item>(job));
 }
 
+const Prefetcher::PackedHead& Prefetcher::HeadOf(int u) const {
+  static const PackedHead kNone;
+  return static_cast<size_t>(u) < heads_.size() && decode_ == Decode::kInline
+             ? heads_[static_cast<size_t>(u)]
+             : kNone;
+}
+
 // Reads a flash unit into a staging buffer (mu_ released while reading).
 void Prefetcher::ReadFlashUnit(const std::shared_ptr<Item>& it) {
   const UnitLayout& U = decoder_->unit(it->unit);
@@ -85,11 +94,12 @@ void Prefetcher::ReadFlashUnit(const std::shared_ptr<Item>& it) {
   uint8_t* buf = staging_[static_cast<size_t>(it->staging)].data();
   mu_.Unlock();
   const auto t0 = Clock::now();
-  const uint64_t n = U.range_end - U.range_begin;
-  Status s = reader_->Read(U.range_begin, n, buf);
+  const size_t head = HeadOf(it->unit).matrices;  // the packed head is not read
+  const uint64_t begin = U.tail_begin[head], n = U.tail_end[head] - begin;
+  Status s = reader_->Read(begin, n, buf);
   if (!s.ok()) s = decoder_->BlockError(U, s);
   const double dt = Seconds(t0, Clock::now());
-  reader_->DropCache(U.range_begin, n);
+  reader_->DropCache(begin, n);
   if (s.ok()) controller_->OnRead(n, dt);
   mu_.Lock();
   if (s.ok()) {
@@ -176,8 +186,8 @@ Status Prefetcher::Allocate(int slots, uint64_t slot_bytes, int staging, uint64_
   return Status::Ok();
 }
 
-void Prefetcher::Start(std::vector<int> seq, std::vector<const uint8_t*> stored, Decode decode,
-                       int decode_threads) {
+void Prefetcher::Start(std::vector<int> seq, std::vector<const uint8_t*> stored,
+                       std::vector<PackedHead> heads, Decode decode, int decode_threads) {
   pool_->SetActive(decode_threads);
   MutexLock l(&mu_);
   seq_ = std::move(seq);
@@ -185,6 +195,7 @@ void Prefetcher::Start(std::vector<int> seq, std::vector<const uint8_t*> stored,
   for (size_t i = 0; i < seq_.size(); ++i)
     seq_pos_[static_cast<size_t>(seq_[i])] = static_cast<int>(i);
   stored_ = std::move(stored);
+  heads_ = std::move(heads);
   decode_ = decode;
   const bool ahead = decode == Decode::kAhead;
   max_items_ = ahead ? slots() : staging();

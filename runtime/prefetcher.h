@@ -62,11 +62,18 @@ class Prefetcher {
   Status Allocate(int slots, uint64_t slot_bytes, int staging, uint64_t staging_bytes);
   int slots() const { return static_cast<int>(slots_.size()); }
   int staging() const { return static_cast<int>(staging_.size()); }
+  // A flash unit that holds its first `matrices` matrices packed at `base` (its packed layout's
+  // start; decoding inline only): only the rest is read (UnitLayout::tail_begin).
+  struct PackedHead {
+    size_t matrices = 0;
+    const uint8_t* base = nullptr;
+  };
   // Starts streaming `seq` (units in execution order; `stored[u]` is unit u's compressed range in
-  // RAM, nullptr for flash units) with `decode_threads` decoders when decoding ahead. Stays paused
-  // when there is nothing to stream or no buffer to stream with.
-  void Start(std::vector<int> seq, std::vector<const uint8_t*> stored, Decode decode,
-             int decode_threads) EXCLUDES(mu_);
+  // RAM, nullptr for flash units; `heads[u]` a flash unit's packed head, or empty for none) with
+  // `decode_threads` decoders when decoding ahead. Stays paused when there is nothing to stream or
+  // no buffer to stream with.
+  void Start(std::vector<int> seq, std::vector<const uint8_t*> stored,
+             std::vector<PackedHead> heads, Decode decode, int decode_threads) EXCLUDES(mu_);
   // Unit u's item, once ready (read, and decoded when decoding ahead); fails with the unit's read
   // or decode error, or FAILED_PRECONDITION when the pipeline is paused (the last plan left it no
   // buffers). Items before u are dropped. Held until Release().
@@ -77,6 +84,8 @@ class Prefetcher {
 
  private:
   void Loop() EXCLUDES(mu_);
+  // Unit u's packed head (none unless decoding inline).
+  const PackedHead& HeadOf(int u) const;
   void ReadFlashUnit(const std::shared_ptr<Item>& it) REQUIRES(mu_);
   void OnDecoded(const std::shared_ptr<DecodePool::Job>& job) EXCLUDES(mu_);
   void Complete(const std::shared_ptr<Item>& it) REQUIRES(mu_);
@@ -92,6 +101,7 @@ class Prefetcher {
   std::vector<int> seq_;                // streamed units in execution order
   std::vector<int> seq_pos_;            // unit -> index in seq_ (-1)
   std::vector<const uint8_t*> stored_;  // unit -> its range in RAM (compressed tier) or nullptr
+  std::vector<PackedHead> heads_;       // unit -> its packed head (flash units decoded inline)
   Decode decode_ = Decode::kAhead;
   std::shared_ptr<Item> held_;  // the compute thread's
 

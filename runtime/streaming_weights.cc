@@ -44,6 +44,7 @@ struct StreamingWeights::Impl {
   // A unit's residency: its tier and the RAM it holds there (compute thread).
   struct Resident {
     Tier tier = Tier::kFlash;
+    size_t head = 0;                 // kFlash: its first `head` matrices packed in `decoded`
     PageBuffer decoded, compressed;  // kDecoded and kPacked use `decoded`
     LayerWeights layer_view;         // kDecoded, kPacked
     LinearWeights head_view;
@@ -77,7 +78,8 @@ struct StreamingWeights::Impl {
   Status Open(const DcmModelFile& file);
   void Account(const ProcMemory& before, int32_t context_length, const ModelConfig& config);
   Status LoadDecoded(int u);
-  Status LoadPacked(int u);
+  // Unit u's first `matrices` matrices (all by default) into its packed layout.
+  Status LoadPacked(int u, size_t matrices = std::numeric_limits<size_t>::max());
   Status LoadCompressed(int u);
   Status ApplyPlan(Plan np);
   Status MaybeReplan();
@@ -190,10 +192,11 @@ Status StreamingWeights::Init(const DcmModelFile& file, const RuntimeOptions& op
                               headroom, &rates, &probe));
   }
   rates.cores = m.cores;
-  const ControllerOptions co{options.policy,
-                             {options.force_slots, options.force_compute_threads,
-                              options.force_decode_threads, options.force_decode},
-                             options.adapt};
+  const ControllerOptions co{
+      options.policy,
+      {options.force_slots, options.force_compute_threads, options.force_decode_threads,
+       options.force_decode, options.force_flash_head},
+      options.adapt};
   m.controller = std::make_unique<Controller>(&m.layout.infos, m.fixed, co, budget, rates, probe);
   ASSIGN_OR_RETURN(Plan first, m.controller->FirstPlan());
   m.prefetcher = std::make_unique<Prefetcher>(m.decoder.get(), std::move(io_reader),
@@ -224,13 +227,17 @@ Status StreamingWeights::Impl::LoadDecoded(int u) {
   return Status::Ok();
 }
 
-Status StreamingWeights::Impl::LoadPacked(int u) {
+Status StreamingWeights::Impl::LoadPacked(int u, size_t matrices) {
   Resident& R = resident[static_cast<size_t>(u)];
   const UnitLayout& U = decoder->unit(u);
-  ASSIGN_OR_RETURN(R.decoded, PageBuffer::Allocate(U.packed_size, "a packed unit"));
+  const bool whole = matrices >= U.tensors.size();
+  ASSIGN_OR_RETURN(R.decoded,
+                   PageBuffer::Allocate(whole ? U.packed_size : U.tensors[matrices].p_off,
+                                        whole ? "a packed unit" : "a packed head"));
   std::vector<int8_t> q(layout.max_padded_block);  // one block of rows, decoded before packing
   std::vector<int32_t> sums(layout.max_block_rows);
   for (const WorkBlock& w : U.work) {
+    if (static_cast<size_t>(w.t) >= matrices) continue;
     const uint8_t* range = nullptr;
     if (!w.scale) {
       Result<const uint8_t*> stored = lookup->ReadBlockPages(w.block);
@@ -241,7 +248,7 @@ Status StreamingWeights::Impl::LoadPacked(int u) {
                                               lookup->raw(), q.data(), sums.data()));
   }
   lookup->reader()->DropCache(U.range_begin, U.range_end - U.range_begin);
-  decoder->BuildPackedViews(u, R.decoded.data(), &R.layer_view, &R.head_view);
+  if (whole) decoder->BuildPackedViews(u, R.decoded.data(), &R.layer_view, &R.head_view);
   return Status::Ok();
 }
 
@@ -266,28 +273,50 @@ Status StreamingWeights::Impl::ApplyPlan(Plan np) {
   prefetcher->Drain();
   lookup->cached_block = -1;
   Status status = prefetcher->Allocate(0, 0, 0, 0);  // frees the pipeline's buffers
+  if (np.decode != Decode::kInline) np.flash_head = 0;
+  // The packed head a flash unit holds under np.
+  auto head_of = [&](size_t u) -> size_t {
+    return np.tiers[u] == Tier::kFlash && FlashHead(layout.infos[u], np.flash_head) != nullptr
+               ? static_cast<size_t>(np.flash_head)
+               : 0;
+  };
+  auto free_unit = [&](size_t u) {
+    resident[u].decoded.Reset();
+    resident[u].compressed.Reset();
+    resident[u].tier = Tier::kFlash;
+    resident[u].head = 0;
+  };
   // Free before allocating: demotions first.
   for (size_t u = 0; u < resident.size(); ++u) {
-    if (resident[u].tier != np.tiers[u]) {
-      resident[u].decoded.Reset();
-      resident[u].compressed.Reset();
-      resident[u].tier = Tier::kFlash;
-    }
+    if (resident[u].tier != np.tiers[u] || resident[u].head != head_of(u)) free_unit(u);
   }
   for (size_t u = 0; u < resident.size() && status.ok(); ++u) {
-    if (resident[u].tier == np.tiers[u]) continue;
-    Status s = np.tiers[u] == Tier::kDecoded  ? LoadDecoded(static_cast<int>(u))
-               : np.tiers[u] == Tier::kPacked ? LoadPacked(static_cast<int>(u))
-                                              : LoadCompressed(static_cast<int>(u));
+    const size_t head = head_of(u);
+    if (resident[u].tier == np.tiers[u] && resident[u].head == head) continue;
+    const int iu = static_cast<int>(u);
+    Status s = np.tiers[u] == Tier::kDecoded  ? LoadDecoded(iu)
+               : np.tiers[u] == Tier::kPacked ? LoadPacked(iu)
+               : np.tiers[u] == Tier::kFlash  ? LoadPacked(iu, head)
+                                              : LoadCompressed(iu);
     if (s.ok()) {
       resident[u].tier = np.tiers[u];
+      resident[u].head = head;
     } else {
-      resident[u].decoded.Reset();
-      resident[u].compressed.Reset();
+      free_unit(u);
       status = s;
     }
   }
   for (size_t u = 0; u < resident.size(); ++u) np.tiers[u] = resident[u].tier;  // achieved
+  // Every flash unit holds the plan's head, or (a load failed) none does.
+  for (size_t u = 0; u < resident.size(); ++u) {
+    if (resident[u].tier == Tier::kFlash && resident[u].head != head_of(u)) {
+      for (size_t v = 0; v < resident.size(); ++v) {
+        if (resident[v].tier == Tier::kFlash) free_unit(v);
+      }
+      np.flash_head = 0;
+      break;
+    }
+  }
   PlanBytes(layout.infos, fixed, np);
   const bool ahead = np.decode == Decode::kAhead;
   // Units that go through the pipeline: decoding ahead, every unit not decoded; inline, flash
@@ -310,12 +339,15 @@ Status StreamingWeights::Impl::ApplyPlan(Plan np) {
   pool->set_active_threads(np.compute_threads);
   std::vector<int> seq;
   std::vector<const uint8_t*> stored(resident.size(), nullptr);
+  std::vector<Prefetcher::PackedHead> heads(resident.size());
   for (size_t u = 0; u < resident.size(); ++u) {
     if (!piped(resident[u])) continue;
     seq.push_back(static_cast<int>(u));
     if (resident[u].tier == Tier::kCompressed) stored[u] = resident[u].compressed.data();
+    if (resident[u].head > 0) heads[u] = {resident[u].head, resident[u].decoded.data()};
   }
-  prefetcher->Start(std::move(seq), std::move(stored), np.decode, np.decode_threads);
+  prefetcher->Start(std::move(seq), std::move(stored), std::move(heads), np.decode,
+                    np.decode_threads);
   current = np;
   MutexLock l(&plan_mu);
   published = std::move(np);

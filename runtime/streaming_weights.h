@@ -63,7 +63,8 @@ struct RuntimeOptions {
   int force_slots = 0;
   int force_decode_threads = 0;
   int force_compute_threads = 0;
-  int force_decode = 0;  // 1 + int(Decode): decode inline or ahead only
+  int force_decode = 0;      // 1 + int(Decode): decode inline or ahead only
+  int force_flash_head = 0;  // 1 + k: flash layers hold k matrices packed (Plan::flash_head)
   // Tests only (runtime/internal/test_hooks.h); null in production.
   std::shared_ptr<const internal::TestHooks> test_hooks;
 };

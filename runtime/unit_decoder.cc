@@ -172,33 +172,34 @@ void UnitDecoder::BuildViews(int u, const uint8_t* base, LayerWeights* layer,
   AssembleViews(u, view, layer, head);
 }
 
+LinearWeights UnitDecoder::PackedView(const TensorLayout& T, const uint8_t* base) {
+  LinearWeights v;
+  v.quantized = true;
+  if (T.bits == 8) {
+    v.q8 = Q8View(base, T.p_off, T.p_scale_off, T.p_rowsum_off, T);
+  } else {
+    const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
+    v.q8 = {nullptr, scale, nullptr, T.rows, T.cols, T.stride};
+    v.packed = {base + T.p_off,     scale,  T.rows,          T.cols,
+                T.BlockRowBytes(0), T.bits, T.BlockLevels(0)};
+    if (!T.block_bits.empty()) {  // one view per block, each at its own width
+      v.packed.row_bytes = 0;
+      v.packed_block_rows = T.rows_per_block;
+      for (size_t k = 0; k < T.row_blocks; ++k) {
+        const size_t r0 = k * T.rows_per_block;
+        v.packed_blocks.push_back({base + T.p_off + T.p_block_off[k], scale + r0, T.BlockRows(k),
+                                   T.cols, T.BlockRowBytes(k), T.BlockBits(k), T.BlockLevels(k)});
+      }
+    }
+  }
+  return v;
+}
+
 void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* layer,
                                    LinearWeights* head) const {
   const UnitLayout& U = unit(u);
-  auto view = [&](size_t t) {
-    const TensorLayout& T = U.tensors[t];
-    LinearWeights v;
-    v.quantized = true;
-    if (T.bits == 8) {
-      v.q8 = Q8View(base, T.p_off, T.p_scale_off, T.p_rowsum_off, T);
-    } else {
-      const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
-      v.q8 = {nullptr, scale, nullptr, T.rows, T.cols, T.stride};
-      v.packed = {base + T.p_off,     scale,  T.rows,          T.cols,
-                  T.BlockRowBytes(0), T.bits, T.BlockLevels(0)};
-      if (!T.block_bits.empty()) {  // one view per block, each at its own width
-        v.packed.row_bytes = 0;
-        v.packed_block_rows = T.rows_per_block;
-        for (size_t k = 0; k < T.row_blocks; ++k) {
-          const size_t r0 = k * T.rows_per_block;
-          v.packed_blocks.push_back({base + T.p_off + T.p_block_off[k], scale + r0, T.BlockRows(k),
-                                     T.cols, T.BlockRowBytes(k), T.BlockBits(k), T.BlockLevels(k)});
-        }
-      }
-    }
-    return v;
-  };
-  AssembleViews(u, view, layer, head);
+  AssembleViews(
+      u, [&](size_t t) { return PackedView(U.tensors[t], base); }, layer, head);
 }
 
 Status UnitDecoder::CheckRange(int u, const uint8_t* range) const {
@@ -211,20 +212,22 @@ Status UnitDecoder::CheckRange(int u, const uint8_t* range) const {
   return Status::Ok();
 }
 
-void UnitDecoder::BuildInlineViews(int u, const uint8_t* range, InlineViews* v,
-                                   bool crc_checked) const {
+void UnitDecoder::BuildInlineViews(int u, const uint8_t* range, InlineViews* v, bool crc_checked,
+                                   size_t head, const uint8_t* head_base) const {
   const UnitLayout& U = unit(u);
+  const uint64_t begin = U.tail_begin[head];
   v->mats.clear();
-  v->mats.reserve(U.tensors.size());
-  for (const TensorLayout& T : U.tensors) {
-    v->mats.emplace_back(this, &T, U.range_begin, range, crc_checked);
+  v->mats.reserve(U.tensors.size() - head);
+  for (size_t t = head; t < U.tensors.size(); ++t) {
+    v->mats.emplace_back(this, &U.tensors[t], begin, range, crc_checked);
   }
   auto view = [&](size_t t) {
     const TensorLayout& T = U.tensors[t];
+    if (t < head) return PackedView(T, head_base);
     LinearWeights w;
     w.quantized = true;
     w.q8 = {nullptr, U.scales[t].data(), nullptr, T.rows, T.cols, T.stride};
-    w.blocks = &v->mats[t];
+    w.blocks = &v->mats[t - head];
     return w;
   };
   AssembleViews(u, view, &v->layer, &v->head);

@@ -97,8 +97,11 @@ class UnitDecoder {
   // The same over its packed layout at `base`.
   void BuildPackedViews(int u, const uint8_t* base, LayerWeights* layer, LinearWeights* head) const;
   // Views of unit u decoded inline from its stored range at `range` (crc_checked: as for
-  // InlineMatrix).
-  void BuildInlineViews(int u, const uint8_t* range, InlineViews* v, bool crc_checked) const;
+  // InlineMatrix). With head > 0, its first `head` matrices are held packed at `head_base` (the
+  // start of the unit's packed layout) and `range` holds only the rest: U.tail_begin[head] ..
+  // U.tail_end[head] of the file.
+  void BuildInlineViews(int u, const uint8_t* range, InlineViews* v, bool crc_checked,
+                        size_t head = 0, const uint8_t* head_base = nullptr) const;
 
   // A read or decode failure of unit U, as DATA_LOSS naming its blocks (other codes kept).
   Status BlockError(const UnitLayout& U, const Status& s) const;
@@ -109,6 +112,8 @@ class UnitDecoder {
  private:
   // The stored bytes of block i in a unit range held in RAM from file offset `range_begin`.
   std::span<const uint8_t> StoredIn(uint32_t i, uint64_t range_begin, const uint8_t* range) const;
+  // Tensor T's packed view over a unit's packed layout at `base`.
+  static LinearWeights PackedView(const TensorLayout& T, const uint8_t* base);
   template <typename ViewFn>
   void AssembleViews(int u, ViewFn view, LayerWeights* layer, LinearWeights* head) const;
 

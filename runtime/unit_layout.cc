@@ -115,31 +115,40 @@ class LayoutBuilder {
       const size_t row0 = (k - 1) * rpb;
       U.work.push_back({T.first_block() + k, ti, false, row0, std::min(rpb, L.rows - row0)});
     }
+    TensorLayout& added = U.tensors.back();
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const pb::Block& b = r_.block(T.first_block() + k);
-      m_.infos[static_cast<size_t>(u)].raw_bytes += b.raw_size();
-      if (b.codec() == pb::CODEC_PACKED) {
-        m_.infos[static_cast<size_t>(u)].packed_raw_bytes += b.raw_size();
-      }
+      added.raw_bytes += b.raw_size();
+      if (b.codec() == pb::CODEC_PACKED) added.packed_raw_bytes += b.raw_size();
       NoteBlockSizes(b);
     }
+    m_.infos[static_cast<size_t>(u)].raw_bytes += added.raw_bytes;
+    m_.infos[static_cast<size_t>(u)].packed_raw_bytes += added.packed_raw_bytes;
     return Status::Ok();
   }
 
-  // The unit's page-aligned range over its blocks.
+  // The unit's page-aligned range over its blocks, and over the blocks of each tail of its
+  // tensors.
   void SetRange(UnitLayout& U) const {
-    U.range_begin = std::numeric_limits<uint64_t>::max();
-    U.range_end = 0;
+    const size_t n = U.tensors.size();
+    U.tail_begin.assign(n, std::numeric_limits<uint64_t>::max());
+    U.tail_end.assign(n, 0);
     U.first_block = std::numeric_limits<uint32_t>::max();
     for (const WorkBlock& w : U.work) {
       const pb::Block& b = r_.block(w.block);
-      U.range_begin = std::min<uint64_t>(U.range_begin, b.offset());
-      U.range_end = std::max<uint64_t>(U.range_end, b.offset() + b.stored_size());
+      for (size_t k = 0; k <= static_cast<size_t>(w.t); ++k) {
+        U.tail_begin[k] = std::min<uint64_t>(U.tail_begin[k], b.offset());
+        U.tail_end[k] = std::max<uint64_t>(U.tail_end[k], b.offset() + b.stored_size());
+      }
       U.first_block = std::min(U.first_block, w.block);
       U.last_block = std::max(U.last_block, w.block);
     }
-    U.range_begin = U.range_begin / kPageSize * kPageSize;
-    U.range_end = std::min<uint64_t>(RoundUpToPage(U.range_end), r_.header().file_size);
+    for (size_t k = 0; k < n; ++k) {
+      U.tail_begin[k] = U.tail_begin[k] / kPageSize * kPageSize;
+      U.tail_end[k] = std::min<uint64_t>(RoundUpToPage(U.tail_end[k]), r_.header().file_size);
+    }
+    U.range_begin = U.tail_begin[0];
+    U.range_end = U.tail_end[0];
   }
 
   Status AddLayer(int l, const ModelConfig& config) {
@@ -197,6 +206,22 @@ class LayoutBuilder {
       I.packed_bytes = RoundUpToPage(U.packed_size);
       I.compressed_bytes = U.range_end - U.range_begin;
       for (const TensorLayout& T : U.tensors) I.macs_per_token += T.rows * T.cols;
+      // A layer on flash may hold its first k matrices packed and read the rest.
+      for (size_t k = 1; u + 1 < m_.units.size() && k < U.tensors.size(); ++k) {
+        HeadSplit h;
+        h.head_packed_bytes = RoundUpToPage(U.tensors[k].p_off);
+        h.tail_compressed_bytes = U.tail_end[k] - U.tail_begin[k];
+        for (size_t t = 0; t < U.tensors.size(); ++t) {
+          const TensorLayout& T = U.tensors[t];
+          if (t < k) {
+            h.head_macs += T.rows * T.cols;
+          } else {
+            h.tail_raw_bytes += T.raw_bytes;
+            h.tail_packed_raw_bytes += T.packed_raw_bytes;
+          }
+        }
+        I.heads.push_back(h);
+      }
       m_.int8_bytes += I.decoded_bytes;
     }
     if (!m_.tied) {

@@ -36,6 +36,7 @@ struct TensorLayout {
   uint32_t first_block = 0;                             // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
   std::vector<size_t> p_block_off;  // per block of codes: where its rows start, from p_off
+  uint64_t raw_bytes = 0, packed_raw_bytes = 0;  // of its blocks (as UnitInfo's)
   // Per width, its non-uniform levels (Tensor.levels; the reader's, valid for its life) or null.
   std::array<const CodeLevels*, kMaxPackedBits + 1> levels{};
 
@@ -63,7 +64,11 @@ struct WorkBlock {
 struct UnitLayout {
   std::vector<TensorLayout> tensors;  // layer: LayerWeights order; output: one
   std::vector<WorkBlock> work;
-  uint64_t range_begin = 0, range_end = 0;   // page-aligned, in the file
+  uint64_t range_begin = 0, range_end = 0;  // page-aligned, in the file
+  // Per k < tensors.size(): the page-aligned file range of the blocks of tensors k.. (k = 0: the
+  // whole range). A flash unit that holds its first k matrices packed (Plan::flash_head) reads
+  // only that.
+  std::vector<uint64_t> tail_begin, tail_end;
   uint32_t first_block = 0, last_block = 0;  // of the range
   size_t decoded_size = 0;
   size_t packed_size = 0;

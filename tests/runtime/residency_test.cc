@@ -251,6 +251,78 @@ TEST(ResidencyTest, ReadBoundPlansHoldPackedRatherThanEntropyCodedUnitsOfTheSame
   EXPECT_GT(c.est_cpu_seconds_per_token, p->est_cpu_seconds_per_token * 1.01);
 }
 
+// The splits of a TinyLlama layer's seven matrices (LayerWeights order: q, k, v, o, gate, down,
+// up), each matrix's bytes in proportion to its weights.
+void AddHeads(UnitInfo& u) {
+  const double w[] = {4, 0.5, 0.5, 4, 11, 11, 11};
+  double total = 0;
+  for (double x : w) total += x;
+  double head = 0;
+  for (size_t k = 1; k < 7; ++k) {
+    head += w[k - 1] / total;
+    HeadSplit h;
+    h.head_packed_bytes = static_cast<uint64_t>(head * static_cast<double>(u.packed_bytes));
+    h.tail_compressed_bytes =
+        static_cast<uint64_t>((1 - head) * static_cast<double>(u.compressed_bytes));
+    h.tail_raw_bytes = static_cast<uint64_t>((1 - head) * static_cast<double>(u.raw_bytes));
+    h.tail_packed_raw_bytes =
+        static_cast<uint64_t>((1 - head) * static_cast<double>(u.packed_raw_bytes));
+    h.head_macs = static_cast<uint64_t>(head * static_cast<double>(u.macs_per_token));
+    u.heads.push_back(h);
+  }
+}
+
+// Between "whole layers packed" and "whole layers on flash", a read-bound plan can hold part of
+// each streamed layer packed: fewer bytes read per token for the same memory.
+TEST(ResidencyTest, FlashLayersHoldAPackedHeadWhenThatReadsLess) {
+  auto units = TinyLlamaUnits(true);
+  for (UnitInfo& u : units) {
+    u.compressed_bytes = u.packed_bytes;
+    u.packed_raw_bytes = u.raw_bytes;
+    if (u.name == "layer") AddHeads(u);
+  }
+  Rates r;
+  r.io_bytes_per_s = 1e9;
+  r.packed_macs_per_s = 2 * r.compute_macs_per_s;
+  uint64_t packed = 0;
+  for (const UnitInfo& u : units) packed += u.packed_bytes;
+  const uint64_t budget = Fixed().total() + packed - 2 * units[0].packed_bytes;
+  Result<Plan> p = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive);
+  ASSERT_TRUE(p.ok());
+  EXPECT_GT(p->flash_head, 0) << p->Summary();
+  EXPECT_EQ(p->decode, Decode::kInline);
+  EXPECT_LE(p->total_bytes, budget);
+  // Whole layers only (the constraint 1 + 0): more bytes read, slower by the estimate.
+  Result<Plan> whole = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive, {0, 0, 0, 0, 1});
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->flash_head, 0);
+  EXPECT_LT(p->flash_bytes_per_token, whole->flash_bytes_per_token) << p->Summary() << "\n"
+                                                                    << whole->Summary();
+  EXPECT_LT(p->est_seconds_per_token, whole->est_seconds_per_token);
+  // The account: each flash layer's head is held packed, its tail read and staged.
+  const HeadSplit& h = units[0].heads[static_cast<size_t>(p->flash_head) - 1];
+  uint64_t held = 0, read = 0;
+  for (size_t u = 0; u < units.size(); ++u) {
+    if (p->tiers[u] == Tier::kPacked) held += units[u].packed_bytes;
+    if (p->tiers[u] == Tier::kFlash) {
+      held += h.head_packed_bytes;
+      read += h.tail_compressed_bytes;
+    }
+  }
+  EXPECT_EQ(p->packed_bytes, held);
+  EXPECT_EQ(p->flash_bytes_per_token, read);
+  EXPECT_EQ(p->staging_bytes, h.tail_compressed_bytes);
+  // Decoding ahead (whole units into slots) holds no head.
+  Result<Plan> ahead = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive,
+                                  {0, 0, 0, 1 + static_cast<int>(Decode::kAhead)});
+  ASSERT_TRUE(ahead.ok());
+  EXPECT_EQ(ahead->flash_head, 0);
+  // Changing the head re-reads the flash layers' heads.
+  Plan moved = *p;
+  moved.flash_head = p->flash_head == 1 ? 2 : 1;
+  EXPECT_GT(ReloadSeconds(units, r, *p, moved), ReloadSeconds(units, r, *p, *p));
+}
+
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
   const auto units = TinyLlamaUnits();
   Result<Plan> p = ChoosePlan(units, Fixed(), Rates{}, 4ull << 30, Policy::kAdaptive);

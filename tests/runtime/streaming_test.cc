@@ -168,6 +168,7 @@ void ExpectDeterministic(const std::string& path) {
     double extra;  // budget = minimum + extra * INT8 size
     int slots, decode, compute;
     bool inline_decode = false;  // force decoding inside the matrix products
+    int flash_head = 0;          // 1 + k: flash layers hold their first k matrices packed
   };
   const Case cases[] = {
       {Policy::kAdaptive, 10.0, 0, 0, 0},
@@ -187,6 +188,11 @@ void ExpectDeterministic(const std::string& path) {
       {Policy::kAllCompressed, 1.5, 0, 0, 2, true},
       {Policy::kStaticSplit, 0.4, 0, 0, 1, true},
       {Policy::kAdaptive, 0.3, 0, 0, 2, true},
+      // Flash layers that hold a packed head: the q, k, v matrices (one group of products), a
+      // head that splits the gate and up matrices (q .. gate), every matrix but the last.
+      {Policy::kAdaptive, 0.3, 0, 0, 2, true, 1 + 3},
+      {Policy::kStreamAll, 0.6, 0, 0, 1, true, 1 + 5},
+      {Policy::kStreamAll, 0.8, 0, 0, 2, true, 1 + 6},
   };
   for (const Case& c : cases) {
     RuntimeOptions ro;
@@ -196,6 +202,7 @@ void ExpectDeterministic(const std::string& path) {
     ro.force_decode_threads = c.decode;
     ro.force_compute_threads = c.compute;
     if (c.inline_decode) ro.force_decode = 1 + static_cast<int>(Decode::kInline);
+    ro.force_flash_head = c.flash_head;
     Result<Streamed> r = Open(path, ro);
     ASSERT_TRUE(r.ok()) << PolicyName(c.policy) << ": " << r.status().ToString();
     auto got = Greedy(r->model, 24);
@@ -203,6 +210,9 @@ void ExpectDeterministic(const std::string& path) {
     EXPECT_EQ(*got, want) << r->rt->plan().Summary();
     if (c.inline_decode) {
       EXPECT_EQ(r->rt->plan().decode, Decode::kInline);
+    }
+    if (c.flash_head > 0 && r->rt->plan().count(Tier::kFlash) > 0) {
+      EXPECT_EQ(r->rt->plan().flash_head, c.flash_head - 1) << r->rt->plan().Summary();
     }
     if (c.slots > 0) {
       EXPECT_EQ(r->rt->plan().decode, Decode::kAhead);
