@@ -32,6 +32,7 @@ def run(*extra):
     return {"tps": d["decode_tokens_per_second"],
             "read_gbs": r["runtime"]["flash_bytes"] / wall / 1e9 if wall > 0 else 0,
             "tiers": {t: tiers.count(t) for t in sorted(set(tiers))},
+            "head": r["plan"].get("flash_head_matrices", 0),
             "rss": r["memory"]["peak_rss"]}
 
 
@@ -41,7 +42,7 @@ def median(xs):
 
 print(f"# {a.model}, -n {a.n}, --ctx {a.ctx}, {a.rounds} rounds alternated, "
       f"kernels {os.environ.get('DCOMP_KERNELS', 'auto')}")
-print("| budget | all-decoded tok/s | adaptive tok/s | adaptive / all-decoded | read GB/s | tiers | peak RSS MiB |")
+print("| budget | all-decoded tok/s | adaptive tok/s | adaptive / all-decoded | read GB/s | tiers (head: matrices of each flash layer held packed) | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|")
 for pct in ["packed"] + a.budgets.split(","):
     ref, got = [], []
@@ -58,5 +59,6 @@ for pct in ["packed"] + a.budgets.split(","):
         continue
     name = "all-packed" if pct == "packed" else pct + "%"
     print(f"| {name} | {median(ref):.2f} | {median(got):.2f} | {median(got) / median(ref):.2f}x | "
-          f"{last['read_gbs']:.2f} | {last['tiers']} | {last['rss'] / 2**20:.0f} |")
+          f"{last['read_gbs']:.2f} | {last['tiers']}"
+          f"{', head ' + str(last['head']) if last['head'] else ''} | {last['rss'] / 2**20:.0f} |")
     sys.stdout.flush()
