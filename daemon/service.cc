@@ -632,7 +632,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   tier("decoded", p.decoded_bytes, p.count(runtime::Tier::kDecoded));
   tier("packed", p.packed_bytes, p.count(runtime::Tier::kPacked));
   tier("compressed", p.compressed_bytes, p.count(runtime::Tier::kCompressed));
-  tier("flash", 0, p.count(runtime::Tier::kFlash));
+  tier("flash", p.flash_head_bytes, p.count(runtime::Tier::kFlash));
   tier("pipeline",
        p.slot_bytes * static_cast<uint64_t>(p.slots) +
            p.staging_bytes * static_cast<uint64_t>(p.staging),

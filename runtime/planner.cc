@@ -75,9 +75,10 @@ std::string Plan::Summary() const {
       count(Tier::kPacked), FormatBytes(packed_bytes).c_str(), count(Tier::kCompressed),
       FormatBytes(compressed_bytes).c_str(), count(Tier::kFlash),
       FormatBytes(flash_bytes_per_token).c_str(),
-      flash_head > 0
-          ? (", first " + std::to_string(flash_head) + " matrices of each packed").c_str()
-          : "",
+      flash_head > 0 ? (", first " + std::to_string(flash_head) +
+                        " matrices of each held packed: " + FormatBytes(flash_head_bytes))
+                           .c_str()
+                     : "",
       DecodeName(decode), slots, FormatBytes(slot_bytes).c_str(), staging,
       FormatBytes(staging_bytes).c_str(), compute_threads, decode_threads,
       FormatBytes(total_bytes).c_str(), est_seconds_per_token * 1e3);
@@ -97,6 +98,7 @@ void Plan::ToJson(JsonWriter& j) const {
   j.Int("staging_bytes", static_cast<int64_t>(staging_bytes));
   j.Int("decoded_bytes", static_cast<int64_t>(decoded_bytes));
   j.Int("packed_bytes", static_cast<int64_t>(packed_bytes));
+  j.Int("flash_head_bytes", static_cast<int64_t>(flash_head_bytes));
   j.Int("compressed_bytes", static_cast<int64_t>(compressed_bytes));
   j.Int("flash_bytes_per_token", static_cast<int64_t>(flash_bytes_per_token));
   j.Int("decode_bytes_per_token", static_cast<int64_t>(decode_bytes_per_token));
@@ -107,6 +109,7 @@ void Plan::ToJson(JsonWriter& j) const {
 
 uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed, Plan& p) {
   p.slot_bytes = p.staging_bytes = p.decoded_bytes = p.packed_bytes = p.compressed_bytes = 0;
+  p.flash_head_bytes = 0;
   p.flash_bytes_per_token = p.decode_bytes_per_token = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     const UnitInfo& U = units[u];
@@ -123,7 +126,7 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
         break;
       case Tier::kFlash:
         if (const HeadSplit* h = FlashHead(U, p.flash_head); h != nullptr) {
-          p.packed_bytes += h->head_packed_bytes;
+          p.flash_head_bytes += h->head_packed_bytes;
           p.staging_bytes = std::max(p.staging_bytes, h->tail_compressed_bytes);
           p.flash_bytes_per_token += h->tail_compressed_bytes;
           p.decode_bytes_per_token += h->tail_raw_bytes;
@@ -137,7 +140,7 @@ uint64_t PlanBytes(const std::vector<UnitInfo>& units, const FixedMemory& fixed,
   }
   p.fixed_bytes = fixed.total();
   p.total_bytes = p.fixed_bytes + p.decoded_bytes + p.packed_bytes + p.compressed_bytes +
-                  static_cast<uint64_t>(p.slots) * p.slot_bytes +
+                  p.flash_head_bytes + static_cast<uint64_t>(p.slots) * p.slot_bytes +
                   static_cast<uint64_t>(p.staging) * p.staging_bytes;
   return p.total_bytes;
 }
@@ -250,7 +253,8 @@ double ReloadSeconds(const std::vector<UnitInfo>& units, const Rates& r, const P
       const HeadSplit* h = FlashHead(units[u], to.flash_head);
       if (h != nullptr && !(same && from.flash_head == to.flash_head)) {
         s += static_cast<double>(units[u].compressed_bytes - h->tail_compressed_bytes) /
-             r.io_bytes_per_s;
+                 r.io_bytes_per_s +
+             static_cast<double>(units[u].raw_bytes - h->tail_raw_bytes) / r.decode_bytes_per_s;
       }
       continue;
     }
@@ -342,7 +346,13 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
     if (!streamed) {
       p.slots = p.staging = p.decode_threads = 0;
     }
-    if (p.count(Tier::kFlash) == 0) p.staging = p.flash_head = 0;
+    if (p.count(Tier::kFlash) == 0) p.staging = 0;
+    // A head only where some flash unit splits (not the output matrix alone).
+    bool split = false;
+    for (size_t u = 0; u < units.size(); ++u) {
+      split |= p.tiers[u] == Tier::kFlash && FlashHead(units[u], p.flash_head) != nullptr;
+    }
+    if (!split) p.flash_head = 0;
     PlanBytes(units, fixed, p);
     smallest = std::min(smallest, p.total_bytes);
     if (p.total_bytes > budget) return;

@@ -130,6 +130,7 @@ struct Plan {
   int decode_threads = 0;
   uint64_t slot_bytes = 0, staging_bytes = 0;
   uint64_t decoded_bytes = 0, packed_bytes = 0, compressed_bytes = 0;  // the RAM tiers
+  uint64_t flash_head_bytes = 0;        // the packed heads the flash layers hold (flash_head)
   uint64_t flash_bytes_per_token = 0;   // compressed bytes read per token
   uint64_t decode_bytes_per_token = 0;  // raw bytes decoded per token
   uint64_t fixed_bytes = 0;

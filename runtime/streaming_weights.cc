@@ -307,7 +307,11 @@ Status StreamingWeights::Impl::ApplyPlan(Plan np) {
     }
   }
   for (size_t u = 0; u < resident.size(); ++u) np.tiers[u] = resident[u].tier;  // achieved
-  // Every flash unit holds the plan's head, or (a load failed) none does.
+  // Every flash unit holds the plan's head, or (a load failed, or none splits) none does.
+  if (std::none_of(resident.begin(), resident.end(),
+                   [](const Resident& R) { return R.head > 0; })) {
+    np.flash_head = 0;
+  }
   for (size_t u = 0; u < resident.size(); ++u) {
     if (resident[u].tier == Tier::kFlash && resident[u].head != head_of(u)) {
       for (size_t v = 0; v < resident.size(); ++v) {

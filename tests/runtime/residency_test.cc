@@ -299,28 +299,50 @@ TEST(ResidencyTest, FlashLayersHoldAPackedHeadWhenThatReadsLess) {
   EXPECT_LT(p->flash_bytes_per_token, whole->flash_bytes_per_token) << p->Summary() << "\n"
                                                                     << whole->Summary();
   EXPECT_LT(p->est_seconds_per_token, whole->est_seconds_per_token);
-  // The account: each flash layer's head is held packed, its tail read and staged.
-  const HeadSplit& h = units[0].heads[static_cast<size_t>(p->flash_head) - 1];
-  uint64_t held = 0, read = 0;
+  // The account: each flash layer's head is held packed, its tail read and staged; the output
+  // matrix, on flash, is read whole.
+  uint64_t packed_units = 0, heads = 0, read = 0, staged = 0;
+  int split = 0;
   for (size_t u = 0; u < units.size(); ++u) {
-    if (p->tiers[u] == Tier::kPacked) held += units[u].packed_bytes;
-    if (p->tiers[u] == Tier::kFlash) {
-      held += h.head_packed_bytes;
-      read += h.tail_compressed_bytes;
-    }
+    if (p->tiers[u] == Tier::kPacked) packed_units += units[u].packed_bytes;
+    if (p->tiers[u] != Tier::kFlash) continue;
+    const HeadSplit* h = FlashHead(units[u], p->flash_head);
+    if (h != nullptr) ++split;
+    heads += h != nullptr ? h->head_packed_bytes : 0;
+    read += h != nullptr ? h->tail_compressed_bytes : units[u].compressed_bytes;
+    staged = std::max(staged, h != nullptr ? h->tail_compressed_bytes : units[u].compressed_bytes);
   }
-  EXPECT_EQ(p->packed_bytes, held);
+  EXPECT_GT(split, 0);
+  EXPECT_EQ(p->packed_bytes, packed_units);
+  EXPECT_EQ(p->flash_head_bytes, heads);
   EXPECT_EQ(p->flash_bytes_per_token, read);
-  EXPECT_EQ(p->staging_bytes, h.tail_compressed_bytes);
-  // Decoding ahead (whole units into slots) holds no head.
-  Result<Plan> ahead = ChoosePlan(units, Fixed(), r, budget, Policy::kAdaptive,
-                                  {0, 0, 0, 1 + static_cast<int>(Decode::kAhead)});
-  ASSERT_TRUE(ahead.ok());
-  EXPECT_EQ(ahead->flash_head, 0);
-  // Changing the head re-reads the flash layers' heads.
+  EXPECT_EQ(p->staging_bytes, staged);
+  EXPECT_EQ(p->total_bytes, Fixed().total() + p->decoded_bytes + p->compressed_bytes +
+                                packed_units + heads + static_cast<uint64_t>(p->staging) * staged);
+  // A head forced on units that do not split (the output matrix, or a model without splits):
+  // none is held or reported.
+  auto whole_units = units;
+  for (UnitInfo& u : whole_units) u.heads.clear();
+  Result<Plan> none =
+      ChoosePlan(whole_units, Fixed(), r, 1ull << 40, Policy::kStreamAll, {0, 0, 0, 0, 1 + 3});
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->count(Tier::kFlash), static_cast<int>(units.size()));
+  EXPECT_EQ(none->flash_head, 0);
+  EXPECT_EQ(none->flash_head_bytes, 0u);
   Plan moved = *p;
   moved.flash_head = p->flash_head == 1 ? 2 : 1;
-  EXPECT_GT(ReloadSeconds(units, r, *p, moved), ReloadSeconds(units, r, *p, *p));
+  // Changing the head re-reads and packs the flash layers' heads.
+  const double reload = ReloadSeconds(units, r, *p, moved) - ReloadSeconds(units, r, *p, *p);
+  double want = 0;
+  for (size_t u = 0; u < units.size(); ++u) {
+    const HeadSplit* h = FlashHead(units[u], moved.flash_head);
+    if (moved.tiers[u] != Tier::kFlash || h == nullptr) continue;
+    want += static_cast<double>(units[u].compressed_bytes - h->tail_compressed_bytes) /
+                r.io_bytes_per_s +
+            static_cast<double>(units[u].raw_bytes - h->tail_raw_bytes) / r.decode_bytes_per_s;
+  }
+  EXPECT_GT(want, 0);
+  EXPECT_NEAR(reload, want, 1e-9 * want);
 }
 
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
