@@ -347,13 +347,8 @@ Result<Plan> ChoosePlan(const std::vector<UnitInfo>& units, const FixedMemory& f
       p.slots = p.staging = p.decode_threads = 0;
     }
     if (p.count(Tier::kFlash) == 0) p.staging = 0;
-    // A head only where some flash unit splits (not the output matrix alone).
-    bool split = false;
-    for (size_t u = 0; u < units.size(); ++u) {
-      split |= p.tiers[u] == Tier::kFlash && FlashHead(units[u], p.flash_head) != nullptr;
-    }
-    if (!split) p.flash_head = 0;
     PlanBytes(units, fixed, p);
+    if (p.flash_head_bytes == 0) p.flash_head = 0;  // no flash unit splits (the output alone)
     smallest = std::min(smallest, p.total_bytes);
     if (p.total_bytes > budget) return;
     EstimateSeconds(units, rates, p);

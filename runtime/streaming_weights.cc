@@ -308,19 +308,18 @@ Status StreamingWeights::Impl::ApplyPlan(Plan np) {
   }
   for (size_t u = 0; u < resident.size(); ++u) np.tiers[u] = resident[u].tier;  // achieved
   // Every flash unit holds the plan's head, or (a load failed, or none splits) none does.
-  if (std::none_of(resident.begin(), resident.end(),
-                   [](const Resident& R) { return R.head > 0; })) {
-    np.flash_head = 0;
-  }
+  bool held = false, missing = false;
   for (size_t u = 0; u < resident.size(); ++u) {
-    if (resident[u].tier == Tier::kFlash && resident[u].head != head_of(u)) {
-      for (size_t v = 0; v < resident.size(); ++v) {
-        if (resident[v].tier == Tier::kFlash) free_unit(v);
-      }
-      np.flash_head = 0;
-      break;
+    if (resident[u].tier != Tier::kFlash) continue;
+    held |= resident[u].head > 0;
+    missing |= resident[u].head != head_of(u);
+  }
+  if (missing) {
+    for (size_t u = 0; u < resident.size(); ++u) {
+      if (resident[u].tier == Tier::kFlash) free_unit(u);
     }
   }
+  if (missing || !held) np.flash_head = 0;
   PlanBytes(layout.infos, fixed, np);
   const bool ahead = np.decode == Decode::kAhead;
   // Units that go through the pipeline: decoding ahead, every unit not decoded; inline, flash
