@@ -66,6 +66,7 @@ CpuFeatures Detect() {
   f.avx512bw = __builtin_cpu_supports("avx512bw");
   f.avx512vl = __builtin_cpu_supports("avx512vl");
   f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+  f.avx512vbmi = __builtin_cpu_supports("avx512vbmi");
   f.avx512vbmi2 = __builtin_cpu_supports("avx512vbmi2");
 #elif defined(__aarch64__)
   const unsigned long hwcap = getauxval(AT_HWCAP);
@@ -80,10 +81,15 @@ CpuFeatures Detect() {
 }  // namespace
 
 std::string CpuFeatures::Describe() const {
-  const std::pair<const char*, bool> all[] = {{"avx2", avx2},         {"fma", fma},
-                                              {"avx512f", avx512f},   {"avx512bw", avx512bw},
-                                              {"avx512vl", avx512vl}, {"avx512vnni", avx512vnni},
-                                              {"asimd", asimd},       {"asimddp", asimddp}};
+  const std::pair<const char*, bool> all[] = {{"avx2", avx2},
+                                              {"fma", fma},
+                                              {"avx512f", avx512f},
+                                              {"avx512bw", avx512bw},
+                                              {"avx512vl", avx512vl},
+                                              {"avx512vnni", avx512vnni},
+                                              {"avx512vbmi", avx512vbmi},
+                                              {"asimd", asimd},
+                                              {"asimddp", asimddp}};
   std::string s;
   for (const auto& [name, on] : all) {
     if (!on) continue;

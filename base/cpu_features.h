@@ -20,6 +20,7 @@ struct CpuFeatures {
   bool avx512bw = false;
   bool avx512vl = false;
   bool avx512vnni = false;
+  bool avx512vbmi = false;  // vpermb, vpermi2b
   bool avx512vbmi2 = false;
   // aarch64
   bool asimd = false;    // NEON

@@ -21,7 +21,9 @@ std::vector<Candidate> Candidates() {
   [[maybe_unused]] const CpuFeatures& f = Cpu();
 #if defined(__x86_64__)
   c.push_back({&internal::kAvx2Table, f.avx2 && f.fma});
-  c.push_back({&internal::kAvx512VnniTable, f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni});
+  const bool vnni = f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+  c.push_back({&internal::kAvx512VnniTable, vnni});
+  c.push_back({&internal::kAvx512VbmiTable, vnni && f.avx512vbmi});
 #endif
 #if defined(__aarch64__)
   c.push_back({&internal::kNeonTable, f.asimd});

@@ -14,6 +14,7 @@ extern const KernelTable kRefTable;
 #if defined(__x86_64__)
 extern const KernelTable kAvx2Table;
 extern const KernelTable kAvx512VnniTable;
+extern const KernelTable kAvx512VbmiTable;  // avx512_vnni with VBMI's byte permutes
 #endif
 #if defined(__aarch64__)
 extern const KernelTable kNeonTable;

@@ -1,7 +1,7 @@
 // kernels: the numeric core of dcomp. W8A8 matrix-vector/matrix-matrix products (int8 weights with
 // one fp32 scale per output row, int8 activations with one fp32 scale per token, int32
 // accumulation) and f32 products, behind one table of function pointers chosen once at start-up
-// from CPU features (ref, avx2, avx512_vnni, neon, neon_dotprod).
+// from CPU features (ref, avx2, avx512_vnni, avx512_vbmi, neon, neon_dotprod).
 //
 // Layout contract for every int8 operand: rows are `stride` bytes apart, stride is a multiple of
 // kQ8RowAlign, and the bytes past `cols` in each row are zero (weights and activations alike), so

@@ -1,9 +1,13 @@
 // AVX-512 VNNI kernels. vpdpbusd multiplies unsigned by signed bytes, so activations are biased to
 // unsigned (x ^ 0x80 == x + 128) and the bias is removed with the weight row sums:
 // sum (x + 128) * w = sum x * w + 128 * row_sum.
+// Compiled twice (kernels/CMakeLists.txt): as "avx512_vnni", and with VBMI (vpermb) as
+// "avx512_vbmi" when DCOMP_AVX512_VBMI is defined, which looks non-uniform levels up in one
+// byte permute instead of sign, absolute value and 16-entry shuffles. Everything else is the same.
 #include <immintrin.h>
 
 #include <cstring>
+#include <optional>
 
 #include "kernels/internal.h"
 
@@ -228,6 +232,30 @@ struct LevelTables {
   }
 };
 
+#if defined(DCOMP_AVX512_VBMI)
+// The value of every packed code u < 2^kBits (CodeLevels::value) plus `bias`, as the byte tables
+// of vpermb (up to 6 bits: 64 entries, one vector) or vpermi2b (7 bits: two vectors).
+template <int kBits>
+struct LevelValues {
+  __m512i lo, hi;
+  LevelValues(const CodeLevels& l, uint8_t bias) {
+    alignas(64) uint8_t v[128] = {};
+    for (size_t u = 0; u < (size_t{1} << kBits); ++u) {
+      v[u] = static_cast<uint8_t>(static_cast<uint8_t>(l.value[u]) + bias);
+    }
+    lo = _mm512_load_si512(v);
+    hi = _mm512_load_si512(v + 64);
+  }
+  __m512i Lookup(__m512i u) const {
+    if constexpr (kBits <= 6) {
+      return _mm512_permutexvar_epi8(u, lo);
+    } else {
+      return _mm512_permutex2var_epi8(lo, u, hi);
+    }
+  }
+};
+#endif
+
 // vpdpbusd multiplies the unsigned codes by the signed activations directly (the offset's sum
 // subtracted once per row); with levels, the magnitude T[|c|] of each code c = u - 2^(kBits-1) by
 // the activation carrying c's sign.
@@ -235,8 +263,23 @@ template <int kBits, bool kLevels>
 void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                        size_t r0, size_t r1) {
   const size_t stride = PaddedCols(w.cols);
-  const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   constexpr size_t kChunkBytes = 8 * kBits;
+#if defined(DCOMP_AVX512_VBMI)
+  // With levels, the unsigned value + 128 of each code by the activation; 128 x sum x once per row.
+  const int32_t corr = (kLevels ? 128 : 1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  [[maybe_unused]] const std::optional<LevelValues<kBits>> lv =
+      kLevels ? std::optional<LevelValues<kBits>>(std::in_place, *w.levels, uint8_t{128})
+              : std::nullopt;
+  auto dot = [&](__m512i acc, const uint8_t* p, __m512i xv) {
+    const __m512i u = UnpackChunk<kBits>(p);
+    if constexpr (kLevels) {
+      return _mm512_dpbusd_epi32(acc, lv->Lookup(u), xv);
+    } else {
+      return _mm512_dpbusd_epi32(acc, u, xv);
+    }
+  };
+#else
+  const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   [[maybe_unused]] const LevelTables<kBits> lt =
       kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
   auto dot = [&](__m512i acc, const uint8_t* p, __m512i xv) {
@@ -250,18 +293,22 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
       return _mm512_dpbusd_epi32(acc, u, xv);
     }
   };
+#endif
   size_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const uint8_t* p = w.data + r * w.row_bytes;
     const size_t rb = w.row_bytes;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
-      _mm_prefetch(reinterpret_cast<const char*>(p + internal::kPackedPrefetch), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + rb + internal::kPackedPrefetch), _MM_HINT_T0);
+      // Non-temporal: each weight is read once per token. Measured against T0 on the synthetic
+      // TinyLlama all-packed: 1.06x (BENCHMARKS.md); with AVX2, which binds on unpacking, no
+      // change.
+      _mm_prefetch(reinterpret_cast<const char*>(p + internal::kPackedPrefetch), _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(p + rb + internal::kPackedPrefetch), _MM_HINT_NTA);
       _mm_prefetch(reinterpret_cast<const char*>(p + 2 * rb + internal::kPackedPrefetch),
-                   _MM_HINT_T0);
+                   _MM_HINT_NTA);
       _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + internal::kPackedPrefetch),
-                   _MM_HINT_T0);
+                   _MM_HINT_NTA);
       const __m512i xv = _mm512_loadu_si512(x + k);
       a0 = dot(a0, p, xv);
       a1 = dot(a1, p + rb, xv);
@@ -294,6 +341,18 @@ template <int kBits, bool kLevels>
 void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const __m512i off = _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+#if defined(DCOMP_AVX512_VBMI)
+  if constexpr (kLevels) {
+    const LevelValues<kBits> lv(*w.levels, 0);
+    for (size_t r = r0; r < r1; ++r, out += stride) {
+      const uint8_t* p = w.data + r * w.row_bytes;
+      for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
+        _mm512_storeu_si512(out + k, lv.Lookup(UnpackChunk<kBits>(p)));
+      }
+    }
+    return;
+  }
+#endif
   [[maybe_unused]] const LevelTables<kBits> lt =
       kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
   for (size_t r = r0; r < r1; ++r, out += stride) {
@@ -320,8 +379,13 @@ void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* o
 }  // namespace
 
 namespace internal {
+#if defined(DCOMP_AVX512_VBMI)
+const KernelTable kAvx512VbmiTable = {
+    "avx512_vbmi",
+#else
 const KernelTable kAvx512VnniTable = {
     "avx512_vnni",
+#endif
     QuantizeRowQ8Ref,
     GemvQ8Avx512Vnni,
     GemmQ8Avx512Vnni,
