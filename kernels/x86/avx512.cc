@@ -7,7 +7,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <optional>
 
 #include "kernels/internal.h"
 
@@ -237,7 +236,8 @@ struct LevelTables {
 // of vpermb (up to 6 bits: 64 entries, one vector) or vpermi2b (7 bits: two vectors).
 template <int kBits>
 struct LevelValues {
-  __m512i lo, hi;
+  __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+  LevelValues() = default;
   LevelValues(const CodeLevels& l, uint8_t bias) {
     alignas(64) uint8_t v[128] = {};
     for (size_t u = 0; u < (size_t{1} << kBits); ++u) {
@@ -265,35 +265,31 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
   const size_t stride = PaddedCols(w.cols);
   constexpr size_t kChunkBytes = 8 * kBits;
 #if defined(DCOMP_AVX512_VBMI)
-  // With levels, the unsigned value + 128 of each code by the activation; 128 x sum x once per row.
-  const int32_t corr = (kLevels ? 128 : 1 << (kBits - 1)) * internal::SumCodes(x, stride);
-  [[maybe_unused]] const std::optional<LevelValues<kBits>> lv =
-      kLevels ? std::optional<LevelValues<kBits>>(std::in_place, *w.levels, uint8_t{128})
-              : std::nullopt;
-  auto dot = [&](__m512i acc, const uint8_t* p, __m512i xv) {
-    const __m512i u = UnpackChunk<kBits>(p);
-    if constexpr (kLevels) {
-      return _mm512_dpbusd_epi32(acc, lv->Lookup(u), xv);
-    } else {
-      return _mm512_dpbusd_epi32(acc, u, xv);
-    }
-  };
+  // With levels, vpermb gives each code's value + 128: 128 x sum(x) is removed once per row.
+  constexpr int32_t kOffset = kLevels ? 128 : 1 << (kBits - 1);
+  [[maybe_unused]] const LevelValues<kBits> lv =
+      kLevels ? LevelValues<kBits>(*w.levels, 128) : LevelValues<kBits>();
 #else
-  const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
+  constexpr int32_t kOffset = kLevels ? 0 : 1 << (kBits - 1);
   [[maybe_unused]] const LevelTables<kBits> lt =
       kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+#endif
+  const int32_t corr = kOffset == 0 ? 0 : kOffset * internal::SumCodes(x, stride);
   auto dot = [&](__m512i acc, const uint8_t* p, __m512i xv) {
     const __m512i u = UnpackChunk<kBits>(p);
-    if constexpr (kLevels) {
+    if constexpr (!kLevels) {
+      return _mm512_dpbusd_epi32(acc, u, xv);
+    } else {
+#if defined(DCOMP_AVX512_VBMI)
+      return _mm512_dpbusd_epi32(acc, lv.Lookup(u), xv);
+#else
       const __m512i c = _mm512_sub_epi8(u, _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1))));
       const __m512i xs =
           _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(c), _mm512_setzero_si512(), xv);
       return _mm512_dpbusd_epi32(acc, lt.Lookup(_mm512_abs_epi8(c)), xs);
-    } else {
-      return _mm512_dpbusd_epi32(acc, u, xv);
+#endif
     }
   };
-#endif
   size_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const uint8_t* p = w.data + r * w.row_bytes;
@@ -342,29 +338,27 @@ void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* 
   const size_t stride = PaddedCols(w.cols);
   const __m512i off = _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1)));
 #if defined(DCOMP_AVX512_VBMI)
-  if constexpr (kLevels) {
-    const LevelValues<kBits> lv(*w.levels, 0);
-    for (size_t r = r0; r < r1; ++r, out += stride) {
-      const uint8_t* p = w.data + r * w.row_bytes;
-      for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
-        _mm512_storeu_si512(out + k, lv.Lookup(UnpackChunk<kBits>(p)));
-      }
-    }
-    return;
-  }
-#endif
+  [[maybe_unused]] const LevelValues<kBits> lv =
+      kLevels ? LevelValues<kBits>(*w.levels, 0) : LevelValues<kBits>();
+#else
   [[maybe_unused]] const LevelTables<kBits> lt =
       kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+#endif
   for (size_t r = r0; r < r1; ++r, out += stride) {
     const uint8_t* p = w.data + r * w.row_bytes;
     for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
-      const __m512i c = _mm512_sub_epi8(UnpackChunk<kBits>(p), off);
-      if constexpr (kLevels) {
+      const __m512i u = UnpackChunk<kBits>(p);
+      if constexpr (!kLevels) {
+        _mm512_storeu_si512(out + k, _mm512_sub_epi8(u, off));
+      } else {
+#if defined(DCOMP_AVX512_VBMI)
+        _mm512_storeu_si512(out + k, lv.Lookup(u));
+#else
+        const __m512i c = _mm512_sub_epi8(u, off);
         const __m512i m = lt.Lookup(_mm512_abs_epi8(c));
         _mm512_storeu_si512(
             out + k, _mm512_mask_sub_epi8(m, _mm512_movepi8_mask(c), _mm512_setzero_si512(), m));
-      } else {
-        _mm512_storeu_si512(out + k, c);
+#endif
       }
     }
   }
