@@ -177,19 +177,25 @@ void Register() {
                                    BM_GemvQ8, k, shape.first, shape.second)
           ->Unit(benchmark::kMicrosecond);
     }
-    benchmark::RegisterBenchmark(
-        (std::string("BM_GemvQ8Dram/") + k->name + "/tinyllama_w1_5632x2048").c_str(),
-        BM_GemvQ8Dram, k, 5632, 2048)
-        ->Unit(benchmark::kMicrosecond);
+    // Out of cache: rows of 2048 codes (w1), and of 5632 (w2: rows longer than the packed
+    // kernels' prefetch distance divided by the rows they multiply at a time).
+    const std::pair<const char*, std::pair<size_t, size_t>> dram_shapes[] = {
+        {"tinyllama_w1_5632x2048", {5632, 2048}}, {"tinyllama_w2_2048x5632", {2048, 5632}}};
+    for (const auto& [name, shape] : dram_shapes) {
+      benchmark::RegisterBenchmark((std::string("BM_GemvQ8Dram/") + k->name + "/" + name).c_str(),
+                                   BM_GemvQ8Dram, k, shape.first, shape.second)
+          ->Unit(benchmark::kMicrosecond);
+    }
     for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
       for (bool nonuniform : {false, true}) {
         const std::string tag = std::to_string(bits) + (nonuniform ? "bit-levels" : "bit");
-        benchmark::RegisterBenchmark(
-            (std::string("BM_GemvPackedDram/") + k->name + "/" + tag + "/tinyllama_w1_5632x2048")
-                .c_str(),
-            BM_GemvPackedDram, k, 5632, 2048, bits, nonuniform)
-            ->Arg(1)
-            ->Unit(benchmark::kMicrosecond);
+        for (const auto& [name, shape] : dram_shapes) {
+          benchmark::RegisterBenchmark(
+              (std::string("BM_GemvPackedDram/") + k->name + "/" + tag + "/" + name).c_str(),
+              BM_GemvPackedDram, k, shape.first, shape.second, bits, nonuniform)
+              ->Arg(1)
+              ->Unit(benchmark::kMicrosecond);
+        }
         benchmark::RegisterBenchmark(
             (std::string("BM_GemvPackedCache/") + k->name + "/" + tag + "/512x2048").c_str(),
             BM_GemvPackedDram, k, 512, 2048, bits, nonuniform)

@@ -48,12 +48,22 @@ inline int32_t SumCodes(const int8_t* x, size_t n) {
   return s;
 }
 
-// Bytes ahead of each packed row's read position that the packed GEMVs prefetch. The rows of a
-// matrix are contiguous, so this reaches into the rows that follow. The unpacking keeps too few
-// loads in flight for the hardware prefetchers alone. Measured, not derived: under AVX2, 512 bytes
-// (the first choice) and 1 KiB held 7-bit codes out of cache to 6.4-6.5 Gw/s, 8 KiB reaches 10.0-
-// 10.8 (BENCHMARKS.md, "Packed products at memory speed").
+// How far ahead the packed GEMVs prefetch. The unpacking keeps too few loads in flight for the
+// hardware prefetchers alone. Measured, not derived: under AVX2, 512 bytes (the first choice) and
+// 1 KiB ahead held 7-bit codes out of cache to 6.4-6.5 Gw/s, 8 KiB reaches 10.0-10.8 (BENCHMARKS.md,
+// "Packed products at memory speed").
 inline constexpr size_t kPackedPrefetch = 8192;
+
+// The prefetch distance of a packed GEMV that multiplies `rows` rows per iteration: the same
+// position in the rows that a later iteration reads, m groups of rows on, with m the largest number
+// of whole groups that stays within kPackedPrefetch bytes (at least 1). A fixed distance measured
+// inside the row breaks down once rows x row_bytes exceeds it. The prefetched bytes then fall in
+// rows that this group is already reading, or behind the read position of the next group. On
+// AVX-512 this cost ffn_down (5632 columns) a fifth of its speed (BENCHMARKS.md, session 24).
+inline size_t PackedPrefetchDistance(size_t row_bytes, size_t rows) {
+  const size_t group = row_bytes * rows;
+  return group * std::max<size_t>(1, kPackedPrefetch / group);
+}
 
 // Calls fn(std::integral_constant<int, bits>{}) for a packed width (4..7): the per-width
 // instantiations of every variant's packed kernels, chosen once per call.

@@ -173,14 +173,15 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
       for (int i = 0; i < 4; ++i) u[i] = lt.Value(vsubq_s8(u[i], off));
     }
   };
+  const size_t dist = internal::PackedPrefetchDistance(w.row_bytes, 2);
   size_t r = r0;
   for (; r + 2 <= r1; r += 2) {
     const uint8_t* p0 = w.data + r * w.row_bytes;
     const uint8_t* p1 = p0 + w.row_bytes;
     int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
     for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
-      __builtin_prefetch(p0 + internal::kPackedPrefetch);
-      __builtin_prefetch(p1 + internal::kPackedPrefetch);
+      __builtin_prefetch(p0 + dist);
+      __builtin_prefetch(p1 + dist);
       int8x16_t u[4], v[4];
       unpack(p0, u);
       unpack(p1, v);

@@ -224,14 +224,15 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
       return DotU(acc, u, xv, ones);
     }
   };
+  const size_t dist = internal::PackedPrefetchDistance(w.row_bytes, 2);
   size_t r = r0;
   for (; r + 2 <= r1; r += 2) {
     const uint8_t* p0 = w.data + r * w.row_bytes;
     const uint8_t* p1 = p0 + w.row_bytes;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
     for (size_t k = 0; k < stride; k += 64, p0 += kChunkBytes, p1 += kChunkBytes) {
-      _mm_prefetch(reinterpret_cast<const char*>(p0 + internal::kPackedPrefetch), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p1 + internal::kPackedPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p0 + dist), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p1 + dist), _MM_HINT_T0);
       const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
       const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
       __m256i ua, ub;
