@@ -290,11 +290,11 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
 #endif
     }
   };
+  const size_t rb = w.row_bytes, dist = internal::PackedPrefetchDistance(rb, 4);
   size_t r = r0;
   for (; r + 4 <= r1; r += 4) {
-    const uint8_t* p = w.data + r * w.row_bytes;
-    const size_t rb = w.row_bytes;
-    const uint8_t* f = p + internal::PackedPrefetchDistance(rb, 4);
+    const uint8_t* p = w.data + r * rb;
+    const uint8_t* f = p + dist;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes, f += kChunkBytes) {
       // Non-temporal: each weight is read once per token. Measured against T0 on the synthetic
