@@ -50,8 +50,8 @@ inline int32_t SumCodes(const int8_t* x, size_t n) {
 
 // How far ahead the packed GEMVs prefetch. The unpacking keeps too few loads in flight for the
 // hardware prefetchers alone. Measured, not derived: under AVX2, 512 bytes (the first choice) and
-// 1 KiB ahead held 7-bit codes out of cache to 6.4-6.5 Gw/s, 8 KiB reaches 10.0-10.8 (BENCHMARKS.md,
-// "Packed products at memory speed").
+// 1 KiB ahead held 7-bit codes out of cache to 6.4-6.5 Gw/s, 8 KiB reaches 10.0-10.8
+// (BENCHMARKS.md, "Packed products at memory speed").
 inline constexpr size_t kPackedPrefetch = 8192;
 
 // The prefetch distance of a packed GEMV that multiplies `rows` rows per iteration: the same

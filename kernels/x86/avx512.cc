@@ -294,16 +294,15 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
   size_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const uint8_t* p = w.data + r * rb;
-    const uint8_t* f = p + dist;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t k = 0; k < stride; k += 64, p += kChunkBytes, f += kChunkBytes) {
+    for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
       // Non-temporal: each weight is read once per token. Measured against T0 on the synthetic
       // TinyLlama all-packed: 1.06x (BENCHMARKS.md); with AVX2, which binds on unpacking, no
       // change.
-      _mm_prefetch(reinterpret_cast<const char*>(f), _MM_HINT_NTA);
-      _mm_prefetch(reinterpret_cast<const char*>(f + rb), _MM_HINT_NTA);
-      _mm_prefetch(reinterpret_cast<const char*>(f + 2 * rb), _MM_HINT_NTA);
-      _mm_prefetch(reinterpret_cast<const char*>(f + 3 * rb), _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(p + dist), _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(p + rb + dist), _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 2 * rb + dist), _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + dist), _MM_HINT_NTA);
       const __m512i xv = _mm512_loadu_si512(x + k);
       a0 = dot(a0, p, xv);
       a1 = dot(a1, p + rb, xv);
