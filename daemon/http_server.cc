@@ -18,6 +18,7 @@
 
 #include "base/file.h"
 #include "base/mutex.h"
+#include "daemon/http_wire.h"
 #include "daemon/openai.h"
 #include "daemon/service.h"
 
@@ -34,12 +35,19 @@ constexpr auto kIoTimeout = std::chrono::seconds(30);    // reading a request, a
 constexpr auto kIdleTimeout = std::chrono::seconds(60);  // keep-alive between requests
 constexpr uint32_t kMaxHeaderBytes = 16 * 1024;
 
+// The completion handler of every operation: one type, so that each operation on each stream type
+// is compiled once (daemon/http_wire.h says why that matters).
+struct Done {
+  std::optional<beast::error_code>* result;
+  void operator()(beast::error_code ec, std::size_t = 0) const { *result = ec; }
+};
+
 // Runs one asynchronous operation on the connection's own context until it completes (its
 // stream's expiry turns a stall into beast::error::timeout).
 template <typename Start>
 beast::error_code RunOp(asio::io_context& io, Start&& start) {
   std::optional<beast::error_code> result;
-  start([&result](beast::error_code ec, auto&&...) { result = ec; });
+  start(Done{&result});
   io.restart();
   while (!result && io.run_one() > 0) {
   }
@@ -106,23 +114,18 @@ class Connection {
       parser.header_limit(kMaxHeaderBytes);
       parser.body_limit(s_->options.max_body_bytes);
       beast::get_lowest_layer(stream_).expires_after(kIdleTimeout);
-      beast::error_code ec = RunOp(
-          io_, [&](auto&& h) { http::async_read_header(stream_, buffer_, parser, std::move(h)); });
+      beast::error_code ec = Read(parser, false);
       if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
           ec == asio::error::eof || ec == asio::error::connection_reset ||
           ec == asio::error::operation_aborted || s_->stopping.load()) {
         return;
       }
       if (!ec && parser.get()[http::field::expect] == "100-continue") {
-        http::response<http::empty_body> cont{http::status::continue_, 11};
-        beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
-        ec = RunOp(io_, [&](auto&& h) { http::async_write(stream_, cont, std::move(h)); });
-        if (ec) return;
+        if (!Send("HTTP/1.1 100 Continue\r\n\r\n")) return;
       }
       if (!ec && !parser.is_done()) {
         beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
-        ec =
-            RunOp(io_, [&](auto&& h) { http::async_read(stream_, buffer_, parser, std::move(h)); });
+        ec = Read(parser, true);
       }
       if (ec == http::error::body_limit) {
         Error(OutOfRangeError("body: larger than " + std::to_string(s_->options.max_body_bytes) +
@@ -144,6 +147,24 @@ class Connection {
   }
 
  private:
+  // Reads until the parser holds the request's header, or (`whole`) the whole request. One
+  // operation, Beast's async_read_some, for both (what async_read_header and async_read loop on).
+  beast::error_code Read(http::request_parser<http::string_body>& parser, bool whole) {
+    beast::error_code ec;
+    while (!ec && !(whole ? parser.is_done() : parser.is_header_done())) {
+      ec = RunOp(io_, [&](Done h) { http::async_read_some(stream_, buffer_, parser, h); });
+    }
+    return ec;
+  }
+
+  // Writes `bytes` whole (a response, its header or a chunk: daemon/http_wire.h); false on error.
+  bool Send(std::string_view bytes) {
+    beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
+    return !RunOp(io_, [&](Done h) {
+      asio::async_write(stream_, asio::const_buffer(bytes.data(), bytes.size()), h);
+    });
+  }
+
   // Answers req_; false when the connection must close.
   bool Handle() {
     const std::string target(req_.target());
@@ -291,31 +312,15 @@ class Connection {
       res.set(http::field::cache_control, "no-cache");
       res.keep_alive(c_->keep_alive_);
       res.chunked(true);
-      http::response_serializer<http::empty_body> sr{res};
-      beast::get_lowest_layer(c_->stream_).expires_after(kIoTimeout);
-      if (RunOp(c_->io_,
-                [&](auto&& h) { http::async_write_header(c_->stream_, sr, std::move(h)); })) {
-        return false;
-      }
+      if (!c_->Send(HeaderBytes(res.base()))) return false;
       if (chat_) return Event(openai::ChunkBody(info_, chat_, "", true, ""));
       return echo_.empty() || Event(openai::ChunkBody(info_, chat_, echo_, false, ""));
     }
 
     // One server-sent event.
-    bool Event(const std::string& data) {
-      const std::string e = "data: " + data + "\n\n";
-      beast::get_lowest_layer(c_->stream_).expires_after(kIoTimeout);
-      return !RunOp(c_->io_, [&](auto&& h) {
-        asio::async_write(c_->stream_, http::make_chunk(asio::buffer(e)), std::move(h));
-      });
-    }
+    bool Event(const std::string& data) { return c_->Send(ChunkBytes("data: " + data + "\n\n")); }
 
-    bool End() {
-      beast::get_lowest_layer(c_->stream_).expires_after(kIoTimeout);
-      return !RunOp(c_->io_, [&](auto&& h) {
-        asio::async_write(c_->stream_, http::make_chunk_last(), std::move(h));
-      });
-    }
+    bool End() { return c_->Send(kLastChunk); }
 
    private:
     void SetId() {
@@ -339,8 +344,7 @@ class Connection {
     res.keep_alive(keep_alive_);
     if (req_.method() != http::verb::head) res.body() = std::move(body);
     res.prepare_payload();
-    beast::get_lowest_layer(stream_).expires_after(kIoTimeout);
-    return !RunOp(io_, [&](auto&& h) { http::async_write(stream_, res, std::move(h)); });
+    return Send(ResponseBytes(res));
   }
 
   // An error response in OpenAI's shape; false (close) when `keep` is false or writing failed.
@@ -441,12 +445,12 @@ void HttpServer::Impl::ServeStream(asio::io_context& ioc, beast::tcp_stream& str
   if (tls) {
     beast::ssl_stream<beast::tcp_stream&> tls_stream(stream, *tls);
     stream.expires_after(kIoTimeout);
-    const beast::error_code hs = RunOp(
-        *io, [&](auto&& h) { tls_stream.async_handshake(ssl::stream_base::server, std::move(h)); });
+    const beast::error_code hs =
+        RunOp(*io, [&](Done h) { tls_stream.async_handshake(ssl::stream_base::server, h); });
     if (!hs) {
       Connection<beast::ssl_stream<beast::tcp_stream&>>(this, *io, tls_stream, fd, peer).Run();
       stream.expires_after(std::chrono::seconds(2));
-      RunOp(*io, [&](auto&& h) { tls_stream.async_shutdown(std::move(h)); });
+      RunOp(*io, [&](Done h) { tls_stream.async_shutdown(h); });
     } else {
       spdlog::debug("http peer={}: TLS handshake failed: {}", peer, hs.message());
     }

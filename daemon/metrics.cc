@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <thread>
 
+#include "daemon/http_wire.h"
+
 namespace dcomp::server {
 namespace {
 
@@ -191,6 +193,7 @@ struct MetricsServer::Impl {
     beast::flat_buffer buffer;
     http::request<http::string_body> req;
     http::response<http::string_body> resp;
+    std::string out;  // resp's bytes while they are written
     Impl* impl;
 
     void Read() {
@@ -229,14 +232,16 @@ struct MetricsServer::Impl {
         if (req.method() == http::verb::get) resp.body() = impl->render();
       }
       resp.prepare_payload();
-      http::async_write(stream, resp, [self = shared_from_this()](beast::error_code ec, size_t) {
-        if (ec || !self->resp.keep_alive()) {
-          beast::error_code ignored;
-          self->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-          return;
-        }
-        self->Read();
-      });
+      out = ResponseBytes(resp);
+      asio::async_write(stream, asio::buffer(out),
+                        [self = shared_from_this()](beast::error_code ec, size_t) {
+                          if (ec || !self->resp.keep_alive()) {
+                            beast::error_code ignored;
+                            self->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+                            return;
+                          }
+                          self->Read();
+                        });
     }
   };
 };

@@ -72,6 +72,7 @@ run max storage "$t/storage/storage_test"
 run max base "$t/base/base_test" --gtest_filter=-ThreadPoolTest.ManySmallLoopsAndIdleSleep
 run max engine "$t/engine/engine_test" --gtest_filter=-*Stories3M*:*Llamacpp*:Models/ReferenceTest.*
 run max server "$t/daemon/server_test"
+run max scheduler "$t/daemon/scheduler_test"
 run max runtime "$t/runtime/runtime_test" --gtest_filter=ResidencyTest.*:StreamingTest.TooSmallBudgetIsAClearError
 run max packer "$t/packer/packer_test" --gtest_filter=PackTest.PlainInt8EqualsTheEngineAndEntropyCodingIsLossless:PackTest.BadOptionsNameTheOption:PackTest.SyntheticModelsAreMarkedAndSkipCalibration
 if ((binfmt)); then

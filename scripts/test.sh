@@ -19,16 +19,30 @@ bash scripts/run-aarch64-tests.sh
 echo "== the same suite under ASan + UBSan"
 cmake --preset asan >/dev/null
 cmake --build build/asan -j "$jobs"
-ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800
+# Left out here, run by the release build: the packer's whole-pipeline tests and the CLI's packed
+# tier tests (each packs stories260K, three minutes under ASan), and the second streaming sweep
+# over a packed model (StreamingTest.SameTokensAsResidentWithAWidthPerBlockOfRows packs and sweeps
+# one under ASan). Every other test runs, the streaming sweeps on fewer cases (streaming_test.cc).
+ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800 -E "$(printf '%s' \
+  "PackTest.UntiedTokenMatricesEachInTheirOwnOrder|PackTest.FullPipelineIsLosslessOverItsOwnInt8|" \
+  "PackTest.CalibSeedChoosesTheCalibrationSample|PackTest.TokenMatricesStoredByUseScoreLikeTheSourceModel|" \
+  "CliTest.PackedTierContract|CliTest.PackedBlocksReadInPlaceGiveTheSameTokens|" \
+  "StreamingTest.SameTokensAsResidentWithTwoTokenMatricesInTheirOwnOrders")"
 echo "== the concurrency tests under ThreadSanitizer (thread pool, streaming runtime, scheduler)"
 # Built with clang, whose -Wthread-safety (an error, like every warning) also checks the locking
 # annotated with base/mutex.h (GUARDED_BY, REQUIRES, ...) in everything these targets compile.
-# The daemon's gRPC paths are left out of the run: Debian's gRPC and abseil are not built with
-# TSan, whose reports about their internals would be noise.
+# The daemon's gRPC and HTTP paths are left out of the run (scheduler_test is the scheduler alone;
+# dcomp_server_thread_safety only checks their annotations):
+# Debian's gRPC and abseil are not built with TSan, whose reports about their internals would be
+# noise.
 cmake --preset tsan >/dev/null
-cmake --build build/tsan -j "$jobs" --target base_test runtime_test server_test
+# The streaming sweeps over packed models are left out (their threads are those of the sweep on
+# the synthetic model; what they add is the stored row orders and widths, which ASan covers).
+cmake --build build/tsan -j "$jobs" --target base_test runtime_test scheduler_test \
+  dcomp_server_thread_safety
 ctest --test-dir build/tsan --output-on-failure -j "$jobs" --timeout 1800 \
-  -R "ThreadPoolTest|StreamingTest|FaultTest|ResidencyTest|SchedulerTest|LatencyWindowTest" -E "Stories3M"
+  -R "ThreadPoolTest|StreamingTest|FaultTest|ResidencyTest|SchedulerTest|LatencyWindowTest" \
+  -E "Stories3M|SameTokensAsResidentWithAWidthPerBlockOfRows|SameTokensAsResidentWithTwoTokenMatrices"
 echo "== fuzzers (bounded time per target)"
 cmake --preset fuzz >/dev/null
 cmake --build build/fuzz -j "$jobs"

@@ -1,12 +1,11 @@
 // Unit tests of the service's parts that need no running daemon: config reading and validation,
-// listen addresses, request validation, latency quantiles, the cgroup limit.
+// listen addresses, request validation, the cgroup limit.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "daemon/config.h"
-#include "daemon/latency_window.h"
 #include "daemon/validate.h"
 #include "engine/model_file.h"
 #include "runtime/memory_stats.h"
@@ -104,22 +103,6 @@ TEST(ConfigTest, ListenAddresses) {
     EXPECT_FALSE(ParseListenAddress(bad).ok()) << bad;
   }
   EXPECT_FALSE(ParseListenAddress("unix:/" + std::string(120, 'a')).ok());
-}
-
-TEST(LatencyWindowTest, NearestRankQuantiles) {
-  LatencyWindow w(100);
-  EXPECT_EQ(w.Get().count, 0u);
-  for (int i = 1; i <= 100; ++i) w.Add(i);
-  auto s = w.Get();
-  EXPECT_EQ(s.p50, 50);
-  EXPECT_EQ(s.p95, 95);
-  EXPECT_EQ(s.p99, 99);
-  EXPECT_EQ(s.count, 100u);
-  EXPECT_EQ(s.sum, 5050);
-  for (int i = 0; i < 100; ++i) w.Add(1000);  // the window keeps the last 100
-  s = w.Get();
-  EXPECT_EQ(s.p50, 1000);
-  EXPECT_EQ(s.count, 200u);
 }
 
 // Unknown fields are accepted (tests/integration: UnknownFieldsAreAccepted) and described for the
