@@ -7,16 +7,20 @@
 # run each for a bounded time on its seed corpus. Tests that need ../shared skip with a message when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each stage's start is printed with the time spent so far (the whole must stay well under an hour
+# on two cores).
+stage() { echo "== $1 (after $((SECONDS / 60)) min $((SECONDS % 60)) s)"; }
 bash scripts/install-deps.sh
 jobs=$(nproc)
+stage "the release build and its tests"
 cmake --preset release >/dev/null
 cmake --build build/release -j "$jobs"
 ctest --test-dir build/release --output-on-failure -j "$jobs" --timeout 900
-echo "== the aarch64 build under qemu-aarch64"
+stage "the aarch64 build under qemu-aarch64"
 cmake --preset aarch64 >/dev/null
 cmake --build build/aarch64 -j "$jobs"
 bash scripts/run-aarch64-tests.sh
-echo "== the same suite under ASan + UBSan"
+stage "the same suite under ASan + UBSan"
 cmake --preset asan >/dev/null
 cmake --build build/asan -j "$jobs"
 # Left out here, run by the release build: the packer's whole-pipeline tests and the CLI's packed
@@ -28,7 +32,7 @@ ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800 -E "$(
   "PackTest.CalibSeedChoosesTheCalibrationSample|PackTest.TokenMatricesStoredByUseScoreLikeTheSourceModel|" \
   "CliTest.PackedTierContract|CliTest.PackedBlocksReadInPlaceGiveTheSameTokens|" \
   "StreamingTest.SameTokensAsResidentWithTwoTokenMatricesInTheirOwnOrders")"
-echo "== the concurrency tests under ThreadSanitizer (thread pool, streaming runtime, scheduler)"
+stage "the concurrency tests under ThreadSanitizer (thread pool, streaming runtime, scheduler)"
 # Built with clang, whose -Wthread-safety (an error, like every warning) also checks the locking
 # annotated with base/mutex.h (GUARDED_BY, REQUIRES, ...) in everything these targets compile.
 # The daemon's gRPC and HTTP paths are left out of the run (scheduler_test is the scheduler alone;
@@ -43,7 +47,8 @@ cmake --build build/tsan -j "$jobs" --target base_test runtime_test scheduler_te
 ctest --test-dir build/tsan --output-on-failure -j "$jobs" --timeout 1800 \
   -R "ThreadPoolTest|StreamingTest|FaultTest|ResidencyTest|SchedulerTest|LatencyWindowTest" \
   -E "Stories3M|SameTokensAsResidentWithAWidthPerBlockOfRows|SameTokensAsResidentWithTwoTokenMatrices"
-echo "== fuzzers (bounded time per target)"
+stage "fuzzers (bounded time per target)"
 cmake --preset fuzz >/dev/null
 cmake --build build/fuzz -j "$jobs"
 bash scripts/run-fuzzers.sh "${DCOMP_FUZZ_SECONDS:-30}"
+stage "done"
