@@ -97,10 +97,19 @@ node -e '
     console.error("curl completion", JSON.stringify(got.choices[0].text), "!=", JSON.stringify(want.completion));
     process.exit(1);
   }' "$work/body" "$work/expected.json" || fail "curl completion differs from dcomp generate"
+# A client that waits for "100 Continue" before it sends the body gets the same completion.
+cp "$work/body" "$work/completion.json"
+[[ $(code "${auth[@]}" -H 'Expect: 100-continue' -H 'Content-Type: application/json' -d "$body" \
+  "$url/v1/completions") == 200 ]] || fail "Expect: 100-continue: $(cat "$work/body")"
+node -e '
+  const fs = require("fs");
+  const [a, b] = process.argv.slice(1, 3).map((p) => JSON.parse(fs.readFileSync(p, "utf8")));
+  process.exit(a.choices[0].text === b.choices[0].text ? 0 : 1);' "$work/body" "$work/completion.json" ||
+  fail "Expect: 100-continue: a different completion"
 curl -sN "${auth[@]}" -d "${body%\}},\"stream\":true}" "$url/v1/completions" >"$work/sse"
 [[ $(grep -c '^data: ' "$work/sse") -gt 3 ]] || fail "SSE: $(cat "$work/sse")"
 [[ $(grep '^data: ' "$work/sse" | tail -1) == "data: [DONE]" ]] || fail "SSE does not end with [DONE]"
-echo "curl: health, models, auth, bad JSON, wrong type, 404, 413, completion, SSE: ok"
+echo "curl: health, models, auth, bad JSON, wrong type, 404, 413, completion, 100-continue, SSE: ok"
 
 (cd "$client" && node test.mjs serve "$url" "test-key-$$" "$work/expected.json") ||
   fail "openai client (serve)"
