@@ -36,14 +36,13 @@ stage "the concurrency tests under ThreadSanitizer (thread pool, streaming runti
 # Built with clang, whose -Wthread-safety (an error, like every warning) also checks the locking
 # annotated with base/mutex.h (GUARDED_BY, REQUIRES, ...) in everything these targets compile.
 # The daemon's gRPC and HTTP paths are left out of the run (scheduler_test is the scheduler alone;
-# dcomp_server_thread_safety only checks their annotations):
-# Debian's gRPC and abseil are not built with TSan, whose reports about their internals would be
-# noise.
+# dcomp_server_thread_safety only checks their annotations): Debian's gRPC and abseil are not
+# built with TSan, whose reports about their internals would be noise.
 cmake --preset tsan >/dev/null
-# The streaming sweeps over packed models are left out (their threads are those of the sweep on
-# the synthetic model; what they add is the stored row orders and widths, which ASan covers).
 cmake --build build/tsan -j "$jobs" --target base_test runtime_test scheduler_test \
   dcomp_server_thread_safety
+# The streaming sweeps over packed models are left out (their threads are those of the sweep on
+# the synthetic model; what they add is the stored row orders and widths, which ASan covers).
 ctest --test-dir build/tsan --output-on-failure -j "$jobs" --timeout 1800 \
   -R "ThreadPoolTest|StreamingTest|FaultTest|ResidencyTest|SchedulerTest|LatencyWindowTest" \
   -E "Stories3M|SameTokensAsResidentWithAWidthPerBlockOfRows|SameTokensAsResidentWithTwoTokenMatrices"
