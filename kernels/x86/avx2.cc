@@ -120,39 +120,40 @@ bool RowSumsQ8Avx2(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
 
 // ----- packed codes (layout in kernels.h) -----------------------------------------------------
 
-// The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b. Each plane repeats
-// across lanes, so one broadcast load and one per-lane variable shift place its bits.
+// The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b. Only shifts by an
+// immediate: on cores that split 256-bit operations (AMD Zen 1) a variable shift costs twice an
+// immediate one and four times a logical operation, and the variable shifts of the first version
+// bound the 7-bit product there (BENCHMARKS.md, session 27).
 template <int kBits>
 inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
   const __m256i m4 = _mm256_set1_epi8(15);
   const __m256i n = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
   __m256i lo = _mm256_and_si256(n, m4), hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), m4);
   if constexpr (kBits >= 6) {
-    // Codes 16k + j hold bits 2k, 2k + 1 of byte j: k = 0, 1 shift left by 4, 2; k = 2, 3
-    // right by 0, 2, landing on bits 4-5.
+    // Codes 16k + j hold bits 2k, 2k + 1 of byte j. The plane in lane 0 and, shifted right by 2,
+    // in lane 1 puts the fields of codes 0-15 and 16-31 at bits 0-1 (shifted up to bits 4-5) and
+    // those of codes 32-47 and 48-63 at bits 4-5; the masks drop what crossed from other bytes.
     const __m256i m30 = _mm256_set1_epi8(0x30);
     const __m256i p =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32)));
-    lo = _mm256_or_si256(
-        lo, _mm256_and_si256(_mm256_sllv_epi32(p, _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2)), m30));
-    hi = _mm256_or_si256(
-        hi, _mm256_and_si256(_mm256_srlv_epi32(p, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), m30));
+    const __m256i s = _mm256_blend_epi32(p, _mm256_srli_epi32(p, 2), 0xf0);
+    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi32(s, 4), m30));
+    hi = _mm256_or_si256(hi, _mm256_and_si256(s, m30));
   }
   if constexpr (kBits % 2 == 1) {
-    // Code j + 8k holds bit k of byte j: the 8 bytes broadcast to every 64-bit lane; lane L of
-    // *a needs bit L (shifted left to the top position), lane L of *b bit 4 + L (shifted right
-    // to bit 4, then up for 7 bits).
-    constexpr int kTop = kBits == 5 ? 4 : 6;
+    // Code j + 8k holds bit k of byte j. The 8 bytes go to every 64-bit lane; lane L of *a tests
+    // bit L of each byte, lane L of *b bit 4 + L, and the byte masks select the top value.
+    const __m256i top = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+    const __m256i sel_a = _mm256_setr_epi64x(0x0101010101010101, 0x0202020202020202,
+                                             0x0404040404040404, 0x0808080808080808);
+    const __m256i sel_b = _mm256_slli_epi64(sel_a, 4);
     int64_t t;
     std::memcpy(&t, c + 8 * kBits - 8, 8);
     const __m256i v = _mm256_set1_epi64x(t);
-    const __m256i mt = _mm256_set1_epi8(static_cast<char>(1 << kTop));
     lo = _mm256_or_si256(
-        lo, _mm256_and_si256(
-                _mm256_sllv_epi64(v, _mm256_setr_epi64x(kTop, kTop - 1, kTop - 2, kTop - 3)), mt));
-    __m256i top = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 1, 2, 3));
-    if constexpr (kTop == 6) top = _mm256_slli_epi64(top, 2);
-    hi = _mm256_or_si256(hi, _mm256_and_si256(top, mt));
+        lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel_a), sel_a), top));
+    hi = _mm256_or_si256(
+        hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel_b), sel_b), top));
   }
   *a = lo;
   *b = hi;
@@ -179,7 +180,9 @@ struct LevelTables {
   }
   // T[a] for a = |code| <= 2^(kBits-1): vpshufb reads the low nibble, bits 4 and 5 choose the
   // table (blends on the byte's top bit after a shift). a = 2^(kBits-1) (the code -2^(kBits-1))
-  // lands on T[0] = 0, or for 4 bits on a zero entry past the table.
+  // lands on T[0] = 0, or for 4 bits on a zero entry past the table. Measured against two
+  // shuffles whose saturated indices zero the other table (no shift, no blend): 8% slower for
+  // 6 bits on Zen 1 (BENCHMARKS.md, session 27).
   __m256i Lookup(__m256i a) const {
     const __m256i r0 = _mm256_shuffle_epi8(t[0], a);
     if constexpr (kBits <= 5) {
