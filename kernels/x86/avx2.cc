@@ -122,8 +122,8 @@ bool RowSumsQ8Avx2(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
 
 // The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b. Only shifts by an
 // immediate: on cores that split 256-bit operations (AMD Zen 1) a variable shift costs twice an
-// immediate one and four times a logical operation, and the variable shifts of the first version
-// bound the 7-bit product there (BENCHMARKS.md, session 27).
+// immediate one and about six logical operations, and the four variable shifts of the first
+// version bound the 7-bit product there (BENCHMARKS.md, session 27).
 template <int kBits>
 inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
   const __m256i m4 = _mm256_set1_epi8(15);
