@@ -24,14 +24,18 @@ stage "the same suite under ASan + UBSan"
 cmake --preset asan >/dev/null
 cmake --build build/asan -j "$jobs"
 # Left out here, run by the release build: the packer's whole-pipeline tests and the CLI's packed
-# tier tests (each packs stories260K, three minutes under ASan), and the second streaming sweep
-# over a packed model (StreamingTest.SameTokensAsResidentWithAWidthPerBlockOfRows packs and sweeps
-# one under ASan). Every other test runs, the streaming sweeps on fewer cases (streaming_test.cc).
+# tier tests (each packs stories260K, three minutes under ASan), the second streaming sweep over a
+# packed model (StreamingTest.SameTokensAsResidentWithAWidthPerBlockOfRows packs and sweeps one
+# under ASan), and the reference perplexities of the llama2.c copy of stories260K and of
+# stories3M in both formats (a minute each under ASan: the f32 and W8A8 forward passes over the
+# evaluation text, the same code under ASan as for the embedded model and the stories260K GGUF,
+# which run here). Every other test runs, the streaming sweeps on fewer cases (streaming_test.cc).
 ctest --test-dir build/asan --output-on-failure -j "$jobs" --timeout 1800 -E "$(printf '%s' \
   "PackTest.UntiedTokenMatricesEachInTheirOwnOrder|PackTest.FullPipelineIsLosslessOverItsOwnInt8|" \
   "PackTest.CalibSeedChoosesTheCalibrationSample|PackTest.TokenMatricesStoredByUseScoreLikeTheSourceModel|" \
   "CliTest.PackedTierContract|CliTest.PackedBlocksReadInPlaceGiveTheSameTokens|" \
-  "StreamingTest.SameTokensAsResidentWithTwoTokenMatricesInTheirOwnOrders")"
+  "StreamingTest.SameTokensAsResidentWithTwoTokenMatricesInTheirOwnOrders|" \
+  "ReferenceTest.PerplexityF32MatchesAndW8A8Within1Percent/(Llama2c260K|Llama2c3M|Gguf3MF32)$")"
 stage "the concurrency tests under ThreadSanitizer (thread pool, streaming runtime, scheduler)"
 # Built with clang, whose -Wthread-safety (an error, like every warning) also checks the locking
 # annotated with base/mutex.h (GUARDED_BY, REQUIRES, ...) in everything these targets compile.
