@@ -121,7 +121,7 @@ int CmdStatus(const Ctx& c) {
   std::string mem = "RSS " + Bytes(s.rss_bytes()) + " (peak " + Bytes(s.peak_rss_bytes()) + ")";
   if (s.budget_bytes() != 0) {
     mem += "; budget " + Bytes(s.budget_bytes());
-    if (s.effective_budget_bytes() != s.budget_bytes()) {
+    if (s.effective_budget_bytes() != 0 && s.effective_budget_bytes() != s.budget_bytes()) {
       mem += " (" + Bytes(s.effective_budget_bytes()) + " under memory pressure)";
     }
   } else {

@@ -61,6 +61,7 @@ Scheduler::Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu,
       kv_pool_(o.kv_cache_bytes),
       kv_type_(o.kv_type),
       kv_note_(o.kv_note),
+      on_idle_(o.on_idle),
       queue_depth_(o.queue_depth) {
   last_step_ns_.store(NowNs());
   thread_ = std::thread([this] { Loop(); });
@@ -176,7 +177,12 @@ void Scheduler::Loop() {
       wake_ = false;
       Admit();
     }
-    if (!running_.empty()) RunStep();
+    if (running_.empty()) continue;
+    RunStep();
+    if (running_.empty() && on_idle_) {
+      MutexLock e(engine_mu_);
+      on_idle_();
+    }
   }
 }
 

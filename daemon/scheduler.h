@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -89,6 +90,9 @@ class Scheduler {
     uint64_t kv_cache_bytes = 0;  // the KV pool; 0: no limit
     KvType kv_type = KvType::kF32;
     std::string kv_note;  // how the pool was sized, for errors ("kv_cache_tokens 1024")
+    // Called on the scheduler thread, with engine_mu held, when the last running request has
+    // ended: the model is idle (the daemon applies a plan that was deferred while it was busy).
+    std::function<void()> on_idle;
   };
   // `model`, `tok` and `engine_mu` must outlive the scheduler.
   Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu, const Options& options);
@@ -129,6 +133,7 @@ class Scheduler {
   const uint64_t kv_pool_;
   const KvType kv_type_;
   const std::string kv_note_;
+  const std::function<void()> on_idle_;
 
   mutable Mutex mu_;
   CondVar cv_;

@@ -282,6 +282,14 @@ Status Daemon::Load() {
   so.kv_note = c.kv_cache_tokens() != 0 ? "kv_cache_tokens " + std::to_string(kv_tokens)
                                         : std::to_string(kv_tokens) +
                                               " positions, twice the context; set kv_cache_tokens";
+  // A budget set while requests ran is applied at their next token; when they end first (the
+  // last one cancelled, say), the plan is applied as soon as the model is idle.
+  so.on_idle = [this] {
+    engine_mu_.AssertHeld();
+    if (Status s = ApplyPendingPlan(); !s.ok()) {
+      spdlog::warn("applying the plan for the new budget: {}", s.ToString());
+    }
+  };
   scheduler_ = std::make_unique<Scheduler>(model_.model.model.get(), model_.model.tokenizer.get(),
                                            &engine_mu_, so);
   // Warm-up: one short greedy generation touches every code path a request takes (prefill, the
@@ -615,7 +623,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
   const runtime::RuntimeStats st = model_.runtime->stats();
   const runtime::Plan p = model_.runtime->plan();
   out->set_budget_bytes(st.budget);
-  out->set_effective_budget_bytes(st.budget == 0 ? 0 : st.effective_budget);  // 0: no limit
+  out->set_effective_budget_bytes(st.effective_budget);  // 0: no limit
   out->set_minimum_budget_bytes(st.minimum_budget);
   out->set_flash_read_bytes(st.flash_bytes);
   if (st.decode_thread_seconds > 0) {

@@ -270,7 +270,7 @@ void Controller::RequestReplan(std::string why) {
 }
 
 uint64_t Controller::EffectiveBudget() const {
-  if (st_.budget == 0) return std::numeric_limits<uint64_t>::max() / 4;  // no limit
+  if (st_.budget == 0) return kNoLimit;
   if (st_.budget_factor >= 1.0) return st_.budget;
   // Under memory pressure: a smaller share of the budget, never below what works.
   const uint64_t e = static_cast<uint64_t>(static_cast<double>(st_.budget) * st_.budget_factor);

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -71,6 +72,8 @@ struct ControllerOptions {
 
 class Controller {
  public:
+  // The effective budget while no budget is set (Stats: effective_budget).
+  static constexpr uint64_t kNoLimit = std::numeric_limits<uint64_t>::max() / 4;
   Controller(const std::vector<UnitInfo>* units, const FixedMemory& fixed,
              const ControllerOptions& options, uint64_t budget, const Rates& rates,
              const IoProbe& probe);

@@ -530,7 +530,7 @@ RuntimeStats StreamingWeights::stats() const {
   s.budget_factor = c.budget_factor;
   s.rates = c.rates;
   s.budget = c.budget;
-  s.effective_budget = c.effective_budget;
+  s.effective_budget = c.effective_budget == Controller::kNoLimit ? 0 : c.effective_budget;
   s.minimum_budget = c.minimum_budget;
   s.fixed = impl_->fixed;
   s.reader_backend = impl_->prefetcher->reader_backend();

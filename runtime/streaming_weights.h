@@ -83,6 +83,8 @@ struct RuntimeStats {
   double pressure_some_avg10 = -1;  // last PSI reading (-1: none)
   double budget_factor = 1;         // budget scaling applied under pressure
   Rates rates;                      // current estimates
+  // 0: no limit. effective_budget is the budget the plan in force was made for (a new budget
+  // takes effect at the next token boundary, or at once when the model is idle).
   uint64_t budget = 0, effective_budget = 0, minimum_budget = 0;
   FixedMemory fixed;
   std::string reader_backend;

@@ -461,10 +461,14 @@ TEST(DaemonTest, SetBudgetAnswersThePlanItChose) {
   const v1::StatusResponse before = GetStatus(d.channel());
   EXPECT_EQ(before.budget_bytes(), 0u);
   EXPECT_EQ(before.effective_budget_bytes(), 0u);  // no limit: 0, not a huge number
+  // A generation runs while the budget changes; it is cancelled once the answer is in (under the
+  // new budget it would stream weights for the rest of its 120 tokens).
+  grpc::ClientContext gen_ctx;
+  gen_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   std::thread gen([&] {
     v1::GenerateRequest req = Request("Once upon a time", 120);
     req.set_ignore_eos(true);
-    Generate(d.channel(), req);
+    Generate(d.channel(), req, &gen_ctx);
   });
   for (auto t = Clock::now(); GetStatus(d.channel()).running() == 0 && Since(t) < 30;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -478,12 +482,19 @@ TEST(DaemonTest, SetBudgetAnswersThePlanItChose) {
   v1::SetBudgetResponse resp;
   grpc::ClientContext ctx;
   const grpc::Status set = stub->SetBudget(&ctx, req, &resp);
+  gen_ctx.TryCancel();
   gen.join();  // before any assertion can return
   ASSERT_TRUE(set.ok()) << set.error_message();
   EXPECT_EQ(resp.budget_bytes(), budget);
   EXPECT_NE(resp.plan().summary(), before.plan().summary()) << resp.plan().summary();
   // (The plan in force later may differ again: the controller re-plans from measured rates.)
-  EXPECT_EQ(GetStatus(d.channel()).effective_budget_bytes(), budget);
+  // The generation ended before another token: the new plan is applied once the model is idle.
+  uint64_t effective = 0;
+  for (auto t = Clock::now(); effective != budget && Since(t) < 30;) {
+    effective = GetStatus(d.channel()).effective_budget_bytes();
+    if (effective != budget) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(effective, budget);
 }
 
 TEST(DaemonTest, TokenizeValidatesItsText) {
