@@ -489,12 +489,11 @@ TEST(DaemonTest, SetBudgetAnswersThePlanItChose) {
   EXPECT_NE(resp.plan().summary(), before.plan().summary()) << resp.plan().summary();
   // (The plan in force later may differ again: the controller re-plans from measured rates.)
   // The generation ended before another token: the new plan is applied once the model is idle.
-  uint64_t effective = 0;
-  for (auto t = Clock::now(); effective != budget && Since(t) < 30;) {
-    effective = GetStatus(d.channel()).effective_budget_bytes();
-    if (effective != budget) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto effective = [&] { return GetStatus(d.channel()).effective_budget_bytes(); };
+  for (auto t = Clock::now(); effective() != budget && Since(t) < 30;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  EXPECT_EQ(effective, budget);
+  EXPECT_EQ(effective(), budget);
 }
 
 TEST(DaemonTest, TokenizeValidatesItsText) {
