@@ -399,105 +399,129 @@ void Transformer::Attention(int layer, size_t n) {
   });
 }
 
+Status Transformer::AttentionBlock(int l, const LayerWeights& w, size_t n) {
+  const size_t dim = static_cast<size_t>(cfg_.dim), kv_dim = static_cast<size_t>(cfg_.kv_dim());
+  const size_t hd = static_cast<size_t>(cfg_.head_dim), qd = static_cast<size_t>(cfg_.q_dim());
+  PerToken(n, dim * 8, [&](size_t t) {
+    kernels::RmsNorm(x_.data() + t * dim, w.attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
+  });
+  const LinearJob qkv[] = {
+      {&w.wq, q_.data(), qd}, {&w.wk, k_.data(), kv_dim}, {&w.wv, v_.data(), kv_dim}};
+  Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
+  RETURN_IF_ERROR(RunLinears(qkv, xn_.data(), dim, n));
+
+  for (size_t t = 0; t < n; ++t) {
+    float* q = q_.data() + t * qd;
+    float* k = k_.data() + t * kv_dim;
+    if (cfg_.qk_norm) {  // per-head RMSNorm, in place
+      for (int h = 0; h < cfg_.n_heads; ++h) {
+        kernels::RmsNorm(q + h * hd, w.q_norm, hd, cfg_.rms_eps, q + h * hd);
+      }
+      for (int h = 0; h < cfg_.n_kv_heads; ++h) {
+        kernels::RmsNorm(k + h * hd, w.k_norm, hd, cfg_.rms_eps, k + h * hd);
+      }
+    }
+    const float* cs = (cfg_.IsSlidingLayer(l) ? rope_local_ : rope_).data() +
+                      static_cast<size_t>(rows_[t].pos) * hd;
+    auto rope = cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox : kernels::RopeInterleaved;
+    for (int h = 0; h < cfg_.n_heads; ++h) rope(q + h * hd, hd, cs);
+    for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(k + h * hd, hd, cs);
+    // Into the row's own cache, where attention reads it.
+    KvCache& c = *rows_[t].cache;
+    const size_t pos =
+        static_cast<size_t>(l) * static_cast<size_t>(c.cap_) + static_cast<size_t>(rows_[t].pos);
+    const float* v = v_.data() + t * kv_dim;
+    if (c.type_ == KvType::kF32) {
+      std::memcpy(c.k_.data() + pos * kv_dim, k, kv_dim * sizeof(float));
+      std::memcpy(c.v_.data() + pos * kv_dim, v, kv_dim * sizeof(float));
+    } else {
+      const size_t kvh_n = static_cast<size_t>(cfg_.n_kv_heads);
+      for (size_t h = 0; h < kvh_n; ++h) {
+        const size_t at = pos * kv_dim + h * hd;
+        c.ks_[pos * kvh_n + h] = kernels::QuantizeHeadQ8(k + h * hd, hd, c.kq_.data() + at);
+        c.vs_[pos * kvh_n + h] = kernels::QuantizeHeadQ8(v + h * hd, hd, c.vq_.data() + at);
+      }
+    }
+  }
+  Attention(l, n);
+
+  const LinearJob o[] = {{&w.wo, xn_.data(), dim}};
+  Observe(l, LinearInput::kAttnOut, att_.data(), n, qd);
+  RETURN_IF_ERROR(RunLinears(o, att_.data(), qd, n));
+  if (cfg_.post_norms) PostNorm(w.attn_post_norm, n);
+  for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+  return Status::Ok();
+}
+
+Status Transformer::FeedForwardBlock(int l, const LayerWeights& w, size_t n) {
+  const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
+  PerToken(n, dim * 8, [&](size_t t) {
+    kernels::RmsNorm(x_.data() + t * dim, w.ffn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
+  });
+  const LinearJob up[] = {{&w.w_gate, hb_.data(), hid}, {&w.w_up, hb2_.data(), hid}};
+  Observe(l, LinearInput::kFfnIn, xn_.data(), n, dim);
+  RETURN_IF_ERROR(RunLinears(up, xn_.data(), dim, n));
+  const auto act =
+      cfg_.activation == Activation::kGeluTanh ? kernels::GeluTanhMul : kernels::SiluMul;
+  PerToken(n, hid * 16, [&](size_t t) { act(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
+  const LinearJob down[] = {{&w.w_down, xn_.data(), dim}};
+  Observe(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
+  RETURN_IF_ERROR(RunLinears(down, hb_.data(), hid, n));
+  if (cfg_.post_norms) PostNorm(w.ffn_post_norm, n);
+  for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
+  return Status::Ok();
+}
+
+void Transformer::PostNorm(const float* w, size_t n) {
+  const size_t dim = static_cast<size_t>(cfg_.dim);
+  PerToken(n, dim * 8, [&](size_t t) {
+    kernels::RmsNorm(xn_.data() + t * dim, w, dim, cfg_.rms_eps, xn_.data() + t * dim);
+  });
+}
+
 Status Transformer::StepRows(std::span<const SequenceInput> seqs, float* logits) {
   size_t n = 0;
   for (const SequenceInput& in : seqs) n += in.tokens.size();
-  const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
-  const size_t kv_dim = static_cast<size_t>(cfg_.kv_dim()), hd = static_cast<size_t>(cfg_.head_dim);
-  const size_t qd = static_cast<size_t>(cfg_.q_dim());
+  const size_t dim = static_cast<size_t>(cfg_.dim);
   const GlobalWeights& g = weights_->globals();
+  const int start = tap_ != nullptr ? tap_->StartPoint() : 0;
+  if (start < 0 || start > 2 * cfg_.n_layers) {
+    return InvalidArgumentError("residual tap: start point " + std::to_string(start) +
+                                " outside [0, " + std::to_string(2 * cfg_.n_layers) + "]");
+  }
 
   RETURN_IF_ERROR(weights_->BeginPass(n));
-  // Token embeddings, one row per token in the order of `seqs`.
+  // Token embeddings (or the tap's residuals), one row per token in the order of `seqs`.
   rows_.clear();
   for (const SequenceInput& in : seqs) {
     for (size_t i = 0; i < in.tokens.size(); ++i) {
-      RETURN_IF_ERROR(weights_->EmbedToken(in.tokens[i], x_.data() + rows_.size() * dim));
+      if (start == 0) {
+        RETURN_IF_ERROR(weights_->EmbedToken(in.tokens[i], x_.data() + rows_.size() * dim));
+      }
       rows_.push_back({in.cache, in.cache->pos_ + static_cast<int32_t>(i)});
     }
   }
-  if (cfg_.embedding_scale != 1.0f) {
+  if (start > 0) {
+    tap_->Load(start, x_.data(), n, dim);
+  } else if (cfg_.embedding_scale != 1.0f) {
     for (size_t i = 0; i < n * dim; ++i) x_[i] *= cfg_.embedding_scale;
   }
-  const auto post_norm = [&](const float* w) {  // RMSNorm of each token's output in xn_
-    PerToken(n, dim * 8, [&](size_t t) {
-      kernels::RmsNorm(xn_.data() + t * dim, w, dim, cfg_.rms_eps, xn_.data() + t * dim);
-    });
-  };
 
-  for (int l = 0; l < cfg_.n_layers; ++l) {
+  for (int l = start / 2; l < cfg_.n_layers; ++l) {
     ASSIGN_OR_RETURN(const LayerWeights* w, weights_->AcquireLayer(l));
-    auto release_on_error = [&](Status s) {
-      if (!s.ok()) weights_->ReleaseLayer(l);
-      return s;
-    };
-    PerToken(n, dim * 8, [&](size_t t) {
-      kernels::RmsNorm(x_.data() + t * dim, w->attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
-    });
-    const LinearJob qkv[] = {
-        {&w->wq, q_.data(), qd}, {&w->wk, k_.data(), kv_dim}, {&w->wv, v_.data(), kv_dim}};
-    Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
-    RETURN_IF_ERROR(release_on_error(RunLinears(qkv, xn_.data(), dim, n)));
-
-    for (size_t t = 0; t < n; ++t) {
-      float* q = q_.data() + t * qd;
-      float* k = k_.data() + t * kv_dim;
-      if (cfg_.qk_norm) {  // per-head RMSNorm, in place
-        for (int h = 0; h < cfg_.n_heads; ++h) {
-          kernels::RmsNorm(q + h * hd, w->q_norm, hd, cfg_.rms_eps, q + h * hd);
-        }
-        for (int h = 0; h < cfg_.n_kv_heads; ++h) {
-          kernels::RmsNorm(k + h * hd, w->k_norm, hd, cfg_.rms_eps, k + h * hd);
-        }
-      }
-      const float* cs = (cfg_.IsSlidingLayer(l) ? rope_local_ : rope_).data() +
-                        static_cast<size_t>(rows_[t].pos) * hd;
-      auto rope =
-          cfg_.rope_style == RopeStyle::kNeox ? kernels::RopeNeox : kernels::RopeInterleaved;
-      for (int h = 0; h < cfg_.n_heads; ++h) rope(q + h * hd, hd, cs);
-      for (int h = 0; h < cfg_.n_kv_heads; ++h) rope(k + h * hd, hd, cs);
-      // Into the row's own cache, where attention reads it.
-      KvCache& c = *rows_[t].cache;
-      const size_t pos =
-          static_cast<size_t>(l) * static_cast<size_t>(c.cap_) + static_cast<size_t>(rows_[t].pos);
-      const float* v = v_.data() + t * kv_dim;
-      if (c.type_ == KvType::kF32) {
-        std::memcpy(c.k_.data() + pos * kv_dim, k, kv_dim * sizeof(float));
-        std::memcpy(c.v_.data() + pos * kv_dim, v, kv_dim * sizeof(float));
-      } else {
-        const size_t kvh_n = static_cast<size_t>(cfg_.n_kv_heads);
-        for (size_t h = 0; h < kvh_n; ++h) {
-          const size_t at = pos * kv_dim + h * hd;
-          c.ks_[pos * kvh_n + h] = kernels::QuantizeHeadQ8(k + h * hd, hd, c.kq_.data() + at);
-          c.vs_[pos * kvh_n + h] = kernels::QuantizeHeadQ8(v + h * hd, hd, c.vq_.data() + at);
-        }
-      }
+    Status s;
+    if (2 * l >= start) {
+      Passed(2 * l, n);
+      s = AttentionBlock(l, *w, n);
     }
-    Attention(l, n);
-
-    const LinearJob o[] = {{&w->wo, xn_.data(), dim}};
-    Observe(l, LinearInput::kAttnOut, att_.data(), n, qd);
-    RETURN_IF_ERROR(release_on_error(RunLinears(o, att_.data(), qd, n)));
-    if (cfg_.post_norms) post_norm(w->attn_post_norm);
-    for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
-
-    PerToken(n, dim * 8, [&](size_t t) {
-      kernels::RmsNorm(x_.data() + t * dim, w->ffn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
-    });
-    const LinearJob up[] = {{&w->w_gate, hb_.data(), hid}, {&w->w_up, hb2_.data(), hid}};
-    Observe(l, LinearInput::kFfnIn, xn_.data(), n, dim);
-    RETURN_IF_ERROR(release_on_error(RunLinears(up, xn_.data(), dim, n)));
-    const auto act =
-        cfg_.activation == Activation::kGeluTanh ? kernels::GeluTanhMul : kernels::SiluMul;
-    PerToken(n, hid * 16, [&](size_t t) { act(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
-    const LinearJob down[] = {{&w->w_down, xn_.data(), dim}};
-    Observe(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
-    RETURN_IF_ERROR(release_on_error(RunLinears(down, hb_.data(), hid, n)));
-    if (cfg_.post_norms) post_norm(w->ffn_post_norm);
-    for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
-
+    if (s.ok()) {
+      Passed(2 * l + 1, n);
+      s = FeedForwardBlock(l, *w, n);
+    }
     weights_->ReleaseLayer(l);
+    RETURN_IF_ERROR(s);
   }
+  Passed(2 * cfg_.n_layers, n);
   const auto advance = [&] {
     for (const SequenceInput& in : seqs) in.cache->pos_ += static_cast<int32_t>(in.tokens.size());
   };

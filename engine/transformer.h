@@ -41,6 +41,25 @@ class ActivationObserver {
   virtual void Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) = 0;
 };
 
+// Calibration hook for evaluating many variants of one model that differ in one matrix: the
+// residual stream x [n][dim] at the points a step can start from. Point 2l is the input of layer
+// l (before its attention), 2l + 1 the input of its feed-forward part, and 2 * n_layers the input
+// of the final norm and the output. A step that starts at point p > 0 takes x from Load() instead
+// of computing the embeddings and the layers before p, which it neither acquires nor runs (so their
+// KV cache entries are not written: every step of a sequence must start at the same point). Its
+// results are bit-identical to a whole step's when Load() gives what a whole step computed there
+// with the same tokens, positions and weights before p.
+class ResidualTap {
+ public:
+  virtual ~ResidualTap() = default;
+  // The point the next step starts from, in [0, 2 * n_layers] (0: the embeddings).
+  virtual int StartPoint() = 0;
+  // Fills x [n][dim] at the start point (when it is not 0).
+  virtual void Load(int point, float* x, size_t n, size_t dim) = 0;
+  // x [n][dim] at each point the step passes, from its start point on, in order.
+  virtual void Passed(int point, const float* x, size_t n, size_t dim) = 0;
+};
+
 // How a KvCache stores keys and values: f32, or 8-bit codes with one scale per head and position
 // (about a quarter of the bytes; not exact: see BENCHMARKS.md for its perplexity cost).
 enum class KvType { kF32, kInt8 };
@@ -110,6 +129,9 @@ class Transformer {
   void set_kv_type(KvType t) { own_kv_type_ = t; }
   // Calibration hook (null to remove); not owned.
   void set_observer(ActivationObserver* o) { observer_ = o; }
+  // Residual hook (null to remove); not owned. A start point outside [0, 2 * n_layers] fails the
+  // step with InvalidArgument.
+  void set_residual_tap(ResidualTap* t) { tap_ = t; }
   int32_t position() const { return own_.position(); }
   int32_t context_length() const { return ctx_; }
   const ModelConfig& config() const { return cfg_; }
@@ -141,7 +163,14 @@ class Transformer {
   Status RunBlockedLinears(std::span<const LinearJob> jobs, size_t n);
   void RunResidentLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride,
                           size_t n);
+  // The two halves of layer l for the step's n rows, each adding its output to x_.
+  Status AttentionBlock(int l, const LayerWeights& w, size_t n);
+  Status FeedForwardBlock(int l, const LayerWeights& w, size_t n);
+  void PostNorm(const float* w, size_t n);  // RMSNorm of each row of xn_ in place (gemma)
   void Attention(int layer, size_t n);
+  void Passed(int point, size_t n) {
+    if (tap_ != nullptr) tap_->Passed(point, x_.data(), n, static_cast<size_t>(cfg_.dim));
+  }
   // Runs fn over [0, n) on the pool, or inline when `work` (multiply-adds or equivalent) is too
   // small to pay for a parallel region. Results never depend on which.
   void Parallel(size_t work, int64_t n, const std::function<void(int64_t, int64_t)>& fn,
@@ -157,6 +186,7 @@ class Transformer {
   ModelConfig cfg_;
   int32_t ctx_;
   ActivationObserver* observer_ = nullptr;
+  ResidualTap* tap_ = nullptr;
   KvCache own_;  // Forward's sequence
   KvType own_kv_type_ = KvType::kF32;
 

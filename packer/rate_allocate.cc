@@ -18,6 +18,43 @@
 namespace dcomp::packer::internal {
 namespace {
 
+// The residual stream of an evaluation's steps (ResidualTap): recorded at every `stride`-th point
+// in a pass over one set of weights, or replayed from one recorded point. Steps come in the same
+// order in every pass (the same sequences, chunked the same way), so each point's record is the
+// concatenation of its steps' rows, read back in order.
+class RecordTap : public ResidualTap {
+ public:
+  // Recording into *rec (one vector per point, cleared here).
+  RecordTap(std::vector<std::vector<float>>* rec, int stride) : rec_(rec), stride_(stride) {
+    for (auto& r : *rec) r.clear();
+  }
+  // Replaying `rec` from `start`.
+  RecordTap(const std::vector<std::vector<float>>* rec, int start) : replay_(rec), start_(start) {}
+
+  int StartPoint() override { return start_; }
+  void Load(int point, float* x, size_t n, size_t dim) override {
+    const std::vector<float>& r = (*replay_)[static_cast<size_t>(point)];
+    std::copy(r.begin() + static_cast<ptrdiff_t>(cursor_),
+              r.begin() + static_cast<ptrdiff_t>(cursor_ + n * dim), x);
+    cursor_ += n * dim;
+  }
+  void Passed(int point, const float* x, size_t n, size_t dim) override {
+    if (rec_ == nullptr || point == 0 || point % stride_ != 0) return;
+    std::vector<float>& r = (*rec_)[static_cast<size_t>(point)];
+    r.insert(r.end(), x, x + n * dim);
+  }
+
+ private:
+  std::vector<std::vector<float>>* rec_ = nullptr;
+  const std::vector<std::vector<float>>* replay_ = nullptr;
+  int stride_ = 1, start_ = 0;
+  size_t cursor_ = 0;
+};
+
+// The residual record keeps at most this many bytes (every point of stories3M's 2,048 trial tokens:
+// 18 MiB; TinyLlama-1.1B's: 740 MiB, kept at every third point).
+constexpr size_t kMaxRecordBytes = size_t{256} << 20;
+
 // Mean KL(f32 || model) over every position of the sequences, from stored f32 log-probabilities.
 class KlEvaluator {
  public:
@@ -27,9 +64,11 @@ class KlEvaluator {
     k.seqs_ = std::move(seqs);
     k.pool_ = pool;
     k.ctx_ = ctx;
-    k.vocab_ = static_cast<size_t>(f32->config().vocab_size);
+    const ModelConfig& cfg = f32->config();
+    k.vocab_ = static_cast<size_t>(cfg.vocab_size);
     ASSIGN_OR_RETURN(auto tf, Transformer::Create(f32, pool, ctx));
     std::vector<float> logits;
+    size_t tokens = 0;
     for (const auto& s : k.seqs_) {
       tf->Reset();
       RETURN_IF_ERROR(tf->Forward(s, true, &logits));
@@ -38,29 +77,37 @@ class KlEvaluator {
                       logits.begin() + static_cast<ptrdiff_t>((t + 1) * k.vocab_));
         LogSoftmax(k.ref_.data() + k.ref_.size() - k.vocab_, k.vocab_);
       }
+      tokens += s.size();
     }
+    const size_t points = 2 * static_cast<size_t>(cfg.n_layers);
+    const size_t bytes = points * tokens * static_cast<size_t>(cfg.dim) * sizeof(float);
+    k.stride_ =
+        static_cast<int>(std::max<size_t>(1, (bytes + kMaxRecordBytes - 1) / kMaxRecordBytes));
+    k.record_.resize(points + 1);
     return k;
   }
-  Result<double> Kl(WeightSource* w) const {
-    ASSIGN_OR_RETURN(auto tf, Transformer::Create(w, pool_, ctx_));
-    std::vector<float> logits;
-    double sum = 0;
-    size_t pos = 0, count = 0;
-    for (const auto& s : seqs_) {
-      tf->Reset();
-      RETURN_IF_ERROR(tf->Forward(s, true, &logits));
-      for (size_t t = 0; t < s.size(); ++t, ++pos, ++count) {
-        float* q = logits.data() + t * vocab_;
-        LogSoftmax(q, vocab_);
-        const float* p = ref_.data() + pos * vocab_;
-        double kl = 0;
-        for (size_t v = 0; v < vocab_; ++v)
-          kl += std::exp(static_cast<double>(p[v])) * (p[v] - q[v]);
-        sum += kl;
-      }
-    }
-    return count ? sum / static_cast<double>(count) : 0.0;
+
+  // The KL of `w` from the embeddings on.
+  Result<double> Kl(WeightSource* w) const { return Run(w, nullptr); }
+
+  // Kl(w), recording the residuals on the way for KlFrom.
+  Result<double> Record(WeightSource* w) {
+    RecordTap tap(&record_, stride_);
+    recorded_ = false;
+    ASSIGN_OR_RETURN(const double kl, Run(w, &tap));
+    recorded_ = true;
+    return kl;
   }
+
+  // Kl(w), bit for bit, when w holds the weights of the last Record() before point `point`
+  // (ResidualTap): the pass starts at the latest recorded point at or before it.
+  Result<double> KlFrom(WeightSource* w, int point) const {
+    const int start = recorded_ ? point / stride_ * stride_ : 0;
+    if (start <= 0) return Run(w, nullptr);
+    RecordTap tap(&record_, start);
+    return Run(w, &tap);
+  }
+
   // Per token, the f32 model's mean probability of it over the evaluated positions.
   std::vector<double> MeanProbability() const {
     std::vector<double> p(vocab_, 0.0);
@@ -74,6 +121,35 @@ class KlEvaluator {
   }
 
  private:
+  Result<double> Run(WeightSource* w, ResidualTap* tap) const {
+    ASSIGN_OR_RETURN(auto tf, Transformer::Create(w, pool_, ctx_));
+    tf->set_residual_tap(tap);
+    std::vector<float> logits;
+    std::vector<double> kl;
+    double sum = 0;
+    size_t pos = 0, count = 0;
+    for (const auto& s : seqs_) {
+      tf->Reset();
+      RETURN_IF_ERROR(tf->Forward(s, true, &logits));
+      // Each position's KL on the pool, summed in order (the same sum whatever the threads).
+      kl.assign(s.size(), 0.0);
+      pool_->ParallelFor(static_cast<int64_t>(s.size()), [&](int64_t b, int64_t e) {
+        for (size_t t = static_cast<size_t>(b); t < static_cast<size_t>(e); ++t) {
+          float* q = logits.data() + t * vocab_;
+          LogSoftmax(q, vocab_);
+          const float* p = ref_.data() + (pos + t) * vocab_;
+          double d = 0;
+          for (size_t v = 0; v < vocab_; ++v)
+            d += std::exp(static_cast<double>(p[v])) * (p[v] - q[v]);
+          kl[t] = d;
+        }
+      });
+      for (double d : kl) sum += d;
+      pos += s.size();
+      count += s.size();
+    }
+    return count ? sum / static_cast<double>(count) : 0.0;
+  }
   static void LogSoftmax(float* x, size_t n) {
     const float lz = static_cast<float>(LogSumExp({x, n}));
     for (size_t i = 0; i < n; ++i) x[i] -= lz;
@@ -83,7 +159,21 @@ class KlEvaluator {
   ThreadPool* pool_ = nullptr;
   int32_t ctx_ = 0;
   size_t vocab_ = 0;
+  std::vector<std::vector<float>> record_;  // [point][tokens][dim], every stride_-th point
+  int stride_ = 1;
+  bool recorded_ = false;
 };
+
+// The first residual point (ResidualTap) whose pass reads matrix `m`: a pass from there computes
+// everything `m` changes.
+int FirstPointReading(const Matrix& m, const ModelConfig& cfg) {
+  if (const LayerMatrix* lm = FindLayerMatrix(m.name); lm != nullptr && m.layer >= 0) {
+    const bool ffn = lm->input == LinearInput::kFfnIn || lm->input == LinearInput::kFfnHidden;
+    return 2 * m.layer + (ffn ? 1 : 0);
+  }
+  // The output matrix alone is read after the last layer; the embedding (tied or not) first.
+  return m.layer == cfg.n_layers && MatrixRole(m.name) == "output" ? 2 * cfg.n_layers : 0;
+}
 
 // One code width of one matrix: its packed bits (the objective), the order-0 entropy of its codes
 // (what entropy coding stores; reported) and the KL increase it costs alone.
@@ -169,7 +259,8 @@ std::vector<float> InputMeanSquare(const Matrix& m) {
 }
 
 // Every matrix alone at each narrower width (until one costs more than the budget), the others
-// at their current codes.
+// at their current codes, which must be those of kl's record: each pass starts at the first
+// residual point that reads the matrix tried.
 Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base, double budget) {
   std::vector<Matrix>& mats = s.mats;
   PackWeights& qw = *s.qw;
@@ -190,7 +281,7 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
       if (g.cols == 0) p.clip = ChooseClip(m.w, m.rows, m.cols, p, ms, kClipCandidates);
       QuantizedMatrix q = QuantizeMatrix(m.w, m.rows, m.cols, p);
       qw.SetMatrix(m, &q);
-      ASSIGN_OR_RETURN(double d, kl.Kl(&qw));
+      ASSIGN_OR_RETURN(double d, kl.KlFrom(&qw, FirstPointReading(m, s.cfg)));
       opts[i].push_back(
           {bits, p.clip, bits * n, CodeEntropyBits(q) * n, std::max(0.0, d - kl_base)});
       if (d - kl_base > budget) break;  // narrower widths only cost more
@@ -466,7 +557,7 @@ Status AllocateRates(PackState& s) {
       calib.begin(), calib.begin() + static_cast<ptrdiff_t>(std::min<size_t>(calib.size(), 8)));
   ASSIGN_OR_RETURN(KlEvaluator kl,
                    KlEvaluator::Create(s.f32w.get(), s.pool.get(), trial_seqs, s.seq_len));
-  ASSIGN_OR_RETURN(const double kl_base, kl.Kl(s.qw.get()));
+  ASSIGN_OR_RETURN(const double kl_base, kl.Record(s.qw.get()));
   const double limit = std::log1p(o.max_ppl_increase / 100);
   const double budget = limit - kl_base;
   s.Log("rate allocation: KL(f32 || INT8) " + Fmt("%.5f", kl_base) + " nats, limit " +

@@ -2,11 +2,13 @@
 // random llama (interleaved RoPE), qwen2 (NeoX RoPE, q/k/v biases) and qwen3 (q/k norms, heads
 // wider than dim / n_heads) models with GQA; plus
 // determinism across thread counts and between batched prefill and token-by-token decoding, and
-// batch invariance: sequences stepped together (Transformer::Step) get the logits they get alone.
+// batch invariance: sequences stepped together (Transformer::Step) get the logits they get alone;
+// passes resumed from a recorded residual (ResidualTap) equal whole ones.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "base/thread_pool.h"
@@ -291,6 +293,109 @@ TEST_P(ForwardTest, DeterministicAcrossThreadsAndBatching) {
       if (base.empty()) base = batched;
       EXPECT_EQ(batched, base) << "threads " << threads << " fmt " << WeightFormatName(fmt);
     }
+  }
+}
+
+// The weights of `base` before residual point `point` (ResidualTap) and of `other` (same shape)
+// from there on: point 2l takes layers l.. from `other`, point 2l + 1 layer l's feed-forward half
+// and layers l + 1.. .
+class SplicedWeights : public WeightSource {
+ public:
+  SplicedWeights(WeightSource* base, WeightSource* other, int point)
+      : base_(base), other_(other), point_(point) {}
+  const ModelConfig& config() const override { return base_->config(); }
+  const GlobalWeights& globals() const override { return base_->globals(); }
+  Result<const LayerWeights*> AcquireLayer(int l) override {
+    if (2 * l + 1 < point_) return base_->AcquireLayer(l);
+    if (2 * l >= point_) return other_->AcquireLayer(l);
+    ASSIGN_OR_RETURN(const LayerWeights* a, base_->AcquireLayer(l));
+    ASSIGN_OR_RETURN(const LayerWeights* b, other_->AcquireLayer(l));
+    mixed_ = *a;
+    mixed_.ffn_norm = b->ffn_norm;
+    mixed_.ffn_post_norm = b->ffn_post_norm;
+    mixed_.w_gate = b->w_gate;
+    mixed_.w_up = b->w_up;
+    mixed_.w_down = b->w_down;
+    return &mixed_;
+  }
+  void ReleaseLayer(int) override {}
+
+ private:
+  WeightSource *base_, *other_;
+  int point_;
+  LayerWeights mixed_;
+};
+
+// Records x at every point of a pass, or replays it from one point.
+class TestTap : public ResidualTap {
+ public:
+  explicit TestTap(int start = 0) : start_(start) {}
+  int StartPoint() override { return start_; }
+  void Load(int point, float* x, size_t n, size_t dim) override {
+    const std::vector<float>& r = rec[point];
+    ASSERT_LE(cursor_ + n * dim, r.size());
+    std::copy(r.begin() + cursor_, r.begin() + cursor_ + n * dim, x);
+    cursor_ += n * dim;
+  }
+  void Passed(int point, const float* x, size_t n, size_t dim) override {
+    passed.push_back(point);
+    if (start_ == 0) rec[point].insert(rec[point].end(), x, x + n * dim);
+  }
+  std::map<int, std::vector<float>> rec;
+  std::vector<int> passed;
+
+ private:
+  int start_;
+  size_t cursor_ = 0;
+};
+
+// A pass started from a recorded residual point gets the logits of a whole pass over the same
+// weights, bit for bit, whatever the weights from that point on (here another model's), over
+// several prefill chunks; a start point outside the model fails the step.
+TEST_P(ForwardTest, ResumedFromARecordedResidualMatchesAWholePass) {
+  for (WeightFormat fmt : {WeightFormat::kF32, WeightFormat::kW8A8}) {
+    testing::TinyModelOptions o;
+    o.arch = GetParam();
+    if (o.arch == "qwen3" || o.arch == "gemma3") o.head_dim = 16;  // attention 64 wide, dim 32
+    o.layers = 3;
+    o.ctx = 200;
+    Built a = Build(o, fmt);
+    o.seed = 2;
+    Built b = Build(o, fmt);
+    std::vector<int32_t> toks;
+    for (int i = 0; i < 150; ++i) toks.push_back(3 + (i * 7) % 37);  // three prefill chunks
+    ThreadPool pool(2);
+    TestTap record;
+    std::vector<float> base_logits;
+    {
+      auto t = Transformer::Create(a.weights.get(), &pool);
+      (*t)->set_residual_tap(&record);
+      ASSERT_TRUE((*t)->Forward(toks, true, &base_logits).ok());
+    }
+    const int last = 2 * o.layers;
+    ASSERT_EQ(record.passed.size(), 3u * static_cast<size_t>(last + 1));  // every point, per chunk
+    for (int point = 1; point <= last; ++point) {
+      SplicedWeights w(a.weights.get(), b.weights.get(), point);
+      std::vector<float> whole, resumed;
+      auto t = Transformer::Create(&w, &pool);
+      ASSERT_TRUE((*t)->Forward(toks, true, &whole).ok());
+      TestTap replay(point);
+      replay.rec = record.rec;
+      auto r = Transformer::Create(&w, &pool);
+      (*r)->set_residual_tap(&replay);
+      ASSERT_TRUE((*r)->Forward(toks, true, &resumed).ok());
+      EXPECT_EQ(resumed, whole) << "point " << point << " " << WeightFormatName(fmt);
+      EXPECT_EQ(replay.passed.front(), point);
+      if (point < last) {
+        EXPECT_NE(whole, base_logits) << "point " << point;  // b's layers ran
+      }
+    }
+    TestTap bad(last + 1);
+    auto t = Transformer::Create(a.weights.get(), &pool);
+    (*t)->set_residual_tap(&bad);
+    std::vector<float> logits;
+    EXPECT_EQ((*t)->Forward(toks, true, &logits).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ((*t)->position(), 0);
   }
 }
 
