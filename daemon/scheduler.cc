@@ -62,6 +62,7 @@ Scheduler::Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu,
       kv_type_(o.kv_type),
       kv_note_(o.kv_note),
       on_idle_(o.on_idle),
+      idle_tick_(o.idle_tick),
       queue_depth_(o.queue_depth) {
   last_step_ns_.store(NowNs());
   thread_ = std::thread([this] { Loop(); });
@@ -167,9 +168,10 @@ void Scheduler::Admit() {
 
 void Scheduler::Loop() {
   for (;;) {
+    bool ticked = false;  // idle for a whole tick
     {
       MutexLock l(&mu_);
-      cv_.Wait(&mu_, [&] {
+      ticked = !cv_.WaitFor(&mu_, idle_tick_, [&] {
         mu_.AssertHeld();
         return stop_ || wake_ || running_count_ > 0;
       });
@@ -177,7 +179,13 @@ void Scheduler::Loop() {
       wake_ = false;
       Admit();
     }
-    if (running_.empty()) continue;
+    if (running_.empty()) {
+      if (ticked && on_idle_) {
+        MutexLock e(engine_mu_);
+        on_idle_();
+      }
+      continue;
+    }
     RunStep();
     if (running_.empty() && on_idle_) {
       MutexLock e(engine_mu_);

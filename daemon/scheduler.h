@@ -91,8 +91,10 @@ class Scheduler {
     KvType kv_type = KvType::kF32;
     std::string kv_note;  // how the pool was sized, for errors ("kv_cache_tokens 1024")
     // Called on the scheduler thread, with engine_mu held, when the last running request has
-    // ended: the model is idle (the daemon applies a plan that was deferred while it was busy).
+    // ended, and then every `idle_tick` while the model stays idle: the daemon applies a plan
+    // that was deferred while it was busy, or one that memory pressure asked for meanwhile.
     std::function<void()> on_idle;
+    std::chrono::milliseconds idle_tick{1000};
   };
   // `model`, `tok` and `engine_mu` must outlive the scheduler.
   Scheduler(Transformer* model, const Tokenizer* tok, Mutex* engine_mu, const Options& options);
@@ -134,6 +136,7 @@ class Scheduler {
   const KvType kv_type_;
   const std::string kv_note_;
   const std::function<void()> on_idle_;
+  const std::chrono::milliseconds idle_tick_;
 
   mutable Mutex mu_;
   CondVar cv_;

@@ -283,13 +283,16 @@ Status Daemon::Load() {
                                         : std::to_string(kv_tokens) +
                                               " positions, twice the context; set kv_cache_tokens";
   // A budget set while requests ran is applied at their next token; when they end first (the
-  // last one cancelled, say), the plan is applied as soon as the model is idle.
-  so.on_idle = [this] {
-    engine_mu_.AssertHeld();
-    if (Status s = ApplyPendingPlan(); !s.ok()) {
-      spdlog::warn("applying the plan for the new budget: {}", s.ToString());
-    }
-  };
+  // last one cancelled, say), the plan is applied as soon as the model is idle. A re-plan asked
+  // for while idle (memory pressure) is applied within the scheduler's idle tick.
+  if (model_.runtime != nullptr) {  // a resident model has no plan
+    so.on_idle = [this] {
+      engine_mu_.AssertHeld();
+      if (Status s = ApplyPendingPlan(); !s.ok()) {
+        spdlog::warn("applying the plan for the new budget: {}", s.ToString());
+      }
+    };
+  }
   scheduler_ = std::make_unique<Scheduler>(model_.model.model.get(), model_.model.tokenizer.get(),
                                            &engine_mu_, so);
   // Warm-up: one short greedy generation touches every code path a request takes (prefill, the

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 
 #include "engine/local_model.h"
@@ -193,6 +194,39 @@ TEST(SchedulerTest, CancelledRequestsLeaveTheQueueAndTheBatch) {
   RunToEnd(*after);
   EXPECT_TRUE(after->status().ok());
   EXPECT_EQ(after->result().generated_ids.size(), 3u);
+}
+
+// on_idle runs every idle tick while nothing runs (the daemon applies there a re-plan that memory
+// pressure asked for while it was idle), again when the last request ends, and never while one
+// runs.
+TEST(SchedulerTest, OnIdleRunsEveryTickWhileNothingRuns) {
+  LocalModel m = Open(1);
+  Mutex engine;
+  std::atomic<Scheduler*> sched{nullptr};
+  std::atomic<int> calls{0}, busy_calls{0};
+  Scheduler::Options o;
+  o.idle_tick = milliseconds(20);
+  o.on_idle = [&] {
+    if (Scheduler* sp = sched.load(); sp != nullptr && sp->stats().running > 0) ++busy_calls;
+    ++calls;
+  };
+  Scheduler s(m.model.get(), m.tokenizer.get(), &engine, o);
+  sched = &s;
+  const auto wait_for_calls = [&](int n) {
+    for (int i = 0; i < 500 && calls.load() < n; ++i) std::this_thread::sleep_for(milliseconds(10));
+    return calls.load();
+  };
+  EXPECT_GE(wait_for_calls(3), 3);  // idle, no request yet
+  GenerateRequest r;
+  r.prompt = "Once upon a time";
+  r.max_tokens = 40;
+  r.stop_at_eos = false;
+  auto j = *s.Submit(r);
+  RunToEnd(*j);
+  EXPECT_TRUE(j->status().ok());
+  const int after = calls.load();
+  EXPECT_GE(wait_for_calls(after + 3), after + 3);  // idle again
+  EXPECT_EQ(busy_calls.load(), 0);
 }
 
 TEST(SchedulerTest, InvalidRequestsAreRefusedAtSubmit) {

@@ -496,6 +496,44 @@ TEST(DaemonTest, SetBudgetAnswersThePlanItChose) {
   EXPECT_EQ(effective(), budget);
 }
 
+// A model that is not a .dcm is held resident (no plan, no budget): it is served request after
+// request and through idle time (the scheduler's idle ticks), with the engine's tokens, and a
+// budget is refused naming why.
+TEST(DaemonTest, ResidentModelsAreServedThroughIdleTime) {
+  const std::string dir = MakeTempDir("r");
+  const std::string bin = SourceDir() + "/models/stories260K.bin";
+  const std::string tok = SourceDir() + "/models/tok512.bin";
+  std::ofstream(dir + "/dcompd.textproto")
+      << "model: \"" << bin << "\"\ntokenizer: \"" << tok << "\"\n";
+  DaemonProcess d({"--config", dir + "/dcompd.textproto"});
+  ASSERT_TRUE(d.WaitServing()) << d.Log();
+  runtime::ServedModelOptions mo;
+  mo.tokenizer_path = tok;
+  mo.threads = 2;
+  auto m = runtime::OpenServedModel(bin, mo);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  GenerateRequest ref;
+  ref.prompt = "Once upon a time";
+  ref.max_tokens = 20;
+  const std::vector<int32_t> expected =
+      dcomp::Generate(*m->model.model, *m->model.tokenizer, ref)->generated_ids;
+  for (int i = 0; i < 3; ++i) {
+    if (i == 2) std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // idle ticks
+    Outcome o = Generate(d.channel(), Request(ref.prompt, ref.max_tokens));
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message() << d.Log();
+    EXPECT_EQ(o.streamed_ids, expected) << "request " << i;
+  }
+  auto stub = v1::Dcomp::NewStub(d.channel());
+  v1::SetBudgetRequest req;
+  req.set_percent(50);
+  v1::SetBudgetResponse resp;
+  grpc::ClientContext ctx;
+  const grpc::Status set = stub->SetBudget(&ctx, req, &resp);
+  EXPECT_EQ(set.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(set.error_message().find("held in RAM"), std::string::npos) << set.error_message();
+  EXPECT_FALSE(d.Exited(nullptr)) << d.Log();
+}
+
 TEST(DaemonTest, TokenizeValidatesItsText) {
   DaemonProcess d({"--model", models().Embedded()});
   ASSERT_TRUE(d.WaitServing()) << d.Log();
