@@ -531,6 +531,9 @@ TEST(DaemonTest, ResidentModelsAreServedThroughIdleTime) {
   const grpc::Status set = stub->SetBudget(&ctx, req, &resp);
   EXPECT_EQ(set.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(set.error_message().find("held in RAM"), std::string::npos) << set.error_message();
+  const v1::StatusResponse st = GetStatus(d.channel());  // no plan to show, and no crash showing it
+  EXPECT_EQ(st.budget_bytes(), 0u);
+  EXPECT_EQ(st.effective_budget_bytes(), 0u);
   EXPECT_FALSE(d.Exited(nullptr)) << d.Log();
 }
 
