@@ -179,15 +179,14 @@ void Scheduler::Loop() {
       wake_ = false;
       Admit();
     }
-    if (running_.empty()) {
-      if (ticked && on_idle_) {
-        MutexLock e(engine_mu_);
-        on_idle_();
-      }
+    if (!running_.empty()) {
+      RunStep();
+      if (!running_.empty()) continue;
+    } else if (!ticked) {
       continue;
     }
-    RunStep();
-    if (running_.empty() && on_idle_) {
+    // The last running request has just ended, or the model stayed idle for a whole tick.
+    if (on_idle_) {
       MutexLock e(engine_mu_);
       on_idle_();
     }

@@ -402,9 +402,7 @@ void Transformer::Attention(int layer, size_t n) {
 Status Transformer::AttentionBlock(int l, const LayerWeights& w, size_t n) {
   const size_t dim = static_cast<size_t>(cfg_.dim), kv_dim = static_cast<size_t>(cfg_.kv_dim());
   const size_t hd = static_cast<size_t>(cfg_.head_dim), qd = static_cast<size_t>(cfg_.q_dim());
-  PerToken(n, dim * 8, [&](size_t t) {
-    kernels::RmsNorm(x_.data() + t * dim, w.attn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
-  });
+  NormRows(x_.data(), w.attn_norm, n);
   const LinearJob qkv[] = {
       {&w.wq, q_.data(), qd}, {&w.wk, k_.data(), kv_dim}, {&w.wv, v_.data(), kv_dim}};
   Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
@@ -448,16 +446,14 @@ Status Transformer::AttentionBlock(int l, const LayerWeights& w, size_t n) {
   const LinearJob o[] = {{&w.wo, xn_.data(), dim}};
   Observe(l, LinearInput::kAttnOut, att_.data(), n, qd);
   RETURN_IF_ERROR(RunLinears(o, att_.data(), qd, n));
-  if (cfg_.post_norms) PostNorm(w.attn_post_norm, n);
+  if (cfg_.post_norms) NormRows(xn_.data(), w.attn_post_norm, n);
   for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
   return Status::Ok();
 }
 
 Status Transformer::FeedForwardBlock(int l, const LayerWeights& w, size_t n) {
   const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
-  PerToken(n, dim * 8, [&](size_t t) {
-    kernels::RmsNorm(x_.data() + t * dim, w.ffn_norm, dim, cfg_.rms_eps, xn_.data() + t * dim);
-  });
+  NormRows(x_.data(), w.ffn_norm, n);
   const LinearJob up[] = {{&w.w_gate, hb_.data(), hid}, {&w.w_up, hb2_.data(), hid}};
   Observe(l, LinearInput::kFfnIn, xn_.data(), n, dim);
   RETURN_IF_ERROR(RunLinears(up, xn_.data(), dim, n));
@@ -467,15 +463,15 @@ Status Transformer::FeedForwardBlock(int l, const LayerWeights& w, size_t n) {
   const LinearJob down[] = {{&w.w_down, xn_.data(), dim}};
   Observe(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
   RETURN_IF_ERROR(RunLinears(down, hb_.data(), hid, n));
-  if (cfg_.post_norms) PostNorm(w.ffn_post_norm, n);
+  if (cfg_.post_norms) NormRows(xn_.data(), w.ffn_post_norm, n);
   for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
   return Status::Ok();
 }
 
-void Transformer::PostNorm(const float* w, size_t n) {
+void Transformer::NormRows(const float* x, const float* w, size_t n) {
   const size_t dim = static_cast<size_t>(cfg_.dim);
   PerToken(n, dim * 8, [&](size_t t) {
-    kernels::RmsNorm(xn_.data() + t * dim, w, dim, cfg_.rms_eps, xn_.data() + t * dim);
+    kernels::RmsNorm(x + t * dim, w, dim, cfg_.rms_eps, xn_.data() + t * dim);
   });
 }
 

@@ -166,7 +166,8 @@ class Transformer {
   // The two halves of layer l for the step's n rows, each adding its output to x_.
   Status AttentionBlock(int l, const LayerWeights& w, size_t n);
   Status FeedForwardBlock(int l, const LayerWeights& w, size_t n);
-  void PostNorm(const float* w, size_t n);  // RMSNorm of each row of xn_ in place (gemma)
+  // xn_ row t = RMSNorm(x row t) * w for the n rows of [n][dim] x (x may be xn_ itself).
+  void NormRows(const float* x, const float* w, size_t n);
   void Attention(int layer, size_t n);
   void Passed(int point, size_t n) {
     if (tap_ != nullptr) tap_->Passed(point, x_.data(), n, static_cast<size_t>(cfg_.dim));

@@ -18,36 +18,45 @@
 namespace dcomp::packer::internal {
 namespace {
 
-// The residual stream of an evaluation's steps (ResidualTap): recorded at every `stride`-th point
-// in a pass over one set of weights, or replayed from one recorded point. Steps come in the same
-// order in every pass (the same sequences, chunked the same way), so each point's record is the
-// concatenation of its steps' rows, read back in order.
-class RecordTap : public ResidualTap {
+// The residual stream of an evaluation's steps (ResidualTap), one vector per point: each holds
+// the concatenation of its steps' rows. Steps come in the same order in every pass (the same
+// sequences, chunked the same way), so a replay reads them back in order.
+using ResidualRecord = std::vector<std::vector<float>>;
+
+// Records every `stride`-th point of a pass from the embeddings.
+class Recorder : public ResidualTap {
  public:
-  // Recording into *rec (one vector per point, cleared here).
-  RecordTap(std::vector<std::vector<float>>* rec, int stride) : rec_(rec), stride_(stride) {
+  Recorder(ResidualRecord* rec, int stride) : rec_(rec), stride_(stride) {
     for (auto& r : *rec) r.clear();
   }
-  // Replaying `rec` from `start`.
-  RecordTap(const std::vector<std::vector<float>>* rec, int start) : replay_(rec), start_(start) {}
-
-  int StartPoint() override { return start_; }
-  void Load(int point, float* x, size_t n, size_t dim) override {
-    const std::vector<float>& r = (*replay_)[static_cast<size_t>(point)];
-    std::copy(r.begin() + static_cast<ptrdiff_t>(cursor_),
-              r.begin() + static_cast<ptrdiff_t>(cursor_ + n * dim), x);
-    cursor_ += n * dim;
-  }
+  int StartPoint() override { return 0; }
+  void Load(int, float*, size_t, size_t) override {}
   void Passed(int point, const float* x, size_t n, size_t dim) override {
-    if (rec_ == nullptr || point == 0 || point % stride_ != 0) return;
+    if (point == 0 || point % stride_ != 0) return;
     std::vector<float>& r = (*rec_)[static_cast<size_t>(point)];
     r.insert(r.end(), x, x + n * dim);
   }
 
  private:
-  std::vector<std::vector<float>>* rec_ = nullptr;
-  const std::vector<std::vector<float>>* replay_ = nullptr;
-  int stride_ = 1, start_ = 0;
+  ResidualRecord* rec_;
+  int stride_;
+};
+
+// Starts every step of a pass at recorded point `start`.
+class Replayer : public ResidualTap {
+ public:
+  Replayer(const ResidualRecord* rec, int start) : rec_(rec), start_(start) {}
+  int StartPoint() override { return start_; }
+  void Load(int point, float* x, size_t n, size_t dim) override {
+    const std::vector<float>& r = (*rec_)[static_cast<size_t>(point)];
+    std::copy_n(r.begin() + static_cast<ptrdiff_t>(cursor_), n * dim, x);
+    cursor_ += n * dim;
+  }
+  void Passed(int, const float*, size_t, size_t) override {}
+
+ private:
+  const ResidualRecord* rec_;
+  int start_;
   size_t cursor_ = 0;
 };
 
@@ -92,7 +101,7 @@ class KlEvaluator {
 
   // Kl(w), recording the residuals on the way for KlFrom.
   Result<double> Record(WeightSource* w) {
-    RecordTap tap(&record_, stride_);
+    Recorder tap(&record_, stride_);
     recorded_ = false;
     ASSIGN_OR_RETURN(const double kl, Run(w, &tap));
     recorded_ = true;
@@ -104,8 +113,14 @@ class KlEvaluator {
   Result<double> KlFrom(WeightSource* w, int point) const {
     const int start = recorded_ ? point / stride_ * stride_ : 0;
     if (start <= 0) return Run(w, nullptr);
-    RecordTap tap(&record_, start);
+    Replayer tap(&record_, start);
     return Run(w, &tap);
+  }
+
+  // Frees the record (KlFrom then runs whole passes).
+  void DropRecord() {
+    record_ = ResidualRecord(record_.size());
+    recorded_ = false;
   }
 
   // Per token, the f32 model's mean probability of it over the evaluated positions.
@@ -159,7 +174,7 @@ class KlEvaluator {
   ThreadPool* pool_ = nullptr;
   int32_t ctx_ = 0;
   size_t vocab_ = 0;
-  std::vector<std::vector<float>> record_;  // [point][tokens][dim], every stride_-th point
+  ResidualRecord record_;  // [point][tokens][dim], every stride_-th point
   int stride_ = 1;
   bool recorded_ = false;
 };
@@ -167,7 +182,7 @@ class KlEvaluator {
 // The first residual point (ResidualTap) whose pass reads matrix `m`: a pass from there computes
 // everything `m` changes.
 int FirstPointReading(const Matrix& m, const ModelConfig& cfg) {
-  if (const LayerMatrix* lm = FindLayerMatrix(m.name); lm != nullptr && m.layer >= 0) {
+  if (const LayerMatrix* lm = FindLayerMatrix(m.name); lm != nullptr) {
     const bool ffn = lm->input == LinearInput::kFfnIn || lm->input == LinearInput::kFfnHidden;
     return 2 * m.layer + (ffn ? 1 : 0);
   }
@@ -567,6 +582,7 @@ Status AllocateRates(PackState& s) {
     return Status::Ok();
   }
   ASSIGN_OR_RETURN(Options opts, WidthOptions(s, kl, kl_base, budget));
+  kl.DropRecord();  // the passes below change the embedding or several matrices
   RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, ChoiceFor(opts, budget), &opts));
   ASSIGN_OR_RETURN(const bool fits, ApplyChoice(s, kl, opts, kl_base, limit, budget));
   if (!fits) {

@@ -138,11 +138,13 @@ v1::GenerateRequest Request(const std::string& prompt, int n) {
 }
 
 // The tokens the in-process engine generates for the same request (its prompt given by `prompt`
-// when set: a chat rendered with the model's tokenizer).
+// when set: a chat rendered with the model's tokenizer; `tokenizer`: a llama2.c model's).
 std::vector<int32_t> EngineTokens(
     const std::string& model, GenerateRequest req,
-    const std::function<std::string(const Tokenizer&)>& prompt = nullptr) {
+    const std::function<std::string(const Tokenizer&)>& prompt = nullptr,
+    const std::string& tokenizer = "") {
   runtime::ServedModelOptions o;
+  o.tokenizer_path = tokenizer;
   o.threads = 2;
   o.streaming = runtime::Streaming::kIfDcm;
   auto m = runtime::OpenServedModel(model, o);
@@ -507,16 +509,10 @@ TEST(DaemonTest, ResidentModelsAreServedThroughIdleTime) {
       << "model: \"" << bin << "\"\ntokenizer: \"" << tok << "\"\n";
   DaemonProcess d({"--config", dir + "/dcompd.textproto"});
   ASSERT_TRUE(d.WaitServing()) << d.Log();
-  runtime::ServedModelOptions mo;
-  mo.tokenizer_path = tok;
-  mo.threads = 2;
-  auto m = runtime::OpenServedModel(bin, mo);
-  ASSERT_TRUE(m.ok()) << m.status().ToString();
   GenerateRequest ref;
   ref.prompt = "Once upon a time";
   ref.max_tokens = 20;
-  const std::vector<int32_t> expected =
-      dcomp::Generate(*m->model.model, *m->model.tokenizer, ref)->generated_ids;
+  const std::vector<int32_t> expected = EngineTokens(bin, ref, nullptr, tok);
   for (int i = 0; i < 3; ++i) {
     if (i == 2) std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // idle ticks
     Outcome o = Generate(d.channel(), Request(ref.prompt, ref.max_tokens));
