@@ -122,7 +122,11 @@ int CmdStatus(const Ctx& c) {
   if (s.budget_bytes() != 0) {
     mem += "; budget " + Bytes(s.budget_bytes());
     if (s.effective_budget_bytes() != 0 && s.effective_budget_bytes() != s.budget_bytes()) {
-      mem += " (" + Bytes(s.effective_budget_bytes()) + " under memory pressure)";
+      // A daemon without budget_factor (0) scaled the budget only under pressure.
+      const bool pressure = s.budget_factor() == 0 || s.budget_factor() < 1;
+      mem +=
+          " (" + Bytes(s.effective_budget_bytes()) +
+          (pressure ? " under memory pressure)" : " in force until the new budget's plan applies)");
     }
   } else {
     mem += "; no budget";

@@ -97,6 +97,11 @@ std::string PrometheusText(const v1::StatusResponse& s) {
           static_cast<double>(s.budget_bytes()));
   w.Gauge("dcomp_effective_budget_bytes", "Budget in force after memory-pressure scaling.",
           static_cast<double>(s.effective_budget_bytes()));
+  if (s.budget_factor() > 0) {
+    w.Gauge("dcomp_budget_factor",
+            "Share of the budget planned for under memory pressure (1: no pressure).",
+            s.budget_factor());
+  }
   w.Gauge("dcomp_minimum_budget_bytes", "Smallest budget the model and context can run in.",
           static_cast<double>(s.minimum_budget_bytes()));
   w.Gauge("dcomp_resident_memory_bytes", "Resident set size (VmRSS).",

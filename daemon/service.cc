@@ -634,6 +634,7 @@ void Daemon::FillStatus(v1::StatusResponse* out) const {
                                   1e9);
   }
   out->set_memory_pressure(st.pressure_some_avg10);
+  out->set_budget_factor(st.budget_factor);
   const auto tier = [&](const char* name, uint64_t bytes, int units) {
     v1::TierBytes* t = out->add_tiers();
     t->set_tier(name);

@@ -496,6 +496,10 @@ TEST(DaemonTest, SetBudgetAnswersThePlanItChose) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(effective(), budget);
+  // The pressure scaling is reported, so that a client can tell pressure from a pending plan.
+  const double factor = GetStatus(d.channel()).budget_factor();
+  EXPECT_GE(factor, 0.6);
+  EXPECT_LE(factor, 1.0);
 }
 
 // A model that is not a .dcm is held resident (no plan, no budget): it is served request after
@@ -970,7 +974,8 @@ TEST(DaemonTest, MetricsEndpointServesValidExposition) {
         "dcomp_token_latency_seconds{quantile=\"0.99\"}",
         "dcomp_time_to_first_token_seconds_count ", "dcomp_tokens_per_second ",
         "dcomp_flash_read_bytes_total ", "dcomp_decode_bytes_per_second ", "dcomp_queue_waiting 0",
-        "dcomp_requests_total{protocol=\"grpc\",code=\"OK\"} 1", "dcomp_uptime_seconds "}) {
+        "dcomp_requests_total{protocol=\"grpc\",code=\"OK\"} 1", "dcomp_uptime_seconds ",
+        "dcomp_budget_factor "}) {
     EXPECT_NE(body.find(name), std::string::npos) << name;
   }
   EXPECT_NE(body.find("dcomp_budget_bytes " + std::to_string(MiBBytes(24)) + "\n"),
