@@ -64,6 +64,11 @@ class Replayer : public ResidualTap {
 // 18 MiB; TinyLlama-1.1B's: 740 MiB, kept at every third point).
 constexpr size_t kMaxRecordBytes = size_t{256} << 20;
 
+// The f32 model's probabilities are kept beside its log-probabilities up to this many bytes
+// (stories3M's 2,048 trial tokens: 64 MiB; TinyLlama-1.1B's vocabulary would need 500 MiB and
+// computes them in each pass instead).
+constexpr size_t kMaxProbabilityBytes = size_t{256} << 20;
+
 // Mean KL(f32 || model) over every position of the sequences, from stored f32 log-probabilities.
 class KlEvaluator {
  public:
@@ -87,6 +92,18 @@ class KlEvaluator {
         LogSoftmax(k.ref_.data() + k.ref_.size() - k.vocab_, k.vocab_);
       }
       tokens += s.size();
+    }
+    // The f32 model's probabilities, exp of its log-probabilities, once for every pass's KL sums
+    // (where computed in each they were 12% of a pack), when they fit.
+    if (k.ref_.size() * sizeof(double) <= kMaxProbabilityBytes) {
+      k.ref_prob_.resize(k.ref_.size());
+      pool->ParallelFor(
+          static_cast<int64_t>(k.ref_.size()),
+          [&](int64_t b, int64_t e) {
+            for (auto i = static_cast<size_t>(b); i < static_cast<size_t>(e); ++i)
+              k.ref_prob_[i] = std::exp(static_cast<double>(k.ref_[i]));
+          },
+          4096);
     }
     const size_t points = 2 * static_cast<size_t>(cfg.n_layers);
     const size_t bytes = points * tokens * static_cast<size_t>(cfg.dim) * sizeof(float);
@@ -128,8 +145,7 @@ class KlEvaluator {
     std::vector<double> p(vocab_, 0.0);
     const size_t positions = vocab_ ? ref_.size() / vocab_ : 0;
     for (size_t pos = 0; pos < positions; ++pos) {
-      for (size_t v = 0; v < vocab_; ++v)
-        p[v] += std::exp(static_cast<double>(ref_[pos * vocab_ + v]));
+      for (size_t v = 0; v < vocab_; ++v) p[v] += Probability(pos * vocab_ + v);
     }
     for (double& x : p) x /= static_cast<double>(std::max<size_t>(positions, 1));
     return p;
@@ -152,10 +168,16 @@ class KlEvaluator {
         for (size_t t = static_cast<size_t>(b); t < static_cast<size_t>(e); ++t) {
           float* q = logits.data() + t * vocab_;
           LogSoftmax(q, vocab_);
-          const float* p = ref_.data() + (pos + t) * vocab_;
+          const size_t at = (pos + t) * vocab_;
+          const float* p = ref_.data() + at;
           double d = 0;
-          for (size_t v = 0; v < vocab_; ++v)
-            d += std::exp(static_cast<double>(p[v])) * (p[v] - q[v]);
+          if (!ref_prob_.empty()) {
+            const double* prob = ref_prob_.data() + at;
+            for (size_t v = 0; v < vocab_; ++v) d += prob[v] * (p[v] - q[v]);
+          } else {
+            for (size_t v = 0; v < vocab_; ++v)
+              d += std::exp(static_cast<double>(p[v])) * (p[v] - q[v]);
+          }
           kl[t] = d;
         }
       });
@@ -165,12 +187,17 @@ class KlEvaluator {
     }
     return count ? sum / static_cast<double>(count) : 0.0;
   }
+  // exp(ref_[i]), the same double either way.
+  double Probability(size_t i) const {
+    return ref_prob_.empty() ? std::exp(static_cast<double>(ref_[i])) : ref_prob_[i];
+  }
   static void LogSoftmax(float* x, size_t n) {
     const float lz = static_cast<float>(LogSumExp({x, n}));
     for (size_t i = 0; i < n; ++i) x[i] -= lz;
   }
   std::vector<std::vector<int32_t>> seqs_;
-  std::vector<float> ref_;
+  std::vector<float> ref_;        // [position][vocab] log-probabilities of the f32 model
+  std::vector<double> ref_prob_;  // their exp, or empty when over kMaxProbabilityBytes
   ThreadPool* pool_ = nullptr;
   int32_t ctx_ = 0;
   size_t vocab_ = 0;
