@@ -122,8 +122,9 @@ int CmdStatus(const Ctx& c) {
   if (s.budget_bytes() != 0) {
     mem += "; budget " + Bytes(s.budget_bytes());
     if (s.effective_budget_bytes() != 0 && s.effective_budget_bytes() != s.budget_bytes()) {
-      // A daemon without budget_factor (0) scaled the budget only under pressure.
-      const bool pressure = s.budget_factor() == 0 || s.budget_factor() < 1;
+      // budget_factor 0: a daemon that does not report it, which scaled budgets only under
+      // pressure.
+      const bool pressure = s.budget_factor() < 1;
       mem +=
           " (" + Bytes(s.effective_budget_bytes()) +
           (pressure ? " under memory pressure)" : " in force until the new budget's plan applies)");
