@@ -169,16 +169,8 @@ class KlEvaluator {
           float* q = logits.data() + t * vocab_;
           LogSoftmax(q, vocab_);
           const size_t at = (pos + t) * vocab_;
-          const float* p = ref_.data() + at;
-          double d = 0;
-          if (!ref_prob_.empty()) {
-            const double* prob = ref_prob_.data() + at;
-            for (size_t v = 0; v < vocab_; ++v) d += prob[v] * (p[v] - q[v]);
-          } else {
-            for (size_t v = 0; v < vocab_; ++v)
-              d += std::exp(static_cast<double>(p[v])) * (p[v] - q[v]);
-          }
-          kl[t] = d;
+          kl[t] = KlTerm(ref_.data() + at, ref_prob_.empty() ? nullptr : ref_prob_.data() + at, q,
+                         vocab_);
         }
       });
       for (double d : kl) sum += d;

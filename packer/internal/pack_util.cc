@@ -1,6 +1,7 @@
 #include "packer/internal/pack_util.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 
@@ -83,6 +84,17 @@ Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
     }
   }
   return count ? sum / static_cast<double>(count) : 0.0;
+}
+
+double KlTerm(const float* log_p, const double* p, const float* log_q, size_t n) {
+  double d = 0;
+  if (p != nullptr) {
+    for (size_t v = 0; v < n; ++v) d += p[v] * (log_p[v] - log_q[v]);
+  } else {
+    for (size_t v = 0; v < n; ++v)
+      d += std::exp(static_cast<double>(log_p[v])) * (log_p[v] - log_q[v]);
+  }
+  return d;
 }
 
 QuantParams ParamsOf(const Matrix& m) {

@@ -26,6 +26,11 @@ Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
                        const std::vector<std::vector<int32_t>>& seqs, int32_t ctx,
                        ActivationObserver* observer = nullptr);
 
+// KL(p || q) of one position from log-probabilities: sum_v e^log_p[v] (log_p[v] - log_q[v]),
+// summed in order. `p` (null: computed here) holds exp(double(log_p[v])) computed ahead; the
+// result is the same double either way.
+double KlTerm(const float* log_p, const double* p, const float* log_q, size_t n);
+
 // The quantizer's parameters of `m` as it stands (column scale, importance, step, prune ratio).
 QuantParams ParamsOf(const Matrix& m);
 

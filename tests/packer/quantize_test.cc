@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "base/packed_codes.h"
+#include "packer/internal/pack_util.h"
 
 namespace dcomp::packer {
 namespace {
@@ -208,6 +209,36 @@ TEST(GptqTest, InputsWithoutEnergyGiveNoFactor) {
   EXPECT_EQ(MakeGptqFactor(zero, 0, 16, {}).cols, 0u);
   std::vector<double> wrong(10, 1.0);
   EXPECT_EQ(MakeGptqFactor(wrong, 100, 16, {}).cols, 0u);
+}
+
+// The rate allocation's per-position KL gives the same double whether the reference
+// probabilities were computed ahead (they fit) or in the sum (a vocabulary too large to keep
+// them): packs must not depend on which.
+TEST(KlTermTest, ProbabilitiesComputedAheadGiveTheSameDouble) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.f, 3.f);
+  for (size_t vocab : {size_t{1}, size_t{5}, size_t{512}, size_t{4096}}) {
+    auto log_softmax = [&](std::vector<float> x) {
+      double z = 0;
+      const float m = *std::max_element(x.begin(), x.end());
+      for (float v : x) z += std::exp(static_cast<double>(v - m));
+      for (float& v : x) v = v - m - static_cast<float>(std::log(z));
+      return x;
+    };
+    std::vector<float> lp(vocab), lq(vocab);
+    for (float& v : lp) v = n(rng);
+    for (float& v : lq) v = n(rng);
+    lp = log_softmax(lp);
+    lq = log_softmax(lq);
+    std::vector<double> p(vocab);
+    for (size_t v = 0; v < vocab; ++v) p[v] = std::exp(static_cast<double>(lp[v]));
+    const double ahead = internal::KlTerm(lp.data(), p.data(), lq.data(), vocab);
+    EXPECT_EQ(ahead, internal::KlTerm(lp.data(), nullptr, lq.data(), vocab)) << vocab;
+    EXPECT_EQ(internal::KlTerm(lp.data(), p.data(), lp.data(), vocab), 0.0) << vocab;
+    if (vocab > 1) {
+      EXPECT_GT(ahead, 0.0) << vocab;  // the KL of two different distributions
+    }
+  }
 }
 
 }  // namespace
