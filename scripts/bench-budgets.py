@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Speed against memory: `dcomp generate` tokens/s at RAM budgets given as percentages of the INT8
 size (the adaptive controller), each relative to `--policy all-decoded` run right before it (the
-two sides alternated, ROUNDS rounds, medians), plus `--policy all-packed`. No cgroup; O_DIRECT
-reads, so what does not fit in RAM is read from the device every token.
+two sides alternated, ROUNDS rounds, medians, and the range of the per-round ratios), plus
+`--policy all-packed`. No cgroup; O_DIRECT reads, so what does not fit in RAM is read from the
+device every token. The read GB/s is the median over rounds; the tiers are the last round's.
 
   scripts/bench-budgets.py MODEL.dcm [--budgets 100,90,80,75,70,60,50] [-n 64] [--rounds 2]
 
@@ -42,10 +43,10 @@ def median(xs):
 
 print(f"# {a.model}, -n {a.n}, --ctx {a.ctx}, {a.rounds} rounds alternated, "
       f"kernels {os.environ.get('DCOMP_KERNELS', 'auto')}")
-print("| budget | all-decoded tok/s | adaptive tok/s | adaptive / all-decoded | read GB/s | tiers (head: matrices of each flash layer held packed) | peak RSS MiB |")
-print("|---|---|---|---|---|---|---|")
+print("| budget | all-decoded tok/s | adaptive tok/s | adaptive / all-decoded | per round | read GB/s | tiers (head: matrices of each flash layer held packed) | peak RSS MiB |")
+print("|---|---|---|---|---|---|---|---|")
 for pct in ["packed"] + a.budgets.split(","):
-    ref, got = [], []
+    ref, got, ratios, reads, plans = [], [], [], [], []
     last = None
     for _ in range(a.rounds):
         d = run("--policy", "all-decoded")
@@ -53,12 +54,19 @@ for pct in ["packed"] + a.budgets.split(","):
         if d: ref.append(d["tps"])
         if g:
             got.append(g["tps"])
+            reads.append(g["read_gbs"])
+            plans.append((g["tiers"], g["head"]))
             last = g
+        if d and g: ratios.append(g["tps"] / d["tps"])
     if last is None:
-        print(f"| {pct} | {median(ref):.2f} | does not fit | | | | |")
+        print(f"| {pct} | {median(ref):.2f} | does not fit | | | | | |")
         continue
     name = "all-packed" if pct == "packed" else pct + "%"
+    # Each round's ratio (the run over its all-decoded partner) shows how much the machine moved.
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else ""
+    varied = " (plans varied)" if len(set(str(p) for p in plans)) > 1 else ""
     print(f"| {name} | {median(ref):.2f} | {median(got):.2f} | {median(got) / median(ref):.2f}x | "
-          f"{last['read_gbs']:.2f} | {last['tiers']}"
-          f"{', head ' + str(last['head']) if last['head'] else ''} | {last['rss'] / 2**20:.0f} |")
+          f"{spread} | {median(reads):.2f} | {last['tiers']}"
+          f"{', head ' + str(last['head']) if last['head'] else ''}{varied} | "
+          f"{last['rss'] / 2**20:.0f} |")
     sys.stdout.flush()
