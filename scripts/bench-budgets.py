@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speed against memory: `dcomp generate` tokens/s at RAM budgets given as percentages of the INT8
 size (the adaptive controller), each relative to `--policy all-decoded` run right before it (the
-two sides alternated, ROUNDS rounds, medians, and the range of the per-round ratios), plus
+two sides alternated, ROUNDS rounds: the median of the per-round ratios and their range), plus
 `--policy all-packed`. No cgroup; O_DIRECT reads, so what does not fit in RAM is read from the
 device every token. The read GB/s is the median over rounds; the tiers are the last round's.
 
@@ -65,7 +65,8 @@ for pct in ["packed"] + a.budgets.split(","):
     # Each round's ratio (the run over its all-decoded partner) shows how much the machine moved.
     spread = f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else ""
     varied = " (plans varied)" if len(set(str(p) for p in plans)) > 1 else ""
-    print(f"| {name} | {median(ref):.2f} | {median(got):.2f} | {median(got) / median(ref):.2f}x | "
+    ratio = median(ratios) if ratios else median(got) / median(ref)
+    print(f"| {name} | {median(ref):.2f} | {median(got):.2f} | {ratio:.2f}x | "
           f"{spread} | {median(reads):.2f} | {last['tiers']}"
           f"{', head ' + str(last['head']) if last['head'] else ''}{varied} | "
           f"{last['rss'] / 2**20:.0f} |")
