@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "base/packed_codes.h"
+#include "engine/generate.h"
 #include "packer/internal/pack_util.h"
 
 namespace dcomp::packer {
@@ -217,19 +218,16 @@ TEST(GptqTest, InputsWithoutEnergyGiveNoFactor) {
 TEST(KlTermTest, ProbabilitiesComputedAheadGiveTheSameDouble) {
   std::mt19937 rng(7);
   std::normal_distribution<float> n(0.f, 3.f);
+  // Random log-probabilities, normalised as the rate allocation normalises logits.
+  auto log_probabilities = [&](size_t vocab) {
+    std::vector<float> x(vocab);
+    for (float& v : x) v = n(rng);
+    const float lz = static_cast<float>(LogSumExp(x));
+    for (float& v : x) v -= lz;
+    return x;
+  };
   for (size_t vocab : {size_t{1}, size_t{5}, size_t{512}, size_t{4096}}) {
-    auto log_softmax = [&](std::vector<float> x) {
-      double z = 0;
-      const float m = *std::max_element(x.begin(), x.end());
-      for (float v : x) z += std::exp(static_cast<double>(v - m));
-      for (float& v : x) v = v - m - static_cast<float>(std::log(z));
-      return x;
-    };
-    std::vector<float> lp(vocab), lq(vocab);
-    for (float& v : lp) v = n(rng);
-    for (float& v : lq) v = n(rng);
-    lp = log_softmax(lp);
-    lq = log_softmax(lq);
+    const std::vector<float> lp = log_probabilities(vocab), lq = log_probabilities(vocab);
     std::vector<double> p(vocab);
     for (size_t v = 0; v < vocab; ++v) p[v] = std::exp(static_cast<double>(lp[v]));
     const double ahead = internal::KlTerm(lp.data(), p.data(), lq.data(), vocab);
