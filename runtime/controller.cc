@@ -335,14 +335,28 @@ void Controller::EndPass(const PassSample& p, const Plan& current) {
       const double rate = macs / secs;
       r.compute_macs_per_s = st_.tokens <= 1 ? rate : 0.8 * r.compute_macs_per_s + 0.2 * rate;
     }
-    // The device delivered this pass's reads in its wall time. When compute waited for a fifth
-    // of it or more, the pass was bound by reads and that is the sustained rate; otherwise it
-    // is a lower bound.
+    // Decoding inline: how long compute held the flash units, over the estimate of that hold.
+    const bool inline_flash = current.decode == Decode::kInline && current.count(Tier::kFlash) > 0;
+    if (inline_flash && p.flash_hold_seconds > 0) {
+      Plan cur = current;
+      EstimateSeconds(*units_, r, cur);
+      if (cur.est_flash_hold_seconds > 0) {
+        const double f = std::clamp(p.flash_hold_seconds / cur.est_flash_hold_seconds, 0.25, 16.0);
+        r.flash_hold_factor = hold_measured_ ? 0.8 * r.flash_hold_factor + 0.2 * f : f;
+        hold_measured_ = true;
+      }
+    }
+    // The device delivered this pass's reads in its wall time, less the time compute held the
+    // only staging buffer (nothing could be read then, unless the device credits idle time).
+    // When compute waited for a fifth of that time or more, the pass was bound by reads and that
+    // is the sustained rate; otherwise it is a lower bound.
     const double wall = Seconds(pass_start_, now);
+    const bool serial = inline_flash && current.staging == 1 && !r.io_credits_idle;
+    const double read_wall = serial ? wall - p.flash_hold_seconds : wall;
     const uint64_t read = p.flash_bytes - pass_flash0_;
-    if (read > 0 && wall > 0) {
-      const double sample = static_cast<double>(read) / wall;
-      if (p.wait_seconds - pass_wait0_ >= 0.2 * wall) {  // the first replaces the probe
+    if (read > 0 && wall > 0 && read_wall > 0.1 * wall) {
+      const double sample = static_cast<double>(read) / read_wall;
+      if (p.wait_seconds - pass_wait0_ >= 0.2 * read_wall) {  // the first replaces the probe
         io_sustained_ = io_sustained_seen_ ? 0.5 * io_sustained_ + 0.5 * sample : sample;
         io_sustained_seen_ = true;
       } else if (io_sustained_ > 0) {

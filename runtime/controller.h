@@ -60,8 +60,9 @@ struct PassSample {
   double resident_seconds = 0;     // in units decoded (resident or ahead)
   double inline_unit_seconds = 0;  // in units decoded inline
   uint64_t resident_macs = 0, inline_macs = 0;
-  uint64_t flash_bytes = 0;  // the prefetcher's total so far
-  double wait_seconds = 0;   // compute's total wait on the pipeline so far
+  double flash_hold_seconds = 0;  // decoding inline: wall seconds compute held flash units
+  uint64_t flash_bytes = 0;       // the prefetcher's total so far
+  double wait_seconds = 0;        // compute's total wait on the pipeline so far
 };
 
 struct ControllerOptions {
@@ -137,6 +138,7 @@ class Controller {
   double io_window_seconds_ GUARDED_BY(mu_) = 0;
   double io_sustained_ GUARDED_BY(mu_) = 0;         // bytes/s sustained (0: unknown)
   bool io_sustained_seen_ GUARDED_BY(mu_) = false;  // measured by a read-bound pass
+  bool hold_measured_ GUARDED_BY(mu_) = false;      // Rates::flash_hold_factor measured
   double io_burst_ GUARDED_BY(mu_) = 0;  // the probe's first half, the rate after idle time
   bool replan_pending_ GUARDED_BY(mu_) = false;
   uint64_t plan_tokens0_ GUARDED_BY(mu_) = 0;  // st_.tokens when the plan in force was applied

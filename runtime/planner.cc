@@ -189,7 +189,9 @@ double EstimateInline(const std::vector<UnitInfo>& units, const Rates& r, Plan& 
     }
   }
   // With one staging buffer the next read starts only when the last flash unit is released.
-  const double io_eff = p.staging >= 2 || r.io_credits_idle ? io : io + flash_cpu;
+  p.est_flash_hold_seconds = flash_cpu;
+  const double io_eff =
+      p.staging >= 2 || r.io_credits_idle ? io : io + r.flash_hold_factor * flash_cpu;
   p.est_cpu_seconds_per_token = cpu * speedup;  // the work, whatever the threads
   return std::max(cpu, io_eff);
 }
@@ -201,6 +203,7 @@ double EstimateSeconds(const std::vector<UnitInfo>& units, const Rates& r, Plan&
     p.est_seconds_per_token = EstimateInline(units, r, p);
     return p.est_seconds_per_token;
   }
+  p.est_flash_hold_seconds = 0;
   double macs = 0, decode = 0, io = 0, flash_decode = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     macs += static_cast<double>(units[u].macs_per_token) *

@@ -85,6 +85,13 @@ struct Rates {
   // throttle, burst-credit volumes): time it spends idle is not lost, so a single staging buffer
   // does not serialise reads with the compute of the unit read before.
   bool io_credits_idle = false;
+  // How long compute holds a flash unit's staging buffer (its layer's whole pass: products,
+  // inline decoding, attention and the rest) over the estimate of its products and decoding
+  // alone. With one staging buffer that hold delays the next read, so the estimate counts it at
+  // this factor. Measured by passes that stream decoding inline (Controller::EndPass); until then
+  // 2: a one-buffer plan that was wrongly preferred to two buffers lost 25-45% of its speed (its
+  // hold measured 2-3.5x its estimate), one wrongly passed over loses one unit's reads.
+  double flash_hold_factor = 2.0;
   int cores = 2;
 };
 
@@ -140,6 +147,9 @@ struct Plan {
   // plans of the same estimate (read-bound ones) the one with less is chosen: the estimate takes
   // reads and compute as overlapping perfectly, but a pass still puts compute on the critical path.
   double est_cpu_seconds_per_token = 0;
+  // Decoding inline: the estimate of the seconds per token compute holds flash units, before
+  // Rates::flash_hold_factor (what the controller compares the measured hold with).
+  double est_flash_hold_seconds = 0;
   int count(Tier t) const;
   std::string Summary() const;  // one line
   void ToJson(JsonWriter& j) const;

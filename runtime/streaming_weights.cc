@@ -72,7 +72,7 @@ struct StreamingWeights::Impl {
   // ahead), and in units decoded inline.
   size_t pass_tokens = 0;
   Clock::time_point held_since;
-  double token_compute = 0, token_inline = 0;
+  double token_compute = 0, token_inline = 0, token_flash_hold = 0;
   uint64_t token_macs = 0, token_inline_macs = 0;
 
   Status Open(const DcmModelFile& file);
@@ -373,13 +373,14 @@ Status StreamingWeights::Impl::EndPass(size_t next_tokens) {
   decoder->TakeInlineCounters(&p.inline_bytes, &p.inline_seconds);
   p.resident_seconds = token_compute;
   p.inline_unit_seconds = token_inline;
+  p.flash_hold_seconds = token_flash_hold;
   p.resident_macs = token_macs;
   p.inline_macs = token_inline_macs;
   const Prefetcher::Counters c = prefetcher->counters();
   p.flash_bytes = c.flash_bytes;
   p.wait_seconds = c.wait_seconds;
   controller->EndPass(p, current);
-  token_compute = token_inline = 0;
+  token_compute = token_inline = token_flash_hold = 0;
   token_macs = token_inline_macs = 0;
   pass_tokens = next_tokens;
   return MaybeReplan();
@@ -446,6 +447,7 @@ void StreamingWeights::ReleaseUnit(int u) {
   if (!IsResident(m.resident[static_cast<size_t>(u)].tier) && m.current.decode == Decode::kInline) {
     m.token_inline += secs;
     m.token_inline_macs += macs;
+    if (m.resident[static_cast<size_t>(u)].tier == Tier::kFlash) m.token_flash_hold += secs;
   } else {
     m.token_compute += secs;
     m.token_macs += macs;
@@ -582,6 +584,7 @@ void StreamingWeights::ToJson(JsonWriter& j) const {
   j.Double("rate_decode_mbps", s.rates.decode_bytes_per_s / 1e6);
   j.Double("rate_io_mbps", s.rates.io_bytes_per_s / 1e6);
   j.Bool("io_credits_idle", s.rates.io_credits_idle);
+  j.Double("flash_hold_factor", s.rates.flash_hold_factor);
   j.EndObject();
 }
 

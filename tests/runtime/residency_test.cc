@@ -153,6 +153,70 @@ TEST(ResidencyTest, ADeviceThatCreditsIdleTimeDoesNotSerialiseOneStagingBuffer) 
   EXPECT_DOUBLE_EQ(EstimateSeconds(units, r, p), overlapped);
 }
 
+// With one staging buffer, compute's hold of each flash unit delays the next read: the estimate
+// adds that hold at Rates::flash_hold_factor (2 until measured). With two it overlaps the reads.
+TEST(ResidencyTest, OneStagingBufferCountsTheFlashUnitsHoldAtItsFactor) {
+  const auto units = TinyLlamaUnits();
+  Rates r;
+  r.io_bytes_per_s = 800e6;
+  Plan p;
+  p.decode = Decode::kInline;
+  p.tiers.assign(units.size(), Tier::kFlash);
+  for (size_t u = 0; u < 5; ++u) p.tiers[u] = Tier::kCompressed;
+  p.compute_threads = 2;
+  p.staging = 1;
+  EXPECT_EQ(r.flash_hold_factor, 2.0);
+  r.flash_hold_factor = 1;
+  const double one = EstimateSeconds(units, r, p);
+  const double hold = p.est_flash_hold_seconds;
+  EXPECT_GT(hold, 0);
+  r.flash_hold_factor = 3;
+  EXPECT_NEAR(EstimateSeconds(units, r, p), one + 2 * hold, 1e-9 * one);
+  p.staging = 2;
+  const double two = EstimateSeconds(units, r, p);
+  EXPECT_DOUBLE_EQ(p.est_flash_hold_seconds, hold);
+  EXPECT_LT(two, one);
+  r.flash_hold_factor = 1;
+  EXPECT_DOUBLE_EQ(EstimateSeconds(units, r, p), two);
+  // Decoding ahead, no flash unit is held by compute.
+  p.decode = Decode::kAhead;
+  p.slots = p.decode_threads = 2;
+  EstimateSeconds(units, r, p);
+  EXPECT_EQ(p.est_flash_hold_seconds, 0.0);
+}
+
+// The controller measures the factor from decode steps that stream inline: the first measurement
+// replaces the default, later ones move it by a fifth. Prompt passes measure nothing.
+TEST(ResidencyTest, TheControllerMeasuresHowLongComputeHoldsFlashUnits) {
+  const auto units = TinyLlamaUnits();
+  Rates r;
+  r.io_bytes_per_s = 800e6;
+  ControllerOptions o;
+  o.adapt = false;
+  Controller c(&units, Fixed(), o, 0, r, IoProbe{});
+  Plan p;
+  p.decode = Decode::kInline;
+  p.tiers.assign(units.size(), Tier::kFlash);
+  for (size_t u = 0; u < 5; ++u) p.tiers[u] = Tier::kCompressed;
+  p.compute_threads = 2;
+  p.staging = 2;
+  EstimateSeconds(units, r, p);
+  ASSERT_GT(p.est_flash_hold_seconds, 0);
+  EXPECT_EQ(c.stats().rates.flash_hold_factor, 2.0);
+  PassSample s;
+  s.tokens = 1;
+  s.flash_hold_seconds = 3 * p.est_flash_hold_seconds;
+  c.EndPass(s, p);
+  EXPECT_NEAR(c.stats().rates.flash_hold_factor, 3.0, 1e-9);
+  s.flash_hold_seconds = p.est_flash_hold_seconds;
+  c.EndPass(s, p);
+  EXPECT_NEAR(c.stats().rates.flash_hold_factor, 0.8 * 3.0 + 0.2 * 1.0, 1e-9);
+  s.tokens = 7;
+  s.flash_hold_seconds = 10 * p.est_flash_hold_seconds;
+  c.EndPass(s, p);
+  EXPECT_NEAR(c.stats().rates.flash_hold_factor, 2.6, 1e-9);
+}
+
 // Packed units cost no decoding: when they are as fast as decoded ones the controller packs
 // everything (fewer bytes); when they are slower it decodes what fits, and packs when the budget
 // holds the packed model but not the decoded one; all-packed is a fixed policy.
