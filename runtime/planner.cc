@@ -304,17 +304,22 @@ std::vector<Tier> Interleave(int n, int n_d, int n_c, Tier res = Tier::kDecoded)
   return t;
 }
 
-// a strictly better than b: faster; as fast with less CPU work; as fast in fewer bytes; or as all
-// of these with more compute threads. A read-bound plan's estimate depends on neither its CPU work
-// nor its threads, but its pass still has compute on the critical path: holding units packed
-// rather than entropy-coded in RAM (nearly the same bytes when few blocks gained from entropy
-// coding) ran 1.1-1.6x faster at 75% of the INT8 size with the same estimate, and one thread left
-// idle was seen to cost 10%.
+// a strictly better than b: faster; as fast with less CPU work; as fast reading fewer bytes from
+// flash per token; as fast in fewer bytes of RAM; or as all of these with more compute threads. A
+// read-bound plan's estimate depends on neither its CPU work nor its threads, but its pass still
+// has compute on the critical path: holding units packed rather than entropy-coded in RAM (nearly
+// the same bytes when few blocks gained from entropy coding) ran 1.1-1.6x faster at 75% of the INT8
+// size with the same estimate, and one thread left idle was seen to cost 10%. Reads the estimate
+// hides behind compute still cost: at 90% of the INT8 size a plan that streamed one layer (18 MB a
+// token) to hold 16 KB less than all-packed tied with it, and the byte rule took it.
 bool Better(const Plan& a, const Plan& b) {
   if (a.est_seconds_per_token < b.est_seconds_per_token * 0.999) return true;
   if (a.est_seconds_per_token > b.est_seconds_per_token * 1.001) return false;
   if (a.est_cpu_seconds_per_token < b.est_cpu_seconds_per_token * 0.99) return true;
   if (a.est_cpu_seconds_per_token > b.est_cpu_seconds_per_token * 1.01) return false;
+  if (a.flash_bytes_per_token != b.flash_bytes_per_token) {
+    return a.flash_bytes_per_token < b.flash_bytes_per_token;
+  }
   if (a.total_bytes != b.total_bytes) return a.total_bytes < b.total_bytes;
   return a.compute_threads > b.compute_threads;
 }

@@ -409,6 +409,37 @@ TEST(ResidencyTest, FlashLayersHoldAPackedHeadWhenThatReadsLess) {
   EXPECT_NEAR(reload, want, 1e-9 * want);
 }
 
+// Reads that the estimate hides behind compute still cost: between plans as fast and as much work,
+// the one that reads less per token wins, even when streaming a layer would hold a little less.
+TEST(ResidencyTest, AsFastPlansReadLessRatherThanHoldLess) {
+  auto units = TinyLlamaUnits(true);
+  for (UnitInfo& u : units) {
+    u.compressed_bytes = u.packed_bytes + 4096;  // stored packed: entropy coding gained nothing
+    u.packed_raw_bytes = u.raw_bytes;
+    if (u.name != "layer") continue;
+    AddHeads(u);
+    for (HeadSplit& h : u.heads) h.tail_compressed_bytes -= 16384;  // a head + tail < the unit
+  }
+  Rates r;
+  r.io_bytes_per_s = 1e12;  // reads hide behind compute
+  r.packed_macs_per_s = 2 * r.compute_macs_per_s;
+  Result<Plan> p = ChoosePlan(units, Fixed(), r, 4ull << 30, Policy::kAdaptive);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->count(Tier::kPacked), static_cast<int>(units.size())) << p->Summary();
+  // The plan with one layer streamed: as fast by the estimate, as much work, fewer bytes.
+  Plan streamed = *p;
+  streamed.tiers[0] = Tier::kFlash;
+  streamed.flash_head = 5;
+  streamed.staging = 1;
+  PlanBytes(units, Fixed(), streamed);
+  EstimateSeconds(units, r, streamed);
+  EXPECT_LT(streamed.total_bytes, p->total_bytes);
+  EXPECT_NEAR(streamed.est_seconds_per_token, p->est_seconds_per_token,
+              1e-3 * p->est_seconds_per_token);
+  EXPECT_NEAR(streamed.est_cpu_seconds_per_token, p->est_cpu_seconds_per_token,
+              1e-2 * p->est_cpu_seconds_per_token);
+}
+
 TEST(ResidencyTest, EverythingDecodedWhenItFits) {
   const auto units = TinyLlamaUnits();
   Result<Plan> p = ChoosePlan(units, Fixed(), Rates{}, 4ull << 30, Policy::kAdaptive);
