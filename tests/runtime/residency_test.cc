@@ -134,15 +134,21 @@ TEST(ResidencyTest, ReloadCountsOnlyUnitsPromotedToARamTier) {
   EXPECT_NEAR(ReloadSeconds(units, r, from, to), want + 50.4e6 / 100e6 + 0.8, 1e-9);
 }
 
-TEST(ResidencyTest, ADeviceThatCreditsIdleTimeDoesNotSerialiseOneStagingBuffer) {
-  const auto units = TinyLlamaUnits();
-  Rates r;
-  r.io_bytes_per_s = 800e6;
+// Decoding inline on two threads: the first 5 layers entropy-coded in RAM, the rest on flash.
+Plan InlineStreamingPlan(const std::vector<UnitInfo>& units) {
   Plan p;
   p.decode = Decode::kInline;
   p.tiers.assign(units.size(), Tier::kFlash);
   for (size_t u = 0; u < 5; ++u) p.tiers[u] = Tier::kCompressed;
   p.compute_threads = 2;
+  return p;
+}
+
+TEST(ResidencyTest, ADeviceThatCreditsIdleTimeDoesNotSerialiseOneStagingBuffer) {
+  const auto units = TinyLlamaUnits();
+  Rates r;
+  r.io_bytes_per_s = 800e6;
+  Plan p = InlineStreamingPlan(units);
   p.staging = 1;
   const double serial = EstimateSeconds(units, r, p);
   p.staging = 2;
@@ -159,11 +165,7 @@ TEST(ResidencyTest, OneStagingBufferCountsTheFlashUnitsHoldAtItsFactor) {
   const auto units = TinyLlamaUnits();
   Rates r;
   r.io_bytes_per_s = 800e6;
-  Plan p;
-  p.decode = Decode::kInline;
-  p.tiers.assign(units.size(), Tier::kFlash);
-  for (size_t u = 0; u < 5; ++u) p.tiers[u] = Tier::kCompressed;
-  p.compute_threads = 2;
+  Plan p = InlineStreamingPlan(units);
   p.staging = 1;
   EXPECT_EQ(r.flash_hold_factor, 2.0);
   r.flash_hold_factor = 1;
@@ -194,11 +196,7 @@ TEST(ResidencyTest, TheControllerMeasuresHowLongComputeHoldsFlashUnits) {
   ControllerOptions o;
   o.adapt = false;
   Controller c(&units, Fixed(), o, 0, r, IoProbe{});
-  Plan p;
-  p.decode = Decode::kInline;
-  p.tiers.assign(units.size(), Tier::kFlash);
-  for (size_t u = 0; u < 5; ++u) p.tiers[u] = Tier::kCompressed;
-  p.compute_threads = 2;
+  Plan p = InlineStreamingPlan(units);
   p.staging = 2;
   EstimateSeconds(units, r, p);
   ASSERT_GT(p.est_flash_hold_seconds, 0);
