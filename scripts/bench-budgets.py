@@ -3,7 +3,8 @@
 size (the adaptive controller), each relative to `--policy all-decoded` run right before it (the
 two sides alternated, ROUNDS rounds: the median of the per-round ratios and their range), plus
 `--policy all-packed`. No cgroup; O_DIRECT reads, so what does not fit in RAM is read from the
-device every token. The read GB/s is the median over rounds; the tiers are the last round's.
+device every token. The read GB/s is the median over rounds; the tiers and staging buffers are the
+last round's, and the rounds whose controller re-planned while generating are counted.
 
   scripts/bench-budgets.py MODEL.dcm [--budgets 100,90,80,75,70,60,50] [-n 64] [--rounds 2]
 
@@ -34,6 +35,8 @@ def run(*extra):
             "read_gbs": r["runtime"]["flash_bytes"] / wall / 1e9 if wall > 0 else 0,
             "tiers": {t: tiers.count(t) for t in sorted(set(tiers))},
             "head": r["plan"].get("flash_head_matrices", 0),
+            "staging": r["plan"].get("staging", 0),
+            "replans": r["runtime"].get("replans", 0),
             "rss": r["memory"]["peak_rss"]}
 
 
@@ -43,10 +46,11 @@ def median(xs):
 
 print(f"# {a.model}, -n {a.n}, --ctx {a.ctx}, {a.rounds} rounds alternated, "
       f"kernels {os.environ.get('DCOMP_KERNELS', 'auto')}")
-print("| budget | all-decoded tok/s | adaptive tok/s | adaptive / all-decoded | per round | read GB/s | tiers (head: matrices of each flash layer held packed) | peak RSS MiB |")
+print("| budget | all-decoded tok/s | adaptive tok/s | adaptive / all-decoded | per round | read GB/s | tiers (head: matrices of each flash layer held packed; staging buffers) | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|")
 for pct in ["packed"] + a.budgets.split(","):
     ref, got, ratios, reads, plans = [], [], [], [], []
+    replanned = 0  # rounds whose controller switched plans while generating
     last = None
     for _ in range(a.rounds):
         d = run("--policy", "all-decoded")
@@ -55,7 +59,8 @@ for pct in ["packed"] + a.budgets.split(","):
         if g:
             got.append(g["tps"])
             reads.append(g["read_gbs"])
-            plans.append((g["tiers"], g["head"]))
+            plans.append((g["tiers"], g["head"], g["staging"]))
+            replanned += g["replans"] > 0
             last = g
         if d and g: ratios.append(g["tps"] / d["tps"])
     if last is None:
@@ -65,9 +70,12 @@ for pct in ["packed"] + a.budgets.split(","):
     # Each round's ratio (the run over its all-decoded partner) shows how much the machine moved.
     spread = f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else ""
     varied = " (plans varied)" if len(set(str(p) for p in plans)) > 1 else ""
+    if replanned:
+        varied += f" (re-planned in {replanned} of {len(plans)} rounds)"
     ratio = median(ratios) if ratios else median(got) / median(ref)
     print(f"| {name} | {median(ref):.2f} | {median(got):.2f} | {ratio:.2f}x | "
           f"{spread} | {median(reads):.2f} | {last['tiers']}"
-          f"{', head ' + str(last['head']) if last['head'] else ''}{varied} | "
+          f"{', head ' + str(last['head']) if last['head'] else ''}"
+          f"{', staging ' + str(last['staging']) if last['staging'] else ''}{varied} | "
           f"{last['rss'] / 2**20:.0f} |")
     sys.stdout.flush()
