@@ -101,7 +101,7 @@ class KlEvaluator {
           static_cast<int64_t>(k.ref_.size()),
           [&](int64_t b, int64_t e) {
             for (auto i = static_cast<size_t>(b); i < static_cast<size_t>(e); ++i)
-              k.ref_prob_[i] = std::exp(static_cast<double>(k.ref_[i]));
+              k.ref_prob_[i] = ProbabilityOf(k.ref_[i]);
           },
           4096);
     }
@@ -179,9 +179,9 @@ class KlEvaluator {
     }
     return count ? sum / static_cast<double>(count) : 0.0;
   }
-  // exp(ref_[i]), the same double either way.
+  // ProbabilityOf(ref_[i]), kept or computed: the same double either way.
   double Probability(size_t i) const {
-    return ref_prob_.empty() ? std::exp(static_cast<double>(ref_[i])) : ref_prob_[i];
+    return ref_prob_.empty() ? ProbabilityOf(ref_[i]) : ref_prob_[i];
   }
   static void LogSoftmax(float* x, size_t n) {
     const float lz = static_cast<float>(LogSumExp({x, n}));

@@ -435,19 +435,20 @@ void StreamingWeights::ReleaseUnit(int u) {
   Impl& m = *impl_;
   const double secs = Seconds(m.held_since, Clock::now());
   const UnitInfo& info = m.layout.infos[static_cast<size_t>(u)];
+  const Tier tier = m.resident[static_cast<size_t>(u)].tier;
   uint64_t macs = info.macs_per_token;
   // A packed unit's multiply-adds count as PackedBytesRatio INT8 ones: the INT8 rate the same
   // memory bandwidth gives, so the compute rate measured on any mix of tiers stays an INT8 rate.
   // (Not PackedComputeRatio: its unpacking term is a function of the rate being measured, and
   // scaling by it would feed the measurement back into itself.) In cache, where packed products
   // are bound by their unpacking instead, this reads the INT8 rate low.
-  if (m.resident[static_cast<size_t>(u)].tier == Tier::kPacked) {
+  if (tier == Tier::kPacked) {
     macs = static_cast<uint64_t>(static_cast<double>(macs) * PackedBytesRatio(info));
   }
-  if (!IsResident(m.resident[static_cast<size_t>(u)].tier) && m.current.decode == Decode::kInline) {
+  if (!IsResident(tier) && m.current.decode == Decode::kInline) {
     m.token_inline += secs;
     m.token_inline_macs += macs;
-    if (m.resident[static_cast<size_t>(u)].tier == Tier::kFlash) m.token_flash_hold += secs;
+    if (tier == Tier::kFlash) m.token_flash_hold += secs;
   } else {
     m.token_compute += secs;
     m.token_macs += macs;

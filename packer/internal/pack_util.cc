@@ -91,8 +91,7 @@ double KlTerm(const float* log_p, const double* p, const float* log_q, size_t n)
   if (p != nullptr) {
     for (size_t v = 0; v < n; ++v) d += p[v] * (log_p[v] - log_q[v]);
   } else {
-    for (size_t v = 0; v < n; ++v)
-      d += std::exp(static_cast<double>(log_p[v])) * (log_p[v] - log_q[v]);
+    for (size_t v = 0; v < n; ++v) d += ProbabilityOf(log_p[v]) * (log_p[v] - log_q[v]);
   }
   return d;
 }

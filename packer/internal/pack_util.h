@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -26,8 +27,12 @@ Result<double> MeanNll(WeightSource* w, ThreadPool* pool,
                        const std::vector<std::vector<int32_t>>& seqs, int32_t ctx,
                        ActivationObserver* observer = nullptr);
 
+// The probability of a log-probability, in double: the one definition the rate allocation's KL
+// sums use, so probabilities computed ahead and in the sum are the same doubles.
+inline double ProbabilityOf(float log_p) { return std::exp(static_cast<double>(log_p)); }
+
 // KL(p || q) of one position from log-probabilities: sum_v e^log_p[v] (log_p[v] - log_q[v]),
-// summed in order. `p` (null: computed here) holds exp(double(log_p[v])) computed ahead; the
+// summed in order. `p` (null: computed here) holds ProbabilityOf(log_p[v]) computed ahead; the
 // result is the same double either way.
 double KlTerm(const float* log_p, const double* p, const float* log_q, size_t n);
 
