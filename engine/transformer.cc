@@ -314,6 +314,7 @@ Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n)
       [&](int64_t begin, int64_t end) {
         thread_local std::vector<int8_t> q;
         thread_local std::vector<int32_t> row_sum;
+        thread_local std::vector<float> scale;
         for (int64_t i = begin; i < end && !failed.load(std::memory_order_relaxed); ++i) {
           const auto [j, k] = blocked_tasks_[static_cast<size_t>(i)];
           const LinearWeights& w = *jobs[j].w;
@@ -322,7 +323,7 @@ Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n)
           kernels::PackedMatrixView pv;
           Result<bool> packed = w.blocks->PackedRows(k, &pv);
           if (packed.ok() && *packed) {  // read in place: no decoding
-            pv.scale = w.q8.scale + r0;
+            pv.scale = w.scale + r0;
             pv.rows = rows;
             pv.cols = w.q8.cols;
             kt->gemm_packed_q8(pv, xq, padded, xs, n, jobs[j].y + r0, jobs[j].y_stride, 0, rows);
@@ -338,8 +339,13 @@ Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n)
             failed.store(true, std::memory_order_relaxed);
             return;
           }
-          const kernels::Q8MatrixView v{q.data(), w.q8.scale + r0, row_sum.data(),
-                                        rows,     w.q8.cols,       w.q8.stride};
+          const float* s0 = w.scale.f32 != nullptr ? w.scale.f32 + r0 : nullptr;
+          if (s0 == nullptr) {  // coded scales: this block's as f32
+            if (scale.size() < rows) scale.resize(rows);
+            for (size_t r = 0; r < rows; ++r) scale[r] = w.scale[r0 + r];
+            s0 = scale.data();
+          }
+          const kernels::Q8MatrixView v{q.data(), s0, row_sum.data(), rows, w.q8.cols, w.q8.stride};
           if (n == 1) {
             kt->gemv_q8_q8(v, xq, xs[0], jobs[j].y + r0, 0, rows);
           } else {

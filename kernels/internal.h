@@ -121,7 +121,9 @@ void GemmPackedVia(const PackedMatrixView& w, const int8_t* x, size_t x_stride,
     Unpack(w, rb, re, tile.data());
     int32_t row_sum[kTile];
     RowSums(tile.data(), re - rb, stride, row_sum);  // padding codes included, as in the tile
-    const Q8MatrixView v{tile.data(), w.scale + rb, row_sum, re - rb, w.cols, stride};
+    float scale[kTile];
+    for (size_t r = rb; r < re; ++r) scale[r - rb] = w.scale[r];
+    const Q8MatrixView v{tile.data(), scale, row_sum, re - rb, w.cols, stride};
     Gemm(v, x, x_stride, x_scale, n_tok, y + rb, y_stride, 0, re - rb);
   }
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 
 namespace dcomp::kernels {
 
@@ -41,6 +42,27 @@ struct Q8MatrixView {
   size_t stride = 0;
 };
 
+// The row scales of a packed matrix: f32, or one byte per row on the scale grid
+// (base/row_scales.h), whose f32 is computed exactly, so both give the same products.
+struct RowScaleView {
+  const float* f32 = nullptr;
+  const uint8_t* code = nullptr;  // set: coded, with n0
+  int32_t n0 = 0;
+  RowScaleView() = default;
+  RowScaleView(const float* s) : f32(s) {}  // NOLINT(google-explicit-constructor): f32 scales
+  RowScaleView(const uint8_t* c, int32_t n) : code(c), n0(n) {}
+  explicit RowScaleView(const RowScales& s)
+      : f32(s.coded() ? nullptr : s.f32.data()),
+        code(s.coded() ? s.code.data() : nullptr),
+        n0(s.n0) {}
+  float operator[](size_t r) const { return code ? RowScaleOfCode(code[r], n0) : f32[r]; }
+  // The scales from row r on.
+  RowScaleView operator+(size_t r) const {
+    return code ? RowScaleView(code + r, n0) : RowScaleView(f32 + r);
+  }
+  bool empty() const { return code == nullptr && f32 == nullptr; }
+};
+
 // A packed low-bit weight matrix (the packed tier; layout in base/packed_codes.h). The products are
 // exact: sum u*x - 2^(bits-1) * sum x = sum code*x, then the same float multiply as the INT8
 // kernels, so a packed matrix gives bit-identical results to the INT8 matrix of the same codes.
@@ -48,7 +70,7 @@ struct Q8MatrixView {
 // so a view needs nothing but the packed rows and their scales: it can point into a file's block.
 struct PackedMatrixView {
   const uint8_t* data = nullptr;
-  const float* scale = nullptr;
+  RowScaleView scale;
   size_t rows = 0;
   size_t cols = 0;
   size_t row_bytes = 0;  // PackedRowBytes(cols, bits)

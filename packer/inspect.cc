@@ -9,6 +9,7 @@
 
 #include "base/json.h"
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 #include "engine/dcm_model.h"
 #include "storage/container.h"
 #include "storage/rans.h"
@@ -37,8 +38,10 @@ std::map<int, uint64_t> RowsByBits(const pb::Tensor& T) {
 
 }  // namespace
 
-uint64_t PackedTierBytes(const pb::Tensor& T) {
-  uint64_t bytes = static_cast<uint64_t>(T.rows()) * 4;
+uint64_t PackedTierBytes(const pb::Tensor& T, std::span<const float> scales) {
+  const bool packed = IsPackedBits(T.bits());  // 8-bit tensors: f32 scales for the INT8 products
+  uint64_t bytes =
+      static_cast<uint64_t>(T.rows()) * (packed ? RowScaleBytesPerRow(scales) : sizeof(float));
   for (const auto& [bits, n] : RowsByBits(T)) {
     bytes += PackedCodeBytes(n, static_cast<size_t>(T.cols()), bits);
   }
@@ -60,8 +63,10 @@ struct Tally {
   uint64_t raw_total = 0, ram_total = 0, stored_total = 0, params = 0;
 };
 
-Tally Count(const storage::ContainerReader& r) {
+Result<Tally> Count(const storage::ContainerReader& r) {
   const pb::Manifest& m = r.manifest();
+  storage::BlockDecoder dec;
+  std::vector<float> scales;
   Tally tl;
   auto& [layers, tensors, codec_blocks, raw_total, ram_total, stored_total, params] = tl;
   tensors.resize(static_cast<size_t>(m.tensors_size()));
@@ -79,8 +84,15 @@ Tally Count(const storage::ContainerReader& r) {
       ++codec_blocks[codec];
     }
     // As the packed tier holds it: narrow codes packed (rows padded to 64 codes, each block at
-    // its width) + row scales; INT8 codes and f32 vectors as they decode.
-    R.ram = T.type() == pb::TENSOR_Q8_ROW ? PackedTierBytes(T) : R.raw;
+    // its width) + row scales (read: one byte per row when on the scale grid); INT8 codes and
+    // f32 vectors as they decode.
+    R.ram = R.raw;
+    if (T.type() == pb::TENSOR_Q8_ROW) {
+      scales.resize(static_cast<size_t>(T.rows()));
+      RETURN_IF_ERROR(r.ReadBlock(
+          T.first_block(), {reinterpret_cast<uint8_t*>(scales.data()), scales.size() * 4}, &dec));
+      R.ram = PackedTierBytes(T, scales);
+    }
     Range& L = layers[T.layer()];
     L.params += R.params;
     L.raw += R.raw;
@@ -130,7 +142,7 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
   const pb::Manifest& m = r.manifest();
   const ModelConfig& c = file->config();
 
-  Tally tl = Count(r);
+  ASSIGN_OR_RETURN(Tally tl, Count(r));
   auto& [layers, tensors, codec_blocks, raw_total, ram_total, stored_total, params] = tl;
   double verify_seconds = 0;
   if (verify) {

@@ -2,6 +2,7 @@
 // and, with verify, every block CRC-checked and decoded.
 #pragma once
 
+#include <span>
 #include <string>
 
 #include "base/status.h"
@@ -10,8 +11,9 @@
 namespace dcomp::packer {
 
 // Bytes of a TENSOR_Q8_ROW tensor as the packed tier holds it: its codes packed at each block's
-// width (INT8 codes one byte each) and its f32 row scales.
-uint64_t PackedTierBytes(const storage::pb::Tensor& T);
+// width (INT8 codes one byte each) and its row `scales` (one byte each when a reader holds them
+// coded, base/row_scales.h; f32 for 8-bit tensors, whose INT8 products read f32).
+uint64_t PackedTierBytes(const storage::pb::Tensor& T, std::span<const float> scales);
 
 // Text (or one JSON object) describing the file. With `verify`, a corrupt block fails the call
 // with DATA_LOSS naming the block and tensor.

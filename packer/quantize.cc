@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 #include "kernels/kernels.h"
 
 namespace dcomp::packer {
@@ -164,7 +165,7 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
       const std::span<const float> clips =
           narrow && !p.row_clips.empty() ? p.row_clips : std::span<const float>(&p.clip, 1);
       for (float clip : clips) {
-        const float scale = narrow ? amax * clip / lim : amax * m / 127.0f;
+        const float scale = RoundScaleToGrid(narrow ? amax * clip / lim : amax * m / 127.0f);
         const float inv = 1.0f / scale;
         double loss = 0;
         for (size_t k = 0; k < cols; ++k) rest[k] = target[g->order[k]];
@@ -188,7 +189,9 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
       if (hessian_error != nullptr) *hessian_error += best;
       continue;
     }
-    const float scale = amax <= 0 ? 0.0f : narrow ? amax * p.clip / lim : amax * m / 127.0f;
+    const float scale = RoundScaleToGrid(amax <= 0 ? 0.0f
+                                         : narrow  ? amax * p.clip / lim
+                                                   : amax * m / 127.0f);
     const float inv = scale > 0 ? 1.0f / scale : 0.0f;
     q.scale[r] = scale;
     for (size_t c = 0; c < cols; ++c) {

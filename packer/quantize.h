@@ -8,6 +8,8 @@
 //     the packed tier's layout, base/packed_codes.h) and step = clip * max|W'[r]| / (2^(b-1) - 1),
 //     clip <= 1 trading the largest weights of a row (clamped) for a finer step everywhere else;
 //   - (b = 8) a step multiplier m >= 1: step = m * max|W'[r]| / 127, codes in [-127/m, 127/m].
+// Every row scale but the plain quantization's is rounded to the scale grid (base/row_scales.h)
+// before the row's codes are chosen, so that readers hold it in one byte.
 // With s = 1, no pruning and m = 1 the codes equal the engine's own W8A8 quantization bit for bit.
 #pragma once
 

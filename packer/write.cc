@@ -130,7 +130,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
   tr.quantized = true;
   tr.int8_bytes = m.rows * m.cols + m.rows * 4;
   tr.bits = m.q.bits();
-  tr.ram_bytes = PackedTierBytes(t);
+  tr.ram_bytes = PackedTierBytes(t, m.q.scale);
   tr.alpha = m.alpha;
   tr.step_multiplier = m.step;
   tr.prune = m.prune;

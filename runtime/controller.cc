@@ -138,8 +138,12 @@ void CalibrateCompute(size_t dim, int bits, uint64_t model_bytes, uint64_t headr
   const size_t row_bytes = kernels::PackedRowBytes(cols, bits);
   const size_t prows = std::max<size_t>(1, buf->size() / row_bytes);
   if (prows * row_bytes > buf->size()) return;
-  std::vector<float> pscale(prows, 0.01f), py(prows);
-  const kernels::PackedMatrixView pv{buf->data(), pscale.data(), prows, cols, row_bytes, bits};
+  // Row scales coded, as the packer's files hold them (base/row_scales.h).
+  std::vector<uint8_t> pscale(prows, 0);
+  std::vector<float> py(prows);
+  const kernels::PackedMatrixView pv{
+      buf->data(), {pscale.data(), ScaleGridIndex(RoundScaleToGrid(0.01f))}, prows, cols, row_bytes,
+      bits};
   const double packed_rate = MacsPerSecond(
       prows, cols, [&] { kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows); });
   if (packed_rate > 0) rates->packed_macs_per_s = packed_rate;

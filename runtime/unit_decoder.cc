@@ -83,8 +83,8 @@ Status UnitDecoder::DecodeWork(const UnitLayout& U, const WorkBlock& w, const ui
                                bool crc_checked) const {
   const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
   if (w.scale) {
-    std::memcpy(dst + T.scale_off, U.scales[static_cast<size_t>(w.t)].data(),
-                T.rows * sizeof(float));
+    U.scales[static_cast<size_t>(w.t)].Expand(0, T.rows,
+                                              reinterpret_cast<float*>(dst + T.scale_off));
     return Status::Ok();
   }
   return DecodeRowBlock(T, w.block, U.range_begin, stored_range, w.rows,
@@ -98,9 +98,11 @@ Status UnitDecoder::DecodeWorkPacked(const UnitLayout& U, const WorkBlock& w,
                                      storage::BlockDecoder* dec, uint8_t* scratch, int8_t* q,
                                      int32_t* sums) const {
   const TensorLayout& T = U.tensors[static_cast<size_t>(w.t)];
-  if (w.scale) {
-    std::memcpy(dst + T.p_scale_off, U.scales[static_cast<size_t>(w.t)].data(),
-                T.rows * sizeof(float));
+  if (w.scale) {  // packed tensors read the unit's scales where they are held
+    if (T.bits == 8) {
+      U.scales[static_cast<size_t>(w.t)].Expand(0, T.rows,
+                                                reinterpret_cast<float*>(dst + T.p_scale_off));
+    }
     return Status::Ok();
   }
   const size_t k = w.block - T.first_block - 1;
@@ -172,14 +174,16 @@ void UnitDecoder::BuildViews(int u, const uint8_t* base, LayerWeights* layer,
   AssembleViews(u, view, layer, head);
 }
 
-LinearWeights UnitDecoder::PackedView(const TensorLayout& T, const uint8_t* base) {
+LinearWeights UnitDecoder::PackedView(const TensorLayout& T, const RowScales& scales,
+                                      const uint8_t* base) {
   LinearWeights v;
   v.quantized = true;
   if (T.bits == 8) {
     v.q8 = Q8View(base, T.p_off, T.p_scale_off, T.p_rowsum_off, T);
   } else {
-    const float* scale = reinterpret_cast<const float*>(base + T.p_scale_off);
-    v.q8 = {nullptr, scale, nullptr, T.rows, T.cols, T.stride};
+    const kernels::RowScaleView scale(scales);
+    v.q8 = {nullptr, scale.f32, nullptr, T.rows, T.cols, T.stride};
+    v.scale = scale;
     v.packed = {base + T.p_off,     scale,  T.rows,          T.cols,
                 T.BlockRowBytes(0), T.bits, T.BlockLevels(0)};
     if (!T.block_bits.empty()) {  // one view per block, each at its own width
@@ -199,7 +203,7 @@ void UnitDecoder::BuildPackedViews(int u, const uint8_t* base, LayerWeights* lay
                                    LinearWeights* head) const {
   const UnitLayout& U = unit(u);
   AssembleViews(
-      u, [&](size_t t) { return PackedView(U.tensors[t], base); }, layer, head);
+      u, [&](size_t t) { return PackedView(U.tensors[t], U.scales[t], base); }, layer, head);
 }
 
 Status UnitDecoder::CheckRange(int u, const uint8_t* range) const {
@@ -223,10 +227,11 @@ void UnitDecoder::BuildInlineViews(int u, const uint8_t* range, InlineViews* v, 
   }
   auto view = [&](size_t t) {
     const TensorLayout& T = U.tensors[t];
-    if (t < head) return PackedView(T, head_base);
+    if (t < head) return PackedView(T, U.scales[t], head_base);
     LinearWeights w;
     w.quantized = true;
-    w.q8 = {nullptr, U.scales[t].data(), nullptr, T.rows, T.cols, T.stride};
+    w.scale = kernels::RowScaleView(U.scales[t]);
+    w.q8 = {nullptr, w.scale.f32, nullptr, T.rows, T.cols, T.stride};
     w.blocks = &v->mats[t - head];
     return w;
   };

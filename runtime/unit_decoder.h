@@ -112,8 +112,9 @@ class UnitDecoder {
  private:
   // The stored bytes of block i in a unit range held in RAM from file offset `range_begin`.
   std::span<const uint8_t> StoredIn(uint32_t i, uint64_t range_begin, const uint8_t* range) const;
-  // Tensor T's packed view over a unit's packed layout at `base`.
-  static LinearWeights PackedView(const TensorLayout& T, const uint8_t* base);
+  // Tensor T's packed view over a unit's packed layout at `base`, with the tensor's row scales.
+  static LinearWeights PackedView(const TensorLayout& T, const RowScales& scales,
+                                  const uint8_t* base);
   template <typename ViewFn>
   void AssembleViews(int u, ViewFn view, LayerWeights* layer, LinearWeights* head) const;
 

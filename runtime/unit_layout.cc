@@ -52,6 +52,17 @@ class LayoutBuilder {
     return m_.vectors.back().data();
   }
 
+  // The row scales of Q8 tensor T (its block 0), checked, held as RowScales.
+  Result<RowScales> ReadScales(const pb::Tensor& T) {
+    std::vector<float> sc(static_cast<size_t>(T.rows()));
+    RETURN_IF_ERROR(r_.ReadBlock(
+        T.first_block(),
+        std::span<uint8_t>(reinterpret_cast<uint8_t*>(sc.data()), sc.size() * sizeof(float)),
+        &scale_decoder_));
+    RETURN_IF_ERROR(CheckScales(sc, path_ + ": " + T.name()));
+    return MakeRowScales(sc);
+  }
+
   void NoteBlockSizes(const pb::Block& b) {
     m_.max_raw_block = std::max<size_t>(m_.max_raw_block, b.raw_size());
     m_.max_stored_block = std::max<size_t>(m_.max_stored_block, b.stored_size());
@@ -93,9 +104,10 @@ class LayoutBuilder {
       packed_bytes += L.BlockRows(k) * L.BlockRowBytes(k);
     }
     U.packed_size += (packed_bytes + 63) / 64 * 64;
-    L.p_scale_off = U.packed_size;
-    U.packed_size += (L.rows * 4 + 63) / 64 * 64;
-    if (L.bits == 8) {  // the INT8 products' row sums (the packed GEMM takes its tiles' own)
+    if (L.bits == 8) {  // the INT8 products' f32 scales and row sums (the packed GEMM takes its
+                        // tiles' own row sums)
+      L.p_scale_off = U.packed_size;
+      U.packed_size += (L.rows * 4 + 63) / 64 * 64;
       L.p_rowsum_off = U.packed_size;
       U.packed_size += (L.rows * 4 + 63) / 64 * 64;
     }
@@ -104,12 +116,7 @@ class LayoutBuilder {
     const int ti = static_cast<int>(U.tensors.size());
     U.tensors.push_back(L);
     // The row scales, kept decoded for decoding inline (read and checked here once).
-    std::vector<float>& sc = U.scales.emplace_back(L.rows);
-    RETURN_IF_ERROR(r_.ReadBlock(
-        T.first_block(),
-        std::span<uint8_t>(reinterpret_cast<uint8_t*>(sc.data()), sc.size() * sizeof(float)),
-        &scale_decoder_));
-    RETURN_IF_ERROR(CheckScales(sc, path_ + ": " + T.name()));
+    ASSIGN_OR_RETURN(U.scales.emplace_back(), ReadScales(T));
     U.work.push_back({T.first_block(), ti, true, 0, L.rows});
     for (uint32_t k = 1; k < T.num_blocks(); ++k) {
       const size_t row0 = (k - 1) * rpb;
@@ -180,12 +187,7 @@ class LayoutBuilder {
     m_.infos.back().name = m_.tied ? "output (tied embedding)" : "output";
     ASSIGN_OR_RETURN(m_.final_norm, ReadVector("output_norm.weight"));
     const pb::Tensor& E = r_.manifest().tensors(m_.embd_tensor);
-    m_.embd_scales.resize(static_cast<size_t>(E.rows()));
-    RETURN_IF_ERROR(
-        r_.ReadBlock(E.first_block(),
-                     std::span<uint8_t>(reinterpret_cast<uint8_t*>(m_.embd_scales.data()),
-                                        m_.embd_scales.size() * 4),
-                     &scale_decoder_));
+    ASSIGN_OR_RETURN(m_.embd_scales, ReadScales(E));
     for (uint32_t i = 1; i < E.num_blocks(); ++i) NoteBlockSizes(r_.block(E.first_block() + i));
     const pb::Tensor& O = r_.manifest().tensors(t);
     m_.output_row_order.assign(O.row_order().begin(), O.row_order().end());
@@ -244,9 +246,9 @@ uint64_t ModelLayout::vector_bytes() const {
   uint64_t n = 0;
   for (const auto& v : vectors) n += v.capacity() * sizeof(float);
   for (const UnitLayout& U : units) {
-    for (const auto& v : U.scales) n += v.capacity() * sizeof(float);
+    for (const RowScales& v : U.scales) n += v.bytes();
   }
-  return n + embd_scales.capacity() * sizeof(float) +
+  return n + embd_scales.bytes() +
          (output_row_order.capacity() + embd_row.capacity()) * sizeof(uint32_t);
 }
 
@@ -262,7 +264,6 @@ Result<ModelLayout> BuildModelLayout(const DcmModelFile& file, const ModelConfig
   for (int l = 0; l < config.n_layers; ++l) RETURN_IF_ERROR(b.AddLayer(l, config));
   RETURN_IF_ERROR(b.AddOutputAndEmbedding());
   b.Summarise();
-  RETURN_IF_ERROR(CheckScales(m.embd_scales, file.reader().path() + ": token_embd.weight"));
   return m;
 }
 

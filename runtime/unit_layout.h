@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 #include "base/status.h"
 #include "engine/dcm_model.h"
 #include "engine/weights.h"
@@ -31,9 +32,10 @@ struct TensorLayout {
   int bits = 8;  // the codes' width (manifest; the widest block's when blocks differ)
   // Per block of codes when they differ (Tensor.block_bits), else empty: see BlockBits.
   std::vector<int> block_bits;
-  size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;  // in the unit's packed layout (row sums:
-                                                        // 8-bit tensors only)
-  uint32_t first_block = 0;                             // the scale block; rows follow
+  // In the unit's packed layout. Scales and row sums: 8-bit tensors only (the INT8 products
+  // read f32 scales); packed tensors read the unit's RowScales (UnitLayout::scales).
+  size_t p_off = 0, p_scale_off = 0, p_rowsum_off = 0;
+  uint32_t first_block = 0;  // the scale block; rows follow
   size_t rows_per_block = 0, row_blocks = 0;
   std::vector<size_t> p_block_off;  // per block of codes: where its rows start, from p_off
   uint64_t raw_bytes = 0, packed_raw_bytes = 0;  // of its blocks (as UnitInfo's)
@@ -72,8 +74,10 @@ struct UnitLayout {
   uint32_t first_block = 0, last_block = 0;  // of the range
   size_t decoded_size = 0;
   size_t packed_size = 0;
-  std::vector<std::vector<float>> scales;  // per tensor, always decoded (for decoding inline)
-  LayerWeights pinned;                     // a layer's norms and biases (matrices are set per tier)
+  // Per tensor, always held (checked at open): for decoding inline and for the packed tier,
+  // which reads them where they are; one byte per row when they are on the scale grid.
+  std::vector<RowScales> scales;
+  LayerWeights pinned;  // a layer's norms and biases (matrices are set per tier)
 };
 
 struct ModelLayout {
@@ -85,7 +89,7 @@ struct ModelLayout {
   std::vector<std::vector<float>> vectors;  // norms and biases
   const float* final_norm = nullptr;        // in `vectors`
   int embd_tensor = -1;
-  std::vector<float> embd_scales;  // per stored row
+  RowScales embd_scales;  // per stored row
   // Token matrices stored out of order (Tensor.row_order), else empty: the output's stored row i
   // computes token output_row_order[i]; token t's embedding is stored row embd_row[t].
   std::vector<uint32_t> output_row_order;

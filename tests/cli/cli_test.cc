@@ -197,6 +197,14 @@ TEST(CliTest, PackedTierContract) {
     const bool has = std::find(level_bits.begin(), level_bits.end(), bits) != level_bits.end();
     EXPECT_EQ(has, bits <= kMaxLevelBits) << t["name"].str << " " << bits << " bits";
     for (int b : level_bits) EXPECT_LE(b, kMaxLevelBits) << t["name"].str;
+    // The packer's row scales are on the scale grid: one byte per row beside the packed rows.
+    if (bits < 8 && t["block_bits"].arr.empty()) {
+      const auto rows = static_cast<size_t>(t["rows"].num);
+      EXPECT_EQ(t["ram_bytes"].num,
+                static_cast<double>(
+                    rows * PackedRowBytes(static_cast<size_t>(t["cols"].num), bits) + rows))
+          << t["name"].str;
+    }
   }
   EXPECT_EQ(params, j["params"].num);
   EXPECT_EQ(ram, j["ram_bytes"].num);

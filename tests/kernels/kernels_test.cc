@@ -229,6 +229,27 @@ TEST_P(KernelVariantTest, PackedProductsEqualTheInt8Products) {
   }
 }
 
+// Row scales held in one byte (base/row_scales.h) give the products of the same scales in f32.
+TEST_P(KernelVariantTest, PackedProductsWithCodedScalesEqualTheInt8Products) {
+  const KernelTable& k = *GetParam();
+  for (int bits : {4, 6, 7}) {
+    for (size_t n_tok : {1u, 5u}) {
+      const size_t rows = 37, cols = 172;
+      const uint32_t seed = static_cast<uint32_t>(bits * 31 + n_tok);
+      PackedPair p = MakePacked(rows, cols, bits, seed);
+      std::mt19937 rng(seed);
+      std::uniform_int_distribution<int> d(0, 254);
+      for (size_t r = 0; r < rows; ++r) p.q8.scale[r] = ScaleGridValue(-250 + d(rng));
+      p.q8.scale[4] = 0.0f;
+      const RowScales coded = MakeRowScales(p.q8.scale);
+      ASSERT_TRUE(coded.coded());
+      PackedMatrixView v = p.view;
+      v.scale = RowScaleView(coded);
+      ExpectPackedProductsEqualInt8(k, v, p.q8.view, n_tok, seed, "coded scales");
+    }
+  }
+}
+
 // A strictly increasing table from 0 with random steps, its largest entry at most 127.
 std::vector<uint8_t> RandomLevels(int bits, uint32_t seed) {
   std::mt19937 rng(seed);

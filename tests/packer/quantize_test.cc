@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 #include "engine/generate.h"
 #include "packer/internal/pack_util.h"
 
@@ -169,12 +170,12 @@ TEST(GptqTest, RowClipsAreNoWorseThanAnyOneClip) {
     double per_row = 0;
     const QuantizedMatrix q = QuantizeMatrix(p.w, p.rows, p.cols, qp, &per_row);
     EXPECT_LE(per_row, best_single) << bits << " bits";
-    for (size_t r = 0; r < p.rows; ++r) {  // every row's step is one of the candidates'
+    for (size_t r = 0; r < p.rows; ++r) {  // every row's step is a candidate's, on the grid
       float amax = 0;
       for (size_t c = 0; c < p.cols; ++c) amax = std::max(amax, std::fabs(p.w[r * p.cols + c]));
       bool found = false;
       for (float clip : kClipCandidates) {
-        found |= q.scale[r] == amax * clip / static_cast<float>(MaxCode(bits));
+        found |= q.scale[r] == RoundScaleToGrid(amax * clip / static_cast<float>(MaxCode(bits)));
       }
       EXPECT_TRUE(found) << "row " << r;
     }
