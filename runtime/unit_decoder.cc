@@ -1,6 +1,7 @@
 #include "runtime/unit_decoder.h"
 
 #include <algorithm>
+#include <cassert>
 #include <chrono>
 #include <cstring>
 
@@ -153,11 +154,15 @@ void UnitDecoder::AssembleViews(int u, ViewFn view, LayerWeights* layer,
     return;
   }
   *layer = unit(u).pinned;
-  for (size_t i = 0; i < static_cast<size_t>(kLayerMatrixCount); ++i) {
-    LinearWeights& dst = layer->*kLayerMatrices[i].field;
-    const float* bias = dst.bias;
-    dst = view(i);
-    dst.bias = bias;
+  // In kLayerMatrices' order.
+  LinearWeights* const mats[] = {&layer->wq,     &layer->wk,     &layer->wv,  &layer->wo,
+                                 &layer->w_gate, &layer->w_down, &layer->w_up};
+  static_assert(std::size(mats) == static_cast<size_t>(kLayerMatrixCount));
+  for (size_t i = 0; i < std::size(mats); ++i) {
+    assert(mats[i] == &(layer->*kLayerMatrices[i].field));
+    const float* bias = mats[i]->bias;
+    *mats[i] = view(i);
+    mats[i]->bias = bias;
   }
 }
 
