@@ -1,8 +1,7 @@
 // PageBuffer: an anonymous, page-aligned memory region of its own (mmap/munmap), for the large
 // buffers whose memory the runtime accounts exactly: decoded layers, compressed layers held in RAM,
 // I/O staging. Unlike the heap, freeing one returns its pages to the kernel at once, so the
-// process's resident set follows the plan. Allocate() populates every page (MAP_POPULATE, or
-// MADV_POPULATE_WRITE after asking for transparent huge pages for buffers of 8 MiB and more) and
+// process's resident set follows the plan. Allocate() populates every page (MAP_POPULATE) and
 // writes each once, so a buffer counts fully from the start and never faults later. Movable, not
 // copyable.
 #pragma once
