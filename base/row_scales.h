@@ -1,10 +1,10 @@
 // Row scales held in one byte per row. The packer rounds every row scale it chooses to the log
 // grid 2^(n / 32) (n an integer: steps of 2.2%, finer than its clip candidates' 5%) before it
 // rounds the row's codes, so a file's f32 scales are grid values; a reader that finds a tensor's
-// scales all on the grid and within 255 steps of the smallest holds each as its step above that
-// smallest one (one byte) and computes the f32 back exactly, with integer operations only, so every
-// tier, thread count and ISA multiplies by the same float. Files whose scales are not on the grid
-// (older packs, the plain INT8 quantization) keep f32 scales.
+// scales all on the grid and at most 254 steps above the smallest holds each as its step above
+// that smallest one (one byte; 255 stands for 0) and computes the f32 back exactly, with integer
+// operations only, so every tier, thread count and ISA multiplies by the same float. Files whose
+// scales are not on the grid (older packs, the plain INT8 quantization) keep f32 scales.
 #pragma once
 
 #include <bit>

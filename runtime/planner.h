@@ -31,7 +31,7 @@ inline bool IsResident(Tier t) { return t == Tier::kDecoded || t == Tier::kPacke
 // A layer on flash that holds its first k matrices packed in RAM (Plan::flash_head) and reads
 // only the rest every token.
 struct HeadSplit {
-  uint64_t head_packed_bytes = 0;      // the k matrices packed (codes, scales, row sums)
+  uint64_t head_packed_bytes = 0;      // the k matrices packed (as packed_bytes)
   uint64_t tail_compressed_bytes = 0;  // the 4 KiB-aligned file range of the others
   uint64_t tail_raw_bytes = 0;         // of raw_bytes, the others'
   uint64_t tail_packed_raw_bytes = 0;  // of packed_raw_bytes, the others'
@@ -44,7 +44,8 @@ struct UnitInfo {
   uint64_t compressed_bytes = 0;   // its 4 KiB-aligned file range
   uint64_t raw_bytes = 0;          // bytes the decoders produce (codes + scales)
   uint64_t macs_per_token = 0;     // multiply-adds of one decode step
-  uint64_t packed_bytes = 0;       // as decoded_bytes with the codes at their packed widths
+  uint64_t packed_bytes = 0;       // codes at their packed widths (8-bit tensors: INT8 codes, f32
+                                   // scales, row sums); narrow tensors read FixedMemory's scales
   uint64_t packed_raw_bytes = 0;   // of raw_bytes, those in blocks stored packed: decoding inline
                                    // multiplies them in place, with no decoding
   std::vector<HeadSplit> heads{};  // k = 1 .. matrices - 1 at heads[k - 1]; empty: the whole unit
@@ -58,7 +59,7 @@ const HeadSplit* FlashHead(const UnitInfo& u, int flash_head);
 // Memory that does not depend on the plan.
 struct FixedMemory {
   uint64_t baseline = 0;     // resident before the runtime allocated anything (measured)
-  uint64_t vectors = 0;      // norms, biases, embedding row scales (always decoded)
+  uint64_t vectors = 0;      // norms, biases, every matrix's row scales (one byte a row when coded)
   uint64_t kv_cache = 0;     // the KV caches of every sequence (RuntimeOptions::kv_cache_tokens)
   uint64_t activations = 0;  // the transformer's scratch and RoPE table
   uint64_t request = 0;      // logits and sampler buffers of one request

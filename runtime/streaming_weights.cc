@@ -128,11 +128,12 @@ void StreamingWeights::Impl::Account(const ProcMemory& before, int32_t context_l
       batch * vocab * 8;
   f.lookup = lookup->bytes();
   // Per core, a decode-pool worker (a zstd context of ~160 KiB and a row scratch) and a compute
-  // thread decoding inline (the same, plus a block of padded rows and their row sums).
+  // thread decoding inline (the same, plus a block of padded rows, their row sums and their row
+  // scales as f32).
   f.decoders =
       static_cast<uint64_t>(cores) * (2 * (RoundUpToPage(layout.max_raw_block) + (192u << 10)) +
                                       RoundUpToPage(layout.max_padded_block) +
-                                      RoundUpToPage(layout.max_block_rows * sizeof(int32_t)));
+                                      2 * RoundUpToPage(layout.max_block_rows * sizeof(int32_t)));
   // Thread stacks, the heap's own growth and page tables of the buffers: measured about 1 MiB on
   // x86-64; 2 MiB leaves room.
   f.margin = 2u << 20;

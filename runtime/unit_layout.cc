@@ -115,7 +115,8 @@ class LayoutBuilder {
     m_.max_block_rows = std::max(m_.max_block_rows, rpb);
     const int ti = static_cast<int>(U.tensors.size());
     U.tensors.push_back(L);
-    // The row scales, kept decoded for decoding inline (read and checked here once).
+    // The row scales, held for decoding inline and read by the packed tier (read and checked here
+    // once).
     ASSIGN_OR_RETURN(U.scales.emplace_back(), ReadScales(T));
     U.work.push_back({T.first_block(), ti, true, 0, L.rows});
     for (uint32_t k = 1; k < T.num_blocks(); ++k) {

@@ -2,9 +2,10 @@
 // seven matrices (in LayerWeights order), or the output matrix (the last unit). For each unit: its
 // tensors' blocks (a row-scale block, then blocks of whole rows), its page-aligned range on flash,
 // and where each tensor sits in the unit's decoded form (codes padded to the kernels' stride, row
-// scales, row sums) and in its packed form (codes at their width, row scales). Also what
-// is always held decoded: norms, biases, row scales (checked once at open) and the embedding's row
-// scales; and the planner's view of each unit (UnitInfo).
+// scales, row sums) and in its packed form (codes at their width; 8-bit tensors also f32 scales
+// and row sums). Also what is always held: norms, biases, every matrix's row scales (checked once
+// at open; one byte a row on the scale grid, base/row_scales.h) and the embedding's row scales;
+// and the planner's view of each unit (UnitInfo).
 //
 // Built once at open and immutable afterwards; safe to read from any thread.
 #pragma once
