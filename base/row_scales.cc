@@ -55,9 +55,9 @@ bool GridRange(std::span<const float> s, int32_t* n0) {
 
 }  // namespace
 
-void RowScales::Expand(size_t r0, size_t n, float* out) const {
-  if (!coded()) {
-    std::copy_n(f32.data() + r0, n, out);
+void RowScaleView::Expand(size_t r0, size_t n, float* out) const {
+  if (code == nullptr) {
+    std::copy_n(f32 + r0, n, out);
     return;
   }
   for (size_t i = 0; i < n; ++i) out[i] = RowScaleOfCode(code[r0 + i], n0);

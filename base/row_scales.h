@@ -48,6 +48,27 @@ float RoundScaleToGrid(float s);
 int32_t ScaleGridIndex(float s);
 inline constexpr int32_t kNoScaleGridIndex = -1 - kMaxScaleGridIndex;
 
+struct RowScales;
+
+// Row scales as the products read them: f32, or one byte per row with n0 (RowScales), whose
+// f32 is computed exactly, so both give the same products. Non-owning.
+struct RowScaleView {
+  const float* f32 = nullptr;
+  const uint8_t* code = nullptr;  // set: coded, with n0
+  int32_t n0 = 0;
+  RowScaleView() = default;
+  RowScaleView(const float* s) : f32(s) {}  // NOLINT(google-explicit-constructor): f32 scales
+  RowScaleView(const uint8_t* c, int32_t n) : code(c), n0(n) {}
+  explicit RowScaleView(const RowScales& s);  // over s's f32 or codes
+  float operator[](size_t r) const { return code ? RowScaleOfCode(code[r], n0) : f32[r]; }
+  // The scales from row r on.
+  RowScaleView operator+(size_t r) const {
+    return code ? RowScaleView(code + r, n0) : RowScaleView(f32 + r);
+  }
+  // Writes rows [r0, r0 + n) as f32 to out.
+  void Expand(size_t r0, size_t n, float* out) const;
+};
+
 // Row scales as a reader holds them: one byte per row (`code`, with `n0`) when every scale is 0 or
 // a grid value at most 254 steps above the smallest, else the f32 values.
 struct RowScales {
@@ -56,12 +77,15 @@ struct RowScales {
   int32_t n0 = 0;
 
   bool coded() const { return !code.empty() || f32.empty(); }
-  size_t rows() const { return coded() ? code.size() : f32.size(); }
-  float operator[](size_t r) const { return coded() ? RowScaleOfCode(code[r], n0) : f32[r]; }
-  // Writes rows [r0, r0 + n) as f32 to out.
-  void Expand(size_t r0, size_t n, float* out) const;
+  float operator[](size_t r) const { return RowScaleView(*this)[r]; }
+  void Expand(size_t r0, size_t n, float* out) const { RowScaleView(*this).Expand(r0, n, out); }
   size_t bytes() const { return coded() ? code.capacity() : f32.capacity() * sizeof(float); }
 };
+
+inline RowScaleView::RowScaleView(const RowScales& s)
+    : f32(s.coded() ? nullptr : s.f32.data()),
+      code(s.coded() ? s.code.data() : nullptr),
+      n0(s.n0) {}
 
 // `s` coded when it can be (see RowScales), else kept as f32.
 RowScales MakeRowScales(std::span<const float> s);

@@ -323,7 +323,7 @@ Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n)
           kernels::PackedMatrixView pv;
           Result<bool> packed = w.blocks->PackedRows(k, &pv);
           if (packed.ok() && *packed) {  // read in place: no decoding
-            pv.scale = w.scale + r0;
+            pv.scale = w.blocks->Scales() + r0;
             pv.rows = rows;
             pv.cols = w.q8.cols;
             kt->gemm_packed_q8(pv, xq, padded, xs, n, jobs[j].y + r0, jobs[j].y_stride, 0, rows);
@@ -339,10 +339,12 @@ Status Transformer::RunBlockedLinears(std::span<const LinearJob> jobs, size_t n)
             failed.store(true, std::memory_order_relaxed);
             return;
           }
-          const float* s0 = w.scale.f32 != nullptr ? w.scale.f32 + r0 : nullptr;
-          if (s0 == nullptr) {  // coded scales: this block's as f32
+          // The block's scales as f32 (expanded when held coded).
+          const kernels::RowScaleView scales = w.blocks->Scales();
+          const float* s0 = scales.f32 != nullptr ? scales.f32 + r0 : nullptr;
+          if (s0 == nullptr) {
             if (scale.size() < rows) scale.resize(rows);
-            for (size_t r = 0; r < rows; ++r) scale[r] = w.scale[r0 + r];
+            scales.Expand(r0, rows, scale.data());
             s0 = scale.data();
           }
           const kernels::Q8MatrixView v{q.data(), s0, row_sum.data(), rows, w.q8.cols, w.q8.stride};

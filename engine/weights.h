@@ -38,6 +38,8 @@ class RowBlockSource {
   // to `row_sum`. Called concurrently from the compute threads; fails with DATA_LOSS naming the
   // block when its bytes are damaged.
   virtual Status DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const = 0;
+  // The matrix's row scales (f32 or coded, base/row_scales.h).
+  virtual kernels::RowScaleView Scales() const = 0;
   // When block k is stored packed (the layout the kernels read), its rows in place, checked (CRC),
   // instead of DecodeRows: *rows gets the view's data, row_bytes and bits (the caller sets the
   // scales and shape). Returns false when block k must be decoded; fails like DecodeRows.
@@ -47,11 +49,11 @@ class RowBlockSource {
 };
 
 // One linear map y = W x (+ b). Exactly one of q8/f32 is set, per `quantized`. With `blocks` set
-// (INT8 only), q8 gives the shape and `scale` the row scales; q8.q and q8.row_sum are null, and
-// q8.scale is null when the scales are held coded (base/row_scales.h); the rows come from
-// `blocks`. With `packed.data` set (the packed tier), q8 gives the shape, `scale` and
-// packed.scale the row scales (q8.scale as with `blocks`), q8.q is null and the kernels read the
-// packed codes; when its blocks of rows have
+// (INT8 only), q8 gives the shape; q8.q and q8.row_sum are null, q8.scale is null when the scales
+// are held coded (base/row_scales.h), and the rows and their scales come from `blocks`. With
+// `packed.data` set (the packed tier), q8 gives the shape, packed.scale the row scales (q8.scale
+// as with `blocks`), q8.q is null and the kernels read the packed codes; when its blocks of rows
+// have
 // different widths (format 4, Tensor.block_bits), `packed` gives the shape and the widest width and
 // `packed_blocks` one view per block of `packed_block_rows` rows (the last one fewer).
 struct LinearWeights {
@@ -59,7 +61,6 @@ struct LinearWeights {
   kernels::Q8MatrixView q8;
   kernels::PackedMatrixView packed;
   std::vector<kernels::PackedMatrixView> packed_blocks;
-  kernels::RowScaleView scale;  // with `blocks` or `packed.data`
   size_t packed_block_rows = 0;
   // Rows stored out of order (format 4, Tensor.row_order: the token matrices): row i of the views
   // computes output row_order[i]. Null: in order.

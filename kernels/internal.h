@@ -122,7 +122,7 @@ void GemmPackedVia(const PackedMatrixView& w, const int8_t* x, size_t x_stride,
     int32_t row_sum[kTile];
     RowSums(tile.data(), re - rb, stride, row_sum);  // padding codes included, as in the tile
     float scale[kTile];
-    for (size_t r = rb; r < re; ++r) scale[r - rb] = w.scale[r];
+    w.scale.Expand(rb, re - rb, scale);
     const Q8MatrixView v{tile.data(), scale, row_sum, re - rb, w.cols, stride};
     Gemm(v, x, x_stride, x_scale, n_tok, y + rb, y_stride, 0, re - rb);
   }

@@ -29,6 +29,7 @@ using dcomp::MaxCode;
 using dcomp::PackedRowBytes;
 using dcomp::PackRows;
 using dcomp::PaddedCols;
+using dcomp::RowScaleView;  // a packed matrix's row scales: f32 or coded (base/row_scales.h)
 using dcomp::UnpackRows;
 
 // An int8 weight matrix [rows][cols] with per-row scales: w[r][c] ~= q[r*stride + c] * scale[r].
@@ -40,27 +41,6 @@ struct Q8MatrixView {
   size_t rows = 0;
   size_t cols = 0;
   size_t stride = 0;
-};
-
-// The row scales of a packed matrix: f32, or one byte per row on the scale grid
-// (base/row_scales.h), whose f32 is computed exactly, so both give the same products.
-struct RowScaleView {
-  const float* f32 = nullptr;
-  const uint8_t* code = nullptr;  // set: coded, with n0
-  int32_t n0 = 0;
-  RowScaleView() = default;
-  RowScaleView(const float* s) : f32(s) {}  // NOLINT(google-explicit-constructor): f32 scales
-  RowScaleView(const uint8_t* c, int32_t n) : code(c), n0(n) {}
-  explicit RowScaleView(const RowScales& s)
-      : f32(s.coded() ? nullptr : s.f32.data()),
-        code(s.coded() ? s.code.data() : nullptr),
-        n0(s.n0) {}
-  float operator[](size_t r) const { return code ? RowScaleOfCode(code[r], n0) : f32[r]; }
-  // The scales from row r on.
-  RowScaleView operator+(size_t r) const {
-    return code ? RowScaleView(code + r, n0) : RowScaleView(f32 + r);
-  }
-  bool empty() const { return code == nullptr && f32 == nullptr; }
 };
 
 // A packed low-bit weight matrix (the packed tier; layout in base/packed_codes.h). The products are

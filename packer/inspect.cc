@@ -88,9 +88,12 @@ Result<Tally> Count(const storage::ContainerReader& r) {
     // f32 vectors as they decode.
     R.ram = R.raw;
     if (T.type() == pb::TENSOR_Q8_ROW) {
-      scales.resize(static_cast<size_t>(T.rows()));
-      RETURN_IF_ERROR(r.ReadBlock(
-          T.first_block(), {reinterpret_cast<uint8_t*>(scales.data()), scales.size() * 4}, &dec));
+      scales.clear();  // 8-bit tensors: f32 whatever their values
+      if (IsPackedBits(T.bits())) {
+        scales.resize(static_cast<size_t>(T.rows()));
+        RETURN_IF_ERROR(r.ReadBlock(
+            T.first_block(), {reinterpret_cast<uint8_t*>(scales.data()), scales.size() * 4}, &dec));
+      }
       R.ram = PackedTierBytes(T, scales);
     }
     Range& L = layers[T.layer()];

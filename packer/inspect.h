@@ -15,9 +15,9 @@ namespace dcomp::packer {
 // coded, base/row_scales.h; f32 for 8-bit tensors, whose INT8 products read f32).
 uint64_t PackedTierBytes(const storage::pb::Tensor& T, std::span<const float> scales);
 
-// Text (or one JSON object) describing the file. The row-scale blocks are read (to count the
-// packed tier's scales), so a corrupt one fails the call with DATA_LOSS naming the block and
-// tensor; with `verify`, any corrupt block does.
+// Text (or one JSON object) describing the file. The 4-7-bit tensors' row-scale blocks are read (to
+// count the packed tier's scales), so a corrupt one fails the call with DATA_LOSS naming the block
+// and tensor; with `verify`, any corrupt block does.
 Result<std::string> Inspect(const std::string& path, bool verify, bool json);
 
 }  // namespace dcomp::packer

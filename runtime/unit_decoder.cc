@@ -1,7 +1,6 @@
 #include "runtime/unit_decoder.h"
 
 #include <algorithm>
-#include <cassert>
 #include <chrono>
 #include <cstring>
 
@@ -154,15 +153,11 @@ void UnitDecoder::AssembleViews(int u, ViewFn view, LayerWeights* layer,
     return;
   }
   *layer = unit(u).pinned;
-  // In kLayerMatrices' order.
-  LinearWeights* const mats[] = {&layer->wq,     &layer->wk,     &layer->wv,  &layer->wo,
-                                 &layer->w_gate, &layer->w_down, &layer->w_up};
-  static_assert(std::size(mats) == static_cast<size_t>(kLayerMatrixCount));
-  for (size_t i = 0; i < std::size(mats); ++i) {
-    assert(mats[i] == &(layer->*kLayerMatrices[i].field));
-    const float* bias = mats[i]->bias;
-    *mats[i] = view(i);
-    mats[i]->bias = bias;
+  for (size_t i = 0; i < static_cast<size_t>(kLayerMatrixCount); ++i) {
+    LinearWeights& dst = layer->*kLayerMatrices[i].field;
+    const float* bias = dst.bias;
+    dst = view(i);
+    dst.bias = bias;
   }
 }
 
@@ -188,7 +183,6 @@ LinearWeights UnitDecoder::PackedView(const TensorLayout& T, const RowScales& sc
   } else {
     const kernels::RowScaleView scale(scales);
     v.q8 = {nullptr, scale.f32, nullptr, T.rows, T.cols, T.stride};
-    v.scale = scale;
     v.packed = {base + T.p_off,     scale,  T.rows,          T.cols,
                 T.BlockRowBytes(0), T.bits, T.BlockLevels(0)};
     if (!T.block_bits.empty()) {  // one view per block, each at its own width
@@ -228,15 +222,14 @@ void UnitDecoder::BuildInlineViews(int u, const uint8_t* range, InlineViews* v, 
   v->mats.clear();
   v->mats.reserve(U.tensors.size() - head);
   for (size_t t = head; t < U.tensors.size(); ++t) {
-    v->mats.emplace_back(this, &U.tensors[t], begin, range, crc_checked);
+    v->mats.emplace_back(this, &U.tensors[t], &U.scales[t], begin, range, crc_checked);
   }
   auto view = [&](size_t t) {
     const TensorLayout& T = U.tensors[t];
     if (t < head) return PackedView(T, U.scales[t], head_base);
     LinearWeights w;
     w.quantized = true;
-    w.scale = kernels::RowScaleView(U.scales[t]);
-    w.q8 = {nullptr, w.scale.f32, nullptr, T.rows, T.cols, T.stride};
+    w.q8 = {nullptr, kernels::RowScaleView(U.scales[t]).f32, nullptr, T.rows, T.cols, T.stride};
     w.blocks = &v->mats[t - head];
     return w;
   };

@@ -29,17 +29,24 @@ class UnitDecoder;
 // not checked again on every token.
 class InlineMatrix : public RowBlockSource {
  public:
-  InlineMatrix(const UnitDecoder* d, const TensorLayout* t, uint64_t range_begin,
-               const uint8_t* range, bool crc_checked)
-      : d_(d), t_(t), range_begin_(range_begin), range_(range), crc_checked_(crc_checked) {}
+  InlineMatrix(const UnitDecoder* d, const TensorLayout* t, const RowScales* scales,
+               uint64_t range_begin, const uint8_t* range, bool crc_checked)
+      : d_(d),
+        t_(t),
+        scales_(scales),
+        range_begin_(range_begin),
+        range_(range),
+        crc_checked_(crc_checked) {}
   size_t num_blocks() const override { return t_->row_blocks; }
   size_t rows_per_block() const override { return t_->rows_per_block; }
   Status DecodeRows(size_t k, int8_t* q, int32_t* row_sum) const override;
   Result<bool> PackedRows(size_t k, kernels::PackedMatrixView* rows) const override;
+  kernels::RowScaleView Scales() const override { return kernels::RowScaleView(*scales_); }
 
  private:
   const UnitDecoder* d_;
   const TensorLayout* t_;
+  const RowScales* scales_;
   uint64_t range_begin_;
   const uint8_t* range_;
   bool crc_checked_;
