@@ -1,10 +1,10 @@
 // Row scales held in one byte per row. The packer rounds every row scale it chooses to the log
 // grid 2^(n / 32) (n an integer: steps of 2.2%, finer than its clip candidates' 5%) before it
-// rounds the row's codes, so a file's f32 scales are grid values; a reader that finds a tensor's
-// scales all on the grid and at most 254 steps above the smallest holds each as its step above
-// that smallest one (one byte; 255 stands for 0) and computes the f32 back exactly, with integer
-// operations only, so every tier, thread count and ISA multiplies by the same float. Files whose
-// scales are not on the grid (older packs, the plain INT8 quantization) keep f32 scales.
+// rounds the row's codes, so a tensor's scales are grid values; when they all lie within 254 steps
+// of the smallest, the file stores each as its step above that smallest one (one byte; 255 stands
+// for 0; format 6, Tensor.scale_grid_base), and a reader holds them so and computes the f32 back
+// exactly, with integer operations only, so every tier, thread count and ISA multiplies by the
+// same float. Scales not on the grid (older packs, the plain INT8 quantization) stay f32.
 #pragma once
 
 #include <bit>
@@ -47,6 +47,8 @@ float RoundScaleToGrid(float s);
 // The index of s when s is exactly a grid value, else -1 - kMaxScaleGridIndex (no index).
 int32_t ScaleGridIndex(float s);
 inline constexpr int32_t kNoScaleGridIndex = -1 - kMaxScaleGridIndex;
+// The largest n0 whose every code (n0 + 0 .. n0 + 254) is a normal f32.
+inline constexpr int32_t kMaxScaleGridBase = kMaxScaleGridIndex - (kZeroScaleCode - 1);
 
 struct RowScales;
 

@@ -146,11 +146,8 @@ Result<std::vector<uint8_t>> DcmModelFile::DecodeTensorData(int t) const {
 
 Result<std::vector<float>> DcmModelFile::DecodeScales(int t) const {
   const pb::Tensor& T = reader_->manifest().tensors(t);
-  std::vector<float> s(static_cast<size_t>(T.rows()));
   storage::BlockDecoder dec;
-  RETURN_IF_ERROR(reader_->ReadBlock(
-      T.first_block(), std::span<uint8_t>(reinterpret_cast<uint8_t*>(s.data()), s.size() * 4),
-      &dec));
+  ASSIGN_OR_RETURN(std::vector<float> s, reader_->ReadRowScales(t, &dec));
   for (size_t r = 0; r < s.size(); ++r) {
     if (!std::isfinite(s[r]) || s[r] < 0) {
       return DataLossError(path() + ": tensor '" + T.name() + "': row " + std::to_string(r) +

@@ -77,7 +77,8 @@ Result<Tally> Count(const storage::ContainerReader& r) {
     for (uint32_t b = T.first_block(); b < T.first_block() + T.num_blocks(); ++b) {
       const pb::Block& B = r.block(b);
       const std::string codec = storage::CodecName(static_cast<storage::Codec>(B.codec()));
-      R.raw += B.raw_size();
+      // raw: the INT8 size, whose row scales are f32 however they are stored
+      R.raw += b == T.first_block() && T.has_scale_grid_base() ? B.raw_size() * 4 : B.raw_size();
       R.stored += B.stored_size();
       R.codecs.insert(codec);
       R.begin = std::min<uint64_t>(R.begin, B.offset());
@@ -90,9 +91,7 @@ Result<Tally> Count(const storage::ContainerReader& r) {
     if (T.type() == pb::TENSOR_Q8_ROW) {
       scales.clear();  // 8-bit tensors: f32 whatever their values
       if (IsPackedBits(T.bits())) {
-        scales.resize(static_cast<size_t>(T.rows()));
-        RETURN_IF_ERROR(r.ReadBlock(
-            T.first_block(), {reinterpret_cast<uint8_t*>(scales.data()), scales.size() * 4}, &dec));
+        ASSIGN_OR_RETURN(scales, r.ReadRowScales(t, &dec));
       }
       R.ram = PackedTierBytes(T, scales);
     }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 #include "engine/dcm_model.h"
 #include "packer/inspect.h"
 #include "packer/internal/pack_state.h"
@@ -115,6 +116,13 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
     stored_codes = &codes;
     stored_scale = &scale;
   }
+  // Row scales in one byte per row when all are on the grid (format 6), else f32.
+  const RowScales rs = MakeRowScales(*stored_scale);
+  if (rs.coded()) t.set_scale_grid_base(rs.n0);
+  const std::span<const uint8_t> scale_bytes =
+      rs.coded() ? std::span<const uint8_t>(rs.code)
+                 : std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(stored_scale->data()),
+                                            m.rows * 4);
   pb::QuantInfo* qi = t.mutable_quant();
   qi->set_alpha(m.alpha);
   qi->set_step_multiplier(m.step);
@@ -144,9 +152,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
       tr.group_entropy_bits.push_back(CodeEntropyBits(GroupRows(m, m.q.codes, g)));
   }
   std::set<std::string> used;
-  RETURN_IF_ERROR(WriteBlocks(s, tr, used,
-                              {reinterpret_cast<const uint8_t*>(stored_scale->data()), m.rows * 4},
-                              m.rows * 4, m.rows));
+  RETURN_IF_ERROR(WriteBlocks(s, tr, used, scale_bytes, scale_bytes.size(), 1));
   RETURN_IF_ERROR(WriteBlocks(
       s, tr, used, {reinterpret_cast<const uint8_t*>(stored_codes->data()), stored_codes->size()},
       m.cols, rpb, block_bits, levels));

@@ -52,14 +52,10 @@ class LayoutBuilder {
     return m_.vectors.back().data();
   }
 
-  // The row scales of Q8 tensor T (its block 0), checked, held as RowScales.
-  Result<RowScales> ReadScales(const pb::Tensor& T) {
-    std::vector<float> sc(static_cast<size_t>(T.rows()));
-    RETURN_IF_ERROR(r_.ReadBlock(
-        T.first_block(),
-        std::span<uint8_t>(reinterpret_cast<uint8_t*>(sc.data()), sc.size() * sizeof(float)),
-        &scale_decoder_));
-    RETURN_IF_ERROR(CheckScales(sc, path_ + ": " + T.name()));
+  // The row scales of Q8 tensor t (its block 0), checked, held as RowScales.
+  Result<RowScales> ReadScales(int t) {
+    ASSIGN_OR_RETURN(const std::vector<float> sc, r_.ReadRowScales(t, &scale_decoder_));
+    RETURN_IF_ERROR(CheckScales(sc, path_ + ": " + r_.manifest().tensors(t).name()));
     return MakeRowScales(sc);
   }
 
@@ -117,7 +113,7 @@ class LayoutBuilder {
     U.tensors.push_back(L);
     // The row scales, held for decoding inline and read by the packed tier (read and checked here
     // once).
-    ASSIGN_OR_RETURN(U.scales.emplace_back(), ReadScales(T));
+    ASSIGN_OR_RETURN(U.scales.emplace_back(), ReadScales(t));
     U.work.push_back({T.first_block(), ti, true, 0, L.rows});
     for (uint32_t k = 1; k < T.num_blocks(); ++k) {
       const size_t row0 = (k - 1) * rpb;
@@ -188,7 +184,7 @@ class LayoutBuilder {
     m_.infos.back().name = m_.tied ? "output (tied embedding)" : "output";
     ASSIGN_OR_RETURN(m_.final_norm, ReadVector("output_norm.weight"));
     const pb::Tensor& E = r_.manifest().tensors(m_.embd_tensor);
-    ASSIGN_OR_RETURN(m_.embd_scales, ReadScales(E));
+    ASSIGN_OR_RETURN(m_.embd_scales, ReadScales(m_.embd_tensor));
     for (uint32_t i = 1; i < E.num_blocks(); ++i) NoteBlockSizes(r_.block(E.first_block() + i));
     const pb::Tensor& O = r_.manifest().tensors(t);
     m_.output_row_order.assign(O.row_order().begin(), O.row_order().end());

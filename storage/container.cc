@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 #include "storage/crc32c.h"
 #include "storage/rans.h"
 
@@ -226,11 +227,30 @@ std::string RowOrderProblem(const pb::Tensor& T, uint16_t version_major) {
   return "";
 }
 
-// What is wrong with T's fields of formats 4 and 5 (block_bits, row_order, levels), or "".
+// What is wrong with T's scale_grid_base (format 6), or "" when nothing is.
+std::string ScaleGridProblem(const pb::Tensor& T, uint16_t version_major) {
+  if (!T.has_scale_grid_base()) return "";
+  if (version_major < 6) {
+    return "scale_grid_base in a format " + std::to_string(version_major) +
+           ".x file (row scales in one byte are format 6)";
+  }
+  if (T.type() != pb::TENSOR_Q8_ROW) return "scale_grid_base on a tensor that is not Q8_ROW";
+  const int32_t n0 = T.scale_grid_base();
+  if (n0 < kMinScaleGridIndex || n0 > kMaxScaleGridBase) {
+    return "scale_grid_base " + std::to_string(n0) + ", expected " +
+           std::to_string(kMinScaleGridIndex) + ".." + std::to_string(kMaxScaleGridBase) +
+           " (every code's scale a normal f32)";
+  }
+  return "";
+}
+
+// What is wrong with T's fields of formats 4 to 6 (block_bits, row_order, levels,
+// scale_grid_base), or "".
 std::string LaterFieldsProblem(const pb::Tensor& T, uint16_t version_major) {
   std::string why = BlockBitsProblem(T, version_major);
   if (why.empty()) why = RowOrderProblem(T, version_major);
   if (why.empty()) why = LevelsProblem(T, version_major);
+  if (why.empty()) why = ScaleGridProblem(T, version_major);
   return why;
 }
 
@@ -350,7 +370,7 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
       }
       uint64_t want;
       if (q8 && k == 0) {
-        want = rows * 4;
+        want = rows * (T.has_scale_grid_base() ? 1 : 4);
       } else {
         const uint64_t r0 = (k - (q8 ? 1 : 0)) * rpb;
         want = std::min(rpb, rows - r0) * cols * elem;
@@ -413,6 +433,28 @@ int ContainerReader::CodeBits(size_t i) const {
   const pb::Tensor& T = tensor_of_block(i);
   if (T.type() != pb::TENSOR_Q8_ROW || i == T.first_block() || !IsPackedBits(T.bits())) return 8;
   return CodeBlockBits(T, i - T.first_block() - 1);
+}
+
+Result<std::vector<float>> ContainerReader::ReadRowScales(int tensor, BlockDecoder* decoder) const {
+  if (tensor < 0 || tensor >= manifest_.tensors_size()) {
+    return OutOfRangeError(name_ + ": tensor " + std::to_string(tensor));
+  }
+  const pb::Tensor& T = manifest_.tensors(tensor);
+  if (T.type() != pb::TENSOR_Q8_ROW) {
+    return InvalidArgumentError(name_ + ": tensor '" + T.name() + "' has no row scales");
+  }
+  std::vector<float> s(static_cast<size_t>(T.rows()));
+  if (!T.has_scale_grid_base()) {
+    RETURN_IF_ERROR(ReadBlock(T.first_block(),
+                              {reinterpret_cast<uint8_t*>(s.data()), s.size() * sizeof(float)},
+                              decoder));
+    return s;
+  }
+  std::vector<uint8_t> code(s.size());
+  RETURN_IF_ERROR(ReadBlock(T.first_block(), code, decoder));
+  const RowScaleView v(code.data(), T.scale_grid_base());  // the base is checked at open
+  v.Expand(0, s.size(), s.data());
+  return s;
 }
 
 std::string ContainerReader::DescribeBlock(size_t i) const {

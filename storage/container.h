@@ -35,7 +35,7 @@ inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 // block of codes (Tensor.block_bits), whose packed blocks 3.x readers would size wrongly, and rows
 // stored out of order (Tensor.row_order), which they would ignore. 5.0: non-uniform levels
 // (Tensor.levels), whose codes 4.x readers would take for values. 1.x to 4.x files are read.
-inline constexpr uint16_t kDcmVersionMajor = 5;
+inline constexpr uint16_t kDcmVersionMajor = 6;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
 inline constexpr uint32_t kDcmAlignment = 4096;     // start of each layer's range
@@ -105,6 +105,10 @@ class ContainerReader {
   // file pages in the resident set for a block of a few KiB, which counted against the runtime's
   // budget in its peak (VmHWM).
   Status ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder* decoder) const;
+  // The row scales of Q8_ROW tensor `tensor` (its first block, read as ReadBlock reads it) as f32,
+  // whether stored as f32 or one byte per row (format 6, Tensor.scale_grid_base). F32 scales are
+  // returned as stored (unchecked); coded ones are grid values or 0 by construction.
+  Result<std::vector<float>> ReadRowScales(int tensor, BlockDecoder* decoder) const;
   // The file range [begin, end) of a tensor's blocks (for streaming and page-cache advice).
   std::pair<uint64_t, uint64_t> TensorRange(int tensor) const;
   // Unmaps the pages of the mapping this process has touched (they stay in the page cache), so

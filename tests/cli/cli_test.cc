@@ -160,7 +160,7 @@ TEST(CliTest, PackInspectAndRunADcm) {
   r = Dcomp("inspect " + out + " --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   testing::Json j = testing::ParseJson(r.out);
-  EXPECT_EQ(j["format_version"].str, "5.0");
+  EXPECT_EQ(j["format_version"].str, "6.0");
   EXPECT_GT(j["ratio"].num, 1.0);
   // Without rate allocation every code is 8 bits: the packed tier holds INT8 codes.
   EXPECT_EQ(j["ram_bytes"].num, j["raw_bytes"].num);
@@ -197,9 +197,21 @@ TEST(CliTest, PackedTierContract) {
     const bool has = std::find(level_bits.begin(), level_bits.end(), bits) != level_bits.end();
     EXPECT_EQ(has, bits <= kMaxLevelBits) << t["name"].str << " " << bits << " bits";
     for (int b : level_bits) EXPECT_LE(b, kMaxLevelBits) << t["name"].str;
-    // The packer's row scales are on the scale grid: one byte per row beside the packed rows.
+    const auto rows = static_cast<size_t>(t["rows"].num);
+    // raw_bytes is the INT8 size (f32 row scales) however the scales are stored.
+    if (bits <= 8) {
+      EXPECT_EQ(t["raw_bytes"].num,
+                static_cast<double>(rows * (static_cast<size_t>(t["cols"].num) + 4)))
+          << t["name"].str;
+    }
+    // The packer's row scales are on the scale grid, stored in one byte per row (format 6): a
+    // narrow tensor stores no more than the packed tier holds (its code blocks are packed, or
+    // entropy-coded when that is smaller).
+    if (bits < 8) {
+      EXPECT_LE(t["stored_bytes"].num, t["ram_bytes"].num) << t["name"].str;
+    }
+    // In RAM, one byte per row beside the packed rows.
     if (bits < 8 && t["block_bits"].arr.empty()) {
-      const auto rows = static_cast<size_t>(t["rows"].num);
       EXPECT_EQ(t["ram_bytes"].num,
                 static_cast<double>(
                     rows * PackedRowBytes(static_cast<size_t>(t["cols"].num), bits) + rows))

@@ -7,14 +7,17 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 
 #include "base/file.h"
 #include "base/packed_codes.h"
+#include "base/row_scales.h"
 #include "storage/crc32c.h"
 #include "tests/util/test_paths.h"
 
@@ -278,14 +281,18 @@ TEST(ContainerTest, PackedBlocksDecodeToTheirCodesAndDamageIsNamed) {
       << s.message();
 }
 
-// Ends a toy tensor of 6 rows: its row scales (0.5), rows 0..2 as the given packed block, rows
-// 3..5 as a rANS block of `coded`; then writes the file and returns its bytes.
+// Ends a toy tensor of 6 rows: its row scales (f32 0.5, or the bytes of `scale_block`), rows 0..2
+// as the given packed block, rows 3..5 as a rANS block of `coded`; then writes the file and
+// returns its bytes.
 std::vector<uint8_t> FinishToyTensor(ContainerWriter* w, const std::string& path, size_t cols,
                                      const std::vector<uint8_t>& packed,
-                                     const std::vector<uint8_t>& coded) {
+                                     const std::vector<uint8_t>& coded,
+                                     std::span<const uint8_t> scale_block = {}) {
   std::vector<float> scales(6, 0.5f);
-  EXPECT_TRUE(
-      w->AddBlock(Codec::kRaw, 24, {reinterpret_cast<const uint8_t*>(scales.data()), 24}).ok());
+  if (scale_block.empty()) {
+    scale_block = {reinterpret_cast<const uint8_t*>(scales.data()), 24};
+  }
+  EXPECT_TRUE(w->AddBlock(Codec::kRaw, scale_block.size(), scale_block).ok());
   EXPECT_TRUE(w->AddBlock(Codec::kPacked, 3 * cols, packed).ok());
   std::vector<uint8_t> enc;
   EXPECT_TRUE(EncodeBlock(Codec::kRans, coded, 3, &enc).ok());
@@ -471,6 +478,87 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
   s = ContainerReader::FromBytes(v4, "4.dcm").status();
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_NE(s.message().find("levels in a format 4.x file"), std::string::npos) << s.message();
+}
+
+// Format 6: row scales in one byte per row (Tensor.scale_grid_base). A toy of 6 rows whose scale
+// block holds `scale_block` (raw) and whose tensor says `base` (none: f32 scales).
+std::vector<uint8_t> WriteScaleToy(std::optional<int32_t> base, std::vector<uint8_t> scale_block) {
+  const std::string path = TempPath("scales_" + std::to_string(::getpid()) + ".dcm");
+  auto w = ContainerWriter::Create(path);
+  EXPECT_TRUE(w.ok());
+  constexpr int kCols = 100;
+  std::vector<int8_t> codes(6 * kCols);
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<int8_t>(i % 31) - 15;
+  pb::Tensor t = ToyTensor("s", 5);
+  if (base) t.set_scale_grid_base(*base);
+  (*w)->BeginTensor(t);
+  std::vector<uint8_t> packed(3 * PackedRowBytes(kCols, 5));
+  EXPECT_EQ(PackRows(codes.data(), 3, kCols, kCols, 5, packed.data()), 3u);
+  return FinishToyTensor(w->get(), path, kCols, packed, {codes.begin() + 3 * kCols, codes.end()},
+                         scale_block);
+}
+
+TEST(ContainerTest, RowScalesInOneByteReadBackAndBadBasesAreNamed) {
+  BlockDecoder dec;
+  // One byte per row: grid values above the base, 255 for a zero row.
+  const std::vector<uint8_t> code = {0, 1, 31, 32, 254, kZeroScaleCode};
+  const std::vector<uint8_t> ok = WriteScaleToy(-224, code);
+  EXPECT_EQ(ok[8], kDcmVersionMajor);
+  if (std::getenv("DCOMP_WRITE_FUZZ_SEED") != nullptr) {  // the fuzz corpus' format-6 seed
+    std::ofstream(testing::SourceDir() + "/tests/fuzz/corpus/fuzz_container/scales_v6.dcm",
+                  std::ios::binary)
+        .write(reinterpret_cast<const char*>(ok.data()), static_cast<std::streamsize>(ok.size()));
+  }
+  auto r = ContainerReader::FromBytes(ok, "c.dcm");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  auto got = (*r)->ReadRowScales(0, &dec);
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  const std::vector<float> want = {0x1p-7f, ScaleGridValue(-223), ScaleGridValue(-193),
+                                   0x1p-6f, ScaleGridValue(30),   0.0f};
+  EXPECT_EQ(*got, want);
+  EXPECT_EQ(ScaleGridValue(-193), ScaleGridValue(-224 + 31));
+  // F32 scales read as stored.
+  auto rf = ContainerReader::FromBytes(WriteScaleToy(std::nullopt, {}), "f.dcm");
+  ASSERT_TRUE(rf.ok());
+  got = (*rf)->ReadRowScales(0, &dec);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, std::vector<float>(6, 0.5f));
+  // The ends of the base's range: every code a normal f32.
+  for (int32_t base : {kMinScaleGridIndex, kMaxScaleGridBase}) {
+    auto re = ContainerReader::FromBytes(WriteScaleToy(base, code), "e.dcm");
+    ASSERT_TRUE(re.ok()) << base << ": " << re.status().message();
+    got = (*re)->ReadRowScales(0, &dec);
+    ASSERT_TRUE(got.ok());
+    for (size_t i = 0; i + 1 < got->size(); ++i) {
+      EXPECT_TRUE(std::isnormal((*got)[i])) << base << " + " << int{code[i]};
+    }
+  }
+  // Refused at open, naming the tensor and the field: a base past either end, a scale block of
+  // the f32 size, a base in a file that says format 5.
+  std::vector<uint8_t> f32_sized(24, 0);
+  const std::pair<std::vector<uint8_t>, std::string> bad[] = {
+      {WriteScaleToy(kMaxScaleGridBase + 1, code),
+       "tensor 0 (s): scale_grid_base 3842, expected -4032..3841"},
+      {WriteScaleToy(kMinScaleGridIndex - 1, code),
+       "tensor 0 (s): scale_grid_base -4033, expected -4032..3841"},
+      {WriteScaleToy(0, f32_sized), "tensor 0 (s): block 0 raw_size 24, expected 6"},
+      {WriteScaleToy(std::nullopt, code), "tensor 0 (s): block 0 raw_size 6, expected 24"},
+  };
+  for (const auto& [bytes, why] : bad) {
+    Status s = ContainerReader::FromBytes(bytes, "b.dcm").status();
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << why;
+    EXPECT_NE(s.message().find(why), std::string::npos) << s.message();
+  }
+  std::vector<uint8_t> v5 = ok;
+  const uint16_t five = 5;
+  std::memcpy(v5.data() + 8, &five, 2);
+  const uint32_t crc = Crc32c(v5.data(), 60);
+  std::memcpy(v5.data() + 60, &crc, 4);
+  Status s = ContainerReader::FromBytes(v5, "5.dcm").status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("tensor 0 (s): scale_grid_base in a format 5.x file"),
+            std::string::npos)
+      << s.message();
 }
 
 // The committed golden files and the error each must give.
