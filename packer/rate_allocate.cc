@@ -60,14 +60,32 @@ class Replayer : public ResidualTap {
   size_t cursor_ = 0;
 };
 
-// The residual record keeps at most this many bytes (every point of stories3M's 2,048 trial tokens:
-// 18 MiB; TinyLlama-1.1B's: 740 MiB, kept at every third point).
+// The residual record keeps at most this many bytes (every point of stories3M's 4,096 trial tokens:
+// 36 MiB; TinyLlama-1.1B's 2,048: 740 MiB, kept at every third point).
 constexpr size_t kMaxRecordBytes = size_t{256} << 20;
 
 // The f32 model's probabilities are kept beside its log-probabilities up to this many bytes
-// (stories3M's 2,048 trial tokens: 64 MiB; TinyLlama-1.1B's vocabulary would need 500 MiB and
+// (stories3M's 4,096 trial tokens: 128 MiB; TinyLlama-1.1B's vocabulary would need 500 MiB and
 // computes them in each pass instead).
 constexpr size_t kMaxProbabilityBytes = size_t{256} << 20;
+
+// The KL trials run on the first calibration sequences whose f32 log-probabilities fit
+// kMaxTrialLogitBytes, and on at least kMinTrialSequences: every sequence of stories3M's default
+// 4,096 calibration tokens (16 x 256), 8 of TinyLlama-1.1B's (its 32,000-token vocabulary). Over
+// six calibration seeds, 16 sequences rather than 8 held stories3M 0.02 bits/weight smaller at the
+// same perplexity on both halves of the dev text, with less spread between seeds (BENCHMARKS.md).
+constexpr size_t kMaxTrialLogitBytes = size_t{256} << 20;
+constexpr size_t kMinTrialSequences = 8;
+
+size_t TrialSequences(const std::vector<std::vector<int32_t>>& calib, int32_t vocab) {
+  size_t n = 0, bytes = 0;
+  for (const auto& seq : calib) {
+    bytes += seq.size() * static_cast<size_t>(std::max(vocab, 1)) * sizeof(float);
+    if (n >= kMinTrialSequences && bytes > kMaxTrialLogitBytes) break;
+    ++n;
+  }
+  return n;
+}
 
 // Mean KL(f32 || model) over every position of the sequences, from stored f32 log-probabilities.
 class KlEvaluator {
@@ -588,7 +606,8 @@ Status AllocateRates(PackState& s) {
   }
   if (!s.need_calib || !o.rate_alloc) return Status::Ok();
   std::vector<std::vector<int32_t>> trial_seqs(
-      calib.begin(), calib.begin() + static_cast<ptrdiff_t>(std::min<size_t>(calib.size(), 8)));
+      calib.begin(),
+      calib.begin() + static_cast<ptrdiff_t>(TrialSequences(calib, s.cfg.vocab_size)));
   ASSIGN_OR_RETURN(KlEvaluator kl,
                    KlEvaluator::Create(s.f32w.get(), s.pool.get(), trial_seqs, s.seq_len));
   ASSIGN_OR_RETURN(const double kl_base, kl.Record(s.qw.get()));
