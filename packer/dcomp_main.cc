@@ -294,7 +294,8 @@ Status CmdPack(const std::vector<std::string>& args) {
   f.Value("tokenizer", "llama2.c tokenizer.bin (for .bin checkpoints)")
       .Value("threads", "threads (default: all cores)")
       .Value("calib", "calibration text (default: text sampled from the model itself)")
-      .Value("calib-tokens", "calibration tokens (default 4096)")
+      .Value("calib-tokens",
+             "calibration tokens (default 4096; the width trials measure KL on up to 4096)")
       .Value("calib-seed", "self-generated calibration: the sampler's seed (default 20240601)")
       .Value("block-size", "raw bytes per block, whole rows (default 131072)")
       .Value("codec", "auto | rans | zstd | raw (default auto: the smallest fast enough)")

@@ -69,19 +69,23 @@ constexpr size_t kMaxRecordBytes = size_t{256} << 20;
 // computes them in each pass instead).
 constexpr size_t kMaxProbabilityBytes = size_t{256} << 20;
 
-// The KL trials run on the first calibration sequences whose f32 log-probabilities fit
-// kMaxTrialLogitBytes, and on at least kMinTrialSequences: every sequence of stories3M's default
-// 4,096 calibration tokens (16 x 256), 8 of TinyLlama-1.1B's (its 32,000-token vocabulary). Over
-// six calibration seeds, 16 sequences rather than 8 held stories3M 0.02 bits/weight smaller at the
-// same perplexity on both halves of the dev text, with less spread between seeds (BENCHMARKS.md).
+// The KL trials run on the first calibration sequences, at least kMinTrialSequences and more
+// while they hold at most kMaxTrialTokens tokens and their f32 log-probabilities fit
+// kMaxTrialLogitBytes: all of stories3M's default 4,096 calibration tokens (16 x 256), 8 sequences
+// of TinyLlama-1.1B's (its 32,000-token vocabulary). Over six calibration seeds, 16 sequences
+// rather than 8 held stories3M 0.02 bits/weight smaller at the same perplexity on both halves of
+// the dev text, with less spread between seeds; 32 (of 8,192 tokens) took 2.5x the packing time
+// for no clear gain (BENCHMARKS.md).
 constexpr size_t kMaxTrialLogitBytes = size_t{256} << 20;
+constexpr size_t kMaxTrialTokens = 4096;
 constexpr size_t kMinTrialSequences = 8;
 
 size_t TrialSequences(const std::vector<std::vector<int32_t>>& calib, int32_t vocab) {
-  size_t n = 0, bytes = 0;
+  size_t n = 0, tokens = 0;
   for (const auto& seq : calib) {
-    bytes += seq.size() * static_cast<size_t>(std::max(vocab, 1)) * sizeof(float);
-    if (n >= kMinTrialSequences && bytes > kMaxTrialLogitBytes) break;
+    tokens += seq.size();
+    const size_t bytes = tokens * static_cast<size_t>(std::max(vocab, 1)) * sizeof(float);
+    if (n >= kMinTrialSequences && (tokens > kMaxTrialTokens || bytes > kMaxTrialLogitBytes)) break;
     ++n;
   }
   return n;
@@ -101,6 +105,9 @@ class KlEvaluator {
     ASSIGN_OR_RETURN(auto tf, Transformer::Create(f32, pool, ctx));
     std::vector<float> logits;
     size_t tokens = 0;
+    for (const auto& s : k.seqs_) tokens += s.size();
+    k.ref_.reserve(tokens * k.vocab_);
+    tokens = 0;
     for (const auto& s : k.seqs_) {
       tf->Reset();
       RETURN_IF_ERROR(tf->Forward(s, true, &logits));

@@ -34,7 +34,8 @@ inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 // stream layout 2 (64 states; storage/rans.h), which 2.x readers cannot decode. 4.0: a width per
 // block of codes (Tensor.block_bits), whose packed blocks 3.x readers would size wrongly, and rows
 // stored out of order (Tensor.row_order), which they would ignore. 5.0: non-uniform levels
-// (Tensor.levels), whose codes 4.x readers would take for values. 1.x to 4.x files are read.
+// (Tensor.levels), whose codes 4.x readers would take for values. 6.0: row scales in one byte per
+// row (Tensor.scale_grid_base), which 5.x readers would size as f32. 1.x to 5.x files are read.
 inline constexpr uint16_t kDcmVersionMajor = 6;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;

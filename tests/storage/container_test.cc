@@ -517,15 +517,17 @@ TEST(ContainerTest, RowScalesInOneByteReadBackAndBadBasesAreNamed) {
                                    0x1p-6f, ScaleGridValue(30),   0.0f};
   EXPECT_EQ(*got, want);
   EXPECT_EQ(ScaleGridValue(-193), ScaleGridValue(-224 + 31));
-  // F32 scales read as stored.
-  auto rf = ContainerReader::FromBytes(WriteScaleToy(std::nullopt, {}), "f.dcm");
+  // F32 scales read as stored. (A reader reads the bytes it was given: they must outlive it.)
+  const std::vector<uint8_t> f32_file = WriteScaleToy(std::nullopt, {});
+  auto rf = ContainerReader::FromBytes(f32_file, "f.dcm");
   ASSERT_TRUE(rf.ok());
   got = (*rf)->ReadRowScales(0, &dec);
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(*got, std::vector<float>(6, 0.5f));
   // The ends of the base's range: every code a normal f32.
   for (int32_t base : {kMinScaleGridIndex, kMaxScaleGridBase}) {
-    auto re = ContainerReader::FromBytes(WriteScaleToy(base, code), "e.dcm");
+    const std::vector<uint8_t> end_file = WriteScaleToy(base, code);
+    auto re = ContainerReader::FromBytes(end_file, "e.dcm");
     ASSERT_TRUE(re.ok()) << base << ": " << re.status().message();
     got = (*re)->ReadRowScales(0, &dec);
     ASSERT_TRUE(got.ok());
@@ -576,6 +578,30 @@ TEST(ContainerTest, GoldenCorruptFiles) {
   // which the encoder wrote before format 3.
   EXPECT_TRUE(OpenAndDecodeAll(ReadAll(dir + "valid.dcm")).ok());
   EXPECT_TRUE(OpenAndDecodeAll(ReadAll(dir + "packed_v2.dcm")).ok());
+  // Their row scales, and those of the format-5 fuzz seed, read as the f32 they store.
+  for (const std::string& path :
+       {dir + "valid.dcm", dir + "packed_v2.dcm",
+        testing::SourceDir() + "/tests/fuzz/corpus/fuzz_container/levels_v5.dcm"}) {
+    const std::vector<uint8_t> bytes = ReadAll(path);
+    auto r = ContainerReader::FromBytes(bytes, path);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    BlockDecoder dec;
+    int q8 = 0;
+    for (int t = 0; t < (*r)->manifest().tensors_size(); ++t) {
+      const pb::Tensor& T = (*r)->manifest().tensors(t);
+      if (T.type() != pb::TENSOR_Q8_ROW) continue;
+      ++q8;
+      EXPECT_FALSE(T.has_scale_grid_base()) << path;
+      std::vector<float> want(static_cast<size_t>(T.rows()));
+      ASSERT_TRUE((*r)->ReadBlock(T.first_block(),
+                                  {reinterpret_cast<uint8_t*>(want.data()), want.size() * 4}, &dec)
+                      .ok());
+      auto got = (*r)->ReadRowScales(t, &dec);
+      ASSERT_TRUE(got.ok()) << path << ": " << got.status().message();
+      EXPECT_EQ(*got, want) << path;
+    }
+    EXPECT_GT(q8, 0) << path;
+  }
   for (const auto& [file, want] : cases) {
     Status s = OpenAndDecodeAll(ReadAll(dir + file));
     EXPECT_FALSE(s.ok()) << file;
