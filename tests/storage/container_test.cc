@@ -389,6 +389,23 @@ TEST(ContainerTest, ARowOrderMustBeAPermutation) {
   }
 }
 
+// With DCOMP_WRITE_FUZZ_SEED set, writes `bytes` to the container fuzzer's corpus as `name`.
+void WriteFuzzSeedOnRequest(const std::vector<uint8_t>& bytes, const std::string& name) {
+  if (std::getenv("DCOMP_WRITE_FUZZ_SEED") == nullptr) return;
+  std::ofstream(testing::SourceDir() + "/tests/fuzz/corpus/fuzz_container/" + name,
+                std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
+}
+
+// `bytes` with its header saying format `major` (the header CRC recomputed).
+std::vector<uint8_t> WithMajorVersion(std::vector<uint8_t> bytes, uint16_t major) {
+  std::memcpy(bytes.data() + 8, &major, 2);
+  const uint32_t crc = Crc32c(bytes.data(), 60);
+  std::memcpy(bytes.data() + 60, &crc, 4);
+  return bytes;
+}
+
 // Format 5: non-uniform levels (Tensor.levels). Rows 0..2 packed at 6 bits, rows 3..5 rANS-coded
 // values; `value_at_3x0` replaces row 3's first value; `tables` are the tensor's level tables.
 std::vector<uint8_t> WriteLevelsToy(std::vector<std::pair<int, std::vector<uint8_t>>> tables,
@@ -423,11 +440,7 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
   const std::vector<uint8_t> sinh6 = SinhLevels(6, 2.0);
   std::vector<int8_t> values;
   const std::vector<uint8_t> ok = WriteLevelsToy({{6, sinh6}}, 0, &values);
-  if (std::getenv("DCOMP_WRITE_FUZZ_SEED") != nullptr) {  // the fuzz corpus' format-5 seed
-    std::ofstream(testing::SourceDir() + "/tests/fuzz/corpus/fuzz_container/levels_v5.dcm",
-                  std::ios::binary)
-        .write(reinterpret_cast<const char*>(ok.data()), static_cast<std::streamsize>(ok.size()));
-  }
+  WriteFuzzSeedOnRequest(ok, "levels_v5.dcm");  // the fuzz corpus' format-5 seed
   auto r = ContainerReader::FromBytes(ok, "l.dcm");
   ASSERT_TRUE(r.ok()) << r.status().message();
   ASSERT_NE((*r)->BlockLevels(1), nullptr);
@@ -470,11 +483,7 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
     EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
   }
   // Levels in a file that says format 4 (whose readers would take codes for values).
-  std::vector<uint8_t> v4 = ok;
-  const uint16_t four = 4;
-  std::memcpy(v4.data() + 8, &four, 2);
-  const uint32_t crc = Crc32c(v4.data(), 60);
-  std::memcpy(v4.data() + 60, &crc, 4);
+  const std::vector<uint8_t> v4 = WithMajorVersion(ok, 4);
   s = ContainerReader::FromBytes(v4, "4.dcm").status();
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_NE(s.message().find("levels in a format 4.x file"), std::string::npos) << s.message();
@@ -504,11 +513,7 @@ TEST(ContainerTest, RowScalesInOneByteReadBackAndBadBasesAreNamed) {
   const std::vector<uint8_t> code = {0, 1, 31, 32, 254, kZeroScaleCode};
   const std::vector<uint8_t> ok = WriteScaleToy(-224, code);
   EXPECT_EQ(ok[8], kDcmVersionMajor);
-  if (std::getenv("DCOMP_WRITE_FUZZ_SEED") != nullptr) {  // the fuzz corpus' format-6 seed
-    std::ofstream(testing::SourceDir() + "/tests/fuzz/corpus/fuzz_container/scales_v6.dcm",
-                  std::ios::binary)
-        .write(reinterpret_cast<const char*>(ok.data()), static_cast<std::streamsize>(ok.size()));
-  }
+  WriteFuzzSeedOnRequest(ok, "scales_v6.dcm");  // the fuzz corpus' format-6 seed
   auto r = ContainerReader::FromBytes(ok, "c.dcm");
   ASSERT_TRUE(r.ok()) << r.status().message();
   auto got = (*r)->ReadRowScales(0, &dec);
@@ -551,11 +556,7 @@ TEST(ContainerTest, RowScalesInOneByteReadBackAndBadBasesAreNamed) {
     EXPECT_EQ(s.code(), StatusCode::kDataLoss) << why;
     EXPECT_NE(s.message().find(why), std::string::npos) << s.message();
   }
-  std::vector<uint8_t> v5 = ok;
-  const uint16_t five = 5;
-  std::memcpy(v5.data() + 8, &five, 2);
-  const uint32_t crc = Crc32c(v5.data(), 60);
-  std::memcpy(v5.data() + 60, &crc, 4);
+  const std::vector<uint8_t> v5 = WithMajorVersion(ok, 5);
   Status s = ContainerReader::FromBytes(v5, "5.dcm").status();
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_NE(s.message().find("tensor 0 (s): scale_grid_base in a format 5.x file"),
