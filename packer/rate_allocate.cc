@@ -107,7 +107,6 @@ class KlEvaluator {
     size_t tokens = 0;
     for (const auto& s : k.seqs_) tokens += s.size();
     k.ref_.reserve(tokens * k.vocab_);
-    tokens = 0;
     for (const auto& s : k.seqs_) {
       tf->Reset();
       RETURN_IF_ERROR(tf->Forward(s, true, &logits));
@@ -116,7 +115,6 @@ class KlEvaluator {
                       logits.begin() + static_cast<ptrdiff_t>((t + 1) * k.vocab_));
         LogSoftmax(k.ref_.data() + k.ref_.size() - k.vocab_, k.vocab_);
       }
-      tokens += s.size();
     }
     // The f32 model's probabilities, exp of its log-probabilities, once for every pass's KL sums
     // (computed in each pass, they took 12% of a stories3M pack on a Zen 1 core), when they fit.

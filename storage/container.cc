@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -448,6 +449,12 @@ Result<std::vector<float>> ContainerReader::ReadRowScales(int tensor, BlockDecod
     RETURN_IF_ERROR(ReadBlock(T.first_block(),
                               {reinterpret_cast<uint8_t*>(s.data()), s.size() * sizeof(float)},
                               decoder));
+    for (size_t r = 0; r < s.size(); ++r) {
+      if (!std::isfinite(s[r]) || s[r] < 0) {
+        return DataLossError(name_ + ": " + DescribeBlock(T.first_block()) + ": row " +
+                             std::to_string(r) + " has an invalid scale");
+      }
+    }
     return s;
   }
   std::vector<uint8_t> code(s.size());

@@ -107,8 +107,9 @@ class ContainerReader {
   // budget in its peak (VmHWM).
   Status ReadBlock(size_t i, std::span<uint8_t> out, BlockDecoder* decoder) const;
   // The row scales of Q8_ROW tensor `tensor` (its first block, read as ReadBlock reads it) as f32,
-  // whether stored as f32 or one byte per row (format 6, Tensor.scale_grid_base). F32 scales are
-  // returned as stored (unchecked); coded ones are grid values or 0 by construction.
+  // whether stored as f32 or one byte per row (format 6, Tensor.scale_grid_base). A stored f32
+  // scale that is negative or not finite is DATA_LOSS naming the block and row; coded ones are
+  // grid values or 0 by construction.
   Result<std::vector<float>> ReadRowScales(int tensor, BlockDecoder* decoder) const;
   // The file range [begin, end) of a tensor's blocks (for streaming and page-cache advice).
   std::pair<uint64_t, uint64_t> TensorRange(int tensor) const;
