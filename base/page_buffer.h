@@ -1,14 +1,16 @@
 // PageBuffer: an anonymous, page-aligned memory region of its own (mmap/munmap), for the large
 // buffers whose memory the runtime accounts exactly: decoded layers, compressed layers held in RAM,
 // I/O staging. Unlike the heap, freeing one returns its pages to the kernel at once, so the
-// process's resident set follows the plan. Allocate() populates every page (MAP_POPULATE) and
-// writes each once, so a buffer counts fully from the start and never faults later. Movable, not
-// copyable.
+// process's resident set follows the plan. Allocate() populates every page (MAP_POPULATE, or
+// MADV_POPULATE_WRITE after asking for transparent huge pages for buffers of four huge pages and
+// more) and writes each once, so a buffer counts fully from the start and never faults later.
+// Movable, not copyable.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "base/status.h"
 
@@ -18,6 +20,12 @@ inline constexpr size_t kPageSize = 4096;
 inline constexpr size_t RoundUpToPage(size_t n) {
   return (n + kPageSize - 1) / kPageSize * kPageSize;
 }
+
+// The transparent huge page size large buffers start on and ask for (the kernel's hpage_pmd_size),
+// or 0: THP absent or "never" in the kernel, or DCOMP_HUGE_PAGES=0. Read once.
+size_t HugePageBytes();
+// HugePageBytes() in words, for the start-up log.
+std::string HugePageNote();
 
 class PageBuffer {
  public:

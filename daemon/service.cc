@@ -5,6 +5,7 @@
 #include <cmath>
 #include <thread>
 
+#include "base/page_buffer.h"
 #include "base/utf8.h"
 #include "daemon/validate.h"
 #include "engine/chat_template.h"
@@ -310,8 +311,8 @@ Status Daemon::Load() {
     }
     if (!s.ok()) return s.WithContext(c.model() + ": warm-up generation failed");
   }
-  spdlog::info("kernels: {}; rANS decoder: {}", kernels::KernelSelectionNote(),
-               storage::RansDecoderNote());
+  spdlog::info("kernels: {}; rANS decoder: {}; huge pages: {}", kernels::KernelSelectionNote(),
+               storage::RansDecoderNote(), HugePageNote());
   spdlog::info(
       "model {} [{}]: {}; context {}; batches of up to {} requests, {} KV cache {} for all ({} "
       "positions); chat template {}; {}; loaded and warmed up in {:.2f} s",

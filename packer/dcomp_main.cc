@@ -10,6 +10,7 @@
 #include "base/file.h"
 #include "base/flags.h"
 #include "base/json.h"
+#include "base/page_buffer.h"
 #include "base/thread_pool.h"
 #include "engine/chat_template.h"
 #include "engine/dcm_model.h"
@@ -139,12 +140,12 @@ Result<Loaded> LoadModel(const Flags& f, const std::string& path, int32_t max_lo
   l.model.model->set_kv_type(kv);
   if (f.IsSet("verbose")) {
     std::fprintf(stderr,
-                 "model: %s [%s], %s weights %.1f MiB resident, kernels %s, rANS decoder %s, %d "
-                 "threads\n",
+                 "model: %s [%s], %s weights %.1f MiB resident, kernels %s, rANS decoder %s, huge "
+                 "pages %s, %d threads\n",
                  l.model.file->config().Summary().c_str(), l.model.file->format().c_str(),
                  WeightFormatName(o.format), l.model.resident_weight_bytes / 1048576.0,
                  kernels::KernelSelectionNote().c_str(), storage::RansDecoderNote().c_str(),
-                 l.model.pool->num_threads());
+                 HugePageNote().c_str(), l.model.pool->num_threads());
     if (l.runtime != nullptr) {
       std::fprintf(stderr, "runtime: %s\n", l.runtime->plan().Summary().c_str());
     }

@@ -38,6 +38,31 @@ TEST(PageBufferTest, WholePagesZeroFilledAndResident) {
   }
 }
 
+// Buffers of four huge pages and more start on a huge-page boundary (when the kernel offers
+// transparent huge pages; the note says which) and are resident and zero-filled like the others.
+TEST(PageBufferTest, LargeBuffersStartOnAHugePage) {
+  EXPECT_FALSE(HugePageNote().empty());
+  const size_t huge = HugePageBytes();
+  if (huge == 0) GTEST_SKIP() << "huge pages: " << HugePageNote();
+  EXPECT_EQ(huge & (huge - 1), 0u);
+  const size_t size = 4 * huge + 3 * kPageSize + 1;
+  const size_t before = RssBytes();
+  Result<PageBuffer> b = PageBuffer::Allocate(size, "test");
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->size(), RoundUpToPage(size));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(b->data()) % huge, 0u);
+  EXPECT_GE(RssBytes() - before + (size_t{256} << 10), b->size());
+  bool zero = true;
+  for (size_t i = 0; i < b->size(); i += 4093) zero &= b->data()[i] == 0;
+  EXPECT_TRUE(zero);
+  b->data()[b->size() - 1] = 1;
+  b->Reset();
+  const size_t small = RoundUpToPage(huge / 2 + 1);  // below the threshold: base pages only
+  Result<PageBuffer> c = PageBuffer::Allocate(small, "test");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->size(), small);
+}
+
 TEST(PageBufferTest, MovesOwnership) {
   Result<PageBuffer> b = PageBuffer::Allocate(size_t{9} << 20, "test");
   ASSERT_TRUE(b.ok()) << b.status().ToString();
