@@ -77,8 +77,7 @@ Result<Tally> Count(const storage::ContainerReader& r) {
     for (uint32_t b = T.first_block(); b < T.first_block() + T.num_blocks(); ++b) {
       const pb::Block& B = r.block(b);
       const std::string codec = storage::CodecName(static_cast<storage::Codec>(B.codec()));
-      // raw: the INT8 size, whose row scales are f32 however they are stored
-      R.raw += b == T.first_block() && T.has_scale_grid_base() ? B.raw_size() * 4 : B.raw_size();
+      R.raw += r.Int8RawSize(b);
       R.stored += B.stored_size();
       R.codecs.insert(codec);
       R.begin = std::min<uint64_t>(R.begin, B.offset());

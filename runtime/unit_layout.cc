@@ -110,8 +110,7 @@ class LayoutBuilder {
     TensorLayout& added = U.tensors.back();
     for (uint32_t k = 0; k < T.num_blocks(); ++k) {
       const pb::Block& b = r_.block(T.first_block() + k);
-      // what decoding produces: the scales as f32 however they are stored
-      added.raw_bytes += k == 0 ? L.rows * sizeof(float) : b.raw_size();
+      added.raw_bytes += r_.Int8RawSize(T.first_block() + k);  // what decoding produces
       if (b.codec() == pb::CODEC_PACKED) added.packed_raw_bytes += b.raw_size();
       NoteBlockSizes(b);
     }

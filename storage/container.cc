@@ -436,6 +436,12 @@ int ContainerReader::CodeBits(size_t i) const {
   return CodeBlockBits(T, i - T.first_block() - 1);
 }
 
+uint64_t ContainerReader::Int8RawSize(size_t i) const {
+  const pb::Tensor& T = tensor_of_block(i);
+  const uint64_t raw = block(i).raw_size();
+  return i == T.first_block() && T.has_scale_grid_base() ? raw * sizeof(float) : raw;
+}
+
 Result<std::vector<float>> ContainerReader::ReadRowScales(int tensor, BlockDecoder* decoder) const {
   if (tensor < 0 || tensor >= manifest_.tensors_size()) {
     return OutOfRangeError(name_ + ": tensor " + std::to_string(tensor));

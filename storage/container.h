@@ -83,6 +83,9 @@ class ContainerReader {
   // The width of block i's codes: its Tensor.block_bits entry, else the tensor's bits (8 for INT8
   // codes, and for blocks that hold no codes).
   int CodeBits(size_t i) const;
+  // Block i's size as the INT8 tier holds it: its raw_size, but row scales stored in one byte per
+  // row (format 6) count as the f32 they decode to.
+  uint64_t Int8RawSize(size_t i) const;
   // The level table of a tensor's width (Tensor.levels, format 5), null for linear levels; and
   // that of block i's codes (its width's). Pointers stay valid for the reader's life.
   const CodeLevels* Levels(int tensor, int bits) const;
