@@ -38,11 +38,22 @@ CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag) {
   std::copy(mag.begin(), mag.end(), l.mag);
   std::fill(std::begin(l.u_of), std::end(l.u_of), int16_t{-1});
   for (int u = 0; u < 2 * half; ++u) {
-    const int c = u - half;
-    const int v =
-        c == -half ? 0 : (c < 0 ? -mag[static_cast<size_t>(-c)] : mag[static_cast<size_t>(c)]);
+    // The code's sign and magnitude; "-0" (u = 64 at 7 bits, u = 0 below) stands for 0.
+    const bool negative = SignMagnitudeLevels(bits) ? u >= half : u < half;
+    const int k = SignMagnitudeLevels(bits) ? u & (half - 1) : std::abs(u - half);
+    const bool minus_zero = negative && (k == 0 || k == half);
+    const int v = minus_zero ? 0 : (negative ? -1 : 1) * mag[static_cast<size_t>(k)];
     l.value[u] = static_cast<int8_t>(v);
-    if (c != -half) l.u_of[static_cast<uint8_t>(v)] = static_cast<int16_t>(u);
+    if (!minus_zero) l.u_of[static_cast<uint8_t>(v)] = static_cast<int16_t>(u);
+  }
+  // The knots of a three-slope table: T(k) = k up to the first, then steps of 2, then of 3.
+  int a = 0;
+  while (a + 1 < half && mag[static_cast<size_t>(a) + 1] == a + 1) ++a;
+  int b = a + 1;
+  while (b + 1 < half && mag[static_cast<size_t>(b) + 1] == mag[static_cast<size_t>(b)] + 2) ++b;
+  if (a > 0 && b + 1 < half && std::ranges::equal(mag, ThreeSlopeLevels(bits, a, b))) {
+    l.knot[0] = static_cast<uint8_t>(a);
+    l.knot[1] = static_cast<uint8_t>(b);
   }
   return l;
 }
@@ -55,6 +66,24 @@ std::vector<uint8_t> SinhLevels(int bits, double a) {
         static_cast<uint8_t>(std::lround(127.0 * std::sinh(a * k / k_max) / std::sinh(a)));
   }
   return t;
+}
+
+std::vector<uint8_t> ThreeSlopeLevels(int bits, int a, int b) {
+  const int n = 1 << (bits - 1);
+  std::vector<uint8_t> t(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) {
+    t[static_cast<size_t>(k)] =
+        static_cast<uint8_t>(std::min(255, k + std::max(0, k - a) + std::max(0, k - b)));
+  }
+  return t;
+}
+
+std::vector<uint8_t> LevelTable(int bits, double level_shape) {
+  if (bits == 7) {
+    const int k_max = MaxCode(bits);
+    return ThreeSlopeLevels(bits, k_max / 3, 2 * k_max / 3);
+  }
+  return SinhLevels(bits, level_shape);
 }
 
 size_t FirstMisfit(const int8_t* q, size_t n, int bits, const CodeLevels* levels) {

@@ -55,23 +55,27 @@ inline constexpr uint64_t PackedCodeBytes(uint64_t rows, size_t cols, int bits) 
 }
 
 // Non-uniform code levels (format 5, docs/format.md). A width's table holds 2^(bits-1) magnitudes
-// T[0] = 0 < T[1] < ... < T[2^(bits-1) - 1] <= 127; the code c (u = c + 2^(bits-1)) stands for the
-// INT8 value sign(c) * T[|c|], and the code -2^(bits-1) (u = 0, which the packer never writes) for
-// 0, so that every packed byte pattern stays valid. The INT8 tiers and the entropy-coded blocks
-// hold the values themselves; without a table (linear levels) the value is the code, as before
-// format 5.
+// T[0] = 0 < T[1] < ... < T[2^(bits-1) - 1] <= 127. Up to 6 bits the code c (u = c + 2^(bits-1))
+// stands for the INT8 value sign(c) * T[|c|], and the code -2^(bits-1) (u = 0, which the packer
+// never writes) for 0. At 7 bits (format 7) u is sign and magnitude: bit 6, the top-bit plane, is
+// the sign and bits 0-5 index T, so u = 64 ("-0", never written) stands for 0 too: the sign is a
+// mask that the unpacking yields directly, and no subtraction or absolute value comes before the
+// lookup (BENCHMARKS.md, session 35). Every packed byte pattern stays valid. The INT8 tiers and the
+// entropy-coded blocks hold the values themselves; without a table (linear levels) the value is the
+// code, as before format 5.
 struct CodeLevels {
   int bits = 0;
   uint8_t mag[64] = {};    // T, zero past 2^(bits-1): the kernels' lookup tables
   int8_t value[128] = {};  // the value of each u < 2^bits
   int16_t u_of[256] = {};  // the u of an INT8 value (indexed by its byte), -1 when not a level
+  // When T is ThreeSlopeLevels(bits, knot[0], knot[1]): the knots (else 0, 0), so that a kernel
+  // may compute T(k) = k + max(0, k - knot[0]) + max(0, k - knot[1]) instead of looking it up.
+  uint8_t knot[2] = {};
 };
-// The widest codes the packer (and dcomp synth) give non-uniform levels. The format and every
-// kernel take level tables up to 7 bits, but at 7 bits the lookup costs AVX2 four byte shuffles per
-// 32 codes: the synthetic TinyLlama ran all-packed at 1.02x of all-decoded instead of 1.42x with
-// 7-bit levels, which saved 0.13 bits/weight on stories3M (BENCHMARKS.md); at 6 bits the two
-// shuffles cost little.
-inline constexpr int kMaxLevelBits = 6;
+// Whether a width's level codes are sign and magnitude (7 bits) rather than offset (4..6).
+inline constexpr bool SignMagnitudeLevels(int bits) { return bits == 7; }
+// The widest codes the packer (and dcomp synth) give non-uniform levels: every packed width.
+inline constexpr int kMaxLevelBits = 7;
 // What is wrong with `mag` as the table of a `bits`-bit width, or "" when nothing is.
 std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag);
 // The levels of a table that CodeLevelsProblem accepts.
@@ -81,6 +85,17 @@ CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag);
 // smallest step 127 a / (K sinh a) exceeds one (a <= 2 at every width, <= 3.3 up to 6 bits);
 // CodeLevelsProblem says.
 std::vector<uint8_t> SinhLevels(int bits, double a);
+
+// The table T(k) = k + max(0, k - a) + max(0, k - b), k = 0..2^(bits-1) - 1, 0 < a < b: slopes 1,
+// 2 and 3, unit steps near zero and steps of 3 at the tails. T stays within 127 while
+// 3 K - a - b <= 127 (K = 2^(bits-1) - 1); CodeLevelsProblem says.
+std::vector<uint8_t> ThreeSlopeLevels(int bits, int a, int b);
+// The table the packer and dcomp synth give a width with levels of shape `level_shape` > 0:
+// SinhLevels(bits, level_shape) up to 6 bits; at 7 bits ThreeSlopeLevels(7, 21, 42), knots at a
+// third and two thirds of the codes (T(63) = 126), which the kernels compute where a lookup in a
+// 64-entry table costs AVX2 four shuffles. Measured on stories3M against uniform 7-bit codes:
+// -0.17 bits/weight packed at a lower perplexity (BENCHMARKS.md, session 34).
+std::vector<uint8_t> LevelTable(int bits, double level_shape);
 
 // Whether every one of n INT8 codes lies in [MinCode(bits), MaxCode(bits)] (vectorised: it runs
 // over every byte a reader decodes), or with `levels` is one of its values.

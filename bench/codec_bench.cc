@@ -239,12 +239,13 @@ void Run(const Source& src, double seconds) {
 // runs on every such block: each decoder's instruction set against the portable table lookup, on a
 // 128 KiB block of random level values, alternating the sides in rounds; GB/s of codes checked.
 void LevelChecks(double seconds) {
-  std::printf("\nlevel check (128 KiB blocks of sinh levels, 1 thread, GB/s)\n%-6s", "bits");
+  std::printf("\nlevel check (128 KiB blocks of the packer's levels, 1 thread, GB/s)\n%-6s",
+              "bits");
   const std::vector<storage::RansDecoder> decoders = storage::AvailableRansDecoders();
   for (storage::RansDecoder d : decoders) std::printf(" %14s", storage::RansDecoderName(d));
   std::printf("\n");
-  for (int bits = kMinPackedBits; bits <= kMaxLevelBits + 1; ++bits) {
-    const std::vector<uint8_t> mag = SinhLevels(bits, 2.0);
+  for (int bits = kMinPackedBits; bits <= kMaxLevelBits; ++bits) {
+    const std::vector<uint8_t> mag = LevelTable(bits, 2.0);
     const CodeLevels levels = MakeCodeLevels(bits, mag);
     std::vector<int8_t> q(kBlock);
     uint32_t x = 12345;

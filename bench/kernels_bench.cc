@@ -91,7 +91,7 @@ void BM_GemvQ8Dram(benchmark::State& state, const KernelTable* k, size_t rows, s
 
 // The same out of cache (argument 1; 0: one copy, in cache), with the matrix's codes packed to
 // `bits` (items/s: weights per second, comparable with BM_GemvQ8Dram; bytes/s: packed bytes), on
-// uniform levels or on the packer's default non-uniform ones (SinhLevels(bits, 2)).
+// uniform levels or on the packer's default non-uniform ones (LevelTable(bits, 2)).
 void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t rows, size_t cols,
                        int bits, bool nonuniform) {
   const size_t row_bytes = PackedRowBytes(cols, bits);
@@ -105,7 +105,7 @@ void BM_GemvPackedDram(benchmark::State& state, const KernelTable* k, size_t row
       q[r * stride + c] =
           static_cast<int8_t>(static_cast<int>(rng() % (2 * MaxCode(bits) + 1)) - MaxCode(bits));
   std::vector<std::vector<uint8_t>> packed(copies, std::vector<uint8_t>(rows * row_bytes));
-  const std::vector<uint8_t> mag = SinhLevels(bits, 2.0);
+  const std::vector<uint8_t> mag = LevelTable(bits, 2.0);
   const CodeLevels levels = MakeCodeLevels(bits, mag);
   if (nonuniform) {  // the same codes, as the values of the levels they index
     for (int8_t& v : q)

@@ -56,7 +56,7 @@ Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
       ASSIGN_OR_RETURN(const double a, g.GetFloat(key));
       bool distinct = a >= 0 && a <= 8;
       for (int b = kMinPackedBits; b <= kMaxLevelBits && distinct && a > 0; ++b) {
-        distinct = CodeLevelsProblem(b, SinhLevels(b, a)).empty();
+        distinct = CodeLevelsProblem(b, LevelTable(b, a)).empty();
       }
       if (!distinct) {
         return InvalidArgumentError(key + " = " + std::to_string(a) +

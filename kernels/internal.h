@@ -90,6 +90,19 @@ inline void ForPackedView(const PackedMatrixView& w, Fn&& fn) {
   });
 }
 
+// ForPackedView with a third constant: std::true_type when the view's levels are sign and
+// magnitude (7 bits) with a three-slope table (CodeLevels::knot), which the x86 kernels compute
+// instead of looking it up in four shuffles.
+template <typename Fn>
+inline void ForPackedViewThreeSlope(const PackedMatrixView& w, Fn&& fn) {
+  ForPackedView(w, [&](auto b, auto lv) {
+    if constexpr (decltype(lv)::value && SignMagnitudeLevels(decltype(b)::value)) {
+      if (w.levels->knot[0] != 0) return fn(b, lv, std::true_type{});
+    }
+    fn(b, lv, std::false_type{});
+  });
+}
+
 using UnpackRowsFn = void (*)(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out);
 using GemvPackedFn = void (*)(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                               size_t r0, size_t r1);

@@ -315,8 +315,8 @@ Status CmdPack(const std::vector<std::string>& args) {
              "codes below 8 bits: gptq (error-compensating, from the calibration inputs) | "
              "nearest (default gptq)")
       .Value("level-shape",
-             "codes below 8 bits: non-uniform levels round(127 sinh(A k/K) / sinh(A)), finer near "
-             "zero; 0 = uniform levels (default 2)")
+             "codes below 8 bits: non-uniform levels, finer near zero: round(127 sinh(A k/K) / "
+             "sinh(A)) at 4-6 bits, three slopes at 7; 0 = uniform levels (default 2)")
       .Switch("quiet", "no progress or report");
   ASSIGN_OR_RETURN(
       const bool help,
@@ -372,7 +372,7 @@ Status CmdPack(const std::vector<std::string>& args) {
                                 ": expected a number in [0, 8] (0: uniform levels)");
   }
   for (int b = kMinPackedBits; b <= kMaxLevelBits && o.level_shape > 0; ++b) {
-    const std::string why = CodeLevelsProblem(b, SinhLevels(b, o.level_shape));
+    const std::string why = CodeLevelsProblem(b, LevelTable(b, o.level_shape));
     if (!why.empty()) {
       return InvalidArgumentError("--level-shape " + f.GetOr("level-shape", "") + ": at " +
                                   std::to_string(b) + " bits " + why +

@@ -39,8 +39,9 @@ struct PackOptions {
   // depends on its calibration text; BENCHMARKS.md).
   uint64_t calib_seed = kDefaultCalibSeed;
   // Codes below 8 bits: the shape a of the non-uniform levels round(127 sinh(a k / K) / sinh(a))
-  // (format 5; finer steps near zero) for codes of 4..kMaxLevelBits bits, 0 for uniform levels.
-  // Its levels must be distinct at every such width (up to about 3.3; `dcomp pack` checks).
+  // (format 5; finer steps near zero) for codes of 4..6 bits, 0 for uniform levels at every
+  // width; with a > 0, 7-bit codes take the three-slope levels (format 7; LevelTable). Its levels
+  // must be distinct at every such width (up to about 3.3; `dcomp pack` checks).
   double level_shape = kDefaultLevelShape;
   int threads = 2;
   std::string command_line;  // recorded in the manifest

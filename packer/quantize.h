@@ -55,7 +55,7 @@ struct QuantParams {
   // bits < 8 with gptq: each row takes the clip of these whose GPTQ rounding has the least output
   // error (w - q) H (w - q)^T (empty = `clip` for every row).
   std::span<const float> row_clips;
-  // bits < 8: > 0 rounds to the width's non-uniform levels SinhLevels(bits, level_shape) where
+  // bits < 8: > 0 rounds to the width's non-uniform levels LevelTable(bits, level_shape) where
   // UsesLevels says (the codes then hold the level values, |value| <= 127, and the step maps 127
   // to clip * max|row|); 0 keeps the uniform (linear) levels.
   double level_shape = 0;

@@ -163,7 +163,7 @@ std::vector<std::string> SynthShapes() {
 double ClipForEntropy(double bits, int width, double level_shape) {
   std::vector<double> t;  // the width's level magnitudes (uniform: 0..MaxCode, 127 at 8 bits)
   if (UsesLevels(width, level_shape)) {
-    for (uint8_t v : SinhLevels(width, level_shape)) t.push_back(v);
+    for (uint8_t v : LevelTable(width, level_shape)) t.push_back(v);
   } else {
     for (int k = 0; k <= (width >= 8 ? 127 : MaxCode(width)); ++k) t.push_back(k);
   }

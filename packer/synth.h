@@ -49,7 +49,7 @@ Status Synthesize(const SynthOptions& o);
 
 // The clipping K (in standard deviations) whose per-row codes of `width` bits (step: max|row| to
 // the largest level; 8: INT8) have `bits` of entropy, on uniform levels or (4..7 bits,
-// level_shape > 0) on the non-uniform levels SinhLevels(width, level_shape).
+// level_shape > 0) on the non-uniform levels LevelTable(width, level_shape).
 double ClipForEntropy(double bits, int width = 8, double level_shape = 0);
 
 }  // namespace dcomp::packer

@@ -203,6 +203,20 @@ std::string LevelsProblem(const pb::Tensor& T, uint16_t version_major) {
   return "";
 }
 
+// A level table whose codes a format 5 or 6 writer gave offset codes at a width that format 7
+// holds in sign and magnitude (7 bits), or "": valid when written, but read with the wrong sign
+// convention, so refused (no dcomp packer wrote one).
+std::string OffsetCodedLevels(const pb::Tensor& T, uint16_t version_major) {
+  if (version_major >= 7) return "";
+  for (const pb::CodeLevels& L : T.levels()) {
+    if (!SignMagnitudeLevels(L.bits())) continue;
+    return std::to_string(L.bits()) + "-bit levels in a format " + std::to_string(version_major) +
+           ".x file hold offset codes; this reader holds them in sign and magnitude (format 7): "
+           "repack the model with this dcomp";
+  }
+  return "";
+}
+
 // What is wrong with T's row_order (format 4), or "" when nothing is.
 std::string RowOrderProblem(const pb::Tensor& T, uint16_t version_major) {
   if (T.row_order_size() == 0) return "";
@@ -359,6 +373,9 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
     }
     if (std::string why = LaterFieldsProblem(T, header_.version_major); !why.empty()) {
       return loss(id + ": " + why);
+    }
+    if (std::string why = OffsetCodedLevels(T, header_.version_major); !why.empty()) {
+      return fail(FailedPreconditionError(id + ": " + why));
     }
     AddLevels(t);
     const uint64_t elem = q8 ? 1 : 4;

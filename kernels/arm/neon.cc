@@ -130,7 +130,8 @@ inline void UnpackChunk(const uint8_t* c, int8x16_t u[4]) {
 
 // A width's level magnitudes (CodeLevels::mag) as the table of one tbl instruction: 16 entries
 // (vqtbl1q) up to 5 bits, 32 (vqtbl2q) at 6, 64 (vqtbl4q) at 7. An index past the table reads 0:
-// a = 2^(kBits-1) (the code -2^(kBits-1)) gives 0, as does a zero entry past a 4-bit table.
+// a = 2^(kBits-1) (the code -2^(kBits-1)) gives 0, as does a zero entry past a 4-bit table. One
+// tbl over four registers is cheap on NEON: a three-slope T is looked up like any other.
 template <int kBits>
 struct LevelTables {
   uint8x16x4_t t;
@@ -140,9 +141,18 @@ struct LevelTables {
   explicit LevelTables(const CodeLevels& l) {
     for (int i = 0; i < 4; ++i) t.val[i] = vld1q_u8(l.mag + 16 * i);
   }
-  // The signed value sign(c) * T[|c|] of each code c.
-  int8x16_t Value(int8x16_t c) const {
-    const uint8x16_t a = vreinterpretq_u8_s8(vabsq_s8(c));
+  // The signed value of each unsigned code u: sign(c) * T[|c|] of c = u - 2^(kBits-1) up to 6
+  // bits; at 7, sign and magnitude: bit 6 negates T[u & 63].
+  int8x16_t Value(int8x16_t u) const {
+    uint8x16_t a, negative;
+    if constexpr (SignMagnitudeLevels(kBits)) {
+      a = vandq_u8(vreinterpretq_u8_s8(u), vdupq_n_u8(63));
+      negative = vtstq_u8(vreinterpretq_u8_s8(u), vdupq_n_u8(64));
+    } else {
+      const int8x16_t c = vsubq_s8(u, vdupq_n_s8(static_cast<int8_t>(1 << (kBits - 1))));
+      a = vreinterpretq_u8_s8(vabsq_s8(c));
+      negative = vcltzq_s8(c);
+    }
     uint8x16_t m;
     if constexpr (kBits <= 5) {
       m = vqtbl1q_u8(t.val[0], a);
@@ -152,12 +162,12 @@ struct LevelTables {
       m = vqtbl4q_u8(t, a);
     }
     const int8x16_t v = vreinterpretq_s8_u8(m);  // <= 127
-    return vbslq_s8(vcltzq_s8(c), vnegq_s8(v), v);
+    return vbslq_s8(negative, vnegq_s8(v), v);
   }
 };
 
 // Linear codes: u times x, the offset's sum subtracted once per row. Levels: the value of each
-// code c = u - 2^(kBits-1) looked up, times x.
+// code looked up (LevelTables::Value), times x.
 template <int kBits, bool kLevels>
 void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                      size_t r1) {
@@ -166,11 +176,10 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
   constexpr size_t kChunkBytes = 8 * kBits;
   [[maybe_unused]] const LevelTables<kBits> lt =
       kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
-  [[maybe_unused]] const int8x16_t off = vdupq_n_s8(static_cast<int8_t>(1 << (kBits - 1)));
   auto unpack = [&](const uint8_t* p, int8x16_t u[4]) {
     UnpackChunk<kBits>(p, u);
     if constexpr (kLevels) {
-      for (int i = 0; i < 4; ++i) u[i] = lt.Value(vsubq_s8(u[i], off));
+      for (int i = 0; i < 4; ++i) u[i] = lt.Value(u[i]);
     }
   };
   const size_t dist = internal::PackedPrefetchDistance(w.row_bytes, 2);
@@ -225,11 +234,10 @@ void UnpackRowsNeonT(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* ou
       int8x16_t u[4];
       UnpackChunk<kBits>(p, u);
       for (int i = 0; i < 4; ++i) {
-        const int8x16_t c = vsubq_s8(u[i], off);
         if constexpr (kLevels) {
-          vst1q_s8(out + k + 16 * i, lt.Value(c));
+          vst1q_s8(out + k + 16 * i, lt.Value(u[i]));
         } else {
-          vst1q_s8(out + k + 16 * i, c);
+          vst1q_s8(out + k + 16 * i, vsubq_s8(u[i], off));
         }
       }
     }

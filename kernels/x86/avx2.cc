@@ -120,12 +120,9 @@ bool RowSumsQ8Avx2(const int8_t* q, size_t rows, size_t stride, int32_t* row_sum
 
 // ----- packed codes (layout in kernels.h) -----------------------------------------------------
 
-// The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b. Only shifts by an
-// immediate: on cores that split 256-bit operations (AMD Zen 1) a variable shift costs twice an
-// immediate one and about six logical operations, and the four variable shifts of the first
-// version bound the 7-bit product there (BENCHMARKS.md, session 27).
+// The bits below the top-bit plane of one 64-code chunk: codes 0-31 in *a, 32-63 in *b.
 template <int kBits>
-inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
+inline void UnpackPlanes(const uint8_t* c, __m256i* a, __m256i* b) {
   const __m256i m4 = _mm256_set1_epi8(15);
   const __m256i n = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
   __m256i lo = _mm256_and_si256(n, m4), hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), m4);
@@ -140,23 +137,39 @@ inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
     lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi32(s, 4), m30));
     hi = _mm256_or_si256(hi, _mm256_and_si256(s, m30));
   }
-  if constexpr (kBits % 2 == 1) {
-    // Code j + 8k holds bit k of byte j. The 8 bytes go to every 64-bit lane; lane L of *a tests
-    // bit L of each byte, lane L of *b bit 4 + L, and the byte masks select the top value.
-    const __m256i top = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
-    const __m256i sel_a = _mm256_setr_epi64x(0x0101010101010101, 0x0202020202020202,
-                                             0x0404040404040404, 0x0808080808080808);
-    const __m256i sel_b = _mm256_slli_epi64(sel_a, 4);
-    int64_t t;
-    std::memcpy(&t, c + 8 * kBits - 8, 8);
-    const __m256i v = _mm256_set1_epi64x(t);
-    lo = _mm256_or_si256(
-        lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel_a), sel_a), top));
-    hi = _mm256_or_si256(
-        hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel_b), sel_b), top));
-  }
   *a = lo;
   *b = hi;
+}
+
+// The top-bit plane of an odd width's chunk as byte masks (-1 where the bit is set). Code j + 8k
+// holds bit k of byte j. The 8 bytes go to every 64-bit lane; lane L of *a tests bit L of each
+// byte, lane L of *b bit 4 + L.
+template <int kBits>
+inline void UnpackTopMasks(const uint8_t* c, __m256i* a, __m256i* b) {
+  const __m256i sel_a = _mm256_setr_epi64x(0x0101010101010101, 0x0202020202020202,
+                                           0x0404040404040404, 0x0808080808080808);
+  const __m256i sel_b = _mm256_slli_epi64(sel_a, 4);
+  int64_t t;
+  std::memcpy(&t, c + 8 * kBits - 8, 8);
+  const __m256i v = _mm256_set1_epi64x(t);
+  *a = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel_a), sel_a);
+  *b = _mm256_cmpeq_epi8(_mm256_and_si256(v, sel_b), sel_b);
+}
+
+// The unsigned codes of one 64-code chunk: codes 0-31 in *a, 32-63 in *b. Only shifts by an
+// immediate: on cores that split 256-bit operations (AMD Zen 1) a variable shift costs twice an
+// immediate one and about six logical operations, and the four variable shifts of the first
+// version bound the 7-bit product there (BENCHMARKS.md, session 27).
+template <int kBits>
+inline void UnpackChunk(const uint8_t* c, __m256i* a, __m256i* b) {
+  UnpackPlanes<kBits>(c, a, b);
+  if constexpr (kBits % 2 == 1) {
+    const __m256i top = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+    __m256i ta, tb;
+    UnpackTopMasks<kBits>(c, &ta, &tb);
+    *a = _mm256_or_si256(*a, _mm256_and_si256(ta, top));
+    *b = _mm256_or_si256(*b, _mm256_and_si256(tb, top));
+  }
 }
 
 // u (unsigned, <= 127) times x (signed): vpmaddubsw cannot saturate (2 * 127 * 127 < 32767).
@@ -178,11 +191,11 @@ struct LevelTables {
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(l.mag + 16 * i)));
     }
   }
-  // T[a] for a = |code| <= 2^(kBits-1): vpshufb reads the low nibble, bits 4 and 5 choose the
-  // table (blends on the byte's top bit after a shift). a = 2^(kBits-1) (the code -2^(kBits-1))
-  // lands on T[0] = 0, or for 4 bits on a zero entry past the table. Measured against two
-  // shuffles whose saturated indices zero the other table (no shift, no blend): 8% slower for
-  // 6 bits on Zen 1 (BENCHMARKS.md, session 27).
+  // T[a] for a <= 2^(kBits-1) (a = |code| up to 6 bits, the magnitude u & 63 at 7): vpshufb reads
+  // the low nibble, bits 4 and 5 choose the table (blends on the byte's top bit after a shift).
+  // a = 2^(kBits-1) (the code -2^(kBits-1)) lands on T[0] = 0, or for 4 bits on a zero entry past
+  // the table. Measured against two shuffles whose saturated indices zero the other table (no
+  // shift, no blend): 8% slower for 6 bits on Zen 1 (BENCHMARKS.md, session 27).
   __m256i Lookup(__m256i a) const {
     const __m256i r0 = _mm256_shuffle_epi8(t[0], a);
     if constexpr (kBits <= 5) {
@@ -201,32 +214,98 @@ struct LevelTables {
   }
 };
 
-// One step of the product with levels: the code c = u - 2^(kBits-1), T[|c|] (unsigned, <= 127)
-// times x carrying c's sign; vpmaddubsw cannot saturate.
-template <int kBits>
-inline __m256i DotLevels(__m256i acc, const LevelTables<kBits>& lt, __m256i u, __m256i x,
-                         __m256i ones) {
-  const __m256i c = _mm256_sub_epi8(u, _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1))));
-  return DotU(acc, lt.Lookup(_mm256_abs_epi8(c)), _mm256_sign_epi8(x, c), ones);
-}
+// T(k) = k + max(0, k - a) + max(0, k - b) of a three-slope table (CodeLevels::knot) for k <= 63.
+struct ThreeSlope {
+  __m256i a, b;
+  ThreeSlope() : a(_mm256_setzero_si256()), b(a) {}
+  explicit ThreeSlope(const CodeLevels& l)
+      : a(_mm256_set1_epi8(static_cast<char>(l.knot[0]))),
+        b(_mm256_set1_epi8(static_cast<char>(l.knot[1]))) {}
+  __m256i Of(__m256i k) const {
+    return _mm256_add_epi8(_mm256_add_epi8(k, _mm256_subs_epu8(k, a)), _mm256_subs_epu8(k, b));
+  }
+};
 
-// Two rows at a time. Linear codes: u times x, the offset's sum subtracted once per row.
-template <int kBits, bool kLevels>
+// How one row's 64-code chunk meets the activations, by kind of codes: linear (u times x, the
+// offset's sum subtracted once per row), offset levels up to 6 bits (c = u - 2^(kBits-1), T[|c|]
+// times x carrying c's sign), and 7-bit sign-and-magnitude levels (T of the magnitude planes, x
+// negated where the top-bit plane is set: a blend with -x, which the caller computes once per
+// chunk for all its rows). vpmaddubsw cannot saturate: T <= 127.
+template <int kBits, bool kLevels, bool kThreeSlope>
+struct ChunkCodes {
+  static constexpr bool kSignMagnitude = kLevels && SignMagnitudeLevels(kBits);
+  [[maybe_unused]] LevelTables<kBits> lt;
+  [[maybe_unused]] ThreeSlope ts;
+  explicit ChunkCodes(const CodeLevels* l) {
+    if constexpr (kThreeSlope) {
+      ts = ThreeSlope(*l);
+    } else if constexpr (kLevels) {
+      lt = LevelTables<kBits>(*l);
+    }
+  }
+  __m256i Magnitude(__m256i k) const {
+    if constexpr (kThreeSlope) {
+      return ts.Of(k);
+    } else {
+      return lt.Lookup(k);
+    }
+  }
+  // acc_a, acc_b += the chunk at c times x (codes 0-31 by xa, 32-63 by xb; na, nb = -xa, -xb).
+  void Dot(const uint8_t* c, __m256i xa, __m256i xb, __m256i na, __m256i nb, __m256i* acc_a,
+           __m256i* acc_b) const {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i ua, ub;
+    if constexpr (kSignMagnitude) {
+      __m256i sa, sb;
+      UnpackPlanes<kBits>(c, &ua, &ub);
+      UnpackTopMasks<kBits>(c, &sa, &sb);
+      *acc_a = DotU(*acc_a, Magnitude(ua), _mm256_blendv_epi8(xa, na, sa), ones);
+      *acc_b = DotU(*acc_b, Magnitude(ub), _mm256_blendv_epi8(xb, nb, sb), ones);
+      return;
+    }
+    UnpackChunk<kBits>(c, &ua, &ub);
+    if constexpr (kLevels) {
+      const __m256i off = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+      const __m256i ca = _mm256_sub_epi8(ua, off), cb = _mm256_sub_epi8(ub, off);
+      *acc_a = DotU(*acc_a, lt.Lookup(_mm256_abs_epi8(ca)), _mm256_sign_epi8(xa, ca), ones);
+      *acc_b = DotU(*acc_b, lt.Lookup(_mm256_abs_epi8(cb)), _mm256_sign_epi8(xb, cb), ones);
+    } else {
+      *acc_a = DotU(*acc_a, ua, xa, ones);
+      *acc_b = DotU(*acc_b, ub, xb, ones);
+    }
+  }
+  // The signed values of the chunk at c: codes 0-31 to *a, 32-63 to *b.
+  void Values(const uint8_t* c, __m256i* a, __m256i* b) const {
+    if constexpr (kSignMagnitude) {
+      __m256i sa, sb;
+      UnpackPlanes<kBits>(c, a, b);
+      UnpackTopMasks<kBits>(c, &sa, &sb);
+      const __m256i zero = _mm256_setzero_si256();
+      const __m256i ta = Magnitude(*a), tb = Magnitude(*b);
+      *a = _mm256_blendv_epi8(ta, _mm256_sub_epi8(zero, ta), sa);
+      *b = _mm256_blendv_epi8(tb, _mm256_sub_epi8(zero, tb), sb);
+      return;
+    }
+    UnpackChunk<kBits>(c, a, b);
+    const __m256i off = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
+    *a = _mm256_sub_epi8(*a, off);
+    *b = _mm256_sub_epi8(*b, off);
+    if constexpr (kLevels) {
+      *a = _mm256_sign_epi8(lt.Lookup(_mm256_abs_epi8(*a)), *a);
+      *b = _mm256_sign_epi8(lt.Lookup(_mm256_abs_epi8(*b)), *b);
+    }
+  }
+};
+
+// Two rows at a time.
+template <int kBits, bool kLevels, bool kThreeSlope>
 void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                      size_t r1) {
-  const __m256i ones = _mm256_set1_epi16(1);
   const size_t stride = PaddedCols(w.cols);
   const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   constexpr size_t kChunkBytes = 8 * kBits;
-  [[maybe_unused]] const LevelTables<kBits> lt =
-      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
-  auto dot = [&](__m256i acc, __m256i u, __m256i xv) {
-    if constexpr (kLevels) {
-      return DotLevels<kBits>(acc, lt, u, xv, ones);
-    } else {
-      return DotU(acc, u, xv, ones);
-    }
-  };
+  const ChunkCodes<kBits, kLevels, kThreeSlope> codes(w.levels);
+  const __m256i zero = _mm256_setzero_si256();
   const size_t dist = internal::PackedPrefetchDistance(w.row_bytes, 2);
   size_t r = r0;
   for (; r + 2 <= r1; r += 2) {
@@ -238,13 +317,9 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
       _mm_prefetch(reinterpret_cast<const char*>(p1 + dist), _MM_HINT_T0);
       const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
       const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
-      __m256i ua, ub;
-      UnpackChunk<kBits>(p0, &ua, &ub);
-      a0 = dot(a0, ua, xa);
-      b0 = dot(b0, ub, xb);
-      UnpackChunk<kBits>(p1, &ua, &ub);
-      a1 = dot(a1, ua, xa);
-      b1 = dot(b1, ub, xb);
+      const __m256i na = _mm256_sub_epi8(zero, xa), nb = _mm256_sub_epi8(zero, xb);
+      codes.Dot(p0, xa, xb, na, nb, &a0, &b0);
+      codes.Dot(p1, xa, xb, na, nb, &a1, &b1);
     }
     y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a0, b0)) - corr) * (x_scale * w.scale[r]);
     y[r + 1] =
@@ -254,10 +329,9 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     const uint8_t* p = w.data + r * w.row_bytes;
     __m256i a = _mm256_setzero_si256(), b = a;
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
-      __m256i ua, ub;
-      UnpackChunk<kBits>(p, &ua, &ub);
-      a = dot(a, ua, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)));
-      b = dot(b, ub, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32)));
+      const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
+      const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
+      codes.Dot(p, xa, xb, _mm256_sub_epi8(zero, xa), _mm256_sub_epi8(zero, xb), &a, &b);
     }
     y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a, b)) - corr) * (x_scale * w.scale[r]);
   }
@@ -265,39 +339,30 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
 
 void GemvPackedAvx2(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                     size_t r1) {
-  internal::ForPackedView(w, [&](auto b, auto lv) {
-    GemvPackedAvx2T<decltype(b)::value, decltype(lv)::value>(w, x, x_scale, y, r0, r1);
+  internal::ForPackedViewThreeSlope(w, [&](auto b, auto lv, auto ts) {
+    GemvPackedAvx2T<decltype(b)::value, decltype(lv)::value, decltype(ts)::value>(w, x, x_scale, y,
+                                                                                  r0, r1);
   });
 }
 
-template <int kBits, bool kLevels>
+template <int kBits, bool kLevels, bool kThreeSlope>
 void UnpackRowsAvx2T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
-  const __m256i off = _mm256_set1_epi8(static_cast<char>(1 << (kBits - 1)));
-  [[maybe_unused]] const LevelTables<kBits> lt =
-      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
-  auto value = [&](__m256i u) {
-    const __m256i c = _mm256_sub_epi8(u, off);
-    if constexpr (kLevels) {
-      return _mm256_sign_epi8(lt.Lookup(_mm256_abs_epi8(c)), c);
-    } else {
-      return c;
-    }
-  };
+  const ChunkCodes<kBits, kLevels, kThreeSlope> codes(w.levels);
   for (size_t r = r0; r < r1; ++r, out += stride) {
     const uint8_t* p = w.data + r * w.row_bytes;
     for (size_t k = 0; k < stride; k += 64, p += 8 * kBits) {
-      __m256i ua, ub;
-      UnpackChunk<kBits>(p, &ua, &ub);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), value(ua));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k + 32), value(ub));
+      __m256i a, b;
+      codes.Values(p, &a, &b);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), a);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k + 32), b);
     }
   }
 }
 
 void UnpackRowsAvx2(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedView(w, [&](auto b, auto lv) {
-    UnpackRowsAvx2T<decltype(b)::value, decltype(lv)::value>(w, r0, r1, out);
+  internal::ForPackedViewThreeSlope(w, [&](auto b, auto lv, auto ts) {
+    UnpackRowsAvx2T<decltype(b)::value, decltype(lv)::value, decltype(ts)::value>(w, r0, r1, out);
   });
 }
 

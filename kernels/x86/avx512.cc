@@ -211,9 +211,9 @@ struct LevelTables {
           0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(l.mag + 16 * i)));
     }
   }
-  // T[a] for a = |code| <= 2^(kBits-1): vpshufb reads the low nibble, bits 4 and 5 choose the
-  // table (masked by a test of the bit). a = 2^(kBits-1) lands on T[0] = 0, or for 4 bits on a
-  // zero entry past the table.
+  // T[a] for a <= 2^(kBits-1) (|code| up to 6 bits, u & 63 at 7): vpshufb reads the low nibble,
+  // bits 4 and 5 choose the table (masked by a test of the bit). a = 2^(kBits-1) lands on T[0] = 0,
+  // or for 4 bits on a zero entry past the table.
   __m512i Lookup(__m512i a) const {
     const __m512i r0 = _mm512_shuffle_epi8(t[0], a);
     if constexpr (kBits <= 5) {
@@ -227,6 +227,50 @@ struct LevelTables {
         const __m512i r23 = _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(t[2], a), b4, t[3], a);
         return _mm512_mask_blend_epi8(_mm512_test_epi8_mask(a, _mm512_set1_epi8(32)), r01, r23);
       }
+    }
+  }
+};
+
+// T(k) = k + max(0, k - a) + max(0, k - b) of a three-slope table (CodeLevels::knot), k <= 63.
+struct ThreeSlope {
+  __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+  ThreeSlope() = default;
+  explicit ThreeSlope(const CodeLevels& l)
+      : a(_mm512_set1_epi8(static_cast<char>(l.knot[0]))),
+        b(_mm512_set1_epi8(static_cast<char>(l.knot[1]))) {}
+  __m512i Of(__m512i k) const {
+    return _mm512_add_epi8(_mm512_add_epi8(k, _mm512_subs_epu8(k, a)), _mm512_subs_epu8(k, b));
+  }
+};
+
+// A code's magnitude T[|c|] and sign (mask: negative) with levels, without vpermb: c = u -
+// 2^(kBits-1) up to 6 bits; at 7, sign and magnitude, bit 6 and T[u & 63] (computed when T is
+// three-slope).
+template <int kBits, bool kThreeSlope>
+struct LevelMagnitudes {
+  LevelTables<kBits> lt;
+  ThreeSlope ts;
+  LevelMagnitudes() = default;
+  explicit LevelMagnitudes(const CodeLevels& l) {
+    if constexpr (kThreeSlope) {
+      ts = ThreeSlope(l);
+    } else {
+      lt = LevelTables<kBits>(l);
+    }
+  }
+  __m512i Of(__m512i u, __mmask64* negative) const {
+    if constexpr (SignMagnitudeLevels(kBits)) {
+      *negative = _mm512_test_epi8_mask(u, _mm512_set1_epi8(64));
+      const __m512i k = _mm512_and_si512(u, _mm512_set1_epi8(63));
+      if constexpr (kThreeSlope) {
+        return ts.Of(k);
+      } else {
+        return lt.Lookup(k);
+      }
+    } else {
+      const __m512i c = _mm512_sub_epi8(u, _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1))));
+      *negative = _mm512_movepi8_mask(c);
+      return lt.Lookup(_mm512_abs_epi8(c));
     }
   }
 };
@@ -257,9 +301,9 @@ struct LevelValues {
 #endif
 
 // vpdpbusd multiplies the unsigned codes by the signed activations directly (the offset's sum
-// subtracted once per row); with levels, the magnitude T[|c|] of each code c = u - 2^(kBits-1) by
-// the activation carrying c's sign.
-template <int kBits, bool kLevels>
+// subtracted once per row); with levels, each code's magnitude T by the activation carrying its
+// sign (LevelMagnitudes), or with VBMI its value + 128 (LevelValues).
+template <int kBits, bool kLevels, bool kThreeSlope>
 void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                        size_t r0, size_t r1) {
   const size_t stride = PaddedCols(w.cols);
@@ -271,8 +315,9 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
       kLevels ? LevelValues<kBits>(*w.levels, 128) : LevelValues<kBits>();
 #else
   constexpr int32_t kOffset = kLevels ? 0 : 1 << (kBits - 1);
-  [[maybe_unused]] const LevelTables<kBits> lt =
-      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+  [[maybe_unused]] const LevelMagnitudes<kBits, kThreeSlope> lm =
+      kLevels ? LevelMagnitudes<kBits, kThreeSlope>(*w.levels)
+              : LevelMagnitudes<kBits, kThreeSlope>();
 #endif
   const int32_t corr = kOffset == 0 ? 0 : kOffset * internal::SumCodes(x, stride);
   auto dot = [&](__m512i acc, const uint8_t* p, __m512i xv) {
@@ -283,10 +328,10 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
 #if defined(DCOMP_AVX512_VBMI)
       return _mm512_dpbusd_epi32(acc, lv.Lookup(u), xv);
 #else
-      const __m512i c = _mm512_sub_epi8(u, _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1))));
-      const __m512i xs =
-          _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(c), _mm512_setzero_si512(), xv);
-      return _mm512_dpbusd_epi32(acc, lt.Lookup(_mm512_abs_epi8(c)), xs);
+      __mmask64 negative;
+      const __m512i t = lm.Of(u, &negative);
+      const __m512i xs = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+      return _mm512_dpbusd_epi32(acc, t, xs);
 #endif
     }
   };
@@ -326,12 +371,13 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
 
 void GemvPackedAvx512(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                       size_t r0, size_t r1) {
-  internal::ForPackedView(w, [&](auto b, auto lv) {
-    GemvPackedAvx512T<decltype(b)::value, decltype(lv)::value>(w, x, x_scale, y, r0, r1);
+  internal::ForPackedViewThreeSlope(w, [&](auto b, auto lv, auto ts) {
+    GemvPackedAvx512T<decltype(b)::value, decltype(lv)::value, decltype(ts)::value>(w, x, x_scale,
+                                                                                    y, r0, r1);
   });
 }
 
-template <int kBits, bool kLevels>
+template <int kBits, bool kLevels, bool kThreeSlope>
 void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const __m512i off = _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1)));
@@ -339,8 +385,9 @@ void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* 
   [[maybe_unused]] const LevelValues<kBits> lv =
       kLevels ? LevelValues<kBits>(*w.levels, 0) : LevelValues<kBits>();
 #else
-  [[maybe_unused]] const LevelTables<kBits> lt =
-      kLevels ? LevelTables<kBits>(*w.levels) : LevelTables<kBits>();
+  [[maybe_unused]] const LevelMagnitudes<kBits, kThreeSlope> lm =
+      kLevels ? LevelMagnitudes<kBits, kThreeSlope>(*w.levels)
+              : LevelMagnitudes<kBits, kThreeSlope>();
 #endif
   for (size_t r = r0; r < r1; ++r, out += stride) {
     const uint8_t* p = w.data + r * w.row_bytes;
@@ -352,10 +399,9 @@ void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* 
 #if defined(DCOMP_AVX512_VBMI)
         _mm512_storeu_si512(out + k, lv.Lookup(u));
 #else
-        const __m512i c = _mm512_sub_epi8(u, off);
-        const __m512i m = lt.Lookup(_mm512_abs_epi8(c));
-        _mm512_storeu_si512(
-            out + k, _mm512_mask_sub_epi8(m, _mm512_movepi8_mask(c), _mm512_setzero_si512(), m));
+        __mmask64 negative;
+        const __m512i m = lm.Of(u, &negative);
+        _mm512_storeu_si512(out + k, _mm512_mask_sub_epi8(m, negative, _mm512_setzero_si512(), m));
 #endif
       }
     }
@@ -363,8 +409,8 @@ void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* 
 }
 
 void UnpackRowsAvx512(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
-  internal::ForPackedView(w, [&](auto b, auto lv) {
-    UnpackRowsAvx512T<decltype(b)::value, decltype(lv)::value>(w, r0, r1, out);
+  internal::ForPackedViewThreeSlope(w, [&](auto b, auto lv, auto ts) {
+    UnpackRowsAvx512T<decltype(b)::value, decltype(lv)::value, decltype(ts)::value>(w, r0, r1, out);
   });
 }
 

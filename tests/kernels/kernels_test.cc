@@ -280,6 +280,36 @@ TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
     const std::vector<uint8_t> t = RandomLevels(bits, static_cast<uint32_t>(bits));
     ASSERT_EQ(CodeLevelsProblem(bits, t), "") << bits;
     const CodeLevels l = MakeCodeLevels(bits, t);
+    // The packer's table (three slopes at 7 bits: knots found) and the code of each value: sign
+    // and magnitude at 7 bits, offset below; "-0" stands for 0.
+    const std::vector<uint8_t> packer = LevelTable(bits, 2.0);
+    ASSERT_EQ(CodeLevelsProblem(bits, packer), "") << bits;
+    const CodeLevels lp = MakeCodeLevels(bits, packer);
+    const int half = 1 << (bits - 1);
+    if (bits == 7) {
+      EXPECT_EQ(packer, ThreeSlopeLevels(7, 21, 42));
+      EXPECT_EQ(packer.back(), 126);
+      EXPECT_EQ(lp.knot[0], 21);
+      EXPECT_EQ(lp.knot[1], 42);
+      EXPECT_EQ(lp.value[5], packer[5]);
+      EXPECT_EQ(lp.value[64 + 5], -packer[5]);
+      EXPECT_EQ(lp.value[64], 0);
+      EXPECT_EQ(lp.u_of[static_cast<uint8_t>(-packer[30])], 64 + 30);
+      EXPECT_EQ(lp.u_of[0], 0);
+      ASSERT_EQ(CodeLevelsProblem(7, ThreeSlopeLevels(7, 15, 50)), "");  // T(63) = 124
+      EXPECT_NE(CodeLevelsProblem(7, ThreeSlopeLevels(7, 9, 50)), "");   // T(63) = 130
+      const CodeLevels other = MakeCodeLevels(7, ThreeSlopeLevels(7, 15, 50));
+      EXPECT_EQ(other.knot[0], 15);
+      EXPECT_EQ(other.knot[1], 50);
+    } else {
+      EXPECT_EQ(packer, sinh);
+      EXPECT_EQ(lp.knot[0], 0);
+      EXPECT_EQ(lp.value[half + 5], packer[5]);
+      EXPECT_EQ(lp.value[half - 5], -packer[5]);
+      EXPECT_EQ(lp.value[0], 0);
+      EXPECT_EQ(lp.u_of[0], half);
+    }
+    EXPECT_EQ(l.knot[0], 0) << "a random table is looked up";
     const size_t cols = 172, pc = PaddedCols(cols);
     std::mt19937 rng(static_cast<uint32_t>(bits) * 31);
     std::vector<int8_t> q(5 * pc, 0);
@@ -311,10 +341,14 @@ TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
 TEST_P(KernelVariantTest, PackedProductsWithLevelsEqualTheInt8Products) {
   const KernelTable& k = *GetParam();
   for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
-    for (int table = 0; table < 2; ++table) {
+    // Sinh, random, the packer's (three slopes at 7 bits, which x86 computes) and, at 7 bits,
+    // three slopes with other knots.
+    for (int table = 0; table < (bits == 7 ? 4 : 3); ++table) {
       const CodeLevels l =
-          MakeCodeLevels(bits, table == 0 ? SinhLevels(bits, 2.0)
-                                          : RandomLevels(bits, static_cast<uint32_t>(bits + 50)));
+          MakeCodeLevels(bits, table == 0   ? SinhLevels(bits, 2.0)
+                               : table == 1 ? RandomLevels(bits, static_cast<uint32_t>(bits + 50))
+                               : table == 2 ? LevelTable(bits, 2.0)
+                                            : ThreeSlopeLevels(bits, 15, 50));
       for (size_t n_tok : {1u, 5u}) {
         for (auto [rows, cols] : {std::pair<size_t, size_t>{7, 64}, {37, 172}, {40, 1024}}) {
           const uint32_t seed = static_cast<uint32_t>(bits * 7919 + rows + cols + n_tok + table);
@@ -322,7 +356,14 @@ TEST_P(KernelVariantTest, PackedProductsWithLevelsEqualTheInt8Products) {
           const size_t pc = PaddedCols(cols), rb = PackedRowBytes(cols, bits);
           std::vector<uint8_t> packed(rows * rb);
           for (uint8_t& b : packed) b = static_cast<uint8_t>(rng());
-          std::memset(packed.data(), 0, rb);  // row 0: every code -2^(bits-1)
+          std::memset(packed.data(), 0,
+                      rb);                  // row 0: every u 0 (up to 6 bits the code -2^(bits-1))
+          if (SignMagnitudeLevels(bits)) {  // row 1: every code "-0" (u = 64)
+            for (size_t c = 0; c < rb; c += 8 * bits) {
+              std::memset(packed.data() + rb + c, 0, 48);
+              std::memset(packed.data() + rb + c + 48, 0xFF, 8);
+            }
+          }
           Q8Matrix m;
           m.q.assign(rows * pc, 0);
           UnpackRows(packed.data(), rows, pc, bits, m.q.data(), pc, &l);

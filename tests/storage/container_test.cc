@@ -406,20 +406,22 @@ std::vector<uint8_t> WithMajorVersion(std::vector<uint8_t> bytes, uint16_t major
   return bytes;
 }
 
-// Format 5: non-uniform levels (Tensor.levels). Rows 0..2 packed at 6 bits, rows 3..5 rANS-coded
-// values; `value_at_3x0` replaces row 3's first value; `tables` are the tensor's level tables.
+// Format 5: non-uniform levels (Tensor.levels). Rows 0..2 packed at `kBits` bits (values on
+// LevelTable(kBits, 2)), rows 3..5 rANS-coded values; `value_at_3x0` replaces row 3's first value;
+// `tables` are the tensor's level tables.
 std::vector<uint8_t> WriteLevelsToy(std::vector<std::pair<int, std::vector<uint8_t>>> tables,
-                                    int value_at_3x0 = 0, std::vector<int8_t>* values = nullptr) {
+                                    int value_at_3x0 = 0, std::vector<int8_t>* values = nullptr,
+                                    int kBits = 6) {
   const std::string path = TempPath("levels_" + std::to_string(::getpid()) + ".dcm");
   auto w = ContainerWriter::Create(path);
   EXPECT_TRUE(w.ok());
-  constexpr int kRows = 6, kCols = 100, kBits = 6;
-  const std::vector<uint8_t> mag = SinhLevels(kBits, 2.0);
+  constexpr int kRows = 6, kCols = 100;
+  const std::vector<uint8_t> mag = LevelTable(kBits, 2.0);
   const CodeLevels l = MakeCodeLevels(kBits, mag);
   std::mt19937 rng(5);
   std::vector<int8_t> v(kRows * kCols);
   for (auto& x : v) {
-    const int k = static_cast<int>(rng() % 32);
+    const int k = static_cast<int>(rng() % mag.size());
     x = static_cast<int8_t>(rng() % 2 ? mag[static_cast<size_t>(k)] : -mag[static_cast<size_t>(k)]);
   }
   if (value_at_3x0 != 0) v[3 * kCols] = static_cast<int8_t>(value_at_3x0);
@@ -482,6 +484,24 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
     EXPECT_EQ(s.code(), StatusCode::kDataLoss) << want;
     EXPECT_NE(s.message().find(want), std::string::npos) << s.message();
   }
+  // Format 7: 7-bit levels, sign and magnitude in the packed block, values in the coded one.
+  const std::vector<uint8_t> three = LevelTable(7, 2.0);
+  const std::vector<uint8_t> ok7 = WriteLevelsToy({{7, three}}, 0, &values, 7);
+  auto r7 = ContainerReader::FromBytes(ok7, "l7.dcm");
+  ASSERT_TRUE(r7.ok()) << r7.status().message();
+  all.clear();
+  for (size_t b = 1; b < 3; ++b) {
+    std::vector<uint8_t> out7((*r7)->block(b).raw_size());
+    ASSERT_TRUE((*r7)->ReadBlock(b, out7, &dec).ok());
+    all.insert(all.end(), out7.begin(), out7.end());
+  }
+  EXPECT_EQ(all, values);
+  // The same table in a file that says format 6, whose writers gave 7-bit levels offset codes.
+  s = ContainerReader::FromBytes(WithMajorVersion(ok7, 6), "6.dcm").status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("tensor 0 (l): 7-bit levels in a format 6.x file hold offset codes"),
+            std::string::npos)
+      << s.message();
   // Levels in a file that says format 4 (whose readers would take codes for values).
   const std::vector<uint8_t> v4 = WithMajorVersion(ok, 4);
   s = ContainerReader::FromBytes(v4, "4.dcm").status();
@@ -633,7 +653,7 @@ TEST(ContainerTest, WriteGoldenFilesOnRequest) {
   b[1] = 'X';
   save("bad_magic.dcm", b);
   b = bytes;
-  const uint16_t newer = kDcmVersionMajor + 1;
+  const uint16_t newer = 0xFFFF;  // newer than any reader, so the file outlives major steps
   std::memcpy(b.data() + 8, &newer, 2);
   const uint32_t crc = Crc32c(b.data(), 60);
   std::memcpy(b.data() + 60, &crc, 4);
