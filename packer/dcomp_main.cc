@@ -308,7 +308,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
       .Value("max-ppl-increase",
-             "perplexity budget over f32 on the calibration tokens, percent (default 1.0)")
+             "perplexity budget over f32 on the calibration tokens, percent (default 0.8)")
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
       .Value("rounding",
@@ -358,7 +358,7 @@ Status CmdPack(const std::vector<std::string>& args) {
   }
   o.alpha = f.GetOr("alpha", "auto");
   ASSIGN_OR_RETURN(o.prune, f.GetDouble("prune", 0));
-  ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", 1.0));
+  ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", packer::kDefaultMaxPplIncrease));
   o.scaling = !f.IsSet("no-scaling");
   o.rate_alloc = !f.IsSet("no-rate-alloc");
   const std::string rounding = f.GetOr("rounding", "gptq");

@@ -61,8 +61,8 @@ struct RoleGroups {
 constexpr RoleGroups kStories3MGroups[] = {
     {"token_embd",
      {7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6},
-     {6.472, 6.417, 6.414, 5.781, 5.791, 5.794, 5.797, 5.797, 5.793, 5.778, 5.726, 5.682, 5.529,
-      5.411, 5.197, 4.519}},
+     {6.763, 6.742, 6.734, 5.789, 5.795, 5.796, 5.795, 5.792, 5.799, 5.775, 5.761, 5.633, 5.506,
+      5.419, 5.210, 4.529}},
 };
 constexpr size_t kProfileGroups = 16;
 
@@ -81,9 +81,9 @@ constexpr double kStories3MLevelShape = 2.0;
 // The token matrices' entries give their widest groups (width and mean entropy); they are drawn
 // by groups (kStories3MGroups).
 constexpr RoleWidth kStories3MWidths[] = {
-    {"attn_q", 5, 4.72},      {"attn_k", 8, 7.25},     {"attn_v", 8, 7.40},
-    {"attn_output", 6, 5.77}, {"ffn_gate", 7, 6.44},   {"ffn_up", 6, 5.79},
-    {"ffn_down", 7, 6.05},    {"token_embd", 7, 6.43}, {"output", 7, 6.43},
+    {"attn_q", 6, 5.73},      {"attn_k", 7, 6.61},     {"attn_v", 8, 7.41},
+    {"attn_output", 6, 5.76}, {"ffn_gate", 7, 6.75},   {"ffn_up", 7, 6.76},
+    {"ffn_down", 7, 6.49},    {"token_embd", 7, 6.75}, {"output", 7, 6.75},
 };
 
 // Entropy of a Gaussian with standard deviation sigma (in units of the INT8 values) rounded to the
