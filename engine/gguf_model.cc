@@ -51,6 +51,7 @@ Status ReadGemma3(const GgufFile& g, const std::string& a, ModelConfig* c) {
 // 4..8) and per group of rows of a role (dcomp.synthetic.group_bits.<role>, int32 array, 4..7).
 Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
   const std::string bits_key = "dcomp.synthetic.bits.", group_key = "dcomp.synthetic.group_bits.";
+  const std::string layer_key = "dcomp.synthetic.layer_bits.";
   for (const auto& [key, value] : g.metadata()) {
     if (key == "dcomp.synthetic.level_shape") {
       ASSIGN_OR_RETURN(const double a, g.GetFloat(key));
@@ -73,6 +74,24 @@ Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
                                     ", expected a code width in 4..8");
       }
       c->synthetic_bits[key.substr(bits_key.size())] = static_cast<int>(b);
+      continue;
+    }
+    if (key.rfind(layer_key, 0) == 0) {
+      ASSIGN_OR_RETURN(const std::vector<GgufValue>* widths, g.GetArray(key, GgufType::kInt32));
+      if (widths->size() != static_cast<size_t>(c->n_layers)) {
+        return InvalidArgumentError(key + " has " + std::to_string(widths->size()) +
+                                    " widths, expected one per layer (" +
+                                    std::to_string(c->n_layers) + ")");
+      }
+      std::vector<int>& out = c->synthetic_layer_bits[key.substr(layer_key.size())];
+      for (size_t k = 0; k < widths->size(); ++k) {
+        const int64_t b = (*widths)[k].i;
+        if (b < kMinPackedBits || b > 8) {
+          return InvalidArgumentError(key + "[" + std::to_string(k) + "] = " + std::to_string(b) +
+                                      ", expected a code width in 4..8");
+        }
+        out.push_back(static_cast<int>(b));
+      }
       continue;
     }
     if (key.rfind(group_key, 0) != 0) continue;

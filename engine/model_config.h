@@ -58,6 +58,10 @@ struct ModelConfig {
   // dcomp.synthetic.group_bits.<role>, int32 array, 4..7 each): the rows are split as rate
   // allocation splits a real model's.
   std::map<std::string, std::vector<int>> synthetic_group_bits;
+  // And per role of a layer, each layer's width (GGUF dcomp.synthetic.layer_bits.<role>, int32
+  // array of n_layers widths, 4..8), in place of the role's: widths mixed depth for depth as in
+  // the real pack the profile comes from.
+  std::map<std::string, std::vector<int>> synthetic_layer_bits;
   // And the shape of the non-uniform levels the codes below 8 bits were drawn on (GGUF
   // dcomp.synthetic.level_shape; 0 or absent: uniform levels), which `dcomp pack` keeps.
   double synthetic_level_shape = 0;

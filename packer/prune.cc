@@ -23,6 +23,11 @@ Status QuantizeAndPrune(PackState& s) {
       const std::string role(MatrixRole(m.name));
       auto it = s.cfg.synthetic_bits.find(role);
       if (it != s.cfg.synthetic_bits.end()) m.bits = it->second;
+      auto l = s.cfg.synthetic_layer_bits.find(role);
+      if (l != s.cfg.synthetic_layer_bits.end() && m.layer >= 0 &&
+          static_cast<size_t>(m.layer) < l->second.size()) {
+        m.bits = l->second[static_cast<size_t>(m.layer)];
+      }
       m.level_shape = s.cfg.synthetic_level_shape;  // the levels synth drew on
       // Groups of rows as rate allocation would split the matrix (RowsPerGroup), in order.
       auto g = s.cfg.synthetic_group_bits.find(role);

@@ -78,13 +78,57 @@ const RoleGroups* GroupsOf(std::string_view role) {
 // The levels the stories3M default pack rounds codes below 8 bits to (PackOptions::level_shape).
 constexpr double kStories3MLevelShape = 2.0;
 
-// The token matrices' entries give their widest groups (width and mean entropy); they are drawn
-// by groups (kStories3MGroups).
+// The roles of a layer are drawn by layers (kStories3MLayers), the token matrices by groups
+// (kStories3MGroups), whose entries here give their widest groups (width and mean entropy).
 constexpr RoleWidth kStories3MWidths[] = {
     {"attn_q", 6, 5.73},      {"attn_k", 7, 6.61},     {"attn_v", 8, 7.41},
     {"attn_output", 6, 5.76}, {"ffn_gate", 7, 6.75},   {"ffn_up", 7, 6.76},
     {"ffn_down", 7, 6.49},    {"token_embd", 7, 6.75}, {"output", 7, 6.75},
 };
+
+// Per role of a layer, the width and code entropy of each of the stories3M default pack's six
+// layers (the "by layer" lines of `scripts/width-profile.py`). A synthetic model of L layers
+// draws layer l's matrix of the role like stories3M layer floor(6 l / L): its widths mix as the
+// real pack's do, depth for depth, rather than all at the role's most common width (which made
+// the synthetic TinyLlama 6.75 bits/weight packed against the real pack's 6.59).
+struct RoleLayers {
+  const char* role;
+  int bits[6];
+  double entropy[6];
+};
+constexpr size_t kProfileLayers = 6;
+constexpr RoleLayers kStories3MLayers[] = {
+    {"attn_q", {6, 5, 6, 5, 6, 6}, {5.687, 4.710, 5.739, 4.709, 5.749, 5.738}},
+    {"attn_k", {6, 6, 7, 7, 7, 6}, {5.757, 5.541, 6.585, 6.560, 6.692, 5.670}},
+    {"attn_v", {6, 7, 7, 8, 8, 8}, {5.790, 6.744, 6.726, 7.377, 7.423, 7.444}},
+    {"attn_output", {7, 6, 6, 6, 7, 6}, {6.644, 5.763, 5.769, 5.768, 6.685, 5.750}},
+    {"ffn_gate", {7, 7, 7, 6, 6, 6}, {6.765, 6.748, 6.747, 5.791, 5.787, 5.785}},
+    {"ffn_up", {7, 7, 7, 7, 6, 7}, {6.769, 6.762, 6.755, 6.747, 5.793, 6.743}},
+    {"ffn_down", {7, 7, 7, 7, 7, 7}, {6.529, 6.246, 6.514, 6.565, 6.523, 6.542}},
+};
+
+// The layer profile of a role, or null.
+const RoleLayers* LayersOf(std::string_view role) {
+  for (const RoleLayers& r : kStories3MLayers) {
+    if (role == r.role) return &r;
+  }
+  return nullptr;
+}
+
+// The stories3M layer whose profile layer `layer` of `layers` takes: the same relative depth.
+size_t ProfileLayer(int layer, int layers) {
+  return std::min(kProfileLayers - 1, static_cast<size_t>(layer) * kProfileLayers /
+                                          static_cast<size_t>(std::max(1, layers)));
+}
+
+// N of "blk.N.<role>.weight" (0 for a tensor outside the layers).
+int MatrixLayer(std::string_view name) {
+  if (!name.starts_with("blk.")) return 0;
+  int n = 0;
+  for (size_t i = 4; i < name.size() && name[i] >= '0' && name[i] <= '9'; ++i)
+    n = 10 * n + (name[i] - '0');
+  return n;
+}
 
 // Entropy of a Gaussian with standard deviation sigma (in units of the INT8 values) rounded to the
 // nearest of the levels +-t[k] (t[0] = 0, increasing) and clipped to [-t.back(), t.back()].
@@ -212,6 +256,12 @@ Status Synthesize(const SynthOptions& o) {
       const GroupProfile g = SynthGroupProfile(r.role, static_cast<size_t>(sh->vocab));
       if (g.group_rows > 0)
         w.SetI32Array(std::string("dcomp.synthetic.group_bits.") + r.role, g.bits);
+      if (const RoleLayers* l = LayersOf(r.role)) {
+        std::vector<int32_t> bits;
+        for (int layer = 0; layer < sh->layers; ++layer)
+          bits.push_back(l->bits[ProfileLayer(layer, sh->layers)]);
+        w.SetI32Array(std::string("dcomp.synthetic.layer_bits.") + r.role, bits);
+      }
     }
   } else {
     w.SetF32("dcomp.synthetic.code_entropy_bits", static_cast<float>(o.entropy_bits));
@@ -263,7 +313,11 @@ Status Synthesize(const SynthOptions& o) {
       for (size_t j = 0; j < g.bits.size(); ++j)
         group_clip.push_back(ClipForEntropy(g.entropy[j], g.bits[j], kStories3MLevelShape));
       for (size_t r = 0; r < rows; ++r) clips[r] = group_clip[r / g.group_rows];
-    } else if (profiled) {  // the role's width and entropy; its largest code is the width's
+    } else if (const RoleLayers* l = profiled ? LayersOf(MatrixRole(name)) : nullptr) {
+      // The profile layer's width and entropy; its largest code is the width's.
+      const size_t p = ProfileLayer(MatrixLayer(name), sh->layers);
+      clips.assign(rows, ClipForEntropy(l->entropy[p], l->bits[p], kStories3MLevelShape));
+    } else if (profiled) {  // the role's width and entropy
       for (const RoleWidth& r : kStories3MWidths) {
         if (MatrixRole(name) == r.role)
           clips.assign(rows, ClipForEntropy(r.entropy, r.bits, kStories3MLevelShape));

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Per matrix role, the code width and code entropy a `dcomp pack` chose: the width holding most of
 the role's weights (the wider on a tie) and the parameter-weighted mean entropy (bits per weight)
-of the role's tensors at that width, with the histogram of widths by weights; and for a tensor
-split into groups of rows, each group's width and entropy. Reads the tensor table and the groups
+of the role's tensors at that width, with the histogram of widths by weights; per role of a
+layer, each layer's width and entropy; and for a tensor split into groups of rows, each group's
+width and entropy. Reads the tensor table and the groups
 lines `dcomp pack` prints (its log); the profile is what `dcomp synth --widths stories3m` draws
-(packer/synth.cc: kStories3MWidths, kStories3MGroups).
+(packer/synth.cc: kStories3MWidths, kStories3MLayers, kStories3MGroups).
 
 usage: scripts/width-profile.py PACK.log
 """
@@ -66,6 +67,14 @@ def main():
         spread = ", ".join(f"{b}: {widths[b][0]}" for b in sorted(widths))
         print(f"{role:<15} {bits:>5}  {h / n:7.2f}  {spread}")
     print("all roles: " + ", ".join(f"{b} bits {100 * hist[b] / total:.1f}%" for b in sorted(hist)))
+    by_layer = collections.defaultdict(list)  # role -> [(layer, bits, entropy)]
+    for role, name, params, bits, entropy in rows:
+        if name.startswith("blk."):
+            by_layer[role].append((int(name.split(".")[1]), bits, entropy))
+    for role, layers in by_layer.items():
+        layers.sort()
+        print(f"{role} by layer: bits " + ", ".join(str(b) for _, b, _ in layers) +
+              "; entropy " + ", ".join(f"{h:.3f}" for _, _, h in layers))
     for name, (n, per, gbits, gent) in groups.items():
         print(f"{name}: {n} rows in {len(gbits)} groups of {per}")
         print("  bits " + ", ".join(str(b) for b in gbits))

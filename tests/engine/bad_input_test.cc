@@ -89,6 +89,26 @@ TEST(GgufTest, SyntheticGroupWidthsOutOfRangeAreRefusedByKey) {
   EXPECT_EQ((*ok)->config().synthetic_group_bits.at("token_embd"), std::vector<int>({7, 6, 6, 4}));
 }
 
+// Widths per layer (dcomp synth): one per layer, each a code width of 4..8 bits.
+TEST(GgufTest, SyntheticLayerWidthsAreCheckedByKey) {
+  testing::TinyModelOptions o;
+  o.synthetic = true;
+  const size_t layers = static_cast<size_t>(o.layers);
+  o.synthetic_layer_bits["ffn_up"] = std::vector<int32_t>(layers + 1, 6);
+  ExpectError(OpenModelFile(TinyGguf(o, "layer_bits_count.gguf")), StatusCode::kInvalidArgument,
+              "dcomp.synthetic.layer_bits.ffn_up has " + std::to_string(layers + 1) +
+                  " widths, expected one per layer (" + std::to_string(layers) + ")");
+  o.synthetic_layer_bits["ffn_up"] = std::vector<int32_t>(layers, 7);
+  o.synthetic_layer_bits["ffn_up"].back() = 3;
+  ExpectError(OpenModelFile(TinyGguf(o, "layer_bits_narrow.gguf")), StatusCode::kInvalidArgument,
+              "dcomp.synthetic.layer_bits.ffn_up[" + std::to_string(layers - 1) +
+                  "] = 3, expected a code width in 4..8");
+  o.synthetic_layer_bits["ffn_up"].back() = 8;
+  auto ok = OpenModelFile(TinyGguf(o, "layer_bits_ok.gguf"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ((*ok)->config().synthetic_layer_bits.at("ffn_up").back(), 8);
+}
+
 TEST(GgufTest, TruncationAtEveryByteIsAnError) {
   testing::TinyModelOptions o;
   o.dim = 8;

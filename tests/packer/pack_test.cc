@@ -246,9 +246,9 @@ TEST(PackTest, SyntheticModelsAreMarkedAndSkipCalibration) {
   EXPECT_FALSE(Greedy(o.output, 8, "hello").empty());
 }
 
-// `dcomp synth --widths stories3m` records each role's width, and a width per group of rows for
-// the token matrices; pack keeps them (no rate allocation runs on synthetic weights), so the
-// synthetic shapes are split like a real model.
+// `dcomp synth --widths stories3m` records each layer's width per role of a layer, and a width per
+// group of rows for the token matrices; pack keeps them (no rate allocation runs on synthetic
+// weights), so the synthetic shapes are split like a real model.
 TEST(PackTest, SyntheticModelsPackAtTheRecordedWidths) {
   SynthOptions s;
   s.shape = "tiny";
@@ -264,13 +264,18 @@ TEST(PackTest, SyntheticModelsPackAtTheRecordedWidths) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   auto f = DcmModelFile::Open(o.output);
   ASSERT_TRUE(f.ok()) << f.status().ToString();
-  int grouped = 0;
+  int grouped = 0, layered = 0;
   for (const TensorReport& t : r->tensors) {
     if (!t.quantized) continue;
     const std::string role(MatrixRole(t.name));
     auto g = cfg.synthetic_group_bits.find(role);
     if (g == cfg.synthetic_group_bits.end()) {
-      EXPECT_EQ(t.bits, cfg.synthetic_bits.at(role)) << t.name;
+      // A role of a layer at its layer's width, as recorded.
+      auto l = cfg.synthetic_layer_bits.find(role);
+      ASSERT_NE(l, cfg.synthetic_layer_bits.end()) << t.name;
+      ++layered;
+      const int layer = std::stoi(t.name.substr(4));
+      EXPECT_EQ(t.bits, l->second.at(static_cast<size_t>(layer))) << t.name;
       EXPECT_TRUE(t.group_bits.empty()) << t.name;
       continue;
     }
@@ -294,6 +299,7 @@ TEST(PackTest, SyntheticModelsPackAtTheRecordedWidths) {
     }
   }
   EXPECT_GT(grouped, 0);
+  EXPECT_GT(layered, 0);
   EXPECT_FALSE(Greedy(o.output, 8, "hello").empty());
   std::filesystem::remove(s.output);
   std::filesystem::remove(o.output);

@@ -35,9 +35,11 @@ struct TinyModelOptions {
   std::string rope_scaling_type;
   float rope_scaling_factor = 0.0f;
   int rope_original_context = 0;
-  // Synthetic: dcomp.synthetic, with these dcomp.synthetic.group_bits.<role> arrays.
+  // Synthetic: dcomp.synthetic, with these dcomp.synthetic.group_bits.<role> and
+  // dcomp.synthetic.layer_bits.<role> arrays.
   bool synthetic = false;
   std::map<std::string, std::vector<int32_t>> synthetic_group_bits;
+  std::map<std::string, std::vector<int32_t>> synthetic_layer_bits;
 };
 
 inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o) {
@@ -82,6 +84,8 @@ inline Status WriteTinyModel(const std::string& path, const TinyModelOptions& o)
   if (o.synthetic) w.SetBool("dcomp.synthetic", true);
   for (const auto& [role, widths] : o.synthetic_group_bits)
     w.SetI32Array("dcomp.synthetic.group_bits." + role, widths);
+  for (const auto& [role, widths] : o.synthetic_layer_bits)
+    w.SetI32Array("dcomp.synthetic.layer_bits." + role, widths);
   if (!o.rope_scaling_type.empty()) w.SetString(a + "rope.scaling.type", o.rope_scaling_type);
   if (o.rope_scaling_factor > 0) w.SetF32(a + "rope.scaling.factor", o.rope_scaling_factor);
   if (o.rope_original_context > 0) {
