@@ -487,6 +487,7 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
   // Format 7: 7-bit levels, sign and magnitude in the packed block, values in the coded one.
   const std::vector<uint8_t> three = LevelTable(7, 2.0);
   const std::vector<uint8_t> ok7 = WriteLevelsToy({{7, three}}, 0, &values, 7);
+  WriteFuzzSeedOnRequest(ok7, "levels_v7.dcm");  // the fuzz corpus' format-7 seed
   auto r7 = ContainerReader::FromBytes(ok7, "l7.dcm");
   ASSERT_TRUE(r7.ok()) << r7.status().message();
   all.clear();
