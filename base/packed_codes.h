@@ -2,7 +2,8 @@
 // stores in its packed (raw) blocks (docs/format.md), and what the kernels' packed products read.
 //
 // Codes of `bits` bits (4..7) are held as u = code + 2^(bits-1) in [0, 2^bits - 1], so a code is
-// in [-2^(bits-1), 2^(bits-1) - 1]; every byte pattern is a valid packed row, so the kernels can
+// in [-2^(bits-1), 2^(bits-1) - 1] (7-bit codes of non-uniform levels are sign and magnitude
+// instead: CodeLevels); every byte pattern is a valid packed row, so the kernels can
 // read packed blocks straight from a file once their CRC matches. (The quantizer uses the
 // symmetric range, |code| <= 2^(bits-1) - 1.) A row is PaddedCols(cols) codes (the packer writes
 // padding codes 0; readers ignore them: they multiply zero activations), in chunks of 64 codes,

@@ -48,7 +48,9 @@ Status ReadGemma3(const GgufFile& g, const std::string& a, ModelConfig* c) {
 }
 
 // A synthetic model's code widths (dcomp synth): per matrix role (dcomp.synthetic.bits.<role>,
-// 4..8) and per group of rows of a role (dcomp.synthetic.group_bits.<role>, int32 array, 4..7).
+// 4..8), per layer of a role (dcomp.synthetic.layer_bits.<role>, int32 array of one width per
+// layer, 4..8) and per group of rows of a role (dcomp.synthetic.group_bits.<role>, int32 array,
+// 4..7).
 Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
   const std::string bits_key = "dcomp.synthetic.bits.", group_key = "dcomp.synthetic.group_bits.";
   const std::string layer_key = "dcomp.synthetic.layer_bits.";

@@ -56,8 +56,9 @@ struct PackedMatrixView {
   size_t row_bytes = 0;  // PackedRowBytes(cols, bits)
   int bits = 0;
   // Non-uniform levels of this width (null: linear, the value is the code). The products then
-  // look each code's magnitude up in registers and multiply it by the activation carrying the
-  // code's sign: sum T[|c|] * (sign(c) x), the same sums as the INT8 product of the values.
+  // look each code's magnitude up in registers (or compute a three-slope T) and multiply it by
+  // the activation carrying the code's sign: sum T[|c|] * (sign(c) x), the same sums as the INT8
+  // product of the values.
   const CodeLevels* levels = nullptr;
 };
 

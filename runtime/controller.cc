@@ -104,11 +104,12 @@ uint64_t LastLevelCacheBytes() {
   return Cpu().last_level_cache_bytes != 0 ? Cpu().last_level_cache_bytes : uint64_t{32} << 20;
 }
 
-// Compute: the INT8 GEMV, and the packed GEMV at the model's most common narrow width, over one
-// buffer: out of cache (ComputeProbeBytes) for a model larger than the last-level cache, else
+// Compute: the INT8 GEMV, and the packed GEMV at the model's most common narrow width (with its
+// levels: at 7 bits the AVX2 product with levels runs about a fifth slower than without), over
+// one buffer: out of cache (ComputeProbeBytes) for a model larger than the last-level cache, else
 // `tmp` (1 MiB, in cache; the controller corrects the INT8 rate from the first tokens).
-void CalibrateCompute(size_t dim, int bits, uint64_t model_bytes, uint64_t headroom,
-                      PageBuffer* tmp, Rates* rates) {
+void CalibrateCompute(size_t dim, int bits, const CodeLevels* levels, uint64_t model_bytes,
+                      uint64_t headroom, PageBuffer* tmp, Rates* rates) {
   const uint64_t llc = LastLevelCacheBytes();
   PageBuffer big;
   if (const uint64_t want = ComputeProbeBytes(model_bytes, llc, headroom); want > 0) {
@@ -141,29 +142,41 @@ void CalibrateCompute(size_t dim, int bits, uint64_t model_bytes, uint64_t headr
   // Row scales coded, as the packer's files hold them (base/row_scales.h).
   std::vector<uint8_t> pscale(prows, 0);
   std::vector<float> py(prows);
-  const kernels::PackedMatrixView pv{
-      buf->data(), {pscale.data(), ScaleGridIndex(RoundScaleToGrid(0.01f))}, prows, cols, row_bytes,
-      bits};
+  const RowScaleView sv{pscale.data(), ScaleGridIndex(RoundScaleToGrid(0.01f))};
+  const kernels::PackedMatrixView pv{buf->data(), sv, prows, cols, row_bytes, bits, levels};
   const double packed_rate = MacsPerSecond(
       prows, cols, [&] { kt.gemv_packed_q8(pv, xq.data(), 1.0f, py.data(), 0, prows); });
   if (packed_rate > 0) rates->packed_macs_per_s = packed_rate;
 }
 
-// The narrow width (4..7) holding the most weights of the model's units, 8 if none.
-int CommonPackedBits(const ModelLayout& layout) {
-  uint64_t by_bits[9] = {};
+// The narrow width (4..7) holding the most weights of the model's units (8 if none), and the
+// level table most of those weights use (one of their tensors'; null when most are linear).
+struct CommonWidth {
+  int bits = 8;
+  const CodeLevels* levels = nullptr;
+};
+CommonWidth CommonPackedWidth(const ModelLayout& layout) {
+  uint64_t by_bits[9] = {}, with_levels[9] = {};
+  const CodeLevels* table[9] = {};
   for (const UnitLayout& U : layout.units) {
     for (const TensorLayout& T : U.tensors) {
       for (size_t k = 0; k < T.row_blocks; ++k) {
-        by_bits[T.BlockBits(k)] += T.BlockRows(k) * T.cols;
+        const uint64_t n = T.BlockRows(k) * T.cols;
+        const int b = T.BlockBits(k);
+        by_bits[b] += n;
+        if (const CodeLevels* l = T.BlockLevels(k)) {
+          with_levels[b] += n;
+          table[b] = l;
+        }
       }
     }
   }
-  int best = 8;
+  CommonWidth w;
   for (int b = kMinPackedBits; b <= kMaxPackedBits; ++b) {
-    if (by_bits[b] > 0 && (best == 8 || by_bits[b] > by_bits[best])) best = b;
+    if (by_bits[b] > 0 && (w.bits == 8 || by_bits[b] > by_bits[w.bits])) w.bits = b;
   }
-  return best;
+  if (w.bits < 8 && 2 * with_levels[w.bits] > by_bits[w.bits]) w.levels = table[w.bits];
+  return w;
 }
 
 }  // namespace
@@ -190,7 +203,8 @@ Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, ui
   RETURN_IF_ERROR(CalibrateReads(layout, lookup->reader(), &tmp, total, rates, probe));
   uint64_t model_bytes = 0;
   for (const UnitInfo& u : layout.infos) model_bytes += u.decoded_bytes;
-  CalibrateCompute(dim, CommonPackedBits(layout), model_bytes, headroom, &tmp, rates);
+  const CommonWidth common = CommonPackedWidth(layout);
+  CalibrateCompute(dim, common.bits, common.levels, model_bytes, headroom, &tmp, rates);
   return Status::Ok();
 }
 

@@ -301,6 +301,20 @@ TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
       const CodeLevels other = MakeCodeLevels(7, ThreeSlopeLevels(7, 15, 50));
       EXPECT_EQ(other.knot[0], 15);
       EXPECT_EQ(other.knot[1], 50);
+      // The bytes of format 7: -T[5] is u = 64 + 5 (nibble 5, bits 4-5 clear, top bit set), T[63]
+      // is u = 63 (nibble 15, bits 4-5 set, top bit clear).
+      std::vector<int8_t> row(64, 0);
+      row[0] = static_cast<int8_t>(-packer[5]);
+      row[9] = static_cast<int8_t>(packer[63]);
+      std::vector<uint8_t> chunk(PackedRowBytes(64, 7));
+      ASSERT_EQ(PackRows(row.data(), 1, 64, 64, 7, chunk.data(), &lp), 1u);
+      EXPECT_EQ(chunk[0] & 15, 5);
+      EXPECT_EQ(chunk[32] & 3, 0);
+      EXPECT_EQ(chunk[48] & 1, 1);
+      EXPECT_EQ(chunk[9] & 15, 15);
+      EXPECT_EQ(chunk[32 + 9] & 3, 3);
+      EXPECT_EQ((chunk[48 + 1] >> 1) & 1, 0);
+      EXPECT_EQ(chunk[48 + 2], 0) << "padding and zeros are u = 0";
     } else {
       EXPECT_EQ(packer, sinh);
       EXPECT_EQ(lp.knot[0], 0);
@@ -308,6 +322,14 @@ TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
       EXPECT_EQ(lp.value[half - 5], -packer[5]);
       EXPECT_EQ(lp.value[0], 0);
       EXPECT_EQ(lp.u_of[0], half);
+      if (bits == 6) {  // the bytes of formats 5 and 6: -T[5] is u = 32 - 5 = 27
+        std::vector<int8_t> row(64, 0);
+        row[0] = static_cast<int8_t>(-packer[5]);
+        std::vector<uint8_t> chunk(PackedRowBytes(64, 6));
+        ASSERT_EQ(PackRows(row.data(), 1, 64, 64, 6, chunk.data(), &lp), 1u);
+        EXPECT_EQ(chunk[0] & 15, 27 & 15);
+        EXPECT_EQ(chunk[32] & 3, 27 >> 4);
+      }
     }
     EXPECT_EQ(l.knot[0], 0) << "a random table is looked up";
     const size_t cols = 172, pc = PaddedCols(cols);
@@ -341,14 +363,18 @@ TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
 TEST_P(KernelVariantTest, PackedProductsWithLevelsEqualTheInt8Products) {
   const KernelTable& k = *GetParam();
   for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
-    // Sinh, random, the packer's (three slopes at 7 bits, which x86 computes) and, at 7 bits,
-    // three slopes with other knots.
-    for (int table = 0; table < (bits == 7 ? 4 : 3); ++table) {
+    // Sinh, random and, at 7 bits, three-slope tables (which x86 computes): the packer's, other
+    // knots, and T(63) = 127, the largest.
+    for (int table = 0; table < (bits == 7 ? 5 : 2); ++table) {
       const CodeLevels l =
           MakeCodeLevels(bits, table == 0   ? SinhLevels(bits, 2.0)
                                : table == 1 ? RandomLevels(bits, static_cast<uint32_t>(bits + 50))
                                : table == 2 ? LevelTable(bits, 2.0)
-                                            : ThreeSlopeLevels(bits, 15, 50));
+                               : table == 3 ? ThreeSlopeLevels(bits, 15, 50)
+                                            : ThreeSlopeLevels(bits, 21, 41));
+      if (table >= 2) {
+        ASSERT_NE(l.knot[0], 0) << "table " << table << " is computed on x86";
+      }
       for (size_t n_tok : {1u, 5u}) {
         for (auto [rows, cols] : {std::pair<size_t, size_t>{7, 64}, {37, 172}, {40, 1024}}) {
           const uint32_t seed = static_cast<uint32_t>(bits * 7919 + rows + cols + n_tok + table);
