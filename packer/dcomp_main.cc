@@ -358,7 +358,8 @@ Status CmdPack(const std::vector<std::string>& args) {
   }
   o.alpha = f.GetOr("alpha", "auto");
   ASSIGN_OR_RETURN(o.prune, f.GetDouble("prune", 0));
-  ASSIGN_OR_RETURN(o.max_ppl_increase, f.GetDouble("max-ppl-increase", packer::kDefaultMaxPplIncrease));
+  ASSIGN_OR_RETURN(o.max_ppl_increase,
+                   f.GetDouble("max-ppl-increase", packer::kDefaultMaxPplIncrease));
   o.scaling = !f.IsSet("no-scaling");
   o.rate_alloc = !f.IsSet("no-rate-alloc");
   const std::string rounding = f.GetOr("rounding", "gptq");
