@@ -449,13 +449,17 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
   EXPECT_EQ((*r)->BlockLevels(0), nullptr);  // the row scales
   EXPECT_EQ((*r)->Levels(0, 5), nullptr);    // a width without a table
   BlockDecoder dec;
-  std::vector<int8_t> all;
-  for (size_t b = 1; b < 3; ++b) {  // packed and entropy-coded blocks decode to the values
-    std::vector<uint8_t> out((*r)->block(b).raw_size());
-    ASSERT_TRUE((*r)->ReadBlock(b, out, &dec).ok());
-    all.insert(all.end(), out.begin(), out.end());
-  }
-  EXPECT_EQ(all, values);
+  // The values of a levels toy's blocks 1 (packed) and 2 (entropy-coded), in order.
+  auto values_of = [&dec](const ContainerReader& reader) {
+    std::vector<int8_t> all;
+    for (size_t b = 1; b < 3; ++b) {
+      std::vector<uint8_t> out(reader.block(b).raw_size());
+      EXPECT_TRUE(reader.ReadBlock(b, out, &dec).ok()) << "block " << b;
+      all.insert(all.end(), out.begin(), out.end());
+    }
+    return all;
+  };
+  EXPECT_EQ(values_of(**r), values);  // packed and entropy-coded blocks decode to the values
   // An entropy-coded value between two levels (sinh6[1] + 1 is not a level: the steps near zero
   // are at least one, and sinh6[2] > sinh6[1] + 1 at 6 bits).
   ASSERT_GT(sinh6[2], sinh6[1] + 1);
@@ -492,13 +496,7 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
     auto r5 = ContainerReader::FromBytes(v5, "levels_v5.dcm");
     ASSERT_TRUE(r5.ok()) << r5.status().message();
     EXPECT_EQ((*r5)->header().version_major, 5);
-    all.clear();
-    for (size_t b = 1; b < 3; ++b) {
-      std::vector<uint8_t> out5((*r5)->block(b).raw_size());
-      ASSERT_TRUE((*r5)->ReadBlock(b, out5, &dec).ok());
-      all.insert(all.end(), out5.begin(), out5.end());
-    }
-    EXPECT_EQ(all, values);
+    EXPECT_EQ(values_of(**r5), values);
   }
   // Format 7: 7-bit levels, sign and magnitude in the packed block, values in the coded one.
   const std::vector<uint8_t> three = LevelTable(7, 2.0);
@@ -506,13 +504,7 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
   WriteFuzzSeedOnRequest(ok7, "levels_v7.dcm");  // the fuzz corpus' format-7 seed
   auto r7 = ContainerReader::FromBytes(ok7, "l7.dcm");
   ASSERT_TRUE(r7.ok()) << r7.status().message();
-  all.clear();
-  for (size_t b = 1; b < 3; ++b) {
-    std::vector<uint8_t> out7((*r7)->block(b).raw_size());
-    ASSERT_TRUE((*r7)->ReadBlock(b, out7, &dec).ok());
-    all.insert(all.end(), out7.begin(), out7.end());
-  }
-  EXPECT_EQ(all, values);
+  EXPECT_EQ(values_of(**r7), values);
   // The same table in a file that says format 6, whose writers gave 7-bit levels offset codes.
   s = ContainerReader::FromBytes(WithMajorVersion(ok7, 6), "6.dcm").status();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
