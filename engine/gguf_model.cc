@@ -47,6 +47,24 @@ Status ReadGemma3(const GgufFile& g, const std::string& a, ModelConfig* c) {
   return Status::Ok();
 }
 
+// The int32 array of code widths at `key`, each in [lo, hi] (else an error naming the entry and
+// calling the range `what`).
+Result<std::vector<int>> ReadWidths(const GgufFile& g, const std::string& key, int lo, int hi,
+                                    const std::string& what) {
+  ASSIGN_OR_RETURN(const std::vector<GgufValue>* widths, g.GetArray(key, GgufType::kInt32));
+  std::vector<int> out;
+  for (size_t k = 0; k < widths->size(); ++k) {
+    const int64_t b = (*widths)[k].i;
+    if (b < lo || b > hi) {
+      return InvalidArgumentError(key + "[" + std::to_string(k) + "] = " + std::to_string(b) +
+                                  ", expected " + what + " in " + std::to_string(lo) + ".." +
+                                  std::to_string(hi));
+    }
+    out.push_back(static_cast<int>(b));
+  }
+  return out;
+}
+
 // A synthetic model's code widths (dcomp synth): per matrix role (dcomp.synthetic.bits.<role>,
 // 4..8), per layer of a role (dcomp.synthetic.layer_bits.<role>, int32 array of one width per
 // layer, 4..8) and per group of rows of a role (dcomp.synthetic.group_bits.<role>, int32 array,
@@ -79,40 +97,24 @@ Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
       continue;
     }
     if (key.rfind(layer_key, 0) == 0) {
-      ASSIGN_OR_RETURN(const std::vector<GgufValue>* widths, g.GetArray(key, GgufType::kInt32));
-      if (widths->size() != static_cast<size_t>(c->n_layers)) {
-        return InvalidArgumentError(key + " has " + std::to_string(widths->size()) +
+      ASSIGN_OR_RETURN(std::vector<int> widths,
+                       ReadWidths(g, key, kMinPackedBits, 8, "a code width"));
+      if (widths.size() != static_cast<size_t>(c->n_layers)) {
+        return InvalidArgumentError(key + " has " + std::to_string(widths.size()) +
                                     " widths, expected one per layer (" +
                                     std::to_string(c->n_layers) + ")");
       }
-      std::vector<int>& out = c->synthetic_layer_bits[key.substr(layer_key.size())];
-      for (size_t k = 0; k < widths->size(); ++k) {
-        const int64_t b = (*widths)[k].i;
-        if (b < kMinPackedBits || b > 8) {
-          return InvalidArgumentError(key + "[" + std::to_string(k) + "] = " + std::to_string(b) +
-                                      ", expected a code width in 4..8");
-        }
-        out.push_back(static_cast<int>(b));
-      }
+      c->synthetic_layer_bits[key.substr(layer_key.size())] = std::move(widths);
       continue;
     }
     if (key.rfind(group_key, 0) != 0) continue;
-    ASSIGN_OR_RETURN(const std::vector<GgufValue>* widths, g.GetArray(key, GgufType::kInt32));
-    if (widths->empty() || widths->size() > 4096) {
-      return InvalidArgumentError(key + " has " + std::to_string(widths->size()) +
+    ASSIGN_OR_RETURN(std::vector<int> widths,
+                     ReadWidths(g, key, kMinPackedBits, kMaxPackedBits, "a packed code width"));
+    if (widths.empty() || widths.size() > 4096) {
+      return InvalidArgumentError(key + " has " + std::to_string(widths.size()) +
                                   " widths, expected 1..4096 (one per group of rows)");
     }
-    std::vector<int>& out = c->synthetic_group_bits[key.substr(group_key.size())];
-    for (size_t k = 0; k < widths->size(); ++k) {
-      const int64_t b = (*widths)[k].i;
-      if (b < kMinPackedBits || b > kMaxPackedBits) {
-        return InvalidArgumentError(key + "[" + std::to_string(k) + "] = " + std::to_string(b) +
-                                    ", expected a packed code width in " +
-                                    std::to_string(kMinPackedBits) + ".." +
-                                    std::to_string(kMaxPackedBits));
-      }
-      out.push_back(static_cast<int>(b));
-    }
+    c->synthetic_group_bits[key.substr(group_key.size())] = std::move(widths);
   }
   return Status::Ok();
 }

@@ -40,15 +40,6 @@ constexpr Shape kShapes[] = {
     {"small", 512, 1536, 12, 8, 4, 4096, 512, 10000.0f, false},
 };
 
-// Per matrix role, the width and code entropy of the stories3M default pack (the width holding
-// most of the role's weights, the wider on a tie, and the mean entropy of the codes at that width;
-// `scripts/width-profile.py` on the pack's log, BENCHMARKS.md). stories3M ties its output to the
-// embedding: an untied output takes the embedding's profile.
-struct RoleWidth {
-  const char* role;
-  int bits;
-  double entropy;
-};
 // The roles the stories3M default pack splits into groups of rows (rate allocation), per group in
 // stored order (most used tokens first) its width and code entropy (the groups line of the pack's
 // log, `scripts/width-profile.py`). A synthetic matrix of the role is split the same way, its
@@ -77,14 +68,6 @@ const RoleGroups* GroupsOf(std::string_view role) {
 
 // The levels the stories3M default pack rounds codes below 8 bits to (PackOptions::level_shape).
 constexpr double kStories3MLevelShape = 2.0;
-
-// The roles of a layer are drawn by layers (kStories3MLayers), the token matrices by groups
-// (kStories3MGroups), whose entries here give their widest groups (width and mean entropy).
-constexpr RoleWidth kStories3MWidths[] = {
-    {"attn_q", 6, 5.73},      {"attn_k", 7, 6.61},     {"attn_v", 8, 7.41},
-    {"attn_output", 6, 5.76}, {"ffn_gate", 7, 6.75},   {"ffn_up", 7, 6.76},
-    {"ffn_down", 7, 6.49},    {"token_embd", 7, 6.75}, {"output", 7, 6.75},
-};
 
 // Per role of a layer, the width and code entropy of each of the stories3M default pack's six
 // layers (the "by layer" lines of `scripts/width-profile.py`). A synthetic model of L layers
@@ -251,17 +234,18 @@ Status Synthesize(const SynthOptions& o) {
   w.SetBool("dcomp.synthetic", true);
   if (profiled) {
     w.SetF32("dcomp.synthetic.level_shape", static_cast<float>(kStories3MLevelShape));
-    for (const RoleWidth& r : kStories3MWidths) {
-      w.SetU32(std::string("dcomp.synthetic.bits.") + r.role, static_cast<uint32_t>(r.bits));
-      const GroupProfile g = SynthGroupProfile(r.role, static_cast<size_t>(sh->vocab));
-      if (g.group_rows > 0)
-        w.SetI32Array(std::string("dcomp.synthetic.group_bits.") + r.role, g.bits);
-      if (const RoleLayers* l = LayersOf(r.role)) {
-        std::vector<int32_t> bits;
-        for (int layer = 0; layer < sh->layers; ++layer)
-          bits.push_back(l->bits[ProfileLayer(layer, sh->layers)]);
-        w.SetI32Array(std::string("dcomp.synthetic.layer_bits.") + r.role, bits);
-      }
+    // The token matrices: the width of their widest group, and each group's.
+    for (const char* role : {"token_embd", "output"}) {
+      const GroupProfile g = SynthGroupProfile(role, static_cast<size_t>(sh->vocab));
+      w.SetU32(std::string("dcomp.synthetic.bits.") + role,
+               static_cast<uint32_t>(*std::max_element(g.bits.begin(), g.bits.end())));
+      w.SetI32Array(std::string("dcomp.synthetic.group_bits.") + role, g.bits);
+    }
+    for (const RoleLayers& l : kStories3MLayers) {
+      std::vector<int32_t> bits;
+      for (int layer = 0; layer < sh->layers; ++layer)
+        bits.push_back(l.bits[ProfileLayer(layer, sh->layers)]);
+      w.SetI32Array(std::string("dcomp.synthetic.layer_bits.") + l.role, bits);
     }
   } else {
     w.SetF32("dcomp.synthetic.code_entropy_bits", static_cast<float>(o.entropy_bits));
@@ -317,11 +301,6 @@ Status Synthesize(const SynthOptions& o) {
       // The profile layer's width and entropy; its largest code is the width's.
       const size_t p = ProfileLayer(MatrixLayer(name), sh->layers);
       clips.assign(rows, ClipForEntropy(l->entropy[p], l->bits[p], kStories3MLevelShape));
-    } else if (profiled) {  // the role's width and entropy
-      for (const RoleWidth& r : kStories3MWidths) {
-        if (MatrixRole(name) == r.role)
-          clips.assign(rows, ClipForEntropy(r.entropy, r.bits, kStories3MLevelShape));
-      }
     }
     FillMatrix(m, rows, cols, clips, sigma, Mix(++seed), pool);
     return w.AddTensor(name, static_cast<int64_t>(rows), static_cast<int64_t>(cols),

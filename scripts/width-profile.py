@@ -5,7 +5,7 @@ of the role's tensors at that width, with the histogram of widths by weights; pe
 layer, each layer's width and entropy; and for a tensor split into groups of rows, each group's
 width and entropy. Reads the tensor table and the groups
 lines `dcomp pack` prints (its log); the profile is what `dcomp synth --widths stories3m` draws
-(packer/synth.cc: kStories3MWidths, kStories3MLayers, kStories3MGroups).
+(packer/synth.cc: kStories3MLayers, kStories3MGroups).
 
 usage: scripts/width-profile.py PACK.log
 """
