@@ -32,6 +32,7 @@ pb::ModelConfig ModelConfigToProto(const ModelConfig& c) {
   p.set_sliding_window(c.sliding_window);
   p.set_sliding_pattern(c.sliding_pattern);
   p.set_rope_theta_local(c.rope_theta_local);
+  p.set_hadamard_inputs(c.hadamard_inputs);
   p.set_synthetic(c.synthetic);
   return p;
 }
@@ -61,6 +62,7 @@ ModelConfig ModelConfigFromProto(const pb::ModelConfig& p) {
   c.sliding_window = p.sliding_window();
   c.sliding_pattern = p.sliding_pattern();
   c.rope_theta_local = p.rope_theta_local() > 0 ? p.rope_theta_local() : 10000.0f;
+  c.hadamard_inputs = p.hadamard_inputs();
   c.synthetic = p.synthetic();
   return c;
 }

@@ -68,11 +68,20 @@ Result<std::vector<int>> ReadWidths(const GgufFile& g, const std::string& key, i
 // A synthetic model's code widths (dcomp synth): per matrix role (dcomp.synthetic.bits.<role>,
 // 4..8), per layer of a role (dcomp.synthetic.layer_bits.<role>, int32 array of one width per
 // layer, 4..8) and per group of rows of a role (dcomp.synthetic.group_bits.<role>, int32 array,
-// 4..7).
+// 4..7); and the inputs it computes Hadamard-transformed (dcomp.synthetic.hadamard_inputs).
 Status ReadSyntheticWidths(const GgufFile& g, ModelConfig* c) {
   const std::string bits_key = "dcomp.synthetic.bits.", group_key = "dcomp.synthetic.group_bits.";
   const std::string layer_key = "dcomp.synthetic.layer_bits.";
   for (const auto& [key, value] : g.metadata()) {
+    if (key == "dcomp.synthetic.hadamard_inputs") {  // checked with the config (Validate)
+      ASSIGN_OR_RETURN(const int64_t mask, g.GetInt(key));
+      if (mask < 0 || mask > 0xFFFF) {
+        return InvalidArgumentError(key + " = " + std::to_string(mask) +
+                                    ", expected a mask of bits 0..4");
+      }
+      c->hadamard_inputs = static_cast<uint32_t>(mask);
+      continue;
+    }
     if (key == "dcomp.synthetic.level_shape") {
       ASSIGN_OR_RETURN(const double a, g.GetFloat(key));
       bool distinct = a >= 0 && a <= 8;

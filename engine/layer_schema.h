@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "engine/model_config.h"
 #include "engine/weights.h"
@@ -21,6 +22,34 @@ enum class LinearInput {
   kFfnHidden,  // silu(gate) * up: input of w_down
   kHeadIn,     // final-norm output: input of the output matrix
 };
+
+// "attn_in", "attn_out", "ffn_in", "ffn_hidden" or "head_in".
+inline const char* LinearInputName(LinearInput in) {
+  switch (in) {
+    case LinearInput::kAttnIn: return "attn_in";
+    case LinearInput::kAttnOut: return "attn_out";
+    case LinearInput::kFfnIn: return "ffn_in";
+    case LinearInput::kFfnHidden: return "ffn_hidden";
+    case LinearInput::kHeadIn: return "head_in";
+  }
+  return "?";
+}
+
+// Whether the model computes input `in` Hadamard-transformed (ModelConfig::hadamard_inputs).
+inline bool HadamardInput(const ModelConfig& c, LinearInput in) {
+  return (c.hadamard_inputs >> static_cast<int>(in) & 1u) != 0;
+}
+
+// The names of the inputs the model computes Hadamard-transformed, in LinearInput order.
+inline std::vector<const char*> HadamardInputNames(const ModelConfig& c) {
+  std::vector<const char*> names;
+  for (int i = 0; i <= static_cast<int>(LinearInput::kHeadIn); ++i) {
+    if (HadamardInput(c, static_cast<LinearInput>(i))) {
+      names.push_back(LinearInputName(static_cast<LinearInput>(i)));
+    }
+  }
+  return names;
+}
 
 // A matrix dimension in terms of the config.
 enum class Extent { kDim, kKvDim, kHidden, kQDim, kHeadDim };

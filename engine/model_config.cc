@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "engine/layer_schema.h"
+
 namespace dcomp {
 
 Status ModelConfig::Validate() const {
@@ -38,6 +40,14 @@ Status ModelConfig::Validate() const {
   if (activation != Activation::kSilu && activation != Activation::kGeluTanh) {
     return bad("activation", static_cast<int64_t>(activation), "0 (silu) or 1 (gelu_tanh)");
   }
+  if (hadamard_inputs >= 1u << 5) {
+    return bad("hadamard_inputs", hadamard_inputs, "a mask of bits 0..4 (the kinds of input)");
+  }
+  if (tied_output && (hadamard_inputs & (1u << 4)) != 0) {
+    return InvalidArgumentError(
+        "model config: hadamard_inputs transforms the output's input (bit 4), but the output is "
+        "the token embedding, which the embedding lookup reads untransformed");
+  }
   if (!rope_freq_factors.empty()) {
     if (static_cast<int32_t>(rope_freq_factors.size()) * 2 != head_dim) {
       return InvalidArgumentError(
@@ -57,11 +67,24 @@ Status ModelConfig::Validate() const {
   return Status::Ok();
 }
 
+namespace {
+
+// " hadamard=attn_in,ffn_in,..." (engine/layer_schema.h), or "".
+std::string HadamardSummary(const ModelConfig& c) {
+  std::string s;
+  for (const char* name : HadamardInputNames(c))
+    s += (s.empty() ? " hadamard=" : ",") + std::string(name);
+  return s;
+}
+
+}  // namespace
+
 std::string ModelConfig::Summary() const {
   return arch + " dim=" + std::to_string(dim) + " hidden=" + std::to_string(hidden_dim) +
          " layers=" + std::to_string(n_layers) + " heads=" + std::to_string(n_heads) + "/" +
          std::to_string(n_kv_heads) + " vocab=" + std::to_string(vocab_size) +
-         " ctx=" + std::to_string(context_length) + (synthetic ? " [SYNTHETIC weights]" : "");
+         " ctx=" + std::to_string(context_length) + HadamardSummary(*this) +
+         (synthetic ? " [SYNTHETIC weights]" : "");
 }
 
 }  // namespace dcomp

@@ -50,6 +50,11 @@ struct ModelConfig {
   int32_t sliding_window = 0;   // keys attended by a sliding layer, the query's included; 0: none
   int32_t sliding_pattern = 0;  // layer l is global when l % pattern == pattern - 1; 0: all slide
   float rope_theta_local = 10000.0f;
+  // Matrix inputs computed Hadamard-transformed (kernels::HadamardTransform), one bit per kind of
+  // input, bit i for LinearInput value i (engine/layer_schema.h), in every layer: the matrices
+  // reading them hold W * H / block. Spreads the activations' outlier channels over their blocks,
+  // so that their 8-bit quantization loses less. Not the output's input when it is the embedding.
+  uint32_t hadamard_inputs = 0;
   bool synthetic = false;  // weights are synthetic (speed/memory benchmarks only)
   // Synthetic models: the code width `dcomp synth` drew each matrix role at ("attn_q",
   // "token_embd", ...), which `dcomp pack` keeps (GGUF dcomp.synthetic.bits.<role>).

@@ -203,6 +203,13 @@ Status Transformer::Step(std::span<const SequenceInput> seqs, std::vector<float>
   return StepRows(seqs, rows > 0 ? logits->data() : nullptr);
 }
 
+void Transformer::PrepareInput(int layer, LinearInput which, float* x, size_t n, size_t cols) {
+  if (HadamardInput(cfg_, which)) {
+    PerToken(n, cols * 16, [&](size_t t) { kernels::HadamardTransform(x + t * cols, cols); });
+  }
+  if (observer_ != nullptr) observer_->Observe(layer, which, x, n, cols);
+}
+
 Status Transformer::RunLinears(std::span<const LinearJob> jobs, const float* x, size_t x_stride,
                                size_t n) {
   const size_t cols = jobs[0].w->cols();
@@ -413,7 +420,7 @@ Status Transformer::AttentionBlock(int l, const LayerWeights& w, size_t n) {
   NormRows(x_.data(), w.attn_norm, n);
   const LinearJob qkv[] = {
       {&w.wq, q_.data(), qd}, {&w.wk, k_.data(), kv_dim}, {&w.wv, v_.data(), kv_dim}};
-  Observe(l, LinearInput::kAttnIn, xn_.data(), n, dim);
+  PrepareInput(l, LinearInput::kAttnIn, xn_.data(), n, dim);
   RETURN_IF_ERROR(RunLinears(qkv, xn_.data(), dim, n));
 
   for (size_t t = 0; t < n; ++t) {
@@ -452,7 +459,7 @@ Status Transformer::AttentionBlock(int l, const LayerWeights& w, size_t n) {
   Attention(l, n);
 
   const LinearJob o[] = {{&w.wo, xn_.data(), dim}};
-  Observe(l, LinearInput::kAttnOut, att_.data(), n, qd);
+  PrepareInput(l, LinearInput::kAttnOut, att_.data(), n, qd);
   RETURN_IF_ERROR(RunLinears(o, att_.data(), qd, n));
   if (cfg_.post_norms) NormRows(xn_.data(), w.attn_post_norm, n);
   for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
@@ -463,13 +470,13 @@ Status Transformer::FeedForwardBlock(int l, const LayerWeights& w, size_t n) {
   const size_t dim = static_cast<size_t>(cfg_.dim), hid = static_cast<size_t>(cfg_.hidden_dim);
   NormRows(x_.data(), w.ffn_norm, n);
   const LinearJob up[] = {{&w.w_gate, hb_.data(), hid}, {&w.w_up, hb2_.data(), hid}};
-  Observe(l, LinearInput::kFfnIn, xn_.data(), n, dim);
+  PrepareInput(l, LinearInput::kFfnIn, xn_.data(), n, dim);
   RETURN_IF_ERROR(RunLinears(up, xn_.data(), dim, n));
   const auto act =
       cfg_.activation == Activation::kGeluTanh ? kernels::GeluTanhMul : kernels::SiluMul;
   PerToken(n, hid * 16, [&](size_t t) { act(hb_.data() + t * hid, hb2_.data() + t * hid, hid); });
   const LinearJob down[] = {{&w.w_down, xn_.data(), dim}};
-  Observe(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
+  PrepareInput(l, LinearInput::kFfnHidden, hb_.data(), n, hid);
   RETURN_IF_ERROR(RunLinears(down, hb_.data(), hid, n));
   if (cfg_.post_norms) NormRows(xn_.data(), w.ffn_post_norm, n);
   for (size_t i = 0; i < n * dim; ++i) x_[i] += xn_[i];
@@ -546,7 +553,7 @@ Status Transformer::StepRows(std::span<const SequenceInput> seqs, float* logits)
   }
   ASSIGN_OR_RETURN(const LinearWeights* head, weights_->AcquireOutput());
   const LinearJob out[] = {{head, logits, static_cast<size_t>(cfg_.vocab_size)}};
-  Observe(cfg_.n_layers, LinearInput::kHeadIn, xn_.data(), out_rows, dim);
+  PrepareInput(cfg_.n_layers, LinearInput::kHeadIn, xn_.data(), out_rows, dim);
   Status s = RunLinears(out, xn_.data(), dim, out_rows);
   weights_->ReleaseOutput();
   if (s.ok()) advance();

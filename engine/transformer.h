@@ -176,9 +176,10 @@ class Transformer {
   // small to pay for a parallel region. Results never depend on which.
   void Parallel(size_t work, int64_t n, const std::function<void(int64_t, int64_t)>& fn,
                 int64_t grain = 1);
-  void Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) {
-    if (observer_ != nullptr) observer_->Observe(layer, which, x, n, cols);
-  }
+  // The input `which` of layer `layer`'s matrices, n rows of `cols`, as they read it: Hadamard-
+  // transformed in place where the model says so (ModelConfig::hadamard_inputs), then shown to
+  // the observer.
+  void PrepareInput(int layer, LinearInput which, float* x, size_t n, size_t cols);
   void PerToken(size_t n, size_t cost_per_token, const std::function<void(size_t)>& fn);
 
   WeightSource* weights_;

@@ -42,4 +42,13 @@ float QuantizeHeadQ8(const float* x, size_t n, int8_t* q);
 // y += a * x.
 void AxpyF32(float a, const float* x, float* y, size_t n);
 
+// The Hadamard transform of a matrix input (ModelConfig::hadamard_inputs): each consecutive block
+// of HadamardBlock(n) entries of x is multiplied by the unnormalised Sylvester-Hadamard matrix of
+// that order (entries +-1; H * H = block * I), in place. Additions and subtractions only, in a
+// fixed order: every CPU computes the same floats. A matrix W reading the transformed input holds
+// W * H / block, so that its product is W's.
+void HadamardTransform(float* x, size_t n);
+// The largest power of two dividing n (n > 0): the transform's block. 1 for odd n.
+size_t HadamardBlock(size_t n);
+
 }  // namespace dcomp::kernels

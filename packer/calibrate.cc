@@ -10,6 +10,7 @@
 #include "base/file.h"
 #include "engine/layer_schema.h"
 #include "engine/sampler.h"
+#include "kernels/ops.h"
 #include "packer/internal/pack_state.h"
 #include "packer/internal/pack_util.h"
 
@@ -81,6 +82,80 @@ void AttachInputStats(PackState& s) {
   }
 }
 
+// The squared error of x's 8-bit quantization as the engine quantizes matrix inputs (one scale per
+// row, max |x| / 127, codes rounded to nearest), over the n rows of `cols` of x; with `hadamard`,
+// of the Hadamard-transformed rows, divided by the block (the transform's squared gain) so that
+// it is the error the untransformed input sees.
+double Q8Error(const float* x, size_t n, size_t cols, bool hadamard) {
+  std::vector<float> r(cols);
+  double err = 0;
+  for (size_t t = 0; t < n; ++t) {
+    std::copy_n(x + t * cols, cols, r.begin());
+    if (hadamard) kernels::HadamardTransform(r.data(), cols);
+    float amax = 0;
+    for (float v : r) amax = std::max(amax, std::fabs(v));
+    if (amax == 0) continue;
+    const double step = amax / 127.0;
+    double e = 0;
+    for (float v : r) {
+      const double d = std::nearbyint(v / step) * step - v;
+      e += d * d;
+    }
+    err += hadamard ? e / static_cast<double>(kernels::HadamardBlock(cols)) : e;
+  }
+  return err;
+}
+
+// Chooses the Hadamard-transformed inputs: per kind of input, when the transform lowers the summed
+// 8-bit quantization error of the calibration samples over every layer (the output's input only
+// when the output is not the embedding, which the lookup reads untransformed). The matrices
+// reading a chosen kind are rotated (W * H / block), and the f32 pass is run again so that the
+// statistics describe the inputs as the packed model computes them.
+Status ChooseHadamardInputs(PackState& s) {
+  ModelConfig& cfg = s.cfg;
+  uint32_t mask = 0;
+  for (LinearInput in : {LinearInput::kAttnIn, LinearInput::kAttnOut, LinearInput::kFfnIn,
+                         LinearInput::kFfnHidden, LinearInput::kHeadIn}) {
+    if (in == LinearInput::kHeadIn && cfg.tied_output) continue;
+    double plain = 0, transformed = 0;
+    size_t cols = 0;
+    for (const auto& [key, st] : s.observer->stats) {
+      if (key.second != in || st.sample_rows() == 0) continue;
+      cols = st.cols;
+      plain += Q8Error(st.sample.data(), st.sample_rows(), st.cols, false);
+      transformed += Q8Error(st.sample.data(), st.sample_rows(), st.cols, true);
+    }
+    if (cols == 0 || kernels::HadamardBlock(cols) < 2) continue;
+    const bool take = transformed < plain;
+    s.Log("hadamard: " + std::string(LinearInputName(in)) + " (blocks of " +
+          std::to_string(kernels::HadamardBlock(cols)) + "): 8-bit input error " +
+          Fmt("%.4g", plain) + " plain, " + Fmt("%.4g", transformed) + " transformed" +
+          (take ? ": transformed" : ": plain"));
+    if (take) mask |= 1u << static_cast<int>(in);
+  }
+  if (mask == 0) return Status::Ok();
+  cfg.hadamard_inputs = mask;
+  for (Matrix& m : s.mats) {
+    const LayerMatrix* lm = FindLayerMatrix(m.name);
+    const LinearInput in = lm != nullptr ? lm->input : LinearInput::kHeadIn;
+    if (m.layer < 0 || !HadamardInput(cfg, in)) continue;  // the embedding is a lookup table
+    const float inv = 1.0f / static_cast<float>(kernels::HadamardBlock(m.cols));  // a power of 2
+    for (size_t r = 0; r < m.rows; ++r) {
+      float* row = m.w.data() + r * m.cols;
+      kernels::HadamardTransform(row, m.cols);  // (W H)[r] = H W[r]: H is symmetric
+      for (size_t c = 0; c < m.cols; ++c) row[c] *= inv;
+    }
+  }
+  s.f32w = std::make_unique<PackWeights>(cfg, false);
+  LoadWeights(*s.f32w, s.mats, s.vecs, false);
+  s.observer = std::make_unique<StatsObserver>(
+      std::max<size_t>(1, static_cast<size_t>(s.rep.calib_tokens) / kSampleRows), s.o.gptq);
+  ASSIGN_OR_RETURN(s.rep.f32_nll,
+                   MeanNll(s.f32w.get(), s.pool.get(), s.calib, s.seq_len, s.observer.get()));
+  s.Log("hadamard: f32 mean NLL with the transformed inputs " + Fmt("%.5f", s.rep.f32_nll));
+  return Status::Ok();
+}
+
 }  // namespace
 
 void StatsObserver::Observe(int layer, LinearInput which, const float* x, size_t n, size_t cols) {
@@ -121,6 +196,7 @@ Status Calibrate(PackState& s) {
   PackReport& rep = s.rep;
   s.pool = std::make_unique<ThreadPool>(std::max(1, o.threads));
   s.need_calib = !cfg.synthetic && (o.scaling || o.rate_alloc || o.prune > 0);
+  if (!o.hadamard) s.cfg.hadamard_inputs = 0;  // a synthetic model's recorded transforms
   s.seq_len = std::min<int32_t>(256, cfg.context_length);
   // Runnable copies of the model (f32 here, INT8 after quantization) exist only for the stages
   // that run it.
@@ -138,6 +214,7 @@ Status Calibrate(PackState& s) {
     ASSIGN_OR_RETURN(rep.f32_nll,
                      MeanNll(s.f32w.get(), s.pool.get(), s.calib, s.seq_len, s.observer.get()));
     s.Log("calibration: " + rep.calibration + "; f32 mean NLL " + Fmt("%.5f", rep.f32_nll));
+    if (o.hadamard) RETURN_IF_ERROR(ChooseHadamardInputs(s));
     s.Progress("calibration", 1.0);
   } else {
     rep.calibration = cfg.synthetic ? "none (synthetic weights)" : "none (all stages off)";

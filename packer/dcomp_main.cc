@@ -36,8 +36,8 @@ constexpr const char* kUsage =
 commands:
   pack IN OUT.dcm [--calib FILE] [--block-size B] [--codec auto|rans|zstd|raw] [--zstd-level L]
        [--min-decode-speed MBPS] [--min-coding-gain F] [--alpha auto|X] [--prune RATIO] [--max-ppl-increase PCT]
-       [--no-scaling] [--no-rate-alloc] [--rounding gptq|nearest] [--calib-tokens N]
-       [--calib-seed N]
+       [--no-scaling] [--no-rate-alloc] [--no-hadamard] [--rounding gptq|nearest]
+       [--calib-tokens N] [--calib-seed N]
   inspect FILE.dcm [--verify] [--json]
   synth --shape tinyllama-1.1b|llama-3.2-1b|qwen3-0.6b|gemma-3-1b OUT.gguf [--widths stories3m|int8] [--entropy BITS]
         [--seed S]
@@ -311,6 +311,9 @@ Status CmdPack(const std::vector<std::string>& args) {
              "perplexity budget over f32 on the calibration tokens, percent (default 0.8)")
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
+      .Switch("no-hadamard",
+              "no Hadamard-transformed matrix inputs (default: the kinds of input whose 8-bit "
+              "quantization the transform makes more accurate on the calibration inputs)")
       .Value("rounding",
              "codes below 8 bits: gptq (error-compensating, from the calibration inputs) | "
              "nearest (default gptq)")
@@ -362,6 +365,7 @@ Status CmdPack(const std::vector<std::string>& args) {
                    f.GetDouble("max-ppl-increase", packer::kDefaultMaxPplIncrease));
   o.scaling = !f.IsSet("no-scaling");
   o.rate_alloc = !f.IsSet("no-rate-alloc");
+  o.hadamard = !f.IsSet("no-hadamard");
   const std::string rounding = f.GetOr("rounding", "gptq");
   if (rounding != "gptq" && rounding != "nearest") {
     return InvalidArgumentError("--rounding " + rounding + ": expected gptq or nearest");

@@ -11,6 +11,7 @@
 #include "base/packed_codes.h"
 #include "base/row_scales.h"
 #include "engine/dcm_model.h"
+#include "engine/layer_schema.h"
 #include "storage/container.h"
 #include "storage/rans.h"
 
@@ -176,7 +177,10 @@ Result<std::string> Inspect(const std::string& path, bool verify, bool json) {
         .Int("file_bytes", static_cast<int64_t>(h.file_size))
         .Int("manifest_bytes", static_cast<int64_t>(h.manifest_size))
         .String("model", c.Summary())
-        .Bool("synthetic", c.synthetic)
+        .Bool("synthetic", c.synthetic);
+    w.BeginArray("hadamard_inputs");
+    for (const char* name : HadamardInputNames(c)) w.RawValue(JsonEscape(name));
+    w.EndArray()
         .Int("params", static_cast<int64_t>(params))
         .Int("tensors", m.tensors_size())
         .Int("blocks", static_cast<int64_t>(r.num_blocks()))

@@ -38,6 +38,9 @@ struct PackOptions {
   bool scaling = true;
   bool rate_alloc = true;
   bool gptq = true;  // codes below 8 bits: GPTQ rounding where calibration inputs allow it
+  // Hadamard-transformed matrix inputs (ModelConfig::hadamard_inputs) where the calibration inputs
+  // say they quantize to 8 bits with less error; false: none.
+  bool hadamard = true;
   int calib_tokens = 4096;
   // Self-generated calibration: the sampler's seed (another seed, another sample: how much a pack
   // depends on its calibration text; BENCHMARKS.md).

@@ -69,6 +69,11 @@ const RoleGroups* GroupsOf(std::string_view role) {
 // The levels the stories3M default pack rounds codes below 8 bits to (PackOptions::level_shape).
 constexpr double kStories3MLevelShape = 2.0;
 
+// The inputs the stories3M default pack computes Hadamard-transformed (ModelConfig::
+// hadamard_inputs): the attention's input and output, the FFN's input and hidden activation. A
+// synthetic model's weights are random in any basis; the mask makes its runtime do the transforms.
+constexpr uint32_t kStories3MHadamardInputs = 0b1111;
+
 // Per role of a layer, the width and code entropy of each of the stories3M default pack's six
 // layers (the "by layer" lines of `scripts/width-profile.py`). A synthetic model of L layers
 // draws layer l's matrix of the role like stories3M layer floor(6 l / L): its widths mix as the
@@ -234,6 +239,7 @@ Status Synthesize(const SynthOptions& o) {
   w.SetBool("dcomp.synthetic", true);
   if (profiled) {
     w.SetF32("dcomp.synthetic.level_shape", static_cast<float>(kStories3MLevelShape));
+    w.SetU32("dcomp.synthetic.hadamard_inputs", kStories3MHadamardInputs);
     // The token matrices: the width of their widest group, and each group's.
     for (const char* role : {"token_embd", "output"}) {
       const GroupProfile g = SynthGroupProfile(role, static_cast<size_t>(sh->vocab));

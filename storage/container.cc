@@ -269,6 +269,20 @@ std::string LaterFieldsProblem(const pb::Tensor& T, uint16_t version_major) {
   return why;
 }
 
+// What is wrong with the manifest's fields outside the blocks and tensors for the header `h`, or
+// "".
+std::string ManifestProblem(const pb::Manifest& m, const DcmHeader& h) {
+  if (m.data_alignment() != h.data_alignment) {
+    return "manifest data_alignment " + std::to_string(m.data_alignment()) +
+           " differs from the header's " + std::to_string(h.data_alignment);
+  }
+  if (m.config().hadamard_inputs() != 0 && h.version_major < 8) {
+    return "config hadamard_inputs in a format " + std::to_string(h.version_major) +
+           ".x file (Hadamard-transformed inputs are format 8)";
+  }
+  return "";
+}
+
 }  // namespace
 
 Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
@@ -287,10 +301,7 @@ Status ContainerReader::Validate(std::span<const uint8_t> bytes) {
   if (!manifest_.ParseFromArray(m.data(), static_cast<int>(m.size()))) {
     return loss("manifest does not parse as a dcomp.container.v1.Manifest");
   }
-  if (manifest_.data_alignment() != header_.data_alignment) {
-    return loss("manifest data_alignment " + std::to_string(manifest_.data_alignment()) +
-                " differs from the header's " + std::to_string(header_.data_alignment));
-  }
+  if (std::string why = ManifestProblem(manifest_, header_); !why.empty()) return loss(why);
   // Blocks: aligned, in bounds, ascending without overlap, known codec, sane sizes.
   uint64_t next = header_.data_offset;
   for (int i = 0; i < manifest_.blocks_size(); ++i) {

@@ -36,9 +36,11 @@ inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 // stored out of order (Tensor.row_order), which they would ignore. 5.0: non-uniform levels
 // (Tensor.levels), whose codes 4.x readers would take for values. 6.0: row scales in one byte per
 // row (Tensor.scale_grid_base), which 5.x readers would size as f32. 7.0: 7-bit level codes in sign
-// and magnitude (base/packed_codes.h), which 6.x readers would take as offset codes. 1.x to 6.x
-// files are read, but for 7-bit levels in 5.x and 6.x files (refused: FAILED_PRECONDITION).
-inline constexpr uint16_t kDcmVersionMajor = 7;
+// and magnitude (base/packed_codes.h), which 6.x readers would take as offset codes. 8.0: matrix
+// inputs computed Hadamard-transformed (ModelConfig.hadamard_inputs), which 7.x readers would
+// ignore. 1.x to 7.x files are read, but for 7-bit levels in 5.x and 6.x files (refused:
+// FAILED_PRECONDITION).
+inline constexpr uint16_t kDcmVersionMajor = 8;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
 inline constexpr uint32_t kDcmAlignment = 4096;     // start of each layer's range

@@ -125,4 +125,23 @@ void AttentionHead(const float* q, const float* k, const float* v, size_t kv_str
   }
 }
 
+size_t HadamardBlock(size_t n) { return n & (~n + 1); }
+
+void HadamardTransform(float* x, size_t n) {
+  const size_t b = HadamardBlock(n);
+  for (size_t o = 0; o < n; o += b) {
+    float* v = x + o;
+    // Stage h pairs entries h apart: (a, c) -> (a + c, a - c).
+    for (size_t h = 1; h < b; h *= 2) {
+      for (size_t i = 0; i < b; i += 2 * h) {
+        for (size_t k = i; k < i + h; ++k) {
+          const float a = v[k], c = v[k + h];
+          v[k] = a + c;
+          v[k + h] = a - c;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace dcomp::kernels

@@ -386,5 +386,29 @@ TEST(GgufTest, HalfAndBFloat16Conversion) {
   EXPECT_EQ(out[2], -0.5f);
 }
 
+TEST(ModelConfigTest, HadamardInputsAreChecked) {
+  ModelConfig c;
+  c.arch = "llama";
+  c.dim = 64;
+  c.hidden_dim = 128;
+  c.n_layers = 1;
+  c.n_heads = 4;
+  c.n_kv_heads = 4;
+  c.head_dim = 16;
+  c.vocab_size = 32;
+  c.context_length = 16;
+  c.hadamard_inputs = 0b1111;
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate().message();
+  c.hadamard_inputs = 1u << 5;
+  EXPECT_EQ(
+      c.Validate().message(),
+      "model config: hadamard_inputs = 32, expected a mask of bits 0..4 (the kinds of input)");
+  c.hadamard_inputs = 1u << 4;  // the output's input, but the output is the embedding
+  EXPECT_NE(c.Validate().message().find("the embedding lookup reads untransformed"),
+            std::string::npos);
+  c.tied_output = false;
+  EXPECT_TRUE(c.Validate().ok());
+}
+
 }  // namespace
 }  // namespace dcomp

@@ -54,5 +54,54 @@ TEST(OpsTest, SiluMulDotAxpy) {
   EXPECT_EQ(b, (std::vector<float>{6, 9, 12}));
 }
 
+TEST(OpsTest, HadamardBlockIsTheLargestPowerOfTwoDividingTheWidth) {
+  EXPECT_EQ(HadamardBlock(192), 64u);
+  EXPECT_EQ(HadamardBlock(512), 512u);
+  EXPECT_EQ(HadamardBlock(5632), 512u);  // TinyLlama's FFN: 11 blocks
+  EXPECT_EQ(HadamardBlock(2048), 2048u);
+  EXPECT_EQ(HadamardBlock(7), 1u);
+}
+
+// H[i][j] = (-1)^popcount(i & j): the Sylvester construction, from its definition.
+float Sylvester(size_t i, size_t j) { return __builtin_popcountll(i & j) % 2 == 0 ? 1.0f : -1.0f; }
+
+TEST(OpsTest, HadamardTransformIsTheSylvesterMatrixOnEachBlock) {
+  for (size_t n : {1u, 2u, 8u, 12u, 192u, 320u}) {
+    const size_t b = HadamardBlock(n);
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = static_cast<float>((i * 37 + 11) % 23) - 11.0f;
+    std::vector<float> want(n, 0.0f);
+    for (size_t o = 0; o < n; o += b) {
+      for (size_t i = 0; i < b; ++i) {
+        for (size_t j = 0; j < b; ++j) want[o + i] += Sylvester(i, j) * x[o + j];
+      }
+    }
+    std::vector<float> y = x;
+    HadamardTransform(y.data(), n);
+    EXPECT_EQ(y, want) << "n = " << n;  // small integers: exact
+    // H H = b I: twice is the input times the block, exactly.
+    HadamardTransform(y.data(), n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(y[i], x[i] * static_cast<float>(b)) << n << " " << i;
+  }
+}
+
+TEST(OpsTest, HadamardTransformKeepsAProductWhenTheMatrixIsRotated) {
+  // W x = (W H / b)(H x): the identity the packer's rotated matrices rely on.
+  const size_t n = 96, rows = 5, b = HadamardBlock(n);
+  std::vector<float> x(n), w(rows * n);
+  for (size_t i = 0; i < n; ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * 3.0f;
+  for (size_t i = 0; i < w.size(); ++i) w[i] = std::cos(0.11f * static_cast<float>(i * i % 97));
+  std::vector<float> hx = x;
+  HadamardTransform(hx.data(), n);
+  for (size_t r = 0; r < rows; ++r) {
+    std::vector<float> wr(w.begin() + static_cast<ptrdiff_t>(r * n),
+                          w.begin() + static_cast<ptrdiff_t>((r + 1) * n));
+    const double plain = DotF32(wr.data(), x.data(), n);
+    HadamardTransform(wr.data(), n);
+    for (float& v : wr) v /= static_cast<float>(b);
+    EXPECT_NEAR(DotF32(wr.data(), hx.data(), n), plain, 1e-4 * (1 + std::fabs(plain)));
+  }
+}
+
 }  // namespace
 }  // namespace dcomp::kernels

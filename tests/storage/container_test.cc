@@ -31,8 +31,9 @@ std::vector<uint8_t> ReadAll(const std::string& path) {
 }
 
 // A toy container: an f32 vector (layer 0) and an 8x40 Q8_ROW matrix in 3 blocks of 3 rows
-// (layer 0), then a second layer with one more matrix, coded with rans, zstd and raw.
-std::string WriteToy(const std::string& path) {
+// (layer 0), then a second layer with one more matrix, coded with rans, zstd and raw; the config's
+// hadamard_inputs mask is `hadamard`.
+std::string WriteToy(const std::string& path, uint32_t hadamard = 0) {
   auto w = ContainerWriter::Create(path);
   EXPECT_TRUE(w.ok());
   std::mt19937 rng(1);
@@ -71,6 +72,7 @@ std::string WriteToy(const std::string& path) {
   add_q8("m1", 1, 5, 64, 5, Codec::kZstd);
   pb::Manifest m;
   m.mutable_config()->set_arch("toy");
+  m.mutable_config()->set_hadamard_inputs(hadamard);
   EXPECT_TRUE((*w)->Finish(m).ok());
   return path;
 }
@@ -404,6 +406,24 @@ std::vector<uint8_t> WithMajorVersion(std::vector<uint8_t> bytes, uint16_t major
   const uint32_t crc = Crc32c(bytes.data(), 60);
   std::memcpy(bytes.data() + 60, &crc, 4);
   return bytes;
+}
+
+TEST(ContainerTest, HadamardInputsNeedFormat8) {
+  const std::vector<uint8_t> bytes = ReadAll(WriteToy(TempPath("hadamard.dcm"), 0b1101));
+  ASSERT_EQ(bytes[8], 8);
+  WriteFuzzSeedOnRequest(bytes, "hadamard_v8.dcm");
+  auto r = ContainerReader::FromBytes(bytes, "h.dcm");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ((*r)->manifest().config().hadamard_inputs(), 0b1101u);
+  // A 7.x reader would ignore the field and compute wrong products: a 7.x file with it is damaged.
+  Status s = ContainerReader::FromBytes(WithMajorVersion(bytes, 7), "h.dcm").status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("h.dcm: config hadamard_inputs in a format 7.x file"),
+            std::string::npos)
+      << s.message();
+  EXPECT_TRUE(ContainerReader::FromBytes(
+                  WithMajorVersion(ReadAll(WriteToy(TempPath("plain.dcm"))), 7), "p.dcm")
+                  .ok());
 }
 
 // Format 5: non-uniform levels (Tensor.levels). Rows 0..2 packed at `kBits` bits (values on
