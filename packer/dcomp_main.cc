@@ -296,7 +296,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("threads", "threads (default: all cores)")
       .Value("calib", "calibration text (default: text sampled from the model itself)")
       .Value("calib-tokens",
-             "calibration tokens (default 4096; the width trials measure KL on up to 4096)")
+             "calibration tokens (default 8192; the width trials measure KL on up to 4096)")
       .Value("calib-seed", "self-generated calibration: the sampler's seed (default 20240601)")
       .Value("block-size", "raw bytes per block, whole rows (default 131072)")
       .Value("codec", "auto | rans | zstd | raw (default auto: the smallest fast enough)")
@@ -308,7 +308,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
       .Value("max-ppl-increase",
-             "perplexity budget over f32 on the calibration tokens, percent (default 0.8)")
+             "perplexity budget over f32 on the calibration tokens, percent (default 0.9)")
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
       .Switch("no-hadamard",
@@ -334,7 +334,7 @@ Status CmdPack(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads", std::thread::hardware_concurrency()));
   if (threads < 1 || threads > 256) return InvalidArgumentError("--threads must be in 1..256");
   o.threads = static_cast<int>(threads);
-  ASSIGN_OR_RETURN(int64_t ct, f.GetInt("calib-tokens", 4096));
+  ASSIGN_OR_RETURN(int64_t ct, f.GetInt("calib-tokens", packer::kDefaultCalibTokens));
   if (ct < 16 || ct > (1 << 22)) return InvalidArgumentError("--calib-tokens must be in 16..4M");
   o.calib_tokens = static_cast<int>(ct);
   ASSIGN_OR_RETURN(int64_t seed,
