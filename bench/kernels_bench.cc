@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/ops.h"
 
 namespace dcomp::kernels {
 namespace {
@@ -30,6 +31,25 @@ void BM_MemoryReadBandwidth(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
 }
 BENCHMARK(BM_MemoryReadBandwidth)->Arg(1024)->Unit(benchmark::kMillisecond);
+
+// The Hadamard transform of one token's matrix input (ModelConfig::hadamard_inputs), in place:
+// TinyLlama-1.1B's 2048-wide inputs (one block) and its 5632-wide FFN activation (11 blocks of
+// 512). Items are input entries transformed; each iteration transforms twice (H H = B I) and
+// divides by B, so that the values stay the same (the division costs about a tenth of the time).
+void BM_HadamardTransform(benchmark::State& state) {
+  const size_t n = static_cast<size_t>(state.range(0));
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<float>(i % 13) - 6.0f;
+  const float back = 1.0f / static_cast<float>(HadamardBlock(n));
+  for (auto _ : state) {
+    HadamardTransform(x.data(), n);
+    HadamardTransform(x.data(), n);
+    for (float& v : x) v *= back;
+    benchmark::DoNotOptimize(x.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * 2 * static_cast<int64_t>(n));
+}
+BENCHMARK(BM_HadamardTransform)->Arg(192)->Arg(2048)->Arg(5632);
 
 struct Operand {
   std::vector<int8_t> q;

@@ -294,6 +294,9 @@ TEST(PackTest, SyntheticModelsPackAtTheRecordedWidths) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   auto f = DcmModelFile::Open(o.output);
   ASSERT_TRUE(f.ok()) << f.status().ToString();
+  // And the transformed inputs of the real pack, which the runtime then computes.
+  EXPECT_NE(cfg.hadamard_inputs, 0u);
+  EXPECT_EQ((*f)->config().hadamard_inputs, cfg.hadamard_inputs);
   int grouped = 0, layered = 0;
   for (const TensorReport& t : r->tensors) {
     if (!t.quantized) continue;
