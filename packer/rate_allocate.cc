@@ -71,11 +71,11 @@ constexpr size_t kMaxProbabilityBytes = size_t{256} << 20;
 
 // The KL trials run on the first calibration sequences, at least kMinTrialSequences and more
 // while they hold at most kMaxTrialTokens tokens and their f32 log-probabilities fit
-// kMaxTrialLogitBytes: all of stories3M's default 4,096 calibration tokens (16 x 256), 8 sequences
-// of TinyLlama-1.1B's (its 32,000-token vocabulary). Over six calibration seeds, 16 sequences
-// rather than 8 held stories3M 0.02 bits/weight smaller at the same perplexity on both halves of
-// the dev text, with less spread between seeds; 32 (of 8,192 tokens) took 2.5x the packing time
-// for no clear gain (BENCHMARKS.md).
+// kMaxTrialLogitBytes: the first 4,096 of stories3M's default 8,192 calibration tokens (16 x 256),
+// 8 sequences of TinyLlama-1.1B's (its 32,000-token vocabulary). Over six calibration seeds, 16
+// sequences rather than 8 held stories3M 0.02 bits/weight smaller at the same perplexity on both
+// halves of the dev text, with less spread between seeds; 32 (of 8,192 tokens) took 2.5x the
+// packing time for no clear gain (BENCHMARKS.md).
 constexpr size_t kMaxTrialLogitBytes = size_t{256} << 20;
 constexpr size_t kMaxTrialTokens = 4096;
 constexpr size_t kMinTrialSequences = 8;
