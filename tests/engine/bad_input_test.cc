@@ -387,16 +387,14 @@ TEST(GgufTest, HalfAndBFloat16Conversion) {
 }
 
 TEST(ModelConfigTest, HadamardInputsAreChecked) {
-  ModelConfig c;
+  ModelConfig c;  // a valid config of one small layer
   c.arch = "llama";
-  c.dim = 64;
-  c.hidden_dim = 128;
-  c.n_layers = 1;
-  c.n_heads = 4;
-  c.n_kv_heads = 4;
+  c.n_kv_heads = c.n_heads = 4;
   c.head_dim = 16;
-  c.vocab_size = 32;
-  c.context_length = 16;
+  c.dim = c.n_heads * c.head_dim;
+  c.hidden_dim = 2 * c.dim;
+  c.n_layers = 1;
+  c.vocab_size = c.context_length = 32;
   c.hadamard_inputs = 0b1111;
   EXPECT_TRUE(c.Validate().ok()) << c.Validate().message();
   c.hadamard_inputs = 1u << 5;
