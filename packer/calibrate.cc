@@ -83,22 +83,20 @@ void AttachInputStats(PackState& s) {
 }
 
 // The squared error of x's 8-bit quantization as the engine quantizes matrix inputs (one scale per
-// row, max |x| / 127, codes rounded to nearest), over the n rows of `cols` of x; with `hadamard`,
-// of the Hadamard-transformed rows, divided by the block (the transform's squared gain) so that
-// it is the error the untransformed input sees.
+// row, kernels::QuantizeHeadQ8), over the n rows of `cols` of x; with `hadamard`, of the
+// Hadamard-transformed rows, divided by the block (the transform's squared gain) so that it is
+// the error the untransformed input sees.
 double Q8Error(const float* x, size_t n, size_t cols, bool hadamard) {
   std::vector<float> r(cols);
+  std::vector<int8_t> q(cols);
   double err = 0;
   for (size_t t = 0; t < n; ++t) {
     std::copy_n(x + t * cols, cols, r.begin());
     if (hadamard) kernels::HadamardTransform(r.data(), cols);
-    float amax = 0;
-    for (float v : r) amax = std::max(amax, std::fabs(v));
-    if (amax == 0) continue;
-    const double step = amax / 127.0;
+    const float scale = kernels::QuantizeHeadQ8(r.data(), cols, q.data());
     double e = 0;
-    for (float v : r) {
-      const double d = std::nearbyint(v / step) * step - v;
+    for (size_t c = 0; c < cols; ++c) {
+      const double d = static_cast<double>(q[c]) * scale - r[c];
       e += d * d;
     }
     err += hadamard ? e / static_cast<double>(kernels::HadamardBlock(cols)) : e;
@@ -109,9 +107,8 @@ double Q8Error(const float* x, size_t n, size_t cols, bool hadamard) {
 // Chooses the Hadamard-transformed inputs: per kind of input, when the transform lowers the summed
 // 8-bit quantization error of the calibration samples over every layer (the output's input only
 // when the output is not the embedding, which the lookup reads untransformed). The matrices
-// reading a chosen kind are rotated (W * H / block), and the f32 pass is run again so that the
-// statistics describe the inputs as the packed model computes them.
-Status ChooseHadamardInputs(PackState& s) {
+// reading a chosen kind are rotated (W * H / block), and the f32 copy reloaded.
+void ChooseHadamardInputs(PackState& s) {
   ModelConfig& cfg = s.cfg;
   uint32_t mask = 0;
   for (LinearInput in : {LinearInput::kAttnIn, LinearInput::kAttnOut, LinearInput::kFfnIn,
@@ -133,7 +130,7 @@ Status ChooseHadamardInputs(PackState& s) {
           (take ? ": transformed" : ": plain"));
     if (take) mask |= 1u << static_cast<int>(in);
   }
-  if (mask == 0) return Status::Ok();
+  if (mask == 0) return;
   cfg.hadamard_inputs = mask;
   for (Matrix& m : s.mats) {
     const LayerMatrix* lm = FindLayerMatrix(m.name);
@@ -148,11 +145,15 @@ Status ChooseHadamardInputs(PackState& s) {
   }
   s.f32w = std::make_unique<PackWeights>(cfg, false);
   LoadWeights(*s.f32w, s.mats, s.vecs, false);
+}
+
+// One f32 pass over the calibration tokens: the f32 NLL and, in a new observer, the statistics of
+// every linear input (with their second moments when `second_moment`).
+Status ObservePass(PackState& s, bool second_moment) {
   s.observer = std::make_unique<StatsObserver>(
-      std::max<size_t>(1, static_cast<size_t>(s.rep.calib_tokens) / kSampleRows), s.o.gptq);
+      std::max<size_t>(1, static_cast<size_t>(s.rep.calib_tokens) / kSampleRows), second_moment);
   ASSIGN_OR_RETURN(s.rep.f32_nll,
                    MeanNll(s.f32w.get(), s.pool.get(), s.calib, s.seq_len, s.observer.get()));
-  s.Log("hadamard: f32 mean NLL with the transformed inputs " + Fmt("%.5f", s.rep.f32_nll));
   return Status::Ok();
 }
 
@@ -207,14 +208,20 @@ Status Calibrate(PackState& s) {
                                                 s.seq_len, &rep.calibration));
     for (const auto& seq : s.calib) rep.calib_tokens += static_cast<int64_t>(seq.size());
   }
-  // One f32 pass over the calibration tokens gives both the statistics and the f32 NLL.
-  s.observer = std::make_unique<StatsObserver>(
-      std::max<size_t>(1, static_cast<size_t>(rep.calib_tokens) / kSampleRows), o.gptq);
+  // One f32 pass over the calibration tokens gives both the statistics and the f32 NLL. Choosing
+  // the transformed inputs needs only the samples: that pass leaves out GPTQ's second moments (the
+  // costly part), which a second pass collects from the inputs as the packed model computes them.
+  s.observer = std::make_unique<StatsObserver>(1, false);
   if (s.need_calib) {
-    ASSIGN_OR_RETURN(rep.f32_nll,
-                     MeanNll(s.f32w.get(), s.pool.get(), s.calib, s.seq_len, s.observer.get()));
+    RETURN_IF_ERROR(ObservePass(s, o.gptq && !o.hadamard));
     s.Log("calibration: " + rep.calibration + "; f32 mean NLL " + Fmt("%.5f", rep.f32_nll));
-    if (o.hadamard) RETURN_IF_ERROR(ChooseHadamardInputs(s));
+    if (o.hadamard) {
+      ChooseHadamardInputs(s);
+      if (cfg.hadamard_inputs != 0 || o.gptq) RETURN_IF_ERROR(ObservePass(s, o.gptq));
+      if (cfg.hadamard_inputs != 0) {
+        s.Log("hadamard: f32 mean NLL with the transformed inputs " + Fmt("%.5f", rep.f32_nll));
+      }
+    }
     s.Progress("calibration", 1.0);
   } else {
     rep.calibration = cfg.synthetic ? "none (synthetic weights)" : "none (all stages off)";

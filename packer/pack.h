@@ -21,7 +21,8 @@ inline constexpr double kDefaultLevelShape = 2.0;
 // tokens: the budget is the largest whose stories3M pack stays within +1.0% on each quarter of
 // half A of the dev text for each of six calibration seeds, and of the token counts tried (4,096
 // and 8,192) the one whose such budget packs smallest (checked on half B; BENCHMARKS.md, session
-// 36: GPTQ's second moments from more tokens generalise better once the budget goes to the weights).
+// 36: GPTQ's second moments from more tokens generalise better once the budget goes to the
+// weights).
 inline constexpr double kDefaultMaxPplIncrease = 0.9;
 inline constexpr int kDefaultCalibTokens = 8192;
 

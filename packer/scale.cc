@@ -155,10 +155,9 @@ Status Scale(PackState& state) {
   for (const Group& g : groups) {
     const InputStats* st = state.observer->Find(g.layer, g.input);
     if (st == nullptr) continue;
-    if (HadamardInput(cfg, g.input)) {  // 1/s cannot be folded upstream of the transform
-      for (const std::string& name : g.mats) state.Find(name).importance = st->max_abs;
-      continue;
-    }
+    // No column scales for a transformed input (1/s cannot be folded upstream of the transform);
+    // its matrices keep the importance calibration gave them.
+    if (HadamardInput(cfg, g.input)) continue;
     const std::vector<float> max_abs = GroupMaxAbs(g, *st, hd, group_q);
     const float best_alpha = ChooseAlpha(state, g, *st, max_abs);
     std::vector<float> s = ScalesFor(max_abs, best_alpha);
