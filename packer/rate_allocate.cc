@@ -174,6 +174,20 @@ class KlEvaluator {
     return p;
   }
 
+  // Per token, the share of the evaluated positions whose input it is.
+  std::vector<double> InputFrequency() const {
+    std::vector<double> f(vocab_, 0.0);
+    size_t n = 0;
+    for (const auto& seq : seqs_) n += seq.size();
+    for (const auto& seq : seqs_) {
+      for (int32_t t : seq) {
+        if (t >= 0 && static_cast<size_t>(t) < vocab_)
+          f[static_cast<size_t>(t)] += 1.0 / static_cast<double>(n);
+      }
+    }
+    return f;
+  }
+
  private:
   Result<double> Run(WeightSource* w, ResidualTap* tap) const {
     ASSIGN_OR_RETURN(auto tf, Transformer::Create(w, pool_, ctx_));
@@ -233,11 +247,13 @@ int FirstPointReading(const Matrix& m, const ModelConfig& cfg) {
 }
 
 // One code width of one matrix: its packed bits (the objective), the order-0 entropy of its codes
-// (what entropy coding stores; reported) and the KL increase it costs alone.
+// (what entropy coding stores; reported) and the KL increase it costs alone, of which `charged` is
+// expected beyond what the trials measure (SplitIntoGroups).
 struct Option {
   int bits;
   float clip;
   double packed_bits, entropy_bits, dkl;
+  double charged = 0;
 };
 // What one list of options sets: a whole matrix (group < 0) or one group of its rows.
 struct Part {
@@ -258,12 +274,6 @@ struct Options {
 constexpr size_t kGroupMinRows = 256;
 constexpr size_t kRowGroups = 16;
 constexpr double kGroupShare = 0.5;
-// Groups start at 7 bits and go no narrower than 6: most of a vocabulary never occurs in the
-// calibration text (80% of stories3M's 4096 tokens in 4096 calibration tokens), so the KL measured
-// there cannot see what narrowing those rows costs on other text. Chosen on half A of the dev
-// text (5 bits: +1.39% on its second quarter; 6: at most +0.67%), checked on half B
-// (BENCHMARKS.md).
-constexpr int kGroupMinBits = 6;
 
 bool IsTokenMatrix(const Matrix& m) {
   const std::string_view role = MatrixRole(m.name);
@@ -328,7 +338,7 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
     o.parts.push_back({i, -1});
     Matrix& m = mats[i];
     const double n = static_cast<double>(m.rows * m.cols);
-    opts[i].push_back({8, 1.0f, 8 * n, m.entropy * n, 0.0});
+    opts[i].push_back({8, 1.0f, 8 * n, m.entropy * n, 0.0, 0.0});
     const GptqFactor g = GptqFactorOf(m);  // one factor for every width
     const std::vector<float> ms = g.cols != 0 ? std::vector<float>() : InputMeanSquare(m);
     for (int bits = 7; bits >= kMinPackedBits; --bits) {
@@ -340,7 +350,7 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
       qw.SetMatrix(m, &q);
       ASSIGN_OR_RETURN(double d, kl.KlFrom(&qw, FirstPointReading(m, s.cfg)));
       opts[i].push_back(
-          {bits, p.clip, bits * n, CodeEntropyBits(q) * n, std::max(0.0, d - kl_base)});
+          {bits, p.clip, bits * n, CodeEntropyBits(q) * n, std::max(0.0, d - kl_base), 0.0});
       if (d - kl_base > budget) break;  // narrower widths only cost more
     }
     qw.SetMatrix(m, &m.q);
@@ -349,26 +359,56 @@ Result<Options> WidthOptions(PackState& s, const KlEvaluator& kl, double kl_base
   return o;
 }
 
+// One width of one group of rows, measured.
+struct GroupTrial {
+  int bits;
+  float clip;
+  double entropy_bits;
+  double dkl;     // the measured KL increase over the whole matrix at 7 bits
+  double input;   // its input side (the embedding's rows as read at the model's input)
+  double seen;    // sum over the group's tokens of f_t * (e_t - e7_t)
+  double unseen;  // sum over the group's tokens of missed_t * (e_t - e7_t) (MissedInputShare)
+};
+
 // The token matrices of at least kGroupMinRows rows whose 7-bit codes cost at most kGroupShare of
 // the budget are split into kRowGroups groups of rows held at 7 bits; each group alone is then
 // tried at narrower widths (the others at 7), its options' increases measured from the whole matrix
 // at 7 bits, whose own increase is shared among the groups by their rows. The matrix's options are
-// replaced by its groups'. Not when `whole` (the Lagrangian choice for the budget with every matrix
-// whole) holds the matrix narrower than kGroupMinBits: groups would only keep it wider.
-Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, double budget,
-                       const std::vector<size_t>& whole, Options* o) {
+// replaced by its groups'.
+//
+// The rows of an embedding are also read as the model's input, and there the trials see a row only
+// where its token occurs: most of a vocabulary never does in a few thousand tokens (80% of
+// stories3M's 4096 tokens in 4096), so a group of rare tokens would measure nearly free at any
+// width and cost on other text. Its input side is charged for the occurrences the trials missed.
+// Per occurrence, a row's input cost is taken as eta * e_t, e_t its codes' relative squared error
+// (a perturbation of the residual stream in proportion to its size). eta is fitted on what the
+// trials do measure: the input sides of every group's trials (the measured increase less, for a
+// tied embedding, its output side, from a pass that replays the residual stream up to the output)
+// against sum_t f_t (e_t - e7_t), f_t the token's share of the trial inputs. Each option is then
+// charged eta * sum_t missed_t (e_t - e7_t) (MissedInputShare), which counts toward the budget
+// like measured KL (Apply). Groups without such a charge go no narrower than
+// kUnchargedGroupMinBits: an embedding's when no input side was measured, and an untied output's
+// (its rows are measured at every position, but on the calibration's distribution of tokens).
+constexpr int kUnchargedGroupMinBits = 6;
+
+Status SplitIntoGroups(PackState& s, KlEvaluator& kl, double kl_base, double budget, Options* o) {
   Options out;
   double kl_now = kl_base;  // the KL of the matrices as they stand (split ones back at 7 bits)
+  const std::vector<double> freq = kl.InputFrequency();
+  const std::vector<double> prob = kl.MeanProbability();
+  const int head_point = 2 * s.cfg.n_layers;  // ResidualTap: the output matrix's input
   for (size_t i = 0; i < o->size(); ++i) {
     Matrix& m = s.mats[o->parts[i].matrix];
     const Option* seven = nullptr;
     for (const Option& op : (*o)[i]) seven = op.bits == 7 ? &op : seven;
     if (!IsTokenMatrix(m) || m.rows < kGroupMinRows || seven == nullptr ||
-        seven->dkl > kGroupShare * budget || (*o)[i][whole[i]].bits < kGroupMinBits) {
+        seven->dkl > kGroupShare * budget) {
       out.o.push_back((*o)[i]);
       out.parts.push_back(o->parts[i]);
       continue;
     }
+    const bool input = MatrixRole(m.name) == "token_embd";
+    const bool tied_input = input && s.cfg.tied_output;
     const double kl_before = kl_now;  // another token matrix may already be at 7 bits
     m.row_order = RowsByUse(s, kl, m);
     m.group_rows = RowsPerGroup(m.rows, kRowGroups);
@@ -377,20 +417,23 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, doub
     m.group_clip.assign(groups, seven->clip);
     Quantize(m);
     s.qw->SetMatrix(m, &m.q);
-    ASSIGN_OR_RETURN(const double kl7, kl.Kl(s.qw.get()));
+    // Recorded when the output side is to be told from the input side.
+    ASSIGN_OR_RETURN(const double kl7, tied_input ? kl.Record(s.qw.get()) : kl.Kl(s.qw.get()));
+    std::vector<double> e7;      // per row, its relative error at 7 bits
+    std::vector<double> missed;  // per row, its expected input share where the trials saw none
+    if (input) {
+      e7.resize(m.rows);
+      for (size_t r = 0; r < m.rows; ++r) e7[r] = RowRelativeError(m, r);
+      missed = MissedInputShare(m, freq, prob);
+    }
     const GptqFactor f = GptqFactorOf(m);
     const std::vector<float> ms = f.cols != 0 ? std::vector<float>() : InputMeanSquare(m);
-    s.Log("rate allocation: " + m.name + " in " + std::to_string(groups) + " groups of " +
-          std::to_string(m.group_rows) + " rows (at 7 bits: KL +" + Fmt("%.5f", kl7 - kl_before) +
-          ")");
+    std::vector<std::vector<GroupTrial>> trials(groups);
     for (size_t g = 0; g < groups; ++g) {
       const size_t rows = GroupSize(m, g);
-      const double n = static_cast<double>(rows * m.cols);
-      const double share =
-          std::max(0.0, kl7 - kl_before) * static_cast<double>(rows) / static_cast<double>(m.rows);
-      std::vector<Option> go;
-      go.push_back({7, seven->clip, 7 * n, CodeEntropyBits(GroupRows(m, m.q.codes, g)) * n, share});
-      for (int bits = 6; bits >= kGroupMinBits; --bits) {
+      trials[g].push_back(
+          {7, seven->clip, CodeEntropyBits(GroupRows(m, m.q.codes, g)), 0.0, 0.0, 0.0, 0.0});
+      for (int bits = 6; bits >= (input ? kMinPackedBits : kUnchargedGroupMinBits); --bits) {
         m.group_bits[g] = bits;
         if (f.cols == 0) {
           QuantParams p = ParamsOf(m);
@@ -400,15 +443,62 @@ Status SplitIntoGroups(PackState& s, const KlEvaluator& kl, double kl_base, doub
         QuantizeGroup(m, g, f);
         s.qw->SetMatrix(m, &m.q);
         ASSIGN_OR_RETURN(const double d, kl.Kl(s.qw.get()));
-        go.push_back({bits, m.group_clip[g], bits * n,
-                      CodeEntropyBits(GroupRows(m, m.q.codes, g)) * n,
-                      share + std::max(0.0, d - kl7)});
+        GroupTrial t{
+            bits, m.group_clip[g], CodeEntropyBits(GroupRows(m, m.q.codes, g)), d - kl7, 0.0, 0.0,
+            0.0};
+        if (input) {
+          t.input = t.dkl;
+          if (tied_input) {
+            // The residual stream as recorded (this group's input rows at 7 bits) up to the output:
+            // the output side alone.
+            ASSIGN_OR_RETURN(const double head, kl.KlFrom(s.qw.get(), head_point));
+            t.input -= head - kl7;
+          }
+          for (size_t k = 0; k < rows; ++k) {
+            const size_t r = GroupRow(m, g, k);
+            const double de = RowRelativeError(m, r) - e7[r];
+            t.seen += freq[r] * de;
+            t.unseen += missed[r] * de;
+          }
+        }
+        trials[g].push_back(t);
         if (d - kl7 > budget) break;
       }
       m.group_bits[g] = 7;
       m.group_clip[g] = seven->clip;
       QuantizeGroup(m, g, f);
       s.qw->SetMatrix(m, &m.q);
+    }
+    if (tied_input) kl.DropRecord();
+    double input_sum = 0, seen_sum = 0;
+    for (const auto& gt : trials) {
+      for (const GroupTrial& t : gt) input_sum += t.input, seen_sum += t.seen;
+    }
+    const bool fitted = input_sum > 0 && seen_sum > 0;
+    const double eta = input && fitted ? input_sum / seen_sum : 0.0;
+    const int min_bits = input && fitted ? kMinPackedBits : kUnchargedGroupMinBits;
+    std::string log = "rate allocation: " + m.name + " in " + std::to_string(groups) +
+                      " groups of " + std::to_string(m.group_rows) + " rows (at 7 bits: KL +" +
+                      Fmt("%.5f", kl7 - kl_before) + ")";
+    if (input) {
+      log += fitted ? "; input cost per occurrence " + Fmt("%.4g", eta) +
+                          " x relative error, charged for occurrences the trials missed"
+                    : "; no input cost measured: groups at " +
+                          std::to_string(kUnchargedGroupMinBits) + " bits or more";
+    }
+    s.Log(log);
+    for (size_t g = 0; g < groups; ++g) {
+      const size_t rows = GroupSize(m, g);
+      const double n = static_cast<double>(rows * m.cols);
+      const double share =
+          std::max(0.0, kl7 - kl_before) * static_cast<double>(rows) / static_cast<double>(m.rows);
+      std::vector<Option> go;
+      for (const GroupTrial& t : trials[g]) {
+        if (t.bits < min_bits) break;
+        const double charged = eta * std::max(0.0, t.unseen);
+        go.push_back({t.bits, t.clip, t.bits * n, t.entropy_bits * n,
+                      share + std::max(0.0, t.dkl) + charged, charged});
+      }
       out.o.push_back(std::move(go));
       out.parts.push_back({o->parts[i].matrix, static_cast<int>(g)});
     }
@@ -453,7 +543,7 @@ std::vector<size_t> ChoiceFor(const Options& opts, double target) {
 }
 
 // Sets every matrix to its option in `choice` (re-quantizing those that change) and returns the
-// measured KL of the whole combination.
+// measured KL of the whole combination plus its options' charges (what the trials cannot measure).
 Result<double> Apply(PackState& s, const KlEvaluator& kl, const Options& opts,
                      const std::vector<size_t>& choice) {
   std::vector<Matrix>& mats = s.mats;
@@ -475,7 +565,10 @@ Result<double> Apply(PackState& s, const KlEvaluator& kl, const Options& opts,
     Quantize(mats[i]);
     s.qw->SetMatrix(mats[i], &mats[i].q);
   }
-  return kl.Kl(s.qw.get());
+  double charged = 0;
+  for (size_t i = 0; i < opts.size(); ++i) charged += opts[i][choice[i]].charged;
+  ASSIGN_OR_RETURN(const double measured, kl.Kl(s.qw.get()));
+  return measured + charged;
 }
 
 // The predicted KL increase of a choice: the sum of its options' single-matrix increases.
@@ -626,7 +719,7 @@ Status AllocateRates(PackState& s) {
   }
   ASSIGN_OR_RETURN(Options opts, WidthOptions(s, kl, kl_base, budget));
   kl.DropRecord();  // the passes below change the embedding or several matrices
-  RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, ChoiceFor(opts, budget), &opts));
+  RETURN_IF_ERROR(SplitIntoGroups(s, kl, kl_base, budget, &opts));
   ASSIGN_OR_RETURN(const bool fits, ApplyChoice(s, kl, opts, kl_base, limit, budget));
   if (!fits) {
     for (Matrix& m : s.mats) {

@@ -132,6 +132,32 @@ size_t GroupRow(const Matrix& m, size_t g, size_t i) {
   return m.row_order.empty() ? stored : m.row_order[stored];
 }
 
+double RowRelativeError(const Matrix& m, size_t r) {
+  double err = 0, norm = 0;
+  for (size_t c = 0; c < m.cols; ++c) {
+    const double w = m.w[r * m.cols + c];
+    const double s = m.col_scale.empty() ? 1.0 : static_cast<double>(m.col_scale[c]);
+    const double d = static_cast<double>(m.q.codes[r * m.cols + c]) * m.q.scale[r] / s - w;
+    err += d * d;
+    norm += w * w;
+  }
+  return norm > 0 ? err / norm : 0.0;
+}
+
+std::vector<double> MissedInputShare(const Matrix& m, const std::vector<double>& freq,
+                                     const std::vector<double>& prob) {
+  double harmonic = 0;
+  for (size_t k = 1; k <= m.rows; ++k) harmonic += 1.0 / static_cast<double>(k);
+  std::vector<double> missed(m.rows, 0.0);
+  for (size_t k = 0; k < m.rows; ++k) {
+    const size_t r = m.row_order.empty() ? k : m.row_order[k];
+    if (r < freq.size() && freq[r] > 0) continue;
+    const double zipf = 1.0 / (static_cast<double>(k + 1) * harmonic);
+    missed[r] = std::max(r < prob.size() ? prob[r] : 0.0, zipf);
+  }
+  return missed;
+}
+
 size_t GroupSize(const Matrix& m, size_t g) {
   return std::min(m.group_rows, m.rows - g * m.group_rows);
 }

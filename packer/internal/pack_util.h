@@ -91,6 +91,20 @@ std::vector<T> GroupRows(const Matrix& m, const std::vector<T>& src, size_t g) {
   return StoredRows(m, src, m.cols, g * m.group_rows, GroupSize(m, g));
 }
 
+// The relative squared error of row r's codes in m.q, in the model's domain: sum_c (deq_c -
+// w_c)^2 / sum_c w_c^2, deq_c = code * row scale / col_scale[c] (the quantizer scaled column c).
+double RowRelativeError(const Matrix& m, size_t r);
+
+// Per row of token matrix `m` (m.row_order: most used first, or empty for in order), the share
+// of the input of other text its token is expected to take where the calibration trials never
+// saw it as input (freq[r] == 0; 0 where they did): the larger of prob[r], the f32 model's mean
+// probability of the token, and Zipf's law over the order of use, 1 / (rank H_V) (H_V the V-th
+// harmonic number, V = m.rows). Self-generated calibration text holds few rare tokens and the
+// model gives them little probability, while text people bring holds many; Zipf's law, the
+// rank-frequency law of natural text, is what the order of use says of them.
+std::vector<double> MissedInputShare(const Matrix& m, const std::vector<double>& freq,
+                                     const std::vector<double>& prob);
+
 // Hands every matrix (quantized or f32) and vector of the packer's model to a PackWeights.
 void LoadWeights(PackWeights& w, const std::vector<Matrix>& mats,
                  const std::map<std::string, Vector>& vecs, bool quantized);

@@ -224,8 +224,7 @@ TEST(PackTest, UntiedTokenMatricesEachInTheirOwnOrder) {
   ASSERT_FALSE(model.empty()) << "could not write the untied copy into " << dir;
   PackOptions o = Fast(model, (dir / "untied.dcm").string());
   o.calib_tokens = 1024;
-  // A tight budget, so that the embedding stays at 6 bits or more and is split too (at the
-  // default it goes to 5 bits whole).
+  // A tight budget, so that each token matrix's 7-bit codes cost at most half of it (split).
   o.max_ppl_increase = 0.3;
   auto r = Pack(o);
   ASSERT_TRUE(r.ok()) << r.status().ToString();

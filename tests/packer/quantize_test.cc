@@ -2,7 +2,8 @@
 // (the sum of its step losses equals the error's full quadratic form), a diagonal Hessian gives
 // round-to-nearest exactly, correlated inputs get a smaller output error than rounding to nearest,
 // codes stay within their width, pruned entries stay zero, and a row's own clip is no worse than
-// the best clip shared by every row.
+// the best clip shared by every row. The rate allocation's helpers: a row's relative error in the
+// model's domain, the input share charged for tokens the trials never saw.
 #include "packer/quantize.h"
 
 #include <gtest/gtest.h>
@@ -238,6 +239,53 @@ TEST(KlTermTest, ProbabilitiesComputedAheadGiveTheSameDouble) {
       EXPECT_GT(ahead, 0.0) << vocab;  // the KL of two different distributions
     }
   }
+}
+
+// A row's relative error is measured in the model's domain: the quantizer scaled column c by
+// col_scale[c], so code * scale / col_scale[c] is what the model reads.
+TEST(RateAllocationTest, RowRelativeErrorInTheModelsDomain) {
+  internal::Matrix m;
+  m.rows = 2;
+  m.cols = 2;
+  m.w = {3.f, 4.f, 0.f, 0.f};
+  m.q.rows = 2;
+  m.q.cols = 2;
+  m.q.codes = {3, 5, 0, 0};
+  m.q.scale = {1.f, 1.f};
+  EXPECT_DOUBLE_EQ(internal::RowRelativeError(m, 0), 1.0 / 25.0);  // (5 - 4)^2 / (3^2 + 4^2)
+  EXPECT_EQ(internal::RowRelativeError(m, 1), 0.0);                // an all-zero row
+  m.col_scale = {2.f, 1.f};
+  m.q.codes = {6, 4, 0, 0};  // column 0 scaled by 2 before rounding: exact
+  EXPECT_EQ(internal::RowRelativeError(m, 0), 0.0);
+}
+
+// Tokens the trials saw as input are measured, not charged; a token they never saw takes the
+// larger of the model's mean probability and Zipf's share for its rank in the order of use; with
+// nothing seen and no probability, the shares are Zipf's law itself and sum to 1.
+TEST(RateAllocationTest, MissedInputShareIsZipfOverTheOrderOfUse) {
+  internal::Matrix m;
+  m.rows = 4;
+  m.row_order = {2, 0, 3, 1};  // row 2 most used, row 1 least
+  const std::vector<double> freq = {0.5, 0.0, 0.5, 0.0}, prob = {0.3, 0.001, 0.6, 0.2};
+  const double h4 = 1.0 + 1.0 / 2 + 1.0 / 3 + 1.0 / 4;
+  const std::vector<double> got = internal::MissedInputShare(m, freq, prob);
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0], 0.0);
+  EXPECT_EQ(got[2], 0.0);
+  EXPECT_DOUBLE_EQ(got[3], 0.2);               // rank 3: Zipf 0.16 < p 0.2
+  EXPECT_DOUBLE_EQ(got[1], 1.0 / (4.0 * h4));  // rank 4: Zipf 0.12 > p 0.001
+  m.rows = 1000;
+  m.row_order.clear();
+  const std::vector<double> zipf =
+      internal::MissedInputShare(m, std::vector<double>(1000, 0.0), std::vector<double>(1000, 0.0));
+  double sum = 0;
+  for (size_t r = 0; r < zipf.size(); ++r) {
+    sum += zipf[r];
+    if (r > 0) {
+      EXPECT_LT(zipf[r], zipf[r - 1]) << r;
+    }
+  }
+  EXPECT_NEAR(sum, 1.0, 1e-12);
 }
 
 }  // namespace
