@@ -308,7 +308,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
       .Value("max-ppl-increase",
-             "perplexity budget over f32 on the calibration tokens, percent (default 0.9)")
+             "perplexity budget over f32 on the calibration tokens, percent (default 0.95)")
       .Switch("no-scaling", "no compression-aware scaling")
       .Switch("no-rate-alloc", "no rate allocation (every step plain INT8)")
       .Switch("no-hadamard",
