@@ -91,6 +91,20 @@ size_t TrialSequences(const std::vector<std::vector<int32_t>>& calib, int32_t vo
   return n;
 }
 
+// Per token below `vocab`, the share of the tokens of `seqs` that are it.
+std::vector<double> TokenShares(const std::vector<std::vector<int32_t>>& seqs, size_t vocab) {
+  std::vector<double> f(vocab, 0.0);
+  size_t n = 0;
+  for (const auto& seq : seqs) n += seq.size();
+  for (const auto& seq : seqs) {
+    for (int32_t t : seq) {
+      if (t >= 0 && static_cast<size_t>(t) < vocab)
+        f[static_cast<size_t>(t)] += 1.0 / static_cast<double>(n);
+    }
+  }
+  return f;
+}
+
 // Mean KL(f32 || model) over every position of the sequences, from stored f32 log-probabilities.
 class KlEvaluator {
  public:
@@ -175,18 +189,7 @@ class KlEvaluator {
   }
 
   // Per token, the share of the evaluated positions whose input it is.
-  std::vector<double> InputFrequency() const {
-    std::vector<double> f(vocab_, 0.0);
-    size_t n = 0;
-    for (const auto& seq : seqs_) n += seq.size();
-    for (const auto& seq : seqs_) {
-      for (int32_t t : seq) {
-        if (t >= 0 && static_cast<size_t>(t) < vocab_)
-          f[static_cast<size_t>(t)] += 1.0 / static_cast<double>(n);
-      }
-    }
-    return f;
-  }
+  std::vector<double> InputFrequency() const { return TokenShares(seqs_, vocab_); }
 
  private:
   Result<double> Run(WeightSource* w, ResidualTap* tap) const {
@@ -282,23 +285,16 @@ bool IsTokenMatrix(const Matrix& m) {
 
 // The rows of token matrix `m` by use on the calibration text, most used first (ties in token
 // order): as input, how often each token appears; as output, the f32 model's mean probability of
-// each token (both per position). Groups of rows then hold tokens of like use.
-std::vector<uint32_t> RowsByUse(const PackState& s, const KlEvaluator& kl, const Matrix& m) {
-  std::vector<double> use(m.rows, 0.0);
+// each token (both per position; `mean_probability` is KlEvaluator::MeanProbability()). Groups
+// of rows then hold tokens of like use.
+std::vector<uint32_t> RowsByUse(const PackState& s, const std::vector<double>& mean_probability,
+                                const Matrix& m) {
   const std::string_view role = MatrixRole(m.name);
-  if (role == "token_embd") {
-    size_t n = 0;
-    for (const auto& seq : s.calib) n += seq.size();
-    for (const auto& seq : s.calib) {
-      for (int32_t t : seq) {
-        if (t >= 0 && static_cast<size_t>(t) < m.rows)
-          use[static_cast<size_t>(t)] += 1.0 / static_cast<double>(n);
-      }
-    }
-  }
+  std::vector<double> use =
+      role == "token_embd" ? TokenShares(s.calib, m.rows) : std::vector<double>(m.rows, 0.0);
   if (role == "output" || (role == "token_embd" && s.cfg.tied_output)) {
-    const std::vector<double> p = kl.MeanProbability();
-    for (size_t r = 0; r < std::min(p.size(), m.rows); ++r) use[r] += p[r];
+    for (size_t r = 0; r < std::min(mean_probability.size(), m.rows); ++r)
+      use[r] += mean_probability[r];
   }
   std::vector<uint32_t> order(m.rows);
   for (size_t r = 0; r < m.rows; ++r) order[r] = static_cast<uint32_t>(r);
@@ -410,7 +406,7 @@ Status SplitIntoGroups(PackState& s, KlEvaluator& kl, double kl_base, double bud
     const bool input = MatrixRole(m.name) == "token_embd";
     const bool tied_input = input && s.cfg.tied_output;
     const double kl_before = kl_now;  // another token matrix may already be at 7 bits
-    m.row_order = RowsByUse(s, kl, m);
+    m.row_order = RowsByUse(s, prob, m);
     m.group_rows = RowsPerGroup(m.rows, kRowGroups);
     const size_t groups = GroupCount(m.rows, m.group_rows);
     m.group_bits.assign(groups, 7);
