@@ -38,11 +38,11 @@ Status CalibrateDecode(const UnitDecoder& decoder, BlockLookup* lookup, Rates* r
 }
 
 // Flash: the units' ranges from the first, cold (cached pages dropped first and as it goes), in
-// 1 MiB reads back to back, for 0.25 s and at least 8 MiB, or 256 MiB; the rate of the second
-// half. A token-bucket device (a cgroup blkio throttle, burst-credit volumes) serves its bucket
-// first at full speed: the 800 MB/s blkio throttle of the benchmarks passes 60-80 MiB at
+// reads of `tmp`'s size back to back, for 0.25 s and at least 8 MiB, or 256 MiB; the rate of the
+// second half. A token-bucket device (a cgroup blkio throttle, burst-credit volumes) serves its
+// bucket first at full speed: the 800 MB/s blkio throttle of the benchmarks passes 60-80 MiB at
 // ~1.7 GB/s per 100 ms slice, so a probe of a few MiB measures the burst. `tmp` is the read
-// buffer (1 MiB or less).
+// buffer (ReadProbeBytes).
 Status CalibrateReads(const ModelLayout& layout, storage::BlockReader* reader, PageBuffer* tmp,
                       uint64_t total, Rates* rates, IoProbe* probe) {
   uint64_t begin = std::numeric_limits<uint64_t>::max();
@@ -181,6 +181,12 @@ CommonWidth CommonPackedWidth(const ModelLayout& layout) {
 
 }  // namespace
 
+uint64_t ReadProbeBytes(uint64_t total, uint64_t largest_unit, uint64_t headroom) {
+  const uint64_t floor = std::min<uint64_t>(total, uint64_t{1} << 20);
+  const uint64_t want = std::min({total, largest_unit, kReadProbeMaxBytes, headroom / 2});
+  return std::max(floor, want);
+}
+
 uint64_t ComputeProbeBytes(uint64_t model_bytes, uint64_t llc_bytes, uint64_t headroom) {
   if (model_bytes <= llc_bytes) return 0;
   const uint64_t want = std::clamp<uint64_t>(3 * std::min<uint64_t>(llc_bytes, uint64_t{256} << 20),
@@ -198,9 +204,17 @@ Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, ui
     end = std::max(end, unit.range_end);
   }
   const uint64_t total = std::min<uint64_t>(end - begin, 256u << 20);
+  {
+    uint64_t largest = 0;  // the largest read the prefetcher makes: a unit's whole range
+    for (const UnitLayout& unit : layout.units) {
+      largest = std::max(largest, unit.range_end - unit.range_begin);
+    }
+    ASSIGN_OR_RETURN(PageBuffer buf, PageBuffer::Allocate(ReadProbeBytes(total, largest, headroom),
+                                                          "the read probe"));
+    RETURN_IF_ERROR(CalibrateReads(layout, lookup->reader(), &buf, total, rates, probe));
+  }
   ASSIGN_OR_RETURN(PageBuffer tmp,
                    PageBuffer::Allocate(std::min<uint64_t>(total, 1u << 20), "calibration"));
-  RETURN_IF_ERROR(CalibrateReads(layout, lookup->reader(), &tmp, total, rates, probe));
   uint64_t model_bytes = 0;
   for (const UnitInfo& u : layout.infos) model_bytes += u.decoded_bytes;
   const CommonWidth common = CommonPackedWidth(layout);

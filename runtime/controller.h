@@ -44,6 +44,15 @@ struct IoProbe {
 Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, uint64_t headroom,
                  Rates* rates, IoProbe* probe);
 
+// The bytes of each read of the read probe (Calibrate): reads as the prefetcher makes them, a
+// unit's range at once, which the io_uring reader keeps in flight as chunks up to its queue depth
+// (BlockReaderOptions), up to kReadProbeMaxBytes (16 chunks of 1 MiB) and half of `headroom`;
+// at least 1 MiB (or `total`). 1 MiB reads one at a time measured 1.7-2.3 GB/s on a device
+// where the runtime's reads sustain 3.8 GB/s, and on that rate the planner chose, on some starts
+// and not others, a plan that reads less but serialises reads with compute (25% slower).
+inline constexpr uint64_t kReadProbeMaxBytes = uint64_t{16} << 20;
+uint64_t ReadProbeBytes(uint64_t total, uint64_t largest_unit, uint64_t headroom);
+
 // The bytes of the compute probe's buffer (Calibrate). A model larger than the last-level cache
 // streams its weights from DRAM every token, and there the INT8 and packed products run at other
 // ratios than in cache (INT8 bound by bandwidth; packed by its unpacking or by its fewer bytes):

@@ -280,6 +280,19 @@ TEST(ResidencyTest, ComputeProbeLeavesTheCacheOnlyForALargerModelAndWithinTheBud
   EXPECT_EQ(ComputeProbeBytes(1ull << 30, 128 * MiB, 1ull << 40), 256 * MiB);
 }
 
+// The read probe reads as the prefetcher does, a unit's range at once (up to 16 MiB: the io_uring
+// reader's queue of 1 MiB chunks), within half the budget's headroom, and never less than the
+// 1 MiB it read before (or the whole range when that is less).
+TEST(ResidencyTest, ReadProbeReadsUnitsAtOnceWithinTheBudget) {
+  constexpr uint64_t MiB = 1 << 20;
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 1ull << 40), kReadProbeMaxBytes);
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 3 * MiB, 1ull << 40), 3 * MiB);         // small units
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 10 * MiB), 5 * MiB);          // half the headroom
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 0), 1 * MiB);                 // never below 1 MiB
+  EXPECT_EQ(ReadProbeBytes(300 * 1024, 100 * 1024, 1ull << 40), 300 * 1024);  // the whole range
+  EXPECT_EQ(ReadProbeBytes(300 * 1024, 100 * 1024, 0), 300 * 1024);
+}
+
 // Read-bound plans tie on their estimate whatever their RAM units cost to compute. When entropy
 // coding gained little (its stored range about its packed size, 5% of its blocks entropy-coded),
 // the units held in RAM are held packed, not entropy-coded, even at a budget that would fit one
