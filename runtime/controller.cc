@@ -182,8 +182,11 @@ CommonWidth CommonPackedWidth(const ModelLayout& layout) {
 }  // namespace
 
 uint64_t ReadProbeBytes(uint64_t total, uint64_t largest_unit, uint64_t headroom) {
-  const uint64_t floor = std::min<uint64_t>(total, uint64_t{1} << 20);
-  const uint64_t want = std::min({total, largest_unit, kReadProbeMaxBytes, headroom / 2});
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  const uint64_t floor = std::min(total, kMiB);
+  // Whole MiB: every read but the last starts where O_DIRECT allows (4096-aligned).
+  const uint64_t want =
+      std::min({total, largest_unit, kReadProbeMaxBytes, headroom / 2}) / kMiB * kMiB;
   return std::max(floor, want);
 }
 

@@ -46,10 +46,11 @@ Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, ui
 
 // The bytes of each read of the read probe (Calibrate): reads as the prefetcher makes them, a
 // unit's range at once, which the io_uring reader keeps in flight as chunks up to its queue depth
-// (BlockReaderOptions), up to kReadProbeMaxBytes (16 chunks of 1 MiB) and half of `headroom`;
-// at least 1 MiB (or `total`). 1 MiB reads one at a time measured 1.7-2.3 GB/s on a device
-// where the runtime's reads sustain 3.8 GB/s, and on that rate the planner chose, on some starts
-// and not others, a plan that reads less but serialises reads with compute (25% slower).
+// (BlockReaderOptions), up to kReadProbeMaxBytes (16 chunks of 1 MiB) and half of `headroom`,
+// rounded down to whole MiB (so that O_DIRECT reads stay aligned); at least 1 MiB (or `total`). 1
+// MiB reads one at a time measured 1.7-2.3 GB/s on a device where the runtime's reads sustain 3.8
+// GB/s, and on that rate the planner chose, on some starts and not others, a plan that reads less
+// but serialises reads with compute (25% slower).
 inline constexpr uint64_t kReadProbeMaxBytes = uint64_t{16} << 20;
 uint64_t ReadProbeBytes(uint64_t total, uint64_t largest_unit, uint64_t headroom);
 

@@ -286,9 +286,12 @@ TEST(ResidencyTest, ComputeProbeLeavesTheCacheOnlyForALargerModelAndWithinTheBud
 TEST(ResidencyTest, ReadProbeReadsUnitsAtOnceWithinTheBudget) {
   constexpr uint64_t MiB = 1 << 20;
   EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 1ull << 40), kReadProbeMaxBytes);
-  EXPECT_EQ(ReadProbeBytes(256 * MiB, 3 * MiB, 1ull << 40), 3 * MiB);         // small units
-  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 10 * MiB), 5 * MiB);          // half the headroom
-  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 0), 1 * MiB);                 // never below 1 MiB
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 3 * MiB, 1ull << 40), 3 * MiB);  // small units
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 10 * MiB), 5 * MiB);   // half the headroom
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 0), 1 * MiB);          // never below 1 MiB
+  // Whole MiB, so that every read of an O_DIRECT probe starts 4096-aligned.
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 5 * MiB + 12345, 1ull << 40), 5 * MiB);
+  EXPECT_EQ(ReadProbeBytes(256 * MiB, 20 * MiB, 7 * MiB + 3), 3 * MiB);
   EXPECT_EQ(ReadProbeBytes(300 * 1024, 100 * 1024, 1ull << 40), 300 * 1024);  // the whole range
   EXPECT_EQ(ReadProbeBytes(300 * 1024, 100 * 1024, 0), 300 * 1024);
 }

@@ -526,6 +526,38 @@ TEST(StreamingTest, ComputeProbeStaysWithinTheBudget) {
       << out;
 }
 
+// O_DIRECT reads (as the benchmarks run, `--direct`), the start-up read probe's included (its
+// reads of a unit's range at once, ReadProbeBytes): the tokens are the resident engine's with
+// every unit streamed and with the adaptive plan.
+TEST(StreamingTest, DirectReadsGiveTheResidentTokens) {
+  const std::string model = SmallModel();
+  storage::BlockReaderOptions direct;
+  direct.direct = true;
+  if (auto rd = storage::OpenBlockReader(model, direct); !rd.ok()) {
+    GTEST_SKIP() << "O_DIRECT is refused where the test writes its model: "
+                 << rd.status().ToString();
+  }
+  const std::vector<int32_t> want = Resident(model, 8);
+  uint64_t budget = 0;  // for the adaptive plan: some units held, the others streamed
+  for (const Policy policy : {Policy::kStreamAll, Policy::kAdaptive}) {
+    RuntimeOptions ro;
+    ro.policy = policy;
+    ro.reader = direct;
+    ro.budget = budget;
+    Result<Streamed> r = Open(model, ro);
+    ASSERT_TRUE(r.ok()) << PolicyName(policy) << ": " << r.status().ToString();
+    EXPECT_NE(r->rt->stats().reader_backend.find("O_DIRECT"), std::string::npos)
+        << r->rt->stats().reader_backend;
+    auto got = Greedy(r->model, 8);
+    ASSERT_TRUE(got.ok()) << PolicyName(policy) << ": " << got.status().ToString();
+    EXPECT_EQ(*got, want) << r->rt->plan().Summary();
+    if (policy == Policy::kAdaptive) {
+      EXPECT_GT(r->rt->plan().count(Tier::kFlash), 0) << r->rt->plan().Summary();
+    }
+    budget = r->rt->stats().minimum_budget + r->rt->int8_bytes() * 3 / 10 + kSlack;
+  }
+}
+
 }  // namespace
 }  // namespace dcomp::runtime
 
