@@ -551,7 +551,8 @@ TEST(StreamingTest, DirectReadsGiveTheResidentTokens) {
     auto got = Greedy(r->model, 8);
     ASSERT_TRUE(got.ok()) << PolicyName(policy) << ": " << got.status().ToString();
     EXPECT_EQ(*got, want) << r->rt->plan().Summary();
-    if (policy == Policy::kAdaptive) {
+    // Under a sanitizer the slack for the moving baseline RSS (kSlack) holds the whole model.
+    if (policy == Policy::kAdaptive && !kSanitized) {
       EXPECT_GT(r->rt->plan().count(Tier::kFlash), 0) << r->rt->plan().Summary();
     }
     budget = r->rt->stats().minimum_budget + r->rt->int8_bytes() * 3 / 10 + kSlack;
