@@ -202,16 +202,14 @@ Status Calibrate(const UnitDecoder& decoder, BlockLookup* lookup, size_t dim, ui
   RETURN_IF_ERROR(CalibrateDecode(decoder, lookup, rates));
   const ModelLayout& layout = decoder.layout();
   uint64_t begin = std::numeric_limits<uint64_t>::max(), end = 0;
+  uint64_t largest = 0;  // the largest read the prefetcher makes: a unit's whole range
   for (const UnitLayout& unit : layout.units) {
     begin = std::min(begin, unit.range_begin);
     end = std::max(end, unit.range_end);
+    largest = std::max(largest, unit.range_end - unit.range_begin);
   }
   const uint64_t total = std::min<uint64_t>(end - begin, 256u << 20);
-  {
-    uint64_t largest = 0;  // the largest read the prefetcher makes: a unit's whole range
-    for (const UnitLayout& unit : layout.units) {
-      largest = std::max(largest, unit.range_end - unit.range_begin);
-    }
+  {  // freed before the compute probe
     ASSIGN_OR_RETURN(PageBuffer buf, PageBuffer::Allocate(ReadProbeBytes(total, largest, headroom),
                                                           "the read probe"));
     RETURN_IF_ERROR(CalibrateReads(layout, lookup->reader(), &buf, total, rates, probe));
