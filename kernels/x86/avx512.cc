@@ -341,13 +341,13 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
     const uint8_t* p = w.data + r * rb;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
-      // Non-temporal: each weight is read once per token. Measured against T0 on the synthetic
-      // TinyLlama all-packed: 1.06x (BENCHMARKS.md); with AVX2, which binds on unpacking, no
-      // change.
-      _mm_prefetch(reinterpret_cast<const char*>(p + dist), _MM_HINT_NTA);
-      _mm_prefetch(reinterpret_cast<const char*>(p + rb + dist), _MM_HINT_NTA);
-      _mm_prefetch(reinterpret_cast<const char*>(p + 2 * rb + dist), _MM_HINT_NTA);
-      _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + dist), _MM_HINT_NTA);
+      // T0, as the AVX2 kernels. The non-temporal hint ran 1.06x, 0.98x and 1.00x of T0's speed
+      // end to end on AMD EPYC machines (sessions 23, 29, 33), but read rows out of cache at
+      // 0.46x of T0's rate on an Intel Xeon (session 39; BENCHMARKS.md).
+      _mm_prefetch(reinterpret_cast<const char*>(p + dist), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + rb + dist), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 2 * rb + dist), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 3 * rb + dist), _MM_HINT_T0);
       const __m512i xv = _mm512_loadu_si512(x + k);
       a0 = dot(a0, p, xv);
       a1 = dot(a1, p + rb, xv);
