@@ -9,7 +9,8 @@ last round's, and the rounds whose controller re-planned while generating are co
   scripts/bench-budgets.py MODEL.dcm [--budgets 100,90,80,75,70,60,50] [-n 64] [--rounds 2]
 
 Set DCOMP_KERNELS=avx2 DCOMP_RANS=avx2 to pin the matrix kernels and the rANS decoder to the AVX2
-class (each names its own variants; see docs/architecture.md). Prints one markdown table row per budget."""
+class (each names its own variants; see docs/architecture.md). Prints one markdown table row per
+budget."""
 import argparse, json, os, statistics, subprocess, sys
 
 ap = argparse.ArgumentParser()
@@ -46,7 +47,8 @@ def median(xs):
 
 
 print(f"# {a.model}, -n {a.n}, --ctx {a.ctx}, {a.rounds} rounds alternated, "
-      f"kernels {os.environ.get('DCOMP_KERNELS', 'auto')}, rANS {os.environ.get('DCOMP_RANS', 'auto')}")
+      f"kernels {os.environ.get('DCOMP_KERNELS', 'auto')}, "
+      f"rANS {os.environ.get('DCOMP_RANS', 'auto')}")
 print("| budget | all-decoded tok/s | adaptive tok/s | adaptive / all-decoded | per round | read GB/s | tiers (head: matrices of each flash layer held packed; staging buffers) | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|")
 for pct in ["packed"] + a.budgets.split(","):
