@@ -11,7 +11,7 @@ constexpr size_t kChunk = kPackedChunk;
 
 }  // namespace
 
-std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag) {
+std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag, bool zero_level) {
   if (!IsPackedBits(bits)) {
     return "a level table for " + std::to_string(bits) + " bits (expected " +
            std::to_string(kMinPackedBits) + ".." + std::to_string(kMaxPackedBits) + ")";
@@ -21,7 +21,8 @@ std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag) {
     return std::to_string(mag.size()) + " levels for " + std::to_string(bits) + " bits (expected " +
            std::to_string(n) + ")";
   }
-  if (mag[0] != 0) return "level 0 is " + std::to_string(mag[0]) + " (expected 0)";
+  if (zero_level && mag[0] != 0) return "level 0 is " + std::to_string(mag[0]) + " (expected 0)";
+  if (mag[0] > 127) return "level 0 is " + std::to_string(mag[0]) + " (expected at most 127)";
   for (size_t k = 1; k < n; ++k) {
     if (mag[k] <= mag[k - 1] || mag[k] > 127) {
       return "level " + std::to_string(k) + " is " + std::to_string(mag[k]) + " after " +
@@ -31,17 +32,19 @@ std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag) {
   return "";
 }
 
-CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag) {
+CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag, bool sign_magnitude) {
   CodeLevels l;
   l.bits = bits;
+  l.sign_magnitude = sign_magnitude;
   const int half = 1 << (bits - 1);
   std::copy(mag.begin(), mag.end(), l.mag);
   std::fill(std::begin(l.u_of), std::end(l.u_of), int16_t{-1});
   for (int u = 0; u < 2 * half; ++u) {
-    // The code's sign and magnitude; "-0" (u = 64 at 7 bits, u = 0 below) stands for 0.
-    const bool negative = SignMagnitudeLevels(bits) ? u >= half : u < half;
-    const int k = SignMagnitudeLevels(bits) ? u & (half - 1) : std::abs(u - half);
-    const bool minus_zero = negative && (k == 0 || k == half);
+    // The code's sign and magnitude; "-0" (u = 2^(bits-1) in sign and magnitude with T[0] = 0,
+    // u = 0 of offset codes) stands for 0.
+    const bool negative = sign_magnitude ? u >= half : u < half;
+    const int k = sign_magnitude ? u & (half - 1) : std::abs(u - half);
+    const bool minus_zero = negative && (k == half || mag[static_cast<size_t>(k)] == 0);
     const int v = minus_zero ? 0 : (negative ? -1 : 1) * mag[static_cast<size_t>(k)];
     l.value[u] = static_cast<int8_t>(v);
     if (!minus_zero) l.u_of[static_cast<uint8_t>(v)] = static_cast<int16_t>(u);
@@ -58,12 +61,13 @@ CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag) {
   return l;
 }
 
-std::vector<uint8_t> SinhLevels(int bits, double a) {
+std::vector<uint8_t> SinhLevels(int bits, double a, bool zero_level) {
   const int k_max = (1 << (bits - 1)) - 1;
+  const double h = zero_level ? 0.0 : 0.5;
   std::vector<uint8_t> t(static_cast<size_t>(k_max) + 1);
   for (int k = 0; k <= k_max; ++k) {
-    t[static_cast<size_t>(k)] =
-        static_cast<uint8_t>(std::lround(127.0 * std::sinh(a * k / k_max) / std::sinh(a)));
+    t[static_cast<size_t>(k)] = static_cast<uint8_t>(
+        std::lround(127.0 * std::sinh(a * (k + h) / (k_max + h)) / std::sinh(a)));
   }
   return t;
 }
@@ -78,12 +82,12 @@ std::vector<uint8_t> ThreeSlopeLevels(int bits, int a, int b) {
   return t;
 }
 
-std::vector<uint8_t> LevelTable(int bits, double level_shape) {
+std::vector<uint8_t> LevelTable(int bits, double level_shape, bool zero_level) {
   if (bits == 7) {
     const int k_max = MaxCode(bits);
     return ThreeSlopeLevels(bits, k_max / 3, 2 * k_max / 3);
   }
-  return SinhLevels(bits, level_shape);
+  return SinhLevels(bits, level_shape, zero_level);
 }
 
 size_t FirstMisfit(const int8_t* q, size_t n, int bits, const CodeLevels* levels) {
@@ -154,15 +158,18 @@ size_t PackRows(const int8_t* q, size_t rows, size_t cols, size_t q_stride, int 
                 const CodeLevels* levels) {
   const size_t stride = PaddedCols(cols), row_bytes = PackedRowBytes(cols, bits);
   const int off = 1 << (bits - 1);
+  // Padding: code 0, or u = 0 in sign and magnitude (T[0], which may not be 0: readers ignore it).
+  const uint8_t pad = levels != nullptr && levels->sign_magnitude ? 0 : static_cast<uint8_t>(off);
   uint8_t u[kChunk];
   for (size_t r = 0; r < rows; ++r) {
     const int8_t* row = q + r * q_stride;
     if (!CodesFit(row, cols, bits, levels)) return r;
     for (size_t k = 0; k < stride; k += kChunk) {
       for (size_t i = 0; i < kChunk; ++i) {
-        const int8_t v = k + i < cols ? row[k + i] : 0;
-        u[i] = levels != nullptr ? static_cast<uint8_t>(levels->u_of[static_cast<uint8_t>(v)])
-                                 : static_cast<uint8_t>(v + off);
+        u[i] = k + i >= cols ? pad
+               : levels != nullptr
+                   ? static_cast<uint8_t>(levels->u_of[static_cast<uint8_t>(row[k + i])])
+                   : static_cast<uint8_t>(row[k + i] + off);
       }
       PackChunk(u, bits, out + r * row_bytes + k / kChunk * 8 * static_cast<size_t>(bits));
     }

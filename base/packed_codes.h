@@ -2,11 +2,12 @@
 // stores in its packed (raw) blocks (docs/format.md), and what the kernels' packed products read.
 //
 // Codes of `bits` bits (4..7) are held as u = code + 2^(bits-1) in [0, 2^bits - 1], so a code is
-// in [-2^(bits-1), 2^(bits-1) - 1] (7-bit codes of non-uniform levels are sign and magnitude
-// instead: CodeLevels); every byte pattern is a valid packed row, so the kernels can
+// in [-2^(bits-1), 2^(bits-1) - 1] (codes of non-uniform levels are sign and magnitude instead:
+// CodeLevels); every byte pattern is a valid packed row, so the kernels can
 // read packed blocks straight from a file once their CRC matches. (The quantizer uses the
 // symmetric range, |code| <= 2^(bits-1) - 1.) A row is PaddedCols(cols) codes (the packer writes
-// padding codes 0; readers ignore them: they multiply zero activations), in chunks of 64 codes,
+// padding codes 0, u = 0 with sign-and-magnitude levels; readers ignore them: they multiply zero
+// activations), in chunks of 64 codes,
 // each chunk 8 * bits bytes:
 //   bytes [0, 32)   low nibbles: byte j = (u[j] & 15) | (u[j + 32] & 15) << 4
 //   bytes [32, 48)  when bits >= 6, bits 4-5: byte j = sum_k ((u[j + 16k] >> 4) & 3) << 2k
@@ -56,47 +57,61 @@ inline constexpr uint64_t PackedCodeBytes(uint64_t rows, size_t cols, int bits) 
 }
 
 // Non-uniform code levels (format 5, docs/format.md). A width's table holds 2^(bits-1) magnitudes
-// T[0] = 0 < T[1] < ... < T[2^(bits-1) - 1] <= 127. Up to 6 bits the code c (u = c + 2^(bits-1))
-// stands for the INT8 value sign(c) * T[|c|], and the code -2^(bits-1) (u = 0, which the packer
-// never writes) for 0. At 7 bits (format 7) u is sign and magnitude: bit 6, the top-bit plane, is
-// the sign and bits 0-5 index T, so u = 64 ("-0", never written) stands for 0 too: the sign is a
-// mask that the unpacking yields directly, and no subtraction or absolute value comes before the
-// lookup (BENCHMARKS.md, session 35). Every packed byte pattern stays valid. The INT8 tiers and the
-// entropy-coded blocks hold the values themselves; without a table (linear levels) the value is the
-// code, as before format 5.
+// T[0] < T[1] < ... < T[2^(bits-1) - 1] <= 127. Since format 9 a code is sign and magnitude at
+// every width: the top bit of u (bit bits - 1) is the sign and the bits below it index T, so u
+// stands for the INT8 value +-T[u & (2^(bits-1) - 1)]. T[0] may be above 0: then every one of the
+// 2^bits codes is a distinct value and no value is 0 (a midrise table, as the packer gives 4 to 6
+// bits); with T[0] = 0, "-0" (u = 2^(bits-1)) stands for 0 too. The sign is a mask that the
+// unpacking yields directly, and no subtraction or absolute value comes before the lookup
+// (BENCHMARKS.md, sessions 35 and 40). Files of format 5 to 8 hold 4-6-bit level codes as offset
+// codes instead (c = u - 2^(bits-1) stands for sign(c) * T[|c|], T[0] = 0, and c = -2^(bits-1) for
+// 0; CodeLevels::sign_magnitude false), and 7-bit ones in sign and magnitude with T[0] = 0 (format
+// 7). Every packed byte pattern stays valid. The INT8 tiers and the entropy-coded blocks hold the
+// values themselves; without a table (linear levels) the value is the code, as before format 5.
 struct CodeLevels {
   int bits = 0;
-  uint8_t mag[64] = {};    // T, zero past 2^(bits-1): the kernels' lookup tables
-  int8_t value[128] = {};  // the value of each u < 2^bits
-  int16_t u_of[256] = {};  // the u of an INT8 value (indexed by its byte), -1 when not a level
+  bool sign_magnitude = true;  // false: offset codes (4-6 bits, files of format 5 to 8)
+  uint8_t mag[64] = {};        // T, zero past 2^(bits-1): the kernels' lookup tables
+  int8_t value[128] = {};      // the value of each u < 2^bits
+  int16_t u_of[256] = {};      // the u of an INT8 value (indexed by its byte), -1 when not a level
   // When T is ThreeSlopeLevels(bits, knot[0], knot[1]): the knots (else 0, 0), so that a kernel
   // may compute T(k) = k + max(0, k - knot[0]) + max(0, k - knot[1]) instead of looking it up.
   uint8_t knot[2] = {};
 };
-// Whether a width's level codes are sign and magnitude (7 bits) rather than offset (4..6).
-inline constexpr bool SignMagnitudeLevels(int bits) { return bits == 7; }
+// Whether a width's level codes are sign and magnitude in a file of format `version_major`: every
+// width from format 9, 7 bits from format 7, offset codes otherwise.
+inline constexpr bool SignMagnitudeLevels(int bits, int version_major) {
+  return version_major >= 9 || (bits == 7 && version_major >= 7);
+}
 // The widest codes the packer (and dcomp synth) give non-uniform levels: every packed width.
 inline constexpr int kMaxLevelBits = 7;
-// What is wrong with `mag` as the table of a `bits`-bit width, or "" when nothing is.
-std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag);
-// The levels of a table that CodeLevelsProblem accepts.
-CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag);
-// The table round(127 * sinh(a * k / K) / sinh(a)), k = 0..K = 2^(bits-1) - 1, a > 0: finer steps
-// near zero, where a row's weights crowd, coarser ones at the tails. Strictly increasing while its
-// smallest step 127 a / (K sinh a) exceeds one (a <= 2 at every width, <= 3.3 up to 6 bits);
+// What is wrong with `mag` as the table of a `bits`-bit width, or "" when nothing is. T[0] must be
+// 0 when `zero_level` (offset codes, and every table of a file before format 9).
+std::string CodeLevelsProblem(int bits, std::span<const uint8_t> mag, bool zero_level = false);
+// The levels of a table that CodeLevelsProblem accepts, its codes sign and magnitude or (4-6 bits
+// of a file before format 9) offset.
+CodeLevels MakeCodeLevels(int bits, std::span<const uint8_t> mag, bool sign_magnitude = true);
+// The table round(127 * sinh(a * k' / K') / sinh(a)), k = 0..K = 2^(bits-1) - 1, a > 0: finer
+// steps near zero, where a row's weights crowd, coarser ones at the tails. Midrise (the default):
+// k' = k + 1/2, K' = K + 1/2, so T[0] > 0 and the 2^bits codes are 2^bits levels, none of them 0
+// (the optimal fixed-rate quantizer of a symmetric density has no zero level; against the zero
+// level's 2^bits - 1 levels: 0.06 bits/weight smaller at --max-ppl-increase 4 on stories3M,
+// BENCHMARKS.md, session 40); with `zero_level`, k' = k and K' = K (T[0] = 0). Strictly increasing
+// while its smallest step exceeds one (a <= 2 at every width, about 3.3 up to 6 bits);
 // CodeLevelsProblem says.
-std::vector<uint8_t> SinhLevels(int bits, double a);
+std::vector<uint8_t> SinhLevels(int bits, double a, bool zero_level = false);
 
 // The table T(k) = k + max(0, k - a) + max(0, k - b), k = 0..2^(bits-1) - 1, 0 < a < b: slopes 1,
 // 2 and 3, unit steps near zero and steps of 3 at the tails. T stays within 127 while
 // 3 K - a - b <= 127 (K = 2^(bits-1) - 1); CodeLevelsProblem says.
 std::vector<uint8_t> ThreeSlopeLevels(int bits, int a, int b);
 // The table the packer and dcomp synth give a width with levels of shape `level_shape` > 0:
-// SinhLevels(bits, level_shape) up to 6 bits; at 7 bits ThreeSlopeLevels(7, 21, 42), knots at a
+// SinhLevels(bits, level_shape, zero_level) up to 6 bits (`zero_level` where some codes must be 0:
+// pruned weights); at 7 bits ThreeSlopeLevels(7, 21, 42), knots at a
 // third and two thirds of the codes (T(63) = 126), which the kernels compute where a lookup in a
 // 64-entry table costs AVX2 four shuffles. Measured on stories3M against uniform 7-bit codes:
 // -0.17 bits/weight packed at a lower perplexity (BENCHMARKS.md, session 34).
-std::vector<uint8_t> LevelTable(int bits, double level_shape);
+std::vector<uint8_t> LevelTable(int bits, double level_shape, bool zero_level = false);
 
 // Whether every one of n INT8 codes lies in [MinCode(bits), MaxCode(bits)] (vectorised: it runs
 // over every byte a reader decodes), or with `levels` is one of its values.

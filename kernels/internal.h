@@ -77,26 +77,34 @@ inline void ForPackedBits(int bits, Fn&& fn) {
   }
 }
 
-// Calls fn(std::integral_constant<int, bits>{}, std::bool_constant<levels>{}) for a packed view:
-// the instantiations per width and per kind of levels (uniform, or w.levels' non-uniform ones).
+// The kinds of packed codes a kernel instantiates for: linear (the value is the code), level codes
+// of offset form (c = u - 2^(bits-1) stands for sign(c) T[|c|]; 4-6 bits of files of format 5 to
+// 8) and level codes in sign and magnitude (every other table; CodeLevels).
+inline constexpr int kLinearCodes = 0;
+inline constexpr int kOffsetLevels = 1;
+inline constexpr int kSignMagnitudeLevels = 2;
+
+// Calls fn(std::integral_constant<int, bits>{}, std::integral_constant<int, kind>{}) for a packed
+// view: the instantiations per width and per kind of codes (above). Offset level codes exist at 4
+// to 6 bits only.
 template <typename Fn>
 inline void ForPackedView(const PackedMatrixView& w, Fn&& fn) {
   ForPackedBits(w.bits, [&](auto b) {
-    if (w.levels != nullptr) {
-      fn(b, std::true_type{});
-    } else {
-      fn(b, std::false_type{});
+    if (w.levels == nullptr) return fn(b, std::integral_constant<int, kLinearCodes>{});
+    if constexpr (decltype(b)::value < 7) {
+      if (!w.levels->sign_magnitude) return fn(b, std::integral_constant<int, kOffsetLevels>{});
     }
+    fn(b, std::integral_constant<int, kSignMagnitudeLevels>{});
   });
 }
 
-// ForPackedView with a third constant: std::true_type when the view's levels are sign and
-// magnitude (7 bits) with a three-slope table (CodeLevels::knot), which the x86 kernels compute
-// instead of looking it up in four shuffles.
+// ForPackedView with a third constant: std::true_type when the view's levels are 7-bit with a
+// three-slope table (CodeLevels::knot), which the x86 kernels compute instead of looking it up in
+// four shuffles.
 template <typename Fn>
 inline void ForPackedViewThreeSlope(const PackedMatrixView& w, Fn&& fn) {
   ForPackedView(w, [&](auto b, auto lv) {
-    if constexpr (decltype(lv)::value && SignMagnitudeLevels(decltype(b)::value)) {
+    if constexpr (decltype(lv)::value == kSignMagnitudeLevels && decltype(b)::value == 7) {
       if (w.levels->knot[0] != 0) return fn(b, lv, std::true_type{});
     }
     fn(b, lv, std::false_type{});

@@ -105,7 +105,7 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
   // midpoints between consecutive magnitudes decide).
   std::vector<float> mid;
   if (UsesLevels(p.bits, p.level_shape)) {
-    q.levels = LevelTable(p.bits, p.level_shape);
+    q.levels = LevelTable(p.bits, p.level_shape, /*zero_level=*/p.prune > 0);  // pruned: 0
     for (size_t k = 1; k < q.levels.size(); ++k) {
       mid.push_back(0.5f * static_cast<float>(q.levels[k - 1] + q.levels[k]));
     }

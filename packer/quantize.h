@@ -57,7 +57,8 @@ struct QuantParams {
   std::span<const float> row_clips;
   // bits < 8: > 0 rounds to the width's non-uniform levels LevelTable(bits, level_shape) where
   // UsesLevels says (the codes then hold the level values, |value| <= 127, and the step maps 127
-  // to clip * max|row|); 0 keeps the uniform (linear) levels.
+  // to clip * max|row|; with `prune`, tables with a zero level); 0 keeps the uniform (linear)
+  // levels.
   double level_shape = 0;
 };
 

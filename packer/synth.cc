@@ -119,19 +119,21 @@ int MatrixLayer(std::string_view name) {
 }
 
 // Entropy of a Gaussian with standard deviation sigma (in units of the INT8 values) rounded to the
-// nearest of the levels +-t[k] (t[0] = 0, increasing) and clipped to [-t.back(), t.back()].
+// nearest of the levels +-t[k] (increasing; t[0] = 0 or, midrise, above 0) and clipped to
+// [-t.back(), t.back()].
 double LevelGaussianEntropy(double sigma, const std::vector<double>& t) {
   double h = 0;
   auto cdf = [&](double x) { return 0.5 * std::erfc(-x / (sigma * std::sqrt(2.0))); };
   const size_t n = t.size();
-  auto cell = [&](size_t k) {  // P(|z| rounds to t[k]) for one sign (k = 0: both)
+  const bool zero = t[0] == 0;  // a zero level: its cell spans both signs
+  auto cell = [&](size_t k) {   // P(|z| rounds to t[k]) for one sign (k = 0 with a zero: both)
     const double hi = k + 1 == n ? 1.0 : cdf(0.5 * (t[k] + t[k + 1]));
-    const double lo = k == 0 ? 1.0 - cdf(0.5 * t[1]) : cdf(0.5 * (t[k - 1] + t[k]));
+    const double lo = k > 0 ? cdf(0.5 * (t[k - 1] + t[k])) : zero ? 1.0 - cdf(0.5 * t[1]) : 0.5;
     return hi - lo;
   };
   for (size_t k = 0; k < n; ++k) {
     const double p = cell(k);
-    if (p > 0) h -= (k == 0 ? 1.0 : 2.0) * p * std::log2(p);
+    if (p > 0) h -= (k == 0 && zero ? 1.0 : 2.0) * p * std::log2(p);
   }
   return h;
 }

@@ -196,8 +196,11 @@ std::string LevelsProblem(const pb::Tensor& T, uint16_t version_major) {
     if (seen[L.bits()]) return at + ": a second table for " + std::to_string(L.bits()) + " bits";
     seen[L.bits()] = true;
     const std::string& m = L.magnitudes();
+    // Before format 9, level 0 is 0 (offset codes stand for 0 with -2^(bits-1); the 7-bit codes
+    // of formats 7 and 8 were read with T[0] = 0).
     const std::string why = CodeLevelsProblem(
-        L.bits(), std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(m.data()), m.size()));
+        L.bits(), std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(m.data()), m.size()),
+        version_major < 9);
     if (!why.empty()) return at + ": " + why;
   }
   return "";
@@ -209,7 +212,7 @@ std::string LevelsProblem(const pb::Tensor& T, uint16_t version_major) {
 std::string OffsetCodedLevels(const pb::Tensor& T, uint16_t version_major) {
   if (version_major >= 7) return "";
   for (const pb::CodeLevels& L : T.levels()) {
-    if (!SignMagnitudeLevels(L.bits())) continue;
+    if (L.bits() != 7) continue;
     return std::to_string(L.bits()) + "-bit levels in a format " + std::to_string(version_major) +
            ".x file hold offset codes; this reader holds them in sign and magnitude (format 7): "
            "repack the model with this dcomp";
@@ -442,7 +445,8 @@ void ContainerReader::AddLevels(int t) {
     const std::string& mag = L.magnitudes();
     levels_.push_back(std::make_unique<CodeLevels>(MakeCodeLevels(
         L.bits(),
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(mag.data()), mag.size()))));
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(mag.data()), mag.size()),
+        SignMagnitudeLevels(L.bits(), header_.version_major))));
     tensor_levels_[static_cast<size_t>(t)][static_cast<size_t>(L.bits())] = levels_.back().get();
   }
 }

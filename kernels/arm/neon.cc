@@ -141,13 +141,16 @@ struct LevelTables {
   explicit LevelTables(const CodeLevels& l) {
     for (int i = 0; i < 4; ++i) t.val[i] = vld1q_u8(l.mag + 16 * i);
   }
-  // The signed value of each unsigned code u: sign(c) * T[|c|] of c = u - 2^(kBits-1) up to 6
-  // bits; at 7, sign and magnitude: bit 6 negates T[u & 63].
+  // The signed value of each unsigned code u, by kind of level codes (internal::kOffsetLevels
+  // ...): sign(c) * T[|c|] of c = u - 2^(kBits-1) for offset codes; in sign and magnitude, bit
+  // kBits - 1 negates T[u & (2^(kBits-1) - 1)].
+  template <int kLevels>
   int8x16_t Value(int8x16_t u) const {
     uint8x16_t a, negative;
-    if constexpr (SignMagnitudeLevels(kBits)) {
-      a = vandq_u8(vreinterpretq_u8_s8(u), vdupq_n_u8(63));
-      negative = vtstq_u8(vreinterpretq_u8_s8(u), vdupq_n_u8(64));
+    if constexpr (kLevels == internal::kSignMagnitudeLevels) {
+      constexpr uint8_t kTop = 1 << (kBits - 1);
+      a = vandq_u8(vreinterpretq_u8_s8(u), vdupq_n_u8(kTop - 1));
+      negative = vtstq_u8(vreinterpretq_u8_s8(u), vdupq_n_u8(kTop));
     } else {
       const int8x16_t c = vsubq_s8(u, vdupq_n_s8(static_cast<int8_t>(1 << (kBits - 1))));
       a = vreinterpretq_u8_s8(vabsq_s8(c));
@@ -168,7 +171,7 @@ struct LevelTables {
 
 // Linear codes: u times x, the offset's sum subtracted once per row. Levels: the value of each
 // code looked up (LevelTables::Value), times x.
-template <int kBits, bool kLevels>
+template <int kBits, int kLevels>
 void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                      size_t r1) {
   const size_t stride = PaddedCols(w.cols);
@@ -179,7 +182,7 @@ void GemvPackedNeonT(const PackedMatrixView& w, const int8_t* x, float x_scale, 
   auto unpack = [&](const uint8_t* p, int8x16_t u[4]) {
     UnpackChunk<kBits>(p, u);
     if constexpr (kLevels) {
-      for (int i = 0; i < 4; ++i) u[i] = lt.Value(u[i]);
+      for (int i = 0; i < 4; ++i) u[i] = lt.template Value<kLevels>(u[i]);
     }
   };
   const size_t dist = internal::PackedPrefetchDistance(w.row_bytes, 2);
@@ -222,7 +225,7 @@ void GemvPackedNeon(const PackedMatrixView& w, const int8_t* x, float x_scale, f
   });
 }
 
-template <int kBits, bool kLevels>
+template <int kBits, int kLevels>
 void UnpackRowsNeonT(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const int8x16_t off = vdupq_n_s8(static_cast<int8_t>(1 << (kBits - 1)));
@@ -235,7 +238,7 @@ void UnpackRowsNeonT(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* ou
       UnpackChunk<kBits>(p, u);
       for (int i = 0; i < 4; ++i) {
         if constexpr (kLevels) {
-          vst1q_s8(out + k + 16 * i, lt.Value(u[i]));
+          vst1q_s8(out + k + 16 * i, lt.template Value<kLevels>(u[i]));
         } else {
           vst1q_s8(out + k + 16 * i, vsubq_s8(u[i], off));
         }

@@ -186,16 +186,24 @@ struct LevelTables {
     for (__m256i& v : t) v = _mm256_setzero_si256();
   }
   explicit LevelTables(const CodeLevels& l) {
+    if constexpr (kBits == 4) {  // T[0..7] twice: entry a and a + 8 agree
+      int64_t t8;
+      std::memcpy(&t8, l.mag, 8);
+      t[0] = _mm256_set1_epi64x(t8);
+      return;
+    }
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); ++i) {
       t[i] = _mm256_broadcastsi128_si256(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(l.mag + 16 * i)));
     }
   }
-  // T[a] for a <= 2^(kBits-1) (a = |code| up to 6 bits, the magnitude u & 63 at 7): vpshufb reads
-  // the low nibble, bits 4 and 5 choose the table (blends on the byte's top bit after a shift).
-  // a = 2^(kBits-1) (the code -2^(kBits-1)) lands on T[0] = 0, or for 4 bits on a zero entry past
-  // the table. Measured against two shuffles whose saturated indices zero the other table (no
-  // shift, no blend): 8% slower for 6 bits on Zen 1 (BENCHMARKS.md, session 27).
+  // T[a & (2^(kBits-1) - 1)] for a < 2^kBits, or T[0] for a = 2^(kBits-1): vpshufb reads the low
+  // nibble, bits 4 and 5 choose the table (blends on the byte's top bit after a shift), and the
+  // sign bit of a sign-and-magnitude u is ignored (4 bits: the table repeats; 5 and 7: not
+  // unpacked; 6: bit 5 is not looked at). For offset codes a = |c| <= 2^(kBits-1), and
+  // a = 2^(kBits-1) (the code -2^(kBits-1)) lands on T[0] = 0. Measured against two shuffles whose
+  // saturated indices zero the other table (no shift, no blend): 8% slower for 6 bits on Zen 1
+  // (BENCHMARKS.md, session 27).
   __m256i Lookup(__m256i a) const {
     const __m256i r0 = _mm256_shuffle_epi8(t[0], a);
     if constexpr (kBits <= 5) {
@@ -226,14 +234,27 @@ struct ThreeSlope {
   }
 };
 
-// How one row's 64-code chunk meets the activations, by kind of codes: linear (u times x, the
-// offset's sum subtracted once per row), offset levels up to 6 bits (c = u - 2^(kBits-1), T[|c|]
-// times x carrying c's sign), and 7-bit sign-and-magnitude levels (T of the magnitude planes, x
-// negated where the top-bit plane is set: a blend with -x, which the caller computes once per
-// chunk for all its rows). vpmaddubsw cannot saturate: T <= 127.
-template <int kBits, bool kLevels, bool kThreeSlope>
+// The sign masks of a sign-and-magnitude chunk (the top byte bit set where the code is negative,
+// as vpblendvb reads it): the top-bit plane at odd widths; at even ones the sign bit of u itself,
+// shifted up to the byte's top (what crosses from the byte below lands under it).
+template <int kBits>
+inline void UnpackSignMasks(const uint8_t* c, __m256i ua, __m256i ub, __m256i* sa, __m256i* sb) {
+  if constexpr (kBits % 2 == 1) {
+    UnpackTopMasks<kBits>(c, sa, sb);
+  } else {
+    *sa = _mm256_slli_epi16(ua, 8 - kBits);
+    *sb = _mm256_slli_epi16(ub, 8 - kBits);
+  }
+}
+
+// How one row's 64-code chunk meets the activations, by kind of codes (internal::kLinearCodes
+// ...): linear (u times x, the offset's sum subtracted once per row), offset levels up to 6 bits
+// (c = u - 2^(kBits-1), T[|c|] times x carrying c's sign), and sign-and-magnitude levels (T of the
+// magnitude bits, x negated where the sign bit is set: a blend with -x, which the caller computes
+// once per chunk for all its rows). vpmaddubsw cannot saturate: T <= 127.
+template <int kBits, int kLevels, bool kThreeSlope>
 struct ChunkCodes {
-  static constexpr bool kSignMagnitude = kLevels && SignMagnitudeLevels(kBits);
+  static constexpr bool kSignMagnitude = kLevels == internal::kSignMagnitudeLevels;
   [[maybe_unused]] LevelTables<kBits> lt;
   [[maybe_unused]] ThreeSlope ts;
   explicit ChunkCodes(const CodeLevels* l) {
@@ -258,7 +279,7 @@ struct ChunkCodes {
     if constexpr (kSignMagnitude) {
       __m256i sa, sb;
       UnpackPlanes<kBits>(c, &ua, &ub);
-      UnpackTopMasks<kBits>(c, &sa, &sb);
+      UnpackSignMasks<kBits>(c, ua, ub, &sa, &sb);
       *acc_a = DotU(*acc_a, Magnitude(ua), _mm256_blendv_epi8(xa, na, sa), ones);
       *acc_b = DotU(*acc_b, Magnitude(ub), _mm256_blendv_epi8(xb, nb, sb), ones);
       return;
@@ -279,7 +300,7 @@ struct ChunkCodes {
     if constexpr (kSignMagnitude) {
       __m256i sa, sb;
       UnpackPlanes<kBits>(c, a, b);
-      UnpackTopMasks<kBits>(c, &sa, &sb);
+      UnpackSignMasks<kBits>(c, *a, *b, &sa, &sb);
       const __m256i zero = _mm256_setzero_si256();
       const __m256i ta = Magnitude(*a), tb = Magnitude(*b);
       *a = _mm256_blendv_epi8(ta, _mm256_sub_epi8(zero, ta), sa);
@@ -298,7 +319,7 @@ struct ChunkCodes {
 };
 
 // Two rows at a time.
-template <int kBits, bool kLevels, bool kThreeSlope>
+template <int kBits, int kLevels, bool kThreeSlope>
 void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y, size_t r0,
                      size_t r1) {
   const size_t stride = PaddedCols(w.cols);
@@ -345,7 +366,7 @@ void GemvPackedAvx2(const PackedMatrixView& w, const int8_t* x, float x_scale, f
   });
 }
 
-template <int kBits, bool kLevels, bool kThreeSlope>
+template <int kBits, int kLevels, bool kThreeSlope>
 void UnpackRowsAvx2T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const ChunkCodes<kBits, kLevels, kThreeSlope> codes(w.levels);

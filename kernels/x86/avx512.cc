@@ -211,9 +211,9 @@ struct LevelTables {
           0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(l.mag + 16 * i)));
     }
   }
-  // T[a] for a <= 2^(kBits-1) (|code| up to 6 bits, u & 63 at 7): vpshufb reads the low nibble,
-  // bits 4 and 5 choose the table (masked by a test of the bit). a = 2^(kBits-1) lands on T[0] = 0,
-  // or for 4 bits on a zero entry past the table.
+  // T[a] for a <= 2^(kBits-1) (|c| of offset codes, the magnitude bits in sign and magnitude):
+  // vpshufb reads the low nibble, bits 4 and 5 choose the table (masked by a test of the bit).
+  // a = 2^(kBits-1) (offset codes) lands on T[0] = 0, or for 4 bits on a zero entry past the table.
   __m512i Lookup(__m512i a) const {
     const __m512i r0 = _mm512_shuffle_epi8(t[0], a);
     if constexpr (kBits <= 5) {
@@ -243,10 +243,10 @@ struct ThreeSlope {
   }
 };
 
-// A code's magnitude T[|c|] and sign (mask: negative) with levels, without vpermb: c = u -
-// 2^(kBits-1) up to 6 bits; at 7, sign and magnitude, bit 6 and T[u & 63] (computed when T is
-// three-slope).
-template <int kBits, bool kThreeSlope>
+// A code's magnitude and sign (mask: negative) with levels, without vpermb: T[|c|] of c = u -
+// 2^(kBits-1) for offset codes; in sign and magnitude, bit kBits - 1 and T[u & (2^(kBits-1) - 1)]
+// (computed when T is three-slope).
+template <int kBits, int kLevels, bool kThreeSlope>
 struct LevelMagnitudes {
   LevelTables<kBits> lt;
   ThreeSlope ts;
@@ -259,9 +259,10 @@ struct LevelMagnitudes {
     }
   }
   __m512i Of(__m512i u, __mmask64* negative) const {
-    if constexpr (SignMagnitudeLevels(kBits)) {
-      *negative = _mm512_test_epi8_mask(u, _mm512_set1_epi8(64));
-      const __m512i k = _mm512_and_si512(u, _mm512_set1_epi8(63));
+    if constexpr (kLevels == internal::kSignMagnitudeLevels) {
+      constexpr int kTop = 1 << (kBits - 1);
+      *negative = _mm512_test_epi8_mask(u, _mm512_set1_epi8(static_cast<char>(kTop)));
+      const __m512i k = _mm512_and_si512(u, _mm512_set1_epi8(kTop - 1));
       if constexpr (kThreeSlope) {
         return ts.Of(k);
       } else {
@@ -303,7 +304,7 @@ struct LevelValues {
 // vpdpbusd multiplies the unsigned codes by the signed activations directly (the offset's sum
 // subtracted once per row); with levels, each code's magnitude T by the activation carrying its
 // sign (LevelMagnitudes), or with VBMI its value + 128 (LevelValues).
-template <int kBits, bool kLevels, bool kThreeSlope>
+template <int kBits, int kLevels, bool kThreeSlope>
 void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale, float* y,
                        size_t r0, size_t r1) {
   const size_t stride = PaddedCols(w.cols);
@@ -315,9 +316,9 @@ void GemvPackedAvx512T(const PackedMatrixView& w, const int8_t* x, float x_scale
       kLevels ? LevelValues<kBits>(*w.levels, 128) : LevelValues<kBits>();
 #else
   constexpr int32_t kOffset = kLevels ? 0 : 1 << (kBits - 1);
-  [[maybe_unused]] const LevelMagnitudes<kBits, kThreeSlope> lm =
-      kLevels ? LevelMagnitudes<kBits, kThreeSlope>(*w.levels)
-              : LevelMagnitudes<kBits, kThreeSlope>();
+  [[maybe_unused]] const LevelMagnitudes<kBits, kLevels, kThreeSlope> lm =
+      kLevels ? LevelMagnitudes<kBits, kLevels, kThreeSlope>(*w.levels)
+              : LevelMagnitudes<kBits, kLevels, kThreeSlope>();
 #endif
   const int32_t corr = kOffset == 0 ? 0 : kOffset * internal::SumCodes(x, stride);
   auto dot = [&](__m512i acc, const uint8_t* p, __m512i xv) {
@@ -377,7 +378,7 @@ void GemvPackedAvx512(const PackedMatrixView& w, const int8_t* x, float x_scale,
   });
 }
 
-template <int kBits, bool kLevels, bool kThreeSlope>
+template <int kBits, int kLevels, bool kThreeSlope>
 void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* out) {
   const size_t stride = PaddedCols(w.cols);
   const __m512i off = _mm512_set1_epi8(static_cast<char>(1 << (kBits - 1)));
@@ -385,9 +386,9 @@ void UnpackRowsAvx512T(const PackedMatrixView& w, size_t r0, size_t r1, int8_t* 
   [[maybe_unused]] const LevelValues<kBits> lv =
       kLevels ? LevelValues<kBits>(*w.levels, 0) : LevelValues<kBits>();
 #else
-  [[maybe_unused]] const LevelMagnitudes<kBits, kThreeSlope> lm =
-      kLevels ? LevelMagnitudes<kBits, kThreeSlope>(*w.levels)
-              : LevelMagnitudes<kBits, kThreeSlope>();
+  [[maybe_unused]] const LevelMagnitudes<kBits, kLevels, kThreeSlope> lm =
+      kLevels ? LevelMagnitudes<kBits, kLevels, kThreeSlope>(*w.levels)
+              : LevelMagnitudes<kBits, kLevels, kThreeSlope>();
 #endif
   for (size_t r = r0; r < r1; ++r, out += stride) {
     const uint8_t* p = w.data + r * w.row_bytes;

@@ -76,14 +76,14 @@ __attribute__((target("avx512f,avx512bw"))) bool ValuesAreLevelsAvx512(const int
   const __m512i min = _mm512_set1_epi8(-128);
   __mmask64 bad = 0;
   for (size_t i = 0; i < n; i += 64) {
-    // The tail's missing bytes load as 0, a level of every table (T[0] = 0).
+    // The tail's missing bytes load as 0 (not a level of a midrise table): masked out below.
     const __mmask64 k = n - i >= 64 ? ~__mmask64{0} : (__mmask64{1} << (n - i)) - 1;
     const __m512i v = _mm512_maskz_loadu_epi8(k, q + i);
     const __m512i a = _mm512_abs_epi8(v);  // -128 stays 0x80: caught below
     const __m512i byte =
         _mm512_shuffle_epi8(m, _mm512_and_si512(_mm512_srli_epi16(a, 3), _mm512_set1_epi8(15)));
     const __m512i sel = _mm512_shuffle_epi8(bit, _mm512_and_si512(a, _mm512_set1_epi8(7)));
-    bad |= _mm512_testn_epi8_mask(byte, sel) | _mm512_cmpeq_epi8_mask(v, min);
+    bad |= (_mm512_testn_epi8_mask(byte, sel) | _mm512_cmpeq_epi8_mask(v, min)) & k;
   }
   return bad == 0;
 }

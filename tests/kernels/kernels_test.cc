@@ -250,14 +250,15 @@ TEST_P(KernelVariantTest, PackedProductsWithCodedScalesEqualTheInt8Products) {
   }
 }
 
-// A strictly increasing table from 0 with random steps, its largest entry at most 127.
-std::vector<uint8_t> RandomLevels(int bits, uint32_t seed) {
+// A strictly increasing table from `first` (0, or above 0 for a midrise table) with random steps,
+// its largest entry at most 127.
+std::vector<uint8_t> RandomLevels(int bits, uint32_t seed, int first = 0) {
   std::mt19937 rng(seed);
   const size_t n = size_t{1} << (bits - 1);
-  std::vector<uint8_t> t(n, 0);
-  const int spare = 127 - static_cast<int>(n - 1);  // steps of 1 plus this much extra
+  std::vector<uint8_t> t(n, static_cast<uint8_t>(first));
+  const int spare = 127 - first - static_cast<int>(n - 1);  // steps of 1 plus this much extra
   std::uniform_int_distribution<int> d(0, spare / static_cast<int>(n - 1) * 2);
-  int v = 0, left = spare;
+  int v = first, left = spare;
   for (size_t k = 1; k < n; ++k) {
     const int extra = std::min(left, d(rng));
     left -= extra;
@@ -270,31 +271,35 @@ std::vector<uint8_t> RandomLevels(int bits, uint32_t seed) {
 TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
   EXPECT_NE(CodeLevelsProblem(3, std::vector<uint8_t>{0, 1, 2, 3}), "");
   EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{0, 1, 2}), "");
-  EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{1, 2, 3, 4, 5, 6, 7, 8}), "");
+  EXPECT_EQ(CodeLevelsProblem(4, std::vector<uint8_t>{1, 2, 3, 4, 5, 6, 7, 8}), "") << "midrise";
+  EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{1, 2, 3, 4, 5, 6, 7, 8}, true), "");
   EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{0, 2, 2, 4, 5, 6, 7, 8}), "");
   EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{0, 1, 2, 3, 4, 5, 6, 128}), "");
+  EXPECT_NE(CodeLevelsProblem(4, std::vector<uint8_t>{128, 129, 130, 131, 132, 133, 134, 135}), "");
   for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
     const std::vector<uint8_t> sinh = SinhLevels(bits, 2.0);
     ASSERT_EQ(CodeLevelsProblem(bits, sinh), "") << bits;
     EXPECT_EQ(sinh.back(), 127);
-    const std::vector<uint8_t> t = RandomLevels(bits, static_cast<uint32_t>(bits));
-    ASSERT_EQ(CodeLevelsProblem(bits, t), "") << bits;
-    const CodeLevels l = MakeCodeLevels(bits, t);
+    EXPECT_GT(sinh[0], 0) << "midrise";
+    const std::vector<uint8_t> sinh0 = SinhLevels(bits, 2.0, /*zero_level=*/true);
+    ASSERT_EQ(CodeLevelsProblem(bits, sinh0, true), "") << bits;
+    EXPECT_EQ(sinh0.back(), 127);
+    const int half = 1 << (bits - 1);
     // The packer's table (three slopes at 7 bits: knots found) and the code of each value: sign
-    // and magnitude at 7 bits, offset below; "-0" stands for 0.
+    // and magnitude, "-0" standing for 0 where T[0] = 0.
     const std::vector<uint8_t> packer = LevelTable(bits, 2.0);
     ASSERT_EQ(CodeLevelsProblem(bits, packer), "") << bits;
     const CodeLevels lp = MakeCodeLevels(bits, packer);
-    const int half = 1 << (bits - 1);
+    EXPECT_TRUE(lp.sign_magnitude);
+    EXPECT_EQ(lp.value[5], packer[5]);
+    EXPECT_EQ(lp.value[half + 5], -packer[5]);
+    EXPECT_EQ(lp.u_of[static_cast<uint8_t>(-packer[half - 2])], half + half - 2);
     if (bits == 7) {
       EXPECT_EQ(packer, ThreeSlopeLevels(7, 21, 42));
       EXPECT_EQ(packer.back(), 126);
       EXPECT_EQ(lp.knot[0], 21);
       EXPECT_EQ(lp.knot[1], 42);
-      EXPECT_EQ(lp.value[5], packer[5]);
-      EXPECT_EQ(lp.value[64 + 5], -packer[5]);
       EXPECT_EQ(lp.value[64], 0);
-      EXPECT_EQ(lp.u_of[static_cast<uint8_t>(-packer[30])], 64 + 30);
       EXPECT_EQ(lp.u_of[0], 0);
       ASSERT_EQ(CodeLevelsProblem(7, ThreeSlopeLevels(7, 15, 50)), "");  // T(63) = 124
       EXPECT_NE(CodeLevelsProblem(7, ThreeSlopeLevels(7, 9, 50)), "");   // T(63) = 130
@@ -316,45 +321,74 @@ TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
       EXPECT_EQ((chunk[48 + 1] >> 1) & 1, 0);
       EXPECT_EQ(chunk[48 + 2], 0) << "padding and zeros are u = 0";
     } else {
+      // Midrise (format 9): every code a level, none of them 0; -T[0] is u = 2^(bits-1).
       EXPECT_EQ(packer, sinh);
       EXPECT_EQ(lp.knot[0], 0);
-      EXPECT_EQ(lp.value[half + 5], packer[5]);
-      EXPECT_EQ(lp.value[half - 5], -packer[5]);
-      EXPECT_EQ(lp.value[0], 0);
-      EXPECT_EQ(lp.u_of[0], half);
-      if (bits == 6) {  // the bytes of formats 5 and 6: -T[5] is u = 32 - 5 = 27
-        std::vector<int8_t> row(64, 0);
-        row[0] = static_cast<int8_t>(-packer[5]);
-        std::vector<uint8_t> chunk(PackedRowBytes(64, 6));
-        ASSERT_EQ(PackRows(row.data(), 1, 64, 64, 6, chunk.data(), &lp), 1u);
-        EXPECT_EQ(chunk[0] & 15, 27 & 15);
-        EXPECT_EQ(chunk[32] & 3, 27 >> 4);
+      EXPECT_EQ(lp.value[0], packer[0]);
+      EXPECT_EQ(lp.value[half], -packer[0]);
+      EXPECT_EQ(lp.u_of[0], -1) << "0 is not a level";
+      EXPECT_FALSE(CodesFit(std::vector<int8_t>{0}.data(), 1, bits, &lp));
+      // The bytes of format 9 at 6 bits: -T[5] is u = 32 + 5 = 37 (nibble 5, bits 4-5 = 2);
+      // padding past the row's 40 values is u = 0.
+      std::vector<int8_t> row(40, static_cast<int8_t>(packer[1]));
+      row[0] = static_cast<int8_t>(-packer[5]);
+      std::vector<uint8_t> chunk(PackedRowBytes(40, bits));
+      ASSERT_EQ(PackRows(row.data(), 1, 40, 40, bits, chunk.data(), &lp), 1u);
+      std::vector<uint8_t> u(64);
+      UnpackPackedChunk(chunk.data(), bits, u.data());
+      EXPECT_EQ(u[0], half + 5);
+      EXPECT_EQ(u[39], 1);
+      EXPECT_EQ(u[40], 0);
+      EXPECT_EQ(u[63], 0);
+      // Offset codes (4-6 bits of formats 5 to 8): c = u - 2^(bits-1), and c = -2^(bits-1) is 0.
+      const CodeLevels lo = MakeCodeLevels(bits, sinh0, /*sign_magnitude=*/false);
+      EXPECT_FALSE(lo.sign_magnitude);
+      EXPECT_EQ(lo.value[half + 5], sinh0[5]);
+      EXPECT_EQ(lo.value[half - 5], -sinh0[5]);
+      EXPECT_EQ(lo.value[0], 0);
+      EXPECT_EQ(lo.value[half], 0);
+      EXPECT_EQ(lo.u_of[0], half);
+      if (bits == 6) {  // the bytes of formats 5 to 8: -T[5] is u = 32 - 5 = 27
+        std::vector<int8_t> r6(64, 0);
+        r6[0] = static_cast<int8_t>(-sinh0[5]);
+        std::vector<uint8_t> c6(PackedRowBytes(64, 6));
+        ASSERT_EQ(PackRows(r6.data(), 1, 64, 64, 6, c6.data(), &lo), 1u);
+        EXPECT_EQ(c6[0] & 15, 27 & 15);
+        EXPECT_EQ(c6[32] & 3, 27 >> 4);
       }
     }
-    EXPECT_EQ(l.knot[0], 0) << "a random table is looked up";
-    const size_t cols = 172, pc = PaddedCols(cols);
-    std::mt19937 rng(static_cast<uint32_t>(bits) * 31);
-    std::vector<int8_t> q(5 * pc, 0);
-    for (size_t r = 0; r < 5; ++r) {
-      for (size_t c = 0; c < cols; ++c) {
-        const int k = static_cast<int>(rng() % t.size());
-        q[r * pc + c] =
-            static_cast<int8_t>(rng() % 2 ? t[static_cast<size_t>(k)] : -t[static_cast<size_t>(k)]);
+    // Random tables round trip in every coding: with a zero level and midrise in sign and
+    // magnitude, with a zero level as offset codes below 7 bits.
+    for (int coding = 0; coding < (bits < 7 ? 3 : 2); ++coding) {
+      const std::vector<uint8_t> t =
+          RandomLevels(bits, static_cast<uint32_t>(bits + 10 * coding), coding == 1 ? 3 : 0);
+      ASSERT_EQ(CodeLevelsProblem(bits, t, coding != 1), "") << bits;
+      const CodeLevels l = MakeCodeLevels(bits, t, coding != 2);
+      EXPECT_EQ(l.knot[0], 0) << "a random table is looked up";
+      const size_t cols = 172, pc = PaddedCols(cols);
+      std::mt19937 rng(static_cast<uint32_t>(bits) * 31 + static_cast<uint32_t>(coding));
+      std::vector<int8_t> q(5 * pc, 0);
+      for (size_t r = 0; r < 5; ++r) {
+        for (size_t c = 0; c < cols; ++c) {
+          const int k = static_cast<int>(rng() % t.size());
+          q[r * pc + c] = static_cast<int8_t>(rng() % 2 ? t[static_cast<size_t>(k)]
+                                                        : -t[static_cast<size_t>(k)]);
+        }
       }
+      for (size_t r = 0; r < 5; ++r) ASSERT_TRUE(CodesFit(q.data() + r * pc, cols, bits, &l));
+      std::vector<uint8_t> packed(5 * PackedRowBytes(cols, bits));
+      ASSERT_EQ(PackRows(q.data(), 5, cols, pc, bits, packed.data(), &l), 5u);
+      std::vector<int8_t> back(5 * pc, 0);
+      UnpackRows(packed.data(), 5, cols, bits, back.data(), pc, &l);
+      EXPECT_EQ(back, q) << bits << " bits, coding " << coding;
+      // A value that is not a level is refused, naming its row.
+      int gap = 1;
+      while (std::find(t.begin(), t.end(), gap) != t.end()) ++gap;
+      q[2 * pc + 7] = static_cast<int8_t>(-gap);
+      EXPECT_FALSE(CodesFit(q.data() + 2 * pc, cols, bits, &l));
+      EXPECT_EQ(FirstMisfit(q.data() + 2 * pc, cols, bits, &l), 7u);
+      EXPECT_EQ(PackRows(q.data(), 5, cols, pc, bits, packed.data(), &l), 2u);
     }
-    ASSERT_TRUE(CodesFit(q.data(), q.size(), bits, &l));
-    std::vector<uint8_t> packed(5 * PackedRowBytes(cols, bits));
-    ASSERT_EQ(PackRows(q.data(), 5, cols, pc, bits, packed.data(), &l), 5u);
-    std::vector<int8_t> back(5 * pc, 0);
-    UnpackRows(packed.data(), 5, cols, bits, back.data(), pc, &l);
-    EXPECT_EQ(back, q) << bits << " bits";
-    // A value that is not a level is refused, naming its row.
-    int gap = 1;
-    while (std::find(t.begin(), t.end(), gap) != t.end()) ++gap;
-    q[2 * pc + 7] = static_cast<int8_t>(-gap);
-    EXPECT_FALSE(CodesFit(q.data(), q.size(), bits, &l));
-    EXPECT_EQ(FirstMisfit(q.data(), q.size(), bits, &l), 2 * pc + 7);
-    EXPECT_EQ(PackRows(q.data(), 5, cols, pc, bits, packed.data(), &l), 2u);
   }
 }
 
@@ -363,16 +397,24 @@ TEST(PackedLayoutTest, LevelTablesAreCheckedAndRoundTrip) {
 TEST_P(KernelVariantTest, PackedProductsWithLevelsEqualTheInt8Products) {
   const KernelTable& k = *GetParam();
   for (int bits = kMinPackedBits; bits <= kMaxPackedBits; ++bits) {
-    // Sinh, random and, at 7 bits, three-slope tables (which x86 computes): the packer's, other
-    // knots, and T(63) = 127, the largest.
-    for (int table = 0; table < (bits == 7 ? 5 : 2); ++table) {
-      const CodeLevels l =
-          MakeCodeLevels(bits, table == 0   ? SinhLevels(bits, 2.0)
-                               : table == 1 ? RandomLevels(bits, static_cast<uint32_t>(bits + 50))
-                               : table == 2 ? LevelTable(bits, 2.0)
-                               : table == 3 ? ThreeSlopeLevels(bits, 15, 50)
-                                            : ThreeSlopeLevels(bits, 21, 41));
-      if (table >= 2) {
+    // In sign and magnitude: sinh (midrise below 7 bits), random with a zero level, random
+    // midrise and, at 7 bits, three-slope tables (which x86 computes): the packer's, other knots,
+    // and T(63) = 127, the largest. Below 7 bits, offset codes (formats 5 to 8): sinh and random
+    // tables with a zero level.
+    for (int table = 0; table < (bits == 7 ? 6 : 5); ++table) {
+      const bool offset = bits < 7 && table >= 3;
+      const CodeLevels l = MakeCodeLevels(
+          bits,
+          table == 0   ? SinhLevels(bits, 2.0)
+          : table == 1 ? RandomLevels(bits, static_cast<uint32_t>(bits + 50))
+          : table == 2 ? RandomLevels(bits, static_cast<uint32_t>(bits + 60), 2)
+          : offset     ? (table == 3 ? SinhLevels(bits, 2.0, true)
+                                     : RandomLevels(bits, static_cast<uint32_t>(bits + 70)))
+          : table == 3 ? LevelTable(bits, 2.0)
+          : table == 4 ? ThreeSlopeLevels(bits, 15, 50)
+                       : ThreeSlopeLevels(bits, 21, 41),
+          !offset);
+      if (bits == 7 && table >= 3) {
         ASSERT_NE(l.knot[0], 0) << "table " << table << " is computed on x86";
       }
       for (size_t n_tok : {1u, 5u}) {
@@ -382,12 +424,16 @@ TEST_P(KernelVariantTest, PackedProductsWithLevelsEqualTheInt8Products) {
           const size_t pc = PaddedCols(cols), rb = PackedRowBytes(cols, bits);
           std::vector<uint8_t> packed(rows * rb);
           for (uint8_t& b : packed) b = static_cast<uint8_t>(rng());
-          std::memset(packed.data(), 0,
-                      rb);                  // row 0: every u 0 (up to 6 bits the code -2^(bits-1))
-          if (SignMagnitudeLevels(bits)) {  // row 1: every code "-0" (u = 64)
-            for (size_t c = 0; c < rb; c += 8 * bits) {
-              std::memset(packed.data() + rb + c, 0, 48);
-              std::memset(packed.data() + rb + c + 48, 0xFF, 8);
+          // Row 0: every u 0 (offset codes: the code -2^(bits-1)). Row 1 in sign and magnitude:
+          // every u 2^(bits-1) ("-0", or -T[0]): the top-bit plane set at odd widths, nibbles 8
+          // at 4 bits, every 2-bit field 2 at 6.
+          std::memset(packed.data(), 0, rb);
+          if (l.sign_magnitude) {
+            for (size_t c = 0; c < rb; c += 8 * static_cast<size_t>(bits)) {
+              uint8_t* chunk = packed.data() + rb + c;
+              std::memset(chunk, bits == 4 ? 0x88 : 0, 8 * static_cast<size_t>(bits));
+              if (bits == 6) std::memset(chunk + 32, 0xAA, 16);
+              if (bits % 2 == 1) std::memset(chunk + 8 * bits - 8, 0xFF, 8);
             }
           }
           Q8Matrix m;
