@@ -318,8 +318,9 @@ Status CmdPack(const std::vector<std::string>& args) {
              "codes below 8 bits: gptq (error-compensating, from the calibration inputs) | "
              "nearest (default gptq)")
       .Value("level-shape",
-             "codes below 8 bits: non-uniform levels, finer near zero: round(127 sinh(A k/K) / "
-             "sinh(A)) at 4-6 bits, three slopes at 7; 0 = uniform levels (default 2)")
+             "codes below 8 bits: non-uniform levels, finer near zero: round(127 sinh(A (k+1/2) / "
+             "(K+1/2)) / sinh(A)) at 4-6 bits (no zero level; with --prune, k/K), three slopes "
+             "at 7; 0 = uniform levels (default 2)")
       .Switch("quiet", "no progress or report");
   ASSIGN_OR_RETURN(
       const bool help,
