@@ -234,10 +234,10 @@ struct ThreeSlope {
   }
 };
 
-// The sign masks of a sign-and-magnitude chunk (the top byte bit set where the code is negative,
-// as vpblendvb and vpsignb read it, and no byte 0): the top-bit plane at odd widths (0 or -1); at
-// even ones the sign bit of u itself shifted up to the byte's top (what crosses from the byte below
-// lands under it), or 1.
+// The sign masks of a sign-and-magnitude chunk, the byte's top bit set where the code is
+// negative: the top-bit plane at odd widths (0 or -1); at even ones the sign bit of u itself
+// shifted up to the byte's top (what crosses from the byte below lands under it), or 1 so that
+// no byte is 0.
 template <int kBits>
 inline void UnpackSignMasks(const uint8_t* c, __m256i ua, __m256i ub, __m256i* sa, __m256i* sb) {
   if constexpr (kBits % 2 == 1) {
@@ -249,25 +249,22 @@ inline void UnpackSignMasks(const uint8_t* c, __m256i ua, __m256i ub, __m256i* s
   }
 }
 
-// x, negated where the sign mask s (UnpackSignMasks) is negative; nx = -x. At even widths one
-// vpsignb (s is never 0); at odd ones a blend with -x, which the caller computes once per chunk
-// for all its rows. Out of cache, against the offset codes of format 8, the blend ran the 6-bit
-// product at 0.90-1.01x and the 4-bit one at 0.96-1.09x, vpsignb at 1.00-1.24x and 1.13-1.30x
-// (BENCHMARKS.md, session 40).
+// x, negated where the sign mask s (UnpackSignMasks) is negative: one vpsignb (the top-bit mask
+// of odd widths made odd first, so that no byte is 0). Out of cache, against the offset codes of
+// format 8, a blend with -x (as the 7-bit product had since format 7) ran the 6-bit product at
+// 0.90-1.01x and the 4-bit one at 0.96-1.09x, vpsignb at 1.00-1.24x and 1.13-1.30x; at 7 bits
+// vpsignb runs 1.09-1.13x of the blend in cache, 1.02-1.07x out of it (BENCHMARKS.md, session 40).
 template <int kBits>
-inline __m256i Signed(__m256i x, __m256i nx, __m256i s) {
-  if constexpr (kBits % 2 == 1) {
-    return _mm256_blendv_epi8(x, nx, s);
-  } else {
-    return _mm256_sign_epi8(x, s);
-  }
+inline __m256i Signed(__m256i x, __m256i s) {
+  if constexpr (kBits % 2 == 1) s = _mm256_or_si256(s, _mm256_set1_epi8(1));
+  return _mm256_sign_epi8(x, s);
 }
 
 // How one row's 64-code chunk meets the activations, by kind of codes (internal::kLinearCodes
 // ...): linear (u times x, the offset's sum subtracted once per row), offset levels up to 6 bits
 // (c = u - 2^(kBits-1), T[|c|] times x carrying c's sign), and sign-and-magnitude levels (T of the
-// magnitude bits, x negated where the sign bit is set: a blend with -x, which the caller computes
-// once per chunk for all its rows). vpmaddubsw cannot saturate: T <= 127.
+// magnitude bits times x negated where the sign bit is set). vpmaddubsw cannot saturate:
+// T <= 127.
 template <int kBits, int kLevels, bool kThreeSlope>
 struct ChunkCodes {
   static constexpr bool kSignMagnitude = kLevels == internal::kSignMagnitudeLevels;
@@ -287,17 +284,16 @@ struct ChunkCodes {
       return lt.Lookup(k);
     }
   }
-  // acc_a, acc_b += the chunk at c times x (codes 0-31 by xa, 32-63 by xb; na, nb = -xa, -xb).
-  void Dot(const uint8_t* c, __m256i xa, __m256i xb, __m256i na, __m256i nb, __m256i* acc_a,
-           __m256i* acc_b) const {
+  // acc_a, acc_b += the chunk at c times x (codes 0-31 by xa, 32-63 by xb).
+  void Dot(const uint8_t* c, __m256i xa, __m256i xb, __m256i* acc_a, __m256i* acc_b) const {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i ua, ub;
     if constexpr (kSignMagnitude) {
       __m256i sa, sb;
       UnpackPlanes<kBits>(c, &ua, &ub);
       UnpackSignMasks<kBits>(c, ua, ub, &sa, &sb);
-      *acc_a = DotU(*acc_a, Magnitude(ua), Signed<kBits>(xa, na, sa), ones);
-      *acc_b = DotU(*acc_b, Magnitude(ub), Signed<kBits>(xb, nb, sb), ones);
+      *acc_a = DotU(*acc_a, Magnitude(ua), Signed<kBits>(xa, sa), ones);
+      *acc_b = DotU(*acc_b, Magnitude(ub), Signed<kBits>(xb, sb), ones);
       return;
     }
     UnpackChunk<kBits>(c, &ua, &ub);
@@ -317,10 +313,9 @@ struct ChunkCodes {
       __m256i sa, sb;
       UnpackPlanes<kBits>(c, a, b);
       UnpackSignMasks<kBits>(c, *a, *b, &sa, &sb);
-      const __m256i zero = _mm256_setzero_si256();
       const __m256i ta = Magnitude(*a), tb = Magnitude(*b);
-      *a = Signed<kBits>(ta, _mm256_sub_epi8(zero, ta), sa);
-      *b = Signed<kBits>(tb, _mm256_sub_epi8(zero, tb), sb);
+      *a = Signed<kBits>(ta, sa);
+      *b = Signed<kBits>(tb, sb);
       return;
     }
     UnpackChunk<kBits>(c, a, b);
@@ -342,7 +337,6 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
   const int32_t corr = kLevels ? 0 : (1 << (kBits - 1)) * internal::SumCodes(x, stride);
   constexpr size_t kChunkBytes = 8 * kBits;
   const ChunkCodes<kBits, kLevels, kThreeSlope> codes(w.levels);
-  const __m256i zero = _mm256_setzero_si256();
   const size_t dist = internal::PackedPrefetchDistance(w.row_bytes, 2);
   size_t r = r0;
   for (; r + 2 <= r1; r += 2) {
@@ -354,9 +348,8 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
       _mm_prefetch(reinterpret_cast<const char*>(p1 + dist), _MM_HINT_T0);
       const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
       const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
-      const __m256i na = _mm256_sub_epi8(zero, xa), nb = _mm256_sub_epi8(zero, xb);
-      codes.Dot(p0, xa, xb, na, nb, &a0, &b0);
-      codes.Dot(p1, xa, xb, na, nb, &a1, &b1);
+      codes.Dot(p0, xa, xb, &a0, &b0);
+      codes.Dot(p1, xa, xb, &a1, &b1);
     }
     y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a0, b0)) - corr) * (x_scale * w.scale[r]);
     y[r + 1] =
@@ -368,7 +361,7 @@ void GemvPackedAvx2T(const PackedMatrixView& w, const int8_t* x, float x_scale, 
     for (size_t k = 0; k < stride; k += 64, p += kChunkBytes) {
       const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
       const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
-      codes.Dot(p, xa, xb, _mm256_sub_epi8(zero, xa), _mm256_sub_epi8(zero, xb), &a, &b);
+      codes.Dot(p, xa, xb, &a, &b);
     }
     y[r] = static_cast<float>(HsumI32(_mm256_add_epi32(a, b)) - corr) * (x_scale * w.scale[r]);
   }
