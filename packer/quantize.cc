@@ -90,6 +90,10 @@ bool UsesLevels(int bits, double level_shape) {
   return bits >= kMinPackedBits && bits <= kMaxLevelBits && level_shape > 0;
 }
 
+std::vector<uint8_t> PackerLevels(int bits, double level_shape, float prune) {
+  return LevelTable(bits, level_shape, /*zero_level=*/prune > 0);
+}
+
 QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t cols,
                                const QuantParams& p, double* hessian_error) {
   if (hessian_error != nullptr) *hessian_error = 0;
@@ -105,7 +109,7 @@ QuantizedMatrix QuantizeMatrix(std::span<const float> w, size_t rows, size_t col
   // midpoints between consecutive magnitudes decide).
   std::vector<float> mid;
   if (UsesLevels(p.bits, p.level_shape)) {
-    q.levels = LevelTable(p.bits, p.level_shape, /*zero_level=*/p.prune > 0);  // pruned: 0
+    q.levels = PackerLevels(p.bits, p.level_shape, p.prune);
     for (size_t k = 1; k < q.levels.size(); ++k) {
       mid.push_back(0.5f * static_cast<float>(q.levels[k - 1] + q.levels[k]));
     }

@@ -65,6 +65,9 @@ struct QuantParams {
 // Whether codes of `bits` bits are rounded to non-uniform levels of shape `level_shape`
 // (4..kMaxLevelBits bits, level_shape > 0).
 bool UsesLevels(int bits, double level_shape);
+// The level magnitudes the packer gives such a width: LevelTable(bits, level_shape), with a zero
+// level when rows are pruned (`prune` > 0: pruned weights are held at 0).
+std::vector<uint8_t> PackerLevels(int bits, double level_shape, float prune);
 
 struct QuantizedMatrix {
   size_t rows = 0, cols = 0;

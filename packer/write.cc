@@ -96,7 +96,7 @@ Status WriteMatrix(PackState& s, const Matrix& m) {
     level_store.reserve(widths.size());
     for (int b : widths) {
       if (!UsesLevels(b, m.level_shape)) continue;
-      const std::vector<uint8_t> mag = LevelTable(b, m.level_shape, /*zero_level=*/m.prune > 0);
+      const std::vector<uint8_t> mag = PackerLevels(b, m.level_shape, m.prune);
       pb::CodeLevels* L = t.add_levels();
       L->set_bits(b);
       L->set_magnitudes(std::string(mag.begin(), mag.end()));

@@ -235,29 +235,25 @@ struct ThreeSlope {
 };
 
 // The sign masks of a sign-and-magnitude chunk, the byte's top bit set where the code is
-// negative: the top-bit plane at odd widths (0 or -1); at even ones the sign bit of u itself
-// shifted up to the byte's top (what crosses from the byte below lands under it), or 1 so that
-// no byte is 0.
+// negative: the top-bit plane at odd widths; at even ones the sign bit of u itself shifted up to
+// the byte's top (what crosses from the byte below lands under it).
 template <int kBits>
 inline void UnpackSignMasks(const uint8_t* c, __m256i ua, __m256i ub, __m256i* sa, __m256i* sb) {
   if constexpr (kBits % 2 == 1) {
     UnpackTopMasks<kBits>(c, sa, sb);
   } else {
-    const __m256i one = _mm256_set1_epi8(1);
-    *sa = _mm256_or_si256(_mm256_slli_epi16(ua, 8 - kBits), one);
-    *sb = _mm256_or_si256(_mm256_slli_epi16(ub, 8 - kBits), one);
+    *sa = _mm256_slli_epi16(ua, 8 - kBits);
+    *sb = _mm256_slli_epi16(ub, 8 - kBits);
   }
 }
 
-// x, negated where the sign mask s (UnpackSignMasks) is negative: one vpsignb (the top-bit mask
-// of odd widths made odd first, so that no byte is 0). Out of cache, against the offset codes of
-// format 8, a blend with -x (as the 7-bit product had since format 7) ran the 6-bit product at
-// 0.90-1.01x and the 4-bit one at 0.96-1.09x, vpsignb at 1.00-1.24x and 1.13-1.30x; at 7 bits
-// vpsignb runs 1.09-1.13x of the blend in cache, 1.02-1.07x out of it (BENCHMARKS.md, session 40).
-template <int kBits>
+// x, negated where the sign mask s (UnpackSignMasks) is negative: one vpsignb, s made odd first so
+// that no byte is 0. Out of cache, against the offset codes of format 8, a blend with -x (as the
+// 7-bit product had since format 7) ran the 6-bit product at 0.90-1.01x and the 4-bit one at
+// 0.96-1.09x, vpsignb at 1.00-1.24x and 1.13-1.30x; at 7 bits vpsignb runs 1.09-1.13x of the
+// blend in cache, 1.02-1.07x out of it (BENCHMARKS.md, session 40).
 inline __m256i Signed(__m256i x, __m256i s) {
-  if constexpr (kBits % 2 == 1) s = _mm256_or_si256(s, _mm256_set1_epi8(1));
-  return _mm256_sign_epi8(x, s);
+  return _mm256_sign_epi8(x, _mm256_or_si256(s, _mm256_set1_epi8(1)));
 }
 
 // How one row's 64-code chunk meets the activations, by kind of codes (internal::kLinearCodes
@@ -292,8 +288,8 @@ struct ChunkCodes {
       __m256i sa, sb;
       UnpackPlanes<kBits>(c, &ua, &ub);
       UnpackSignMasks<kBits>(c, ua, ub, &sa, &sb);
-      *acc_a = DotU(*acc_a, Magnitude(ua), Signed<kBits>(xa, sa), ones);
-      *acc_b = DotU(*acc_b, Magnitude(ub), Signed<kBits>(xb, sb), ones);
+      *acc_a = DotU(*acc_a, Magnitude(ua), Signed(xa, sa), ones);
+      *acc_b = DotU(*acc_b, Magnitude(ub), Signed(xb, sb), ones);
       return;
     }
     UnpackChunk<kBits>(c, &ua, &ub);
@@ -314,8 +310,8 @@ struct ChunkCodes {
       UnpackPlanes<kBits>(c, a, b);
       UnpackSignMasks<kBits>(c, *a, *b, &sa, &sb);
       const __m256i ta = Magnitude(*a), tb = Magnitude(*b);
-      *a = Signed<kBits>(ta, sa);
-      *b = Signed<kBits>(tb, sb);
+      *a = Signed(ta, sa);
+      *b = Signed(tb, sb);
       return;
     }
     UnpackChunk<kBits>(c, a, b);
