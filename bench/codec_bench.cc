@@ -2,7 +2,8 @@
 // this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), in stream layout 2 and in layout 1 ("/L1"),
 // htscodecs' rANS 4x16 and 32x16 order-0 (each SIMD level it has here; Debian's libhtscodecs), and
 // zstd at several levels. For each: bits per weight (8 x stored / raw), encode GB/s (one thread)
-// and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second. Then the check of
+// and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second; above them the
+// blocks' order-0 entropy, the bound of a static coder whose tables cost nothing. Then the check of
 // decoded codes against non-uniform levels, per decoder's instruction set. Then CRC32C, which the
 // reader checks on every block it reads: dcomp's three chains of the CRC instruction against the
 // single chain it replaced and the portable table.
@@ -212,6 +213,13 @@ void Run(const Source& src, double seconds) {
               static_cast<double>(src.raw) / (1 << 20));
   std::printf("%-30s %9s %11s %11s %11s\n", "codec", "bits/w", "enc GB/s", "dec GB/s 1t",
               "dec GB/s 2t");
+  // The bound of a static order-0 coder that sends each block's frequencies for free.
+  double entropy_bits = 0;
+  for (const Block& b : src.blocks) {
+    entropy_bits += storage::Order0EntropyBits(b) * static_cast<double>(b.size());
+  }
+  std::printf("%-30s %9.3f\n", "order-0 entropy of each block",
+              entropy_bits / static_cast<double>(src.raw));
   for (const Codec& c : Codecs()) {
     c.before();
     std::vector<Block> enc(src.blocks.size());

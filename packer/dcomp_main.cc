@@ -304,7 +304,7 @@ Status CmdPack(const std::vector<std::string>& args) {
       .Value("min-decode-speed", "auto: MB/s a codec must decode a block at (default 500)")
       .Value("min-coding-gain",
              "codes below 8 bits: entropy-code a block only if that saves this fraction of its "
-             "packed size, else store it packed (default 0.20)")
+             "packed size, else store it packed (default 0.02)")
       .Value("alpha", "scaling exponent: auto | X in [0, 1] (default auto)")
       .Value("prune", "fraction of each row pruned (default 0)")
       .Value("max-ppl-increase",
@@ -355,7 +355,7 @@ Status CmdPack(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t zl, f.GetInt("zstd-level", 19));
   o.zstd_level = static_cast<int>(zl);
   ASSIGN_OR_RETURN(o.min_decode_mbps, f.GetDouble("min-decode-speed", 500));
-  ASSIGN_OR_RETURN(o.min_coding_gain, f.GetDouble("min-coding-gain", 0.20));
+  ASSIGN_OR_RETURN(o.min_coding_gain, f.GetDouble("min-coding-gain", 0.02));
   if (!(o.min_coding_gain >= 0 && o.min_coding_gain < 1)) {
     return InvalidArgumentError("--min-coding-gain " + std::to_string(o.min_coding_gain) +
                                 ": expected a fraction in [0, 1)");

@@ -35,7 +35,7 @@ struct PackOptions {
   std::string codec = "auto";      // auto | rans | zstd | raw
   int zstd_level = 19;
   double min_decode_mbps = 500;   // auto: fastest-decoding floor a codec must meet on its block
-  double min_coding_gain = 0.20;  // narrow codes: entropy-code a block only if it saves this much
+  double min_coding_gain = 0.02;  // narrow codes: entropy-code a block only if it saves this much
   std::string alpha = "auto";     // auto | a number in [0, 1]
   double prune = 0.0;             // fraction of each row zeroed
   double max_ppl_increase = kDefaultMaxPplIncrease;  // percent over f32 on the calibration tokens
