@@ -1,5 +1,6 @@
 // Block codecs side by side on the same blocks of INT8 weight codes: dcomp's rANS with each decoder
-// this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), in stream layout 2 and in layout 1 ("/L1"),
+// this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), as dcomp pack writes it (stream layout 2 or
+// 3), in layout 2 alone ("/L2") and in layout 1 ("/L1"),
 // htscodecs' rANS 4x16 and 32x16 order-0 (each SIMD level it has here; Debian's libhtscodecs), and
 // zstd at several levels. For each: bits per weight (8 x stored / raw), encode GB/s (one thread)
 // and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second; above them the
@@ -104,19 +105,21 @@ struct Codec {
 
 std::vector<Codec> Codecs() {
   std::vector<Codec> c;
-  // Layout 2 (64 states, what dcomp pack writes) and layout 1 (32 states, older files).
-  for (int layout : {storage::kRansLayout, 1}) {
+  // What dcomp pack writes (64 states; layout 2 or 3, whichever table is shorter), layout 2 alone
+  // (formats 3 to 9) and layout 1 (32 states, formats 1 and 2).
+  for (int layout : {storage::kRansLayoutSmallestTable, 2, 1}) {
     for (storage::RansDecoder d : storage::AvailableRansDecoders()) {
-      c.push_back(
-          {std::string("dcomp rans") + (layout == 1 ? "/L1 " : " ") + storage::RansDecoderName(d),
-           [layout](const Block& in, Block* out) {
-             storage::RansEncodeLayout(in, layout, out);
-             return Status::Ok();
-           },
-           [d] {
-             return
-                 [d](const Block& in, Block& out) { return storage::RansDecodeWith(d, in, out); };
-           }});
+      const char* tag = layout == 1 ? "/L1 " : layout == 2 ? "/L2 " : " ";
+      c.push_back({std::string("dcomp rans") + tag + storage::RansDecoderName(d),
+                   [layout](const Block& in, Block* out) {
+                     storage::RansEncodeLayout(in, layout, out);
+                     return Status::Ok();
+                   },
+                   [d] {
+                     return [d](const Block& in, Block& out) {
+                       return storage::RansDecodeWith(d, in, out);
+                     };
+                   }});
     }
   }
   struct Hts {

@@ -39,10 +39,11 @@ inline constexpr char kDcmMagic[8] = {'D', 'C', 'O', 'M', 'P', 'D', 'C', 'M'};
 // and magnitude (base/packed_codes.h), which 6.x readers would take as offset codes. 8.0: matrix
 // inputs computed Hadamard-transformed (ModelConfig.hadamard_inputs), which 7.x readers would
 // ignore. 9.0: 4-6-bit level codes in sign and magnitude too, and level tables without a zero
-// level (T[0] > 0), which 8.x readers would take as offset codes. 1.x to 8.x files are read (their
-// 4-6-bit level codes as offset codes), but for 7-bit levels in 5.x and 6.x files (refused:
-// FAILED_PRECONDITION).
-inline constexpr uint16_t kDcmVersionMajor = 9;
+// level (T[0] > 0), which 8.x readers would take as offset codes. 10.0: rANS blocks in stream
+// layout 3 (a frequency table for sparse alphabets; storage/rans.h), which 9.x readers cannot
+// decode. 1.x to 9.x files are read (their 4-6-bit level codes, before 9.0, as offset codes), but
+// for 7-bit levels in 5.x and 6.x files (refused: FAILED_PRECONDITION).
+inline constexpr uint16_t kDcmVersionMajor = 10;
 inline constexpr uint16_t kDcmVersionMinor = 0;
 inline constexpr size_t kDcmHeaderSize = 64;
 inline constexpr uint32_t kDcmAlignment = 4096;     // start of each layer's range

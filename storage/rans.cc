@@ -130,23 +130,25 @@ uint32_t LoadU32(const uint8_t* p) {
 
 Status ParseRansStream(std::span<const uint8_t> in, size_t n, RansStream* s) {
   if (in.empty()) return DataLossError("rANS stream is empty");
-  if (in[0] != 1 && in[0] != 2) {
-    return DataLossError("rANS stream layout " + std::to_string(in[0]) +
-                         " is unknown (expected 1 or 2)");
+  const int layout = in[0];
+  if (layout < 1 || layout > 3) {
+    return DataLossError("rANS stream layout " + std::to_string(layout) +
+                         " is unknown (expected 1, 2 or 3)");
   }
-  s->lanes = RansLanesOf(in[0]);
-  s->coded = RansCodedSymbols(in[0], n);
+  s->lanes = RansLanesOf(layout);
+  s->coded = RansCodedSymbols(layout, n);
   BitReader br(in.subspan(1));
   std::array<uint32_t, 256> f{};
   uint32_t sum = 0;
   int present = 0;
-  int64_t prev = 0;
+  int64_t prev = 0;  // the previous symbol's frequency (layout 3: the previous present symbol's)
   for (int sym = 0; sym < 256; ++sym) {
     uint32_t v = 0;
     if (!br.Gamma(&v, 15)) return DataLossError("rANS frequency table truncated or malformed");
-    const uint32_t z = v - 1;
+    if (layout == 3 && v == 1) continue;  // absent
+    const uint32_t z = v - (layout == 3 ? 2 : 1);
     const int64_t value = prev + ((z & 1) ? -static_cast<int64_t>((z + 1) / 2) : z / 2);
-    if (value < 0 || value > kProbScale) {
+    if (value < (layout == 3 ? 1 : 0) || value > kProbScale) {
       return DataLossError("rANS frequency of symbol " + std::to_string(sym) + " out of range");
     }
     f[sym] = static_cast<uint32_t>(value);
@@ -263,11 +265,35 @@ Status RansDecodeTail(const RansStream& s, size_t begin, std::span<uint8_t> out,
 using internal::kProbScale;
 using internal::kRansL;
 
+namespace {
+
+// Appends the layout byte and the frequency table. Neighbouring byte values have similar
+// frequencies: layouts 1 and 2 code each one's zigzag difference to the previous one. The codes of
+// non-uniform levels use a few dozen byte values spread over all 256, where each present symbol
+// between absent ones would cost two long differences: layout 3 codes an absent symbol in one bit
+// and a present one's difference to the previous present one.
+void WriteTable(const std::array<uint32_t, 256>& f, int layout, std::vector<uint8_t>* out) {
+  out->push_back(static_cast<uint8_t>(layout));
+  internal::BitWriter bw(out);
+  const uint32_t offset = layout == 3 ? 2 : 1;
+  int32_t prev = 0;
+  for (int s = 0; s < 256; ++s) {
+    if (layout == 3 && f[s] == 0) {
+      bw.Gamma(1);
+      continue;
+    }
+    const int32_t d = static_cast<int32_t>(f[s]) - prev;
+    bw.Gamma(static_cast<uint32_t>(d >= 0 ? 2 * d : -2 * d - 1) + offset);
+    prev = static_cast<int32_t>(f[s]);
+  }
+  bw.Finish();
+}
+
+}  // namespace
+
 void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8_t>* out) {
   const int lanes = internal::RansLanesOf(layout);
   const size_t coded = internal::RansCodedSymbols(layout, in.size());
-  out->clear();
-  out->push_back(static_cast<uint8_t>(layout));
   std::array<uint64_t, 256> counts{};
   for (size_t i = 0; i < coded; ++i) ++counts[in[i]];
   std::array<uint32_t, 256> f{};
@@ -276,16 +302,14 @@ void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8
   } else {
     f = internal::NormaliseFrequencies(counts, coded);
   }
-  {
-    internal::BitWriter bw(out);
-    // Neighbouring byte values have similar frequencies: code the zigzag delta to the previous one.
-    int32_t prev = 0;
-    for (int s = 0; s < 256; ++s) {
-      const int32_t d = static_cast<int32_t>(f[s]) - prev;
-      bw.Gamma(static_cast<uint32_t>(d >= 0 ? 2 * d : -2 * d - 1) + 1);
-      prev = static_cast<int32_t>(f[s]);
-    }
-    bw.Finish();
+  out->clear();
+  if (layout == kRansLayoutSmallestTable) {  // both candidates have layout 2's states
+    std::vector<uint8_t> sparse;
+    WriteTable(f, 2, out);
+    WriteTable(f, 3, &sparse);
+    if (sparse.size() < out->size()) out->swap(sparse);
+  } else {
+    WriteTable(f, layout, out);
   }
   std::array<uint32_t, 256> start{};
   for (int s = 1; s < 256; ++s) start[s] = start[s - 1] + f[s - 1];
@@ -317,7 +341,7 @@ void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8
 }
 
 void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out) {
-  RansEncodeLayout(in, kRansLayout, out);
+  RansEncodeLayout(in, kRansLayoutSmallestTable, out);
 }
 
 namespace {

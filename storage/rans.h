@@ -1,13 +1,17 @@
 // dcomp's rANS codec: static order-0 range-variant ANS over byte symbols (Duda 2013; the byte-wise
 // and interleaved formulation of Giesen's rans_byte/rans_word), laid out for SIMD decoding.
 //
-//  - 12-bit normalised frequencies (sum 4096), one table per stream, stored as Elias-gamma codes;
-//  - interleaved 32-bit states (64 in layout 2, written by the encoder; 32 in layout 1, which
+//  - 12-bit normalised frequencies (sum 4096), one table per stream, stored as Elias-gamma codes
+//    of each symbol's difference to the one before it (layouts 1 and 2) or, for the sparse
+//    alphabets of non-uniform levels, one bit per absent symbol and the difference to the previous
+//    present symbol (layout 3);
+//  - interleaved 32-bit states (64 in layouts 2 and 3, written by the encoder; 32 in layout 1,
+//  which
 //    older files hold and every decoder still reads): symbol i belongs to state i % lanes; states
 //    live in [2^16, 2^32) and renormalise by whole 16-bit words, so each symbol reads at most one
 //    word;
 //  - one shared word stream, consumed in symbol order (the encoder runs backwards);
-//  - layout 2 only: each state's last two symbols are not coded but held in the encoder's initial
+//  - layouts 2 and 3: each state's last two symbols are not coded but held in the encoder's initial
 //    state (2^16 + the two bytes), which the decoder finds as its final state; this pays for the
 //    extra states, so that layout 2 is no larger than layout 1 while its 64 independent states
 //    keep twice as many table lookups in flight.
@@ -31,11 +35,13 @@ namespace dcomp::storage {
 
 inline constexpr int kRansMaxLanes = 64;
 inline constexpr int kRansProbBits = 12;
-inline constexpr int kRansLayout = 2;  // what RansEncode writes
+// What RansEncodeLayout takes besides 1, 2 and 3: layout 2 or 3, whichever codes the frequency
+// table in fewer bytes (what RansEncode writes).
+inline constexpr int kRansLayoutSmallestTable = 0;
 
-// Writes the rANS stream of `in` to `out` (cleared first) in the current layout.
+// Writes the rANS stream of `in` to `out` (cleared first): layout 2 or 3, whichever is smaller.
 void RansEncode(std::span<const uint8_t> in, std::vector<uint8_t>* out);
-// In layout 1 or 2 (tests and benchmarks compare them; files only need the current one).
+// In layout 1, 2 or 3 (tests and benchmarks compare them), or kRansLayoutSmallestTable.
 void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8_t>* out);
 
 // The decoders, by instruction set; all decode the same format to the same bytes and verdicts.

@@ -15,10 +15,11 @@ namespace dcomp::storage::internal {
 inline constexpr uint32_t kRansL = 1u << 16;  // lower bound of a normalised state
 inline constexpr uint32_t kProbScale = 1u << kRansProbBits;
 // The layouts (the stream's first byte): 1 = 32 states, 2 = 64 states whose last two symbols each
-// are held in the final state.
-inline constexpr int kRansTailPerLane = 2;  // layout 2
+// are held in the final state, 3 = layout 2 with its frequency table coded for sparse alphabets.
+inline constexpr int kRansTailPerLane = 2;  // layouts 2 and 3
 inline int RansLanesOf(int layout) { return layout == 1 ? 32 : 64; }
-// How many of a stream's n symbols are coded; the rest (layout 2) are held in the final states.
+// How many of a stream's n symbols are coded; the rest (layouts 2 and 3) are held in the final
+// states.
 inline size_t RansCodedSymbols(int layout, size_t n) {
   return layout == 1 ? n : n - std::min<size_t>(n, kRansTailPerLane * kRansMaxLanes);
 }

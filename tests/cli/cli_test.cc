@@ -160,7 +160,7 @@ TEST(CliTest, PackInspectAndRunADcm) {
   r = Dcomp("inspect " + out + " --json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   testing::Json j = testing::ParseJson(r.out);
-  EXPECT_EQ(j["format_version"].str, "9.0");
+  EXPECT_EQ(j["format_version"].str, "10.0");
   EXPECT_GT(j["ratio"].num, 1.0);
   // Without rate allocation every code is 8 bits: the packed tier holds INT8 codes.
   EXPECT_EQ(j["ram_bytes"].num, j["raw_bytes"].num);

@@ -6,6 +6,7 @@
 #include <random>
 #include <string>
 
+#include "base/packed_codes.h"
 #include "storage/crc32c.h"
 #include "storage/rans.h"
 #include "tests/util/weight_codes.h"
@@ -82,6 +83,42 @@ TEST(RansTest, SizeIsCloseToTheEntropy) {
   // Table, states and 12-bit frequency rounding cost well under 1%.
   EXPECT_LT(static_cast<double>(enc.size()), ideal * 1.01 + 600);
   EXPECT_GT(static_cast<double>(enc.size()), ideal);
+}
+
+// The codes of non-uniform levels are a few dozen byte values spread over all 256: the encoder
+// writes layout 3, whose table codes an absent symbol in one bit, and the stream is shorter than in
+// layout 2 by two bytes or more per level; dense codes keep layout 2's table.
+TEST(RansTest, SparseAlphabetsGetTheShorterTable) {
+  for (int bits : {4, 5, 6, 7}) {
+    const auto v = testing::LevelCodes(16384, LevelTable(bits, 2.0), bits);
+    std::vector<uint8_t> enc, layout2;
+    RansEncode(v, &enc);
+    RansEncodeLayout(v, 2, &layout2);
+    EXPECT_EQ(enc[0], 3) << bits;
+    // Two bytes or more per level magnitude (4 bits: 8 magnitudes; 7 bits: 64).
+    EXPECT_GE(layout2.size(), enc.size() + 2 * LevelTable(bits, 2.0).size()) << bits;
+    ExpectRoundTrip(v);
+  }
+  std::vector<uint8_t> enc;
+  RansEncode(GaussianCodes(16384, 20, 5), &enc);
+  EXPECT_EQ(enc[0], 2);
+}
+
+// Layout 3 codes a present symbol as its difference to the previous present one plus 2: one that
+// comes out at 0 is malformed, as is a table that does not sum to 4096.
+TEST(RansTest, MalformedSparseTablesAreRefused) {
+  std::vector<uint8_t> out(1000);
+  // Symbol 0 present (gamma(2) = 010) with frequency 0 + 0.
+  const std::vector<uint8_t> zero = {3, 0b01000000, 0, 0, 0, 0};
+  Status st = RansDecode(zero, out);
+  EXPECT_EQ(st.code(), StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find("symbol 0 out of range"), std::string::npos) << st.message();
+  // Every symbol absent (256 one-bits): the frequencies sum to 0.
+  std::vector<uint8_t> empty(1 + 32 + 256, 0xFF);
+  empty[0] = 3;
+  st = RansDecode(empty, out);
+  EXPECT_EQ(st.code(), StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find("sum to 0"), std::string::npos) << st.message();
 }
 
 TEST(RansTest, CorruptStreamsFailCleanly) {

@@ -462,9 +462,11 @@ TEST(ContainerTest, NonUniformLevelsDecodeToTheirValuesAndBadTablesAreNamed) {
   const std::vector<uint8_t> sinh6 = SinhLevels(6, 2.0);  // midrise (format 9)
   std::vector<int8_t> values;
   const std::vector<uint8_t> ok = WriteLevelsToy({{6, sinh6}}, 0, &values);
-  WriteFuzzSeedOnRequest(ok, "levels_v9.dcm");  // the fuzz corpus' format-9 seed
+  WriteFuzzSeedOnRequest(ok, "levels_v10.dcm");  // the fuzz corpus' format-10 seed
   auto r = ContainerReader::FromBytes(ok, "l.dcm");
   ASSERT_TRUE(r.ok()) << r.status().message();
+  // Its entropy-coded block holds a sparse alphabet: rANS stream layout 3 (format 10).
+  EXPECT_EQ(ok[(*r)->block(2).offset()], 3);
   ASSERT_NE((*r)->BlockLevels(1), nullptr);
   EXPECT_EQ((*r)->BlockLevels(0), nullptr);  // the row scales
   EXPECT_EQ((*r)->Levels(0, 5), nullptr);    // a width without a table

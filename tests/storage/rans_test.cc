@@ -1,8 +1,9 @@
 // Every rANS decoder this CPU has (portable, AVX2, AVX-512 VBMI2, NEON) decodes exactly what the
 // portable decoder decodes: the same bytes from valid streams, the same verdict and bytes from
 // damaged ones, DATA_LOSS and no out-of-bounds access for truncated ones. Decoders the CPU lacks
-// are skipped (the aarch64 build runs this under qemu-aarch64 for NEON). Both stream layouts: 2,
-// which the encoder writes, and 1, which older files hold.
+// are skipped (the aarch64 build runs this under qemu-aarch64 for NEON). Every stream layout: 2
+// and 3, which the encoder writes (3 codes the frequency table for sparse alphabets), and 1, which
+// older files hold.
 #include "storage/rans.h"
 
 #include <gtest/gtest.h>
@@ -20,14 +21,15 @@ namespace dcomp::storage {
 namespace {
 
 using testing::GaussianCodes;
+using testing::LevelCodes;
 
-std::vector<uint8_t> Encode(const std::vector<uint8_t>& in, int layout = kRansLayout) {
+std::vector<uint8_t> Encode(const std::vector<uint8_t>& in, int layout) {
   std::vector<uint8_t> enc;
   RansEncodeLayout(in, layout, &enc);
   return enc;
 }
 
-constexpr int kLayouts[] = {1, 2};
+constexpr int kLayouts[] = {1, 2, 3};
 
 class RansDecoderTest : public ::testing::TestWithParam<RansDecoder> {
  protected:
@@ -95,10 +97,11 @@ TEST_P(RansDecoderTest, RoundTripsEverySizeAroundTheGroupSize) {
 TEST_P(RansDecoderTest, RoundTripsExtremeDistributions) {
   for (const auto& v : testing::ExtremeCodeSets()) ExpectRoundTrip(v);
   for (double sigma : {2.0, 8.0, 40.0}) ExpectRoundTrip(GaussianCodes(200003, sigma, 17));
+  for (int bits : {4, 6, 7}) ExpectRoundTrip(LevelCodes(100003, LevelTable(bits, 2.0), 19));
 }
 
 TEST_P(RansDecoderTest, TruncatedStreamsFailLikeThePortableDecoder) {
-  const auto v = GaussianCodes(40000, 20, 11);
+  const auto v = LevelCodes(40000, LevelTable(6, 2.0), 11);
   for (int layout : kLayouts) {
     const auto enc = Encode(v, layout);
     const std::string l = "layout " + std::to_string(layout) + ": ";
@@ -138,10 +141,11 @@ TEST_P(RansDecoderTest, SymbolsHeldInTheFinalStatesAreChecked) {
 
 TEST_P(RansDecoderTest, DamagedStreamsDecodeLikeThePortableDecoder) {
   const auto v = GaussianCodes(30000, 15, 13);
-  const std::vector<uint8_t> enc[] = {Encode(v, 1), Encode(v, 2)};
+  const auto levels = LevelCodes(30000, LevelTable(6, 2.0), 13);
+  const std::vector<uint8_t> enc[] = {Encode(v, 1), Encode(v, 2), Encode(levels, 3)};
   std::mt19937 rng(4);
-  for (int k = 0; k < 500; ++k) {
-    auto bad = enc[k % 2];
+  for (int k = 0; k < 600; ++k) {
+    auto bad = enc[k % 3];
     const int flips = 1 + static_cast<int>(rng() % 3);
     for (int f = 0; f < flips; ++f) {
       bad[rng() % bad.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
@@ -152,7 +156,7 @@ TEST_P(RansDecoderTest, DamagedStreamsDecodeLikeThePortableDecoder) {
   for (int k = 0; k < 200; ++k) {
     std::vector<uint8_t> junk(64 + rng() % 4096);
     for (auto& b : junk) b = static_cast<uint8_t>(rng());
-    junk[0] = static_cast<uint8_t>(1 + k % 2);
+    junk[0] = static_cast<uint8_t>(1 + k % 3);
     ExpectSameAsPortable(junk, rng() % 5000, "junk " + std::to_string(k));
   }
 }

@@ -22,6 +22,22 @@ inline std::vector<uint8_t> GaussianCodes(size_t n, double sigma, uint64_t seed)
   return v;
 }
 
+// The codes of non-uniform levels: +-magnitudes[k] (a table's magnitudes, e.g. LevelTable), k
+// drawn from a Gaussian over the table's index; a few dozen byte values spread over all 256.
+inline std::vector<uint8_t> LevelCodes(size_t n, const std::vector<uint8_t>& magnitudes,
+                                       uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const double k_max = static_cast<double>(magnitudes.size() - 1);
+  std::normal_distribution<double> d(0, k_max / 2.5);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) {
+    const double x = d(rng);
+    const int m = magnitudes[static_cast<size_t>(std::min(std::floor(std::fabs(x)), k_max))];
+    b = static_cast<uint8_t>(static_cast<int8_t>(x < 0 ? -m : m));
+  }
+  return v;
+}
+
 // A single symbol (a constant block, no words); one very rare symbol (long runs without refills,
 // then a burst); every symbol, uniform (nearly every state refills on every symbol); random bytes;
 // a very skewed Gaussian.
