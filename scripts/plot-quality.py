@@ -74,8 +74,9 @@ def main():
     ax.axhline(a.f32_ppl, color="black", linewidth=0.8, linestyle=":", label="f32")
     ax.set_xlabel("bits per weight")
     ax.set_ylabel("perplexity (stories3M, dev text, ctx 512)")
-    ax.set_xlim(4.5, 9)
-    top = max([p[2] for p in points] + [l[1] for l in llama if 4.5 <= l[0] <= 9])
+    left = min([4.5] + [p[1] - 0.1 for p in points])  # every dcomp point, stored ones too
+    ax.set_xlim(left, 9)
+    top = max([p[2] for p in points] + [l[1] for l in llama if left <= l[0] <= 9])
     ax.set_ylim(a.f32_ppl * 0.99, top * 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
