@@ -1,13 +1,14 @@
 // Block codecs side by side on the same blocks of INT8 weight codes: dcomp's rANS with each decoder
 // this CPU has (portable, AVX2, AVX-512 VBMI2, NEON), as dcomp pack writes it (stream layout 2 or
-// 3), in layout 2 alone ("/L2") and in layout 1 ("/L1"),
-// htscodecs' rANS 4x16 and 32x16 order-0 (each SIMD level it has here; Debian's libhtscodecs), and
-// zstd at several levels. For each: bits per weight (8 x stored / raw), encode GB/s (one thread)
-// and decode GB/s with 1 and 2 threads, in bytes of decoded codes per second; above them the
-// blocks' order-0 entropy, the bound of a static coder whose tables cost nothing. Then the check of
-// decoded codes against non-uniform levels, per decoder's instruction set. Then CRC32C, which the
-// reader checks on every block it reads: dcomp's three chains of the CRC instruction against the
-// single chain it replaced and the portable table.
+// 3), in layout 2 alone ("/L2") and in layout 1 ("/L1"), htscodecs' rANS 4x16 and 32x16 order-0
+// (each SIMD level it has here; Debian's libhtscodecs), and zstd at several levels. For each: bits
+// per weight (8 x stored / raw), encode GB/s (one thread) and decode GB/s with 1 and 2 threads, in
+// bytes of decoded codes per second; above them the blocks' order-0 entropy, the bound of a static
+// coder whose tables cost nothing. Then, for each --dcm source, rANS layouts 2 and 3 decoded in
+// alternating rounds (their ratio measured in one run); the check of decoded codes against
+// non-uniform levels, per decoder's instruction set; and CRC32C, which the reader checks on every
+// block it reads: dcomp's three chains of the CRC instruction against the single chain it replaced
+// and the portable table.
 //
 // Sources: `plain`, every matrix of MODEL quantized per row (plain INT8, cut into 128 KiB blocks);
 // and for each --dcm FILE, the row-code blocks of its matrices as packed (at most --max-mib MiB,
@@ -246,6 +247,42 @@ void Run(const Source& src, double seconds) {
   }
 }
 
+// rANS layouts 2 and 3 differ only in how the frequency table is coded: the same blocks in both,
+// decoded by each decoder on one thread in alternating rounds (every block once per round), so
+// that the ratio is measured in one run; GB/s of decoded codes.
+void LayoutRounds(const Source& src, double seconds) {
+  std::vector<Block> enc[2];
+  for (int k = 0; k < 2; ++k) {
+    enc[k].resize(src.blocks.size());
+    for (size_t i = 0; i < src.blocks.size(); ++i) {
+      storage::RansEncodeLayout(src.blocks[i], 2 + k, &enc[k][i]);
+    }
+  }
+  std::printf("\n%s: rANS layout 2 / layout 3, alternating rounds, 1 thread (GB/s)\n",
+              src.name.c_str());
+  Block out(kBlock * 2);
+  for (storage::RansDecoder d : storage::AvailableRansDecoders()) {
+    double secs[2] = {0, 0};
+    bool ok = true;
+    int rounds = 0;
+    for (const auto t0 = Clock::now(); rounds < 4 || Seconds(t0, Clock::now()) < seconds;
+         ++rounds) {
+      for (int k = 0; k < 2; ++k) {
+        const auto r0 = Clock::now();
+        for (size_t i = 0; i < enc[k].size(); ++i) {
+          out.resize(src.blocks[i].size());
+          ok = ok && storage::RansDecodeWith(d, enc[k][i], out).ok() && out == src.blocks[i];
+        }
+        secs[k] += Seconds(r0, Clock::now());
+      }
+    }
+    const double bytes = static_cast<double>(src.raw) * rounds;
+    std::printf("%-14s %7.3f %7.3f  layout 3 / layout 2: %.3fx%s\n", storage::RansDecoderName(d),
+                bytes / secs[0] / 1e9, bytes / secs[1] / 1e9, secs[0] / secs[1],
+                ok ? "" : "  DECODE MISMATCH");
+  }
+}
+
 // The check of decoded codes against a tensor's non-uniform levels (format 5), which the reader
 // runs on every such block: each decoder's instruction set against the portable table lookup, on a
 // 128 KiB block of random level values, alternating the sides in rounds; GB/s of codes checked.
@@ -412,6 +449,7 @@ int Main(int argc, char** argv) {
     sources.push_back(std::move(*s));
   }
   for (const Source& s : sources) Run(s, seconds);
+  for (size_t k = 1; k < sources.size(); ++k) LayoutRounds(sources[k], seconds);
   LevelChecks(seconds);
   CrcSpeeds(seconds);
   return 0;
