@@ -141,14 +141,18 @@ Status ParseRansStream(std::span<const uint8_t> in, size_t n, RansStream* s) {
   std::array<uint32_t, 256> f{};
   uint32_t sum = 0;
   int present = 0;
+  // Layout 3 (WriteTable): gamma(1) is an absent symbol, a present one is offset by 2 and at
+  // least 1.
+  const bool sparse = layout == 3;
+  const uint32_t offset = sparse ? 2 : 1;
   int64_t prev = 0;  // the previous symbol's frequency (layout 3: the previous present symbol's)
   for (int sym = 0; sym < 256; ++sym) {
     uint32_t v = 0;
     if (!br.Gamma(&v, 15)) return DataLossError("rANS frequency table truncated or malformed");
-    if (layout == 3 && v == 1) continue;  // absent
-    const uint32_t z = v - (layout == 3 ? 2 : 1);
+    if (sparse && v == 1) continue;
+    const uint32_t z = v - offset;
     const int64_t value = prev + ((z & 1) ? -static_cast<int64_t>((z + 1) / 2) : z / 2);
-    if (value < (layout == 3 ? 1 : 0) || value > kProbScale) {
+    if (value < (sparse ? 1 : 0) || value > kProbScale) {
       return DataLossError("rANS frequency of symbol " + std::to_string(sym) + " out of range");
     }
     f[sym] = static_cast<uint32_t>(value);
@@ -292,8 +296,10 @@ void WriteTable(const std::array<uint32_t, 256>& f, int layout, std::vector<uint
 }  // namespace
 
 void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8_t>* out) {
-  const int lanes = internal::RansLanesOf(layout);
-  const size_t coded = internal::RansCodedSymbols(layout, in.size());
+  // kRansLayoutSmallestTable chooses between layouts 2 and 3, whose states are the same.
+  const int states_layout = layout == kRansLayoutSmallestTable ? 2 : layout;
+  const int lanes = internal::RansLanesOf(states_layout);
+  const size_t coded = internal::RansCodedSymbols(states_layout, in.size());
   std::array<uint64_t, 256> counts{};
   for (size_t i = 0; i < coded; ++i) ++counts[in[i]];
   std::array<uint32_t, 256> f{};
@@ -303,7 +309,7 @@ void RansEncodeLayout(std::span<const uint8_t> in, int layout, std::vector<uint8
     f = internal::NormaliseFrequencies(counts, coded);
   }
   out->clear();
-  if (layout == kRansLayoutSmallestTable) {  // both candidates have layout 2's states
+  if (layout == kRansLayoutSmallestTable) {
     std::vector<uint8_t> sparse;
     WriteTable(f, 2, out);
     WriteTable(f, 3, &sparse);

@@ -6,10 +6,9 @@
 //    alphabets of non-uniform levels, one bit per absent symbol and the difference to the previous
 //    present symbol (layout 3);
 //  - interleaved 32-bit states (64 in layouts 2 and 3, written by the encoder; 32 in layout 1,
-//  which
-//    older files hold and every decoder still reads): symbol i belongs to state i % lanes; states
-//    live in [2^16, 2^32) and renormalise by whole 16-bit words, so each symbol reads at most one
-//    word;
+//    which older files hold and every decoder still reads): symbol i belongs to state i % lanes;
+//    states live in [2^16, 2^32) and renormalise by whole 16-bit words, so each symbol reads at
+//    most one word;
 //  - one shared word stream, consumed in symbol order (the encoder runs backwards);
 //  - layouts 2 and 3: each state's last two symbols are not coded but held in the encoder's initial
 //    state (2^16 + the two bytes), which the decoder finds as its final state; this pays for the
